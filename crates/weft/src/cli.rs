@@ -1,0 +1,181 @@
+//! The command line: the contract of DESIGN.md. Users and tests script against these
+//! names, so they change only by addition.
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "weft",
+    version,
+    about = "Kubernetes node networking on the Linux kernel",
+    long_about = "weft gives every pod its own IP (a CNI plugin with IPAM, a bridge and veth \
+                  pairs), routes pod traffic between nodes, implements Services in nf_tables, \
+                  serves cluster DNS, enforces NetworkPolicy and runs an Ingress proxy. \
+                  `weft lab` builds a whole cluster inside network namespaces on one machine."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Build, drive and tear down a multi-node cluster in network namespaces [not built yet]
+    #[command(subcommand)]
+    Lab(LabCommand),
+    /// Probe a peer: prints one result line, exits 0 when it connected or answered, 1 if not
+    #[command(subcommand)]
+    Probe(ProbeCommand),
+    /// Serve TCP/UDP/SCTP echo and HTTP echo on the given ports (what a lab pod runs)
+    Serve(ServeArgs),
+    /// Run as a CNI plugin (also when invoked as `weft-cni` or with CNI_COMMAND set)
+    Cni,
+    /// The node agent: watches the API and runs networking for one node [not built yet]
+    Agent(PassThrough),
+    /// The lab's Kubernetes-compatible API server and controllers [not built yet]
+    ControlPlane(PassThrough),
+}
+
+#[derive(Args, Debug)]
+pub struct PassThrough {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub args: Vec<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct LabName {
+    /// Lab name (namespaces are prefixed `weft-NAME`)
+    #[arg(long, default_value = "weft")]
+    pub name: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LabCommand {
+    /// Build a lab: underlay, nodes, control plane, agents [not built yet]
+    Up {
+        #[command(flatten)]
+        lab: LabName,
+        #[arg(long, default_value_t = 2)]
+        nodes: u32,
+        #[arg(long, default_value = "vxlan", value_parser = ["vxlan", "host-gw"])]
+        backend: String,
+        #[arg(short = 'f')]
+        file: Option<String>,
+    },
+    /// Remove a lab and everything it made [not built yet]
+    Down {
+        #[command(flatten)]
+        lab: LabName,
+    },
+    /// Show a lab's nodes and processes [not built yet]
+    Status {
+        #[command(flatten)]
+        lab: LabName,
+    },
+    /// Apply Kubernetes YAML to a lab [not built yet]
+    Apply {
+        #[command(flatten)]
+        lab: LabName,
+        #[arg(short = 'f', required = true)]
+        file: String,
+    },
+    /// Delete objects from a lab [not built yet]
+    Delete {
+        #[command(flatten)]
+        lab: LabName,
+        #[arg(short = 'f')]
+        file: Option<String>,
+        kind: Option<String>,
+        obj: Option<String>,
+        #[arg(short = 'n')]
+        namespace: Option<String>,
+    },
+    /// List objects in a lab [not built yet]
+    Get {
+        #[command(flatten)]
+        lab: LabName,
+        kind: String,
+        obj: Option<String>,
+        #[arg(short = 'n')]
+        namespace: Option<String>,
+        #[arg(short = 'o')]
+        output: Option<String>,
+    },
+    /// Run a command in a pod's namespaces [not built yet]
+    Exec {
+        #[command(flatten)]
+        lab: LabName,
+        #[arg(short = 'n')]
+        namespace: Option<String>,
+        pod: String,
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// Print the path of the lab's kubeconfig [not built yet]
+    Kubeconfig {
+        #[command(flatten)]
+        lab: LabName,
+    },
+    /// Walk through the documents' scenarios end to end (until the lab exists: the CNI demo)
+    Demo,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ProbeCommand {
+    /// Open a TCP connection and exchange a line with an echo server
+    Tcp(ProbeTarget),
+    /// Send a UDP datagram and wait for the echo
+    Udp(ProbeTarget),
+    /// Open an SCTP association and exchange a message
+    Sctp(ProbeTarget),
+    /// Send an ICMP echo request and wait for the reply
+    Icmp {
+        host: String,
+        #[command(flatten)]
+        opts: ProbeOpts,
+    },
+    /// GET a URL and print the status
+    Http {
+        url: String,
+        #[command(flatten)]
+        opts: ProbeOpts,
+    },
+    /// Resolve a name [not built yet]
+    Dns {
+        name: String,
+        #[arg(long = "type", default_value = "A")]
+        qtype: String,
+        #[arg(long)]
+        server: Option<String>,
+        #[command(flatten)]
+        opts: ProbeOpts,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct ProbeTarget {
+    /// HOST:PORT ([v6]:PORT for IPv6)
+    pub target: String,
+    #[command(flatten)]
+    pub opts: ProbeOpts,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ProbeOpts {
+    /// Give up after this many milliseconds
+    #[arg(long, default_value_t = 2000)]
+    pub timeout_ms: u64,
+}
+
+#[derive(Args, Debug, Default)]
+pub struct ServeArgs {
+    #[arg(long)]
+    pub tcp: Vec<u16>,
+    #[arg(long)]
+    pub udp: Vec<u16>,
+    #[arg(long)]
+    pub sctp: Vec<u16>,
+    #[arg(long)]
+    pub http: Vec<u16>,
+}
+
