@@ -1,2 +1,21 @@
 //! weft-cni: the CNI 1.1 plugin (bridge + veth) and its IPAM.
+//!
+//! A runtime execs the plugin with CNI_* in the environment and the network config on
+//! stdin; [`plugin::main_from_env`] is that entry point. The layers below are: `env` and
+//! `config` (parse and validate, before any change), `addressing` and `ipam` (who gets which
+//! address), `bridge`, `veth` and `sandbox` (the kernel objects), and `result`.
+
+pub mod addressing;
+pub mod bridge;
+pub mod config;
+pub mod delegate;
+pub mod env;
+pub mod error;
+pub mod ipam;
 pub mod plugin;
+pub mod result;
+pub mod sandbox;
+pub mod veth;
+pub mod version;
+
+pub use error::{Error, Result};

@@ -4,6 +4,7 @@
 
 mod cli;
 mod demo;
+mod nsexec;
 mod probe;
 mod serve;
 

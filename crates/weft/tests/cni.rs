@@ -1,0 +1,244 @@
+//! The CNI plugin driven exactly as a container runtime drives it, inside namespaces
+//! this test creates: a "host" namespace stands for the node, one namespace per pod.
+
+mod common;
+
+use common::*;
+use std::process::Stdio;
+
+fn wait_listening(ns: &Netns, port: u16) {
+    for _ in 0..200 {
+        let out = ns.cmd("ss").args(["-Htln", &format!("sport = :{port}")]).output().expect("ss");
+        if !String::from_utf8_lossy(&out.stdout).trim().is_empty() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!("nothing listens on {port} in {}", ns.name);
+}
+
+#[test]
+fn two_pods_on_one_bridge_talk_without_nat() {
+    let host = Netns::new("cni-pair");
+    let (a, b) = (Netns::new("cni-pair-a"), Netns::new("cni-pair-b"));
+    let dir = tempfile::tempdir().unwrap();
+    let conf = bridge_config("1.1.0", "10.244.1.0/24", dir.path(), "");
+    let ra = cni_op(&host, "ADD", "frontend", Some(&a.path()), "eth0", &conf);
+    let rb = cni_op(&host, "ADD", "backend", Some(&b.path()), "eth0", &conf);
+    let (ra, rb) = (ra.ok().clone(), rb.ok().clone());
+    // The documents' scenario 1: frontend-pod 10.244.1.2, backend-pod 10.244.1.3.
+    assert_eq!(result_ip(&ra), "10.244.1.2");
+    assert_eq!(result_ip(&rb), "10.244.1.3");
+    assert_eq!(ra["cniVersion"], "1.1.0");
+    assert_eq!(ra["ips"][0]["gateway"], "10.244.1.1");
+    assert_eq!(ra["interfaces"][2]["name"], "eth0");
+    assert_eq!(ra["interfaces"][2]["sandbox"], a.path().display().to_string());
+    assert_eq!(ra["routes"][0]["dst"], "0.0.0.0/0");
+
+    let _server = Bg(b.cmd(weft()).args(["serve", "--tcp", "8080", "--udp", "8081"]).stdout(Stdio::null()).spawn().unwrap());
+    wait_listening(&b, 8080);
+    let out = run_ok(a.cmd(weft()).args(["probe", "tcp", "10.244.1.3:8080"]));
+    let line = String::from_utf8_lossy(&out.stdout);
+    assert!(line.contains("client=10.244.1.2"), "the server must see the client's pod IP: {line}");
+    run_ok(a.cmd(weft()).args(["probe", "udp", "10.244.1.3:8081"]));
+    // Pod -> gateway (the bridge), and the pod's default route points there.
+    run_ok(a.cmd(weft()).args(["probe", "icmp", "10.244.1.1"]));
+    assert!(a.ip(&["route", "show", "default"]).contains("via 10.244.1.1 dev eth0"));
+    // Nothing answers on a closed port: a refusal, not a timeout.
+    let refused = a.cmd(weft()).args(["probe", "tcp", "10.244.1.3:9"]).output().unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+}
+
+#[test]
+fn del_is_idempotent_and_releases_even_without_netns() {
+    let host = Netns::new("cni-del");
+    let pod = Netns::new("cni-del-p");
+    let dir = tempfile::tempdir().unwrap();
+    let conf = bridge_config("1.0.0", "10.10.0.0/24", dir.path(), "");
+    let r = cni_op(&host, "ADD", "c1", Some(&pod.path()), "eth0", &conf);
+    let ip = result_ip(r.ok());
+    let veth = r.json["interfaces"][1]["name"].as_str().unwrap().to_string();
+    assert!(host.has_link(&veth));
+    cni_op(&host, "DEL", "c1", Some(&pod.path()), "eth0", &conf).ok();
+    cni_op(&host, "DEL", "c1", Some(&pod.path()), "eth0", &conf).ok();
+    assert!(!host.has_link(&veth), "host veth left behind");
+    assert!(!pod.has_link("eth0"));
+
+    // The released address can be requested again right away.
+    let pod2 = Netns::new("cni-del-q");
+    let again = cni(&host, &[("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "c2"), ("CNI_IFNAME", "eth0"),
+        ("CNI_NETNS", &pod2.path().display().to_string()), ("CNI_ARGS", &format!("IP={ip}"))], &conf);
+    assert_eq!(result_ip(again.ok()), ip);
+
+    // DEL after the runtime already deleted the namespace, and with no netns at all.
+    let veth2 = again.json["interfaces"][1]["name"].as_str().unwrap().to_string();
+    let path2 = pod2.path();
+    drop(pod2);
+    cni_op(&host, "DEL", "c2", Some(&path2), "eth0", &conf).ok();
+    cni_op(&host, "DEL", "c2", None, "eth0", &conf).ok();
+    assert!(!host.has_link(&veth2));
+    let pod3 = Netns::new("cni-del-r");
+    let third = cni(&host, &[("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "c3"), ("CNI_IFNAME", "eth0"),
+        ("CNI_NETNS", &pod3.path().display().to_string()), ("CNI_ARGS", &format!("IP={ip}"))], &conf);
+    assert_eq!(result_ip(third.ok()), ip, "DEL without a netns must still release the address");
+}
+
+#[test]
+fn check_reports_what_is_missing() {
+    let host = Netns::new("cni-check");
+    let pod = Netns::new("cni-check-p");
+    let dir = tempfile::tempdir().unwrap();
+    let conf = bridge_config("1.0.0", "10.11.0.0/24", dir.path(), "");
+    let r = cni_op(&host, "ADD", "c1", Some(&pod.path()), "eth0", &conf).ok().clone();
+    let mut with_prev: serde_json::Value = serde_json::from_str(&conf).unwrap();
+    with_prev["prevResult"] = r.clone();
+    let with_prev = with_prev.to_string();
+    cni_op(&host, "CHECK", "c1", Some(&pod.path()), "eth0", &with_prev).ok();
+
+    pod.ip(&["route", "del", "default"]);
+    let out = cni_op(&host, "CHECK", "c1", Some(&pod.path()), "eth0", &with_prev);
+    assert_eq!(out.err_code(), 103);
+    assert!(out.json["msg"].as_str().unwrap().contains("route 0.0.0.0/0"), "{}", out.stdout);
+
+    pod.ip(&["link", "del", "eth0"]);
+    let out = cni_op(&host, "CHECK", "c1", Some(&pod.path()), "eth0", &with_prev);
+    assert_eq!(out.err_code(), 103);
+    assert!(out.json["msg"].as_str().unwrap().contains("eth0"), "{}", out.stdout);
+    // CHECK does not exist before 0.4.0.
+    let old = with_prev.replace("\"1.0.0\"", "\"0.3.1\"");
+    assert_eq!(cni_op(&host, "CHECK", "c1", Some(&pod.path()), "eth0", &old).err_code(), 1);
+}
+
+#[test]
+fn failed_add_leaves_nothing_behind() {
+    let host = Netns::new("cni-fail");
+    let pod = Netns::new("cni-fail-p");
+    let dir = tempfile::tempdir().unwrap();
+    let conf = bridge_config("1.1.0", "10.12.0.0/29", dir.path(), r#","rangeStart":"10.12.0.2","rangeEnd":"10.12.0.3""#);
+    // The interface already exists in the pod: refused before anything is made.
+    pod.ip(&["link", "add", "eth0", "type", "dummy"]);
+    assert_eq!(cni_op(&host, "ADD", "c1", Some(&pod.path()), "eth0", &conf).err_code(), 102);
+    // The bridge name is taken by a non-bridge: fails after IPAM allocated; must roll back.
+    host.ip(&["link", "add", "cbr0", "type", "dummy"]);
+    let out = cni_op(&host, "ADD", "c1", Some(&pod.path()), "eth1", &conf);
+    assert_eq!(out.err_code(), 7);
+    assert!(out.json["msg"].as_str().unwrap().contains("bridge"), "{}", out.stdout);
+    assert!(!pod.has_link("eth1"));
+    assert_eq!(host.links().iter().filter(|l| l.starts_with("veth")).count(), 0);
+    host.ip(&["link", "del", "cbr0"]);
+    // Both addresses are still free: two ADDs succeed, the third finds the range exhausted.
+    let (p1, p2, p3) = (Netns::new("cni-fail-1"), Netns::new("cni-fail-2"), Netns::new("cni-fail-3"));
+    cni_op(&host, "ADD", "a", Some(&p1.path()), "eth0", &conf).ok();
+    cni_op(&host, "ADD", "b", Some(&p2.path()), "eth0", &conf).ok();
+    let out = cni_op(&host, "ADD", "c", Some(&p3.path()), "eth0", &conf);
+    assert_eq!(out.err_code(), 100);
+    assert!(out.json["msg"].as_str().unwrap().contains("no free address"), "{}", out.stdout);
+    assert!(!p3.has_link("eth0"));
+}
+
+#[test]
+fn errors_use_the_spec_codes() {
+    let host = Netns::new("cni-err");
+    let pod = Netns::new("cni-err-p");
+    let dir = tempfile::tempdir().unwrap();
+    let good = bridge_config("1.1.0", "10.13.0.0/24", dir.path(), "");
+    let p = pod.path();
+    assert_eq!(cni_op(&host, "ADD", "c1", Some(&p), "eth0", "{oops").err_code(), 6);
+    let missing_netns = cni(&host, &[("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "c1"), ("CNI_IFNAME", "eth0")], &good);
+    assert_eq!(missing_netns.err_code(), 4);
+    assert!(missing_netns.stdout.contains("CNI_NETNS"));
+    assert_eq!(cni_op(&host, "ADD", "c1", Some(&p), "eth0", &good.replace("1.1.0", "0.1.0")).err_code(), 1);
+    let bad = cni_op(&host, "ADD", "c1", Some(&p), "eth0", &good.replace("10.13.0.0/24", "10.13.0.0/99"));
+    assert_eq!(bad.err_code(), 7);
+    assert!(bad.stdout.contains("ipam.subnet"), "{}", bad.stdout);
+    let unsupported = cni_op(&host, "ADD", "c1", Some(&p), "eth0", &good.replace("\"bridge\":", "\"vlan\":7,\"bridge\":"));
+    assert_eq!(unsupported.err_code(), 2);
+    let gone = cni_op(&host, "ADD", "c1", Some(std::path::Path::new("/run/netns/weft-t-no-such")), "eth0", &good);
+    assert_eq!(gone.err_code(), 3);
+    let status_old = cni(&host, &[("CNI_COMMAND", "STATUS")], &good.replace("1.1.0", "1.0.0"));
+    assert_eq!(status_old.err_code(), 1);
+    // Nothing was made by any of these.
+    assert!(!host.links().iter().any(|l| l == "cbr0"));
+    let v = cni(&host, &[("CNI_COMMAND", "VERSION")], r#"{"cniVersion":"1.1.0"}"#);
+    assert_eq!(v.ok()["supportedVersions"], serde_json::json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]));
+}
+
+#[test]
+fn status_follows_the_subnet_file() {
+    let host = Netns::new("cni-status");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("subnet.env");
+    let conf = format!(
+        r#"{{"cniVersion":"1.1.0","name":"n","type":"weft","ipam":{{"type":"weft","subnetFile":"{}","dataDir":"{}"}}}}"#,
+        file.display(),
+        dir.path().display()
+    );
+    let out = cni(&host, &[("CNI_COMMAND", "STATUS")], &conf);
+    assert_eq!(out.err_code(), 50);
+    let pod = Netns::new("cni-status-p");
+    assert_eq!(cni_op(&host, "ADD", "c1", Some(&pod.path()), "eth0", &conf).err_code(), 11);
+    std::fs::write(&file, "WEFT_SUBNET=10.244.7.0/24\n").unwrap();
+    cni(&host, &[("CNI_COMMAND", "STATUS")], &conf).ok();
+    let r = cni_op(&host, "ADD", "c1", Some(&pod.path()), "eth0", &conf);
+    assert_eq!(result_ip(r.ok()), "10.244.7.2");
+}
+
+#[test]
+fn gc_releases_everything_not_listed() {
+    let host = Netns::new("cni-gc");
+    let dir = tempfile::tempdir().unwrap();
+    let conf = bridge_config("1.1.0", "10.14.0.0/24", dir.path(), "");
+    let pods: Vec<Netns> = (0..3).map(|i| Netns::new(&format!("cni-gc-{i}"))).collect();
+    let ips: Vec<String> = pods
+        .iter()
+        .enumerate()
+        .map(|(i, p)| result_ip(cni_op(&host, "ADD", &format!("c{i}"), Some(&p.path()), "eth0", &conf).ok()))
+        .collect();
+    let extra = Netns::new("cni-gc-x");
+    let want = |ip: &str| cni(&host, &[("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "x"), ("CNI_IFNAME", "eth0"),
+        ("CNI_NETNS", &extra.path().display().to_string()), ("CNI_ARGS", &format!("IP={ip}"))], &conf);
+    assert_eq!(want(&ips[1]).err_code(), 105, "address still held before GC");
+
+    let mut gc: serde_json::Value = serde_json::from_str(&conf).unwrap();
+    gc["cni.dev/valid-attachments"] = serde_json::json!([{"containerID": "c0", "ifname": "eth0"}]);
+    cni(&host, &[("CNI_COMMAND", "GC"), ("CNI_PATH", "/nonexistent")], &gc.to_string()).ok();
+    assert_eq!(result_ip(want(&ips[1]).ok()), ips[1]);
+    // The attachment GC kept still holds its address.
+    let pod0 = Netns::new("cni-gc-y");
+    let again = cni(&host, &[("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "y"), ("CNI_IFNAME", "eth0"),
+        ("CNI_NETNS", &pod0.path().display().to_string()), ("CNI_ARGS", &format!("IP={}", ips[0]))], &conf);
+    assert_eq!(again.err_code(), 105);
+}
+
+#[test]
+fn parallel_adds_from_many_processes_get_distinct_addresses() {
+    let host = Netns::new("cni-par");
+    let dir = tempfile::tempdir().unwrap();
+    let conf = bridge_config("1.1.0", "10.15.0.0/24", dir.path(), "");
+    let pods: Vec<Netns> = (0..200).map(|i| Netns::new(&format!("cni-par-{i}"))).collect();
+    let ips = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for w in 0..8 {
+            let (pods, host, conf, ips) = (&pods, &host, &conf, &ips);
+            s.spawn(move || {
+                for (i, p) in pods.iter().enumerate().filter(|(i, _)| i % 8 == w) {
+                    let r = cni_op(host, "ADD", &format!("c{i}"), Some(&p.path()), "eth0", conf);
+                    ips.lock().unwrap().push(result_ip(r.ok()));
+                }
+            });
+        }
+    });
+    let mut ips = ips.into_inner().unwrap();
+    ips.sort();
+    ips.dedup();
+    assert_eq!(ips.len(), 200, "every ADD got its own address");
+    // No lost allocation: the state on disk holds all 200.
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("testnet/state.json")).unwrap()).unwrap();
+    assert_eq!(state["allocations"].as_array().unwrap().len(), 200);
+    // And the kernel agrees: each pod's eth0 carries an address of its own.
+    let mut configured: Vec<String> = pods.iter().map(|p| p.ip(&["-4", "-o", "addr", "show", "eth0"])).collect();
+    configured.sort();
+    configured.dedup();
+    assert_eq!(configured.len(), 200);
+}
