@@ -1,0 +1,2 @@
+//! CNI ADD+DEL latency, weft vs the reference plugins (placeholder until written).
+fn main() {}
