@@ -1,1 +1,37 @@
-//! weft-netlink
+//! weft-netlink: a small synchronous rtnetlink layer, one NETLINK_ROUTE socket per network
+//! namespace (the model is Podman's netavark). Links (bridge, veth, vxlan, dummy),
+//! addresses, routes, neighbours, bridge FDB, network namespaces and /proc/sys.
+//!
+//! Everything talks to the kernel directly; nothing here runs `ip`, `bridge` or `sysctl`.
+//! Errors name the operation and the object ("create veth veth1234 (peer eth0): File exists
+//! (os error 17)") and classify with `is_not_found()` / `is_exists()`.
+//!
+//! Namespaces: `setns` moves only one thread, so work in another namespace either goes
+//! through a `Handle::in_netns` socket (bound to that namespace for life) or through
+//! `Netns::run_in`, which runs a closure on a helper thread inside the namespace.
+
+mod addr;
+mod error;
+mod link;
+mod link_create;
+mod mac;
+mod neigh;
+mod netns;
+mod route;
+mod socket;
+pub mod sysctl;
+
+pub use addr::Addr;
+pub use error::{Error, Result};
+pub use link::{Link, VxlanInfo, IFNAME_MAX};
+pub use link_create::{VxlanSpec, VXLAN_IANA_PORT};
+pub use mac::{mac_to_string, parse_mac};
+pub use neigh::{FdbEntry, Neighbour};
+pub use netns::{Netns, NETNS_RUN_DIR};
+pub use route::{
+    Family, Route, RouteKind, RouteScope, RTPROT_BOOT, RTPROT_KERNEL, RTPROT_STATIC,
+    RT_TABLE_LOCAL, RT_TABLE_MAIN,
+};
+pub use socket::Handle;
+
+pub use ipnet::IpNet;
