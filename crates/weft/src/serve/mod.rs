@@ -1,0 +1,100 @@
+//! `weft serve`: the servers a lab pod runs when its container has no command, and what
+//! tests talk to. TCP and SCTP echo (a greeting line naming the host and the client address
+//! the server saw, then the echo), UDP echo (the same line before the echoed datagram), and
+//! HTTP echo (JSON). Every port is served on 0.0.0.0 and [::]. Runs until SIGTERM or
+//! SIGINT, then exits 0.
+
+/// Writes a line to stderr. Unlike `eprintln!` it does not panic when stderr is closed,
+/// which would take a server thread down with it.
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+pub mod greeting;
+mod http;
+mod listen;
+mod slots;
+mod stream;
+mod udp;
+
+use crate::cli::ServeArgs;
+use anyhow::{bail, Context, Result};
+use greeting::Identity;
+use listen::{Bound, Kind, SctpUnavailable};
+use nix::sys::signal::{SigSet, Signal};
+use std::io::Write;
+use std::sync::Arc;
+
+/// Concurrent connections over all stream ports; more wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 512;
+
+pub fn run(args: ServeArgs) -> Result<()> {
+    let wanted: Vec<(Kind, u16)> = [
+        (Kind::Tcp, &args.tcp),
+        (Kind::Udp, &args.udp),
+        (Kind::Sctp, &args.sctp),
+        (Kind::Http, &args.http),
+    ]
+    .into_iter()
+    .flat_map(|(kind, ports)| ports.iter().map(move |p| (kind, *p)))
+    .collect();
+    if wanted.is_empty() {
+        bail!("nothing to serve: give at least one of --tcp, --udp, --sctp, --http with a port");
+    }
+
+    // Blocked before any thread starts so every thread inherits the mask and the signals
+    // wait for `sigwait` below instead of killing the process mid-reply.
+    let mut stop = SigSet::empty();
+    stop.add(Signal::SIGTERM);
+    stop.add(Signal::SIGINT);
+    stop.thread_block().context("blocking SIGTERM/SIGINT")?;
+
+    let mut sockets = Vec::new();
+    for (kind, port) in wanted.iter().copied() {
+        match listen::bind_port(kind, port) {
+            Ok(bound) => sockets.extend(bound.into_iter().map(|b| (kind, b))),
+            // A pod that declares an SCTP port must still serve its other ports on a kernel
+            // without SCTP; probes of the SCTP port report the missing module themselves.
+            Err(e) if e.is::<SctpUnavailable>() && wanted.iter().any(|(k, _)| *k != Kind::Sctp) => {
+                note!("weft serve: {e:#}; serving the other ports")
+            }
+            Err(e) => return Err(e),
+        }
+    }
+
+    let identity = Arc::new(Identity::from_env());
+    let slots = slots::Slots::new(MAX_CONNECTIONS);
+    let mut out = std::io::stdout().lock();
+    for (kind, bound) in sockets {
+        let addr = bound.local_addr().context("reading back a bound address")?;
+        writeln!(out, "weft serve: {} on {addr}", kind.name())?;
+        let identity = Arc::clone(&identity);
+        let slots = Arc::clone(&slots);
+        let body = move || match bound {
+            Bound::Stream(l) => {
+                let handler: stream::Handler = match kind {
+                    Kind::Sctp => stream::echo_sctp,
+                    Kind::Http => http::serve,
+                    Kind::Tcp | Kind::Udp => stream::echo_tcp,
+                };
+                stream::accept_loop(l, slots, identity, handler)
+            }
+            Bound::Datagram(s) => udp::serve(s, &identity),
+        };
+        std::thread::Builder::new()
+            .name(format!("weft-serve-{}", kind.name()))
+            .spawn(body)
+            .context("starting a server thread")?;
+    }
+    // Scripts and tests wait for this line: every socket is bound and listening.
+    writeln!(out, "weft serve: ready")?;
+    out.flush()?;
+    drop(out);
+
+    let sig = stop.wait().context("waiting for SIGTERM")?;
+    note!("weft serve: {sig}, exiting");
+    Ok(())
+}

@@ -1,0 +1,78 @@
+//! Connection-oriented servers (TCP, SCTP, HTTP): an accept loop per listening socket and a
+//! thread per connection, under a shared cap.
+
+use super::greeting::{canonical, Identity};
+use super::slots::Slots;
+use std::io::{self, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Idle connections are closed after this, so forgotten clients do not pin slots forever.
+pub const IDLE: Duration = Duration::from_secs(300);
+const STACK: usize = 256 * 1024;
+
+pub type Handler = fn(TcpStream, &Identity) -> io::Result<()>;
+
+/// Accepts forever, handing each connection to `handler` on its own thread.
+pub fn accept_loop(
+    listener: TcpListener,
+    slots: Arc<Slots>,
+    identity: Arc<Identity>,
+    handler: Handler,
+) {
+    loop {
+        let slot = slots.acquire();
+        let stream = match listener.accept() {
+            Ok((s, _)) => s,
+            // ECONNABORTED and friends concern one client; EMFILE passes once others close.
+            Err(e) => {
+                note!("weft serve: accept: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        let identity = Arc::clone(&identity);
+        let spawned = std::thread::Builder::new()
+            .name("weft-serve-conn".into())
+            .stack_size(STACK)
+            .spawn(move || {
+                let _slot = slot;
+                if let Err(e) = stream
+                    .set_read_timeout(Some(IDLE))
+                    .and_then(|()| stream.set_write_timeout(Some(IDLE)))
+                {
+                    note!("weft serve: socket timeouts: {e}");
+                    return;
+                }
+                // Errors here are a client going away mid-exchange: nothing to report.
+                let _ = handler(stream, &identity);
+            });
+        if let Err(e) = spawned {
+            note!("weft serve: cannot start a connection thread: {e}");
+        }
+    }
+}
+
+/// TCP echo: the greeting line, then every byte back as it arrives.
+pub fn echo_tcp(stream: TcpStream, identity: &Identity) -> io::Result<()> {
+    echo(stream, identity, "tcp")
+}
+
+/// SCTP echo, the same exchange over an association.
+pub fn echo_sctp(stream: TcpStream, identity: &Identity) -> io::Result<()> {
+    echo(stream, identity, "sctp")
+}
+
+fn echo(mut stream: TcpStream, identity: &Identity, proto: &str) -> io::Result<()> {
+    let peer = canonical(stream.peer_addr()?);
+    stream.write_all(identity.greeting(proto, peer).as_bytes())?;
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        stream.write_all(&buf[..n])?;
+    }
+}
