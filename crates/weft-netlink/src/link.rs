@@ -271,6 +271,16 @@ impl Handle {
         })
     }
 
+    /// Rename a link (older kernels refuse with EBUSY while it is up).
+    pub fn set_name(&mut self, index: u32, name: &str) -> Result<()> {
+        validate_ifname(name)?;
+        let mut m = link_message(index);
+        m.attributes.push(LinkAttribute::IfName(name.to_string()));
+        self.link_request(index, RouteNetlinkMessage::SetLink(m), 0, |l| {
+            format!("rename {l} to {name}")
+        })
+    }
+
     pub fn set_mtu(&mut self, index: u32, mtu: u32) -> Result<()> {
         let mut m = link_message(index);
         m.attributes.push(LinkAttribute::Mtu(mtu));

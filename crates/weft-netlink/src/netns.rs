@@ -147,6 +147,25 @@ impl Netns {
         }
     }
 
+    /// Names under /run/netns, sorted (what `ip netns list` shows); empty if the directory
+    /// does not exist yet.
+    pub fn list_named() -> Result<Vec<String>> {
+        let entries = match fs::read_dir(NETNS_RUN_DIR) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io(format!("list {NETNS_RUN_DIR}"), e)),
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io(format!("list {NETNS_RUN_DIR}"), e))?;
+            if let Some(name) = entry.file_name().to_str() {
+                names.push(name.to_string());
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

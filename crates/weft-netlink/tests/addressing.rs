@@ -140,6 +140,23 @@ fn routes_add_replace_delete() {
         "{shown}"
     );
 
+    // Without onlink the kernel refuses that gateway, and says why (extended ack).
+    let err = h
+        .add_route(
+            &Route::new(net("10.244.3.0/24"))
+                .via(ip("10.244.3.0"))
+                .dev(l.index),
+        )
+        .unwrap_err();
+    match &err {
+        weft_netlink::Error::Kernel { detail, .. } => {
+            let detail = detail.as_deref().unwrap_or_default();
+            assert!(detail.to_lowercase().contains("gateway"), "{err}");
+        }
+        other => panic!("expected a kernel error, got {other}"),
+    }
+    assert!(err.to_string().contains("(kernel: "), "{err}");
+
     // Another table, link scope, metric and source.
     let in_table = Route::new(net("10.3.0.0/16"))
         .dev(l.index)

@@ -80,6 +80,16 @@ fn veth_peer_lands_in_other_namespace_under_a_name_taken_here() {
     let shown = ip_json(&pod.name, &["link", "show", "dev", "eth0"]);
     assert_eq!(shown[0]["address"], mac_to_string(&mac));
 
+    // Renaming onto a taken name fails, and the error says which link and what.
+    let err = p.set_name(pod_eth0.index, "lo").unwrap_err();
+    assert!(err.is_exists(), "{err}");
+    assert!(err.to_string().contains("(eth0) to lo"), "{err}");
+    p.set_name(pod_eth0.index, "net0").unwrap();
+    assert_eq!(
+        p.link_by_index(pod_eth0.index).unwrap().unwrap().name,
+        "net0"
+    );
+
     // Releasing from the bridge and going down read back too.
     h.set_master(veth.index, 0).unwrap();
     h.set_down(veth.index).unwrap();
@@ -89,7 +99,7 @@ fn veth_peer_lands_in_other_namespace_under_a_name_taken_here() {
 
     // Deleting one end removes the pair.
     h.delete_link(veth.index).unwrap();
-    assert!(p.link_by_name("eth0").unwrap().is_none());
+    assert!(p.link_by_name("net0").unwrap().is_none());
     assert!(
         h.link_by_name("eth0").unwrap().is_some(),
         "host eth0 untouched"

@@ -22,6 +22,7 @@ fn named_namespace_lifecycle() {
     };
     assert_eq!(guard.ns.path(), Path::new("/run/netns").join(&name));
 
+    assert!(Netns::list_named().unwrap().contains(&name));
     let err = Netns::create_named(&name).unwrap_err();
     assert!(err.is_exists(), "{err}");
 
@@ -41,6 +42,7 @@ fn named_namespace_lifecycle() {
 
     Netns::delete_named(&name).unwrap();
     assert!(!Path::new("/run/netns").join(&name).exists());
+    assert!(!Netns::list_named().unwrap().contains(&name));
     Netns::delete_named(&name).unwrap(); // absent is fine
     assert!(Netns::from_name(&name).is_err());
 
