@@ -35,3 +35,15 @@ pub use route::{
 pub use socket::Handle;
 
 pub use ipnet::IpNet;
+
+// Callers keep handles in threads and move namespaces and errors between them; breaking
+// that must fail the build, not a caller's.
+const _: () = {
+    const fn send<T: Send>() {}
+    const fn sync<T: Sync>() {}
+    send::<Handle>();
+    send::<Netns>();
+    sync::<Netns>();
+    send::<Error>();
+    sync::<Error>();
+};

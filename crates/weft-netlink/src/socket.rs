@@ -213,11 +213,19 @@ pub(crate) fn recv_batch(
 fn recv_datagram(sock: &Socket) -> io::Result<Vec<u8>> {
     // Peek with MSG_TRUNC for the real size first: a dump datagram can exceed any fixed
     // buffer we would guess, and a truncated netlink datagram is lost for good.
-    let mut probe: Vec<u8> = Vec::with_capacity(64);
-    let size = sock.recv(&mut probe, libc::MSG_PEEK | libc::MSG_TRUNC)?;
-    let mut buf: Vec<u8> = Vec::with_capacity(size.max(64));
-    sock.recv(&mut buf, 0)?;
-    Ok(buf)
+    loop {
+        let mut probe: Vec<u8> = Vec::with_capacity(64);
+        let size = match sock.recv(&mut probe, libc::MSG_PEEK | libc::MSG_TRUNC) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => other?,
+        };
+        let mut buf: Vec<u8> = Vec::with_capacity(size.max(64));
+        match sock.recv(&mut buf, 0) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => other?,
+        };
+        return Ok(buf);
+    }
 }
 
 /// Limit how long `recv_batch` blocks on `sock`; returns false once `deadline` has passed.
