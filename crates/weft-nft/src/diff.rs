@@ -1,0 +1,299 @@
+//! Pure functions from models to transactions: the full load of a ruleset, and the
+//! difference between the previously committed model and the desired one.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use crate::error::Result;
+use crate::expr::lower;
+use crate::model::{Chain, Family, Ruleset, Set, Table};
+use crate::netlink::Batch;
+use crate::rule::{SetRef, Stmt};
+
+/// What a transaction does, for logs and benchmarks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub chains_added: usize,
+    pub chains_replaced: usize,
+    pub chains_deleted: usize,
+    pub sets_added: usize,
+    pub sets_deleted: usize,
+    pub elements_added: usize,
+    pub elements_deleted: usize,
+    pub rules_added: usize,
+    pub messages: usize,
+}
+
+impl Summary {
+    pub fn is_empty(&self) -> bool {
+        self.messages == 0
+    }
+}
+
+/// Replaces each table of `rs` wholesale: objects in those tables that the model lacks
+/// are removed in the same transaction. Other tables are untouched.
+pub fn full(rs: &Ruleset, batch: &mut Batch) -> Result<Summary> {
+    let mut sum = Summary::default();
+    for t in rs.tables.values() {
+        // add-then-delete empties an existing table and is harmless for a new one.
+        batch.add_table(t.family, &t.name);
+        batch.del_table(t.family, &t.name);
+        batch.add_table(t.family, &t.name);
+        let chains: Vec<&Chain> = t.chains.values().map(|c| &**c).collect();
+        let sets: Vec<&Set> = t.sets.values().map(|s| &**s).collect();
+        add_objects(t, &sets, &chains, &chains, batch, &mut sum)?;
+    }
+    sum.messages = batch.len();
+    Ok(sum)
+}
+
+/// Adds sets with their elements, chains, then the rules of `fill`, in the order the
+/// kernel resolves references: sets and chains before elements and rules naming them.
+fn add_objects(
+    t: &Table,
+    sets: &[&Set],
+    chains: &[&Chain],
+    fill: &[&Chain],
+    batch: &mut Batch,
+    sum: &mut Summary,
+) -> Result<()> {
+    for s in sets {
+        batch.add_set(t.family, &t.name, s)?;
+        sum.sets_added += 1;
+    }
+    for c in chains {
+        batch.add_chain(t.family, &t.name, c);
+        sum.chains_added += 1;
+    }
+    for s in sets {
+        batch.add_elements(t.family, &t.name, s, s.elements.iter())?;
+        sum.elements_added += s.elements.len();
+    }
+    for c in fill {
+        add_rules(t.family, &t.name, c, batch, sum)?;
+    }
+    Ok(())
+}
+
+fn add_rules(
+    family: Family,
+    table: &str,
+    c: &Chain,
+    batch: &mut Batch,
+    sum: &mut Summary,
+) -> Result<()> {
+    for (i, r) in c.rules.iter().enumerate() {
+        let l = lower(r, family)?;
+        batch.add_rule(family, table, &c.name, &l, i as u32)?;
+        sum.rules_added += 1;
+    }
+    Ok(())
+}
+
+fn same<T: PartialEq>(a: &Arc<T>, b: &Arc<T>) -> bool {
+    Arc::ptr_eq(a, b) || a == b
+}
+
+/// Named sets a chain's rules refer to.
+fn set_refs(c: &Chain) -> impl Iterator<Item = &str> {
+    c.rules
+        .iter()
+        .flat_map(|r| r.stmts.iter())
+        .filter_map(|s| match s {
+            Stmt::Lookup {
+                set: SetRef::Named(n),
+                ..
+            }
+            | Stmt::Vmap {
+                map: SetRef::Named(n),
+                ..
+            }
+            | Stmt::DnatMap {
+                map: SetRef::Named(n),
+                ..
+            } => Some(n.as_str()),
+            Stmt::Dynset { set, .. } => Some(set.as_str()),
+            _ => None,
+        })
+}
+
+/// Walks two sorted maps together, calling `f(key, old, new)` for keys in either.
+fn merge<'a, K: Ord, V>(
+    old: &'a BTreeMap<K, V>,
+    new: &'a BTreeMap<K, V>,
+    mut f: impl FnMut(&'a K, Option<&'a V>, Option<&'a V>) -> Result<()>,
+) -> Result<()> {
+    let mut a = old.iter().peekable();
+    let mut b = new.iter().peekable();
+    loop {
+        match (a.peek(), b.peek()) {
+            (None, None) => return Ok(()),
+            (Some((ka, va)), None) => {
+                f(ka, Some(va), None)?;
+                a.next();
+            }
+            (None, Some((kb, vb))) => {
+                f(kb, None, Some(vb))?;
+                b.next();
+            }
+            (Some((ka, va)), Some((kb, vb))) => match ka.cmp(kb) {
+                std::cmp::Ordering::Less => {
+                    f(ka, Some(va), None)?;
+                    a.next();
+                }
+                std::cmp::Ordering::Greater => {
+                    f(kb, None, Some(vb))?;
+                    b.next();
+                }
+                std::cmp::Ordering::Equal => {
+                    f(ka, Some(va), Some(vb))?;
+                    a.next();
+                    b.next();
+                }
+            },
+        }
+    }
+}
+
+/// The transaction turning `prev` (what the kernel holds) into `desired`: element
+/// additions and removals, chains replaced by flush-and-refill, objects added and deleted.
+pub fn incremental(prev: &Ruleset, desired: &Ruleset, batch: &mut Batch) -> Result<Summary> {
+    let mut sum = Summary::default();
+    merge(&prev.tables, &desired.tables, |_, old, new| {
+        match (old, new) {
+            (Some(t), None) => batch.del_table(t.family, &t.name),
+            (None, Some(t)) => {
+                batch.add_table(t.family, &t.name);
+                let chains: Vec<&Chain> = t.chains.values().map(|c| &**c).collect();
+                let sets: Vec<&Set> = t.sets.values().map(|s| &**s).collect();
+                add_objects(t, &sets, &chains, &chains, batch, &mut sum)?;
+            }
+            (Some(o), Some(n)) => table_diff(o, n, batch, &mut sum)?,
+            (None, None) => {}
+        }
+        Ok(())
+    })?;
+    sum.messages = batch.len();
+    Ok(sum)
+}
+
+fn table_diff(o: &Table, n: &Table, batch: &mut Batch, sum: &mut Summary) -> Result<()> {
+    let (fam, name) = (n.family, n.name.as_str());
+    // Sets whose definition changed are deleted and recreated; the kernel refuses to
+    // delete a set a rule still uses, so chains using them are replaced as well.
+    let mut redefined: BTreeSet<&str> = BTreeSet::new();
+    let mut new_sets: Vec<&Set> = Vec::new();
+    let mut gone_sets: Vec<&str> = Vec::new();
+    let mut elem_changes: Vec<(&Set, &Set)> = Vec::new();
+    merge(&o.sets, &n.sets, |k, a, b| {
+        match (a, b) {
+            (Some(a), Some(b)) if same(a, b) => {}
+            (Some(a), Some(b)) if a.same_definition(b) => elem_changes.push((a, b)),
+            (Some(_), Some(b)) => {
+                redefined.insert(k);
+                gone_sets.push(k);
+                new_sets.push(b);
+            }
+            (Some(_), None) => gone_sets.push(k),
+            (None, Some(b)) => new_sets.push(b),
+            (None, None) => {}
+        }
+        Ok(())
+    })?;
+
+    let mut flush: Vec<&str> = Vec::new();
+    let mut delete: Vec<&str> = Vec::new();
+    let mut create: Vec<&Chain> = Vec::new();
+    let mut refill: Vec<&Chain> = Vec::new();
+    let mut update_policy: Vec<&Chain> = Vec::new();
+    merge(&o.chains, &n.chains, |k, a, b| {
+        match (a, b) {
+            (Some(a), Some(b)) => {
+                let uses_redefined =
+                    !redefined.is_empty() && set_refs(b).any(|s| redefined.contains(s));
+                if same(a, b) && !uses_redefined {
+                    return Ok(());
+                }
+                let hook_changed = match (&a.base, &b.base) {
+                    (Some(x), Some(y)) => {
+                        (x.kind, x.hook, x.priority) != (y.kind, y.hook, y.priority)
+                    }
+                    (None, None) => false,
+                    _ => true,
+                };
+                if a.rules != b.rules || uses_redefined || hook_changed {
+                    flush.push(k);
+                    refill.push(b);
+                }
+                if hook_changed {
+                    delete.push(k);
+                    create.push(b);
+                } else if a.base != b.base {
+                    update_policy.push(b);
+                }
+            }
+            (Some(a), None) => {
+                if !a.rules.is_empty() {
+                    flush.push(k);
+                }
+                delete.push(k);
+            }
+            (None, Some(b)) => {
+                create.push(b);
+                refill.push(b);
+            }
+            (None, None) => {}
+        }
+        Ok(())
+    })?;
+
+    // Removals first, so nothing still refers to what is deleted. An element whose
+    // data changed is deleted and added again.
+    let mut elem_plans = Vec::with_capacity(elem_changes.len());
+    for (a, b) in &elem_changes {
+        let mut removed = Vec::new();
+        let mut added = Vec::new();
+        merge(&a.elements, &b.elements, |k, x, y| {
+            match (x, y) {
+                (Some(x), Some(y)) if x == y => {}
+                (x, y) => {
+                    if let Some(x) = x {
+                        removed.push((k, x));
+                    }
+                    if let Some(y) = y {
+                        added.push((k, y));
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        sum.elements_deleted += removed.len();
+        batch.del_elements(fam, name, a, removed.into_iter())?;
+        elem_plans.push((*b, added));
+    }
+    for c in &flush {
+        batch.flush_chain(fam, name, c);
+    }
+    for c in &delete {
+        batch.del_chain(fam, name, c);
+        sum.chains_deleted += 1;
+    }
+    for s in &gone_sets {
+        batch.del_set(fam, name, s);
+        sum.sets_deleted += 1;
+    }
+    // Then additions, in reference order.
+    for c in &update_policy {
+        batch.add_chain(fam, name, c);
+    }
+    sum.chains_replaced += refill.len().saturating_sub(create.len()) + update_policy.len();
+    add_objects(n, &new_sets, &create, &[], batch, sum)?;
+    for (b, added) in elem_plans {
+        sum.elements_added += added.len();
+        batch.add_elements(fam, name, b, added.into_iter())?;
+    }
+    for c in &refill {
+        add_rules(fam, name, c, batch, sum)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,714 @@
+//! Kernel expressions and the lowering of statements into them, as nft does it:
+//! loads into registers, comparisons, lookups, and the implicit protocol dependencies.
+
+use std::net::IpAddr;
+
+use crate::error::{Error, Result};
+use crate::model::{DataType, Family, KeyType, Set, Value, Verdict};
+use crate::rule::{CmpOp, DynsetOp, Reject, Rhs, Rule, Selector, SetRef, Stmt};
+
+pub const REG_VERDICT: u32 = 0;
+pub const REG_1: u32 = 1;
+pub const REG_2: u32 = 2;
+
+const PAYLOAD_NETWORK: u32 = 1;
+const PAYLOAD_TRANSPORT: u32 = 2;
+
+pub const META_MARK: u32 = 3;
+pub const META_IIFNAME: u32 = 6;
+pub const META_OIFNAME: u32 = 7;
+pub const META_NFPROTO: u32 = 15;
+pub const META_L4PROTO: u32 = 16;
+pub const CT_STATE: u32 = 0;
+pub const CT_MARK: u32 = 3;
+
+const NAT_SNAT: u32 = 0;
+const NAT_DNAT: u32 = 1;
+const NAT_RANGE_MAP_IPS: u32 = 1;
+const NAT_RANGE_PROTO_SPECIFIED: u32 = 2;
+const NAT_RANGE_PROTO_RANDOM_FULLY: u32 = 16;
+
+const REJECT_ICMP_UNREACH: u32 = 0;
+const REJECT_TCP_RST: u32 = 1;
+const REJECT_ICMPX_UNREACH: u32 = 2;
+
+/// Which set a lookup or dynset names: a table's set, or the n-th anonymous set of the rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SetName {
+    Named(String),
+    Anon(usize),
+}
+
+/// One kernel expression, with the attributes weft sets and reads back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expr {
+    Payload {
+        dreg: u32,
+        base: u32,
+        offset: u32,
+        len: u32,
+    },
+    Meta {
+        dreg: u32,
+        key: u32,
+    },
+    MetaSet {
+        sreg: u32,
+        key: u32,
+    },
+    Ct {
+        dreg: u32,
+        key: u32,
+    },
+    CtSet {
+        sreg: u32,
+        key: u32,
+    },
+    Cmp {
+        sreg: u32,
+        op: u32,
+        data: Vec<u8>,
+    },
+    Range {
+        sreg: u32,
+        op: u32,
+        from: Vec<u8>,
+        to: Vec<u8>,
+    },
+    Bitwise {
+        sreg: u32,
+        dreg: u32,
+        mask: Vec<u8>,
+        xor: Vec<u8>,
+    },
+    Lookup {
+        set: SetName,
+        sreg: u32,
+        dreg: Option<u32>,
+        invert: bool,
+    },
+    ImmValue {
+        dreg: u32,
+        data: Vec<u8>,
+    },
+    ImmVerdict(Verdict),
+    Counter,
+    Numgen {
+        dreg: u32,
+        modulus: u32,
+    },
+    FibAddrType {
+        dreg: u32,
+    },
+    Nat {
+        dnat: bool,
+        family: u8,
+        addr_reg: Option<u32>,
+        proto_reg: Option<u32>,
+        flags: u32,
+    },
+    Masq {
+        flags: u32,
+    },
+    Reject {
+        kind: u32,
+        code: Option<u8>,
+    },
+    Dynset {
+        set: SetName,
+        update: bool,
+        sreg_key: u32,
+        timeout_ms: u64,
+    },
+    Log {
+        group: Option<u16>,
+        prefix: Option<String>,
+    },
+}
+
+/// A rule lowered for the kernel, with the anonymous sets it creates alongside.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lowered {
+    pub exprs: Vec<Expr>,
+    pub anon: Vec<Set>,
+}
+
+/// The register the kernel reports for the 32-bit register slot `idx` (0 = NFT_REG32_00):
+/// slots on a 128-bit boundary read back as the legacy 128-bit register numbers.
+pub fn reg32(idx: u32) -> u32 {
+    if idx.is_multiple_of(4) {
+        1 + idx / 4
+    } else {
+        8 + idx
+    }
+}
+
+fn pad4(n: usize) -> usize {
+    (n + 3) & !3
+}
+
+struct Lowerer {
+    family: Family,
+    out: Vec<Expr>,
+    anon: Vec<Set>,
+    have_nfproto: Option<u8>,
+    have_l4proto: Option<u8>,
+}
+
+pub fn lower(rule: &Rule, family: Family) -> Result<Lowered> {
+    let mut l = Lowerer {
+        family,
+        out: Vec::new(),
+        anon: Vec::new(),
+        have_nfproto: None,
+        have_l4proto: None,
+    };
+    for s in &rule.stmts {
+        l.stmt(s)?;
+    }
+    Ok(Lowered {
+        exprs: l.out,
+        anon: l.anon,
+    })
+}
+
+fn invalid(what: String) -> Error {
+    Error::Invalid(what)
+}
+
+impl Lowerer {
+    fn dep_nfproto(&mut self, proto: u8) -> Result<()> {
+        match self.family {
+            Family::Inet => {
+                if self.have_nfproto != Some(proto) {
+                    self.out.push(Expr::Meta {
+                        dreg: REG_1,
+                        key: META_NFPROTO,
+                    });
+                    self.out.push(Expr::Cmp {
+                        sreg: REG_1,
+                        op: 0,
+                        data: vec![proto],
+                    });
+                    self.have_nfproto = Some(proto);
+                }
+                Ok(())
+            }
+            f if f.nfproto() == proto => Ok(()),
+            f => Err(invalid(format!(
+                "a {} table cannot match {} headers",
+                f.as_str(),
+                if proto == libc::NFPROTO_IPV4 as u8 {
+                    "ip"
+                } else {
+                    "ip6"
+                }
+            ))),
+        }
+    }
+
+    fn dep_l4proto(&mut self, proto: u8) {
+        if self.have_l4proto != Some(proto) {
+            self.out.push(Expr::Meta {
+                dreg: REG_1,
+                key: META_L4PROTO,
+            });
+            self.out.push(Expr::Cmp {
+                sreg: REG_1,
+                op: 0,
+                data: vec![proto],
+            });
+            self.have_l4proto = Some(proto);
+        }
+    }
+
+    /// Emits the protocol checks a selector needs before its load is meaningful.
+    fn deps(&mut self, sel: Selector) -> Result<()> {
+        use Selector::*;
+        match sel {
+            IpSaddr | IpDaddr | IpProtocol => self.dep_nfproto(libc::NFPROTO_IPV4 as u8),
+            Ip6Saddr | Ip6Daddr => self.dep_nfproto(libc::NFPROTO_IPV6 as u8),
+            TcpSport | TcpDport => {
+                self.dep_l4proto(libc::IPPROTO_TCP as u8);
+                Ok(())
+            }
+            UdpSport | UdpDport => {
+                self.dep_l4proto(libc::IPPROTO_UDP as u8);
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn load(&mut self, sel: Selector, dreg: u32) {
+        use Selector::*;
+        let net = |offset, len| Expr::Payload {
+            dreg,
+            base: PAYLOAD_NETWORK,
+            offset,
+            len,
+        };
+        let th = |offset| Expr::Payload {
+            dreg,
+            base: PAYLOAD_TRANSPORT,
+            offset,
+            len: 2,
+        };
+        let e = match sel {
+            IpSaddr => net(12, 4),
+            IpDaddr => net(16, 4),
+            IpProtocol => net(9, 1),
+            Ip6Saddr => net(8, 16),
+            Ip6Daddr => net(24, 16),
+            TcpSport | UdpSport | ThSport => th(0),
+            TcpDport | UdpDport | ThDport => th(2),
+            MetaL4proto => Expr::Meta {
+                dreg,
+                key: META_L4PROTO,
+            },
+            MetaMark => Expr::Meta {
+                dreg,
+                key: META_MARK,
+            },
+            MetaIifname => Expr::Meta {
+                dreg,
+                key: META_IIFNAME,
+            },
+            MetaOifname => Expr::Meta {
+                dreg,
+                key: META_OIFNAME,
+            },
+            CtMark => Expr::Ct { dreg, key: CT_MARK },
+            NumgenRandom(modulus) => Expr::Numgen { dreg, modulus },
+        };
+        self.out.push(e);
+    }
+
+    /// Loads a (possibly concatenated) key; returns the register holding it.
+    fn load_key(&mut self, key: &[Selector]) -> Result<u32> {
+        if key.is_empty() {
+            return Err(invalid("a set lookup needs at least one key field".into()));
+        }
+        for s in key {
+            self.deps(*s)?;
+        }
+        if key.len() == 1 {
+            self.load(key[0], REG_1);
+            return Ok(REG_1);
+        }
+        let mut slot = 0u32;
+        for s in key {
+            self.load(*s, reg32(slot));
+            slot += (pad4(s.key_type().size()) / 4) as u32;
+        }
+        if slot > 16 {
+            return Err(invalid("concatenated key longer than 64 bytes".into()));
+        }
+        Ok(REG_1)
+    }
+
+    fn set_ref(&mut self, key: &[Selector], set: &SetRef) -> Result<SetName> {
+        match set {
+            SetRef::Named(n) => Ok(SetName::Named(n.clone())),
+            SetRef::Anonymous(s) => {
+                let types: Vec<KeyType> = key.iter().map(|k| k.key_type()).collect();
+                if s.key != types {
+                    return Err(invalid(format!(
+                        "anonymous set has key {:?} but the rule's key is {:?}",
+                        s.key, types
+                    )));
+                }
+                let mut s = (**s).clone();
+                s.name = "__set%d".into();
+                s.flags.constant = true;
+                self.anon.push(s);
+                Ok(SetName::Anon(self.anon.len() - 1))
+            }
+        }
+    }
+
+    fn stmt(&mut self, s: &Stmt) -> Result<()> {
+        match s {
+            Stmt::Match { key, op, rhs } => self.matcher(*key, *op, rhs)?,
+            Stmt::Lookup { key, set, negate } => {
+                let sreg = self.load_key(key)?;
+                let set = self.set_ref(key, set)?;
+                self.out.push(Expr::Lookup {
+                    set,
+                    sreg,
+                    dreg: None,
+                    invert: *negate,
+                });
+            }
+            Stmt::CtState(states) => {
+                self.out.push(Expr::Ct {
+                    dreg: REG_1,
+                    key: CT_STATE,
+                });
+                self.masked_cmp(states.0, 0, CmpOp::Ne);
+            }
+            Stmt::MarkMatch {
+                ct,
+                mask,
+                value,
+                op,
+            } => {
+                self.load(
+                    if *ct {
+                        Selector::CtMark
+                    } else {
+                        Selector::MetaMark
+                    },
+                    REG_1,
+                );
+                self.masked_cmp(*mask, *value, *op);
+            }
+            Stmt::MarkOr { ct, bits } => {
+                self.load(
+                    if *ct {
+                        Selector::CtMark
+                    } else {
+                        Selector::MetaMark
+                    },
+                    REG_1,
+                );
+                self.out.push(Expr::Bitwise {
+                    sreg: REG_1,
+                    dreg: REG_1,
+                    mask: (!bits).to_ne_bytes().to_vec(),
+                    xor: bits.to_ne_bytes().to_vec(),
+                });
+                self.out.push(if *ct {
+                    Expr::CtSet {
+                        sreg: REG_1,
+                        key: CT_MARK,
+                    }
+                } else {
+                    Expr::MetaSet {
+                        sreg: REG_1,
+                        key: META_MARK,
+                    }
+                });
+            }
+            Stmt::FibDaddrLocal => {
+                self.out.push(Expr::FibAddrType { dreg: REG_1 });
+                // RTN_LOCAL, in host order like the rest of the route type.
+                self.out.push(Expr::Cmp {
+                    sreg: REG_1,
+                    op: 0,
+                    data: 2u32.to_ne_bytes().to_vec(),
+                });
+            }
+            Stmt::Counter => self.out.push(Expr::Counter),
+            Stmt::Verdict(v) => self.out.push(Expr::ImmVerdict(v.clone())),
+            Stmt::Vmap { key, map } => {
+                if let SetRef::Anonymous(s) = map {
+                    if s.data != Some(DataType::Verdict) {
+                        return Err(invalid("a vmap needs a map with verdict data".into()));
+                    }
+                }
+                let sreg = self.load_key(key)?;
+                let set = self.set_ref(key, map)?;
+                self.out.push(Expr::Lookup {
+                    set,
+                    sreg,
+                    dreg: Some(REG_VERDICT),
+                    invert: false,
+                });
+            }
+            Stmt::Dnat { addr, port } => self.nat_to(true, *addr, *port),
+            Stmt::Snat { addr, port } => self.nat_to(false, *addr, *port),
+            Stmt::DnatMap { key, map } => self.dnat_map(key, map)?,
+            Stmt::Masquerade { fully_random } => self.out.push(Expr::Masq {
+                flags: if *fully_random {
+                    NAT_RANGE_PROTO_RANDOM_FULLY
+                } else {
+                    0
+                },
+            }),
+            Stmt::Reject(r) => {
+                let e = match (r, self.family) {
+                    (Reject::TcpReset, _) => Expr::Reject {
+                        kind: REJECT_TCP_RST,
+                        code: None,
+                    },
+                    (Reject::PortUnreachable, Family::Ip) => Expr::Reject {
+                        kind: REJECT_ICMP_UNREACH,
+                        code: Some(3),
+                    },
+                    (Reject::PortUnreachable, Family::Ip6) => Expr::Reject {
+                        kind: REJECT_ICMP_UNREACH,
+                        code: Some(4),
+                    },
+                    (Reject::PortUnreachable, Family::Inet) => Expr::Reject {
+                        kind: REJECT_ICMPX_UNREACH,
+                        code: Some(1),
+                    },
+                };
+                self.out.push(e);
+            }
+            Stmt::Dynset {
+                op,
+                key,
+                set,
+                timeout,
+            } => {
+                let sreg_key = self.load_key(key)?;
+                self.out.push(Expr::Dynset {
+                    set: SetName::Named(set.clone()),
+                    update: *op == DynsetOp::Update,
+                    sreg_key,
+                    timeout_ms: timeout.map(|t| t.as_millis() as u64).unwrap_or(0),
+                });
+            }
+            Stmt::Log { prefix, group } => self.out.push(Expr::Log {
+                group: *group,
+                prefix: prefix.clone(),
+            }),
+        }
+        Ok(())
+    }
+
+    fn masked_cmp(&mut self, mask: u32, value: u32, op: CmpOp) {
+        self.out.push(Expr::Bitwise {
+            sreg: REG_1,
+            dreg: REG_1,
+            mask: mask.to_ne_bytes().to_vec(),
+            xor: vec![0; 4],
+        });
+        self.out.push(Expr::Cmp {
+            sreg: REG_1,
+            op: cmp_op(op),
+            data: value.to_ne_bytes().to_vec(),
+        });
+    }
+
+    fn matcher(&mut self, key: Selector, op: CmpOp, rhs: &Rhs) -> Result<()> {
+        let want = key.key_type();
+        let check = |v: &Value| {
+            if v.key_type() == want {
+                Ok(())
+            } else {
+                Err(invalid(format!(
+                    "{} compared with a {} value",
+                    key.nft_syntax(),
+                    v.key_type().as_str()
+                )))
+            }
+        };
+        self.deps(key)?;
+        match rhs {
+            Rhs::Value(v) => {
+                check(v)?;
+                self.load(key, REG_1);
+                self.out.push(Expr::Cmp {
+                    sreg: REG_1,
+                    op: cmp_op(op),
+                    data: v.bytes(),
+                });
+                if key == Selector::MetaL4proto && op == CmpOp::Eq {
+                    if let Value::Proto(p) = v {
+                        self.have_l4proto = Some(*p);
+                    }
+                }
+            }
+            Rhs::Prefix(v, bits) => {
+                check(v)?;
+                let bytes = v.bytes();
+                let total = bytes.len() * 8;
+                if *bits as usize > total {
+                    return Err(invalid(format!("prefix /{bits} longer than {total} bits")));
+                }
+                let mask = prefix_mask(bytes.len(), *bits as usize);
+                let net: Vec<u8> = bytes.iter().zip(&mask).map(|(a, m)| a & m).collect();
+                self.load(key, REG_1);
+                if (*bits as usize) < total {
+                    self.out.push(Expr::Bitwise {
+                        sreg: REG_1,
+                        dreg: REG_1,
+                        mask,
+                        xor: vec![0; bytes.len()],
+                    });
+                }
+                self.out.push(Expr::Cmp {
+                    sreg: REG_1,
+                    op: cmp_op(op),
+                    data: net,
+                });
+            }
+            Rhs::Range(a, b) => {
+                check(a)?;
+                check(b)?;
+                self.load(key, REG_1);
+                self.out.push(Expr::Range {
+                    sreg: REG_1,
+                    op: cmp_op(op),
+                    from: a.bytes(),
+                    to: b.bytes(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn nat_to(&mut self, dnat: bool, addr: IpAddr, port: Option<u16>) {
+        let (family, bytes) = match addr {
+            IpAddr::V4(a) => (libc::NFPROTO_IPV4 as u8, a.octets().to_vec()),
+            IpAddr::V6(a) => (libc::NFPROTO_IPV6 as u8, a.octets().to_vec()),
+        };
+        self.out.push(Expr::ImmValue {
+            dreg: REG_1,
+            data: bytes,
+        });
+        let mut flags = NAT_RANGE_MAP_IPS;
+        if let Some(p) = port {
+            self.out.push(Expr::ImmValue {
+                dreg: REG_2,
+                data: p.to_be_bytes().to_vec(),
+            });
+            flags |= NAT_RANGE_PROTO_SPECIFIED;
+        }
+        self.out.push(Expr::Nat {
+            dnat,
+            family,
+            addr_reg: Some(REG_1),
+            proto_reg: port.map(|_| REG_2),
+            flags,
+        });
+    }
+
+    fn dnat_map(&mut self, key: &[Selector], map: &SetRef) -> Result<()> {
+        let data = match map {
+            SetRef::Anonymous(s) => match &s.data {
+                Some(DataType::Value(d)) => Some(d.clone()),
+                _ => return Err(invalid("dnat map needs address (. port) data".into())),
+            },
+            SetRef::Named(_) => None,
+        };
+        let sreg = self.load_key(key)?;
+        let set = self.set_ref(key, map)?;
+        // A named map's data type is not visible here; assume the documented
+        // `ipv4_addr . inet_service` unless an anonymous map says otherwise.
+        let data = data.unwrap_or_else(|| vec![KeyType::Ipv4Addr, KeyType::InetService]);
+        let (family, addr_len) = match data.first() {
+            Some(KeyType::Ipv4Addr) => (libc::NFPROTO_IPV4 as u8, 4),
+            Some(KeyType::Ipv6Addr) => (libc::NFPROTO_IPV6 as u8, 16),
+            _ => return Err(invalid("dnat map data must start with an address".into())),
+        };
+        let with_port = data.get(1) == Some(&KeyType::InetService);
+        self.out.push(Expr::Lookup {
+            set,
+            sreg,
+            dreg: Some(REG_1),
+            invert: false,
+        });
+        let mut flags = NAT_RANGE_MAP_IPS;
+        if with_port {
+            flags |= NAT_RANGE_PROTO_SPECIFIED;
+        }
+        self.out.push(Expr::Nat {
+            dnat: true,
+            family,
+            addr_reg: Some(REG_1),
+            proto_reg: with_port.then(|| reg32(addr_len / 4)),
+            flags,
+        });
+        Ok(())
+    }
+}
+
+fn cmp_op(op: CmpOp) -> u32 {
+    match op {
+        CmpOp::Eq => 0,
+        CmpOp::Ne => 1,
+    }
+}
+
+fn prefix_mask(len: usize, bits: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| {
+            let b = bits.saturating_sub(i * 8).min(8);
+            if b == 0 {
+                0
+            } else {
+                0xffu8 << (8 - b)
+            }
+        })
+        .collect()
+}
+
+impl Expr {
+    /// The kernel's name for the expression type.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Expr::Payload { .. } => "payload",
+            Expr::Meta { .. } | Expr::MetaSet { .. } => "meta",
+            Expr::Ct { .. } | Expr::CtSet { .. } => "ct",
+            Expr::Cmp { .. } => "cmp",
+            Expr::Range { .. } => "range",
+            Expr::Bitwise { .. } => "bitwise",
+            Expr::Lookup { .. } => "lookup",
+            Expr::ImmValue { .. } | Expr::ImmVerdict(_) => "immediate",
+            Expr::Counter => "counter",
+            Expr::Numgen { .. } => "numgen",
+            Expr::FibAddrType { .. } => "fib",
+            Expr::Nat { .. } => "nat",
+            Expr::Masq { .. } => "masq",
+            Expr::Reject { .. } => "reject",
+            Expr::Dynset { .. } => "dynset",
+            Expr::Log { .. } => "log",
+        }
+    }
+
+    pub fn nat_type(dnat: bool) -> u32 {
+        if dnat {
+            NAT_DNAT
+        } else {
+            NAT_SNAT
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    #[test]
+    fn registers_match_kernel_read_back_numbering() {
+        assert_eq!(reg32(0), REG_1);
+        assert_eq!(reg32(1), 9);
+        assert_eq!(reg32(4), REG_2);
+    }
+
+    #[test]
+    fn tcp_dport_in_inet_gets_both_dependencies_once() {
+        let r = Rule::new(vec![
+            Stmt::eq(Selector::IpDaddr, Value::Ipv4(Ipv4Addr::new(10, 96, 0, 1))),
+            Stmt::eq(Selector::TcpDport, Value::Port(80)),
+            Stmt::eq(Selector::TcpSport, Value::Port(1)),
+        ]);
+        let l = lower(&r, Family::Inet).unwrap();
+        let metas = l
+            .exprs
+            .iter()
+            .filter(|e| matches!(e, Expr::Meta { .. }))
+            .count();
+        assert_eq!(metas, 2, "{:?}", l.exprs);
+    }
+
+    #[test]
+    fn ip6_match_in_ip_table_is_refused() {
+        let r = Rule::new(vec![Stmt::eq(
+            Selector::Ip6Saddr,
+            Value::Ipv6(std::net::Ipv6Addr::LOCALHOST),
+        )]);
+        assert!(lower(&r, Family::Ip).is_err());
+    }
+
+    #[test]
+    fn prefix_masks() {
+        assert_eq!(prefix_mask(4, 12), vec![0xff, 0xf0, 0, 0]);
+        assert_eq!(prefix_mask(4, 0), vec![0, 0, 0, 0]);
+    }
+}

@@ -1,0 +1,1 @@
+//! Rendering to nft syntax.
