@@ -9,6 +9,31 @@
 //! Namespaces: `setns` moves only one thread, so work in another namespace either goes
 //! through a `Handle::in_netns` socket (bound to that namespace for life) or through
 //! `Netns::run_in`, which runs a closure on a helper thread inside the namespace.
+//!
+//! ```no_run
+//! use weft_netlink::{sysctl, Handle, Netns, Route};
+//!
+//! # fn main() -> weft_netlink::Result<()> {
+//! let pod = Netns::from_path("/run/netns/pod-1")?;
+//! let mut host = Handle::new()?;
+//! let bridge = match host.link_by_name("cbr0")? {
+//!     Some(b) => b,
+//!     None => host.create_bridge("cbr0", None)?,
+//! };
+//! // The pod end is born inside the pod, so its name only has to be free there.
+//! let veth = host.create_veth("veth0123abcd", "eth0", &pod, None)?;
+//! host.set_master(veth.index, bridge.index)?;
+//! host.set_up(veth.index)?;
+//!
+//! let mut inside = Handle::in_netns(&pod)?;
+//! let eth0 = inside.link_index("eth0")?;
+//! inside.add_addr(eth0, "10.244.1.5/24".parse().unwrap())?;
+//! inside.set_up(eth0)?;
+//! inside.add_route(&Route::new("0.0.0.0/0".parse().unwrap()).via("10.244.1.1".parse().unwrap()))?;
+//! pod.run_in(|| sysctl::set("net.ipv6.conf.eth0.accept_dad", "0"))??;
+//! # Ok(())
+//! # }
+//! ```
 
 mod addr;
 mod error;

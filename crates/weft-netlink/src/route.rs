@@ -314,7 +314,8 @@ fn kind_from_nl(k: RouteType) -> RouteKind {
 
 impl Handle {
     /// Routes of every table (main, local, and any other); filter on `table` and `kind`
-    /// for the ones you manage. Kernel route-cache clones are left out.
+    /// for the ones you manage. Kernel route-cache clones are left out. IPv6 routes added
+    /// without a metric read back with the kernel's default, 1024.
     pub fn routes(&mut self, family: Family) -> Result<Vec<Route>> {
         let mut m = RouteMessage::default();
         m.header.address_family = match family {
