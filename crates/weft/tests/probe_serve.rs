@@ -1,0 +1,505 @@
+//! `weft serve` and `weft probe` against each other, inside network namespaces this file
+//! creates (`weft-t-probe-*`, deleted by guards on success and failure). Needs root and `ip`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Barrier};
+
+fn weft() -> &'static str {
+    env!("CARGO_BIN_EXE_weft")
+}
+
+fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A named network namespace with `lo` up, deleted on drop.
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn new(tag: &str) -> Netns {
+        let name = format!("weft-t-probe-{tag}-{}", std::process::id());
+        run_ok(Command::new("ip").args(["netns", "add", &name]));
+        let ns = Netns { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    fn ip(&self, args: &[&str]) -> String {
+        run_ok(Command::new("ip").arg("-n").arg(&self.name).args(args))
+    }
+
+    fn exec(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+
+    fn sysctl(&self, key: &str, value: &str) {
+        let path = format!("/proc/sys/{}", key.replace('.', "/"));
+        run_ok(
+            self.exec("sh")
+                .arg("-c")
+                .arg(format!("echo '{value}' > {path}")),
+        );
+    }
+
+    /// Runs `f` on a thread that has joined this namespace (setns is per thread).
+    fn run_in<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let file =
+                    std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+                nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .unwrap_or_else(|e| panic!("setns {path}: {e}"));
+                f()
+            })
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+        })
+    }
+
+    /// `weft probe ARGS...` in this namespace: (exit code, stdout line, stderr).
+    fn probe(&self, args: &[&str]) -> Probe {
+        let out = self
+            .exec(weft())
+            .arg("probe")
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run weft probe: {e}"));
+        Probe {
+            code: out.status.code().unwrap_or(-1),
+            line: String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// `weft serve ARGS...` in this namespace, returned once it says every port is bound.
+    fn serve(&self, args: &[&str]) -> Server {
+        let mut child = self
+            .exec(weft())
+            .arg("serve")
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start weft serve: {e}"));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let server = Server { child: Some(child) };
+        let mut seen = String::new();
+        for line in BufReader::new(stdout).lines() {
+            let line = line.unwrap_or_default();
+            seen.push_str(&line);
+            seen.push('\n');
+            if line == "weft serve: ready" {
+                return server;
+            }
+        }
+        panic!("weft serve {args:?} ended before it was ready; it said:\n{seen}");
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// A running `weft serve`; killed on drop if the test did not stop it.
+struct Server {
+    child: Option<Child>,
+}
+
+impl Server {
+    /// SIGTERM, then the exit status.
+    fn stop(mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("server still running");
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("kill -TERM");
+        child.wait().expect("wait for weft serve")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+struct Probe {
+    code: i32,
+    line: String,
+    stderr: String,
+}
+
+impl Probe {
+    fn verdict(&self) -> &str {
+        self.line.split_whitespace().nth(2).unwrap_or("")
+    }
+
+    fn field(&self, key: &str) -> Option<&str> {
+        self.line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+    }
+
+    fn expect(&self, code: i32, verdict: &str) -> &Self {
+        assert_eq!(
+            (self.code, self.verdict()),
+            (code, verdict),
+            "line {:?}, stderr {:?}",
+            self.line,
+            self.stderr
+        );
+        self
+    }
+}
+
+/// Two namespaces joined by a veth pair, like two pods: client 10.20.0.1, server 10.20.0.2
+/// and a second server address 10.20.0.3.
+fn two_hosts(tag: &str) -> (Netns, Netns) {
+    let client = Netns::new(&format!("{tag}-c"));
+    let server = Netns::new(&format!("{tag}-s"));
+    client.ip(&[
+        "link",
+        "add",
+        "c0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "s0",
+        "netns",
+        &server.name,
+    ]);
+    client.ip(&["addr", "add", "10.20.0.1/24", "dev", "c0"]);
+    client.ip(&["link", "set", "c0", "up"]);
+    server.ip(&["addr", "add", "10.20.0.2/24", "dev", "s0"]);
+    server.ip(&["addr", "add", "10.20.0.3/24", "dev", "s0"]);
+    server.ip(&["link", "set", "s0", "up"]);
+    (client, server)
+}
+
+#[test]
+fn probes_show_the_client_address_the_server_saw() {
+    let (client, server) = two_hosts("addr");
+    let _serve = server.serve(&["--tcp", "8080", "--udp", "8080", "--http", "8081"]);
+
+    for (proto, target) in [("tcp", "10.20.0.2:8080"), ("udp", "10.20.0.2:8080")] {
+        let p = client.probe(&[proto, target]);
+        p.expect(
+            0,
+            if proto == "tcp" {
+                "connected"
+            } else {
+                "answered"
+            },
+        );
+        assert_eq!(p.field("client"), Some("10.20.0.1"), "{}", p.line);
+        assert!(p.field("server").is_some(), "{}", p.line);
+    }
+    let p = client.probe(&["http", "http://10.20.0.2:8081/some/path?x=1"]);
+    p.expect(0, "answered");
+    assert_eq!(p.field("status"), Some("200"), "{}", p.line);
+    assert_eq!(p.field("path"), Some("/some/path"), "{}", p.line);
+    assert_eq!(p.field("client"), Some("10.20.0.1"), "{}", p.line);
+
+    // Loopback and IPv6 in the server's own namespace.
+    for target in ["127.0.0.1:8080", "[::1]:8080"] {
+        let want = if target.starts_with('[') {
+            "::1"
+        } else {
+            "127.0.0.1"
+        };
+        for proto in ["tcp", "udp"] {
+            let p = server.probe(&[proto, target]);
+            assert_eq!((p.code, p.field("client")), (0, Some(want)), "{}", p.line);
+        }
+    }
+    let p = server.probe(&["http", "http://[::1]:8081/v6"]);
+    assert_eq!((p.code, p.field("path")), (0, Some("/v6")), "{}", p.line);
+}
+
+#[test]
+fn udp_replies_come_from_the_address_that_was_asked() {
+    // 10.20.0.3 is the server's second address; without IP_PKTINFO its reply would leave
+    // from 10.20.0.2 and the probe's connected socket would never see it.
+    let (client, server) = two_hosts("pktinfo");
+    let _serve = server.serve(&["--udp", "5353"]);
+    let p = client.probe(&["udp", "10.20.0.3:5353"]);
+    p.expect(0, "answered");
+    assert_eq!(p.field("client"), Some("10.20.0.1"));
+}
+
+#[test]
+fn closed_ports_are_refused() {
+    let (client, server) = two_hosts("refused");
+    let _serve = server.serve(&["--tcp", "8080"]);
+    for (ns, target) in [(&client, "10.20.0.2:9"), (&server, "127.0.0.1:9")] {
+        ns.probe(&["tcp", target]).expect(1, "refused");
+        ns.probe(&["udp", target]).expect(1, "refused");
+    }
+}
+
+#[test]
+fn icmp_echo_is_answered_with_and_without_ping_sockets() {
+    let (client, server) = two_hosts("icmp");
+    // A fresh namespace allows unprivileged ping sockets to nobody: the raw-socket path.
+    for target in ["10.20.0.2", "127.0.0.1", "::1"] {
+        let ns = if target == "10.20.0.2" {
+            &client
+        } else {
+            &server
+        };
+        let p = ns.probe(&["icmp", target]);
+        p.expect(0, "answered");
+        assert_eq!(p.field("from"), Some(target), "{}", p.line);
+    }
+    // Now our gid may use ping sockets: the unprivileged path.
+    client.sysctl("net.ipv4.ping_group_range", "0 2147483647");
+    client.probe(&["icmp", "10.20.0.2"]).expect(0, "answered");
+}
+
+#[test]
+fn an_address_that_swallows_packets_times_out() {
+    let ns = Netns::new("blackhole");
+    // 10.99.0.2 has a neighbour entry, so packets leave, but nobody owns that MAC.
+    ns.ip(&["link", "add", "v0", "type", "veth", "peer", "name", "v1"]);
+    ns.ip(&["addr", "add", "10.99.0.1/24", "dev", "v0"]);
+    ns.ip(&["link", "set", "v0", "up"]);
+    ns.ip(&["link", "set", "v1", "up"]);
+    ns.ip(&[
+        "neigh",
+        "add",
+        "10.99.0.2",
+        "lladdr",
+        "02:00:00:00:00:02",
+        "dev",
+        "v0",
+        "nud",
+        "permanent",
+    ]);
+    for args in [
+        ["tcp", "10.99.0.2:80"],
+        ["udp", "10.99.0.2:53"],
+        ["icmp", "10.99.0.2"],
+        ["http", "http://10.99.0.2/"],
+    ] {
+        let mut a = args.to_vec();
+        a.extend(["--timeout-ms", "300"]);
+        ns.probe(&a).expect(1, "timeout");
+    }
+    // No route at all is told apart from silence.
+    ns.probe(&["tcp", "10.200.0.1:80"]).expect(1, "unreachable");
+    ns.probe(&["icmp", "10.200.0.1"]).expect(1, "unreachable");
+}
+
+fn http_exchange(request: &[u8]) -> String {
+    let mut s = TcpStream::connect("127.0.0.1:8081").expect("connect to the HTTP echo");
+    s.write_all(request).expect("send request");
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).expect("read response");
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[test]
+fn http_echo_keeps_alive_and_answers_malformed_requests_with_400() {
+    let ns = Netns::new("http");
+    let serve = ns.serve(&["--http", "8081"]);
+    let (bad, binary, two, big) = ns.run_in(|| {
+        (
+            http_exchange(b"GARBAGE\r\n\r\n"),
+            http_exchange(b"\xff\xfe / HTTP/1.1\r\n\r\n"),
+            http_exchange(
+                b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nPOST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
+            ),
+            http_exchange(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n"),
+        )
+    });
+    assert!(bad.starts_with("HTTP/1.1 400 "), "{bad}");
+    assert!(binary.starts_with("HTTP/1.1 400 "), "{binary}");
+    assert!(big.starts_with("HTTP/1.1 413 "), "{big}");
+    // Two requests on one connection, two JSON answers in order.
+    let bodies: Vec<serde_json::Value> = two
+        .split("\r\n\r\n")
+        .skip(1)
+        .filter_map(|chunk| serde_json::from_str(chunk.lines().next()?).ok())
+        .collect();
+    assert_eq!(bodies.len(), 2, "{two}");
+    assert_eq!(
+        (bodies[0]["method"].as_str(), bodies[0]["path"].as_str()),
+        (Some("GET"), Some("/a"))
+    );
+    assert_eq!(
+        (
+            bodies[1]["method"].as_str(),
+            bodies[1]["body_bytes"].as_u64()
+        ),
+        (Some("POST"), Some(3))
+    );
+    assert_eq!(bodies[1]["headers"]["host"], "x");
+    assert_eq!(
+        bodies[1]["client"]
+            .as_str()
+            .map(|c| c.starts_with("127.0.0.1:")),
+        Some(true)
+    );
+    // Still serving after all that, and it stops cleanly.
+    ns.probe(&["http", "http://127.0.0.1:8081/after"])
+        .expect(0, "answered");
+    assert!(serve.stop().success());
+}
+
+#[test]
+fn http_echo_names_the_pod_from_its_environment() {
+    let ns = Netns::new("pod");
+    let mut child = ns
+        .exec(weft())
+        .args(["serve", "--http", "8081"])
+        .env("POD_NAME", "web-1")
+        .env("POD_NAMESPACE", "shop")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start weft serve");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let _server = Server { child: Some(child) };
+    let ready = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .any(|l| l == "weft serve: ready");
+    assert!(ready, "weft serve did not get ready");
+    let p = ns.probe(&["http", "http://127.0.0.1:8081/"]);
+    assert_eq!(
+        (p.code, p.field("pod")),
+        (0, Some("shop/web-1")),
+        "{}",
+        p.line
+    );
+}
+
+#[test]
+fn many_clients_are_served_at_once() {
+    const CLIENTS: usize = 64;
+    let ns = Netns::new("many");
+    let _serve = ns.serve(&["--tcp", "8080"]);
+    let ok = ns.run_in(|| {
+        // Every client holds its connection until all are connected: concurrent, not serial.
+        let barrier = Arc::new(Barrier::new(CLIENTS));
+        let threads: Vec<_> = (0..CLIENTS)
+            .map(|i| {
+                let barrier = Arc::clone(&barrier);
+                std::thread::spawn(move || -> Result<(), String> {
+                    let s = TcpStream::connect("127.0.0.1:8080").map_err(|e| e.to_string())?;
+                    let mut r = BufReader::new(s.try_clone().map_err(|e| e.to_string())?);
+                    let mut greeting = String::new();
+                    r.read_line(&mut greeting).map_err(|e| e.to_string())?;
+                    barrier.wait();
+                    (&s).write_all(format!("client {i}\n").as_bytes())
+                        .map_err(|e| e.to_string())?;
+                    let mut echo = String::new();
+                    r.read_line(&mut echo).map_err(|e| e.to_string())?;
+                    if greeting.contains(" client=127.0.0.1:") && echo == format!("client {i}\n") {
+                        Ok(())
+                    } else {
+                        Err(format!("greeting {greeting:?}, echo {echo:?}"))
+                    }
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| t.join().unwrap_or_else(|_| Err("client panicked".into())))
+            .collect::<Vec<_>>()
+    });
+    let failed: Vec<_> = ok.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(failed.is_empty(), "{failed:?}");
+}
+
+fn kernel_has_sctp(ns: &Netns) -> bool {
+    ns.run_in(|| {
+        // SAFETY: plain socket(2); the fd is closed right away.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, libc::IPPROTO_SCTP) };
+        if fd >= 0 {
+            unsafe { libc::close(fd) };
+        }
+        fd >= 0
+    })
+}
+
+#[test]
+fn sctp_is_served_or_reported_missing() {
+    let ns = Netns::new("sctp");
+    if kernel_has_sctp(&ns) {
+        let _serve = ns.serve(&["--sctp", "8082"]);
+        let p = ns.probe(&["sctp", "127.0.0.1:8082"]);
+        p.expect(0, "connected");
+        assert_eq!(p.field("client"), Some("127.0.0.1"));
+        ns.probe(&["sctp", "127.0.0.1:9"]).expect(1, "refused");
+    } else {
+        let p = ns.probe(&["sctp", "127.0.0.1:8082"]);
+        assert_eq!(p.code, 2, "{}", p.line);
+        assert!(p.stderr.contains("sctp is not available"), "{}", p.stderr);
+        // The other ports of a pod still work; SCTP alone cannot be served.
+        let _serve = ns.serve(&["--sctp", "8082", "--tcp", "8080"]);
+        ns.probe(&["tcp", "127.0.0.1:8080"]).expect(0, "connected");
+        let alone = ns
+            .exec(weft())
+            .args(["serve", "--sctp", "8083"])
+            .output()
+            .expect("run weft serve");
+        assert!(!alone.status.success());
+        assert!(String::from_utf8_lossy(&alone.stderr).contains("SCTP is not available"));
+    }
+}
+
+#[test]
+fn serve_exits_zero_on_sigterm() {
+    let ns = Netns::new("sigterm");
+    let serve = ns.serve(&["--tcp", "8080", "--udp", "8080"]);
+    ns.probe(&["tcp", "127.0.0.1:8080"]).expect(0, "connected");
+    let status = serve.stop();
+    assert!(status.success(), "{status:?}");
+    ns.probe(&["tcp", "127.0.0.1:8080"]).expect(1, "refused");
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    for args in [
+        &["tcp", "10.0.0.1"][..],
+        &["udp", "fd00::1:53"],
+        &["http", "https://example.com/"],
+        &["tcp", "10.0.0.1:80", "--timeout-ms", "0"],
+        &["dns", "kubernetes.default"],
+    ] {
+        let out = Command::new(weft())
+            .arg("probe")
+            .args(args)
+            .output()
+            .expect("run weft probe");
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+        assert!(!out.stderr.is_empty(), "{args:?}");
+    }
+    let out = Command::new(weft())
+        .arg("serve")
+        .output()
+        .expect("run weft serve");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing to serve"));
+}
