@@ -45,7 +45,12 @@ pub fn acquire(inv: &Invocation, conf: &NetConf) -> Result<Addressing> {
         IpamConf::Weft(w) => {
             let sets = range_sets(w)?;
             let ipam = Ipam::open(&w.data_dir, &conf.name)?;
-            let leases = ipam.allocate(&sets, &inv.container_id, &inv.ifname, &requested(inv, conf)?)?;
+            let leases = ipam.allocate(
+                &sets,
+                &inv.container_id,
+                &inv.ifname,
+                &requested(inv, conf)?,
+            )?;
             let ips: Vec<(IpNet, Option<IpAddr>)> = leases
                 .iter()
                 .map(|l| {
@@ -57,9 +62,16 @@ pub fn acquire(inv: &Invocation, conf: &NetConf) -> Result<Addressing> {
             let routes = w
                 .routes
                 .iter()
-                .map(|r| Route { dst: r.dst, gw: r.gw })
+                .map(|r| Route {
+                    dst: r.dst,
+                    gw: r.gw,
+                })
                 .collect();
-            Ok(Addressing { ips, routes, dns: None })
+            Ok(Addressing {
+                ips,
+                routes,
+                dns: None,
+            })
         }
         IpamConf::Delegate(plugin) => {
             let path = delegate::find(plugin, &inv.path)?;
@@ -94,7 +106,10 @@ pub fn check(inv: &Invocation, conf: &NetConf, addrs: &[IpNet]) -> Result<()> {
             match addrs.iter().find(|a| !held.contains(&a.addr())) {
                 Some(a) => Err(Error::new(
                     code::CHECK_FAILED,
-                    format!("IPAM holds no allocation of {} for this container", a.addr()),
+                    format!(
+                        "IPAM holds no allocation of {} for this container",
+                        a.addr()
+                    ),
                 )),
                 None => Ok(()),
             }
@@ -112,7 +127,8 @@ pub fn status(inv: &Invocation, conf: &NetConf) -> Result<()> {
         IpamConf::None => Ok(()),
         IpamConf::Weft(w) => {
             let sets = range_sets(w).map_err(|e| {
-                Error::new(code::NOT_AVAILABLE, format!("IPAM not ready: {}", e.msg)).with_details(e.details)
+                Error::new(code::NOT_AVAILABLE, format!("IPAM not ready: {}", e.msg))
+                    .with_details(e.details)
             })?;
             let free = Ipam::open(&w.data_dir, &conf.name)?.free_counts(&sets)?;
             match free.iter().position(|f| *f == 0) {
@@ -134,7 +150,9 @@ pub fn status(inv: &Invocation, conf: &NetConf) -> Result<()> {
 pub fn gc(inv: &Invocation, conf: &NetConf, valid: &HashSet<(String, String)>) -> Result<()> {
     match &conf.ipam {
         IpamConf::None => Ok(()),
-        IpamConf::Weft(w) => Ipam::open(&w.data_dir, &conf.name)?.retain(valid).map(|_| ()),
+        IpamConf::Weft(w) => Ipam::open(&w.data_dir, &conf.name)?
+            .retain(valid)
+            .map(|_| ()),
         IpamConf::Delegate(plugin) => {
             let path = delegate::find(plugin, &inv.path)?;
             delegate::run(&path, "GC", &conf.raw).map(|_| ())

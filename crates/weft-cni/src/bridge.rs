@@ -7,21 +7,32 @@ use ipnet::IpNet;
 use weft_netlink::{sysctl, Handle, Link};
 
 pub fn ensure(h: &mut Handle, name: &str, mtu: Option<u32>) -> Result<Link> {
-    let link = match h.link_by_name(name).map_err(|e| Error::kernel(format!("look up bridge {name}"), e))? {
+    let link = match h
+        .link_by_name(name)
+        .map_err(|e| Error::kernel(format!("look up bridge {name}"), e))?
+    {
         Some(l) => l,
         None => match h.create_bridge(name, mtu) {
             Ok(l) => l,
             Err(e) if e.is_exists() => h
                 .link_by_name(name)
                 .map_err(|e| Error::kernel(format!("look up bridge {name}"), e))?
-                .ok_or_else(|| Error::new(crate::error::code::KERNEL, format!("bridge {name} vanished")))?,
+                .ok_or_else(|| {
+                    Error::new(
+                        crate::error::code::KERNEL,
+                        format!("bridge {name} vanished"),
+                    )
+                })?,
             Err(e) => return Err(Error::kernel(format!("create bridge {name}"), e)),
         },
     };
     if link.kind.as_deref() != Some("bridge") {
         return Err(Error::invalid_config(
             "bridge",
-            format!("{name} exists but is a {} device, not a bridge", link.kind.as_deref().unwrap_or("plain")),
+            format!(
+                "{name} exists but is a {} device, not a bridge",
+                link.kind.as_deref().unwrap_or("plain")
+            ),
         ));
     }
     if let Some(m) = mtu.filter(|m| *m != link.mtu) {

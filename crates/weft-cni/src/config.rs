@@ -83,7 +83,10 @@ fn opt_bool(m: &Map<String, Value>, key: &str) -> Result<bool> {
     match m.get(key) {
         None | Some(Value::Null) => Ok(false),
         Some(Value::Bool(b)) => Ok(*b),
-        Some(v) => Err(Error::invalid_config(key, format!("must be true or false, got {v}"))),
+        Some(v) => Err(Error::invalid_config(
+            key,
+            format!("must be true or false, got {v}"),
+        )),
     }
 }
 
@@ -100,12 +103,21 @@ fn opt_ip(m: &Map<String, Value>, key: &str, path: &str) -> Result<Option<IpAddr
 
 /// Keys of the reference bridge plugin that weft does not implement: refusing them beats
 /// silently ignoring what the user asked for (spec error 2, "unsupported field").
-const UNSUPPORTED_WHEN_SET: &[&str] = &["vlan", "vlanTrunk", "promiscMode", "macspoofchk", "enabledad"];
+const UNSUPPORTED_WHEN_SET: &[&str] = &[
+    "vlan",
+    "vlanTrunk",
+    "promiscMode",
+    "macspoofchk",
+    "enabledad",
+];
 
 impl NetConf {
     pub fn parse(raw: &[u8]) -> Result<NetConf> {
         let v: Value = serde_json::from_slice(raw).map_err(|e| {
-            Error::new(code::DECODE, format!("network config on stdin is not valid JSON: {e}"))
+            Error::new(
+                code::DECODE,
+                format!("network config on stdin is not valid JSON: {e}"),
+            )
         })?;
         let m = obj(&v, "(config)")?;
         let cni_version = opt_str(m, "cniVersion", "")?
@@ -129,16 +141,32 @@ impl NetConf {
                 }
             }
         }
-        let bridge = opt_str(m, "bridge", "")?.unwrap_or(DEFAULT_BRIDGE).to_string();
-        crate::env::validate_ifname(&bridge)
-            .map_err(|_| Error::invalid_config("bridge", format!("{bridge:?} is not a valid interface name")))?;
+        let bridge = opt_str(m, "bridge", "")?
+            .unwrap_or(DEFAULT_BRIDGE)
+            .to_string();
+        crate::env::validate_ifname(&bridge).map_err(|_| {
+            Error::invalid_config(
+                "bridge",
+                format!("{bridge:?} is not a valid interface name"),
+            )
+        })?;
         let mtu = match m.get("mtu") {
             None | Some(Value::Null) => None,
             Some(Value::Number(n)) => match n.as_u64() {
                 Some(x) if (68..=65535).contains(&x) => Some(x as u32),
-                _ => return Err(Error::invalid_config("mtu", format!("{n} is outside 68..65535"))),
+                _ => {
+                    return Err(Error::invalid_config(
+                        "mtu",
+                        format!("{n} is outside 68..65535"),
+                    ))
+                }
             },
-            Some(v) => return Err(Error::invalid_config("mtu", format!("must be a number, got {v}"))),
+            Some(v) => {
+                return Err(Error::invalid_config(
+                    "mtu",
+                    format!("must be a number, got {v}"),
+                ))
+            }
         };
         let is_default_gateway = opt_bool(m, "isDefaultGateway")?;
         let ipam = match m.get("ipam") {
@@ -150,7 +178,11 @@ impl NetConf {
         }
         let mut requested_ips = Vec::new();
         if let Some(rc) = m.get("runtimeConfig").filter(|v| !v.is_null()) {
-            collect_ips(obj(rc, "runtimeConfig")?.get("ips"), "runtimeConfig.ips", &mut requested_ips)?;
+            collect_ips(
+                obj(rc, "runtimeConfig")?.get("ips"),
+                "runtimeConfig.ips",
+                &mut requested_ips,
+            )?;
         }
         if let Some(args) = m.get("args").and_then(|a| a.get("cni")) {
             collect_ips(args.get("ips"), "args.cni.ips", &mut requested_ips)?;
@@ -234,7 +266,10 @@ fn parse_ipam(m: &Map<String, Value>) -> Result<IpamConf> {
         .ok_or_else(|| Error::invalid_config("ipam.type", "missing"))?;
     if ty != "weft" {
         if ty.is_empty() || ty.contains('/') {
-            return Err(Error::invalid_config("ipam.type", format!("{ty:?} is not a plugin name")));
+            return Err(Error::invalid_config(
+                "ipam.type",
+                format!("{ty:?} is not a plugin name"),
+            ));
         }
         return Ok(IpamConf::Delegate(ty.to_string()));
     }
@@ -321,7 +356,11 @@ pub fn read_subnet_file(path: &std::path::Path) -> Result<Vec<RangeSet>> {
     })?;
     let field = format!("ipam.subnetFile ({})", path.display());
     let mut cidr = None;
-    for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+    for line in text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
         match line.split_once('=') {
             Some(("WEFT_SUBNET" | "FLANNEL_SUBNET", v)) => cidr = Some(v.trim().to_string()),
             Some(_) => {}

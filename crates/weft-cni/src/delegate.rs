@@ -15,7 +15,10 @@ pub fn find(plugin: &str, path: &[PathBuf]) -> Result<PathBuf> {
             let dirs: Vec<String> = path.iter().map(|p| p.display().to_string()).collect();
             Error::new(
                 code::DELEGATE,
-                format!("IPAM plugin {plugin:?} not found in CNI_PATH ({})", dirs.join(":")),
+                format!(
+                    "IPAM plugin {plugin:?} not found in CNI_PATH ({})",
+                    dirs.join(":")
+                ),
             )
         })
 }
@@ -46,8 +49,14 @@ pub fn run(plugin: &Path, command: &str, config: &[u8]) -> Result<Vec<u8>> {
     let name = plugin.display();
     Err(match err {
         Some(v) => Error::new(
-            v["code"].as_u64().map(|c| c as u32).unwrap_or(code::DELEGATE),
-            format!("IPAM plugin {name}: {}", v["msg"].as_str().unwrap_or("failed")),
+            v["code"]
+                .as_u64()
+                .map(|c| c as u32)
+                .unwrap_or(code::DELEGATE),
+            format!(
+                "IPAM plugin {name}: {}",
+                v["msg"].as_str().unwrap_or("failed")
+            ),
         )
         .with_details(v["details"].as_str().unwrap_or_default().to_string()),
         None => Error::new(
@@ -60,7 +69,13 @@ pub fn run(plugin: &Path, command: &str, config: &[u8]) -> Result<Vec<u8>> {
 pub fn add(plugin: &Path, config: &[u8]) -> Result<CniResult> {
     let out = run(plugin, "ADD", config)?;
     let v: serde_json::Value = serde_json::from_slice(&out).map_err(|e| {
-        Error::new(code::DECODE, format!("IPAM plugin {} printed no JSON result: {e}", plugin.display()))
+        Error::new(
+            code::DECODE,
+            format!(
+                "IPAM plugin {} printed no JSON result: {e}",
+                plugin.display()
+            ),
+        )
     })?;
     CniResult::from_json(&v, "the IPAM plugin's result")
 }

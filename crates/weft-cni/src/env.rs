@@ -23,12 +23,12 @@ impl Command {
             "STATUS" => Command::Status,
             "GC" => Command::Gc,
             "VERSION" => Command::Version,
-            other => {
-                return Err(Error::invalid_env(
-                    "CNI_COMMAND",
-                    format!("unknown command {other:?} (expected ADD, DEL, CHECK, STATUS, GC or VERSION)"),
-                ))
-            }
+            other => return Err(Error::invalid_env(
+                "CNI_COMMAND",
+                format!(
+                    "unknown command {other:?} (expected ADD, DEL, CHECK, STATUS, GC or VERSION)"
+                ),
+            )),
         })
     }
 }
@@ -76,7 +76,9 @@ impl Invocation {
         let netns = if needs_netns {
             Some(PathBuf::from(need("CNI_NETNS")?))
         } else {
-            get("CNI_NETNS").filter(|s| !s.is_empty()).map(PathBuf::from)
+            get("CNI_NETNS")
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from)
         };
         let ifname = if needs_ifname {
             need("CNI_IFNAME")?
@@ -179,10 +181,20 @@ mod tests {
 
     #[test]
     fn add_needs_netns_but_del_does_not() {
-        let e = inv(&[("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "c1"), ("CNI_IFNAME", "eth0")]).unwrap_err();
+        let e = inv(&[
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", "c1"),
+            ("CNI_IFNAME", "eth0"),
+        ])
+        .unwrap_err();
         assert_eq!(e.code, 4);
         assert!(e.msg.contains("CNI_NETNS"), "{e}");
-        let d = inv(&[("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", "c1"), ("CNI_IFNAME", "eth0")]).unwrap();
+        let d = inv(&[
+            ("CNI_COMMAND", "DEL"),
+            ("CNI_CONTAINERID", "c1"),
+            ("CNI_IFNAME", "eth0"),
+        ])
+        .unwrap();
         assert!(d.netns.is_none());
     }
 
@@ -198,7 +210,18 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(i.arg("IP"), Some("10.0.0.5"));
-        assert_eq!(inv(&[("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "a"), ("CNI_NETNS", "/x"), ("CNI_IFNAME", "eth0"), ("CNI_ARGS", "junk")]).unwrap_err().code, 4);
+        assert_eq!(
+            inv(&[
+                ("CNI_COMMAND", "ADD"),
+                ("CNI_CONTAINERID", "a"),
+                ("CNI_NETNS", "/x"),
+                ("CNI_IFNAME", "eth0"),
+                ("CNI_ARGS", "junk")
+            ])
+            .unwrap_err()
+            .code,
+            4
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@ pub mod ipam;
 pub mod plugin;
 pub mod result;
 pub mod sandbox;
-pub mod veth;
 pub mod version;
+pub mod veth;
 
 pub use error::{Error, Result};

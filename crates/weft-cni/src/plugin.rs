@@ -54,7 +54,10 @@ pub fn run(inv: &Invocation, stdin: &[u8]) -> Result<Option<Value>> {
         if v < min {
             return Err(Error::new(
                 code::INCOMPATIBLE_VERSION,
-                format!("{what} needs cniVersion {}.{}.{} or later, config has {}", min.0, min.1, min.2, conf.cni_version),
+                format!(
+                    "{what} needs cniVersion {}.{}.{} or later, config has {}",
+                    min.0, min.1, min.2, conf.cni_version
+                ),
             ));
         }
         Ok(())
@@ -62,7 +65,9 @@ pub fn run(inv: &Invocation, stdin: &[u8]) -> Result<Option<Value>> {
     match inv.command {
         Command::Add => {
             let r = add(inv, &conf)?.for_version(&conf.cni_version);
-            Ok(Some(serde_json::to_value(r).map_err(|e| Error::new(code::IO, e.to_string()))?))
+            Ok(Some(
+                serde_json::to_value(r).map_err(|e| Error::new(code::IO, e.to_string()))?,
+            ))
         }
         Command::Del => del(inv, &conf).map(|_| None),
         Command::Check => {
@@ -88,17 +93,34 @@ fn host() -> Result<Handle> {
 /// The routes the pod gets: IPAM's routes (a route without `gw` goes via its family's
 /// gateway, as the reference plugins do) plus default routes for `isDefaultGateway`.
 fn pod_routes(conf: &NetConf, a: &Addressing) -> Vec<Route> {
-    let gw_for = |dst: &IpNet| a.ips.iter().find(|(ip, _)| ip.addr().is_ipv4() == dst.addr().is_ipv4()).and_then(|(_, g)| *g);
+    let gw_for = |dst: &IpNet| {
+        a.ips
+            .iter()
+            .find(|(ip, _)| ip.addr().is_ipv4() == dst.addr().is_ipv4())
+            .and_then(|(_, g)| *g)
+    };
     let mut routes: Vec<Route> = a
         .routes
         .iter()
-        .map(|r| Route { dst: r.dst, gw: r.gw.or_else(|| gw_for(&r.dst)) })
+        .map(|r| Route {
+            dst: r.dst,
+            gw: r.gw.or_else(|| gw_for(&r.dst)),
+        })
         .collect();
     if conf.is_default_gateway {
         for (ip, gw) in &a.ips {
-            let default: IpNet = if ip.addr().is_ipv4() { "0.0.0.0/0" } else { "::/0" }.parse().unwrap_or_default();
+            let default: IpNet = if ip.addr().is_ipv4() {
+                "0.0.0.0/0"
+            } else {
+                "::/0"
+            }
+            .parse()
+            .unwrap_or_default();
             if gw.is_some() && !routes.iter().any(|r| r.dst == default) {
-                routes.push(Route { dst: default, gw: *gw });
+                routes.push(Route {
+                    dst: default,
+                    gw: *gw,
+                });
             }
         }
     }
@@ -107,14 +129,28 @@ fn pod_routes(conf: &NetConf, a: &Addressing) -> Vec<Route> {
 
 fn add(inv: &Invocation, conf: &NetConf) -> Result<CniResult> {
     if conf.ip_masq {
-        return Err(Error::new(code::UNSUPPORTED_FIELD, "field `ipMasq` is not supported yet (weft-nft pending)"));
+        return Err(Error::new(
+            code::UNSUPPORTED_FIELD,
+            "field `ipMasq` is not supported yet (weft-nft pending)",
+        ));
     }
-    let netns = inv.netns.as_deref().ok_or_else(|| Error::invalid_env("CNI_NETNS", "not set"))?;
+    let netns = inv
+        .netns
+        .as_deref()
+        .ok_or_else(|| Error::invalid_env("CNI_NETNS", "not set"))?;
     let (ns, mut pod) = sandbox::open(netns)?;
-    if pod.link_by_name(&inv.ifname).map_err(|e| Error::kernel("list the pod's links", e))?.is_some() {
+    if pod
+        .link_by_name(&inv.ifname)
+        .map_err(|e| Error::kernel("list the pod's links", e))?
+        .is_some()
+    {
         return Err(Error::new(
             code::INTERFACE_EXISTS,
-            format!("interface {} already exists in {}", inv.ifname, netns.display()),
+            format!(
+                "interface {} already exists in {}",
+                inv.ifname,
+                netns.display()
+            ),
         ));
     }
     let mut host = host()?;
@@ -130,7 +166,15 @@ fn add(inv: &Invocation, conf: &NetConf) -> Result<CniResult> {
                 .collect();
             bridge::ensure_gateways(&mut host, &br, &gws)?;
         }
-        let hv = veth::create(&mut host, &host_veth, &inv.ifname, &ns, &br, conf.mtu, conf.hairpin_mode)?;
+        let hv = veth::create(
+            &mut host,
+            &host_veth,
+            &inv.ifname,
+            &ns,
+            &br,
+            conf.mtu,
+            conf.hairpin_mode,
+        )?;
         let routes = pod_routes(conf, &addressing);
         let addrs: Vec<IpNet> = addressing.ips.iter().map(|(ip, _)| *ip).collect();
         let pl = sandbox::configure(&ns, &mut pod, &inv.ifname, &addrs, &routes)?;
@@ -154,7 +198,12 @@ fn add(inv: &Invocation, conf: &NetConf) -> Result<CniResult> {
             ips: addressing
                 .ips
                 .iter()
-                .map(|(ip, gw)| IpConfig { version: None, address: *ip, gateway: *gw, interface: Some(2) })
+                .map(|(ip, gw)| IpConfig {
+                    version: None,
+                    address: *ip,
+                    gateway: *gw,
+                    interface: Some(2),
+                })
                 .collect(),
             routes,
             dns: conf.dns.clone().or(addressing.dns.clone()),
@@ -199,7 +248,10 @@ fn check(inv: &Invocation, conf: &NetConf) -> Result<()> {
         .as_ref()
         .ok_or_else(|| Error::invalid_config("prevResult", "CHECK needs the result of ADD"))?;
     let prev = CniResult::from_json(prev, "prevResult")?;
-    let netns = inv.netns.as_deref().ok_or_else(|| Error::invalid_env("CNI_NETNS", "not set"))?;
+    let netns = inv
+        .netns
+        .as_deref()
+        .ok_or_else(|| Error::invalid_env("CNI_NETNS", "not set"))?;
     let pod_idx = prev
         .interfaces
         .iter()
@@ -217,15 +269,28 @@ fn check(inv: &Invocation, conf: &NetConf) -> Result<()> {
     let hv = h
         .link_by_name(&hv_name)
         .map_err(|e| Error::kernel("look up the host veth", e))?
-        .ok_or_else(|| Error::new(code::CHECK_FAILED, format!("host veth {hv_name} is missing")))?;
+        .ok_or_else(|| {
+            Error::new(
+                code::CHECK_FAILED,
+                format!("host veth {hv_name} is missing"),
+            )
+        })?;
     let br = h
         .link_by_name(&conf.bridge)
         .map_err(|e| Error::kernel("look up the bridge", e))?
-        .ok_or_else(|| Error::new(code::CHECK_FAILED, format!("bridge {} is missing", conf.bridge)))?;
+        .ok_or_else(|| {
+            Error::new(
+                code::CHECK_FAILED,
+                format!("bridge {} is missing", conf.bridge),
+            )
+        })?;
     if hv.master != Some(br.index) {
         return Err(Error::new(
             code::CHECK_FAILED,
-            format!("host veth {hv_name} is not attached to bridge {}", conf.bridge),
+            format!(
+                "host veth {hv_name} is not attached to bridge {}",
+                conf.bridge
+            ),
         ));
     }
     addressing::check(inv, conf, &addrs)
@@ -234,30 +299,46 @@ fn check(inv: &Invocation, conf: &NetConf) -> Result<()> {
 /// GC: the runtime lists the attachments still alive; everything else goes (addresses, and
 /// host veths on our bridge whose pod is gone but whose namespace was leaked).
 fn gc(inv: &Invocation, conf: &NetConf, stdin: &[u8]) -> Result<()> {
-    let v: Value = serde_json::from_slice(stdin).map_err(|e| Error::new(code::DECODE, e.to_string()))?;
+    let v: Value =
+        serde_json::from_slice(stdin).map_err(|e| Error::new(code::DECODE, e.to_string()))?;
     let list = v
         .get("cni.dev/valid-attachments")
         .or_else(|| v.get("cni.dev/attachments"))
         .cloned()
         .unwrap_or(Value::Array(vec![]));
     let list = list.as_array().ok_or_else(|| {
-        Error::invalid_config("cni.dev/valid-attachments", "must be a list of {containerID, ifname}")
+        Error::invalid_config(
+            "cni.dev/valid-attachments",
+            "must be a list of {containerID, ifname}",
+        )
     })?;
     let mut valid = HashSet::new();
     for (i, a) in list.iter().enumerate() {
         let field = |k: &str| {
-            a.get(k).and_then(Value::as_str).map(str::to_string).ok_or_else(|| {
-                Error::invalid_config(&format!("cni.dev/valid-attachments[{i}].{k}"), "missing or not a string")
-            })
+            a.get(k)
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .ok_or_else(|| {
+                    Error::invalid_config(
+                        &format!("cni.dev/valid-attachments[{i}].{k}"),
+                        "missing or not a string",
+                    )
+                })
         };
         valid.insert((field("containerID")?, field("ifname")?));
     }
     let keep: HashSet<String> = valid.iter().map(|(c, i)| veth::host_name(c, i)).collect();
     let mut h = host()?;
-    if let Some(br) = h.link_by_name(&conf.bridge).map_err(|e| Error::kernel("look up the bridge", e))? {
+    if let Some(br) = h
+        .link_by_name(&conf.bridge)
+        .map_err(|e| Error::kernel("look up the bridge", e))?
+    {
         let links = h.links().map_err(|e| Error::kernel("list links", e))?;
         for l in links.iter().filter(|l| {
-            l.master == Some(br.index) && l.kind.as_deref() == Some("veth") && l.name.starts_with("veth") && l.name.len() == 15
+            l.master == Some(br.index)
+                && l.kind.as_deref() == Some("veth")
+                && l.name.starts_with("veth")
+                && l.name.len() == 15
         }) {
             if !keep.contains(&l.name) {
                 let _ = h.delete_link(l.index);

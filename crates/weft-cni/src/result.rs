@@ -58,8 +58,14 @@ impl CniResult {
         let v = Version::parse(version).unwrap_or(Version(1, 1, 0));
         self.cni_version = version.to_string();
         for ip in &mut self.ips {
-            ip.version = result_has_ip_version(v)
-                .then(|| if ip.address.addr().is_ipv4() { "4" } else { "6" }.to_string());
+            ip.version = result_has_ip_version(v).then(|| {
+                if ip.address.addr().is_ipv4() {
+                    "4"
+                } else {
+                    "6"
+                }
+                .to_string()
+            });
         }
         if v < Version(1, 1, 0) {
             for i in &mut self.interfaces {
@@ -71,9 +77,8 @@ impl CniResult {
 
     /// Reads a result another plugin printed (delegated IPAM) or a prevResult.
     pub fn from_json(v: &Value, what: &str) -> Result<CniResult> {
-        serde_json::from_value(v.clone()).map_err(|e| {
-            Error::new(code::DECODE, format!("cannot decode {what}: {e}"))
-        })
+        serde_json::from_value(v.clone())
+            .map_err(|e| Error::new(code::DECODE, format!("cannot decode {what}: {e}")))
     }
 }
 
@@ -84,8 +89,17 @@ mod tests {
     #[test]
     fn old_versions_carry_ip_version_and_no_mtu() {
         let r = CniResult {
-            interfaces: vec![Interface { name: "eth0".into(), mtu: Some(1500), ..Default::default() }],
-            ips: vec![IpConfig { version: None, address: "10.0.0.2/24".parse().unwrap(), gateway: None, interface: Some(0) }],
+            interfaces: vec![Interface {
+                name: "eth0".into(),
+                mtu: Some(1500),
+                ..Default::default()
+            }],
+            ips: vec![IpConfig {
+                version: None,
+                address: "10.0.0.2/24".parse().unwrap(),
+                gateway: None,
+                interface: Some(0),
+            }],
             ..Default::default()
         };
         let old = serde_json::to_value(r.clone().for_version("0.4.0")).unwrap();

@@ -10,7 +10,10 @@ pub fn open(netns: &std::path::Path) -> Result<(Netns, Handle)> {
     let ns = Netns::from_path(netns).map_err(|e| {
         Error::new(
             code::CONTAINER_UNKNOWN,
-            format!("cannot open the container's network namespace {}: {e}", netns.display()),
+            format!(
+                "cannot open the container's network namespace {}: {e}",
+                netns.display()
+            ),
         )
     })?;
     let h = Handle::in_netns(&ns)
@@ -18,7 +21,13 @@ pub fn open(netns: &std::path::Path) -> Result<(Netns, Handle)> {
     Ok((ns, h))
 }
 
-pub fn configure(ns: &Netns, h: &mut Handle, ifname: &str, addrs: &[IpNet], routes: &[Route]) -> Result<Link> {
+pub fn configure(
+    ns: &Netns,
+    h: &mut Handle,
+    ifname: &str,
+    addrs: &[IpNet],
+    routes: &[Route],
+) -> Result<Link> {
     let link = h
         .link_by_name(ifname)
         .map_err(|e| Error::kernel(format!("look up {ifname} in the pod"), e))?
@@ -36,19 +45,29 @@ pub fn configure(ns: &Netns, h: &mut Handle, ifname: &str, addrs: &[IpNet], rout
     }
     h.set_up(link.index)
         .map_err(|e| Error::kernel(format!("set {ifname} up in the pod"), e))?;
-    if let Some(lo) = h.link_by_name("lo").map_err(|e| Error::kernel("look up lo", e))? {
-        h.set_up(lo.index).map_err(|e| Error::kernel("set lo up in the pod", e))?;
+    if let Some(lo) = h
+        .link_by_name("lo")
+        .map_err(|e| Error::kernel("look up lo", e))?
+    {
+        h.set_up(lo.index)
+            .map_err(|e| Error::kernel("set lo up in the pod", e))?;
     }
     for r in routes {
         let mut route = weft_netlink::Route::new(r.dst);
         route.gateway = r.gw;
         route.oif = Some(link.index);
+        if r.gw.is_none() {
+            route.scope = weft_netlink::RouteScope::Link;
+        }
         match h.add_route(&route) {
             Ok(()) => {}
             Err(e) if e.is_exists() => {}
             Err(e) => {
                 let via = r.gw.map(|g| format!(" via {g}")).unwrap_or_default();
-                return Err(Error::kernel(format!("add route {}{via} in the pod", r.dst), e));
+                return Err(Error::kernel(
+                    format!("add route {}{via} in the pod", r.dst),
+                    e,
+                ));
             }
         }
     }
@@ -77,7 +96,9 @@ pub fn check(h: &mut Handle, ifname: &str, addrs: &[IpNet], routes: &[Route]) ->
         .map_err(|e| Error::kernel(format!("list addresses of {ifname}"), e))?;
     for a in addrs {
         if !have.iter().any(|x| x.net == *a) {
-            return Err(fail(format!("address {a} is missing from {ifname} in the pod")));
+            return Err(fail(format!(
+                "address {a} is missing from {ifname} in the pod"
+            )));
         }
     }
     let table = h

@@ -33,9 +33,16 @@ pub fn create(
             host.delete_link_by_name(host_name)
                 .map_err(|e| Error::kernel(format!("remove stale {host_name}"), e))?;
             host.create_veth(host_name, ifname, sandbox, mtu)
-                .map_err(|e| Error::kernel(format!("create veth {host_name} (pod end {ifname})"), e))?
+                .map_err(|e| {
+                    Error::kernel(format!("create veth {host_name} (pod end {ifname})"), e)
+                })?
         }
-        Err(e) => return Err(Error::kernel(format!("create veth {host_name} (pod end {ifname})"), e)),
+        Err(e) => {
+            return Err(Error::kernel(
+                format!("create veth {host_name} (pod end {ifname})"),
+                e,
+            ))
+        }
     };
     host.set_master(link.index, bridge.index)
         .map_err(|e| Error::kernel(format!("attach {host_name} to bridge {}", bridge.name), e))?;

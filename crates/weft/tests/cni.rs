@@ -116,15 +116,16 @@ fn failed_add_leaves_nothing_behind() {
     let dir = tempfile::tempdir().unwrap();
     let conf = bridge_config("1.1.0", "10.12.0.0/29", dir.path(), r#","rangeStart":"10.12.0.2","rangeEnd":"10.12.0.3""#);
     // The interface already exists in the pod: refused before anything is made.
-    pod.ip(&["link", "add", "eth0", "type", "dummy"]);
+    pod.ip(&["link", "add", "eth0", "type", "bridge"]);
     assert_eq!(cni_op(&host, "ADD", "c1", Some(&pod.path()), "eth0", &conf).err_code(), 102);
     // The bridge name is taken by a non-bridge: fails after IPAM allocated; must roll back.
-    host.ip(&["link", "add", "cbr0", "type", "dummy"]);
+    host.ip(&["link", "add", "cbr0", "type", "veth", "peer", "name", "notbr"]);
     let out = cni_op(&host, "ADD", "c1", Some(&pod.path()), "eth1", &conf);
     assert_eq!(out.err_code(), 7);
     assert!(out.json["msg"].as_str().unwrap().contains("bridge"), "{}", out.stdout);
     assert!(!pod.has_link("eth1"));
     assert_eq!(host.links().iter().filter(|l| l.starts_with("veth")).count(), 0);
+    assert!(!host.links().iter().any(|l| l == "eth1"));
     host.ip(&["link", "del", "cbr0"]);
     // Both addresses are still free: two ADDs succeed, the third finds the range exhausted.
     let (p1, p2, p3) = (Netns::new("cni-fail-1"), Netns::new("cni-fail-2"), Netns::new("cni-fail-3"));

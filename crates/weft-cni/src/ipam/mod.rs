@@ -51,7 +51,12 @@ pub fn allocate_in(
     if !held.is_empty() {
         let leases: Option<Vec<Lease>> = held
             .iter()
-            .map(|ip| range_of(sets, *ip).map(|(_, r)| Lease { ip: *ip, range: r.clone() }))
+            .map(|ip| {
+                range_of(sets, *ip).map(|(_, r)| Lease {
+                    ip: *ip,
+                    range: r.clone(),
+                })
+            })
             .collect();
         if let Some(l) = leases.filter(|l| l.len() == sets.len()) {
             return Ok(l);
@@ -102,8 +107,12 @@ pub fn allocate_in(
                     .with_details("every address is allocated; delete pods or widen the range")
                 })?,
         };
-        let (_, range) = range_of(sets, ip).ok_or_else(|| Error::new(code::IO, "range vanished"))?;
-        leases.push(Lease { ip, range: range.clone() });
+        let (_, range) =
+            range_of(sets, ip).ok_or_else(|| Error::new(code::IO, "range vanished"))?;
+        leases.push(Lease {
+            ip,
+            range: range.clone(),
+        });
     }
     for l in &leases {
         let set_idx = range_of(sets, l.ip).map(|(i, _)| i).unwrap_or(0);
@@ -232,9 +241,11 @@ mod tests {
         allocate_in(&mut s, &sets, "c1", "eth0", &[]).unwrap();
         let e = allocate_in(&mut s, &sets, "c2", "eth0", &[]).unwrap_err();
         assert_eq!(e.code, code::RANGE_EXHAUSTED);
-        let e = allocate_in(&mut s, &sets, "c3", "eth0", &["10.0.0.2".parse().unwrap()]).unwrap_err();
+        let e =
+            allocate_in(&mut s, &sets, "c3", "eth0", &["10.0.0.2".parse().unwrap()]).unwrap_err();
         assert_eq!(e.code, code::REQUESTED_UNAVAILABLE);
-        let e = allocate_in(&mut s, &sets, "c3", "eth0", &["10.9.0.2".parse().unwrap()]).unwrap_err();
+        let e =
+            allocate_in(&mut s, &sets, "c3", "eth0", &["10.9.0.2".parse().unwrap()]).unwrap_err();
         assert_eq!(e.code, code::REQUESTED_UNAVAILABLE);
     }
 

@@ -44,21 +44,30 @@ impl Range {
         if subnet.addr() != subnet.network() {
             return Err(Error::invalid_config(
                 &format!("{field}.subnet"),
-                format!("{subnet} has host bits set (did you mean {}?)", subnet.trunc()),
+                format!(
+                    "{subnet} has host bits set (did you mean {}?)",
+                    subnet.trunc()
+                ),
             ));
         }
         let max_prefix = if subnet.addr().is_ipv4() { 30 } else { 126 };
         if subnet.prefix_len() > max_prefix {
             return Err(Error::invalid_config(
                 &format!("{field}.subnet"),
-                format!("{subnet} is too small: a pod subnet needs a gateway and at least one address"),
+                format!(
+                    "{subnet} is too small: a pod subnet needs a gateway and at least one address"
+                ),
             ));
         }
         let net = to_u128(subnet.network());
         let last = to_u128(subnet.broadcast());
         let first_usable = net + 1;
         // IPv4 keeps its broadcast address out; IPv6 has none.
-        let last_usable = if subnet.addr().is_ipv4() { last - 1 } else { last };
+        let last_usable = if subnet.addr().is_ipv4() {
+            last - 1
+        } else {
+            last
+        };
         let inside = |name: &str, ip: IpAddr| -> Result<u128> {
             let v = to_u128(ip);
             if ip.is_ipv4() != subnet.addr().is_ipv4() || v < first_usable || v > last_usable {
@@ -123,9 +132,15 @@ pub fn validate_sets(sets: &[RangeSet]) -> Result<()> {
         .collect();
     for (i, set) in sets.iter().enumerate() {
         if set.is_empty() {
-            return Err(Error::invalid_config(&format!("ipam.ranges[{i}]"), "empty range set"));
+            return Err(Error::invalid_config(
+                &format!("ipam.ranges[{i}]"),
+                "empty range set",
+            ));
         }
-        if set.iter().any(|r| r.start.is_ipv4() != set[0].start.is_ipv4()) {
+        if set
+            .iter()
+            .any(|r| r.start.is_ipv4() != set[0].start.is_ipv4())
+        {
             return Err(Error::invalid_config(
                 &format!("ipam.ranges[{i}]"),
                 "mixes IPv4 and IPv6 ranges; put each family in its own range set",
@@ -137,7 +152,10 @@ pub fn validate_sets(sets: &[RangeSet]) -> Result<()> {
             if r.overlaps(o) {
                 return Err(Error::invalid_config(
                     &format!("ipam.ranges[{k}][{l}]"),
-                    format!("{}-{} overlaps ranges[{i}][{j}] {}-{}", o.start, o.end, r.start, r.end),
+                    format!(
+                        "{}-{} overlaps ranges[{i}][{j}] {}-{}",
+                        o.start, o.end, r.start, r.end
+                    ),
                 ));
             }
         }
@@ -197,8 +215,14 @@ mod tests {
 
     #[test]
     fn errors_name_the_field() {
-        let e = Range::new("ipam", "10.0.0.0/24".parse().unwrap(), Some("10.0.1.5".parse().unwrap()), None, None)
-            .unwrap_err();
+        let e = Range::new(
+            "ipam",
+            "10.0.0.0/24".parse().unwrap(),
+            Some("10.0.1.5".parse().unwrap()),
+            None,
+            None,
+        )
+        .unwrap_err();
         assert_eq!(e.code, 7);
         assert!(e.msg.contains("ipam.rangeStart"), "{e}");
         let e = Range::new("ipam", "10.0.0.5/24".parse().unwrap(), None, None, None).unwrap_err();
@@ -209,10 +233,26 @@ mod tests {
     #[test]
     fn round_robin_wraps_across_ranges() {
         let set = vec![
-            Range::new("a", "10.0.0.0/29".parse().unwrap(), Some("10.0.0.5".parse().unwrap()), None, None).unwrap(),
-            Range::new("b", "10.0.1.0/29".parse().unwrap(), None, Some("10.0.1.2".parse().unwrap()), None).unwrap(),
+            Range::new(
+                "a",
+                "10.0.0.0/29".parse().unwrap(),
+                Some("10.0.0.5".parse().unwrap()),
+                None,
+                None,
+            )
+            .unwrap(),
+            Range::new(
+                "b",
+                "10.0.1.0/29".parse().unwrap(),
+                None,
+                Some("10.0.1.2".parse().unwrap()),
+                None,
+            )
+            .unwrap(),
         ];
-        let c: Vec<String> = candidates(&set, Some("10.0.0.6".parse().unwrap())).map(|i| i.to_string()).collect();
+        let c: Vec<String> = candidates(&set, Some("10.0.0.6".parse().unwrap()))
+            .map(|i| i.to_string())
+            .collect();
         assert_eq!(c, ["10.0.1.1", "10.0.1.2", "10.0.0.5", "10.0.0.6"]);
     }
 

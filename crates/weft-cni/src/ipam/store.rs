@@ -58,7 +58,10 @@ impl Store {
             .open(&path)
             .map_err(|e| Error::io(format!("open {}", path.display()), e))?;
         Flock::lock(f, arg).map_err(|(_, errno)| {
-            Error::io(format!("lock {}", path.display()), std::io::Error::from(errno))
+            Error::io(
+                format!("lock {}", path.display()),
+                std::io::Error::from(errno),
+            )
         })
     }
 
@@ -67,7 +70,10 @@ impl Store {
         match fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
                 Error::io(
-                    format!("IPAM state {} is corrupt (move it aside to reset)", path.display()),
+                    format!(
+                        "IPAM state {} is corrupt (move it aside to reset)",
+                        path.display()
+                    ),
                     std::io::Error::new(std::io::ErrorKind::InvalidData, e),
                 )
             }),
