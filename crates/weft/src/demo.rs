@@ -124,10 +124,13 @@ pub fn run() -> Result<()> {
 
     n.step("The route table inside frontend-pod");
     let mut h = Handle::in_netns(&frontend)?;
-    for r in h.routes(Family::V4)? {
+    let links = h.links()?;
+    for r in h.routes(Family::V4)?.into_iter().filter(|r| r.table == weft_netlink::RT_TABLE_MAIN) {
         let via = r.gateway.map(|g| format!(" via {g}")).unwrap_or_default();
-        n.saw(format!("{}{via} dev eth0", r.dst));
+        let dev = links.iter().find(|l| Some(l.index) == r.oif).map(|l| l.name.as_str()).unwrap_or("?");
+        n.saw(format!("{}{via} dev {dev}", r.dst));
     }
+    n.saw("(the default route leads to the bridge cbr0, node-1's gateway 10.244.1.1)");
 
     n.step("frontend-pod pings backend-pod across the bridge");
     let (ok, line) = probe(&exe, &frontend, &["icmp", "10.244.1.3"])?;
