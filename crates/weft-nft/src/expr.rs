@@ -416,8 +416,14 @@ impl Lowerer {
                     invert: false,
                 });
             }
-            Stmt::Dnat { addr, port } => self.nat_to(true, *addr, *port),
-            Stmt::Snat { addr, port } => self.nat_to(false, *addr, *port),
+            Stmt::Dnat { addr, port } => {
+                self.need_l4(port.is_some(), "dnat to a port")?;
+                self.nat_to(true, *addr, *port)
+            }
+            Stmt::Snat { addr, port } => {
+                self.need_l4(port.is_some(), "snat to a port")?;
+                self.nat_to(false, *addr, *port)
+            }
             Stmt::DnatMap { key, map } => self.dnat_map(key, map)?,
             Stmt::Masquerade { fully_random } => self.out.push(Expr::Masq {
                 flags: if *fully_random {
@@ -465,6 +471,16 @@ impl Lowerer {
                 group: *group,
                 prefix: prefix.clone(),
             }),
+        }
+        Ok(())
+    }
+
+    /// Port mappings only make sense for a known transport protocol; nft insists too.
+    fn need_l4(&self, port: bool, what: &str) -> Result<()> {
+        if port && self.have_l4proto.is_none() {
+            return Err(invalid(format!(
+                "{what} needs a transport protocol match earlier in the rule (e.g. `meta l4proto tcp`)"
+            )));
         }
         Ok(())
     }
@@ -596,6 +612,7 @@ impl Lowerer {
             _ => return Err(invalid("dnat map data must start with an address".into())),
         };
         let with_port = data.get(1) == Some(&KeyType::InetService);
+        self.need_l4(with_port, "dnat to a port from a map")?;
         self.out.push(Expr::Lookup {
             set,
             sreg,

@@ -246,14 +246,13 @@ fn decode_set(a: Attrs) -> Result<(Set, bool)> {
     let bad = |what: &str| Error::Decode(format!("set {name}: {what}"));
     let flags = a.get(3).and_then(be32).unwrap_or(0);
     let key_type = a.get(4).and_then(be32).ok_or_else(|| bad("no key type"))?;
-    let nfields = a
-        .get(9)
-        .map(field_lens)
-        .map(|f| f.len())
-        .unwrap_or(0)
-        .max(1);
-    let key =
-        split_concat_type(key_type, nfields).ok_or_else(|| bad("key type weft does not know"))?;
+    let nfields = a.get(9).map(field_lens).map(|f| f.len()).unwrap_or(0);
+    let key = if nfields > 0 {
+        split_concat_type(key_type, nfields)
+    } else {
+        data_fields(key_type, a.get(5).and_then(be32).unwrap_or(0))
+    }
+    .ok_or_else(|| bad("key type weft does not know"))?;
     let data = match a.get(6).and_then(be32) {
         None => None,
         Some(DATA_VERDICT_TYPE) => Some(DataType::Verdict),

@@ -164,7 +164,13 @@ impl Batch {
         if set.is_map() {
             flags |= SET_MAP;
         }
-        if set.flags.timeout || set.timeout.is_some() {
+        if set.timeout.is_some() && !set.flags.timeout {
+            return Err(Error::Invalid(format!(
+                "set {} has a default timeout but no timeout flag",
+                set.name
+            )));
+        }
+        if set.flags.timeout {
             flags |= SET_TIMEOUT;
         }
         if set.flags.dynamic {
@@ -184,12 +190,15 @@ impl Batch {
             }
             None => {}
         }
-        if set.key.len() > 1 || anon_id.is_some() {
+        // Field lengths only for interval concatenations (the pipapo backend); hash
+        // sets refuse them, as nft knows.
+        let concat_desc = set.key.len() > 1 && set.flags.interval;
+        if concat_desc || anon_id.is_some() {
             let desc = self.w.nest(9);
             if anon_id.is_some() {
                 self.w.put_be32(1, set.elements.len().max(1) as u32);
             }
-            if set.key.len() > 1 {
+            if concat_desc {
                 let c = self.w.nest(2);
                 for f in &set.key {
                     let el = self.w.nest(1);
@@ -200,9 +209,12 @@ impl Batch {
             }
             self.w.end_nest(desc);
         }
-        if let Some(id) = anon_id {
-            self.w.put_be32(10, id);
-        }
+        // The kernel requires a batch-local id on every new set, named or not.
+        let id = match anon_id {
+            Some(id) => id,
+            None => self.set_id(),
+        };
+        self.w.put_be32(10, id);
         if let Some(t) = set.timeout {
             self.w.put_be64(11, t.as_millis() as u64);
         }
