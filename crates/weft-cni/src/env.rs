@@ -23,12 +23,14 @@ impl Command {
             "STATUS" => Command::Status,
             "GC" => Command::Gc,
             "VERSION" => Command::Version,
-            other => return Err(Error::invalid_env(
-                "CNI_COMMAND",
-                format!(
+            other => {
+                return Err(Error::invalid_env(
+                    "CNI_COMMAND",
+                    format!(
                     "unknown command {other:?} (expected ADD, DEL, CHECK, STATUS, GC or VERSION)"
                 ),
-            )),
+                ))
+            }
         })
     }
 }

@@ -8,7 +8,11 @@ use std::process::Stdio;
 
 fn wait_listening(ns: &Netns, port: u16) {
     for _ in 0..200 {
-        let out = ns.cmd("ss").args(["-Htln", &format!("sport = :{port}")]).output().expect("ss");
+        let out = ns
+            .cmd("ss")
+            .args(["-Htln", &format!("sport = :{port}")])
+            .output()
+            .expect("ss");
         if !String::from_utf8_lossy(&out.stdout).trim().is_empty() {
             return;
         }
@@ -32,20 +36,37 @@ fn two_pods_on_one_bridge_talk_without_nat() {
     assert_eq!(ra["cniVersion"], "1.1.0");
     assert_eq!(ra["ips"][0]["gateway"], "10.244.1.1");
     assert_eq!(ra["interfaces"][2]["name"], "eth0");
-    assert_eq!(ra["interfaces"][2]["sandbox"], a.path().display().to_string());
+    assert_eq!(
+        ra["interfaces"][2]["sandbox"],
+        a.path().display().to_string()
+    );
     assert_eq!(ra["routes"][0]["dst"], "0.0.0.0/0");
 
-    let _server = Bg(b.cmd(weft()).args(["serve", "--tcp", "8080", "--udp", "8081"]).stdout(Stdio::null()).spawn().unwrap());
+    let _server = Bg(b
+        .cmd(weft())
+        .args(["serve", "--tcp", "8080", "--udp", "8081"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap());
     wait_listening(&b, 8080);
     let out = run_ok(a.cmd(weft()).args(["probe", "tcp", "10.244.1.3:8080"]));
     let line = String::from_utf8_lossy(&out.stdout);
-    assert!(line.contains("client=10.244.1.2"), "the server must see the client's pod IP: {line}");
+    assert!(
+        line.contains("client=10.244.1.2"),
+        "the server must see the client's pod IP: {line}"
+    );
     run_ok(a.cmd(weft()).args(["probe", "udp", "10.244.1.3:8081"]));
     // Pod -> gateway (the bridge), and the pod's default route points there.
     run_ok(a.cmd(weft()).args(["probe", "icmp", "10.244.1.1"]));
-    assert!(a.ip(&["route", "show", "default"]).contains("via 10.244.1.1 dev eth0"));
+    assert!(a
+        .ip(&["route", "show", "default"])
+        .contains("via 10.244.1.1 dev eth0"));
     // Nothing answers on a closed port: a refusal, not a timeout.
-    let refused = a.cmd(weft()).args(["probe", "tcp", "10.244.1.3:9"]).output().unwrap();
+    let refused = a
+        .cmd(weft())
+        .args(["probe", "tcp", "10.244.1.3:9"])
+        .output()
+        .unwrap();
     assert_eq!(refused.status.code(), Some(1));
 }
 
@@ -57,7 +78,10 @@ fn del_is_idempotent_and_releases_even_without_netns() {
     let conf = bridge_config("1.0.0", "10.10.0.0/24", dir.path(), "");
     let r = cni_op(&host, "ADD", "c1", Some(&pod.path()), "eth0", &conf);
     let ip = result_ip(r.ok());
-    let veth = r.json["interfaces"][1]["name"].as_str().unwrap().to_string();
+    let veth = r.json["interfaces"][1]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(host.has_link(&veth));
     cni_op(&host, "DEL", "c1", Some(&pod.path()), "eth0", &conf).ok();
     cni_op(&host, "DEL", "c1", Some(&pod.path()), "eth0", &conf).ok();
@@ -66,21 +90,46 @@ fn del_is_idempotent_and_releases_even_without_netns() {
 
     // The released address can be requested again right away.
     let pod2 = Netns::new("cni-del-q");
-    let again = cni(&host, &[("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "c2"), ("CNI_IFNAME", "eth0"),
-        ("CNI_NETNS", &pod2.path().display().to_string()), ("CNI_ARGS", &format!("IP={ip}"))], &conf);
+    let again = cni(
+        &host,
+        &[
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", "c2"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_NETNS", &pod2.path().display().to_string()),
+            ("CNI_ARGS", &format!("IP={ip}")),
+        ],
+        &conf,
+    );
     assert_eq!(result_ip(again.ok()), ip);
 
     // DEL after the runtime already deleted the namespace, and with no netns at all.
-    let veth2 = again.json["interfaces"][1]["name"].as_str().unwrap().to_string();
+    let veth2 = again.json["interfaces"][1]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let path2 = pod2.path();
     drop(pod2);
     cni_op(&host, "DEL", "c2", Some(&path2), "eth0", &conf).ok();
     cni_op(&host, "DEL", "c2", None, "eth0", &conf).ok();
     assert!(!host.has_link(&veth2));
     let pod3 = Netns::new("cni-del-r");
-    let third = cni(&host, &[("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "c3"), ("CNI_IFNAME", "eth0"),
-        ("CNI_NETNS", &pod3.path().display().to_string()), ("CNI_ARGS", &format!("IP={ip}"))], &conf);
-    assert_eq!(result_ip(third.ok()), ip, "DEL without a netns must still release the address");
+    let third = cni(
+        &host,
+        &[
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", "c3"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_NETNS", &pod3.path().display().to_string()),
+            ("CNI_ARGS", &format!("IP={ip}")),
+        ],
+        &conf,
+    );
+    assert_eq!(
+        result_ip(third.ok()),
+        ip,
+        "DEL without a netns must still release the address"
+    );
 }
 
 #[test]
@@ -89,7 +138,9 @@ fn check_reports_what_is_missing() {
     let pod = Netns::new("cni-check-p");
     let dir = tempfile::tempdir().unwrap();
     let conf = bridge_config("1.0.0", "10.11.0.0/24", dir.path(), "");
-    let r = cni_op(&host, "ADD", "c1", Some(&pod.path()), "eth0", &conf).ok().clone();
+    let r = cni_op(&host, "ADD", "c1", Some(&pod.path()), "eth0", &conf)
+        .ok()
+        .clone();
     let mut with_prev: serde_json::Value = serde_json::from_str(&conf).unwrap();
     with_prev["prevResult"] = r.clone();
     let with_prev = with_prev.to_string();
@@ -98,15 +149,29 @@ fn check_reports_what_is_missing() {
     pod.ip(&["route", "del", "default"]);
     let out = cni_op(&host, "CHECK", "c1", Some(&pod.path()), "eth0", &with_prev);
     assert_eq!(out.err_code(), 103);
-    assert!(out.json["msg"].as_str().unwrap().contains("route 0.0.0.0/0"), "{}", out.stdout);
+    assert!(
+        out.json["msg"]
+            .as_str()
+            .unwrap()
+            .contains("route 0.0.0.0/0"),
+        "{}",
+        out.stdout
+    );
 
     pod.ip(&["link", "del", "eth0"]);
     let out = cni_op(&host, "CHECK", "c1", Some(&pod.path()), "eth0", &with_prev);
     assert_eq!(out.err_code(), 103);
-    assert!(out.json["msg"].as_str().unwrap().contains("eth0"), "{}", out.stdout);
+    assert!(
+        out.json["msg"].as_str().unwrap().contains("eth0"),
+        "{}",
+        out.stdout
+    );
     // CHECK does not exist before 0.4.0.
     let old = with_prev.replace("\"1.0.0\"", "\"0.3.1\"");
-    assert_eq!(cni_op(&host, "CHECK", "c1", Some(&pod.path()), "eth0", &old).err_code(), 1);
+    assert_eq!(
+        cni_op(&host, "CHECK", "c1", Some(&pod.path()), "eth0", &old).err_code(),
+        1
+    );
 }
 
 #[test]
@@ -114,26 +179,57 @@ fn failed_add_leaves_nothing_behind() {
     let host = Netns::new("cni-fail");
     let pod = Netns::new("cni-fail-p");
     let dir = tempfile::tempdir().unwrap();
-    let conf = bridge_config("1.1.0", "10.12.0.0/29", dir.path(), r#","rangeStart":"10.12.0.2","rangeEnd":"10.12.0.3""#);
+    let conf = bridge_config(
+        "1.1.0",
+        "10.12.0.0/29",
+        dir.path(),
+        r#","rangeStart":"10.12.0.2","rangeEnd":"10.12.0.3""#,
+    );
     // The interface already exists in the pod: refused before anything is made.
     pod.ip(&["link", "add", "eth0", "type", "bridge"]);
-    assert_eq!(cni_op(&host, "ADD", "c1", Some(&pod.path()), "eth0", &conf).err_code(), 102);
+    assert_eq!(
+        cni_op(&host, "ADD", "c1", Some(&pod.path()), "eth0", &conf).err_code(),
+        102
+    );
     // The bridge name is taken by a non-bridge: fails after IPAM allocated; must roll back.
-    host.ip(&["link", "add", "cbr0", "type", "veth", "peer", "name", "notbr"]);
+    host.ip(&[
+        "link", "add", "cbr0", "type", "veth", "peer", "name", "notbr",
+    ]);
     let out = cni_op(&host, "ADD", "c1", Some(&pod.path()), "eth1", &conf);
     assert_eq!(out.err_code(), 7);
-    assert!(out.json["msg"].as_str().unwrap().contains("bridge"), "{}", out.stdout);
+    assert!(
+        out.json["msg"].as_str().unwrap().contains("bridge"),
+        "{}",
+        out.stdout
+    );
     assert!(!pod.has_link("eth1"));
-    assert_eq!(host.links().iter().filter(|l| l.starts_with("veth")).count(), 0);
+    assert_eq!(
+        host.links()
+            .iter()
+            .filter(|l| l.starts_with("veth"))
+            .count(),
+        0
+    );
     assert!(!host.links().iter().any(|l| l == "eth1"));
     host.ip(&["link", "del", "cbr0"]);
     // Both addresses are still free: two ADDs succeed, the third finds the range exhausted.
-    let (p1, p2, p3) = (Netns::new("cni-fail-1"), Netns::new("cni-fail-2"), Netns::new("cni-fail-3"));
+    let (p1, p2, p3) = (
+        Netns::new("cni-fail-1"),
+        Netns::new("cni-fail-2"),
+        Netns::new("cni-fail-3"),
+    );
     cni_op(&host, "ADD", "a", Some(&p1.path()), "eth0", &conf).ok();
     cni_op(&host, "ADD", "b", Some(&p2.path()), "eth0", &conf).ok();
     let out = cni_op(&host, "ADD", "c", Some(&p3.path()), "eth0", &conf);
     assert_eq!(out.err_code(), 100);
-    assert!(out.json["msg"].as_str().unwrap().contains("no free address"), "{}", out.stdout);
+    assert!(
+        out.json["msg"]
+            .as_str()
+            .unwrap()
+            .contains("no free address"),
+        "{}",
+        out.stdout
+    );
     assert!(!p3.has_link("eth0"));
 }
 
@@ -144,24 +240,78 @@ fn errors_use_the_spec_codes() {
     let dir = tempfile::tempdir().unwrap();
     let good = bridge_config("1.1.0", "10.13.0.0/24", dir.path(), "");
     let p = pod.path();
-    assert_eq!(cni_op(&host, "ADD", "c1", Some(&p), "eth0", "{oops").err_code(), 6);
-    let missing_netns = cni(&host, &[("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "c1"), ("CNI_IFNAME", "eth0")], &good);
+    assert_eq!(
+        cni_op(&host, "ADD", "c1", Some(&p), "eth0", "{oops").err_code(),
+        6
+    );
+    let missing_netns = cni(
+        &host,
+        &[
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", "c1"),
+            ("CNI_IFNAME", "eth0"),
+        ],
+        &good,
+    );
     assert_eq!(missing_netns.err_code(), 4);
     assert!(missing_netns.stdout.contains("CNI_NETNS"));
-    assert_eq!(cni_op(&host, "ADD", "c1", Some(&p), "eth0", &good.replace("1.1.0", "0.1.0")).err_code(), 1);
-    let bad = cni_op(&host, "ADD", "c1", Some(&p), "eth0", &good.replace("10.13.0.0/24", "10.13.0.0/99"));
+    assert_eq!(
+        cni_op(
+            &host,
+            "ADD",
+            "c1",
+            Some(&p),
+            "eth0",
+            &good.replace("1.1.0", "0.1.0")
+        )
+        .err_code(),
+        1
+    );
+    let bad = cni_op(
+        &host,
+        "ADD",
+        "c1",
+        Some(&p),
+        "eth0",
+        &good.replace("10.13.0.0/24", "10.13.0.0/99"),
+    );
     assert_eq!(bad.err_code(), 7);
     assert!(bad.stdout.contains("ipam.subnet"), "{}", bad.stdout);
-    let unsupported = cni_op(&host, "ADD", "c1", Some(&p), "eth0", &good.replace("\"bridge\":", "\"vlan\":7,\"bridge\":"));
+    let unsupported = cni_op(
+        &host,
+        "ADD",
+        "c1",
+        Some(&p),
+        "eth0",
+        &good.replace("\"bridge\":", "\"vlan\":7,\"bridge\":"),
+    );
     assert_eq!(unsupported.err_code(), 2);
-    let gone = cni_op(&host, "ADD", "c1", Some(std::path::Path::new("/run/netns/weft-t-no-such")), "eth0", &good);
+    let gone = cni_op(
+        &host,
+        "ADD",
+        "c1",
+        Some(std::path::Path::new("/run/netns/weft-t-no-such")),
+        "eth0",
+        &good,
+    );
     assert_eq!(gone.err_code(), 3);
-    let status_old = cni(&host, &[("CNI_COMMAND", "STATUS")], &good.replace("1.1.0", "1.0.0"));
+    let status_old = cni(
+        &host,
+        &[("CNI_COMMAND", "STATUS")],
+        &good.replace("1.1.0", "1.0.0"),
+    );
     assert_eq!(status_old.err_code(), 1);
     // Nothing was made by any of these.
     assert!(!host.links().iter().any(|l| l == "cbr0"));
-    let v = cni(&host, &[("CNI_COMMAND", "VERSION")], r#"{"cniVersion":"1.1.0"}"#);
-    assert_eq!(v.ok()["supportedVersions"], serde_json::json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]));
+    let v = cni(
+        &host,
+        &[("CNI_COMMAND", "VERSION")],
+        r#"{"cniVersion":"1.1.0"}"#,
+    );
+    assert_eq!(
+        v.ok()["supportedVersions"],
+        serde_json::json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"])
+    );
 }
 
 #[test]
@@ -177,7 +327,10 @@ fn status_follows_the_subnet_file() {
     let out = cni(&host, &[("CNI_COMMAND", "STATUS")], &conf);
     assert_eq!(out.err_code(), 50);
     let pod = Netns::new("cni-status-p");
-    assert_eq!(cni_op(&host, "ADD", "c1", Some(&pod.path()), "eth0", &conf).err_code(), 11);
+    assert_eq!(
+        cni_op(&host, "ADD", "c1", Some(&pod.path()), "eth0", &conf).err_code(),
+        11
+    );
     std::fs::write(&file, "WEFT_SUBNET=10.244.7.0/24\n").unwrap();
     cni(&host, &[("CNI_COMMAND", "STATUS")], &conf).ok();
     let r = cni_op(&host, "ADD", "c1", Some(&pod.path()), "eth0", &conf);
@@ -193,21 +346,62 @@ fn gc_releases_everything_not_listed() {
     let ips: Vec<String> = pods
         .iter()
         .enumerate()
-        .map(|(i, p)| result_ip(cni_op(&host, "ADD", &format!("c{i}"), Some(&p.path()), "eth0", &conf).ok()))
+        .map(|(i, p)| {
+            result_ip(
+                cni_op(
+                    &host,
+                    "ADD",
+                    &format!("c{i}"),
+                    Some(&p.path()),
+                    "eth0",
+                    &conf,
+                )
+                .ok(),
+            )
+        })
         .collect();
     let extra = Netns::new("cni-gc-x");
-    let want = |ip: &str| cni(&host, &[("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "x"), ("CNI_IFNAME", "eth0"),
-        ("CNI_NETNS", &extra.path().display().to_string()), ("CNI_ARGS", &format!("IP={ip}"))], &conf);
-    assert_eq!(want(&ips[1]).err_code(), 105, "address still held before GC");
+    let want = |ip: &str| {
+        cni(
+            &host,
+            &[
+                ("CNI_COMMAND", "ADD"),
+                ("CNI_CONTAINERID", "x"),
+                ("CNI_IFNAME", "eth0"),
+                ("CNI_NETNS", &extra.path().display().to_string()),
+                ("CNI_ARGS", &format!("IP={ip}")),
+            ],
+            &conf,
+        )
+    };
+    assert_eq!(
+        want(&ips[1]).err_code(),
+        105,
+        "address still held before GC"
+    );
 
     let mut gc: serde_json::Value = serde_json::from_str(&conf).unwrap();
     gc["cni.dev/valid-attachments"] = serde_json::json!([{"containerID": "c0", "ifname": "eth0"}]);
-    cni(&host, &[("CNI_COMMAND", "GC"), ("CNI_PATH", "/nonexistent")], &gc.to_string()).ok();
+    cni(
+        &host,
+        &[("CNI_COMMAND", "GC"), ("CNI_PATH", "/nonexistent")],
+        &gc.to_string(),
+    )
+    .ok();
     assert_eq!(result_ip(want(&ips[1]).ok()), ips[1]);
     // The attachment GC kept still holds its address.
     let pod0 = Netns::new("cni-gc-y");
-    let again = cni(&host, &[("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "y"), ("CNI_IFNAME", "eth0"),
-        ("CNI_NETNS", &pod0.path().display().to_string()), ("CNI_ARGS", &format!("IP={}", ips[0]))], &conf);
+    let again = cni(
+        &host,
+        &[
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", "y"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_NETNS", &pod0.path().display().to_string()),
+            ("CNI_ARGS", &format!("IP={}", ips[0])),
+        ],
+        &conf,
+    );
     assert_eq!(again.err_code(), 105);
 }
 
@@ -216,7 +410,9 @@ fn parallel_adds_from_many_processes_get_distinct_addresses() {
     let host = Netns::new("cni-par");
     let dir = tempfile::tempdir().unwrap();
     let conf = bridge_config("1.1.0", "10.15.0.0/24", dir.path(), "");
-    let pods: Vec<Netns> = (0..200).map(|i| Netns::new(&format!("cni-par-{i}"))).collect();
+    let pods: Vec<Netns> = (0..200)
+        .map(|i| Netns::new(&format!("cni-par-{i}")))
+        .collect();
     let ips = std::sync::Mutex::new(Vec::new());
     std::thread::scope(|s| {
         for w in 0..8 {
@@ -235,11 +431,55 @@ fn parallel_adds_from_many_processes_get_distinct_addresses() {
     assert_eq!(ips.len(), 200, "every ADD got its own address");
     // No lost allocation: the state on disk holds all 200.
     let state: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("testnet/state.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(dir.path().join("testnet/state.json")).unwrap())
+            .unwrap();
     assert_eq!(state["allocations"].as_array().unwrap().len(), 200);
     // And the kernel agrees: each pod's eth0 carries an address of its own.
-    let mut configured: Vec<String> = pods.iter().map(|p| p.ip(&["-4", "-o", "addr", "show", "eth0"])).collect();
+    let mut configured: Vec<String> = pods
+        .iter()
+        .map(|p| p.ip(&["-4", "-o", "addr", "show", "eth0"]))
+        .collect();
     configured.sort();
     configured.dedup();
     assert_eq!(configured.len(), 200);
+}
+
+#[test]
+fn dual_stack_pods_and_mtu() {
+    let host = Netns::new("cni-ds");
+    let (a, b) = (Netns::new("cni-ds-a"), Netns::new("cni-ds-b"));
+    let dir = tempfile::tempdir().unwrap();
+    let conf = format!(
+        r#"{{"cniVersion":"1.1.0","name":"ds","type":"weft","bridge":"cbr0","isDefaultGateway":true,"mtu":1400,
+            "ipam":{{"type":"weft","dataDir":"{}","ranges":[[{{"subnet":"10.16.0.0/24"}}],[{{"subnet":"fd00:16::/64"}}]]}}}}"#,
+        dir.path().display()
+    );
+    let ra = cni_op(&host, "ADD", "a", Some(&a.path()), "eth0", &conf)
+        .ok()
+        .clone();
+    cni_op(&host, "ADD", "b", Some(&b.path()), "eth0", &conf).ok();
+    assert_eq!(ra["ips"][0]["address"], "10.16.0.2/24");
+    assert_eq!(ra["ips"][1]["address"], "fd00:16::2/64");
+    assert_eq!(ra["ips"][1]["gateway"], "fd00:16::1");
+    assert_eq!(ra["interfaces"][2]["mtu"], 1400);
+    assert!(a.ip(&["link", "show", "eth0"]).contains("mtu 1400"));
+    assert!(a
+        .ip(&["-6", "route", "show", "default"])
+        .contains("via fd00:16::1"));
+    // No DAD wait: the addresses work the moment ADD returns.
+    let _server = Bg(b
+        .cmd(weft())
+        .args(["serve", "--tcp", "8080"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap());
+    wait_listening(&b, 8080);
+    let out = run_ok(a.cmd(weft()).args(["probe", "tcp", "[fd00:16::3]:8080"]));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("client=fd00:16::2"),
+        "{:?}",
+        out
+    );
+    run_ok(a.cmd(weft()).args(["probe", "icmp", "fd00:16::1"]));
+    run_ok(a.cmd(weft()).args(["probe", "icmp", "10.16.0.3"]));
 }
