@@ -178,4 +178,3 @@ pub struct ServeArgs {
     #[arg(long)]
     pub http: Vec<u16>,
 }
-

@@ -55,7 +55,14 @@ impl Narrator {
     }
 }
 
-fn cni(exe: &PathBuf, node: &Netns, cmd: &str, id: &str, pod: &Netns, conf: &str) -> Result<serde_json::Value> {
+fn cni(
+    exe: &PathBuf,
+    node: &Netns,
+    cmd: &str,
+    id: &str,
+    pod: &Netns,
+    conf: &str,
+) -> Result<serde_json::Value> {
     let mut child = command_in(node, exe)
         .env("CNI_COMMAND", cmd)
         .env("CNI_CONTAINERID", id)
@@ -66,7 +73,11 @@ fn cni(exe: &PathBuf, node: &Netns, cmd: &str, id: &str, pod: &Netns, conf: &str
         .stdout(Stdio::piped())
         .spawn()
         .context("run the CNI plugin")?;
-    child.stdin.take().context("plugin stdin")?.write_all(conf.as_bytes())?;
+    child
+        .stdin
+        .take()
+        .context("plugin stdin")?
+        .write_all(conf.as_bytes())?;
     let out = child.wait_with_output()?;
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
@@ -103,7 +114,9 @@ pub fn run() -> Result<()> {
     let node = make("node-1")?;
     let frontend = make("frontend-pod")?;
     let backend = make("backend-pod")?;
-    n.saw(format!("namespaces {tag}-{{node-1,frontend-pod,backend-pod}}"));
+    n.saw(format!(
+        "namespaces {tag}-{{node-1,frontend-pod,backend-pod}}"
+    ));
 
     n.step("The runtime calls the CNI plugin (weft) for each pod: bridge cbr0, veth pair, IPAM");
     let conf = serde_json::json!({
@@ -117,17 +130,41 @@ pub fn run() -> Result<()> {
     let fr = cni(&exe, &node, "ADD", "frontend-pod", &frontend, &conf)?;
     let br = cni(&exe, &node, "ADD", "backend-pod", &backend, &conf)?;
     let ip = |r: &serde_json::Value| r["ips"][0]["address"].as_str().unwrap_or("?").to_string();
-    n.saw(format!("frontend-pod: eth0 {} (host end {} on {})", ip(&fr), fr["interfaces"][1]["name"].as_str().unwrap_or("?"), fr["interfaces"][0]["name"].as_str().unwrap_or("?")));
-    n.saw(format!("backend-pod:  eth0 {} (host end {} on {})", ip(&br), br["interfaces"][1]["name"].as_str().unwrap_or("?"), br["interfaces"][0]["name"].as_str().unwrap_or("?")));
-    n.saw(format!("two ADDs took {:.1} ms", started.elapsed().as_secs_f64() * 1e3));
-    n.check(ip(&fr) == "10.244.1.2/24" && ip(&br) == "10.244.1.3/24", "each pod has its own IP from node-1's subnet");
+    n.saw(format!(
+        "frontend-pod: eth0 {} (host end {} on {})",
+        ip(&fr),
+        fr["interfaces"][1]["name"].as_str().unwrap_or("?"),
+        fr["interfaces"][0]["name"].as_str().unwrap_or("?")
+    ));
+    n.saw(format!(
+        "backend-pod:  eth0 {} (host end {} on {})",
+        ip(&br),
+        br["interfaces"][1]["name"].as_str().unwrap_or("?"),
+        br["interfaces"][0]["name"].as_str().unwrap_or("?")
+    ));
+    n.saw(format!(
+        "two ADDs took {:.1} ms",
+        started.elapsed().as_secs_f64() * 1e3
+    ));
+    n.check(
+        ip(&fr) == "10.244.1.2/24" && ip(&br) == "10.244.1.3/24",
+        "each pod has its own IP from node-1's subnet",
+    );
 
     n.step("The route table inside frontend-pod");
     let mut h = Handle::in_netns(&frontend)?;
     let links = h.links()?;
-    for r in h.routes(Family::V4)?.into_iter().filter(|r| r.table == weft_netlink::RT_TABLE_MAIN) {
+    for r in h
+        .routes(Family::V4)?
+        .into_iter()
+        .filter(|r| r.table == weft_netlink::RT_TABLE_MAIN)
+    {
         let via = r.gateway.map(|g| format!(" via {g}")).unwrap_or_default();
-        let dev = links.iter().find(|l| Some(l.index) == r.oif).map(|l| l.name.as_str()).unwrap_or("?");
+        let dev = links
+            .iter()
+            .find(|l| Some(l.index) == r.oif)
+            .map(|l| l.name.as_str())
+            .unwrap_or("?");
         n.saw(format!("{}{via} dev {dev}", r.dst));
     }
     n.saw("(the default route leads to the bridge cbr0, node-1's gateway 10.244.1.1)");
@@ -155,7 +192,10 @@ pub fn run() -> Result<()> {
     }
     n.saw(&line);
     n.check(ok, "TCP connection established");
-    n.check(line.contains("client=10.244.1.2"), "the server saw the client's own pod IP: no NAT between pods");
+    n.check(
+        line.contains("client=10.244.1.2"),
+        "the server saw the client's own pod IP: no NAT between pods",
+    );
 
     n.step("The runtime deletes both pods: CNI DEL releases the addresses");
     cni(&exe, &node, "DEL", "frontend-pod", &frontend, &conf)?;

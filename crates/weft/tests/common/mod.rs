@@ -17,7 +17,11 @@ static SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// A unique namespace name: `weft-t-<tag>-<pid>-<n>`.
 pub fn unique(tag: &str) -> String {
-    format!("weft-t-{tag}-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "weft-t-{tag}-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// A named network namespace (`/run/netns/NAME`), deleted on drop.
@@ -67,7 +71,11 @@ impl Netns {
         let out = self.ip(&["-j", "link", "show"]);
         let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
         v.as_array()
-            .map(|a| a.iter().filter_map(|l| l["ifname"].as_str().map(String::from)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|l| l["ifname"].as_str().map(String::from))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }
@@ -75,12 +83,17 @@ impl Netns {
 impl Drop for Netns {
     fn drop(&mut self) {
         // Processes still inside (servers) would keep it alive: kill them first.
-        let _ = Command::new("ip").args(["netns", "pids", &self.name]).output().map(|o| {
-            for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
-                let _ = Command::new("kill").args(["-9", pid]).status();
-            }
-        });
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .output()
+            .map(|o| {
+                for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                    let _ = Command::new("kill").args(["-9", pid]).status();
+                }
+            });
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
@@ -116,14 +129,20 @@ pub struct CniOut {
 
 impl CniOut {
     pub fn ok(&self) -> &serde_json::Value {
-        assert_eq!(self.code, 0, "plugin failed: {}\n{}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, 0,
+            "plugin failed: {}\n{}",
+            self.stdout, self.stderr
+        );
         &self.json
     }
 
     /// The spec's error code on stdout (the process must also have failed).
     pub fn err_code(&self) -> u64 {
         assert_ne!(self.code, 0, "expected a failure, got {}", self.stdout);
-        self.json["code"].as_u64().unwrap_or_else(|| panic!("no error code in {:?}", self.stdout))
+        self.json["code"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no error code in {:?}", self.stdout))
     }
 }
 
@@ -134,9 +153,16 @@ pub fn cni(host: &Netns, env: &[(&str, &str)], config: &str) -> CniOut {
     for (k, v) in env {
         c.env(k, v);
     }
-    c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    c.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = c.spawn().expect("spawn weft");
-    child.stdin.take().expect("stdin").write_all(config.as_bytes()).expect("write config");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(config.as_bytes())
+        .expect("write config");
     let out = child.wait_with_output().expect("wait weft");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     CniOut {
@@ -148,9 +174,21 @@ pub fn cni(host: &Netns, env: &[(&str, &str)], config: &str) -> CniOut {
 }
 
 /// ADD/DEL/CHECK for a pod namespace.
-pub fn cni_op(host: &Netns, op: &str, id: &str, pod: Option<&Path>, ifname: &str, config: &str) -> CniOut {
+pub fn cni_op(
+    host: &Netns,
+    op: &str,
+    id: &str,
+    pod: Option<&Path>,
+    ifname: &str,
+    config: &str,
+) -> CniOut {
     let netns = pod.map(|p| p.display().to_string()).unwrap_or_default();
-    let mut env = vec![("CNI_COMMAND", op), ("CNI_CONTAINERID", id), ("CNI_IFNAME", ifname), ("CNI_PATH", "/nonexistent")];
+    let mut env = vec![
+        ("CNI_COMMAND", op),
+        ("CNI_CONTAINERID", id),
+        ("CNI_IFNAME", ifname),
+        ("CNI_PATH", "/nonexistent"),
+    ];
     if pod.is_some() {
         env.push(("CNI_NETNS", &netns));
     }
