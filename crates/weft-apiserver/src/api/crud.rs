@@ -1,0 +1,613 @@
+//! get, list, create, update, patch and delete.
+
+use super::selector::Filter;
+use super::{decode_body, json_response, patch, Query, Target};
+use crate::admission;
+use crate::error::{ApiError, Cause};
+use crate::meta;
+use crate::resources::{Resource, NAMESPACES, PODS};
+use crate::server::AppState;
+use crate::store::{self, Tx};
+use axum::body::Bytes;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+fn target_key(t: &Target) -> String {
+    store::key(
+        t.res,
+        t.namespace.as_deref().unwrap_or(""),
+        t.name.as_deref().unwrap_or(""),
+    )
+}
+
+fn not_found(t: &Target) -> ApiError {
+    ApiError::not_found(t.res.plural, t.res.group, t.name.as_deref().unwrap_or(""))
+}
+
+pub fn get(state: &Arc<AppState>, t: &Target) -> Result<Response, ApiError> {
+    let obj = state
+        .store
+        .read()
+        .get(t.res, &target_key(t))
+        .ok_or_else(|| not_found(t))?;
+    Ok(json_response(StatusCode::OK, &obj))
+}
+
+fn encode_continue(rv: u64, key: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(json!({"rv": rv, "start": key}).to_string())
+}
+
+fn decode_continue(token: &str) -> Result<(u64, String), ApiError> {
+    let bad = || ApiError::bad_request("continue key is not valid: ask for a new list");
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|_| bad())?;
+    let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
+    let rv = v["rv"].as_u64().ok_or_else(bad)?;
+    let start = v["start"].as_str().ok_or_else(bad)?.to_string();
+    Ok((rv, start))
+}
+
+pub fn list(state: &Arc<AppState>, t: &Target, q: &Query) -> Result<Response, ApiError> {
+    let filter = Filter::from_query(q)?;
+    let limit: usize = q.get("limit").and_then(|s| s.parse().ok()).unwrap_or(0);
+    let cont = match q.get("continue").filter(|s| !s.is_empty()) {
+        Some(c) => Some(decode_continue(c)?),
+        None => None,
+    };
+    let (rv, entries) = {
+        let st = state.store.read();
+        let rv = cont.as_ref().map(|c| c.0).unwrap_or_else(|| st.rv());
+        let after = cont.as_ref().map(|c| c.1.as_str());
+        (rv, st.list_from(t.res, t.namespace.as_deref(), after))
+    };
+    let mut buf: Vec<u8> = Vec::with_capacity(entries.len() * 1024 + 256);
+    let mut count = 0usize;
+    let mut next: Option<String> = None;
+    let mut remaining = 0usize;
+    for (k, v) in &entries {
+        if !filter.matches(v) {
+            continue;
+        }
+        if limit > 0 && count == limit {
+            remaining += 1;
+            continue;
+        }
+        if count > 0 {
+            buf.push(b',');
+        }
+        serde_json::to_writer(&mut buf, &**v).map_err(|e| ApiError::internal(e.to_string()))?;
+        count += 1;
+        if limit > 0 && count == limit {
+            next = Some(k.clone());
+        }
+    }
+    let mut md = json!({"resourceVersion": rv.to_string()});
+    if remaining > 0 {
+        if let Some(k) = next {
+            md["continue"] = json!(encode_continue(rv, &k));
+            md["remainingItemCount"] = json!(remaining);
+        }
+    }
+    let head = format!(
+        "{{\"kind\":\"{}List\",\"apiVersion\":\"{}\",\"metadata\":{},\"items\":[",
+        t.res.kind,
+        t.res.api_version(),
+        md
+    );
+    let mut out = head.into_bytes();
+    out.extend_from_slice(&buf);
+    out.extend_from_slice(b"]}");
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        out,
+    )
+        .into_response())
+}
+
+/// Checks apiVersion/kind of a body against the URL's resource, filling them if absent.
+pub fn check_kind(res: &Resource, obj: &mut Value) -> Result<(), ApiError> {
+    let want_av = res.api_version();
+    match obj["apiVersion"].as_str() {
+        None | Some("") => obj["apiVersion"] = json!(want_av),
+        Some(av) if av == want_av => {}
+        Some(av) => {
+            return Err(ApiError::bad_request(format!(
+                "the API version in the data ({av}) does not match the expected API version ({want_av})"
+            )))
+        }
+    }
+    match obj["kind"].as_str() {
+        None | Some("") => obj["kind"] = json!(res.kind),
+        Some(k) if k == res.kind => {}
+        Some(k) => {
+            return Err(ApiError::bad_request(format!(
+                "the kind in the data ({k}) does not match the expected kind ({})",
+                res.kind
+            )))
+        }
+    }
+    if !obj["metadata"].is_object() {
+        if obj["metadata"].is_null() {
+            obj["metadata"] = json!({});
+        } else {
+            return Err(ApiError::bad_request("metadata must be an object"));
+        }
+    }
+    Ok(())
+}
+
+/// Reconciles the body's namespace with the URL's.
+fn check_namespace(t: &Target, obj: &mut Value) -> Result<(), ApiError> {
+    if !t.res.namespaced {
+        if let Some(m) = obj["metadata"].as_object_mut() {
+            m.remove("namespace");
+        }
+        return Ok(());
+    }
+    let Some(ns) = t.namespace.as_deref() else {
+        return Err(ApiError::method_not_allowed());
+    };
+    match obj["metadata"]["namespace"].as_str() {
+        None | Some("") => obj["metadata"]["namespace"] = json!(ns),
+        Some(b) if b == ns => {}
+        Some(_) => return Err(ApiError::bad_request(
+            "the namespace of the provided object does not match the namespace sent on the request",
+        )),
+    }
+    Ok(())
+}
+
+fn dry_run(q: &Query) -> bool {
+    q.get("dryRun").is_some_and(|v| v == "All")
+}
+
+pub fn create(
+    state: &Arc<AppState>,
+    t: &Target,
+    q: &Query,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Response, ApiError> {
+    if t.name.is_some() || t.sub.is_some() {
+        return Err(ApiError::method_not_allowed());
+    }
+    let mut obj = decode_body(headers, body)?;
+    check_kind(t.res, &mut obj)?;
+    check_namespace(t, &mut obj)?;
+    let obj = create_object(state, t.res, obj, dry_run(q))?;
+    Ok(json_response(StatusCode::CREATED, &obj))
+}
+
+/// Creates a decoded object (shared by POST and server-side apply of a new object).
+pub fn create_object(
+    state: &Arc<AppState>,
+    res: &'static Resource,
+    mut obj: Value,
+    dry: bool,
+) -> Result<Value, ApiError> {
+    if meta::name(&obj).is_empty() {
+        if let Some(g) = obj["metadata"]["generateName"]
+            .as_str()
+            .filter(|g| !g.is_empty())
+        {
+            obj["metadata"]["name"] = json!(format!("{g}{}", meta::random_suffix()));
+        }
+    }
+    let (out, written) = state
+        .store
+        .write(|tx| create_in(tx, state, res, obj, dry))?;
+    Ok(written.first().map(|o| (**o).clone()).unwrap_or(out))
+}
+
+pub fn create_in(
+    tx: &mut Tx,
+    state: &AppState,
+    res: &'static Resource,
+    mut obj: Value,
+    dry: bool,
+) -> Result<Value, ApiError> {
+    let name = meta::name(&obj).to_string();
+    if name.is_empty() {
+        return Err(ApiError::invalid(
+            res.kind,
+            "",
+            vec![Cause::required("metadata.name")],
+        ));
+    }
+    let ns = meta::namespace(&obj).to_string();
+    let key = store::key(res, &ns, &name);
+    if tx.get(res, &key).is_some() {
+        return Err(ApiError::already_exists(res.plural, res.group, &name));
+    }
+    if res.namespaced && tx.get(NAMESPACES, &ns).is_none() {
+        return Err(ApiError::not_found("namespaces", "", &ns));
+    }
+    let m = &mut obj["metadata"];
+    m["uid"] = json!(meta::new_uid());
+    m["creationTimestamp"] = json!(meta::now_rfc3339());
+    m["generation"] = json!(1);
+    if let Some(mm) = m.as_object_mut() {
+        mm.remove("resourceVersion");
+        mm.remove("deletionTimestamp");
+        mm.remove("deletionGracePeriodSeconds");
+        mm.remove("selfLink");
+    }
+    admission::on_create(tx, &state.net, res, &mut obj)?;
+    let obj = admission::normalize(res, obj)?;
+    let causes = crate::validation::validate(res, &obj, None);
+    if !causes.is_empty() {
+        return Err(ApiError::invalid(res.kind, &name, causes));
+    }
+    if !dry {
+        tx.put(res, key, obj.clone());
+    }
+    Ok(obj)
+}
+
+pub fn update(
+    state: &Arc<AppState>,
+    t: &Target,
+    q: &Query,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Response, ApiError> {
+    let mut obj = decode_body(headers, body)?;
+    check_kind(t.res, &mut obj)?;
+    check_namespace(t, &mut obj)?;
+    let name = t.name.clone().unwrap_or_default();
+    match obj["metadata"]["name"].as_str() {
+        None | Some("") => obj["metadata"]["name"] = json!(name),
+        Some(n) if n == name => {}
+        Some(n) => {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({n}) does not match the name on the URL ({name})"
+            )))
+        }
+    }
+    let key = target_key(t);
+    let dry = dry_run(q);
+    let (out, written) = state.store.write(|tx| {
+        let old = tx.get(t.res, &key).ok_or_else(|| not_found(t))?;
+        update_in(tx, state, t.res, &key, &old, obj, t.sub.as_deref(), dry)
+    })?;
+    Ok(json_response(
+        StatusCode::OK,
+        written.first().map(|o| &**o).unwrap_or(&out),
+    ))
+}
+
+/// The common tail of PUT and PATCH: preconditions, immutable fields, admission,
+/// validation, and finalizer-driven completion of a pending deletion.
+#[allow(clippy::too_many_arguments)]
+pub fn update_in(
+    tx: &mut Tx,
+    state: &AppState,
+    res: &'static Resource,
+    key: &str,
+    old: &Value,
+    new: Value,
+    sub: Option<&str>,
+    dry: bool,
+) -> Result<Value, ApiError> {
+    let name = meta::name(old).to_string();
+    if let Some(rv) = new["metadata"]["resourceVersion"]
+        .as_str()
+        .filter(|s| !s.is_empty())
+    {
+        if Some(rv) != old["metadata"]["resourceVersion"].as_str() {
+            return Err(ApiError::conflict(res.plural, res.group, &name));
+        }
+    }
+    let mut obj = match sub {
+        Some("status") => {
+            let mut o = old.clone();
+            o["status"] = new["status"].clone();
+            o
+        }
+        Some("finalize") => {
+            let mut o = old.clone();
+            o["spec"]["finalizers"] = new["spec"]["finalizers"].clone();
+            o
+        }
+        _ => {
+            let mut o = new;
+            if res.has_status {
+                o["status"] = old["status"].clone();
+            }
+            for f in [
+                "uid",
+                "creationTimestamp",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "namespace",
+                "name",
+            ] {
+                match old["metadata"].get(f) {
+                    Some(v) => o["metadata"][f] = v.clone(),
+                    None => {
+                        if let Some(m) = o["metadata"].as_object_mut() {
+                            m.remove(f);
+                        }
+                    }
+                }
+            }
+            o
+        }
+    };
+    if let Some(m) = obj["metadata"].as_object_mut() {
+        m.remove("resourceVersion");
+    }
+    admission::on_update(tx, &state.net, res, old, &mut obj)?;
+    let mut obj = admission::normalize(res, obj)?;
+    // generation counts spec changes, judged after defaulting so that re-sending the
+    // same manifest is not a change.
+    let gen = old["metadata"]["generation"].as_i64().unwrap_or(1);
+    let changed = obj.get("spec") != old.get("spec");
+    obj["metadata"]["generation"] = json!(if changed { gen + 1 } else { gen });
+    let causes = crate::validation::validate(res, &obj, Some(old));
+    if !causes.is_empty() {
+        return Err(ApiError::invalid(res.kind, &name, causes));
+    }
+    let finished = obj["metadata"]["deletionTimestamp"].is_string()
+        && obj["metadata"]["finalizers"]
+            .as_array()
+            .is_none_or(|f| f.is_empty())
+        && !(res.plural == "namespaces"
+            && obj["spec"]["finalizers"]
+                .as_array()
+                .is_some_and(|f| !f.is_empty()))
+        && !pod_awaiting_grace(res, &obj);
+    if !dry {
+        if finished {
+            tx.delete(res, key.to_string());
+        } else if obj != *old {
+            tx.put(res, key.to_string(), obj.clone());
+        }
+    }
+    Ok(obj)
+}
+
+/// A pod in graceful termination stays until its grace period ends or the node agent
+/// deletes it with gracePeriodSeconds=0.
+fn pod_awaiting_grace(res: &Resource, obj: &Value) -> bool {
+    std::ptr::eq(res, PODS)
+        && obj["metadata"]["deletionGracePeriodSeconds"]
+            .as_i64()
+            .is_some_and(|g| g > 0)
+}
+
+pub fn patch(
+    state: &Arc<AppState>,
+    t: &Target,
+    q: &Query,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Response, ApiError> {
+    let ct = super::content_type(headers);
+    let key = target_key(t);
+    let dry = dry_run(q);
+    if ct == "application/apply-patch+yaml" {
+        let manager = q
+            .get("fieldManager")
+            .filter(|m| !m.is_empty())
+            .cloned()
+            .ok_or_else(|| {
+                ApiError::bad_request("PATCH with apply requires a fieldManager query parameter")
+            })?;
+        let force = super::is_true(q, "force");
+        let mut applied = super::decode_body(headers, body)?;
+        check_kind(t.res, &mut applied)?;
+        check_namespace(t, &mut applied)?;
+        let name = t.name.clone().unwrap_or_default();
+        if meta::name(&applied) != name {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({}) does not match the name on the URL ({name})",
+                meta::name(&applied)
+            )));
+        }
+        let ((created, out), written) = state.store.write(|tx| match tx.get(t.res, &key) {
+            None => {
+                let mut obj = applied.clone();
+                patch::record_apply(&mut obj, &applied, &manager);
+                Ok((true, create_in(tx, state, t.res, obj, dry)?))
+            }
+            Some(old) => {
+                let new = patch::apply(&old, &applied, &manager, force, t.sub.as_deref())?;
+                Ok((
+                    false,
+                    update_in(tx, state, t.res, &key, &old, new, t.sub.as_deref(), dry)?,
+                ))
+            }
+        })?;
+        let code = if created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        };
+        return Ok(json_response(
+            code,
+            written.first().map(|o| &**o).unwrap_or(&out),
+        ));
+    }
+    let patch_doc: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
+    let (out, written) = state.store.write(|tx| {
+        let old = tx.get(t.res, &key).ok_or_else(|| not_found(t))?;
+        let mut new = match ct.as_str() {
+            "application/merge-patch+json" => patch::merge(&old, &patch_doc),
+            "application/json-patch+json" => patch::json_patch(&old, &patch_doc)?,
+            "application/strategic-merge-patch+json" => patch::strategic(&old, &patch_doc),
+            other => return Err(ApiError::unsupported_media(other)),
+        };
+        if !new.is_object() {
+            return Err(ApiError::bad_request("the patch did not produce an object"));
+        }
+        check_kind(t.res, &mut new)?;
+        if meta::name(&new) != meta::name(&old) || meta::namespace(&new) != meta::namespace(&old) {
+            return Err(ApiError::bad_request(
+                "a patch may not change metadata.name or metadata.namespace",
+            ));
+        }
+        update_in(tx, state, t.res, &key, &old, new, t.sub.as_deref(), dry)
+    })?;
+    Ok(json_response(
+        StatusCode::OK,
+        written.first().map(|o| &**o).unwrap_or(&out),
+    ))
+}
+
+#[derive(Default)]
+struct DeleteOptions {
+    grace: Option<i64>,
+    uid: Option<String>,
+    rv: Option<String>,
+}
+
+fn delete_options(q: &Query, body: &Bytes) -> Result<DeleteOptions, ApiError> {
+    let mut o = DeleteOptions::default();
+    if !body.iter().all(u8::is_ascii_whitespace) {
+        let v: Value = serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("error decoding DeleteOptions: {e}")))?;
+        o.grace = v["gracePeriodSeconds"].as_i64();
+        o.uid = v["preconditions"]["uid"].as_str().map(String::from);
+        o.rv = v["preconditions"]["resourceVersion"]
+            .as_str()
+            .map(String::from);
+    }
+    if let Some(g) = q.get("gracePeriodSeconds").and_then(|g| g.parse().ok()) {
+        o.grace = Some(g);
+    }
+    Ok(o)
+}
+
+pub fn delete(
+    state: &Arc<AppState>,
+    t: &Target,
+    q: &Query,
+    body: &Bytes,
+) -> Result<Response, ApiError> {
+    if t.sub.is_some() {
+        return Err(ApiError::method_not_allowed());
+    }
+    let opts = delete_options(q, body)?;
+    let key = target_key(t);
+    let dry = dry_run(q);
+    let (out, written) = state.store.write(|tx| {
+        let old = tx.get(t.res, &key).ok_or_else(|| not_found(t))?;
+        if opts
+            .uid
+            .as_deref()
+            .is_some_and(|u| Some(u) != old["metadata"]["uid"].as_str())
+            || opts
+                .rv
+                .as_deref()
+                .is_some_and(|r| Some(r) != old["metadata"]["resourceVersion"].as_str())
+        {
+            return Err(ApiError::conflict(
+                t.res.plural,
+                t.res.group,
+                meta::name(&old),
+            ));
+        }
+        delete_in(tx, t.res, &key, &old, opts.grace, dry)
+    })?;
+    Ok(json_response(
+        StatusCode::OK,
+        written.first().map(|o| &**o).unwrap_or(&out),
+    ))
+}
+
+/// Deletes now, or marks for deletion when finalizers or a pod's grace period say wait.
+pub fn delete_in(
+    tx: &mut Tx,
+    res: &'static Resource,
+    key: &str,
+    old: &Value,
+    grace: Option<i64>,
+    dry: bool,
+) -> Result<Value, ApiError> {
+    let mut obj = old.clone();
+    let has_finalizers = old["metadata"]["finalizers"]
+        .as_array()
+        .is_some_and(|f| !f.is_empty());
+    let ns_finalizers = res.plural == "namespaces"
+        && old["spec"]["finalizers"]
+            .as_array()
+            .is_some_and(|f| !f.is_empty());
+    let pod_grace = if std::ptr::eq(res, PODS)
+        && old["spec"]["nodeName"]
+            .as_str()
+            .is_some_and(|n| !n.is_empty())
+        && !matches!(
+            old["status"]["phase"].as_str(),
+            Some("Succeeded" | "Failed")
+        ) {
+        let g = grace
+            .or_else(|| old["spec"]["terminationGracePeriodSeconds"].as_i64())
+            .unwrap_or(30)
+            .max(0);
+        let current = old["metadata"]["deletionGracePeriodSeconds"].as_i64();
+        Some(current.map_or(g, |c| c.min(g)))
+    } else {
+        None
+    };
+    let wait = has_finalizers || ns_finalizers || pod_grace.is_some_and(|g| g > 0);
+    if !wait {
+        if !dry {
+            tx.delete(res, key.to_string());
+        }
+        return Ok(obj);
+    }
+    let now = meta::now_secs();
+    let g = pod_grace.unwrap_or(0);
+    if obj["metadata"]["deletionTimestamp"].is_null() || pod_grace.is_some() {
+        obj["metadata"]["deletionTimestamp"] = json!(meta::format_rfc3339(now + g as u64));
+        obj["metadata"]["deletionGracePeriodSeconds"] = json!(g);
+    }
+    if res.plural == "namespaces" {
+        obj["status"]["phase"] = json!("Terminating");
+    }
+    if pod_grace == Some(0) && !has_finalizers {
+        if !dry {
+            tx.delete(res, key.to_string());
+        }
+        return Ok(obj);
+    }
+    if !dry && obj != *old {
+        tx.put(res, key.to_string(), obj.clone());
+    }
+    Ok(obj)
+}
+
+pub fn delete_collection(
+    state: &Arc<AppState>,
+    t: &Target,
+    q: &Query,
+) -> Result<Response, ApiError> {
+    let filter = Filter::from_query(q)?;
+    let grace = q.get("gracePeriodSeconds").and_then(|g| g.parse().ok());
+    let dry = dry_run(q);
+    let (items, _) = state.store.write(|tx| {
+        let mut out = Vec::new();
+        for old in tx.list(t.res, t.namespace.as_deref()) {
+            if filter.matches(&old) {
+                let key = store::object_key(t.res, &old);
+                out.push(delete_in(tx, t.res, &key, &old, grace, dry)?);
+            }
+        }
+        Ok(out)
+    })?;
+    let list = json!({
+        "kind": format!("{}List", t.res.kind),
+        "apiVersion": t.res.api_version(),
+        "metadata": {},
+        "items": items,
+    });
+    Ok(json_response(StatusCode::OK, &list))
+}

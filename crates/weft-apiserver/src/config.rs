@@ -1,0 +1,84 @@
+//! `weft control-plane` arguments.
+
+use crate::error::Error;
+use clap::Parser;
+use ipnet::Ipv4Net;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "weft control-plane",
+    about = "Kubernetes-compatible API server with an embedded store and the controllers networking needs"
+)]
+pub struct Config {
+    /// Directory for the store log, certificates and token (created if missing).
+    #[arg(long, default_value = "/var/lib/weft/control-plane")]
+    pub data_dir: PathBuf,
+    /// Address to serve HTTPS on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    pub listen: SocketAddr,
+    /// Service ClusterIP range.
+    #[arg(long, default_value = "10.96.0.0/12")]
+    pub service_cidr: Ipv4Net,
+    /// Pod network; each node gets a slice of it as spec.podCIDR.
+    #[arg(long, default_value = "10.244.0.0/16")]
+    pub cluster_cidr: Ipv4Net,
+    /// Prefix length of each node's pod CIDR.
+    #[arg(long, default_value_t = 24)]
+    pub node_cidr_size: u8,
+    /// NodePort range, inclusive.
+    #[arg(long, default_value = "30000-32767")]
+    pub service_node_port_range: String,
+    /// Where to write a kubeconfig for clients (default: DATA_DIR/kubeconfig).
+    #[arg(long)]
+    pub kubeconfig_out: Option<PathBuf>,
+    /// Watch events kept for resourceVersion resumes; older resumes get 410 Gone.
+    #[arg(long, default_value_t = 20_000)]
+    pub watch_history: usize,
+}
+
+impl Config {
+    pub fn from_args(args: &[String]) -> Result<Config, clap::Error> {
+        let mut argv = vec!["weft control-plane".to_string()];
+        argv.extend(args.iter().cloned());
+        Config::try_parse_from(argv)
+    }
+
+    pub fn node_port_range(&self) -> Result<(u16, u16), Error> {
+        let bad = || {
+            Error::Config(format!(
+                "--service-node-port-range {:?}: expected LOW-HIGH, e.g. 30000-32767",
+                self.service_node_port_range
+            ))
+        };
+        let (lo, hi) = self
+            .service_node_port_range
+            .split_once('-')
+            .ok_or_else(bad)?;
+        let lo: u16 = lo.trim().parse().map_err(|_| bad())?;
+        let hi: u16 = hi.trim().parse().map_err(|_| bad())?;
+        if lo == 0 || lo > hi {
+            return Err(bad());
+        }
+        Ok((lo, hi))
+    }
+
+    pub fn check(&self) -> Result<(), Error> {
+        if self.node_cidr_size < self.cluster_cidr.prefix_len() || self.node_cidr_size > 30 {
+            return Err(Error::Config(format!(
+                "--node-cidr-size {} must be between the cluster CIDR's prefix /{} and /30",
+                self.node_cidr_size,
+                self.cluster_cidr.prefix_len()
+            )));
+        }
+        if self.service_cidr.prefix_len() > 28 {
+            return Err(Error::Config(format!(
+                "--service-cidr {} is too small: need at least a /28",
+                self.service_cidr
+            )));
+        }
+        self.node_port_range()?;
+        Ok(())
+    }
+}

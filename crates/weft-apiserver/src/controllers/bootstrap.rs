@@ -1,0 +1,59 @@
+//! Objects every cluster starts with: the default namespaces, the `kubernetes` Service at
+//! the service range's first address, and its EndpointSlice pointing at this server.
+
+use crate::api::crud;
+use crate::error::ApiError;
+use crate::resources::{ENDPOINTSLICES, NAMESPACES, SERVICES};
+use crate::server::AppState;
+use crate::store;
+use serde_json::json;
+
+pub fn bootstrap(state: &AppState) -> Result<(), ApiError> {
+    let ep = state.net.api_endpoint;
+    state.store.write(|tx| {
+        for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+            if tx.get(NAMESPACES, ns).is_none() {
+                let obj =
+                    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+                crud::create_in(tx, state, NAMESPACES, obj, false)?;
+            }
+        }
+        let svc_key = store::key(SERVICES, "default", "kubernetes");
+        if tx.get(SERVICES, &svc_key).is_none() {
+            let svc = json!({
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "kubernetes", "namespace": "default",
+                    "labels": {"component": "apiserver", "provider": "kubernetes"}},
+                "spec": {"type": "ClusterIP", "ports": [
+                    {"name": "https", "port": 443, "protocol": "TCP", "targetPort": ep.port()}]}
+            });
+            crud::create_in(tx, state, SERVICES, svc, false)?;
+        }
+        let slice = json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "kubernetes", "namespace": "default",
+                "labels": {"kubernetes.io/service-name": "kubernetes",
+                    "endpointslice.kubernetes.io/managed-by": "weft-apiserver"}},
+            "addressType": if ep.is_ipv4() { "IPv4" } else { "IPv6" },
+            "endpoints": [{"addresses": [ep.ip().to_string()], "conditions": {"ready": true}}],
+            "ports": [{"name": "https", "port": ep.port(), "protocol": "TCP"}]
+        });
+        let key = store::key(ENDPOINTSLICES, "default", "kubernetes");
+        match tx.get(ENDPOINTSLICES, &key) {
+            None => {
+                crud::create_in(tx, state, ENDPOINTSLICES, slice, false)?;
+            }
+            Some(old)
+                if old["endpoints"] != slice["endpoints"] || old["ports"] != slice["ports"] =>
+            {
+                let mut new = (*old).clone();
+                new["endpoints"] = slice["endpoints"].clone();
+                new["ports"] = slice["ports"].clone();
+                crud::update_in(tx, state, ENDPOINTSLICES, &key, &old, new, None, false)?;
+            }
+            Some(_) => {}
+        }
+        Ok(())
+    })?;
+    Ok(())
+}

@@ -1,0 +1,293 @@
+//! EndpointSlices for Services with selectors: a pure function from a Service and its
+//! namespace's pods to the desired slices, and an applier that writes the difference.
+
+use super::Reconcile;
+use crate::api::crud;
+use crate::resources::{ENDPOINTSLICES, PODS, SERVICES};
+use crate::server::AppState;
+use crate::store::{self, Event, Tx};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+pub const MANAGED_BY: &str = "endpointslice-controller.k8s.io";
+const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+fn pod_ip(pod: &Value) -> Option<&str> {
+    pod["status"]["podIP"]
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .or_else(|| pod["status"]["podIPs"][0]["ip"].as_str())
+}
+
+fn pod_ready(pod: &Value) -> bool {
+    pod["status"]["conditions"].as_array().is_some_and(|cs| {
+        cs.iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    })
+}
+
+fn selects(selector: &serde_json::Map<String, Value>, pod: &Value) -> bool {
+    let labels = &pod["metadata"]["labels"];
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// Resolves a Service port against one pod: numeric targetPorts as they are, named ones
+/// through the pod's container ports with that name and protocol.
+fn resolve_port(svc_port: &Value, pod: &Value) -> Option<Value> {
+    let protocol = svc_port["protocol"].as_str().unwrap_or("TCP");
+    let target = match &svc_port["targetPort"] {
+        Value::Number(n) => n.as_i64()?,
+        Value::String(name) => {
+            let containers = pod["spec"]["containers"].as_array()?;
+            containers
+                .iter()
+                .flat_map(|c| c["ports"].as_array().cloned().unwrap_or_default())
+                .find(|p| {
+                    p["name"].as_str() == Some(name.as_str())
+                        && p["protocol"].as_str().unwrap_or("TCP") == protocol
+                })?["containerPort"]
+                .as_i64()?
+        }
+        _ => svc_port["port"].as_i64()?,
+    };
+    let mut p = json!({"name": svc_port["name"].as_str().unwrap_or(""), "port": target, "protocol": protocol});
+    if let Some(ap) = svc_port["appProtocol"].as_str() {
+        p["appProtocol"] = json!(ap);
+    }
+    Some(p)
+}
+
+fn short_hash(s: &str) -> String {
+    // FNV-1a: stable across runs and builds, unlike DefaultHasher.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    const ALPHA: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    (0..5)
+        .map(|i| ALPHA[((h >> (i * 8)) % ALPHA.len() as u64) as usize] as char)
+        .collect()
+}
+
+/// The slices a Service should have, given the pods of its namespace. Empty for Services
+/// without a selector (their slices are someone else's) and ExternalName Services.
+pub fn desired_slices(svc: &Value, pods: &[Arc<Value>]) -> Vec<Value> {
+    let spec = &svc["spec"];
+    let Some(selector) = spec["selector"].as_object().filter(|s| !s.is_empty()) else {
+        return Vec::new();
+    };
+    if spec["type"] == "ExternalName" {
+        return Vec::new();
+    }
+    let svc_name = crate::meta::name(svc);
+    let ns = crate::meta::namespace(svc);
+    let svc_ports = spec["ports"].as_array().cloned().unwrap_or_default();
+    let publish_not_ready = spec["publishNotReadyAddresses"] == json!(true);
+    // Pods grouped by their resolved port list: one slice per distinct list.
+    let mut groups: BTreeMap<String, (Vec<Value>, Vec<Value>)> = BTreeMap::new();
+    let mut sorted: Vec<&Arc<Value>> = pods.iter().collect();
+    sorted.sort_by(|a, b| crate::meta::name(a).cmp(crate::meta::name(b)));
+    for pod in sorted {
+        if crate::meta::namespace(pod) != ns || !selects(selector, pod) {
+            continue;
+        }
+        if matches!(
+            pod["status"]["phase"].as_str(),
+            Some("Succeeded" | "Failed")
+        ) {
+            continue;
+        }
+        let Some(ip) = pod_ip(pod) else { continue };
+        if !ip.contains('.') {
+            continue;
+        }
+        let ports: Vec<Value> = svc_ports
+            .iter()
+            .filter_map(|p| resolve_port(p, pod))
+            .collect();
+        let terminating = pod["metadata"]["deletionTimestamp"].is_string();
+        let serving = pod_ready(pod) || publish_not_ready;
+        let mut ep = json!({
+            "addresses": [ip],
+            "conditions": {"ready": serving && !terminating, "serving": serving, "terminating": terminating},
+            "targetRef": {"kind": "Pod", "namespace": ns, "name": crate::meta::name(pod),
+                "uid": pod["metadata"]["uid"]},
+        });
+        if let Some(node) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) {
+            ep["nodeName"] = json!(node);
+        }
+        if pod["spec"]["subdomain"].as_str() == Some(svc_name) {
+            if let Some(h) = pod["spec"]["hostname"].as_str().filter(|h| !h.is_empty()) {
+                ep["hostname"] = json!(h);
+            }
+        }
+        let key = Value::Array(ports.clone()).to_string();
+        groups
+            .entry(key)
+            .or_insert_with(|| (ports, Vec::new()))
+            .1
+            .push(ep);
+    }
+    if groups.is_empty() {
+        // Like the real controller: a placeholder slice says "no endpoints" explicitly.
+        groups.insert("[]".into(), (Vec::new(), Vec::new()));
+    }
+    let prefix: String = svc_name.chars().take(56).collect();
+    groups
+        .into_iter()
+        .map(|(key, (ports, endpoints))| {
+            json!({
+                "apiVersion": "discovery.k8s.io/v1",
+                "kind": "EndpointSlice",
+                "metadata": {
+                    "name": format!("{prefix}-{}", short_hash(&key)),
+                    "namespace": ns,
+                    "labels": {SERVICE_NAME_LABEL: svc_name, MANAGED_BY_LABEL: MANAGED_BY},
+                    "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": svc_name,
+                        "uid": svc["metadata"]["uid"], "controller": true, "blockOwnerDeletion": true}],
+                },
+                "addressType": "IPv4",
+                "endpoints": endpoints,
+                "ports": ports,
+            })
+        })
+        .collect()
+}
+
+fn managed_by_us(slice: &Value) -> bool {
+    slice["metadata"]["labels"][MANAGED_BY_LABEL] == MANAGED_BY
+}
+
+/// Brings one namespace's managed slices to the desired state.
+fn reconcile_namespace(
+    tx: &mut Tx,
+    state: &AppState,
+    ns: &str,
+) -> Result<(), crate::error::ApiError> {
+    let pods = tx.list(PODS, Some(ns));
+    let mut desired: BTreeMap<String, Value> = BTreeMap::new();
+    for svc in tx.list(SERVICES, Some(ns)) {
+        for s in desired_slices(&svc, &pods) {
+            desired.insert(crate::meta::name(&s).to_string(), s);
+        }
+    }
+    let existing: Vec<Arc<Value>> = tx
+        .list(ENDPOINTSLICES, Some(ns))
+        .into_iter()
+        .filter(|s| managed_by_us(s))
+        .collect();
+    for old in &existing {
+        let name = crate::meta::name(old).to_string();
+        let key = store::key(ENDPOINTSLICES, ns, &name);
+        match desired.remove(&name) {
+            None => {
+                crud::delete_in(tx, ENDPOINTSLICES, &key, old, None, false)?;
+            }
+            Some(want) => {
+                let same = old["endpoints"] == want["endpoints"]
+                    && old["ports"] == want["ports"]
+                    && old["metadata"]["labels"] == want["metadata"]["labels"]
+                    && old["metadata"]["ownerReferences"] == want["metadata"]["ownerReferences"];
+                if !same {
+                    let mut new = (**old).clone();
+                    new["endpoints"] = want["endpoints"].clone();
+                    new["ports"] = want["ports"].clone();
+                    new["metadata"]["labels"] = want["metadata"]["labels"].clone();
+                    new["metadata"]["ownerReferences"] =
+                        want["metadata"]["ownerReferences"].clone();
+                    crud::update_in(tx, state, ENDPOINTSLICES, &key, old, new, None, false)?;
+                }
+            }
+        }
+    }
+    for (_, s) in desired {
+        crud::create_in(tx, state, ENDPOINTSLICES, s, false)?;
+    }
+    Ok(())
+}
+
+#[derive(Default)]
+pub struct Controller;
+
+impl Reconcile for Controller {
+    fn reconcile(&mut self, state: &AppState, events: Option<&[Arc<Event>]>) {
+        let namespaces: BTreeSet<String> = match events {
+            Some(evs) => evs
+                .iter()
+                .filter(|e| {
+                    std::ptr::eq(e.res, PODS)
+                        || std::ptr::eq(e.res, SERVICES)
+                        || (std::ptr::eq(e.res, ENDPOINTSLICES)
+                            && e.ty == crate::store::EventType::Deleted
+                            && managed_by_us(&e.object))
+                })
+                .map(|e| crate::meta::namespace(&e.object).to_string())
+                .collect(),
+            None => {
+                let st = state.store.read();
+                let mut all: BTreeSet<String> = st
+                    .list(SERVICES, None)
+                    .iter()
+                    .map(|s| crate::meta::namespace(s).to_string())
+                    .collect();
+                all.extend(
+                    st.list(ENDPOINTSLICES, None)
+                        .iter()
+                        .filter(|s| managed_by_us(s))
+                        .map(|s| crate::meta::namespace(s).to_string()),
+                );
+                all
+            }
+        };
+        for ns in namespaces {
+            let r = state.store.write(|tx| reconcile_namespace(tx, state, &ns));
+            if let Err(e) = r {
+                tracing::warn!("endpointslice controller, namespace {ns}: {}", e.message);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(name: &str, ip: &str, ready: bool, port_name: &str, port: i64) -> Arc<Value> {
+        Arc::new(json!({
+            "metadata": {"name": name, "namespace": "ns", "labels": {"app": "web"}, "uid": name},
+            "spec": {"nodeName": "node-1", "containers": [{"name": "c", "ports": [
+                {"name": port_name, "containerPort": port, "protocol": "TCP"}]}]},
+            "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": if ready {"True"} else {"False"}}]}
+        }))
+    }
+
+    #[test]
+    fn named_ports_resolve_per_pod_and_readiness_follows_condition() {
+        let svc = json!({"metadata": {"name": "web", "namespace": "ns", "uid": "u"},
+            "spec": {"selector": {"app": "web"}, "ports": [
+                {"name": "http", "port": 80, "protocol": "TCP", "targetPort": "http"}]}});
+        let pods = vec![
+            pod("a", "10.244.1.2", true, "http", 8080),
+            pod("b", "10.244.2.2", false, "http", 9090),
+        ];
+        let slices = desired_slices(&svc, &pods);
+        assert_eq!(slices.len(), 2);
+        let a = slices
+            .iter()
+            .find(|s| s["ports"][0]["port"] == 8080)
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(a["endpoints"][0]["addresses"][0], "10.244.1.2");
+        assert_eq!(a["endpoints"][0]["conditions"]["ready"], true);
+        assert_eq!(a["endpoints"][0]["nodeName"], "node-1");
+        let b = slices
+            .iter()
+            .find(|s| s["ports"][0]["port"] == 9090)
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(b["endpoints"][0]["conditions"]["ready"], false);
+    }
+}
