@@ -94,10 +94,11 @@ pub async fn start(cfg: Config) -> Result<Server, Error> {
     crate::controllers::bootstrap(&state).map_err(|e| Error::Config(e.message))?;
     let (shutdown_tx, mut shutdown_rx) = oneshot::channel::<()>();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    crate::controllers::spawn_all(state.clone(), stop_rx);
+    crate::controllers::spawn_all(state.clone(), stop_rx.clone());
 
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&creds)?));
     let app = crate::api::router(state.clone());
+    let conn_stop_rx = stop_rx.clone();
     let task = tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -114,14 +115,20 @@ pub async fn start(cfg: Config) -> Result<Server, Error> {
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let app = app.clone();
+            let mut conn_stop = conn_stop_rx.clone();
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
                 };
                 let svc = TowerToHyperService::new(app);
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection_with_upgrades(TokioIo::new(tls), svc)
-                    .await;
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
+                // On shutdown open connections (long watches above all) are dropped, as
+                // a stopped process would drop them.
+                tokio::select! {
+                    _ = conn => {}
+                    _ = conn_stop.changed() => {}
+                }
             });
         }
         let _ = stop_tx.send(true);
