@@ -109,6 +109,11 @@ pub fn destroy(t: &Topology) -> Result<Vec<String>> {
     // Pods first, then hosts, then the root (its veths vanish with their peers).
     let mut victims: Vec<&String> = existing.iter().filter(|n| ours(n)).collect();
     victims.sort_by_key(|n| (n.as_str() == t.root_netns, !n.contains('.'), n.to_string()));
+    let inodes: Vec<u64> = victims
+        .iter()
+        .filter_map(|n| Netns::from_name(n).ok()?.inode().ok())
+        .collect();
+    kill_processes_in(&inodes);
     for n in victims {
         match Netns::delete_named(n) {
             Ok(()) => removed.push(n.clone()),
@@ -121,4 +126,44 @@ pub fn destroy(t: &Topology) -> Result<Vec<String>> {
         }
     }
     first_err.map_or(Ok(removed), Err)
+}
+
+/// Kills every process whose network namespace is one of `inodes` (servers in pods, agents
+/// in nodes, the control plane in the root): a namespace with a process in it outlives its
+/// name, and so would its links and addresses.
+pub fn kill_processes_in(inodes: &[u64]) -> usize {
+    if inodes.is_empty() {
+        return 0;
+    }
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let me = std::process::id();
+    let mut killed = 0;
+    for e in rd.filter_map(|e| e.ok()) {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(link) = std::fs::read_link(e.path().join("ns/net")) else {
+            continue;
+        };
+        // The link reads "net:[INODE]".
+        let inode = link
+            .to_string_lossy()
+            .trim_start_matches("net:[")
+            .trim_end_matches(']')
+            .parse::<u64>()
+            .ok();
+        if inode.is_some_and(|i| inodes.contains(&i)) {
+            // SAFETY: kill(2) with a pid read from /proc; a pid that exited meanwhile is ESRCH.
+            unsafe {
+                libc::kill(pid as i32, libc::SIGKILL);
+            }
+            killed += 1;
+        }
+    }
+    killed
 }

@@ -52,10 +52,21 @@ fn two_labs_side_by_side_and_down_leaves_nothing() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1");
 
     // Pod namespaces the agents make are removed with the lab.
-    Netns::create_named(&format!("{}.default.web", la.topology.nodes[0].netns)).unwrap();
+    // A process left inside one (a pod's server) must not keep it alive.
+    let pod = format!("{}.default.web", la.topology.nodes[0].netns);
+    Netns::create_named(&pod).unwrap();
+    let mut sleeper = Command::new("ip")
+        .args(["netns", "exec", &pod, "sleep", "600"])
+        .spawn()
+        .unwrap();
     drop((listener, ext, node3));
+    std::thread::sleep(std::time::Duration::from_millis(100));
     down(&a, &mut quiet).unwrap();
     down(&b, &mut quiet).unwrap();
+    assert!(
+        !sleeper.wait().unwrap().success(),
+        "the pod's process was killed"
+    );
     let left: Vec<String> = namespaces()
         .into_iter()
         .filter(|n| n.starts_with(&format!("weft-{a}")) || n.starts_with(&format!("weft-{b}")))
