@@ -7,7 +7,9 @@
 //! to the machine's own network.
 
 pub mod error;
+pub mod forward;
 pub mod lab;
+pub mod supervise;
 pub mod topology;
 pub mod world;
 
