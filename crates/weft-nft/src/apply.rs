@@ -1,12 +1,14 @@
 //! The thin applier: builds a transaction from models and sends it.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::diff::{self, Summary};
 use crate::error::Result;
-use crate::model::{Family, Ruleset};
-use crate::netlink::decode::{self, KernelTable};
+use crate::model::{Chain, Family, Ruleset, Table};
+use crate::netlink::decode::{self, kernel_view, KernelTable};
 use crate::netlink::{Batch, NftSocket};
+use crate::rule::Rule;
 
 /// nf_tables in one network namespace.
 pub struct Backend {
@@ -69,4 +71,49 @@ impl Backend {
         b.del_table(family, name);
         self.send(b)
     }
+
+    /// What the kernel holds for the tables of `desired`, as a model to pass as `prev` to
+    /// [`Backend::apply_incremental`]: a restarted agent adopts the kernel's state and then
+    /// changes only what differs. Chains that already match share `desired`'s `Arc`s;
+    /// elements that dynamic sets learned from traffic (affinity) are kept.
+    pub fn adopt(&mut self, desired: &Ruleset) -> Result<Ruleset> {
+        let mut prev = Ruleset::default();
+        for want in desired.tables.values() {
+            let Some(have) = self.read_table(want.family, &want.name)? else {
+                continue;
+            };
+            prev.add_table(adopt_table(have, want)?);
+        }
+        Ok(prev)
+    }
+}
+
+fn adopt_table(have: KernelTable, want: &Table) -> Result<Table> {
+    let view = kernel_view(want)?;
+    let mut t = Table::new(have.family, have.name.clone());
+    for (name, kc) in have.chains {
+        let chain = match (want.chains.get(&name), view.chains.get(&name)) {
+            (Some(model), Some(v)) if *v == kc => model.clone(),
+            // Differs or is unknown: a stand-in with as many rules, which the diff replaces.
+            _ => Arc::new(Chain {
+                name: name.clone(),
+                base: kc.base,
+                rules: vec![Rule::default(); kc.rules.len()],
+            }),
+        };
+        t.chains.insert(name, chain);
+    }
+    for (name, mut set) in have.sets {
+        if let Some(model) = want.sets.get(&name) {
+            if set == **model {
+                t.sets.insert(name, model.clone());
+                continue;
+            }
+            if set.flags.dynamic && set.same_definition(model) {
+                set.elements = model.elements.clone();
+            }
+        }
+        t.sets.insert(name, Arc::new(set));
+    }
+    Ok(t)
 }

@@ -185,3 +185,36 @@ fn incremental_update_reaches_the_desired_state_and_sends_only_the_difference() 
     assert_kernel_holds(&mut be, &prev);
     assert!(be.read_table(Family::Ip6, "weft6").expect("read").is_none());
 }
+
+#[test]
+fn a_restarted_applier_adopts_the_kernel_state_and_fixes_only_the_difference() {
+    let ns = Netns::new("adopt");
+    let rs = fixture::ruleset();
+    ns.backend().apply_full(&rs).expect("apply");
+
+    // A new process with only its desired model: one chain and one element differ.
+    let mut desired = rs.clone();
+    let t = desired.table_mut(Family::Ip, "weft4").expect("table");
+    t.add_chain(Chain::regular("sep-a-1").with_rule(Rule::new(vec![
+        Stmt::eq(Selector::MetaL4proto, Value::Proto(6)),
+        Stmt::Dnat {
+            addr: "10.244.1.77".parse().expect("addr"),
+            port: Some(8080),
+        },
+    ])));
+    Arc::make_mut(t.sets.get_mut("ports").expect("ports"))
+        .insert(vec![Value::Port(8443)], Elem::default());
+    let mut be = ns.backend();
+    let prev = be.adopt(&desired).expect("adopt");
+    let sum = be.apply_incremental(&prev, &desired).expect("converge");
+    assert_kernel_holds(&mut be, &desired);
+    assert_eq!(sum.chains_replaced, 1, "{sum:?}");
+    assert_eq!(sum.elements_added, 1, "{sum:?}");
+    assert_eq!(sum.elements_deleted, 0, "{sum:?}");
+    // Converged: adopting again finds nothing to do.
+    let again = be.adopt(&desired).expect("adopt");
+    assert!(be
+        .apply_incremental(&again, &desired)
+        .expect("no-op")
+        .is_empty());
+}

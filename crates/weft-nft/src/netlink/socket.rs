@@ -137,6 +137,7 @@ impl NftSocket {
                         errno: libc::ENOBUFS,
                         message: Some("more errors than the socket could queue".into()),
                     });
+                    flags = libc::MSG_DONTWAIT;
                     continue;
                 }
                 Err(e) => return Err(Error::io("receiving the batch verdict", e)),
