@@ -1,0 +1,309 @@
+//! The pure half: from the node list to the routes, neighbours and FDB entries this node
+//! should have. No kernel here; `Router` resolves devices to indices and applies the diff.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use weft_netlink::mac_to_string;
+
+use crate::backend::Backend;
+use crate::error::Refusal;
+
+/// What routing needs to know about one node (the agent fills it from the Node object:
+/// `status.addresses` InternalIP, `spec.podCIDR`, annotation `weft.dev/vtep-mac`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub name: String,
+    pub underlay_ip: IpAddr,
+    /// None until the node has been given its lease.
+    pub pod_cidr: Option<IpNet>,
+    /// The MAC of the node's own VXLAN device, once its agent has published it.
+    pub vtep_mac: Option<[u8; 6]>,
+}
+
+/// Where a route leaves this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RouteDev {
+    /// Through the underlay interface, to a gateway on the same L2 segment.
+    Underlay,
+    /// Into the VXLAN device, to a gateway that is only "on link" there (`onlink`).
+    Vxlan,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredRoute {
+    pub node: String,
+    pub dst: IpNet,
+    pub via: IpAddr,
+    pub dev: RouteDev,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredNeighbour {
+    pub node: String,
+    pub ip: IpAddr,
+    pub mac: [u8; 6],
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredFdb {
+    pub node: String,
+    pub mac: [u8; 6],
+    pub dst: IpAddr,
+}
+
+/// A node that is fine but not routable yet (no lease, no published VTEP MAC).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Waiting {
+    pub node: String,
+    pub reason: &'static str,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Desired {
+    pub routes: Vec<DesiredRoute>,
+    pub neighbours: Vec<DesiredNeighbour>,
+    pub fdb: Vec<DesiredFdb>,
+    pub refused: Vec<Refusal>,
+    pub waiting: Vec<Waiting>,
+}
+
+impl DesiredRoute {
+    /// "route 10.244.2.0/24 via 192.168.1.3" or "... via 10.244.2.0 dev weft.1 onlink".
+    pub fn describe(&self, backend: &Backend) -> String {
+        match (self.dev, backend.device_name()) {
+            (RouteDev::Vxlan, Some(dev)) => {
+                format!("route {} via {} dev {dev} onlink", self.dst, self.via)
+            }
+            _ => format!("route {} via {}", self.dst, self.via),
+        }
+    }
+}
+
+impl DesiredNeighbour {
+    pub fn describe(&self) -> String {
+        format!("neighbour {} lladdr {}", self.ip, mac_to_string(&self.mac))
+    }
+}
+
+impl DesiredFdb {
+    pub fn describe(&self) -> String {
+        format!("fdb entry {} dst {}", mac_to_string(&self.mac), self.dst)
+    }
+}
+
+/// The routing state this node (`me`) should have for the cluster `nodes`.
+///
+/// Skips `me`, nodes without a podCIDR and, for vxlan, nodes that have not published their
+/// VTEP MAC yet (listed in `waiting`). When two nodes conflict (overlapping podCIDRs, one
+/// underlay IP, one VTEP MAC, the same name twice), the one listed first wins and the later
+/// one is refused, never installed next to it; callers should list nodes oldest first so
+/// that a newcomer cannot take a running node's traffic.
+pub fn desired(backend: Backend, me: &NodeInfo, nodes: &[NodeInfo]) -> Desired {
+    let mut out = Desired::default();
+    // Nodes holding a claim, so later ones cannot take it: waiting nodes hold theirs too.
+    let mut claimed: Vec<&NodeInfo> = Vec::new();
+    let mut seen_names: Vec<&str> = vec![me.name.as_str()];
+    for node in nodes {
+        if node.name == me.name {
+            continue;
+        }
+        if seen_names.contains(&node.name.as_str()) {
+            out.refused.push(refusal(
+                node,
+                &object_for(backend, node),
+                "the node is listed twice; using the first entry",
+            ));
+            continue;
+        }
+        seen_names.push(&node.name);
+        let Some(cidr) = node.pod_cidr.map(|c| c.trunc()) else {
+            out.waiting.push(Waiting {
+                node: node.name.clone(),
+                reason: "no podCIDR yet",
+            });
+            continue;
+        };
+        let object = object_for(backend, node);
+        if let Some(reason) = conflict(backend, me, node, cidr, &claimed) {
+            out.refused.push(refusal(node, &object, &reason));
+            continue;
+        }
+        claimed.push(node);
+        match backend {
+            Backend::HostGw => out.routes.push(DesiredRoute {
+                node: node.name.clone(),
+                dst: cidr,
+                via: node.underlay_ip,
+                dev: RouteDev::Underlay,
+            }),
+            Backend::Vxlan { .. } => {
+                let Some(mac) = node.vtep_mac else {
+                    out.waiting.push(Waiting {
+                        node: node.name.clone(),
+                        reason: "no VTEP MAC published yet (annotation weft.dev/vtep-mac)",
+                    });
+                    continue;
+                };
+                // The remote's VXLAN device holds its subnet's network address; that is the
+                // next hop, and the neighbour entry resolves it without ARP.
+                let gateway = cidr.network();
+                out.routes.push(DesiredRoute {
+                    node: node.name.clone(),
+                    dst: cidr,
+                    via: gateway,
+                    dev: RouteDev::Vxlan,
+                });
+                out.neighbours.push(DesiredNeighbour {
+                    node: node.name.clone(),
+                    ip: gateway,
+                    mac,
+                });
+                out.fdb.push(DesiredFdb {
+                    node: node.name.clone(),
+                    mac,
+                    dst: node.underlay_ip,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Why `node` may not be routed next to `me` and the nodes already `claimed`, if it may not.
+fn conflict(
+    backend: Backend,
+    me: &NodeInfo,
+    node: &NodeInfo,
+    cidr: IpNet,
+    claimed: &[&NodeInfo],
+) -> Option<String> {
+    if let Some(mine) = me.pod_cidr {
+        if overlaps(mine.trunc(), cidr) {
+            return Some(format!(
+                "podCIDR {cidr} overlaps this node's own podCIDR {mine}"
+            ));
+        }
+    }
+    if node.underlay_ip == me.underlay_ip {
+        return Some(format!(
+            "underlay IP {} is this node's own",
+            node.underlay_ip
+        ));
+    }
+    for other in claimed {
+        if let Some(theirs) = other.pod_cidr {
+            if overlaps(theirs.trunc(), cidr) {
+                return Some(format!(
+                    "podCIDR {cidr} overlaps {theirs} of node {}, which was listed first; \
+                     fix the podCIDR of one of them",
+                    other.name
+                ));
+            }
+        }
+        if other.underlay_ip == node.underlay_ip {
+            return Some(format!(
+                "underlay IP {} is also node {}'s, which was listed first",
+                node.underlay_ip, other.name
+            ));
+        }
+    }
+    match backend {
+        Backend::HostGw => {
+            if cidr.addr().is_ipv4() != node.underlay_ip.is_ipv4() {
+                return Some(format!(
+                    "host-gw cannot route podCIDR {cidr} via the underlay IP {} of the \
+                     other address family; use the vxlan backend",
+                    node.underlay_ip
+                ));
+            }
+        }
+        Backend::Vxlan { .. } => {
+            // One VXLAN device has one local address, so it talks to one family of VTEPs.
+            if node.underlay_ip.is_ipv4() != me.underlay_ip.is_ipv4() {
+                return Some(format!(
+                    "VTEP {} is not of the address family of this node's VTEP {}",
+                    node.underlay_ip, me.underlay_ip
+                ));
+            }
+            if let Some(mac) = node.vtep_mac {
+                if me.vtep_mac == Some(mac) {
+                    return Some(format!(
+                        "VTEP MAC {} is this node's own",
+                        mac_to_string(&mac)
+                    ));
+                }
+                if let Some(other) = claimed.iter().find(|o| o.vtep_mac == Some(mac)) {
+                    return Some(format!(
+                        "VTEP MAC {} is also node {}'s, which was listed first",
+                        mac_to_string(&mac),
+                        other.name
+                    ));
+                }
+            }
+        }
+    }
+    None
+}
+
+fn overlaps(a: IpNet, b: IpNet) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+fn refusal(node: &NodeInfo, object: &str, reason: &str) -> Refusal {
+    Refusal {
+        node: node.name.clone(),
+        object: object.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+/// How a refusal names the entry that was not made.
+fn object_for(backend: Backend, node: &NodeInfo) -> String {
+    let cidr = match node.pod_cidr {
+        Some(c) => c.trunc().to_string(),
+        None => "(no podCIDR)".to_string(),
+    };
+    match backend {
+        Backend::HostGw => format!("route {cidr} via {}", node.underlay_ip),
+        Backend::Vxlan { .. } => format!("vxlan route {cidr} to VTEP {}", node.underlay_ip),
+    }
+}
+
+impl Desired {
+    /// host-gw needs every gateway on one L2 segment with this node: refuse the routes whose
+    /// gateway is in none of the underlay interface's subnets (`underlay_nets`, the
+    /// interface's addresses with their prefixes). The kernel would refuse them too, with a
+    /// far less helpful message.
+    pub fn refuse_off_segment(&mut self, underlay_nets: &[IpNet], underlay_ifname: &str) {
+        let subnets: Vec<String> = underlay_nets
+            .iter()
+            .map(|n| n.trunc().to_string())
+            .collect();
+        let (keep, off): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.routes).into_iter().partition(|r| {
+                r.dev != RouteDev::Underlay || underlay_nets.iter().any(|n| n.contains(&r.via))
+            });
+        self.routes = keep;
+        for r in off {
+            self.refused.push(Refusal {
+                node: r.node.clone(),
+                object: r.describe(&Backend::HostGw),
+                reason: format!(
+                    "gateway {} is not on this node's L2 segment ({underlay_ifname}: {}); \
+                     host-gw needs all nodes on one L2 segment, use the vxlan backend",
+                    r.via,
+                    if subnets.is_empty() {
+                        "no addresses".to_string()
+                    } else {
+                        subnets.join(", ")
+                    }
+                ),
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "desired_tests.rs"]
+mod tests;
