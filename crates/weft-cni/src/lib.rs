@@ -12,6 +12,7 @@ pub mod delegate;
 pub mod env;
 pub mod error;
 pub mod ipam;
+pub mod masq;
 pub mod plugin;
 pub mod result;
 pub mod sandbox;

@@ -128,12 +128,6 @@ fn pod_routes(conf: &NetConf, a: &Addressing) -> Vec<Route> {
 }
 
 fn add(inv: &Invocation, conf: &NetConf) -> Result<CniResult> {
-    if conf.ip_masq {
-        return Err(Error::new(
-            code::UNSUPPORTED_FIELD,
-            "field `ipMasq` is not supported yet (weft-nft pending)",
-        ));
-    }
     let netns = inv
         .netns
         .as_deref()
@@ -178,6 +172,10 @@ fn add(inv: &Invocation, conf: &NetConf) -> Result<CniResult> {
         let routes = pod_routes(conf, &addressing);
         let addrs: Vec<IpNet> = addressing.ips.iter().map(|(ip, _)| *ip).collect();
         let pl = sandbox::configure(&ns, &mut pod, &inv.ifname, &addrs, &routes)?;
+        if conf.ip_masq {
+            let subnets: Vec<IpNet> = addrs.iter().map(|a| a.trunc()).collect();
+            crate::masq::ensure(&conf.name, &subnets)?;
+        }
         let br = host
             .link_by_index(br.index)
             .map_err(|e| Error::kernel("read back the bridge", e))?
