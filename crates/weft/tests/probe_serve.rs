@@ -5,6 +5,11 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+/// A bound on waits that should never come near it, so a broken server fails a test
+/// instead of hanging it.
+const HANG: Duration = Duration::from_secs(60);
 
 fn weft() -> &'static str {
     env!("CARGO_BIN_EXE_weft")
@@ -220,6 +225,15 @@ fn probes_show_the_client_address_the_server_saw() {
     assert_eq!(p.field("path"), Some("/some/path"), "{}", p.line);
     assert_eq!(p.field("client"), Some("10.20.0.1"), "{}", p.line);
 
+    // A TCP port answers HTTP too (one containerPort serves both kinds of client); an HTTP
+    // port turns a non-HTTP client away at once with a 400.
+    let p = client.probe(&["http", "http://10.20.0.2:8080/via-tcp-port"]);
+    p.expect(0, "answered");
+    assert_eq!(p.field("path"), Some("/via-tcp-port"), "{}", p.line);
+    let p = client.probe(&["tcp", "10.20.0.2:8081"]);
+    p.expect(0, "connected");
+    assert!(p.line.contains(" reply=\"HTTP/1.1 400 "), "{}", p.line);
+
     // Loopback and IPv6 in the server's own namespace.
     for target in ["127.0.0.1:8080", "[::1]:8080"] {
         let want = if target.starts_with('[') {
@@ -312,6 +326,7 @@ fn an_address_that_swallows_packets_times_out() {
 
 fn http_exchange(request: &[u8]) -> String {
     let mut s = TcpStream::connect("127.0.0.1:8081").expect("connect to the HTTP echo");
+    s.set_read_timeout(Some(HANG)).expect("set timeout");
     s.write_all(request).expect("send request");
     let mut got = Vec::new();
     s.read_to_end(&mut got).expect("read response");
@@ -406,6 +421,7 @@ fn many_clients_are_served_at_once() {
                 let barrier = Arc::clone(&barrier);
                 std::thread::spawn(move || -> Result<(), String> {
                     let s = TcpStream::connect("127.0.0.1:8080").map_err(|e| e.to_string())?;
+                    s.set_read_timeout(Some(HANG)).map_err(|e| e.to_string())?;
                     let mut r = BufReader::new(s.try_clone().map_err(|e| e.to_string())?);
                     let mut greeting = String::new();
                     r.read_line(&mut greeting).map_err(|e| e.to_string())?;

@@ -76,15 +76,43 @@ enum Body {
     Chunked,
 }
 
-/// Parses a request head (request line and header lines, without the blank line).
-pub fn parse_head(head: &str) -> Result<Request, String> {
-    let mut lines = head.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
-    let request_line = lines.next().unwrap_or_default();
-    let mut parts = request_line.split(' ');
+/// Methods that mark the start of an HTTP request on a port that also speaks plain echo.
+const METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "CONNECT", "TRACE",
+];
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Sniff {
+    Http,
+    NotHttp,
+    /// Too few bytes yet to tell ("GE").
+    Undecided,
+}
+
+/// Whether the first bytes a client sent open an HTTP request.
+pub fn sniff(first: &[u8]) -> Sniff {
+    let mut undecided = false;
+    for m in METHODS {
+        let want = [m.as_bytes(), b" "].concat();
+        if first.starts_with(&want) {
+            return Sniff::Http;
+        }
+        undecided |= want.starts_with(first);
+    }
+    if undecided {
+        Sniff::Undecided
+    } else {
+        Sniff::NotHttp
+    }
+}
+
+/// Splits a request line into method, target and version.
+fn request_line(line: &str) -> Result<(&str, &str, &str), String> {
+    let mut parts = line.split(' ');
     let (Some(method), Some(target), Some(version), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return Err(format!("bad request line {request_line:?}"));
+        return Err(format!("bad request line {line:?}"));
     };
     if method.is_empty() || !method.bytes().all(is_token_byte) {
         return Err(format!("bad method {method:?}"));
@@ -95,6 +123,13 @@ pub fn parse_head(head: &str) -> Result<Request, String> {
     if version != "HTTP/1.1" && version != "HTTP/1.0" {
         return Err(format!("unsupported version {version:?}"));
     }
+    Ok((method, target, version))
+}
+
+/// Parses a request head (request line and header lines, without the blank line).
+pub fn parse_head(head: &str) -> Result<Request, String> {
+    let mut lines = head.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
+    let (method, target, version) = request_line(lines.next().unwrap_or_default())?;
     let mut headers = Vec::new();
     for line in lines {
         if line.starts_with([' ', '\t']) {
@@ -154,9 +189,14 @@ pub fn describe(req: &Request, identity: &Identity, client: &str, body_bytes: u6
 }
 
 pub fn serve(stream: TcpStream, identity: &Identity) -> io::Result<()> {
+    serve_after(stream, identity, Vec::new())
+}
+
+/// Serves a connection whose first bytes were already read (to sniff the protocol).
+pub fn serve_after(stream: TcpStream, identity: &Identity, first: Vec<u8>) -> io::Result<()> {
     let client = canonical(stream.peer_addr()?).to_string();
     let mut out = stream.try_clone()?;
-    let mut reader = BufReader::new(stream);
+    let mut reader = BufReader::new(io::Cursor::new(first).chain(stream));
     loop {
         let head = match read_head(&mut reader) {
             Ok(Some(h)) => h,
@@ -236,6 +276,12 @@ fn read_head(reader: &mut impl BufRead) -> Result<Option<String>, Malformed> {
             return Err(Malformed::Bad(
                 "connection closed inside the request head".into(),
             ));
+        }
+        // Refuse a client that is not speaking HTTP now, not after it sends a blank line
+        // it may never send.
+        if start == 0 {
+            let text = String::from_utf8_lossy(line);
+            request_line(text.trim_end_matches(['\r', '\n'])).map_err(Malformed::Bad)?;
         }
     }
 }
@@ -375,6 +421,22 @@ mod tests {
         assert!(!old.keep_alive());
         let old_keep = parse_head("GET / HTTP/1.0\r\nConnection: Keep-Alive").unwrap();
         assert!(old_keep.keep_alive());
+    }
+
+    #[test]
+    fn http_is_sniffed_from_the_first_bytes() {
+        assert_eq!(sniff(b"GET / HTTP/1.1\r\n"), Sniff::Http);
+        assert_eq!(sniff(b"OPTIONS * HTTP/1.1"), Sniff::Http);
+        assert_eq!(sniff(b"GE"), Sniff::Undecided);
+        assert_eq!(sniff(b""), Sniff::Undecided);
+        assert_eq!(sniff(b"weft-probe 1\n"), Sniff::NotHttp);
+        assert_eq!(sniff(b"GETX / HTTP/1.1"), Sniff::NotHttp);
+    }
+
+    #[test]
+    fn a_client_not_speaking_http_is_refused_at_its_first_line() {
+        let mut r = Cursor::new(b"weft-probe 1\n".to_vec());
+        assert!(matches!(read_head(&mut r), Err(Malformed::Bad(_))));
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! `weft serve`: the servers a lab pod runs when its container has no command, and what
 //! tests talk to. TCP and SCTP echo (a greeting line naming the host and the client address
 //! the server saw, then the echo), UDP echo (the same line before the echoed datagram), and
-//! HTTP echo (JSON). Every port is served on 0.0.0.0 and [::]. Runs until SIGTERM or
-//! SIGINT, then exits 0.
+//! HTTP echo (JSON). A TCP port also answers HTTP when the client opens with a request
+//! line. Every port is served on 0.0.0.0 and [::]. Runs until SIGTERM or SIGINT, then
+//! exits 0.
 
 /// Writes a line to stderr. Unlike `eprintln!` it does not panic when stderr is closed,
 /// which would take a server thread down with it.
@@ -76,9 +77,9 @@ pub fn run(args: ServeArgs) -> Result<()> {
         let body = move || match bound {
             Bound::Stream(l) => {
                 let handler: stream::Handler = match kind {
-                    Kind::Sctp => stream::echo_sctp,
+                    Kind::Sctp => stream::sctp,
                     Kind::Http => http::serve,
-                    Kind::Tcp | Kind::Udp => stream::echo_tcp,
+                    Kind::Tcp | Kind::Udp => stream::tcp,
                 };
                 stream::accept_loop(l, slots, identity, handler)
             }

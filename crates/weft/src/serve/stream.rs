@@ -2,6 +2,7 @@
 //! thread per connection, under a shared cap.
 
 use super::greeting::{canonical, Identity};
+use super::http::{self, Sniff};
 use super::slots::Slots;
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -54,19 +55,54 @@ pub fn accept_loop(
     }
 }
 
-/// TCP echo: the greeting line, then every byte back as it arrives.
-pub fn echo_tcp(stream: TcpStream, identity: &Identity) -> io::Result<()> {
-    echo(stream, identity, "tcp")
+/// TCP: what the client sends first decides. A request line gets the HTTP echo, so one
+/// declared containerPort answers both HTTP clients and `weft probe tcp`; anything else,
+/// or silence, gets the greeting line and then every byte back as it arrives.
+/// A client that says nothing for this long (a person with `nc`) gets the greeting anyway.
+const SNIFF_WAIT: Duration = Duration::from_secs(1);
+
+pub fn tcp(mut stream: TcpStream, identity: &Identity) -> io::Result<()> {
+    let mut first = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    stream.set_read_timeout(Some(SNIFF_WAIT))?;
+    loop {
+        let n = match stream.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                break
+            }
+            Err(e) => return Err(e),
+        };
+        first.extend_from_slice(&buf[..n]);
+        match http::sniff(&first) {
+            Sniff::Http => {
+                stream.set_read_timeout(Some(IDLE))?;
+                return http::serve_after(stream, identity, first);
+            }
+            Sniff::NotHttp => break,
+            Sniff::Undecided => {}
+        }
+    }
+    stream.set_read_timeout(Some(IDLE))?;
+    echo(stream, identity, "tcp", &first)
 }
 
-/// SCTP echo, the same exchange over an association.
-pub fn echo_sctp(stream: TcpStream, identity: &Identity) -> io::Result<()> {
-    echo(stream, identity, "sctp")
+/// SCTP echo: the greeting, then the echo, over an association.
+pub fn sctp(stream: TcpStream, identity: &Identity) -> io::Result<()> {
+    echo(stream, identity, "sctp", &[])
 }
 
-fn echo(mut stream: TcpStream, identity: &Identity, proto: &str) -> io::Result<()> {
+fn echo(mut stream: TcpStream, identity: &Identity, proto: &str, first: &[u8]) -> io::Result<()> {
     let peer = canonical(stream.peer_addr()?);
     stream.write_all(identity.greeting(proto, peer).as_bytes())?;
+    stream.write_all(first)?;
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         let n = stream.read(&mut buf)?;
