@@ -82,8 +82,8 @@ impl Router {
             underlay_ifname: underlay_ifname.to_string(),
             device: None,
         };
-        router.underlay()?;
-        router.ensure_device()?;
+        let (underlay, _) = router.underlay()?;
+        router.ensure_device(&underlay)?;
         Ok(router)
     }
 
@@ -130,7 +130,7 @@ impl Router {
     }
 
     /// Make sure the overlay device is there and right (also after someone deleted it).
-    fn ensure_device(&mut self) -> Result<()> {
+    fn ensure_device(&mut self, underlay: &Link) -> Result<()> {
         let Backend::Vxlan { vni, port } = self.backend else {
             return Ok(());
         };
@@ -140,7 +140,6 @@ impl Router {
                 "no podCIDR yet; the vxlan device needs this node's subnet",
             )
         })?;
-        let (underlay, _) = self.underlay()?;
         let name = self.device_name();
         let want = vxlan::Want {
             node: &self.me.name,
@@ -148,7 +147,7 @@ impl Router {
             vni,
             port,
             local: self.me.underlay_ip,
-            underlay: &underlay,
+            underlay,
             own_cidr,
         };
         self.device = Some(vxlan::ensure(&mut self.handle, &want)?);
@@ -163,22 +162,26 @@ impl Router {
     /// host-gw segment check): the sync's plan, usable for a dry run.
     pub fn desired(&mut self, nodes: &[NodeInfo]) -> Result<Desired> {
         let (_, nets) = self.underlay()?;
+        Ok(self.desired_on(nodes, &nets))
+    }
+
+    fn desired_on(&self, nodes: &[NodeInfo], underlay_nets: &[IpNet]) -> Desired {
         let mut me = self.me.clone();
         if me.vtep_mac.is_none() {
             me.vtep_mac = self.vtep_mac();
         }
         let mut d = desired(self.backend, &me, nodes);
-        d.refuse_off_segment(&nets, &self.underlay_ifname);
-        Ok(d)
+        d.refuse_off_segment(underlay_nets, &self.underlay_ifname);
+        d
     }
 
     /// Bring the kernel to the desired state for `nodes`, changing only what differs.
     /// Entries that fail are reported together in `Error::Partial` after all others were
     /// applied, so one bad entry does not hold up the rest of the cluster.
     pub fn sync(&mut self, nodes: &[NodeInfo]) -> Result<Changes> {
-        self.ensure_device()?;
-        let d = self.desired(nodes)?;
-        let (underlay, _) = self.underlay()?;
+        let (underlay, nets) = self.underlay()?;
+        self.ensure_device(&underlay)?;
+        let d = self.desired_on(nodes, &nets);
         let want_routes = self.resolve_routes(&d, underlay.index);
         let (want_neigh, want_fdb) = self.resolve_overlay(&d);
         let owned = self.owned_routes()?;
