@@ -1,7 +1,7 @@
 //! get, list, create, update, patch and delete.
 
 use super::selector::Filter;
-use super::{decode_body, json_response, patch, Query, Target};
+use super::{decode_body, json_response, patch, table, Query, Target};
 use crate::admission;
 use crate::error::{ApiError, Cause};
 use crate::meta;
@@ -27,12 +27,32 @@ fn not_found(t: &Target) -> ApiError {
     ApiError::not_found(t.res.plural, t.res.group, t.name.as_deref().unwrap_or(""))
 }
 
-pub fn get(state: &Arc<AppState>, t: &Target) -> Result<Response, ApiError> {
+fn accept(headers: &HeaderMap) -> &str {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+pub fn get(
+    state: &Arc<AppState>,
+    t: &Target,
+    q: &Query,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
     let obj = state
         .store
         .read()
         .get(t.res, &target_key(t))
         .ok_or_else(|| not_found(t))?;
+    if table::wants_table(accept(headers)) {
+        let include = q.get("includeObject").map(String::as_str).unwrap_or("");
+        let md = json!({"resourceVersion": obj["metadata"]["resourceVersion"]});
+        return Ok(json_response(
+            StatusCode::OK,
+            &table::table(t.res, &[&*obj], md, include),
+        ));
+    }
     Ok(json_response(StatusCode::OK, &obj))
 }
 
@@ -52,7 +72,12 @@ fn decode_continue(token: &str) -> Result<(u64, String), ApiError> {
     Ok((rv, start))
 }
 
-pub fn list(state: &Arc<AppState>, t: &Target, q: &Query) -> Result<Response, ApiError> {
+pub fn list(
+    state: &Arc<AppState>,
+    t: &Target,
+    q: &Query,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
     let filter = Filter::from_query(q)?;
     let limit: usize = q.get("limit").and_then(|s| s.parse().ok()).unwrap_or(0);
     let cont = match q.get("continue").filter(|s| !s.is_empty()) {
@@ -65,24 +90,19 @@ pub fn list(state: &Arc<AppState>, t: &Target, q: &Query) -> Result<Response, Ap
         let after = cont.as_ref().map(|c| c.1.as_str());
         (rv, st.list_from(t.res, t.namespace.as_deref(), after))
     };
-    let mut buf: Vec<u8> = Vec::with_capacity(entries.len() * 1024 + 256);
-    let mut count = 0usize;
+    let mut matched: Vec<&Value> = Vec::new();
     let mut next: Option<String> = None;
     let mut remaining = 0usize;
     for (k, v) in &entries {
         if !filter.matches(v) {
             continue;
         }
-        if limit > 0 && count == limit {
+        if limit > 0 && matched.len() == limit {
             remaining += 1;
             continue;
         }
-        if count > 0 {
-            buf.push(b',');
-        }
-        serde_json::to_writer(&mut buf, &**v).map_err(|e| ApiError::internal(e.to_string()))?;
-        count += 1;
-        if limit > 0 && count == limit {
+        matched.push(v);
+        if limit > 0 && matched.len() == limit {
             next = Some(k.clone());
         }
     }
@@ -93,14 +113,29 @@ pub fn list(state: &Arc<AppState>, t: &Target, q: &Query) -> Result<Response, Ap
             md["remainingItemCount"] = json!(remaining);
         }
     }
-    let head = format!(
-        "{{\"kind\":\"{}List\",\"apiVersion\":\"{}\",\"metadata\":{},\"items\":[",
-        t.res.kind,
-        t.res.api_version(),
-        md
+    if table::wants_table(accept(headers)) {
+        let include = q.get("includeObject").map(String::as_str).unwrap_or("");
+        return Ok(json_response(
+            StatusCode::OK,
+            &table::table(t.res, &matched, md, include),
+        ));
+    }
+    let mut out = Vec::with_capacity(matched.len() * 1024 + 256);
+    out.extend_from_slice(
+        format!(
+            "{{\"kind\":\"{}List\",\"apiVersion\":\"{}\",\"metadata\":{},\"items\":[",
+            t.res.kind,
+            t.res.api_version(),
+            md
+        )
+        .as_bytes(),
     );
-    let mut out = head.into_bytes();
-    out.extend_from_slice(&buf);
+    for (i, v) in matched.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        serde_json::to_writer(&mut out, v).map_err(|e| ApiError::internal(e.to_string()))?;
+    }
     out.extend_from_slice(b"]}");
     Ok((
         StatusCode::OK,
@@ -109,7 +144,6 @@ pub fn list(state: &Arc<AppState>, t: &Target, q: &Query) -> Result<Response, Ap
     )
         .into_response())
 }
-
 /// Checks apiVersion/kind of a body against the URL's resource, filling them if absent.
 pub fn check_kind(res: &Resource, obj: &mut Value) -> Result<(), ApiError> {
     let want_av = res.api_version();

@@ -6,6 +6,7 @@ mod discovery;
 mod openapi;
 mod patch;
 pub mod selector;
+pub mod table;
 mod watch;
 
 use crate::error::ApiError;
@@ -244,8 +245,8 @@ async fn dispatch(
             let t = Target { name: None, ..t };
             watch::watch(state.clone(), &t, &q)
         }
-        (Method::GET, false) => crud::list(state, &t, &q),
-        (Method::GET, true) => crud::get(state, &t),
+        (Method::GET, false) => crud::list(state, &t, &q, headers),
+        (Method::GET, true) => crud::get(state, &t, &q, headers),
         (Method::POST, false) => crud::create(state, &t, &q, headers, body),
         (Method::PUT, true) => crud::update(state, &t, &q, headers, body),
         (Method::PATCH, true) => crud::patch(state, &t, &q, headers, body),

@@ -1,0 +1,146 @@
+//! kubectl against the generated kubeconfig, as the lab's users will run it.
+
+mod common;
+
+use common::*;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::Api;
+use std::path::Path;
+use std::process::Command;
+
+const MANIFEST: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: shop
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web-0
+  namespace: shop
+  labels: {app: web}
+spec:
+  containers:
+  - name: web
+    image: weft
+    ports:
+    - {name: http, containerPort: 8080}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: shop
+spec:
+  type: NodePort
+  selector: {app: web}
+  ports:
+  - {name: http, port: 80, targetPort: http}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: web-allow
+  namespace: shop
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress:
+  - from:
+    - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: shop}}
+    ports:
+    - {port: 8080}
+"#;
+
+/// Runs kubectl; None when kubectl is not installed on this machine.
+fn kubectl(kubeconfig: &Path, args: &[&str]) -> Option<(bool, String)> {
+    let out = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .output();
+    match out {
+        Ok(o) => {
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+            Some((o.status.success(), text))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => panic!("running kubectl: {e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_get_and_apply_work_with_the_generated_kubeconfig() {
+    let s = start().await;
+    let kc = s.kubeconfig();
+    let Some((ok, out)) = kubectl(&kc, &["get", "pods", "-A"]) else {
+        eprintln!("kubectl is not installed: skipping the kubectl checks");
+        return;
+    };
+    assert!(ok, "kubectl get pods -A failed: {out}");
+
+    let file = s.dir.path().join("shop.yaml");
+    std::fs::write(&file, MANIFEST).expect("write manifest");
+    let file = file.display().to_string();
+    let (ok, out) = kubectl(&kc, &["apply", "-f", &file]).expect("kubectl");
+    assert!(ok, "kubectl apply failed: {out}");
+    for line in [
+        "namespace/shop created",
+        "pod/web-0 created",
+        "service/web created",
+        "networkpolicy.networking.k8s.io/web-allow created",
+    ] {
+        assert!(out.contains(line), "missing {line:?} in:\n{out}");
+    }
+
+    let c = s.client().await;
+    let pod = Api::<Pod>::namespaced(c.clone(), "shop")
+        .get("web-0")
+        .await
+        .expect("pod stored");
+    assert_eq!(
+        pod.metadata
+            .labels
+            .unwrap_or_default()
+            .get("app")
+            .map(String::as_str),
+        Some("web")
+    );
+    let svc = Api::<Service>::namespaced(c.clone(), "shop")
+        .get("web")
+        .await
+        .expect("svc stored");
+    let port = svc.spec.and_then(|s| s.ports).unwrap_or_default()[0]
+        .node_port
+        .unwrap_or(0);
+    assert!((30000..=32767).contains(&port), "nodePort {port}");
+    Api::<NetworkPolicy>::namespaced(c, "shop")
+        .get("web-allow")
+        .await
+        .expect("policy stored");
+
+    // Re-applying the same manifest changes nothing.
+    let (ok, out) = kubectl(&kc, &["apply", "-f", &file]).expect("kubectl");
+    assert!(ok, "second apply failed: {out}");
+    assert!(out.contains("service/web unchanged"), "{out}");
+
+    let (ok, out) = kubectl(&kc, &["get", "pods", "-A"]).expect("kubectl");
+    assert!(
+        ok && out.contains("shop") && out.contains("web-0") && out.contains("Pending"),
+        "{out}"
+    );
+    let (ok, out) = kubectl(&kc, &["get", "svc", "-n", "shop", "-o", "wide"]).expect("kubectl");
+    assert!(ok && out.contains(&format!("80:{port}/TCP")), "{out}");
+
+    // A bad manifest is rejected with the field named.
+    let bad = s.dir.path().join("bad.yaml");
+    std::fs::write(&bad, "apiVersion: v1\nkind: Service\nmetadata: {name: bad, namespace: shop}\nspec:\n  ports: [{port: 70000}]\n")
+        .expect("write");
+    let (ok, out) = kubectl(&kc, &["apply", "-f", &bad.display().to_string()]).expect("kubectl");
+    assert!(!ok && out.contains("spec.ports[0].port"), "{out}");
+}
