@@ -68,10 +68,12 @@ pub fn run(args: ServeArgs) -> Result<()> {
 
     let identity = Arc::new(Identity::from_env());
     let slots = slots::Slots::new(MAX_CONNECTIONS);
+    // Nobody has to read stdout: a closed or full pipe must not stop the servers, so write
+    // errors on these lines are ignored.
     let mut out = std::io::stdout().lock();
     for (kind, bound) in sockets {
         let addr = bound.local_addr().context("reading back a bound address")?;
-        writeln!(out, "weft serve: {} on {addr}", kind.name())?;
+        let _ = writeln!(out, "weft serve: {} on {addr}", kind.name());
         let identity = Arc::clone(&identity);
         let slots = Arc::clone(&slots);
         let body = move || match bound {
@@ -91,8 +93,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             .context("starting a server thread")?;
     }
     // Scripts and tests wait for this line: every socket is bound and listening.
-    writeln!(out, "weft serve: ready")?;
-    out.flush()?;
+    let _ = writeln!(out, "weft serve: ready").and_then(|()| out.flush());
     drop(out);
 
     let sig = stop.wait().context("waiting for SIGTERM")?;
