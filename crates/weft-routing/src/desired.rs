@@ -8,18 +8,7 @@ use weft_netlink::mac_to_string;
 
 use crate::backend::Backend;
 use crate::error::Refusal;
-
-/// What routing needs to know about one node (the agent fills it from the Node object:
-/// `status.addresses` InternalIP, `spec.podCIDR`, annotation `weft.dev/vtep-mac`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeInfo {
-    pub name: String,
-    pub underlay_ip: IpAddr,
-    /// None until the node has been given its lease.
-    pub pod_cidr: Option<IpNet>,
-    /// The MAC of the node's own VXLAN device, once its agent has published it.
-    pub vtep_mac: Option<[u8; 6]>,
-}
+use crate::node::NodeInfo;
 
 /// Where a route leaves this node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -37,12 +37,21 @@ mod backend;
 mod desired;
 mod diff;
 mod error;
+mod node;
 mod router;
 mod vxlan;
 
 pub use backend::{Backend, DEFAULT_VNI, DEFAULT_VXLAN_PORT};
 pub use desired::{
-    desired, Desired, DesiredFdb, DesiredNeighbour, DesiredRoute, NodeInfo, RouteDev, Waiting,
+    desired, Desired, DesiredFdb, DesiredNeighbour, DesiredRoute, RouteDev, Waiting,
 };
 pub use error::{Error, Refusal, Result};
+pub use node::{NodeInfo, VTEP_MAC_ANNOTATION};
 pub use router::{Changes, Delta, Router, RTPROT_WEFT};
+
+// The agent keeps a router per node in its own thread; breaking that must fail here.
+const _: () = {
+    const fn send<T: Send>() {}
+    send::<Router>();
+    send::<Error>();
+};

@@ -7,9 +7,10 @@ use weft_netlink::{
 };
 
 use crate::backend::Backend;
-use crate::desired::{desired, Desired, NodeInfo, RouteDev, Waiting};
+use crate::desired::{desired, Desired, RouteDev, Waiting};
 use crate::diff::{self, Action, Kind, Step, Wanted};
 use crate::error::{Error, Refusal, Result};
+use crate::node::NodeInfo;
 use crate::vxlan::{self, VxlanDevice};
 
 /// The route protocol (rtm_protocol) that marks weft's routes: 0x57, 'W'. iproute2 shows it
@@ -68,7 +69,8 @@ pub struct Router {
 impl Router {
     /// A router for the node `me`, whose underlay interface is `underlay_ifname`, over a
     /// handle on the node's namespace. For vxlan this makes (or adopts) the overlay device
-    /// at once, so `vtep_mac()` can be published before the first sync.
+    /// at once, so `vtep_mac()` can be published before the first sync. Overlay devices of
+    /// another backend or VNI (`weft.<n>`, kind vxlan) are removed.
     pub fn new(
         handle: Handle,
         backend: Backend,
@@ -83,6 +85,9 @@ impl Router {
             device: None,
         };
         let (underlay, _) = router.underlay()?;
+        // A node switched from vxlan to host-gw (or to another VNI) keeps no old overlay.
+        let keep = router.backend.device_name();
+        vxlan::remove_stale(&mut router.handle, keep.as_deref())?;
         router.ensure_device(&underlay)?;
         Ok(router)
     }

@@ -129,6 +129,30 @@ pub(crate) fn ensure(h: &mut Handle, want: &Want<'_>) -> Result<VxlanDevice> {
     })
 }
 
+/// Delete the VXLAN devices weft made (`weft.<n>`) other than `keep`.
+pub(crate) fn remove_stale(h: &mut Handle, keep: Option<&str>) -> Result<()> {
+    let links = h.links().map_err(|e| Error::netlink("list links", e))?;
+    for l in links {
+        let ours = l.kind.as_deref() == Some("vxlan")
+            && l.name
+                .strip_prefix("weft.")
+                .is_some_and(|n| n.parse::<u32>().is_ok());
+        if ours && Some(l.name.as_str()) != keep {
+            match h.delete_link(l.index) {
+                Ok(()) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => {
+                    return Err(Error::netlink(
+                        format!("delete vxlan device {} of an earlier configuration", l.name),
+                        e,
+                    ))
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Exactly `addr` among the device's addresses of its family (a lease that changed leaves
 /// the old one behind); IPv6 link-local addresses are the kernel's and stay.
 fn ensure_address(h: &mut Handle, name: &str, index: u32, addr: IpNet) -> Result<()> {

@@ -368,3 +368,48 @@ fn routes_not_made_by_weft_are_left_alone() {
         );
     }
 }
+
+#[test]
+fn switching_backends_replaces_routes_and_removes_the_overlay() {
+    let mut lab = Lab::new("switch", 2);
+    let vxlan = Backend::parse("vxlan").unwrap();
+    let mut rs = routers(&mut lab, vxlan);
+    let all = lab.infos();
+    for r in &mut rs {
+        r.sync(&all).unwrap();
+    }
+    drop(rs);
+
+    // Every agent restarts with host-gw.
+    let mut rs = routers(&mut lab, Backend::HostGw);
+    for (i, r) in rs.iter_mut().enumerate() {
+        let c = r.sync(&all).unwrap();
+        // Deleting weft.1 took its routes, neighbours and FDB entries along.
+        assert_eq!(c.routes, delta(1, 0, 0), "{c:?}");
+        assert_eq!(c.neighbours.total() + c.fdb.total(), 0, "{c:?}");
+        assert_kernel_state(&lab, i, &[&all[1 - i]], Backend::HostGw);
+        let links = tool_json("ip", &lab.nodes[i].ns.name, &["link", "show"]);
+        assert!(
+            common::items(&links)
+                .iter()
+                .all(|l| l["ifname"] != "weft.1"),
+            "{links}"
+        );
+    }
+    let (pod1, pod2) = (lab.nodes[0].pod_ip(), lab.nodes[1].pod_ip());
+    let listener = common::listen(&lab.nodes[1].pod, pod2, PORT);
+    assert_eq!(talk(&lab.nodes[0].pod, listener, pod2, PORT).ip(), pod1);
+}
+
+#[test]
+fn host_gw_node_changing_ip_updates_its_route() {
+    let mut lab = Lab::new("hgwmove", 2);
+    let mut rs = routers(&mut lab, Backend::HostGw);
+    let mut all = lab.infos();
+    rs[0].sync(&all).unwrap();
+    all[1].underlay_ip = "192.168.1.50".parse().unwrap();
+    let c = rs[0].sync(&all).unwrap();
+    assert_eq!(c.routes, delta(0, 1, 0), "{c:?}");
+    assert_kernel_state(&lab, 0, &[&all[1]], Backend::HostGw);
+    assert_quiet(&rs[0].sync(&all).unwrap());
+}
