@@ -259,8 +259,18 @@ pub fn create_in(
     if tx.get(res, &key).is_some() {
         return Err(ApiError::already_exists(res.plural, res.group, &name));
     }
-    if res.namespaced && tx.get(NAMESPACES, &ns).is_none() {
-        return Err(ApiError::not_found("namespaces", "", &ns));
+    if res.namespaced {
+        match tx.get(NAMESPACES, &ns) {
+            None => return Err(ApiError::not_found("namespaces", "", &ns)),
+            Some(n) if n["metadata"]["deletionTimestamp"].is_string() => {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "Forbidden",
+                    format!("{} \"{name}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated", res.plural),
+                ))
+            }
+            Some(_) => {}
+        }
     }
     let m = &mut obj["metadata"];
     m["uid"] = json!(meta::new_uid());
