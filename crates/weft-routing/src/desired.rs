@@ -1,6 +1,7 @@
 //! The pure half: from the node list to the routes, neighbours and FDB entries this node
 //! should have. No kernel here; `Router` resolves devices to indices and applies the diff.
 
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -90,14 +91,13 @@ impl DesiredFdb {
 /// that a newcomer cannot take a running node's traffic.
 pub fn desired(backend: Backend, me: &NodeInfo, nodes: &[NodeInfo]) -> Desired {
     let mut out = Desired::default();
-    // Nodes holding a claim, so later ones cannot take it: waiting nodes hold theirs too.
-    let mut claimed: Vec<&NodeInfo> = Vec::new();
-    let mut seen_names: Vec<&str> = vec![me.name.as_str()];
+    let mut claims = Claims::default();
+    claims.take(me);
     for node in nodes {
         if node.name == me.name {
             continue;
         }
-        if seen_names.contains(&node.name.as_str()) {
+        if claims.names.contains(node.name.as_str()) {
             out.refused.push(refusal(
                 node,
                 &object_for(backend, node),
@@ -105,7 +105,7 @@ pub fn desired(backend: Backend, me: &NodeInfo, nodes: &[NodeInfo]) -> Desired {
             ));
             continue;
         }
-        seen_names.push(&node.name);
+        claims.names.insert(&node.name);
         let Some(cidr) = node.pod_cidr.map(|c| c.trunc()) else {
             out.waiting.push(Waiting {
                 node: node.name.clone(),
@@ -113,12 +113,13 @@ pub fn desired(backend: Backend, me: &NodeInfo, nodes: &[NodeInfo]) -> Desired {
             });
             continue;
         };
-        let object = object_for(backend, node);
-        if let Some(reason) = conflict(backend, me, node, cidr, &claimed) {
-            out.refused.push(refusal(node, &object, &reason));
+        if let Some(reason) = claims.conflict(backend, me, node, cidr) {
+            out.refused
+                .push(refusal(node, &object_for(backend, node), &reason));
             continue;
         }
-        claimed.push(node);
+        // Waiting nodes hold their claims too, so a later node cannot take them meanwhile.
+        claims.take(node);
         match backend {
             Backend::HostGw => out.routes.push(DesiredRoute {
                 node: node.name.clone(),
@@ -159,84 +160,107 @@ pub fn desired(backend: Backend, me: &NodeInfo, nodes: &[NodeInfo]) -> Desired {
     out
 }
 
-/// Why `node` may not be routed next to `me` and the nodes already `claimed`, if it may not.
-fn conflict(
-    backend: Backend,
-    me: &NodeInfo,
-    node: &NodeInfo,
-    cidr: IpNet,
-    claimed: &[&NodeInfo],
-) -> Option<String> {
-    if let Some(mine) = me.pod_cidr {
-        if overlaps(mine.trunc(), cidr) {
-            return Some(format!(
-                "podCIDR {cidr} overlaps this node's own podCIDR {mine}"
-            ));
-        }
-    }
-    if node.underlay_ip == me.underlay_ip {
-        return Some(format!(
-            "underlay IP {} is this node's own",
-            node.underlay_ip
-        ));
-    }
-    for other in claimed {
-        if let Some(theirs) = other.pod_cidr {
-            if overlaps(theirs.trunc(), cidr) {
-                return Some(format!(
-                    "podCIDR {cidr} overlaps {theirs} of node {}, which was listed first; \
-                     fix the podCIDR of one of them",
-                    other.name
-                ));
-            }
-        }
-        if other.underlay_ip == node.underlay_ip {
-            return Some(format!(
-                "underlay IP {} is also node {}'s, which was listed first",
-                node.underlay_ip, other.name
-            ));
-        }
-    }
-    match backend {
-        Backend::HostGw => {
-            if cidr.addr().is_ipv4() != node.underlay_ip.is_ipv4() {
-                return Some(format!(
-                    "host-gw cannot route podCIDR {cidr} via the underlay IP {} of the \
-                     other address family; use the vxlan backend",
-                    node.underlay_ip
-                ));
-            }
-        }
-        Backend::Vxlan { .. } => {
-            // One VXLAN device has one local address, so it talks to one family of VTEPs.
-            if node.underlay_ip.is_ipv4() != me.underlay_ip.is_ipv4() {
-                return Some(format!(
-                    "VTEP {} is not of the address family of this node's VTEP {}",
-                    node.underlay_ip, me.underlay_ip
-                ));
-            }
-            if let Some(mac) = node.vtep_mac {
-                if me.vtep_mac == Some(mac) {
-                    return Some(format!(
-                        "VTEP MAC {} is this node's own",
-                        mac_to_string(&mac)
-                    ));
-                }
-                if let Some(other) = claimed.iter().find(|o| o.vtep_mac == Some(mac)) {
-                    return Some(format!(
-                        "VTEP MAC {} is also node {}'s, which was listed first",
-                        mac_to_string(&mac),
-                        other.name
-                    ));
-                }
-            }
-        }
-    }
-    None
+/// What this node and the nodes accepted so far hold. Lookups are by key (subnets by
+/// network address, kept disjoint), so thousands of nodes stay cheap.
+#[derive(Default)]
+struct Claims<'a> {
+    names: HashSet<&'a str>,
+    subnets: BTreeMap<IpAddr, (IpNet, &'a str)>,
+    ips: HashMap<IpAddr, &'a str>,
+    macs: HashMap<[u8; 6], &'a str>,
 }
 
-fn overlaps(a: IpNet, b: IpNet) -> bool {
-    a.contains(&b.network()) || b.contains(&a.network())
+impl<'a> Claims<'a> {
+    fn take(&mut self, node: &'a NodeInfo) {
+        self.names.insert(&node.name);
+        if let Some(cidr) = node.pod_cidr.map(|c| c.trunc()) {
+            self.subnets.insert(cidr.network(), (cidr, &node.name));
+        }
+        self.ips.insert(node.underlay_ip, &node.name);
+        if let Some(mac) = node.vtep_mac {
+            self.macs.insert(mac, &node.name);
+        }
+    }
+
+    /// The claimed subnet overlapping `cidr`, if any: the claimed subnets are disjoint, so
+    /// it is either the last one starting at or before `cidr`, or one starting inside it.
+    fn overlapping(&self, cidr: IpNet) -> Option<(IpNet, &'a str)> {
+        let before = self.subnets.range(..=cidr.network()).next_back();
+        if let Some((_, (net, owner))) = before {
+            if net.contains(&cidr.network()) {
+                return Some((*net, owner));
+            }
+        }
+        self.subnets
+            .range(cidr.network()..=cidr.broadcast())
+            .next()
+            .map(|(_, (net, owner))| (*net, *owner))
+    }
+
+    /// Why `node` may not be routed next to what is claimed, if it may not.
+    fn conflict(
+        &self,
+        backend: Backend,
+        me: &NodeInfo,
+        node: &NodeInfo,
+        cidr: IpNet,
+    ) -> Option<String> {
+        let first = |owner: &str| {
+            if owner == me.name {
+                "this node's own".to_string()
+            } else {
+                format!("also node {owner}'s, which was listed first")
+            }
+        };
+        if let Some((theirs, owner)) = self.overlapping(cidr) {
+            return Some(if owner == me.name {
+                format!("podCIDR {cidr} overlaps this node's own podCIDR {theirs}")
+            } else {
+                format!(
+                    "podCIDR {cidr} overlaps {theirs} of node {owner}, which was listed first; \
+                     fix the podCIDR of one of them"
+                )
+            });
+        }
+        if let Some(owner) = self.ips.get(&node.underlay_ip) {
+            return Some(format!(
+                "underlay IP {} is {}",
+                node.underlay_ip,
+                first(owner)
+            ));
+        }
+        match backend {
+            Backend::HostGw => {
+                if cidr.addr().is_ipv4() != node.underlay_ip.is_ipv4() {
+                    return Some(format!(
+                        "host-gw cannot route podCIDR {cidr} via the underlay IP {} of the \
+                         other address family; use the vxlan backend",
+                        node.underlay_ip
+                    ));
+                }
+            }
+            Backend::Vxlan { .. } => {
+                // One VXLAN device has one local address, so it talks to one family of VTEPs.
+                if node.underlay_ip.is_ipv4() != me.underlay_ip.is_ipv4() {
+                    return Some(format!(
+                        "VTEP {} is not of the address family of this node's VTEP {}",
+                        node.underlay_ip, me.underlay_ip
+                    ));
+                }
+                let owner = node
+                    .vtep_mac
+                    .and_then(|m| self.macs.get(&m).map(|o| (m, o)));
+                if let Some((mac, owner)) = owner {
+                    return Some(format!(
+                        "VTEP MAC {} is {}",
+                        mac_to_string(&mac),
+                        first(owner)
+                    ));
+                }
+            }
+        }
+        None
+    }
 }
 
 fn refusal(node: &NodeInfo, object: &str, reason: &str) -> Refusal {

@@ -27,6 +27,14 @@ fn net(s: &str) -> IpNet {
     s.parse().unwrap()
 }
 
+fn count<'a>(names: impl Iterator<Item = &'a str>) -> std::collections::HashMap<&'a str, usize> {
+    let mut m = std::collections::HashMap::new();
+    for n in names {
+        *m.entry(n).or_insert(0) += 1;
+    }
+    m
+}
+
 /// Every routed node has exactly one route, and for vxlan exactly one neighbour and one FDB
 /// entry; nothing else is there.
 fn assert_one_of_each(d: &Desired, backend: Backend) {
@@ -46,20 +54,14 @@ fn assert_one_of_each(d: &Desired, backend: Backend) {
     match backend {
         Backend::HostGw => assert!(d.neighbours.is_empty() && d.fdb.is_empty(), "{d:?}"),
         Backend::Vxlan { .. } => {
+            let neigh = count(d.neighbours.iter().map(|n| n.node.as_str()));
+            let fdb = count(d.fdb.iter().map(|f| f.node.as_str()));
             for r in &d.routes {
-                assert_eq!(
-                    d.neighbours.iter().filter(|n| n.node == r.node).count(),
-                    1,
-                    "{d:?}"
-                );
-                assert_eq!(
-                    d.fdb.iter().filter(|f| f.node == r.node).count(),
-                    1,
-                    "{d:?}"
-                );
+                assert_eq!(neigh.get(r.node.as_str()), Some(&1), "{}", r.node);
+                assert_eq!(fdb.get(r.node.as_str()), Some(&1), "{}", r.node);
             }
-            assert_eq!(d.neighbours.len(), d.routes.len(), "{d:?}");
-            assert_eq!(d.fdb.len(), d.routes.len(), "{d:?}");
+            assert_eq!(d.neighbours.len(), d.routes.len());
+            assert_eq!(d.fdb.len(), d.routes.len());
         }
     }
 }
@@ -321,4 +323,28 @@ fn many_nodes_with_conflicts_keep_one_of_each() {
         assert_eq!(d.routes.len() + d.refused.len(), 59, "{backend}");
         assert!(d.routes.iter().all(|r| r.node != "node-7"));
     }
+}
+
+#[test]
+fn thousands_of_nodes_one_of_each_and_a_late_duplicate_refused() {
+    let mut nodes = Vec::new();
+    for i in 1..=5000u32 {
+        let [_, _, hi, lo] = i.to_be_bytes();
+        nodes.push(NodeInfo {
+            name: format!("node-{i}"),
+            underlay_ip: IpAddr::from([172, 16, hi, lo]),
+            pod_cidr: Some(net(&format!("10.{}.{lo}.0/24", 100 + u32::from(hi)))),
+            vtep_mac: Some([0x0a, 0x58, 0, 0, hi, lo]),
+        });
+    }
+    let mut late = nodes[4321].clone();
+    late.name = "late".into();
+    late.underlay_ip = ip("172.31.0.1");
+    late.vtep_mac = Some([0x0a, 0x58, 1, 0, 0, 0]);
+    nodes.push(late);
+    let d = desired(VXLAN, &nodes[0], &nodes);
+    assert_one_of_each(&d, VXLAN);
+    assert_eq!(d.routes.len(), 4999);
+    assert_eq!(d.refused.len(), 1, "{:?}", d.refused);
+    assert!(d.refused[0].reason.contains("node-4322"), "{:?}", d.refused);
 }

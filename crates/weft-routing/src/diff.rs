@@ -3,7 +3,10 @@
 //! ones and nothing else of ours. Only what differs is touched, so a repeated sync with the
 //! same input plans nothing.
 
-use weft_netlink::{FdbEntry, Neighbour, Route};
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+
+use weft_netlink::{FdbEntry, IpNet, Neighbour, Route};
 
 /// A desired kernel object with the node it is for and how errors should name it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,16 +91,21 @@ fn describe_route(r: &Route) -> String {
 /// `owned`: the routes marked with weft's protocol in the table weft uses; no other route
 /// is ever removed or replaced.
 pub(crate) fn routes(want: &[Wanted<Route>], owned: &[Route]) -> Vec<Action> {
-    let mut out = Vec::new();
-    let mut kept: Vec<&Route> = Vec::new();
+    let mut by_dst: HashMap<IpNet, Vec<usize>> = HashMap::new();
+    for (i, r) in owned.iter().enumerate() {
+        by_dst.entry(r.dst).or_default().push(i);
+    }
+    let mut kept = vec![false; owned.len()];
     let mut later = Vec::new();
     for w in want {
-        let same_dst: Vec<&Route> = owned.iter().filter(|r| r.dst == w.item.dst).collect();
-        if let Some(have) = same_dst.iter().find(|r| same_route(&w.item, r)) {
-            kept.push(have);
-        } else if let Some(have) = same_dst.iter().find(|r| same_metric(&w.item, r)) {
+        let same_dst = by_dst.get(&w.item.dst).map(Vec::as_slice).unwrap_or(&[]);
+        let exact = same_dst.iter().find(|&&i| same_route(&w.item, &owned[i]));
+        let in_place = same_dst.iter().find(|&&i| same_metric(&w.item, &owned[i]));
+        if let Some(&i) = exact {
+            kept[i] = true;
+        } else if let Some(&i) = in_place {
             // Replacing keys on destination and metric: the old one is overwritten in place.
-            kept.push(have);
+            kept[i] = true;
             later.push(Action::wanted(
                 w,
                 Kind::Update,
@@ -107,11 +115,12 @@ pub(crate) fn routes(want: &[Wanted<Route>], owned: &[Route]) -> Vec<Action> {
             later.push(Action::wanted(w, Kind::Add, Step::AddRoute(w.item.clone())));
         }
     }
-    for r in owned {
-        if !kept.iter().any(|k| std::ptr::eq(*k, r)) {
-            out.push(Action::stale(describe_route(r), Step::DelRoute(r.clone())));
-        }
-    }
+    let mut out: Vec<Action> = owned
+        .iter()
+        .zip(&kept)
+        .filter(|(_, kept)| !**kept)
+        .map(|(r, _)| Action::stale(describe_route(r), Step::DelRoute(r.clone())))
+        .collect();
     out.extend(later);
     out
 }
@@ -120,28 +129,30 @@ pub(crate) fn routes(want: &[Wanted<Route>], owned: &[Route]) -> Vec<Action> {
 /// (the kernel's own resolved entries come and go); a desired IP with a learned entry is
 /// overwritten with the permanent one.
 pub(crate) fn neighbours(want: &[Wanted<Neighbour>], present: &[Neighbour]) -> Vec<Action> {
-    let mut out = Vec::new();
-    let mut later = Vec::new();
-    for w in want {
-        match present.iter().find(|n| n.ip == w.item.ip) {
-            Some(have) if *have == w.item => {}
-            Some(_) => later.push(Action::wanted(w, Kind::Update, Step::SetNeighbour(w.item))),
-            None => later.push(Action::wanted(w, Kind::Add, Step::SetNeighbour(w.item))),
-        }
-    }
+    let mut by_ip: HashMap<IpAddr, &Neighbour> = HashMap::new();
     for n in present {
-        if n.permanent && !want.iter().any(|w| w.item.ip == n.ip) {
-            out.push(Action::stale(
-                format!(
-                    "neighbour {} lladdr {}",
-                    n.ip,
-                    weft_netlink::mac_to_string(&n.mac)
-                ),
-                Step::DelNeighbour(*n),
-            ));
+        by_ip.entry(n.ip).or_insert(n);
+    }
+    let wanted: HashSet<IpAddr> = want.iter().map(|w| w.item.ip).collect();
+    let mut out: Vec<Action> = present
+        .iter()
+        .filter(|n| n.permanent && !wanted.contains(&n.ip))
+        .map(|n| {
+            let object = format!(
+                "neighbour {} lladdr {}",
+                n.ip,
+                weft_netlink::mac_to_string(&n.mac)
+            );
+            Action::stale(object, Step::DelNeighbour(*n))
+        })
+        .collect();
+    for w in want {
+        match by_ip.get(&w.item.ip) {
+            Some(have) if **have == w.item => {}
+            Some(_) => out.push(Action::wanted(w, Kind::Update, Step::SetNeighbour(w.item))),
+            None => out.push(Action::wanted(w, Kind::Add, Step::SetNeighbour(w.item))),
         }
     }
-    out.extend(later);
     out
 }
 
@@ -155,20 +166,20 @@ pub(crate) fn fdb(want: &[Wanted<FdbEntry>], present: &[FdbEntry]) -> Vec<Action
             weft_netlink::mac_to_string(&e.mac)
         )
     };
-    let ours: Vec<&FdbEntry> = present.iter().filter(|e| e.dst.is_some()).collect();
+    let mut by_mac: HashMap<[u8; 6], Vec<&FdbEntry>> = HashMap::new();
+    for e in present.iter().filter(|e| e.dst.is_some()) {
+        by_mac.entry(e.mac).or_default().push(e);
+    }
+    let wanted: HashSet<[u8; 6]> = want.iter().map(|w| w.item.mac).collect();
     let mut out = Vec::new();
     let mut later = Vec::new();
-    for e in &ours {
-        if !want.iter().any(|w| w.item.mac == e.mac) {
-            out.push(Action::stale(describe(e), Step::DelFdb(**e)));
+    for e in present.iter().filter(|e| e.dst.is_some()) {
+        if !wanted.contains(&e.mac) {
+            out.push(Action::stale(describe(e), Step::DelFdb(*e)));
         }
     }
     for w in want {
-        let same_mac: Vec<&FdbEntry> = ours
-            .iter()
-            .copied()
-            .filter(|e| e.mac == w.item.mac)
-            .collect();
+        let same_mac = by_mac.get(&w.item.mac).map(Vec::as_slice).unwrap_or(&[]);
         // A MAC may carry several destinations (appended); exactly the desired one stays.
         // The one kept is rewritten in place: the desired destination if it is there, else
         // the first, which a replace moves to the desired destination.

@@ -183,3 +183,28 @@ fn fdb_extra_destinations_and_stale_macs_go() {
     assert_eq!(kinds(&plan), vec![Kind::Remove, Kind::Update]);
     assert!(matches!(plan[0].step, Step::DelFdb(e) if e.dst == Some(ip("192.168.1.7"))));
 }
+
+#[test]
+fn thousands_of_nodes_diff_to_nothing_against_themselves() {
+    let mut want_routes = Vec::new();
+    let mut want_fdb = Vec::new();
+    for i in 0..5000u32 {
+        let [_, _, hi, lo] = i.to_be_bytes();
+        let dst = format!("10.{}.{}.0/24", 100 + u32::from(hi), lo);
+        let gw = format!("192.168.{hi}.{lo}");
+        want_routes.push(wanted(&format!("node-{i}"), route(&dst, &gw, 2)));
+        want_fdb.push(wanted(
+            &format!("node-{i}"),
+            FdbEntry {
+                mac: [0x0a, 0x58, 0, 0, hi, lo],
+                ..fdb_entry(0, Some(&gw))
+            },
+        ));
+    }
+    let have: Vec<Route> = want_routes.iter().map(|w| w.item.clone()).collect();
+    assert!(routes(&want_routes, &have).is_empty());
+    assert_eq!(routes(&want_routes[1..], &have).len(), 1);
+    let present: Vec<FdbEntry> = want_fdb.iter().map(|w| w.item).collect();
+    assert!(fdb(&want_fdb, &present).is_empty());
+    assert_eq!(fdb(&want_fdb, &present[1..]).len(), 1);
+}
