@@ -49,6 +49,22 @@ impl Backend {
         Ok(sum)
     }
 
+    /// [`Backend::apply_incremental`] for controllers that know what they changed: only
+    /// the objects named in `touched` are compared (see [`diff::incremental_touched`]).
+    pub fn apply_touched(
+        &mut self,
+        prev: &Ruleset,
+        desired: &Ruleset,
+        touched: &diff::Touched,
+    ) -> Result<Summary> {
+        let mut batch = Batch::new(self.sock.next_seq());
+        let sum = diff::incremental_touched(prev, desired, touched, &mut batch)?;
+        if !batch.is_empty() {
+            self.sock.transact(batch.finish())?;
+        }
+        Ok(sum)
+    }
+
     /// Sends a batch built by hand (tests, tools).
     pub fn send(&mut self, batch: Batch) -> Result<()> {
         self.sock.transact(batch.finish())

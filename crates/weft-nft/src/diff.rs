@@ -1,7 +1,7 @@
 //! Pure functions from models to transactions: the full load of a ruleset, and the
 //! difference between the previously committed model and the desired one.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use crate::error::Result;
@@ -41,19 +41,20 @@ pub fn full(rs: &Ruleset, batch: &mut Batch) -> Result<Summary> {
         batch.add_table(t.family, &t.name);
         let chains: Vec<&Chain> = t.chains.values().map(|c| &**c).collect();
         let sets: Vec<&Set> = t.sets.values().map(|s| &**s).collect();
-        add_objects(t, &sets, &chains, &chains, batch, &mut sum)?;
+        add_objects(t, &sets, &chains, batch, &mut sum)?;
     }
     sum.messages = batch.len();
     Ok(sum)
 }
 
-/// Adds sets with their elements, chains, then the rules of `fill`, in the order the
-/// kernel resolves references: sets and chains before elements and rules naming them.
+/// Adds sets, then chains each followed by its rules, then set elements: the order in
+/// which the kernel resolves references. Chains come callees first, so a rule is sent as
+/// soon as the chains it jumps to exist; this keeps the kernel's transaction list short
+/// when it binds each rule's anonymous sets (a walk over the whole list per set).
 fn add_objects(
     t: &Table,
     sets: &[&Set],
     chains: &[&Chain],
-    fill: &[&Chain],
     batch: &mut Batch,
     sum: &mut Summary,
 ) -> Result<()> {
@@ -61,18 +62,60 @@ fn add_objects(
         batch.add_set(t.family, &t.name, s)?;
         sum.sets_added += 1;
     }
-    for c in chains {
+    for c in dependency_order(chains) {
         batch.add_chain(t.family, &t.name, c);
         sum.chains_added += 1;
+        add_rules(t.family, &t.name, c, batch, sum)?;
     }
     for s in sets {
         batch.add_elements(t.family, &t.name, s, s.elements.iter())?;
         sum.elements_added += s.elements.len();
     }
-    for c in fill {
-        add_rules(t.family, &t.name, c, batch, sum)?;
-    }
     Ok(())
+}
+
+/// Chains ordered so that each comes after the chains of this list it jumps to. A cycle
+/// (which the kernel refuses anyway) is broken arbitrarily.
+fn dependency_order<'a>(chains: &[&'a Chain]) -> Vec<&'a Chain> {
+    let index: HashMap<&str, usize> = chains
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.name.as_str(), i))
+        .collect();
+    let refs = |c: &'a Chain| -> Vec<usize> {
+        c.rules
+            .iter()
+            .flat_map(|r| r.stmts.iter())
+            .flat_map(|s| s.chain_refs())
+            .filter_map(|n| index.get(n).copied())
+            .collect()
+    };
+    let mut state = vec![0u8; chains.len()]; // 0 new, 1 on the stack, 2 emitted
+    let mut out = Vec::with_capacity(chains.len());
+    for root in 0..chains.len() {
+        if state[root] != 0 {
+            continue;
+        }
+        let mut stack: Vec<(usize, Vec<usize>)> = vec![(root, refs(chains[root]))];
+        state[root] = 1;
+        while let Some((node, pending)) = stack.last_mut() {
+            let node = *node;
+            match pending.pop() {
+                Some(next) if state[next] == 0 => {
+                    state[next] = 1;
+                    let r = refs(chains[next]);
+                    stack.push((next, r));
+                }
+                Some(_) => {}
+                None => {
+                    state[node] = 2;
+                    out.push(chains[node]);
+                    stack.pop();
+                }
+            }
+        }
+    }
+    out
 }
 
 fn add_rules(
@@ -166,9 +209,9 @@ pub fn incremental(prev: &Ruleset, desired: &Ruleset, batch: &mut Batch) -> Resu
                 batch.add_table(t.family, &t.name);
                 let chains: Vec<&Chain> = t.chains.values().map(|c| &**c).collect();
                 let sets: Vec<&Set> = t.sets.values().map(|s| &**s).collect();
-                add_objects(t, &sets, &chains, &chains, batch, &mut sum)?;
+                add_objects(t, &sets, &chains, batch, &mut sum)?;
             }
-            (Some(o), Some(n)) => table_diff(o, n, batch, &mut sum)?,
+            (Some(o), Some(n)) => table_diff(o, n, None, batch, &mut sum)?,
             (None, None) => {}
         }
         Ok(())
@@ -177,7 +220,96 @@ pub fn incremental(prev: &Ruleset, desired: &Ruleset, batch: &mut Batch) -> Resu
     Ok(sum)
 }
 
-fn table_diff(o: &Table, n: &Table, batch: &mut Batch, sum: &mut Summary) -> Result<()> {
+/// Names of the objects a controller changed since `prev`, per table. Lets the diff
+/// look only at those instead of walking every chain and set: the cost of an update then
+/// follows the size of the change, not of the ruleset.
+#[derive(Debug, Clone, Default)]
+pub struct Touched {
+    pub tables: BTreeMap<(Family, String), TouchedTable>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct TouchedTable {
+    pub chains: BTreeSet<String>,
+    pub sets: BTreeSet<String>,
+}
+
+impl Touched {
+    pub fn chain(&mut self, family: Family, table: &str, chain: impl Into<String>) -> &mut Self {
+        self.table(family, table).chains.insert(chain.into());
+        self
+    }
+
+    pub fn set(&mut self, family: Family, table: &str, set: impl Into<String>) -> &mut Self {
+        self.table(family, table).sets.insert(set.into());
+        self
+    }
+
+    fn table(&mut self, family: Family, table: &str) -> &mut TouchedTable {
+        self.tables.entry((family, table.to_owned())).or_default()
+    }
+}
+
+/// Like [`incremental`], trusting `touched` to name every chain and set that differs
+/// between `prev` and `desired` in tables present in both; tables added or removed are
+/// found on their own. Objects not named are not compared.
+pub fn incremental_touched(
+    prev: &Ruleset,
+    desired: &Ruleset,
+    touched: &Touched,
+    batch: &mut Batch,
+) -> Result<Summary> {
+    let mut sum = Summary::default();
+    merge(&prev.tables, &desired.tables, |k, old, new| {
+        match (old, new) {
+            (Some(o), Some(n)) => {
+                if let Some(tt) = touched.tables.get(k) {
+                    table_diff(o, n, Some(tt), batch, &mut sum)?;
+                }
+            }
+            (Some(t), None) => batch.del_table(t.family, &t.name),
+            (None, Some(t)) => {
+                batch.add_table(t.family, &t.name);
+                let chains: Vec<&Chain> = t.chains.values().map(|c| &**c).collect();
+                let sets: Vec<&Set> = t.sets.values().map(|s| &**s).collect();
+                add_objects(t, &sets, &chains, batch, &mut sum)?;
+            }
+            (None, None) => {}
+        }
+        Ok(())
+    })?;
+    sum.messages = batch.len();
+    Ok(sum)
+}
+
+/// Visits the keys of both maps, or only the keys in `only`.
+fn walk<'a, V>(
+    old: &'a BTreeMap<String, V>,
+    new: &'a BTreeMap<String, V>,
+    only: Option<&'a BTreeSet<String>>,
+    mut f: impl FnMut(&'a String, Option<&'a V>, Option<&'a V>) -> Result<()>,
+) -> Result<()> {
+    match only {
+        None => merge(old, new, f),
+        Some(names) => {
+            for k in names {
+                let (a, b) = (old.get(k), new.get(k));
+                if a.is_some() || b.is_some() {
+                    f(k, a, b)?;
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn table_diff(
+    o: &Table,
+    n: &Table,
+    only: Option<&TouchedTable>,
+    batch: &mut Batch,
+    sum: &mut Summary,
+) -> Result<()> {
     let (fam, name) = (n.family, n.name.as_str());
     // Sets whose definition changed are deleted and recreated; the kernel refuses to
     // delete a set a rule still uses, so chains using them are replaced as well.
@@ -185,7 +317,7 @@ fn table_diff(o: &Table, n: &Table, batch: &mut Batch, sum: &mut Summary) -> Res
     let mut new_sets: Vec<&Set> = Vec::new();
     let mut gone_sets: Vec<&str> = Vec::new();
     let mut elem_changes: Vec<(&Set, &Set)> = Vec::new();
-    merge(&o.sets, &n.sets, |k, a, b| {
+    walk(&o.sets, &n.sets, only.map(|t| &t.sets), |k, a, b| {
         match (a, b) {
             (Some(a), Some(b)) if same(a, b) => {}
             (Some(a), Some(b)) if a.same_definition(b) => elem_changes.push((a, b)),
@@ -206,7 +338,13 @@ fn table_diff(o: &Table, n: &Table, batch: &mut Batch, sum: &mut Summary) -> Res
     let mut create: Vec<&Chain> = Vec::new();
     let mut refill: Vec<&Chain> = Vec::new();
     let mut update_policy: Vec<&Chain> = Vec::new();
-    merge(&o.chains, &n.chains, |k, a, b| {
+    // A redefined set drags in every chain using it, so those need the full walk.
+    let chain_scope = if redefined.is_empty() {
+        only.map(|t| &t.chains)
+    } else {
+        None
+    };
+    walk(&o.chains, &n.chains, chain_scope, |k, a, b| {
         match (a, b) {
             (Some(a), Some(b)) => {
                 let uses_redefined =
@@ -221,15 +359,21 @@ fn table_diff(o: &Table, n: &Table, batch: &mut Batch, sum: &mut Summary) -> Res
                     (None, None) => false,
                     _ => true,
                 };
-                if a.rules != b.rules || uses_redefined || hook_changed {
-                    flush.push(k);
-                    refill.push(b);
-                }
                 if hook_changed {
+                    if !a.rules.is_empty() {
+                        flush.push(k);
+                    }
                     delete.push(k);
                     create.push(b);
-                } else if a.base != b.base {
-                    update_policy.push(b);
+                    sum.chains_replaced += 1;
+                } else {
+                    if a.rules != b.rules || uses_redefined {
+                        flush.push(k);
+                        refill.push(b);
+                    }
+                    if a.base != b.base {
+                        update_policy.push(b);
+                    }
                 }
             }
             (Some(a), None) => {
@@ -238,10 +382,7 @@ fn table_diff(o: &Table, n: &Table, batch: &mut Batch, sum: &mut Summary) -> Res
                 }
                 delete.push(k);
             }
-            (None, Some(b)) => {
-                create.push(b);
-                refill.push(b);
-            }
+            (None, Some(b)) => create.push(b),
             (None, None) => {}
         }
         Ok(())
@@ -286,8 +427,8 @@ fn table_diff(o: &Table, n: &Table, batch: &mut Batch, sum: &mut Summary) -> Res
     for c in &update_policy {
         batch.add_chain(fam, name, c);
     }
-    sum.chains_replaced += refill.len().saturating_sub(create.len()) + update_policy.len();
-    add_objects(n, &new_sets, &create, &[], batch, sum)?;
+    sum.chains_replaced += refill.len() + update_policy.len();
+    add_objects(n, &new_sets, &create, batch, sum)?;
     for (b, added) in elem_plans {
         sum.elements_added += added.len();
         batch.add_elements(fam, name, b, added.into_iter())?;

@@ -309,9 +309,13 @@ pub struct SetFlags {
     pub constant: bool,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Set {
     pub name: String,
+    /// How nft should declare the key (`typeof ...`), needed when a field has no
+    /// fixed-size nft type, like the integer `numgen` produces. Rendering only: the
+    /// kernel does not keep it, so it takes no part in equality.
+    pub typeof_key: Option<Vec<crate::rule::Selector>>,
     pub key: Vec<KeyType>,
     pub data: Option<DataType>,
     pub flags: SetFlags,
@@ -324,6 +328,7 @@ impl Set {
     pub fn new(name: impl Into<String>, key: Vec<KeyType>) -> Self {
         Set {
             name: name.into(),
+            typeof_key: None,
             key,
             data: None,
             flags: SetFlags::default(),
@@ -354,6 +359,12 @@ impl Set {
             && self.data == other.data
             && self.flags == other.flags
             && self.timeout == other.timeout
+    }
+}
+
+impl PartialEq for Set {
+    fn eq(&self, other: &Set) -> bool {
+        self.same_definition(other) && self.elements == other.elements
     }
 }
 

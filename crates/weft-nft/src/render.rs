@@ -74,7 +74,19 @@ pub fn set(s: &Set) -> String {
         Some(DataType::Value(d)) => format!(" : {}", type_list(d)),
         None => String::new(),
     };
-    let _ = writeln!(out, "\t\ttype {}{data}", type_list(&s.key));
+    match &s.typeof_key {
+        Some(sel) => {
+            let k = sel
+                .iter()
+                .map(|x| x.nft_syntax())
+                .collect::<Vec<_>>()
+                .join(" . ");
+            let _ = writeln!(out, "\t\ttypeof {k}{data}");
+        }
+        None => {
+            let _ = writeln!(out, "\t\ttype {}{data}", type_list(&s.key));
+        }
+    }
     let mut flags = Vec::new();
     if s.flags.constant {
         flags.push("constant");

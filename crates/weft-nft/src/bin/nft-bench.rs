@@ -1,7 +1,7 @@
 //! Services-shaped ruleset benchmark: weft-nft over netlink against `nft -f`.
 //!
 //! `cargo run --release -p weft-nft --bin nft-bench -- [--sizes 1000,10000,30000]
-//!  [--full-runs 3] [--inc-runs 11] [--nft-full-max 30000]`
+//!  [--full-runs 3] [--inc-runs 11] [--nft-full-max 30000] [--shared-map]`
 //!
 //! Runs as root inside a network namespace it creates and removes.
 
@@ -13,6 +13,24 @@ use std::time::{Duration, Instant};
 use weft_nft::*;
 
 const TABLE: &str = "weft-bench";
+
+/// How a service chain picks an endpoint: kube-proxy's per-service anonymous
+/// `numgen random mod 10 vmap { ... }` (default), or with `--shared-map` one named verdict
+/// map keyed by `ip daddr . meta l4proto . th dport . numgen random mod 10`.
+static ANON_PICK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+fn anon_pick() -> bool {
+    ANON_PICK.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+fn endpoint_key() -> Vec<Selector> {
+    vec![
+        Selector::IpDaddr,
+        Selector::MetaL4proto,
+        Selector::ThDport,
+        Selector::NumgenRandom(ENDPOINTS as u32),
+    ]
+}
 const ENDPOINTS: usize = 10;
 
 struct Netns(String);
@@ -64,6 +82,12 @@ fn endpoint_chain(i: usize, j: usize, generation: usize) -> Chain {
 }
 
 fn service_chain(i: usize) -> Chain {
+    if !anon_pick() {
+        return Chain::regular(format!("svc-{i}")).with_rule(Rule::new(vec![Stmt::Vmap {
+            key: endpoint_key(),
+            map: SetRef::Named("service-endpoints".into()),
+        }]));
+    }
     let mut vmap = Set::map("", vec![KeyType::Integer], DataType::Verdict);
     for j in 0..ENDPOINTS {
         vmap.insert(
@@ -77,10 +101,32 @@ fn service_chain(i: usize) -> Chain {
     }]))
 }
 
+fn endpoint_elements(i: usize) -> Vec<(Vec<Value>, Elem)> {
+    (0..ENDPOINTS)
+        .map(|j| {
+            (
+                vec![
+                    Value::Ipv4(service_ip(i)),
+                    Value::Proto(6),
+                    Value::Port(80),
+                    Value::Integer(j as u32),
+                ],
+                Elem::verdict(Verdict::Goto(format!("sep-{i}-{j}"))),
+            )
+        })
+        .collect()
+}
+
 fn add_service(t: &mut Table, i: usize) {
     t.add_chain(service_chain(i));
     for j in 0..ENDPOINTS {
         t.add_chain(endpoint_chain(i, j, 0));
+    }
+    if !anon_pick() {
+        let eps = Arc::make_mut(t.sets.get_mut("service-endpoints").expect("map exists"));
+        for (k, e) in endpoint_elements(i) {
+            eps.insert(k, e);
+        }
     }
     let map = Arc::make_mut(t.sets.get_mut("service-ips").expect("map exists"));
     map.insert(
@@ -96,6 +142,15 @@ fn services(n: usize) -> Ruleset {
         vec![KeyType::Ipv4Addr, KeyType::InetProto, KeyType::InetService],
         DataType::Verdict,
     ));
+    if !anon_pick() {
+        let mut eps = Set::map(
+            "service-endpoints",
+            endpoint_key().iter().map(|k| k.key_type()).collect(),
+            DataType::Verdict,
+        );
+        eps.typeof_key = Some(endpoint_key());
+        t.add_set(eps);
+    }
     t.add_chain(
         Chain::base(
             "prerouting",
@@ -147,6 +202,27 @@ fn nft_add_service(i: usize) -> String {
         "add rule ip {TABLE} svc-{i} {}\n",
         render::rule(&c.rules[0], Family::Ip)
     ));
+    if !anon_pick() {
+        let elems: Vec<String> = endpoint_elements(i)
+            .iter()
+            .map(|(k, e)| {
+                let keys: Vec<String> = k.iter().map(render::value).collect();
+                let v = match &e.data {
+                    Some(ElemData::Verdict(v)) => render::verdict(v),
+                    _ => String::new(),
+                };
+                format!("{} : {v}", keys.join(" . "))
+            })
+            .collect();
+        // Declared again so nft knows the key layout (weft keeps no typeof userdata).
+        s.push_str(&format!(
+            "add map ip {TABLE} service-endpoints {{ typeof ip daddr . meta l4proto . th dport . numgen random mod {ENDPOINTS} : verdict; }}\n"
+        ));
+        s.push_str(&format!(
+            "add element ip {TABLE} service-endpoints {{ {} }}\n",
+            elems.join(", ")
+        ));
+    }
     s.push_str(&format!(
         "add element ip {TABLE} service-ips {{ {} . tcp . 80 : goto svc-{i} }}\n",
         service_ip(i)
@@ -186,9 +262,45 @@ fn nft_f(ns: &Netns, script: &str) -> Duration {
     d
 }
 
+fn commit_floor(be: &mut Backend, runs: usize) -> Duration {
+    let mut base = Table::new(Family::Ip, "weft-bench-floor");
+    base.add_set(Set::new("s", vec![KeyType::Ipv4Addr]));
+    let mut small = Ruleset::default();
+    small.add_table(base);
+    be.apply_full(&small).expect("floor table");
+    let mut more = small.clone();
+    let t = more
+        .table_mut(Family::Ip, "weft-bench-floor")
+        .expect("floor table");
+    Arc::make_mut(t.sets.get_mut("s").expect("set")).insert(
+        vec![Value::Ipv4(Ipv4Addr::new(1, 2, 3, 4))],
+        Elem::default(),
+    );
+    let mut v = Vec::new();
+    for _ in 0..runs {
+        let t0 = Instant::now();
+        be.apply_incremental(&small, &more).expect("floor element");
+        v.push(t0.elapsed());
+        be.apply_incremental(&more, &small).expect("floor revert");
+    }
+    let _ = be.delete_table(Family::Ip, "weft-bench-floor");
+    median(v)
+}
+
+fn batch_mb(model: &Ruleset) -> String {
+    let mut b = weft_nft::netlink::Batch::new(1);
+    let _ = diff::full(model, &mut b);
+    let bytes = b.finish().bytes().len();
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
+}
+
+fn opt_median(v: Vec<Duration>) -> Option<Duration> {
+    (!v.is_empty()).then(|| median(v))
 }
 
 fn ms(d: Duration) -> String {
@@ -214,6 +326,9 @@ fn main() {
     let inc_runs: usize = arg(&args, "--inc-runs")
         .and_then(|s| s.parse().ok())
         .unwrap_or(11);
+    if args.iter().any(|a| a == "--shared-map") {
+        ANON_PICK.store(false, std::sync::atomic::Ordering::Relaxed);
+    }
     let nft_full_max: usize = arg(&args, "--nft-full-max")
         .and_then(|s| s.parse().ok())
         .unwrap_or(usize::MAX);
@@ -221,8 +336,8 @@ fn main() {
     let ns = Netns::new();
     let mut be = Backend::open_in(std::path::Path::new(&format!("/run/netns/{}", ns.0)))
         .expect("nf_tables socket");
-    println!("| N | objects | (a) weft full | (b) nft -f full | b/a | (c) weft add svc | (c) nft -f add svc | ratio | (d) weft endpoint | (d) nft -f endpoint | ratio |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| N | objects | (a) weft full | (b) nft -f full | b/a | (c) weft add svc | (c) weft, full diff | (c) nft -f | nft/weft | (d) weft endpoint | (d) weft, full diff | (d) nft -f | nft/weft | kernel commit floor | batch |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for &n in &sizes {
         let model = services(n);
         let t = model.table(Family::Ip, TABLE).expect("table");
@@ -230,7 +345,7 @@ fn main() {
             "{} chains, {} rules, {} map elements",
             t.chains.len(),
             t.chains.values().map(|c| c.rules.len()).sum::<usize>(),
-            n
+            t.sets.values().map(|s| s.elements.len()).sum::<usize>(),
         );
 
         // (a) full apply into an empty namespace.
@@ -241,76 +356,107 @@ fn main() {
             be.apply_full(&model).expect("weft full apply");
             weft_full.push(t0.elapsed());
         }
-        // (b) the same ruleset through nft -f.
-        let nft_full = if n <= nft_full_max {
-            let script = render::ruleset(&model);
-            let mut v = Vec::new();
-            for _ in 0..full_runs.min(if n >= 10_000 { 1 } else { full_runs }) {
-                be.delete_table(Family::Ip, TABLE).expect("delete");
-                v.push(nft_f(&ns, &script));
-            }
-            Some(median(v))
-        } else {
-            None
-        };
-        // Both incremental paths start from the weft-applied full ruleset.
-        let _ = be.delete_table(Family::Ip, TABLE);
-        be.apply_full(&model).expect("weft full apply");
 
-        // (c) one added service.
+        // (c) one added service, (d) one endpoint of one service changes address: weft
+        // first, on the ruleset weft applied.
         let mut added = model.clone();
         add_service(table_mut(&mut added), n);
-        let mut weft_add = Vec::new();
-        for _ in 0..inc_runs {
-            let t0 = Instant::now();
-            be.apply_incremental(&model, &added)
-                .expect("weft add service");
-            weft_add.push(t0.elapsed());
-            be.apply_incremental(&added, &model).expect("revert");
+        let mut touched_add = diff::Touched::default();
+        touched_add
+            .set(Family::Ip, TABLE, "service-ips")
+            .set(Family::Ip, TABLE, "service-endpoints")
+            .chain(Family::Ip, TABLE, format!("svc-{n}"));
+        for j in 0..ENDPOINTS {
+            touched_add.chain(Family::Ip, TABLE, format!("sep-{n}-{j}"));
         }
-        let script = nft_add_service(n);
-        let mut nft_add = Vec::new();
-        for _ in 0..inc_runs.min(5) {
-            nft_add.push(nft_f(&ns, &script));
-            be.apply_incremental(&added, &model).expect("revert");
-        }
-
-        // (d) one endpoint of one service changes address.
         let (k, j) = (n / 2, 3);
         let mut changed = model.clone();
         table_mut(&mut changed).add_chain(endpoint_chain(k, j, 1));
-        let mut weft_ep = Vec::new();
+        let mut touched_ep = diff::Touched::default();
+        touched_ep.chain(Family::Ip, TABLE, format!("sep-{k}-{j}"));
+        let (mut weft_add, mut weft_add_full, mut weft_ep, mut weft_ep_full) =
+            (vec![], vec![], vec![], vec![]);
         for _ in 0..inc_runs {
+            let t0 = Instant::now();
+            be.apply_touched(&model, &added, &touched_add)
+                .expect("weft add service");
+            weft_add.push(t0.elapsed());
+            be.apply_touched(&added, &model, &touched_add)
+                .expect("revert");
+            let t0 = Instant::now();
+            be.apply_incremental(&model, &added)
+                .expect("weft add service");
+            weft_add_full.push(t0.elapsed());
+            be.apply_touched(&added, &model, &touched_add)
+                .expect("revert");
+            let t0 = Instant::now();
+            be.apply_touched(&model, &changed, &touched_ep)
+                .expect("weft endpoint change");
+            weft_ep.push(t0.elapsed());
+            be.apply_touched(&changed, &model, &touched_ep)
+                .expect("revert");
             let t0 = Instant::now();
             be.apply_incremental(&model, &changed)
                 .expect("weft endpoint change");
-            weft_ep.push(t0.elapsed());
-            be.apply_incremental(&changed, &model).expect("revert");
+            weft_ep_full.push(t0.elapsed());
+            be.apply_touched(&changed, &model, &touched_ep)
+                .expect("revert");
         }
-        let script = format!(
-            "flush chain ip {TABLE} sep-{k}-{j}\n{}",
-            nft_endpoint_rules(k, j, 1)
-        );
-        let mut nft_ep = Vec::new();
-        for _ in 0..inc_runs.min(5) {
-            nft_ep.push(nft_f(&ns, &script));
-            be.apply_incremental(&changed, &model).expect("revert");
+        // The kernel's own floor: one element into a small set of another table, which
+        // still commits a new generation over every chain in the namespace.
+        let floor = commit_floor(&mut be, inc_runs);
+
+        // (b) the same ruleset through nft -f, then nft's (c) and (d) on the ruleset nft
+        // made (nft needs its own set userdata to parse element keys).
+        let (mut nft_full, mut nft_add, mut nft_ep) = (vec![], vec![], vec![]);
+        if n <= nft_full_max {
+            let script = render::ruleset(&model);
+            for _ in 0..(if n >= 10_000 { 1 } else { full_runs }) {
+                be.delete_table(Family::Ip, TABLE).expect("delete");
+                nft_full.push(nft_f(&ns, &script));
+            }
+            let add_script = nft_add_service(n);
+            let ep_script = format!(
+                "flush chain ip {TABLE} sep-{k}-{j}\n{}",
+                nft_endpoint_rules(k, j, 1)
+            );
+            for _ in 0..inc_runs.min(5) {
+                nft_add.push(nft_f(&ns, &add_script));
+                be.apply_touched(&added, &model, &touched_add)
+                    .expect("revert");
+                nft_ep.push(nft_f(&ns, &ep_script));
+                be.apply_touched(&changed, &model, &touched_ep)
+                    .expect("revert");
+            }
         }
 
         let (a, c, d) = (median(weft_full), median(weft_add), median(weft_ep));
-        let (c2, d2) = (median(nft_add), median(nft_ep));
-        let ratio = |x: Duration, y: Duration| format!("{:.1}x", x.as_secs_f64() / y.as_secs_f64());
+        let (cf, df) = (median(weft_add_full), median(weft_ep_full));
+        let (b, c2, d2) = (
+            opt_median(nft_full),
+            opt_median(nft_add),
+            opt_median(nft_ep),
+        );
+        let ratio = |x: Option<Duration>, y: Duration| {
+            x.map(|x| format!("{:.1}x", x.as_secs_f64() / y.as_secs_f64()))
+                .unwrap_or_else(|| "-".into())
+        };
+        let oms = |x: Option<Duration>| x.map(ms).unwrap_or_else(|| "skipped".into());
         println!(
-            "| {n} | {objects} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {n} | {objects} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             ms(a),
-            nft_full.map(ms).unwrap_or_else(|| "skipped".into()),
-            nft_full.map(|b| ratio(b, a)).unwrap_or_else(|| "-".into()),
+            oms(b),
+            ratio(b, a),
             ms(c),
-            ms(c2),
+            ms(cf),
+            oms(c2),
             ratio(c2, c),
             ms(d),
-            ms(d2),
+            ms(df),
+            oms(d2),
             ratio(d2, d),
+            ms(floor),
+            batch_mb(&model),
         );
         let _ = be.delete_table(Family::Ip, TABLE);
     }

@@ -38,6 +38,7 @@ pub struct Batch {
     details: Vec<u32>,
     last_msg: Option<usize>,
     next_set_id: u32,
+    anon_prefix: String,
 }
 
 impl Batch {
@@ -50,6 +51,7 @@ impl Batch {
             details: Vec::new(),
             last_msg: None,
             next_set_id: 1,
+            anon_prefix: format!("__set{:x}{:x}_", std::process::id(), first_seq),
         };
         let m = b.begin(
             NFNL_MSG_BATCH_BEGIN,
@@ -90,6 +92,13 @@ impl Batch {
         let id = self.next_set_id;
         self.next_set_id += 1;
         id
+    }
+
+    /// A name for a new anonymous set. The kernel's `__set%d` allocation scans every set
+    /// of the table per new set (quadratic with a set per service), so weft names them
+    /// itself, unique per process and batch.
+    pub(crate) fn anon_name(&self, id: u32) -> String {
+        format!("{}{id}", self.anon_prefix)
     }
 
     /// Number of nf_tables messages (not counting the batch framing).

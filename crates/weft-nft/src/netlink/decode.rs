@@ -265,6 +265,7 @@ fn decode_set(a: Attrs) -> Result<(Set, bool)> {
     };
     let set = Set {
         name: name.clone(),
+        typeof_key: None,
         key,
         data,
         flags: SetFlags {

@@ -78,32 +78,36 @@ pub fn decode_value(d: &[u8]) -> Option<Vec<u8>> {
     Attrs(d).get(DATA_VALUE).map(<[u8]>::to_vec)
 }
 
-/// Writes NFTA_RULE_EXPRESSIONS' list elements; `anon_ids` gives the batch id of each
-/// anonymous set the rule created.
-pub fn put_exprs(w: &mut Writer, ty: u16, exprs: &[Expr], anon_ids: &[u32]) {
+/// Writes NFTA_RULE_EXPRESSIONS' list elements; `anon` gives the batch id and name of
+/// each anonymous set the rule created.
+pub fn put_exprs(w: &mut Writer, ty: u16, exprs: &[Expr], anon: &[(u32, String)]) {
     let list = w.nest(ty);
     for e in exprs {
         let el = w.nest(LIST_ELEM);
         w.put_str(EXPR_NAME, e.kind());
         let data = w.nest(EXPR_DATA);
-        put_expr(w, e, anon_ids);
+        put_expr(w, e, anon);
         w.end_nest(data);
         w.end_nest(el);
     }
     w.end_nest(list);
 }
 
-fn put_set_name(w: &mut Writer, name_ty: u16, id_ty: u16, set: &SetName, anon_ids: &[u32]) {
+fn put_set_name(w: &mut Writer, name_ty: u16, id_ty: u16, set: &SetName, anon: &[(u32, String)]) {
     match set {
         SetName::Named(n) => w.put_str(name_ty, n),
         SetName::Anon(i) => {
-            w.put_str(name_ty, "__set%d");
-            w.put_be32(id_ty, anon_ids.get(*i).copied().unwrap_or(0));
+            let (id, name) = anon
+                .get(*i)
+                .map(|(id, n)| (*id, n.as_str()))
+                .unwrap_or((0, "__set%d"));
+            w.put_str(name_ty, name);
+            w.put_be32(id_ty, id);
         }
     }
 }
 
-fn put_expr(w: &mut Writer, e: &Expr, anon_ids: &[u32]) {
+fn put_expr(w: &mut Writer, e: &Expr, anon: &[(u32, String)]) {
     match e {
         Expr::Payload {
             dreg,
@@ -161,7 +165,7 @@ fn put_expr(w: &mut Writer, e: &Expr, anon_ids: &[u32]) {
             dreg,
             invert,
         } => {
-            put_set_name(w, 1, 4, set, anon_ids);
+            put_set_name(w, 1, 4, set, anon);
             w.put_be32(2, *sreg);
             if let Some(d) = dreg {
                 w.put_be32(3, *d);
@@ -229,7 +233,7 @@ fn put_expr(w: &mut Writer, e: &Expr, anon_ids: &[u32]) {
             sreg_key,
             timeout_ms,
         } => {
-            put_set_name(w, 1, 2, set, anon_ids);
+            put_set_name(w, 1, 2, set, anon);
             w.put_be32(3, u32::from(*update));
             w.put_be32(4, *sreg_key);
             if *timeout_ms != 0 {

@@ -101,17 +101,18 @@ impl Batch {
         let mut ids = Vec::with_capacity(rule.anon.len());
         for set in &rule.anon {
             let id = self.set_id();
-            self.put_set(family, table, set, Some(id), pos)?;
+            let name = self.anon_name(id);
+            self.put_set(family, table, set, Some((id, &name)), pos)?;
             self.put_elements(
                 MSG_NEWSETELEM,
                 family,
                 table,
                 set,
-                Some(id),
+                Some((id, &name)),
                 set.elements.iter(),
                 pos,
             )?;
-            ids.push(id);
+            ids.push((id, name));
         }
         let m = self.begin_nft(
             MSG_NEWRULE,
@@ -143,9 +144,10 @@ impl Batch {
         family: Family,
         table: &str,
         set: &Set,
-        anon_id: Option<u32>,
+        anon: Option<(u32, &str)>,
         pos: u32,
     ) -> Result<()> {
+        let anon_id = anon.map(|a| a.0);
         if set.key.is_empty() {
             return Err(Error::Invalid(format!("set {} has no key type", set.name)));
         }
@@ -178,7 +180,7 @@ impl Batch {
         }
         let m = self.begin_nft(MSG_NEWSET, NLM_F_CREATE, family.nfproto(), pos);
         self.w.put_str(1, table);
-        self.w.put_str(2, &set.name);
+        self.w.put_str(2, anon.map(|a| a.1).unwrap_or(&set.name));
         self.w.put_be32(3, flags);
         self.w.put_be32(4, concat_type(&set.key));
         self.w.put_be32(5, key_len(&set.key) as u32);
@@ -251,7 +253,7 @@ impl Batch {
         family: Family,
         table: &str,
         set: &Set,
-        anon_id: Option<u32>,
+        anon: Option<(u32, &str)>,
         elems: impl Iterator<Item = (&'a Key, &'a Elem)>,
         pos: u32,
     ) -> Result<()> {
@@ -271,8 +273,8 @@ impl Batch {
                 };
                 let m = self.begin_nft(msg, flags, family.nfproto(), pos);
                 self.w.put_str(1, table);
-                self.w.put_str(2, &set.name);
-                if let Some(id) = anon_id {
+                self.w.put_str(2, anon.map(|a| a.1).unwrap_or(&set.name));
+                if let Some((id, _)) = anon {
                     self.w.put_be32(4, id);
                 }
                 let list = self.w.nest(3);
