@@ -2,6 +2,8 @@
 //! difference. Routes are recognised as ours by their protocol number, so no other route
 //! of the node is ever touched.
 
+use std::fmt;
+
 use weft_netlink::{
     Family, FdbEntry, Handle, IpNet, Link, Neighbour, Route, RouteKind, RT_TABLE_MAIN,
 };
@@ -55,6 +57,25 @@ impl Changes {
     /// Kernel changes made; 0 when the kernel already matched.
     pub fn total(&self) -> usize {
         self.routes.total() + self.neighbours.total() + self.fdb.total()
+    }
+}
+
+/// "routes +2 ~0 -1, neighbours +2 ~0 -0, fdb +2 ~0 -0, 1 refused, 0 waiting", for logs.
+impl fmt::Display for Changes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (name, d) in [
+            ("routes", self.routes),
+            ("neighbours", self.neighbours),
+            ("fdb", self.fdb),
+        ] {
+            write!(f, "{name} +{} ~{} -{}, ", d.added, d.updated, d.removed)?;
+        }
+        write!(
+            f,
+            "{} refused, {} waiting",
+            self.refused.len(),
+            self.waiting.len()
+        )
     }
 }
 

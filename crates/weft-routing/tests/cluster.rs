@@ -413,3 +413,48 @@ fn host_gw_node_changing_ip_updates_its_route() {
     assert_kernel_state(&lab, 0, &[&all[1]], Backend::HostGw);
     assert_quiet(&rs[0].sync(&all).unwrap());
 }
+
+#[test]
+fn bad_node_configuration_is_named() {
+    let lab = Lab::new("config", 1);
+    let me = lab.nodes[0].info.clone();
+    let handle = || lab.nodes[0].ns.handle();
+    let vxlan = Backend::parse("vxlan").unwrap();
+    let msg = |r: weft_routing::Result<Router>| match r {
+        Ok(_) => panic!("accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert_eq!(
+        msg(Router::new(handle(), Backend::HostGw, me.clone(), "eth9")),
+        "node node-1: underlay interface eth9 not found"
+    );
+    let moved = NodeInfo {
+        underlay_ip: "192.168.1.77".parse().unwrap(),
+        ..me.clone()
+    };
+    assert_eq!(
+        msg(Router::new(handle(), vxlan, moved, "eth0")),
+        "node node-1: underlay IP 192.168.1.77 is not an address of eth0"
+    );
+    let unleased = NodeInfo {
+        pod_cidr: None,
+        ..me.clone()
+    };
+    assert!(msg(Router::new(handle(), vxlan, unleased.clone(), "eth0")).contains("no podCIDR"));
+    // host-gw makes no device, so it can run before the lease; nothing was left behind.
+    let mut r = Router::new(handle(), Backend::HostGw, unleased, "eth0").unwrap();
+    assert_eq!(r.vtep_mac(), None);
+    let c = r.sync(&lab.infos()).unwrap();
+    assert_eq!(c.total(), 0);
+    assert_eq!(
+        c.to_string(),
+        "routes +0 ~0 -0, neighbours +0 ~0 -0, fdb +0 ~0 -0, 0 refused, 0 waiting"
+    );
+    let links = tool_json("ip", &lab.nodes[0].ns.name, &["link", "show"]);
+    assert!(
+        common::items(&links)
+            .iter()
+            .all(|l| l["ifname"] != "weft.1"),
+        "{links}"
+    );
+}
