@@ -333,11 +333,27 @@ fn http_exchange(request: &[u8]) -> String {
     String::from_utf8_lossy(&got).into_owned()
 }
 
+/// A client sending `Expect: 100-continue` holds its body until the server says so.
+fn expect_continue() -> String {
+    let mut s = TcpStream::connect("127.0.0.1:8081").expect("connect to the HTTP echo");
+    s.set_read_timeout(Some(HANG)).expect("set timeout");
+    s.write_all(b"PUT /up HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\nConnection: close\r\n\r\n")
+        .expect("send head");
+    let mut interim = [0u8; 25];
+    s.read_exact(&mut interim)
+        .expect("read the interim response");
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    s.write_all(b"hello").expect("send body");
+    let mut rest = String::new();
+    s.read_to_string(&mut rest).expect("read response");
+    rest
+}
+
 #[test]
 fn http_echo_keeps_alive_and_answers_malformed_requests_with_400() {
     let ns = Netns::new("http");
     let serve = ns.serve(&["--http", "8081"]);
-    let (bad, binary, two, big) = ns.run_in(|| {
+    let (bad, binary, two, big, continued) = ns.run_in(|| {
         (
             http_exchange(b"GARBAGE\r\n\r\n"),
             http_exchange(b"\xff\xfe / HTTP/1.1\r\n\r\n"),
@@ -345,8 +361,10 @@ fn http_echo_keeps_alive_and_answers_malformed_requests_with_400() {
                 b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nPOST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
             ),
             http_exchange(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n"),
+            expect_continue(),
         )
     });
+    assert!(continued.contains("\"body_bytes\":5"), "{continued}");
     assert!(bad.starts_with("HTTP/1.1 400 "), "{bad}");
     assert!(binary.starts_with("HTTP/1.1 400 "), "{binary}");
     assert!(big.starts_with("HTTP/1.1 413 "), "{big}");
@@ -496,6 +514,8 @@ fn serve_exits_zero_on_sigterm() {
 
 #[test]
 fn usage_errors_exit_2() {
+    // In a namespace of its own, so a regression that binds or connects stays there.
+    let ns = Netns::new("usage");
     for args in [
         &["tcp", "10.0.0.1"][..],
         &["udp", "fd00::1:53"],
@@ -503,7 +523,8 @@ fn usage_errors_exit_2() {
         &["tcp", "10.0.0.1:80", "--timeout-ms", "0"],
         &["dns", "kubernetes.default"],
     ] {
-        let out = Command::new(weft())
+        let out = ns
+            .exec(weft())
             .arg("probe")
             .args(args)
             .output()
@@ -512,10 +533,18 @@ fn usage_errors_exit_2() {
         assert!(out.stdout.is_empty(), "{args:?}");
         assert!(!out.stderr.is_empty(), "{args:?}");
     }
-    let out = Command::new(weft())
+    let out = ns
+        .exec(weft())
         .arg("serve")
         .output()
         .expect("run weft serve");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("nothing to serve"));
+    let out = ns
+        .exec(weft())
+        .args(["serve", "--tcp", "8080", "--http", "8080"])
+        .output()
+        .expect("run weft serve");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--tcp and --http"));
 }

@@ -27,6 +27,7 @@ pub fn probe(
             return Report::from_error("http", target, &std::io::Error::from(e))
         }
     };
+    let local = stream.local_addr().ok();
     let request = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: weft-probe\r\nAccept: */*\r\nConnection: close\r\n\r\n",
         url.path, url.authority
@@ -54,7 +55,7 @@ pub fn probe(
         }
     }
     match parse(&got) {
-        Some(resp) => describe(target, &resp, expect_status).with_time(start.elapsed()),
+        Some(resp) => describe(target, &resp, expect_status, local).with_time(start.elapsed()),
         None => match failure {
             Some(e) => Report::from_error("http", target, &e),
             None if got.is_empty() => Report::new("http", target, Verdict::Failed)
@@ -120,7 +121,12 @@ fn parse(got: &[u8]) -> Option<Response> {
     Some(Response { status, body })
 }
 
-fn describe(target: &str, resp: &Response, expect_status: Option<u16>) -> Report {
+fn describe(
+    target: &str,
+    resp: &Response,
+    expect_status: Option<u16>,
+    local: Option<SocketAddr>,
+) -> Report {
     let verdict = match expect_status {
         Some(want) if want != resp.status => Verdict::Unexpected,
         _ => Verdict::Answered,
@@ -128,6 +134,9 @@ fn describe(target: &str, resp: &Response, expect_status: Option<u16>) -> Report
     let mut r = Report::new("http", target, verdict).with("status", resp.status.to_string());
     if let Some(want) = expect_status.filter(|w| *w != resp.status) {
         r = r.with("expected", want.to_string());
+    }
+    if let Some(l) = local {
+        r = r.with("local", l.to_string());
     }
     // A weft echo names the server's view; anything else gets a glimpse of its body.
     match serde_json::from_slice::<serde_json::Value>(&resp.body) {
@@ -169,7 +178,7 @@ mod tests {
     fn an_echo_response_shows_the_servers_view() {
         assert!(complete(ECHO));
         let resp = parse(ECHO).unwrap();
-        let line = describe("http://a/p", &resp, None).to_string();
+        let line = describe("http://a/p", &resp, None, None).to_string();
         assert_eq!(
             line,
             "http http://a/p answered status=200 client=10.244.1.2 server=n1 pod=x/a path=/p"
@@ -182,14 +191,14 @@ mod tests {
         assert!(!complete(got));
         let resp = parse(got).unwrap();
         assert_eq!(resp.status, 503);
-        let r = describe("u", &resp, None);
+        let r = describe("u", &resp, None, None);
         assert!(r.verdict.ok());
         assert!(
             r.to_string()
                 .ends_with("status=503 bytes=12 body=\"no endpoints\""),
             "{r}"
         );
-        let r = describe("u", &resp, Some(200));
+        let r = describe("u", &resp, Some(200), None);
         assert_eq!(r.exit_code(), 1);
         assert!(
             r.to_string().contains("unexpected status=503 expected=200"),

@@ -208,17 +208,25 @@ pub fn serve_after(stream: TcpStream, identity: &Identity, first: Vec<u8>) -> io
             Ok(r) => r,
             Err(why) => return respond_error(&mut out, 400, &why),
         };
-        let body_bytes = match req.body_length() {
+        let length = match req.body_length() {
             Ok(Body::Length(n)) if n > MAX_BODY => {
                 return respond_error(&mut out, 413, "request body over 1 MiB")
             }
-            Ok(Body::Length(n)) => discard(&mut reader, n)?,
-            Ok(Body::Chunked) => match discard_chunked(&mut reader) {
+            Ok(length) => length,
+            Err(why) => return respond_error(&mut out, 400, &why),
+        };
+        // curl and others wait (about a second) for this before sending a large body.
+        let has_body = length != Body::Length(0);
+        if has_body && req.version == "HTTP/1.1" && req.has_token("expect", "100-continue") {
+            out.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+        }
+        let body_bytes = match length {
+            Body::Length(n) => discard(&mut reader, n)?,
+            Body::Chunked => match discard_chunked(&mut reader) {
                 Ok(n) => n,
                 Err(Malformed::Io(e)) => return Err(e),
                 Err(Malformed::Bad(why)) => return respond_error(&mut out, 400, &why),
             },
-            Err(why) => return respond_error(&mut out, 400, &why),
         };
         let keep = req.keep_alive();
         let mut body = describe(&req, identity, &client, body_bytes).to_string();

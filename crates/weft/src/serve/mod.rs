@@ -41,10 +41,11 @@ pub fn run(args: ServeArgs) -> Result<()> {
     ]
     .into_iter()
     .flat_map(|(kind, ports)| ports.iter().map(move |p| (kind, *p)))
-    .collect();
+    .collect::<Vec<_>>();
     if wanted.is_empty() {
         bail!("nothing to serve: give at least one of --tcp, --udp, --sctp, --http with a port");
     }
+    let wanted = distinct(wanted)?;
 
     // Blocked before any thread starts so every thread inherits the mask and the signals
     // wait for `sigwait` below instead of killing the process mid-reply.
@@ -99,4 +100,43 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let sig = stop.wait().context("waiting for SIGTERM")?;
     note!("weft serve: {sig}, exiting");
     Ok(())
+}
+
+/// Drops repeated ports (a pod may declare one twice). `--tcp P` with `--http P` is refused:
+/// both are TCP, and a `--tcp` port answers HTTP anyway.
+fn distinct(wanted: Vec<(Kind, u16)>) -> Result<Vec<(Kind, u16)>> {
+    let mut out: Vec<(Kind, u16)> = Vec::new();
+    for (kind, port) in wanted {
+        if out.contains(&(kind, port)) {
+            continue;
+        }
+        let tcp_like = |k: Kind| matches!(k, Kind::Tcp | Kind::Http);
+        if port != 0 && tcp_like(kind) && out.iter().any(|(k, p)| *p == port && tcp_like(*k)) {
+            bail!(
+                "TCP port {port} is given both as --tcp and --http; give it once (a --tcp port answers HTTP requests too)"
+            );
+        }
+        out.push((kind, port));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeated_ports_are_served_once_and_tcp_http_clashes_refused() {
+        let got = distinct(vec![(Kind::Tcp, 80), (Kind::Udp, 80), (Kind::Tcp, 80)]).unwrap();
+        assert_eq!(got, vec![(Kind::Tcp, 80), (Kind::Udp, 80)]);
+        let err = distinct(vec![(Kind::Tcp, 80), (Kind::Http, 80)]).unwrap_err();
+        assert!(err.to_string().contains("--tcp and --http"), "{err}");
+        // Port 0 means "any free port" each time, so zeros never clash.
+        assert_eq!(
+            distinct(vec![(Kind::Tcp, 0), (Kind::Http, 0)])
+                .unwrap()
+                .len(),
+            2
+        );
+    }
 }
