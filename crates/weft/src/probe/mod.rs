@@ -2,8 +2,18 @@
 //! 2 when the probe cannot be made as asked (bad target, protocol missing from the kernel).
 //! Tests and the lab use it instead of ping and nc, which a machine may not have.
 //!
-//! Against `weft serve` the line also shows the client address the server saw
-//! (`client=`), next to the probe's own (`local=`): equal means no NAT on the way.
+//! The line is `PROTO TARGET VERDICT key=value...`. Verdicts: `connected` (TCP, SCTP) and
+//! `answered` (UDP, ICMP, HTTP) exit 0; `refused`, `timeout`, `unreachable`, `reset`,
+//! `unresolved`, `unexpected`, `failed` exit 1. Values are single words, or quoted with
+//! escapes when they hold spaces. Against `weft serve` the line also shows the client
+//! address the server saw (`client=IP`), next to the probe's own (`local=IP:PORT`): equal
+//! means no NAT on the way; `server=` and `pod=` name who answered. For example:
+//!
+//! ```text
+//! tcp 10.244.1.3:80 connected local=10.244.1.2:41234 client=10.244.1.2 server=node-1 pod=default/web time=0.31ms
+//! udp 10.96.0.10:53 refused
+//! http http://10.96.0.5/x answered status=200 local=10.244.1.2:50110 client=10.244.1.2 server=node-2 path=/x time=1.20ms
+//! ```
 
 mod connect;
 mod http;
@@ -15,6 +25,7 @@ mod udp;
 
 use crate::cli::{ProbeCommand, ProbeOpts, ProbeTarget};
 use report::{Report, Verdict};
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 /// The probe cannot be made as asked; exit 2.
@@ -24,7 +35,8 @@ pub struct Usage(pub String);
 pub fn run(cmd: ProbeCommand) -> u8 {
     match probe(cmd) {
         Ok(report) => {
-            println!("{report}");
+            // A closed stdout must not turn a result into a panic; the exit code still tells.
+            let _ = writeln!(std::io::stdout(), "{report}");
             report.exit_code()
         }
         Err(Usage(msg)) => {

@@ -101,8 +101,12 @@ pub fn sctp(stream: TcpStream, identity: &Identity) -> io::Result<()> {
 
 fn echo(mut stream: TcpStream, identity: &Identity, proto: &str, first: &[u8]) -> io::Result<()> {
     let peer = canonical(stream.peer_addr()?);
-    stream.write_all(identity.greeting(proto, peer).as_bytes())?;
-    stream.write_all(first)?;
+    // An echo answers at once: no waiting for the ACK of the previous small write (Nagle).
+    // SCTP has no such option at the TCP level; that failure is expected and harmless.
+    let _ = stream.set_nodelay(true);
+    let mut reply = identity.greeting(proto, peer).into_bytes();
+    reply.extend_from_slice(first);
+    stream.write_all(&reply)?;
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         let n = stream.read(&mut buf)?;
