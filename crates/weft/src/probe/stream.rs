@@ -39,7 +39,8 @@ pub fn probe(
     Ok(exchange(stream, report, deadline).with_time(start.elapsed()))
 }
 
-/// Sends `weft-probe NONCE` and reads until the echo is back, the peer closes, or time is up.
+/// Sends `weft-probe NONCE` and reads until the echo is back, the peer closes, time is up,
+/// or the first bytes show it is not a weft server (then there is nothing more to wait for).
 fn exchange(mut stream: TcpStream, report: Report, deadline: Instant) -> Report {
     let line = format!("weft-probe {}\n", nonce());
     if let Err(e) = stream.write_all(line.as_bytes()) {
@@ -48,10 +49,9 @@ fn exchange(mut stream: TcpStream, report: Report, deadline: Instant) -> Report 
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     let ended = loop {
-        if let Some(r) = interpret(&got, &line) {
-            if r.echoed {
-                break None;
-            }
+        match interpret(&got, &line) {
+            Reply::Echoed(_) | Reply::Foreign => break None,
+            Reply::Greeted(_) | Reply::Pending => {}
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
@@ -67,37 +67,43 @@ fn exchange(mut stream: TcpStream, report: Report, deadline: Instant) -> Report 
     describe(report, &got, &line, ended)
 }
 
-/// What came back: a weft greeting (and whether our line was echoed after it), or bytes
-/// from some other server.
-struct Reply {
-    greeting: Option<greeting::Greeting>,
-    echoed: bool,
+/// What has come back so far.
+enum Reply {
+    /// Nothing yet, or the start of what may be a greeting.
+    Pending,
+    /// A weft greeting, our line not (yet) echoed after it.
+    Greeted(greeting::Greeting),
+    /// A weft greeting and our line back.
+    Echoed(greeting::Greeting),
+    /// Bytes from some other kind of server.
+    Foreign,
 }
 
-fn interpret(got: &[u8], sent: &str) -> Option<Reply> {
-    let text = std::str::from_utf8(got).ok()?;
-    let (first, rest) = text.split_once('\n')?;
-    let g = greeting::parse(first)?;
-    Some(Reply {
-        greeting: Some(g),
-        echoed: rest.starts_with(sent),
-    })
+fn interpret(got: &[u8], sent: &str) -> Reply {
+    let prefix = greeting::PREFIX.as_bytes();
+    let n = got.len().min(prefix.len());
+    if got[..n] != prefix[..n] {
+        return Reply::Foreign;
+    }
+    let Some(end) = got.iter().position(|b| *b == b'\n') else {
+        return Reply::Pending;
+    };
+    let first = String::from_utf8_lossy(&got[..end]);
+    match greeting::parse(&first) {
+        Some(g) if got[end + 1..].starts_with(sent.as_bytes()) => Reply::Echoed(g),
+        Some(g) => Reply::Greeted(g),
+        None => Reply::Foreign,
+    }
 }
 
-fn describe(mut report: Report, got: &[u8], sent: &str, ended: Option<String>) -> Report {
+fn describe(report: Report, got: &[u8], sent: &str, ended: Option<String>) -> Report {
     match interpret(got, sent) {
-        Some(Reply {
-            greeting: Some(g),
-            echoed,
-        }) => {
-            report = with_greeting(report, &g);
-            if !echoed {
-                report = report.with("echo", ended.unwrap_or_else(|| "missing".into()));
-            }
-            report
+        Reply::Echoed(g) => with_greeting(report, &g),
+        Reply::Greeted(g) => {
+            with_greeting(report, &g).with("echo", ended.unwrap_or_else(|| "missing".into()))
         }
-        _ if got.is_empty() => report.with("reply", "none"),
-        _ => report.with("reply", summary(got, 60)),
+        Reply::Pending if got.is_empty() => report.with("reply", "none"),
+        Reply::Pending | Reply::Foreign => report.with("reply", summary(got, 60)),
     }
 }
 

@@ -82,6 +82,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
                 let handler: stream::Handler = match kind {
                     Kind::Sctp => stream::sctp,
                     Kind::Http => http::serve,
+                    // UDP ports are datagram sockets and never get here.
                     Kind::Tcp | Kind::Udp => stream::tcp,
                 };
                 stream::accept_loop(l, slots, identity, handler)

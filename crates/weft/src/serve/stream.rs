@@ -55,12 +55,12 @@ pub fn accept_loop(
     }
 }
 
-/// TCP: what the client sends first decides. A request line gets the HTTP echo, so one
-/// declared containerPort answers both HTTP clients and `weft probe tcp`; anything else,
-/// or silence, gets the greeting line and then every byte back as it arrives.
 /// A client that says nothing for this long (a person with `nc`) gets the greeting anyway.
 const SNIFF_WAIT: Duration = Duration::from_secs(1);
 
+/// TCP: what the client sends first decides. A request line gets the HTTP echo, so one
+/// declared containerPort answers both HTTP clients and `weft probe tcp`; anything else,
+/// or silence, gets the greeting line and then every byte back as it arrives.
 pub fn tcp(mut stream: TcpStream, identity: &Identity) -> io::Result<()> {
     let mut first = Vec::new();
     let mut buf = vec![0u8; 16 * 1024];
