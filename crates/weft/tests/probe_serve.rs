@@ -176,8 +176,8 @@ impl Probe {
     }
 }
 
-/// Two namespaces joined by a veth pair, like two pods: client 10.20.0.1, server 10.20.0.2
-/// and a second server address 10.20.0.3.
+/// Two namespaces joined by a veth pair, like two pods: client 10.20.0.1 and fd00:20::1,
+/// server 10.20.0.2 and fd00:20::2, each with a second address (.3, ::3).
 fn two_hosts(tag: &str) -> (Netns, Netns) {
     let client = Netns::new(&format!("{tag}-c"));
     let server = Netns::new(&format!("{tag}-s"));
@@ -197,6 +197,10 @@ fn two_hosts(tag: &str) -> (Netns, Netns) {
     client.ip(&["link", "set", "c0", "up"]);
     server.ip(&["addr", "add", "10.20.0.2/24", "dev", "s0"]);
     server.ip(&["addr", "add", "10.20.0.3/24", "dev", "s0"]);
+    // nodad: usable at once instead of after duplicate address detection.
+    client.ip(&["addr", "add", "fd00:20::1/64", "dev", "c0", "nodad"]);
+    server.ip(&["addr", "add", "fd00:20::2/64", "dev", "s0", "nodad"]);
+    server.ip(&["addr", "add", "fd00:20::3/64", "dev", "s0", "nodad"]);
     server.ip(&["link", "set", "s0", "up"]);
     (client, server)
 }
@@ -259,6 +263,12 @@ fn udp_replies_come_from_the_address_that_was_asked() {
     let p = client.probe(&["udp", "10.20.0.3:5353"]);
     p.expect(0, "answered");
     assert_eq!(p.field("client"), Some("10.20.0.1"));
+    // Over IPv6 whichever address routing would not pick is the one that needs it.
+    for target in ["[fd00:20::2]:5353", "[fd00:20::3]:5353"] {
+        let p = client.probe(&["udp", target]);
+        p.expect(0, "answered");
+        assert_eq!(p.field("client"), Some("fd00:20::1"), "{}", p.line);
+    }
 }
 
 #[test]
