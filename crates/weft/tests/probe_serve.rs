@@ -210,17 +210,14 @@ fn probes_show_the_client_address_the_server_saw() {
     let (client, server) = two_hosts("addr");
     let _serve = server.serve(&["--tcp", "8080", "--udp", "8080", "--http", "8081"]);
 
-    for (proto, target) in [("tcp", "10.20.0.2:8080"), ("udp", "10.20.0.2:8080")] {
+    for (proto, target, verdict, client_ip) in [
+        ("tcp", "10.20.0.2:8080", "connected", "10.20.0.1"),
+        ("udp", "10.20.0.2:8080", "answered", "10.20.0.1"),
+        ("tcp", "[fd00:20::2]:8080", "connected", "fd00:20::1"),
+    ] {
         let p = client.probe(&[proto, target]);
-        p.expect(
-            0,
-            if proto == "tcp" {
-                "connected"
-            } else {
-                "answered"
-            },
-        );
-        assert_eq!(p.field("client"), Some("10.20.0.1"), "{}", p.line);
+        p.expect(0, verdict);
+        assert_eq!(p.field("client"), Some(client_ip), "{}", p.line);
         assert!(p.field("server").is_some(), "{}", p.line);
     }
     let p = client.probe(&["http", "http://10.20.0.2:8081/some/path?x=1"]);
