@@ -528,6 +528,7 @@ fn usage_errors_exit_2() {
         &["udp", "fd00::1:53"],
         &["http", "https://example.com/"],
         &["tcp", "10.0.0.1:80", "--timeout-ms", "0"],
+        &["udp", "10.0.0.1:80", "--timeout-ms", "18446744073709551615"],
         &["dns", "kubernetes.default"],
     ] {
         let out = ns

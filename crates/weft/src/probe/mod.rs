@@ -92,8 +92,11 @@ fn stream_probe(proto: &'static str, t: ProbeTarget) -> Result<Report, Usage> {
 }
 
 fn timeout(opts: &ProbeOpts) -> Result<Duration, Usage> {
-    if opts.timeout_ms == 0 {
-        return Err(Usage("--timeout-ms must be at least 1".into()));
+    // The upper bound keeps deadline arithmetic far from overflowing.
+    if !(1..=86_400_000).contains(&opts.timeout_ms) {
+        return Err(Usage(
+            "--timeout-ms must be from 1 to 86400000 (a day)".into(),
+        ));
     }
     Ok(Duration::from_millis(opts.timeout_ms))
 }
