@@ -1,0 +1,199 @@
+//! Starting a pod's processes, and the periodic pass over them: collect the ended ones,
+//! restart by policy, run due readiness probes.
+
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use crate::error::{Error, Result};
+use crate::prober;
+use crate::process::{self, Isolation, Liveness};
+use crate::record;
+use crate::runtime::{PodState, ProbeState, Runtime};
+use crate::spec::{ContainerPlan, EnvSource};
+
+impl Runtime {
+    /// A command that runs `argv` inside the pod. `new_session` detaches it (containers);
+    /// `exec` commands stay attached to their caller.
+    pub(crate) fn pod_command(
+        &self,
+        p: &PodState,
+        argv: &[String],
+        env: &[(String, EnvSource)],
+        new_session: bool,
+    ) -> Result<Command> {
+        let who = format!("{}/{}", p.plan.namespace, p.plan.name);
+        let program = argv.first().and_then(|a| self.program(a)).ok_or_else(|| {
+            Error::invalid_pod(
+                &who,
+                "command",
+                format!(
+                    "{:?} not found on PATH ({})",
+                    argv.first().map(String::as_str).unwrap_or(""),
+                    self.path_var
+                ),
+            )
+        })?;
+        let mut cmd = Command::new(program);
+        cmd.args(&argv[1..]).env_clear();
+        let (first_ip, all_ips) = Runtime::pod_ips(p);
+        let first_ip = first_ip.map(|ip| ip.to_string()).unwrap_or_default();
+        let plan = &p.plan;
+        cmd.env("PATH", &self.path_var)
+            .env("HOME", "/root")
+            .env("HOSTNAME", &plan.hostname)
+            .env("POD_NAME", &plan.name)
+            .env("POD_NAMESPACE", &plan.namespace)
+            .env("POD_IP", &first_ip)
+            .env("NODE_NAME", &self.cfg.node_name);
+        for (k, v) in env {
+            let v = match v {
+                EnvSource::Value(s) => s.clone(),
+                EnvSource::PodIp => first_ip.clone(),
+                EnvSource::PodIps => all_ips.clone(),
+                EnvSource::NodeName => self.cfg.node_name.clone(),
+                EnvSource::PodName => plan.name.clone(),
+                EnvSource::PodNamespace => plan.namespace.clone(),
+                EnvSource::PodUid => plan.uid.clone(),
+            };
+            cmd.env(k, v);
+        }
+        let mut binds = Vec::new();
+        if p.dir.resolv_conf().exists() {
+            binds.push((p.dir.resolv_conf(), "/etc/resolv.conf".into()));
+        }
+        binds.push((p.dir.hosts(), "/etc/hosts".into()));
+        Isolation {
+            netns: p
+                .netns
+                .try_clone()
+                .map_err(|e| Error::netlink(format!("pod {who}"), e))?,
+            binds,
+            hostname: plan.hostname.clone(),
+            new_session,
+        }
+        .apply(&mut cmd)?;
+        Ok(cmd)
+    }
+
+    /// Start one container; returns its PID and start time.
+    pub(crate) fn spawn(&self, p: &PodState, c: &ContainerPlan) -> Result<(u32, u64)> {
+        let mut cmd = self.pod_command(p, &c.argv, &c.env, true)?;
+        let (out, err) = process::log_file(&p.dir.log(&c.name))?;
+        cmd.current_dir(c.working_dir.as_deref().unwrap_or("/"))
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        let child = cmd.spawn().map_err(|e| {
+            Error::io(
+                format!(
+                    "start container {} of pod {}/{} ({})",
+                    c.name,
+                    p.plan.namespace,
+                    p.plan.name,
+                    c.argv.join(" ")
+                ),
+                e,
+            )
+        })?;
+        let pid = child.id();
+        // The Child is dropped without waiting: the process is collected by PID in
+        // probe_all/stop, and outlives this agent if the agent dies first.
+        drop(child);
+        let start_time = process::proc_stat(pid).map(|(_, t)| t).unwrap_or(0);
+        Ok((pid, start_time))
+    }
+
+    /// Collect ended containers, restart them as the pod's restartPolicy says, and run
+    /// the readiness probes that are due. Call it about once a second.
+    pub fn probe_all(&mut self) {
+        let uids: Vec<String> = self.pods.keys().cloned().collect();
+        for uid in uids {
+            let Some(mut p) = self.pods.remove(&uid) else {
+                continue;
+            };
+            if self.tend(&mut p) {
+                if let Err(e) = record::save(&p.dir, &p.rec) {
+                    tracing::warn!(pod = %uid, error = %e, "record container changes");
+                }
+            }
+            self.pods.insert(uid, p);
+        }
+    }
+
+    /// One pass over a pod; true if its record changed.
+    fn tend(&self, p: &mut PodState) -> bool {
+        let mut changed = false;
+        let now = Instant::now();
+        for i in 0..p.plan.containers.len() {
+            let c = &mut p.rec.containers[i];
+            if c.running {
+                let live = match (c.pid, c.start_time) {
+                    (Some(pid), Some(st)) => process::liveness(pid, st, p.inode, true),
+                    _ => Liveness::Exited(None),
+                };
+                if let Liveness::Exited(code) = live {
+                    c.running = false;
+                    c.exit_code = code;
+                    c.ready = false;
+                    changed = true;
+                }
+            }
+            if !c.running && p.plan.restart.restarts(c.exit_code) {
+                let plan = p.plan.containers[i].clone();
+                match self.spawn(p, &plan) {
+                    Ok((pid, st)) => {
+                        let c = &mut p.rec.containers[i];
+                        c.pid = Some(pid);
+                        c.start_time = Some(st);
+                        c.running = true;
+                        c.restarts += 1;
+                        let delay = plan.readiness.as_ref().map(|r| r.initial_delay);
+                        p.probes[i] = ProbeState::at(now + delay.unwrap_or_default());
+                        changed = true;
+                    }
+                    Err(e) => tracing::warn!(container = %plan.name, error = %e, "restart"),
+                }
+            }
+            changed |= self.probe(p, i, now);
+        }
+        changed
+    }
+
+    /// Run container `i`'s readiness probe if due; true if its readiness changed.
+    fn probe(&self, p: &mut PodState, i: usize, now: Instant) -> bool {
+        let was = p.rec.containers[i].ready;
+        if !p.rec.containers[i].running {
+            return false;
+        }
+        let Some(plan) = p.plan.containers[i].readiness.clone() else {
+            p.rec.containers[i].ready = true;
+            return !was;
+        };
+        if now < p.probes[i].next {
+            return false;
+        }
+        let ok = prober::run(
+            &plan.action,
+            p.rec.ips.first().copied(),
+            plan.timeout,
+            &p.netns,
+            |argv| self.pod_command(p, argv, &[], false).ok(),
+        );
+        let s = &mut p.probes[i];
+        s.next = Instant::now() + plan.period;
+        if ok {
+            s.successes += 1;
+            s.failures = 0;
+        } else {
+            s.failures += 1;
+            s.successes = 0;
+        }
+        let c = &mut p.rec.containers[i];
+        if ok && s.successes >= plan.success_threshold {
+            c.ready = true;
+        } else if !ok && s.failures >= plan.failure_threshold {
+            c.ready = false;
+        }
+        c.ready != was
+    }
+}

@@ -1,0 +1,86 @@
+//! One error type for the crate. Messages name the pod and the step, so that an error shown
+//! next to a pod tells the user what to fix.
+
+use std::io;
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The pod object cannot be run as written (a missing uid, an unknown named port...).
+    #[error("pod {pod}: {field}: {reason}")]
+    InvalidPod {
+        pod: String,
+        field: String,
+        reason: String,
+    },
+
+    /// The runtime's own configuration is unusable.
+    #[error("runtime configuration: {0}")]
+    Config(String),
+
+    /// A system call or file operation failed.
+    #[error("{op}: {source}")]
+    Io {
+        op: String,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("{op}: {source}")]
+    Netlink {
+        op: String,
+        #[source]
+        source: weft_netlink::Error,
+    },
+
+    /// The CNI plugin failed or answered something that is not a CNI result.
+    #[error("CNI {command} for pod {pod}: {reason}")]
+    Cni {
+        command: String,
+        pod: String,
+        reason: String,
+    },
+
+    /// A record under the state directory cannot be read back.
+    #[error("pod record {path}: {reason}")]
+    Record { path: String, reason: String },
+
+    #[error("pod {0} is not known to this runtime")]
+    UnknownPod(String),
+}
+
+impl Error {
+    pub fn io(op: impl Into<String>, source: io::Error) -> Error {
+        Error::Io {
+            op: op.into(),
+            source,
+        }
+    }
+
+    pub fn nix(op: impl Into<String>, errno: nix::errno::Errno) -> Error {
+        Error::Io {
+            op: op.into(),
+            source: io::Error::from_raw_os_error(errno as i32),
+        }
+    }
+
+    pub fn netlink(op: impl Into<String>, source: weft_netlink::Error) -> Error {
+        Error::Netlink {
+            op: op.into(),
+            source,
+        }
+    }
+
+    pub fn invalid_pod(
+        pod: impl Into<String>,
+        field: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Error {
+        Error::InvalidPod {
+            pod: pod.into(),
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}

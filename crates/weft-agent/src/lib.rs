@@ -1,0 +1,81 @@
+//! weft-agent: the node agent. This crate holds, so far, its pod runtime: what kubelet and
+//! a container runtime together do for a pod's networking, without containers. The agent
+//! runs inside the node's network namespace; for each pod the [`Runtime`]
+//!
+//! 1. creates a named network namespace `<netns_prefix><namespace>-<name>` (only
+//!    `[a-z0-9.-]`; cut and suffixed with a hash when too long or changed by that rule);
+//! 2. calls the CNI plugin exactly as a container runtime does (`CNI_COMMAND=ADD`,
+//!    `CNI_CONTAINERID=<pod uid>`, `CNI_NETNS`, `CNI_IFNAME=eth0`, `CNI_PATH`, `CNI_ARGS`
+//!    with the `K8S_POD_*` keys, the network config on stdin) and takes the pod's
+//!    addresses from the result;
+//! 3. writes the pod's `resolv.conf` (`nameserver <cluster DNS>`, the Kubernetes search
+//!    path, `ndots:5`; the host's file is kept when no cluster DNS is configured) and
+//!    `hosts` (localhost lines and `<pod IP> <host name>`);
+//! 4. starts each container on the host's file system, in the pod's network namespace and
+//!    in a private mount and UTS namespace: the pod's files are bind-mounted over
+//!    `/etc/resolv.conf` and `/etc/hosts`, the host name is the pod's name;
+//! 5. records all of it durably under `<state_dir>/pods/<uid>/` before returning.
+//!
+//! ## Containers
+//! A container with a `command` runs `command + args`; the program is looked up on `PATH`,
+//! and `weft` means the runtime's own weft binary (`<state_dir>/bin` is first on the pod's
+//! `PATH` and holds a `weft` link to it, so scripts find it too). A container without a
+//! `command` runs `weft serve` with one listener per `containerPort`: UDP ports get
+//! `--udp`, SCTP ports `--sctp`, TCP ports `--tcp` (line echo), except TCP ports whose
+//! `name` starts with `http` (`http`, `http-metrics`...), which get `--http` (HTTP echo); the
+//! container's `args` are appended. The environment is `PATH`, `HOME`, `HOSTNAME`,
+//! `POD_NAME`, `POD_NAMESPACE`, `POD_IP`, `NODE_NAME` plus the container's `env` (literal
+//! values, and `fieldRef`s to the pod's name, namespace, uid, node name and IPs).
+//!
+//! Containers are detached from the agent: each starts in its own session (it leads a
+//! process group that `stop` signals as a whole), with stdout and stderr appended to
+//! `<state_dir>/pods/<uid>/<container>.log`. Killing the agent leaves pods running, and
+//! their established connections with them; [`Runtime::adopt`] takes them back after a
+//! restart, trusting a recorded PID only if its start time and its `/proc/PID/ns/net`
+//! inode still match the record. The exit code of a container that ends while it is not a
+//! child of the current agent process is unknown (`None`).
+//!
+//! The private mount namespace is made a *slave* of the host's (`MS_REC|MS_SLAVE`), not
+//! private: nothing mounted in the pod propagates back to the host, but the host's unmounts
+//! still reach the pod, so a running pod does not keep other pods' `/run/netns` mounts
+//! (and with them their namespaces) alive.
+//!
+//! ## Readiness and restarts
+//! [`Runtime::probe_all`] collects ended containers, restarts them by `restartPolicy`
+//! (`Always`, the default, restarts; `OnFailure` restarts unless the exit code was 0;
+//! `Never` leaves them exited; there is no crash-loop back-off yet), and runs the readiness
+//! probes that are due (`initialDelaySeconds`, `periodSeconds`, `timeoutSeconds`,
+//! `successThreshold`, `failureThreshold`). `tcpSocket` and `httpGet` probes connect from
+//! inside the pod's namespace to the pod's IP (or `host`); `exec` probes run like
+//! [`Runtime::exec_command`]. A container without a readiness probe is ready while it runs.
+//!
+//! ## Where the CNI plugin runs
+//! The plugin must run in the node's network namespace (it creates the bridge and the host
+//! end of the veth there). In production the agent already is in it. A caller elsewhere
+//! (tests) sets [`RuntimeConfig::host_netns`]: the plugin process enters that namespace
+//! before it execs. Nothing else the runtime does depends on the caller's namespace.
+//!
+//! `gc` also calls the plugin's CNI `GC` with the pods that remain as valid attachments,
+//! which releases addresses a crash leaked; the IPAM `dataDir` must therefore be private
+//! to the node.
+
+mod cni;
+mod config;
+mod containers;
+mod error;
+mod lifecycle;
+mod names;
+mod podfiles;
+mod prober;
+mod process;
+mod record;
+mod runtime;
+mod spec;
+mod status;
+
+pub use config::RuntimeConfig;
+pub use error::{Error, Result};
+pub use names::netns_name;
+pub use runtime::Runtime;
+pub use spec::{plan, PodPlan, RestartPolicy};
+pub use status::{ContainerState, PodRuntimeStatus};

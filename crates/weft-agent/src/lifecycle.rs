@@ -1,0 +1,256 @@
+//! Ending pods, and taking them back after an agent restart: stop, the teardown shared by
+//! stop, failed starts and crash remains, adopt, gc.
+
+use std::collections::HashSet;
+use std::fs;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use weft_netlink::Netns;
+
+use crate::cni::Attachment;
+use crate::error::{Error, Result};
+use crate::process::{self, Liveness};
+use crate::record::{self, Phase, PodDir, PodRecord};
+use crate::runtime::{PodState, ProbeState, Runtime};
+use crate::spec;
+
+/// How long killed processes get to disappear from the namespace before teardown goes on.
+const KILL_WAIT: Duration = Duration::from_secs(5);
+const POLL: Duration = Duration::from_millis(20);
+
+impl Runtime {
+    /// Remove everything `rec` says was made for a pod: processes (SIGTERM, then SIGKILL
+    /// after `grace`; None: the pod's own grace period), the CNI attachment, the
+    /// namespace, the pod's directory. The directory goes last: if a step fails, the
+    /// record is still there for the next attempt.
+    pub(crate) fn teardown(
+        &self,
+        dir: &PodDir,
+        rec: &PodRecord,
+        grace: Option<Duration>,
+    ) -> Result<()> {
+        let plan = spec::plan(&rec.pod).ok();
+        let grace = grace
+            .or(plan.as_ref().map(|p| p.grace))
+            .unwrap_or(Duration::from_secs(30));
+        let ns = self.owned_netns(rec);
+        let inode = ns.as_ref().map(|(_, i)| *i).or(rec.netns_inode);
+
+        if let Some(inode) = inode {
+            let live: Vec<(u32, u64)> = rec
+                .containers
+                .iter()
+                .filter(|c| c.running)
+                .filter_map(|c| Some((c.pid?, c.start_time?)))
+                .filter(|(pid, st)| process::liveness(*pid, *st, inode, false) == Liveness::Running)
+                .collect();
+            for (pid, _) in &live {
+                process::signal_group(*pid, Signal::SIGTERM);
+            }
+            let deadline = Instant::now() + grace;
+            let running =
+                |pid: u32, st: u64| process::liveness(pid, st, inode, true) == Liveness::Running;
+            while live.iter().any(|(p, s)| running(*p, *s)) && Instant::now() < deadline {
+                std::thread::sleep(POLL);
+            }
+            for (pid, st) in &live {
+                if running(*pid, *st) {
+                    process::signal_group(*pid, Signal::SIGKILL);
+                }
+            }
+            // Whatever else lives in the namespace (daemons in other sessions, exec'd
+            // commands) would keep it, and its veth, alive.
+            let deadline = Instant::now() + KILL_WAIT;
+            loop {
+                let rest = process::pids_in_netns(inode);
+                if rest.is_empty() || Instant::now() >= deadline {
+                    break;
+                }
+                for pid in rest {
+                    process::signal_group(pid, Signal::SIGKILL);
+                    process::reap(pid);
+                }
+                std::thread::sleep(POLL);
+            }
+            for (pid, _) in &live {
+                process::reap(*pid);
+            }
+        }
+
+        let config = fs::read(dir.cni_config())
+            .or_else(|_| fs::read(&self.cfg.cni_conf))
+            .map_err(|e| Error::io(format!("read {}", self.cfg.cni_conf.display()), e))?;
+        let path = Netns::named_path(&rec.netns_name);
+        let (namespace, name) = plan
+            .as_ref()
+            .map(|p| (p.namespace.as_str(), p.name.as_str()))
+            .unwrap_or(("", ""));
+        self.cni.del(
+            &config,
+            &Attachment {
+                uid: &rec.uid,
+                namespace,
+                name,
+                netns: ns.as_ref().map(|_| path.as_path()),
+            },
+        )?;
+        if ns.is_some() {
+            Netns::delete_named(&rec.netns_name)
+                .map_err(|e| Error::netlink(format!("pod {}", rec.uid), e))?;
+        }
+        match fs::remove_dir_all(&dir.0) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(format!("remove {}", dir.0.display()), e)),
+        }
+    }
+
+    /// The record's namespace and its inode, if it is the one the record made. A record
+    /// written before the inode was known claims the name only if no other pod uses it.
+    fn owned_netns(&self, rec: &PodRecord) -> Option<(Netns, u64)> {
+        let ns = Netns::from_name(&rec.netns_name).ok()?;
+        let inode = ns.inode().ok()?;
+        match rec.netns_inode {
+            Some(i) if i == inode => Some((ns, inode)),
+            Some(_) => None,
+            None => {
+                let claimed = self
+                    .pods
+                    .values()
+                    .any(|p| p.rec.uid != rec.uid && p.rec.netns_name == rec.netns_name);
+                (!claimed).then_some((ns, inode))
+            }
+        }
+    }
+
+    /// Tear down whatever a pod directory without a live pod holds.
+    pub(crate) fn teardown_dir(&self, dir: &PodDir, uid: &str) -> Result<()> {
+        match record::load(&dir.record()) {
+            Ok(rec) => self.teardown(dir, &rec, None),
+            Err(e) => {
+                // Nothing readable to undo (a crash before the first record was complete).
+                tracing::warn!(pod = %uid, error = %e, "removing a pod directory without a usable record");
+                fs::remove_dir_all(&dir.0)
+                    .map_err(|e| Error::io(format!("remove {}", dir.0.display()), e))
+            }
+        }
+    }
+
+    /// After an agent restart: take back the pods recorded under the state directory whose
+    /// namespace still exists. Their processes are trusted only if start time and network
+    /// namespace still match the record; those that ended meanwhile are marked exited (and
+    /// restarted by policy on the next `probe_all`). Remains of pods whose start never
+    /// finished, or whose namespace is gone, are removed. Returns the uids adopted, including
+    /// those already running here.
+    pub fn adopt(&mut self) -> Result<Vec<String>> {
+        let mut found = Vec::new();
+        for uid in record::list(&self.cfg.state_dir)? {
+            if self.pods.contains_key(&uid) {
+                found.push(uid);
+                continue;
+            }
+            let dir = PodDir::new(&self.cfg.state_dir, &uid);
+            match self.adopt_one(&dir) {
+                Ok(Some(state)) => {
+                    self.pods.insert(uid.clone(), state);
+                    found.push(uid);
+                }
+                Ok(None) => {
+                    if let Err(e) = self.teardown_dir(&dir, &uid) {
+                        tracing::warn!(pod = %uid, error = %e, "remove the remains of a pod");
+                    }
+                }
+                Err(e) => tracing::warn!(pod = %uid, error = %e, "adopt"),
+            }
+        }
+        Ok(found)
+    }
+
+    /// Some(state) to adopt, None for remains to remove.
+    fn adopt_one(&self, dir: &PodDir) -> Result<Option<PodState>> {
+        let Ok(mut rec) = record::load(&dir.record()) else {
+            return Ok(None);
+        };
+        if rec.phase != Phase::Running {
+            return Ok(None);
+        }
+        let Ok(plan) = spec::plan(&rec.pod) else {
+            return Ok(None);
+        };
+        let Some(inode) = rec.netns_inode else {
+            return Ok(None);
+        };
+        let Some(netns) = Netns::from_name(&rec.netns_name)
+            .ok()
+            .filter(|ns| ns.inode().ok() == Some(inode))
+        else {
+            return Ok(None);
+        };
+        if rec.containers.len() != plan.containers.len() {
+            return Ok(None);
+        }
+        let mut changed = false;
+        for c in rec.containers.iter_mut().filter(|c| c.running) {
+            let live = match (c.pid, c.start_time) {
+                (Some(pid), Some(st)) => process::liveness(pid, st, inode, true),
+                _ => Liveness::Exited(None),
+            };
+            if let Liveness::Exited(code) = live {
+                c.running = false;
+                c.exit_code = code;
+                c.ready = false;
+                changed = true;
+            }
+        }
+        if changed {
+            record::save(dir, &rec)?;
+        }
+        let now = Instant::now();
+        Ok(Some(PodState {
+            probes: vec![ProbeState::at(now); plan.containers.len()],
+            plan,
+            rec,
+            dir: dir.clone(),
+            netns,
+            inode,
+        }))
+    }
+
+    /// Stop every pod not in `keep` (those no pod object owns any more), then let the CNI
+    /// plugin release whatever is not attached to a remaining pod. Returns the uids stopped.
+    /// A pod that fails to stop stays known (and is retried next time); the first such
+    /// error is returned after the others were tried.
+    pub fn gc(&mut self, keep: &HashSet<String>) -> Result<Vec<String>> {
+        let victims: Vec<String> = self
+            .pods
+            .keys()
+            .filter(|u| !keep.contains(*u))
+            .cloned()
+            .collect();
+        let mut stopped = Vec::new();
+        let mut first_err = None;
+        for uid in victims {
+            match self.stop(&uid) {
+                Ok(()) => stopped.push(uid),
+                Err(e) => {
+                    tracing::warn!(pod = %uid, error = %e, "gc: stop");
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        let valid: Vec<&str> = self.pods.keys().map(String::as_str).collect();
+        match fs::read(&self.cfg.cni_conf) {
+            Ok(config) => {
+                if let Err(e) = self.cni.gc(&config, &valid) {
+                    tracing::warn!(error = %e, "CNI GC");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "CNI GC: read the network config"),
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(stopped),
+        }
+    }
+}

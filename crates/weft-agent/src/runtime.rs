@@ -1,0 +1,340 @@
+//! The runtime: pods in, namespaces, CNI attachments and processes out, all recorded.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use k8s_openapi::api::core::v1::Pod;
+use weft_netlink::Netns;
+
+use crate::cni::{Attachment, Cni};
+use crate::config::RuntimeConfig;
+use crate::error::{Error, Result};
+use crate::names;
+use crate::podfiles;
+use crate::process::{self, Liveness};
+use crate::record::{self, ContainerRecord, Phase, PodDir, PodRecord};
+use crate::spec::{self, PodPlan};
+use crate::status::{ContainerState, PodRuntimeStatus};
+
+pub struct Runtime {
+    pub(crate) cfg: RuntimeConfig,
+    pub(crate) cni: Cni,
+    /// PATH of pod processes: `<state_dir>/bin` (with `weft`) first, then the agent's.
+    pub(crate) path_var: String,
+    pub(crate) pods: BTreeMap<String, PodState>,
+}
+
+/// A pod the runtime runs: its plan, its record (the durable truth), and what lives only
+/// in memory (the namespace handle, probe schedules).
+pub(crate) struct PodState {
+    pub plan: PodPlan,
+    pub rec: PodRecord,
+    pub dir: PodDir,
+    pub netns: Netns,
+    pub inode: u64,
+    pub probes: Vec<ProbeState>,
+}
+
+/// A container's readiness-probe bookkeeping (not recorded: after a restart probing
+/// resumes at once, from the recorded readiness).
+#[derive(Debug, Clone)]
+pub(crate) struct ProbeState {
+    pub next: Instant,
+    pub successes: u32,
+    pub failures: u32,
+}
+
+impl ProbeState {
+    pub fn at(next: Instant) -> ProbeState {
+        ProbeState {
+            next,
+            successes: 0,
+            failures: 0,
+        }
+    }
+}
+
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+impl Runtime {
+    pub fn new(cfg: RuntimeConfig) -> Result<Runtime> {
+        let bad = |what: &str, p: &Path, e: std::io::Error| {
+            Error::Config(format!("{what} {}: {e}", p.display()))
+        };
+        fs::metadata(&cfg.weft_bin).map_err(|e| bad("weft_bin", &cfg.weft_bin, e))?;
+        fs::metadata(&cfg.cni_conf).map_err(|e| bad("cni_conf", &cfg.cni_conf, e))?;
+        let pods_dir = record::pods_dir(&cfg.state_dir);
+        fs::create_dir_all(&pods_dir)
+            .map_err(|e| Error::io(format!("create {}", pods_dir.display()), e))?;
+        let bin = cfg.state_dir.join("bin");
+        link_weft(&bin, &cfg.weft_bin)?;
+        let host_netns = match &cfg.host_netns {
+            Some(p) => Some(
+                Netns::from_path(p)
+                    .map_err(|e| Error::Config(format!("host_netns {}: {e}", p.display())))?,
+            ),
+            None => None,
+        };
+        let agent_path = std::env::var("PATH").unwrap_or_else(|_| DEFAULT_PATH.to_string());
+        Ok(Runtime {
+            path_var: format!("{}:{agent_path}", bin.display()),
+            cni: Cni {
+                plugin: cfg.weft_bin.clone(),
+                bin_dir: cfg.cni_bin_dir.clone(),
+                host_netns,
+            },
+            cfg,
+            pods: BTreeMap::new(),
+        })
+    }
+
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.cfg
+    }
+
+    /// The uids of the pods this runtime runs.
+    pub fn pods(&self) -> Vec<String> {
+        self.pods.keys().cloned().collect()
+    }
+
+    /// Create the pod's namespace, attach it with the CNI plugin, start its containers and
+    /// record it all. Starting a pod that already runs returns its status. On failure
+    /// everything made so far is removed again.
+    pub fn start(&mut self, pod: &Pod) -> Result<PodRuntimeStatus> {
+        let plan = spec::plan(pod)?;
+        if self.pods.contains_key(&plan.uid) {
+            return self.status(&plan.uid).ok_or(Error::UnknownPod(plan.uid));
+        }
+        let dir = PodDir::new(&self.cfg.state_dir, &plan.uid);
+        if dir.0.exists() {
+            // Remains of an earlier life of this uid that adopt() did not take.
+            self.teardown_dir(&dir, &plan.uid)?;
+        }
+        let mut rec = PodRecord {
+            uid: plan.uid.clone(),
+            phase: Phase::Creating,
+            netns_name: names::netns_name(&self.cfg.netns_prefix, &plan.namespace, &plan.name),
+            netns_inode: None,
+            ips: Vec::new(),
+            containers: Vec::new(),
+            pod: pod.clone(),
+        };
+        record::save(&dir, &rec)?;
+        match self.build(&plan, &dir, &mut rec) {
+            Ok(state) => {
+                let uid = plan.uid.clone();
+                self.pods.insert(uid.clone(), state);
+                self.status(&uid).ok_or(Error::UnknownPod(uid))
+            }
+            Err(e) => {
+                if let Err(undo) = self.teardown(&dir, &rec, None) {
+                    tracing::warn!(pod = %plan.uid, error = %undo, "cleanup after a failed start");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn build(&self, plan: &PodPlan, dir: &PodDir, rec: &mut PodRecord) -> Result<PodState> {
+        let netns = match Netns::create_named(&rec.netns_name) {
+            Err(e) if e.is_exists() => {
+                // Another pod's name sanitises to the same one: make ours unique.
+                rec.netns_name = names::netns_name_for_uid(&rec.netns_name, &plan.uid);
+                record::save(dir, rec)?;
+                Netns::create_named(&rec.netns_name)
+            }
+            other => other,
+        }
+        .map_err(|e| Error::netlink(format!("pod {}/{}", plan.namespace, plan.name), e))?;
+        let inode = netns
+            .inode()
+            .map_err(|e| Error::netlink("read the pod's namespace", e))?;
+        rec.netns_inode = Some(inode);
+        let config = fs::read(&self.cfg.cni_conf)
+            .map_err(|e| Error::io(format!("read {}", self.cfg.cni_conf.display()), e))?;
+        record::write_durable(&dir.cni_config(), &config)?;
+        record::save(dir, rec)?;
+
+        let netns_path = Netns::named_path(&rec.netns_name);
+        rec.ips = self.cni.add(
+            &config,
+            &Attachment {
+                uid: &plan.uid,
+                namespace: &plan.namespace,
+                name: &plan.name,
+                netns: Some(&netns_path),
+            },
+        )?;
+        record::save(dir, rec)?;
+
+        if let Some(resolv) = podfiles::resolv_conf(
+            &plan.namespace,
+            self.cfg.cluster_dns,
+            &self.cfg.cluster_domain,
+        ) {
+            record::write_durable(&dir.resolv_conf(), resolv.as_bytes())?;
+        }
+        record::write_durable(
+            &dir.hosts(),
+            podfiles::hosts(&plan.hostname, &rec.ips).as_bytes(),
+        )?;
+
+        let mut state = PodState {
+            plan: plan.clone(),
+            rec: rec.clone(),
+            dir: dir.clone(),
+            netns,
+            inode,
+            probes: Vec::new(),
+        };
+        let now = Instant::now();
+        for c in &plan.containers {
+            let (pid, start_time) = self.spawn(&state, c)?;
+            state.rec.containers.push(ContainerRecord {
+                name: c.name.clone(),
+                pid: Some(pid),
+                start_time: Some(start_time),
+                running: true,
+                ..Default::default()
+            });
+            // Saved after each start: a failure on the next container must still be able
+            // to stop this one.
+            *rec = state.rec.clone();
+            record::save(dir, rec)?;
+            let delay = c
+                .readiness
+                .as_ref()
+                .map(|p| p.initial_delay)
+                .unwrap_or_default();
+            state.probes.push(ProbeState::at(now + delay));
+        }
+        state.rec.phase = Phase::Running;
+        *rec = state.rec.clone();
+        record::save(dir, rec)?;
+        Ok(state)
+    }
+
+    /// The pod's current status; None for a pod this runtime does not run. Processes are
+    /// looked at (not collected), readiness is what the last probes found.
+    pub fn status(&self, uid: &str) -> Option<PodRuntimeStatus> {
+        let p = self.pods.get(uid)?;
+        let containers: Vec<ContainerState> = p
+            .rec
+            .containers
+            .iter()
+            .map(|c| {
+                let live = match (c.running, c.pid, c.start_time) {
+                    (true, Some(pid), Some(st)) => process::liveness(pid, st, p.inode, false),
+                    _ => Liveness::Exited(c.exit_code),
+                };
+                let (running, exit_code) = match live {
+                    Liveness::Running => (true, None),
+                    Liveness::Exited(code) => (false, code.or(c.exit_code)),
+                };
+                ContainerState {
+                    name: c.name.clone(),
+                    pid: c.pid,
+                    running,
+                    exit_code,
+                    ready: running && c.ready,
+                    restarts: c.restarts,
+                }
+            })
+            .collect();
+        Some(PodRuntimeStatus {
+            uid: uid.to_string(),
+            namespace: p.plan.namespace.clone(),
+            name: p.plan.name.clone(),
+            ips: p.rec.ips.clone(),
+            netns: Netns::named_path(&p.rec.netns_name),
+            ready: !containers.is_empty() && containers.iter().all(|c| c.ready),
+            containers,
+        })
+    }
+
+    /// Stop the pod's processes (SIGTERM, SIGKILL after the grace period), detach it with
+    /// CNI DEL, remove its namespace and its record. Unknown pods are not an error.
+    pub fn stop(&mut self, uid: &str) -> Result<()> {
+        let Some(state) = self.pods.remove(uid) else {
+            if !names::valid_uid(uid) {
+                return Ok(());
+            }
+            let dir = PodDir::new(&self.cfg.state_dir, uid);
+            return if dir.0.exists() {
+                self.teardown_dir(&dir, uid)
+            } else {
+                Ok(())
+            };
+        };
+        let grace = state.plan.grace;
+        match self.teardown(&state.dir, &state.rec, Some(grace)) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                // Keep it known so that a retry (or gc) finishes the job.
+                self.pods.insert(uid.to_string(), state);
+                Err(e)
+            }
+        }
+    }
+
+    /// A command for `weft lab exec`: it runs inside the pod's network namespace, with the
+    /// pod's resolv.conf, hosts and host name, and the pod's environment. `weft` as the
+    /// program is the runtime's weft binary.
+    pub fn exec_command(&self, uid: &str, argv: &[String]) -> Result<Command> {
+        let p = self
+            .pods
+            .get(uid)
+            .ok_or_else(|| Error::UnknownPod(uid.to_string()))?;
+        if argv.is_empty() {
+            return Err(Error::invalid_pod(
+                format!("{}/{}", p.plan.namespace, p.plan.name),
+                "exec",
+                "no command given",
+            ));
+        }
+        self.pod_command(p, argv, &[], false)
+    }
+
+    pub(crate) fn program(&self, name: &str) -> Option<PathBuf> {
+        if name == "weft" {
+            return Some(self.cfg.weft_bin.clone());
+        }
+        process::resolve_program(name, &self.path_var)
+    }
+
+    pub(crate) fn pod_ips(p: &PodState) -> (Option<IpAddr>, String) {
+        let first = p.rec.ips.first().copied();
+        let all = p
+            .rec
+            .ips
+            .iter()
+            .map(|ip| ip.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        (first, all)
+    }
+}
+
+/// `<bin>/weft` -> the weft binary, so pod scripts find `weft` on PATH.
+fn link_weft(bin: &Path, weft: &Path) -> Result<()> {
+    fs::create_dir_all(bin).map_err(|e| Error::io(format!("create {}", bin.display()), e))?;
+    let link = bin.join("weft");
+    let target = fs::canonicalize(weft).unwrap_or_else(|_| weft.to_path_buf());
+    if fs::read_link(&link).ok().as_deref() == Some(target.as_path()) {
+        return Ok(());
+    }
+    let tmp = bin.join(format!(".weft.{}", std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(&target, &tmp)
+        .and_then(|()| fs::rename(&tmp, &link))
+        .map_err(|e| {
+            Error::io(
+                format!("link {} to {}", link.display(), target.display()),
+                e,
+            )
+        })
+}
