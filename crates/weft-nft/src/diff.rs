@@ -82,7 +82,7 @@ fn dependency_order<'a>(chains: &[&'a Chain]) -> Vec<&'a Chain> {
         .enumerate()
         .map(|(i, c)| (c.name.as_str(), i))
         .collect();
-    let refs = |c: &'a Chain| -> Vec<usize> {
+    let refs = |c: &Chain| -> Vec<usize> {
         c.rules
             .iter()
             .flat_map(|r| r.stmts.iter())
@@ -90,9 +90,20 @@ fn dependency_order<'a>(chains: &[&'a Chain]) -> Vec<&'a Chain> {
             .filter_map(|n| index.get(n).copied())
             .collect()
     };
+    // Start from chains no other listed chain jumps to, so each caller pulls its callees
+    // in right before itself (a service chain right after its endpoint chains).
+    let mut referenced = vec![false; chains.len()];
+    for c in chains {
+        for i in refs(c) {
+            referenced[i] = true;
+        }
+    }
+    let roots = (0..chains.len())
+        .filter(|i| !referenced[*i])
+        .chain((0..chains.len()).filter(|i| referenced[*i]));
     let mut state = vec![0u8; chains.len()]; // 0 new, 1 on the stack, 2 emitted
     let mut out = Vec::with_capacity(chains.len());
-    for root in 0..chains.len() {
+    for root in roots {
         if state[root] != 0 {
             continue;
         }
@@ -415,13 +426,14 @@ fn table_diff(
     for c in &flush {
         batch.flush_chain(fam, name, c);
     }
-    for c in &delete {
-        batch.del_chain(fam, name, c);
-        sum.chains_deleted += 1;
-    }
+    // Sets go before chains: a map's verdict elements hold references to chains.
     for s in &gone_sets {
         batch.del_set(fam, name, s);
         sum.sets_deleted += 1;
+    }
+    for c in &delete {
+        batch.del_chain(fam, name, c);
+        sum.chains_deleted += 1;
     }
     // Then additions, in reference order.
     for c in &update_policy {
@@ -437,4 +449,32 @@ fn table_diff(
         add_rules(fam, name, c, batch, sum)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rule::{Rule, Stmt};
+
+    #[test]
+    fn callers_come_right_after_their_callees() {
+        let mk = |n: &str, to: &[&str]| Chain {
+            name: n.into(),
+            base: None,
+            rules: to.iter().map(|t| Rule::new(vec![Stmt::jump(*t)])).collect(),
+        };
+        let chains = [
+            mk("common", &[]),
+            mk("sep-a", &["common"]),
+            mk("sep-b", &["common"]),
+            mk("svc-a", &["sep-a"]),
+            mk("svc-b", &["sep-b"]),
+        ];
+        let refs: Vec<&Chain> = chains.iter().collect();
+        let order: Vec<&str> = dependency_order(&refs)
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(order, ["common", "sep-a", "svc-a", "sep-b", "svc-b"]);
+    }
 }

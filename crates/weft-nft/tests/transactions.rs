@@ -218,3 +218,34 @@ fn a_restarted_applier_adopts_the_kernel_state_and_fixes_only_the_difference() {
         .expect("no-op")
         .is_empty());
 }
+
+#[test]
+fn removing_a_map_and_the_chains_its_elements_jump_to_in_one_step() {
+    let ns = Netns::new("rmmap");
+    let mut be = ns.backend();
+    let mut t = Table::new(Family::Ip, "weft");
+    let mut m = Set::map("eps", vec![KeyType::InetService], DataType::Verdict);
+    for p in 0..3u16 {
+        t.add_chain(
+            Chain::regular(format!("ep-{p}"))
+                .with_rule(Rule::new(vec![Stmt::Verdict(Verdict::Accept)])),
+        );
+        m.insert(
+            vec![Value::Port(p)],
+            Elem::verdict(Verdict::Goto(format!("ep-{p}"))),
+        );
+    }
+    t.add_set(m);
+    t.add_chain(Chain::regular("svc").with_rule(Rule::new(vec![Stmt::Vmap {
+        key: vec![Selector::ThDport],
+        map: weft_nft::SetRef::Named("eps".into()),
+    }])));
+    let mut full = Ruleset::default();
+    full.add_table(t);
+    be.apply_full(&full).expect("apply");
+    let mut empty = Ruleset::default();
+    empty.add_table(Table::new(Family::Ip, "weft"));
+    be.apply_incremental(&full, &empty)
+        .expect("remove map, its chains and its user");
+    assert_kernel_holds(&mut be, &empty);
+}

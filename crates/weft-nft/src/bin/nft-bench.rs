@@ -1,7 +1,7 @@
 //! Services-shaped ruleset benchmark: weft-nft over netlink against `nft -f`.
 //!
 //! `cargo run --release -p weft-nft --bin nft-bench -- [--sizes 1000,10000,30000]
-//!  [--full-runs 3] [--inc-runs 11] [--nft-full-max 30000] [--shared-map]`
+//!  [--full-runs 3] [--inc-runs 11] [--nft-full-max 30000] [--pick named|anon|shared]`
 //!
 //! Runs as root inside a network namespace it creates and removes.
 
@@ -14,10 +14,36 @@ use weft_nft::*;
 
 const TABLE: &str = "weft-bench";
 
-/// How a service chain picks an endpoint: kube-proxy's per-service anonymous
-/// `numgen random mod 10 vmap { ... }` (default), or with `--shared-map` one named verdict
-/// map keyed by `ip daddr . meta l4proto . th dport . numgen random mod 10`.
+/// How a service chain picks an endpoint: `numgen random mod 10 vmap` over a per-service
+/// map, or with `--pick shared` one named verdict map keyed by
+/// `ip daddr . meta l4proto . th dport . numgen random mod 10` (which Linux then validates
+/// once per service chain, quadratic in another way).
 static ANON_PICK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// `--pick named` (default): the per-service map is a named set `svc-N-eps`; `--pick anon`
+/// makes it anonymous as kube-proxy does. Linux binds each anonymous set with a walk over
+/// the whole transaction so far, which makes a full load with one per service quadratic.
+static NAMED_VMAPS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+fn named_vmaps() -> bool {
+    NAMED_VMAPS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+fn service_vmap(i: usize) -> Set {
+    let mut vmap = Set::map(
+        format!("svc-{i}-eps"),
+        vec![KeyType::Integer],
+        DataType::Verdict,
+    );
+    vmap.typeof_key = Some(vec![Selector::NumgenRandom(ENDPOINTS as u32)]);
+    for j in 0..ENDPOINTS {
+        vmap.insert(
+            vec![Value::Integer(j as u32)],
+            Elem::verdict(Verdict::Goto(format!("sep-{i}-{j}"))),
+        );
+    }
+    vmap
+}
 
 fn anon_pick() -> bool {
     ANON_PICK.load(std::sync::atomic::Ordering::Relaxed)
@@ -88,16 +114,14 @@ fn service_chain(i: usize) -> Chain {
             map: SetRef::Named("service-endpoints".into()),
         }]));
     }
-    let mut vmap = Set::map("", vec![KeyType::Integer], DataType::Verdict);
-    for j in 0..ENDPOINTS {
-        vmap.insert(
-            vec![Value::Integer(j as u32)],
-            Elem::verdict(Verdict::Goto(format!("sep-{i}-{j}"))),
-        );
-    }
+    let map = if named_vmaps() {
+        SetRef::Named(format!("svc-{i}-eps"))
+    } else {
+        SetRef::Anonymous(Box::new(service_vmap(i)))
+    };
     Chain::regular(format!("svc-{i}")).with_rule(Rule::new(vec![Stmt::Vmap {
         key: vec![Selector::NumgenRandom(ENDPOINTS as u32)],
-        map: SetRef::Anonymous(Box::new(vmap)),
+        map,
     }]))
 }
 
@@ -121,6 +145,9 @@ fn add_service(t: &mut Table, i: usize) {
     t.add_chain(service_chain(i));
     for j in 0..ENDPOINTS {
         t.add_chain(endpoint_chain(i, j, 0));
+    }
+    if named_vmaps() {
+        t.add_set(service_vmap(i));
     }
     if !anon_pick() {
         let eps = Arc::make_mut(t.sets.get_mut("service-endpoints").expect("map exists"));
@@ -196,6 +223,17 @@ fn nft_add_service(i: usize) -> String {
     s.push_str(&format!("add chain ip {TABLE} svc-{i}\n"));
     for j in 0..ENDPOINTS {
         s.push_str(&nft_endpoint_rules(i, j, 0));
+    }
+    if named_vmaps() {
+        let m = service_vmap(i);
+        let elems: Vec<String> = (0..ENDPOINTS)
+            .map(|j| format!("{j} : goto sep-{i}-{j}"))
+            .collect();
+        s.push_str(&format!(
+            "add map ip {TABLE} {} {{ typeof numgen random mod {ENDPOINTS} : verdict; elements = {{ {} }}; }}\n",
+            m.name,
+            elems.join(", ")
+        ));
     }
     let c = service_chain(i);
     s.push_str(&format!(
@@ -326,8 +364,14 @@ fn main() {
     let inc_runs: usize = arg(&args, "--inc-runs")
         .and_then(|s| s.parse().ok())
         .unwrap_or(11);
-    if args.iter().any(|a| a == "--shared-map") {
-        ANON_PICK.store(false, std::sync::atomic::Ordering::Relaxed);
+    match arg(&args, "--pick").as_deref() {
+        None | Some("named") => {}
+        Some("anon") => NAMED_VMAPS.store(false, std::sync::atomic::Ordering::Relaxed),
+        Some("shared") => {
+            NAMED_VMAPS.store(false, std::sync::atomic::Ordering::Relaxed);
+            ANON_PICK.store(false, std::sync::atomic::Ordering::Relaxed);
+        }
+        Some(other) => panic!("--pick takes named, anon or shared, not {other}"),
     }
     let nft_full_max: usize = arg(&args, "--nft-full-max")
         .and_then(|s| s.parse().ok())
@@ -365,6 +409,7 @@ fn main() {
         touched_add
             .set(Family::Ip, TABLE, "service-ips")
             .set(Family::Ip, TABLE, "service-endpoints")
+            .set(Family::Ip, TABLE, format!("svc-{n}-eps"))
             .chain(Family::Ip, TABLE, format!("svc-{n}"));
         for j in 0..ENDPOINTS {
             touched_add.chain(Family::Ip, TABLE, format!("sep-{n}-{j}"));
