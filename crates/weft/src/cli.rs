@@ -118,6 +118,12 @@ pub enum LabCommand {
     },
     /// Walk through the documents' scenarios end to end (until the lab exists: the CNI demo)
     Demo,
+    /// Keep a lab's programs running (started by `lab up`)
+    #[command(hide = true)]
+    Supervise {
+        #[command(flatten)]
+        lab: LabName,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -4,6 +4,8 @@
 
 mod cli;
 mod demo;
+mod kube;
+mod lab;
 mod nsexec;
 mod probe;
 mod serve;
@@ -37,12 +39,73 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),
         },
-        Command::Lab(other) => not_built(&format!("weft lab {}", lab_verb(&other)), "issue 5"),
+        Command::Lab(cmd) => match run_lab(cmd) {
+            Ok(code) => ExitCode::from(code),
+            Err(e) => fail(&e),
+        },
         Command::Agent(_) => not_built("weft agent", "issue 5"),
         Command::ControlPlane(a) => ExitCode::from(weft_apiserver::run_cli(a.args)),
     }
 }
 
+fn run_lab(cmd: LabCommand) -> anyhow::Result<u8> {
+    let ns_args = |n: Option<String>| n.map(|n| vec!["-n".to_string(), n]).unwrap_or_default();
+    match cmd {
+        LabCommand::Up {
+            lab,
+            nodes,
+            backend,
+            file,
+        } => lab::up(&lab.name, nodes, &backend, file.as_deref()).map(|_| 0),
+        LabCommand::Down { lab } => lab::down(&lab.name).map(|_| 0),
+        LabCommand::Status { lab } => lab::status(&lab.name).map(|_| 0),
+        LabCommand::Kubeconfig { lab } => lab::kubeconfig(&lab.name).map(|_| 0),
+        LabCommand::Supervise { lab } => lab::supervise(&lab.name).map(|_| 0),
+        LabCommand::Apply { lab, file } => {
+            lab::kubectl(&lab.name, &["apply".into(), "-f".into(), file])
+        }
+        LabCommand::Delete {
+            lab,
+            file,
+            kind,
+            obj,
+            namespace,
+        } => {
+            let mut a = vec!["delete".to_string()];
+            match (file, kind) {
+                (Some(f), _) => a.extend(["-f".to_string(), f]),
+                (None, Some(k)) => a.extend(std::iter::once(k).chain(obj)),
+                (None, None) => anyhow::bail!("lab delete needs -f FILE or KIND NAME"),
+            }
+            a.extend(ns_args(namespace));
+            lab::kubectl(&lab.name, &a)
+        }
+        LabCommand::Get {
+            lab,
+            kind,
+            obj,
+            namespace,
+            output,
+        } => {
+            let mut a = vec!["get".to_string(), kind];
+            a.extend(obj);
+            a.extend(ns_args(namespace));
+            a.extend(
+                output
+                    .map(|o| vec!["-o".to_string(), o])
+                    .unwrap_or_default(),
+            );
+            lab::kubectl(&lab.name, &a)
+        }
+        LabCommand::Exec { .. } => {
+            not_built("weft lab exec", "issue 5");
+            Ok(2)
+        }
+        LabCommand::Demo => unreachable!("handled by main"),
+    }
+}
+
+#[allow(dead_code)]
 fn lab_verb(c: &LabCommand) -> &'static str {
     match c {
         LabCommand::Up { .. } => "up",
@@ -54,6 +117,7 @@ fn lab_verb(c: &LabCommand) -> &'static str {
         LabCommand::Exec { .. } => "exec",
         LabCommand::Kubeconfig { .. } => "kubeconfig",
         LabCommand::Demo => "demo",
+        LabCommand::Supervise { .. } => "supervise",
     }
 }
 

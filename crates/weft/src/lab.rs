@@ -1,0 +1,304 @@
+//! `weft lab ...`: the lab's commands. The network is built by weft-lab; the programs
+//! (control plane, one agent per node) run under a detached supervisor, so the lab lives on
+//! after `lab up` returns and `lab down` stops it.
+
+use anyhow::{bail, Context, Result};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use weft_lab::supervise::{self, ProcSpec};
+use weft_lab::{LabSpec, LabState};
+
+const API_PORT: u16 = 6443;
+
+pub fn kubeconfig_path(name: &str) -> PathBuf {
+    weft_lab::lab_dir(name).join("kubeconfig")
+}
+
+fn internal_kubeconfig(dir: &Path) -> PathBuf {
+    dir.join("kubeconfig.internal")
+}
+
+fn progress(msg: &str) {
+    println!("  {msg}");
+}
+
+/// The programs the supervisor keeps running for a lab.
+pub fn programs(state: &LabState, weft: &Path) -> Vec<ProcSpec> {
+    let dir = weft_lab::lab_dir(&state.spec.name);
+    let t = &state.topology;
+    let w = weft.display().to_string();
+    let mut v = vec![ProcSpec {
+        name: "control-plane".into(),
+        netns: t.root_netns.clone(),
+        argv: vec![
+            w.clone(),
+            "control-plane".into(),
+            "--data-dir".into(),
+            dir.join("control-plane").display().to_string(),
+            "--listen".into(),
+            format!("{}:{API_PORT}", t.gateway.addr()),
+            "--cluster-cidr".into(),
+            state.spec.cluster_cidr.to_string(),
+            "--service-cidr".into(),
+            state.spec.service_cidr.to_string(),
+            "--kubeconfig-out".into(),
+            internal_kubeconfig(&dir).display().to_string(),
+        ],
+    }];
+    for n in &t.nodes {
+        v.push(ProcSpec {
+            name: format!("agent-{}", n.name),
+            netns: n.netns.clone(),
+            argv: vec![
+                w.clone(),
+                "agent".into(),
+                "--kubeconfig".into(),
+                internal_kubeconfig(&dir).display().to_string(),
+                "--node-name".into(),
+                n.name.clone(),
+                "--node-ip".into(),
+                n.addr.addr().to_string(),
+                "--backend".into(),
+                state.spec.backend.clone(),
+                "--state-dir".into(),
+                dir.join("nodes").join(&n.name).display().to_string(),
+                "--netns-prefix".into(),
+                weft_lab::Topology::pod_netns_prefix(n),
+                "--cluster-cidr".into(),
+                state.spec.cluster_cidr.to_string(),
+                "--cluster-dns".into(),
+                state.spec.cluster_dns.to_string(),
+            ],
+        });
+    }
+    v
+}
+
+pub fn up(name: &str, nodes: u32, backend: &str, file: Option<&str>) -> Result<()> {
+    let mut spec = LabSpec::new(name, nodes, backend);
+    if let Some(f) = file {
+        spec = read_spec(f, spec)?;
+    }
+    let started = Instant::now();
+    println!(
+        "weft lab up: {} ({} nodes, {})",
+        spec.name, spec.nodes, spec.backend
+    );
+    let state = weft_lab::up(&spec, &mut progress)?;
+    let dir = weft_lab::lab_dir(name);
+    let weft = std::env::current_exe().context("find the weft binary")?;
+    let logs = dir.join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let log = std::fs::File::create(logs.join("supervisor.log"))?;
+    let mut cmd = std::process::Command::new(&weft);
+    cmd.args(["lab", "supervise", "--name", name])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0);
+    let child = cmd.spawn().context("start the lab supervisor")?;
+    std::fs::write(supervise::pid_file(&dir), child.id().to_string())?;
+    progress(&format!(
+        "supervisor pid {} (logs in {})",
+        child.id(),
+        logs.display()
+    ));
+    if let Err(e) = wait_ready(&state, started) {
+        eprintln!("weft lab up: {e:#}; the lab stays up for inspection: `weft lab status --name {name}`, logs in {}", logs.display());
+        return Err(e);
+    }
+    println!(
+        "lab {name} is up in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    println!(
+        "  kubectl --kubeconfig {} get nodes -o wide",
+        kubeconfig_path(name).display()
+    );
+    Ok(())
+}
+
+fn read_spec(file: &str, mut spec: LabSpec) -> Result<LabSpec> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    struct LabFile {
+        nodes: Option<u32>,
+        backend: Option<String>,
+        underlay: Option<String>,
+        cluster_cidr: Option<String>,
+        service_cidr: Option<String>,
+    }
+    let text = std::fs::read_to_string(file).with_context(|| format!("read {file}"))?;
+    let f: LabFile = serde_yaml::from_str(&text).with_context(|| {
+        format!("{file}: not a lab file (keys: nodes, backend, underlay, clusterCIDR, serviceCIDR)")
+    })?;
+    let cidr = |field: &str, v: &str| -> Result<ipnet::Ipv4Net> {
+        v.parse()
+            .with_context(|| format!("{file}: {field}: {v:?} is not an IPv4 CIDR"))
+    };
+    if let Some(n) = f.nodes {
+        spec.nodes = n;
+    }
+    if let Some(b) = f.backend {
+        spec.backend = b;
+    }
+    if let Some(u) = f.underlay {
+        spec.underlay = cidr("underlay", &u)?;
+    }
+    if let Some(c) = f.cluster_cidr {
+        spec.cluster_cidr = cidr("clusterCIDR", &c)?;
+    }
+    if let Some(s) = f.service_cidr {
+        spec.service_cidr = cidr("serviceCIDR", &s)?;
+    }
+    Ok(spec)
+}
+
+/// Waits for the host kubeconfig and every node Ready, printing what it waits for.
+fn wait_ready(state: &LabState, started: Instant) -> Result<()> {
+    let name = &state.spec.name;
+    let deadline = started + Duration::from_secs(90);
+    let kc = kubeconfig_path(name);
+    while !kc.exists() {
+        if Instant::now() > deadline {
+            bail!("the control plane did not come up");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    progress("control plane answering");
+    let want = state.topology.nodes.len();
+    let ready = crate::kube::wait_nodes_ready(&kc, want, deadline, &mut |n| {
+        progress(&format!("{n}/{want} nodes Ready"))
+    })?;
+    if ready < want {
+        bail!("only {ready}/{want} nodes became Ready");
+    }
+    Ok(())
+}
+
+/// The hidden `lab supervise`: forwards the API to the machine's loopback and keeps the
+/// lab's programs running.
+pub fn supervise(name: &str) -> Result<()> {
+    let state = weft_lab::load(name)?;
+    let dir = weft_lab::lab_dir(name);
+    let weft = std::env::current_exe()?;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("bind the API forwarder")?;
+    let port = listener.local_addr()?.port();
+    let root = weft_netlink::Netns::from_name(&state.topology.root_netns)?;
+    let target = std::net::SocketAddr::new(state.topology.gateway.addr().into(), API_PORT);
+    weft_lab::forward::spawn(listener, root, target)?;
+    let (internal, host) = (internal_kubeconfig(&dir), kubeconfig_path(name));
+    std::thread::spawn(move || {
+        // Once the control plane wrote its kubeconfig, publish the host's copy.
+        for _ in 0..6000 {
+            if let Ok(text) = std::fs::read_to_string(&internal) {
+                let rewritten = text.replace(&target.to_string(), &format!("127.0.0.1:{port}"));
+                let tmp = host.with_extension("tmp");
+                if std::fs::write(&tmp, rewritten).is_ok() && std::fs::rename(&tmp, &host).is_ok() {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    supervise::run(programs(&state, &weft), &dir)?;
+    Ok(())
+}
+
+pub fn down(name: &str) -> Result<()> {
+    let dir = weft_lab::lab_dir(name);
+    weft_lab::load(name)?;
+    if let Some(pid) = std::fs::read_to_string(supervise::pid_file(&dir))
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+    {
+        // SAFETY: signalling the supervisor recorded by `lab up`.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+    }
+    let removed = weft_lab::down(name, &mut progress)?;
+    println!("lab {name} is down ({} namespaces removed)", removed.len());
+    Ok(())
+}
+
+pub fn status(name: &str) -> Result<()> {
+    let state = weft_lab::load(name)?;
+    let dir = weft_lab::lab_dir(name);
+    println!(
+        "lab {name}: {} nodes, backend {}, underlay {}",
+        state.spec.nodes, state.spec.backend, state.spec.underlay
+    );
+    let existing = weft_netlink::Netns::list_named()?;
+    let mark = |ns: &str| {
+        if existing.iter().any(|n| n == ns) {
+            "ok"
+        } else {
+            "MISSING"
+        }
+    };
+    println!(
+        "{:<14} {:<28} {:<18} {}",
+        "HOST", "NAMESPACE", "ADDRESS", "NETNS"
+    );
+    for h in state.topology.hosts() {
+        println!(
+            "{:<14} {:<28} {:<18} {}",
+            h.name,
+            h.netns,
+            h.addr,
+            mark(&h.netns)
+        );
+    }
+    match supervise::read_status(&dir) {
+        Some(s) => {
+            println!(
+                "\n{:<16} {:<8} {:<8} {:<9} {}",
+                "PROCESS", "PID", "STATE", "RESTARTS", "LAST EXIT"
+            );
+            for p in s.procs {
+                let pid = p.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
+                let st = if p.running { "running" } else { "down" };
+                println!(
+                    "{:<16} {:<8} {:<8} {:<9} {}",
+                    p.name,
+                    pid,
+                    st,
+                    p.restarts,
+                    p.last_exit.unwrap_or_default()
+                );
+            }
+        }
+        None => println!("\nsupervisor: no status yet"),
+    }
+    println!("\nkubeconfig: {}", kubeconfig_path(name).display());
+    Ok(())
+}
+
+pub fn kubeconfig(name: &str) -> Result<()> {
+    weft_lab::load(name)?;
+    println!("{}", kubeconfig_path(name).display());
+    Ok(())
+}
+
+/// `lab apply/get/delete` hand the work to kubectl against the lab's kubeconfig: the lab is
+/// driven with ordinary Kubernetes tooling.
+pub fn kubectl(name: &str, args: &[String]) -> Result<u8> {
+    weft_lab::load(name)?;
+    let status = std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig_path(name))
+        .args(args)
+        .status()
+        .context("run kubectl (is it installed?)")?;
+    Ok(status.code().unwrap_or(1) as u8)
+}
