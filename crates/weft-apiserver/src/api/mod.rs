@@ -219,10 +219,14 @@ async fn resource_request(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    match dispatch(&state, &method, &uri, &headers, &body).await {
+    let response = match dispatch(&state, &method, &uri, &headers, &body).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
-    }
+    };
+    // Whatever this request wrote or read is on disk before the client hears of it (a
+    // watch stream applies the same rule per event).
+    state.store.wait_durable().await;
+    response
 }
 
 async fn dispatch(
@@ -236,14 +240,14 @@ async fn dispatch(
     let q = parse_query(uri);
     match (method.clone(), t.name.is_some()) {
         (Method::GET, false) if t.watch_path || is_true(&q, "watch") => {
-            watch::watch(state.clone(), &t, &q)
+            watch::watch(state.clone(), &t, &q, headers)
         }
         (Method::GET, true) if t.watch_path || is_true(&q, "watch") => {
             let mut q = q.clone();
             let name = t.name.clone().unwrap_or_default();
             q.insert("fieldSelector".into(), format!("metadata.name={name}"));
             let t = Target { name: None, ..t };
-            watch::watch(state.clone(), &t, &q)
+            watch::watch(state.clone(), &t, &q, headers)
         }
         (Method::GET, false) => crud::list(state, &t, &q, headers),
         (Method::GET, true) => crud::get(state, &t, &q, headers),

@@ -22,6 +22,8 @@ struct Scope {
     res: &'static Resource,
     namespace: Option<String>,
     filter: Filter,
+    /// `Some(includeObject)` when the client asked for Table-wrapped objects.
+    table: Option<String>,
 }
 
 impl Scope {
@@ -52,6 +54,18 @@ impl Scope {
     }
 }
 
+impl Scope {
+    fn line(&self, buf: &mut Vec<u8>, ty: &str, obj: &Value) {
+        match &self.table {
+            Some(include) => {
+                let md = json!({"resourceVersion": obj["metadata"]["resourceVersion"]});
+                line(buf, ty, &super::table::table(self.res, &[obj], md, include));
+            }
+            None => line(buf, ty, obj),
+        }
+    }
+}
+
 fn line(buf: &mut Vec<u8>, ty: &str, obj: &Value) {
     buf.extend_from_slice(b"{\"type\":\"");
     buf.extend_from_slice(ty.as_bytes());
@@ -70,11 +84,22 @@ fn bookmark(res: &Resource, rv: u64, initial_end: bool) -> Value {
     json!({"kind": res.kind, "apiVersion": res.api_version(), "metadata": meta})
 }
 
-pub fn watch(state: Arc<AppState>, t: &Target, q: &Query) -> Result<Response, ApiError> {
+pub fn watch(
+    state: Arc<AppState>,
+    t: &Target,
+    q: &Query,
+    headers: &axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let scope = Scope {
         res: t.res,
         namespace: t.namespace.clone(),
         filter: Filter::from_query(q)?,
+        table: super::table::wants_table(accept)
+            .then(|| q.get("includeObject").cloned().unwrap_or_default()),
     };
     let bookmarks = is_true(q, "allowWatchBookmarks");
     let send_initial = q.get("sendInitialEvents").map(String::as_str) == Some("true");
@@ -112,8 +137,10 @@ pub fn watch(state: Arc<AppState>, t: &Target, q: &Query) -> Result<Response, Ap
                 }
             }
         };
+        // Nothing is shown before it is on disk.
+        store.wait_durable().await;
         for obj in &initial {
-            line(&mut buf, "ADDED", obj);
+            scope.line(&mut buf, "ADDED", obj);
             if buf.len() >= CHUNK
                 && tx
                     .send(Bytes::from(std::mem::take(&mut buf)))
@@ -131,9 +158,10 @@ pub fn watch(state: Arc<AppState>, t: &Target, q: &Query) -> Result<Response, Ap
         let mut tick = tokio::time::interval(BOOKMARK_EVERY);
         tick.tick().await;
         loop {
+            let durable = store.durable_rv();
             let batch = {
                 let st = store.read();
-                st.events_since(last).map(|evs| (evs, st.rv()))
+                st.events_since(last, durable).map(|evs| (evs, durable))
             };
             match batch {
                 Err(gone) => {
@@ -144,7 +172,7 @@ pub fn watch(state: Arc<AppState>, t: &Target, q: &Query) -> Result<Response, Ap
                 Ok((events, rv)) => {
                     for ev in &events {
                         if let Some((ty, obj)) = scope.translate(ev) {
-                            line(&mut buf, ty.as_str(), obj);
+                            scope.line(&mut buf, ty.as_str(), obj);
                             if buf.len() >= CHUNK
                                 && tx
                                     .send(Bytes::from(std::mem::take(&mut buf)))

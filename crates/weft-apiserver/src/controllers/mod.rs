@@ -66,7 +66,7 @@ async fn run<C: Reconcile>(
         tokio::time::sleep(Duration::from_millis(20)).await;
         let batch = {
             let st = state.store.read();
-            st.events_since(last).map(|evs| (evs, st.rv()))
+            st.events_since(last, st.rv()).map(|evs| (evs, st.rv()))
         };
         match batch {
             Ok((events, rv)) => {

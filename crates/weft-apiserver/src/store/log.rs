@@ -34,6 +34,8 @@ pub struct Record {
 pub struct Log {
     file: File,
     path: PathBuf,
+    /// Length of the intact log: a failed append is cut back to it.
+    len: u64,
 }
 
 impl Log {
@@ -89,16 +91,22 @@ impl Log {
             }
         }
         let file = open_append(path)?;
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io(ctx("reading the size of"), e))?
+            .len();
         Ok((
             Log {
                 file,
                 path: path.to_path_buf(),
+                len,
             },
             records,
         ))
     }
 
-    /// Appends records and fsyncs; returns only once they are durable.
+    /// Appends records without syncing: the store's syncer makes them durable (one
+    /// fsync for every append since the previous one) before any is acknowledged.
     pub fn append(&mut self, records: &[Record]) -> Result<(), Error> {
         let mut buf = Vec::with_capacity(records.len() * 512);
         for r in records {
@@ -106,10 +114,27 @@ impl Log {
                 .map_err(|e| Error::io("encoding store record", std::io::Error::other(e)))?;
             buf.push(b'\n');
         }
+        match self.file.write_all(&buf) {
+            Ok(()) => {
+                self.len += buf.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                // Never leave half a record in the middle of the log.
+                let _ = self.file.set_len(self.len);
+                Err(Error::io(
+                    format!("appending to {}", self.path.display()),
+                    e,
+                ))
+            }
+        }
+    }
+
+    /// A second handle on the log file, for the syncer.
+    pub fn sync_handle(&self) -> Result<File, Error> {
         self.file
-            .write_all(&buf)
-            .and_then(|_| self.file.sync_data())
-            .map_err(|e| Error::io(format!("appending to {}", self.path.display()), e))
+            .try_clone()
+            .map_err(|e| Error::io(format!("duplicating {}", self.path.display()), e))
     }
 
     /// Atomically replaces the log with `records` (used to compact at start-up).
@@ -132,6 +157,11 @@ impl Log {
             .map_err(|e| Error::io(format!("replacing {}", self.path.display()), e))?;
         sync_dir(&self.path)?;
         self.file = open_append(&self.path)?;
+        self.len = self
+            .file
+            .metadata()
+            .map_err(|e| Error::io(format!("reading the size of {}", self.path.display()), e))?
+            .len();
         Ok(())
     }
 }

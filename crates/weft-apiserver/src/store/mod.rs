@@ -2,6 +2,7 @@
 //! one global resourceVersion counter and a ring of recent watch events for resumes.
 
 mod log;
+mod sync;
 
 use crate::error::{ApiError, Error};
 use crate::resources::{Resource, RESOURCES};
@@ -108,8 +109,8 @@ impl State {
             .collect()
     }
 
-    /// Events with rv > `since`, or 410 Gone if some of them have left the ring.
-    pub fn events_since(&self, since: u64) -> Result<Vec<Arc<Event>>, ApiError> {
+    /// Events with `since` < rv <= `until`, or 410 Gone if some have left the ring.
+    pub fn events_since(&self, since: u64, until: u64) -> Result<Vec<Arc<Event>>, ApiError> {
         if since < self.floor {
             return Err(ApiError::gone(format!(
                 "too old resource version: {since} ({})",
@@ -117,7 +118,13 @@ impl State {
             )));
         }
         let skip = self.history.partition_point(|e| e.rv <= since);
-        Ok(self.history.iter().skip(skip).cloned().collect())
+        Ok(self
+            .history
+            .iter()
+            .skip(skip)
+            .take_while(|e| e.rv <= until)
+            .cloned()
+            .collect())
     }
 
     fn push_event(&mut self, ev: Event) {
@@ -193,7 +200,14 @@ pub fn object_key(res: &Resource, obj: &Value) -> String {
 
 pub struct Store {
     state: Mutex<State>,
-    notify: watch::Sender<u64>,
+    /// Publishes the durable resourceVersion: everything up to it is fsynced.
+    syncer: sync::Syncer,
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.syncer.stop();
+    }
 }
 
 impl Store {
@@ -273,8 +287,9 @@ impl Store {
             history.clear();
             floor = rv;
         }
-        let (notify, _) = watch::channel(rv);
+        let syncer = sync::Syncer::start(log.sync_handle()?, rv, path.clone());
         Ok(Arc::new(Store {
+            syncer,
             state: Mutex::new(State {
                 rv,
                 objects: state_objects,
@@ -283,7 +298,6 @@ impl Store {
                 floor,
                 log,
             }),
-            notify,
         }))
     }
 
@@ -293,8 +307,21 @@ impl Store {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Watches the durable resourceVersion. Events above it must not be shown yet.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.notify.subscribe()
+        self.syncer.subscribe()
+    }
+
+    pub fn durable_rv(&self) -> u64 {
+        self.syncer.durable()
+    }
+
+    /// Waits until every write appended so far is on disk. Responses wait for this, so
+    /// nothing is acknowledged (or shown) before it is durable.
+    pub async fn wait_durable(&self) {
+        let target = self.syncer.appended();
+        let mut rx = self.syncer.subscribe();
+        let _ = rx.wait_for(|d| *d >= target).await;
     }
 
     /// Runs `f` as one atomic, durable transaction. Returns the objects written, in
@@ -373,8 +400,8 @@ impl Store {
             written.push(obj);
         }
         state.rv = rv;
+        self.syncer.appended_up_to(rv);
         drop(guard);
-        self.notify.send_replace(rv);
         Ok((out, written))
     }
 }
