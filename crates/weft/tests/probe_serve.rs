@@ -331,6 +331,27 @@ fn an_address_that_swallows_packets_times_out() {
     ns.probe(&["icmp", "10.200.0.1"]).expect(1, "unreachable");
 }
 
+#[test]
+fn a_router_saying_unreachable_is_not_a_timeout() {
+    // The client's default route leads to the server namespace, which forwards but has no
+    // route to 10.30.0.0/16: it answers with ICMP net unreachable.
+    let (client, router) = two_hosts("router");
+    router.sysctl("net.ipv4.ip_forward", "1");
+    // The kernel sends only a couple of ICMP errors per second to one host; this test
+    // needs one per probe.
+    router.sysctl("net.ipv4.icmp_ratelimit", "0");
+    client.ip(&["route", "add", "default", "via", "10.20.0.2"]);
+    for args in [
+        ["tcp", "10.30.0.1:80"],
+        ["udp", "10.30.0.1:53"],
+        ["icmp", "10.30.0.1"],
+    ] {
+        let p = client.probe(&args);
+        p.expect(1, "unreachable");
+        assert!(p.line.contains("unreachable"), "{}", p.line);
+    }
+}
+
 fn http_exchange(request: &[u8]) -> String {
     let mut s = TcpStream::connect("127.0.0.1:8081").expect("connect to the HTTP echo");
     s.set_read_timeout(Some(HANG)).expect("set timeout");

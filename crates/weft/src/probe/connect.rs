@@ -2,12 +2,12 @@
 
 use nix::errno::Errno;
 use nix::sys::socket::{
-    connect, getsockopt, socket, sockopt, AddressFamily, SockFlag, SockProtocol, SockType,
-    SockaddrStorage,
+    connect, getsockopt, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockProtocol,
+    SockType, SockaddrStorage,
 };
 use std::io;
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::Instant;
 
 /// Why a connection was not made.
@@ -40,6 +40,7 @@ pub fn stream(
         Errno::EPROTONOSUPPORT | Errno::ESOCKTNOSUPPORT => ConnectError::NoProtocol(e),
         e => ConnectError::Io(e.into()),
     })?;
+    report_icmp_errors(&fd, addr.is_ipv6()).map_err(ConnectError::Io)?;
     match connect(fd.as_raw_fd(), &SockaddrStorage::from(addr)) {
         Ok(()) => {}
         Err(Errno::EINPROGRESS) => {
@@ -55,6 +56,19 @@ pub fn stream(
     let stream = TcpStream::from(fd);
     stream.set_nonblocking(false).map_err(ConnectError::Io)?;
     Ok(stream)
+}
+
+/// Makes every ICMP error about our packets fail the socket at once. By default the kernel
+/// only acts on "hard" ones (port unreachable, prohibited) and quietly retries through
+/// net/host unreachable until its own timeout, so a probe would say `timeout` where a
+/// router has plainly said `unreachable`. ping(8) sets the same option for the same reason.
+pub fn report_icmp_errors(fd: &impl AsFd, v6: bool) -> io::Result<()> {
+    if v6 {
+        setsockopt(fd, sockopt::Ipv6RecvErr, &true)?;
+    } else {
+        setsockopt(fd, sockopt::Ipv4RecvErr, &true)?;
+    }
+    Ok(())
 }
 
 /// Polls until the socket has one of `events` (for a connecting socket, POLLOUT: connect

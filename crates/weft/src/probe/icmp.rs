@@ -3,12 +3,12 @@
 //! gid inside `net.ipv4.ping_group_range`, which is "1 0" (nobody) in a fresh namespace, so
 //! as root we fall back to a raw socket and do that work ourselves.
 
-use super::connect::wait;
+use super::connect::{report_icmp_errors, wait};
 use super::report::{Report, Verdict};
 use nix::errno::Errno;
 use nix::sys::socket::{
-    connect, recv, send, socket, AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType,
-    SockaddrStorage,
+    connect, getsockopt, recv, send, socket, sockopt, AddressFamily, MsgFlags, SockFlag,
+    SockProtocol, SockType, SockaddrStorage,
 };
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -44,6 +44,16 @@ pub fn probe(target: &str, ip: IpAddr, timeout: Duration) -> Report {
     loop {
         if let Err(e) = wait(&pinger.fd, libc::POLLIN, deadline) {
             return Report::from_error("icmp", target, &e);
+        }
+        // An ICMP error wakes poll, but a non-blocking recv only reports EAGAIN for it:
+        // the socket's pending error has to be fetched.
+        match getsockopt(&pinger.fd, sockopt::SocketError) {
+            Ok(0) => {}
+            Ok(errno) => {
+                let e = io::Error::from_raw_os_error(errno);
+                return Report::from_error("icmp", target, &e);
+            }
+            Err(e) => return Report::from_error("icmp", target, &e.into()),
         }
         match recv(pinger.fd.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
             Ok(n) => {
@@ -83,6 +93,7 @@ fn open(ip: IpAddr) -> io::Result<Pinger> {
     };
     // Connected: the kernel then passes only the target's packets and reports ICMP errors
     // about our echo (host unreachable) as errors on recv.
+    report_icmp_errors(&fd, v6)?;
     connect(
         fd.as_raw_fd(),
         &SockaddrStorage::from(SocketAddr::new(ip, 0)),

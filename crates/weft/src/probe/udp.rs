@@ -2,6 +2,7 @@
 //! The socket is connected so the kernel hands us ICMP port unreachable as ECONNREFUSED
 //! (`refused`) and only accepts replies from the peer itself.
 
+use super::connect::report_icmp_errors;
 use super::report::{summary, Report, Verdict};
 use super::stream::with_greeting;
 use crate::serve::greeting;
@@ -20,7 +21,11 @@ pub fn probe(target: &str, addr: SocketAddr, timeout: Duration) -> Report {
     } else {
         (Ipv6Addr::UNSPECIFIED, 0).into()
     };
-    let sock = match UdpSocket::bind(bind).and_then(|s| s.connect(addr).map(|()| s)) {
+    let sock = match UdpSocket::bind(bind).and_then(|s| {
+        report_icmp_errors(&s, addr.is_ipv6())?;
+        s.connect(addr)?;
+        Ok(s)
+    }) {
         Ok(s) => s,
         Err(e) => return Report::from_error("udp", target, &e),
     };
