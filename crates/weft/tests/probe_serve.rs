@@ -281,20 +281,25 @@ fn closed_ports_are_refused() {
 #[test]
 fn icmp_echo_is_answered_with_and_without_ping_sockets() {
     let (client, server) = two_hosts("icmp");
+    let probes = [
+        (&client, "10.20.0.2"),
+        (&client, "fd00:20::2"),
+        (&server, "127.0.0.1"),
+        (&server, "::1"),
+    ];
     // A fresh namespace allows unprivileged ping sockets to nobody: the raw-socket path.
-    for target in ["10.20.0.2", "127.0.0.1", "::1"] {
-        let ns = if target == "10.20.0.2" {
-            &client
-        } else {
-            &server
-        };
-        let p = ns.probe(&["icmp", target]);
-        p.expect(0, "answered");
-        assert_eq!(p.field("from"), Some(target), "{}", p.line);
+    // Then our gid may use ping sockets: the unprivileged path.
+    for range in [None, Some("0 2147483647")] {
+        if let Some(r) = range {
+            client.sysctl("net.ipv4.ping_group_range", r);
+            server.sysctl("net.ipv4.ping_group_range", r);
+        }
+        for (ns, target) in probes {
+            let p = ns.probe(&["icmp", target]);
+            p.expect(0, "answered");
+            assert_eq!(p.field("from"), Some(target), "{}", p.line);
+        }
     }
-    // Now our gid may use ping sockets: the unprivileged path.
-    client.sysctl("net.ipv4.ping_group_range", "0 2147483647");
-    client.probe(&["icmp", "10.20.0.2"]).expect(0, "answered");
 }
 
 #[test]
