@@ -549,6 +549,18 @@ fn serve_exits_zero_on_sigterm() {
 }
 
 #[test]
+fn names_that_do_not_resolve_are_reported() {
+    let ns = Netns::new("names");
+    let _serve = ns.serve(&["--tcp", "8080"]);
+    // `localhost` comes from /etc/hosts; `.invalid` never resolves (RFC 6761).
+    ns.probe(&["tcp", "localhost:8080"]).expect(0, "connected");
+    ns.probe(&["tcp", "no-such-host.invalid:8080"])
+        .expect(1, "unresolved");
+    ns.probe(&["icmp", "no-such-host.invalid"])
+        .expect(1, "unresolved");
+}
+
+#[test]
 fn usage_errors_exit_2() {
     // In a namespace of its own, so a regression that binds or connects stays there.
     let ns = Netns::new("usage");
