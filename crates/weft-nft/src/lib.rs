@@ -5,6 +5,7 @@ pub mod apply;
 pub mod diff;
 pub mod error;
 pub mod expr;
+mod lower;
 pub mod model;
 pub mod netlink;
 pub mod render;

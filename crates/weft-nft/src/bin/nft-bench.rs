@@ -1,7 +1,7 @@
 //! Services-shaped ruleset benchmark: weft-nft over netlink against `nft -f`.
 //!
 //! `cargo run --release -p weft-nft --bin nft-bench -- [--sizes 1000,10000,30000]
-//!  [--full-runs 3] [--inc-runs 11] [--nft-full-max 30000] [--pick named|anon|shared]`
+//!  [--full-runs 3] [--inc-runs 11] [--nft-full-max 30000] [--pick cascade|named|anon|shared]`
 //!
 //! Runs as root inside a network namespace it creates and removes.
 
@@ -20,10 +20,15 @@ const TABLE: &str = "weft-bench";
 /// once per service chain, quadratic in another way).
 static ANON_PICK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
 
-/// `--pick named` (default): the per-service map is a named set `svc-N-eps`; `--pick anon`
+/// `--pick named`: the per-service map is a named set `svc-N-eps`; `--pick anon`
 /// makes it anonymous as kube-proxy does. Linux binds each anonymous set with a walk over
 /// the whole transaction so far, which makes a full load with one per service quadratic.
-static NAMED_VMAPS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+static NAMED_VMAPS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `--pick cascade` (default): no per-service set at all; the service chain tries endpoint k with
+/// `numgen random mod (10 - k) 0 goto sep-i-k`, which is uniform overall (as kube-proxy's
+/// iptables mode does with probabilities).
+static CASCADE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
 
 fn named_vmaps() -> bool {
     NAMED_VMAPS.load(std::sync::atomic::Ordering::Relaxed)
@@ -108,6 +113,22 @@ fn endpoint_chain(i: usize, j: usize, generation: usize) -> Chain {
 }
 
 fn service_chain(i: usize) -> Chain {
+    if CASCADE.load(std::sync::atomic::Ordering::Relaxed) {
+        let mut c = Chain::regular(format!("svc-{i}"));
+        for k in 0..ENDPOINTS {
+            let left = (ENDPOINTS - k) as u32;
+            let pick = if left > 1 {
+                vec![
+                    Stmt::eq(Selector::NumgenRandom(left), Value::Integer(0)),
+                    Stmt::goto(format!("sep-{i}-{k}")),
+                ]
+            } else {
+                vec![Stmt::goto(format!("sep-{i}-{k}"))]
+            };
+            c.rules.push(Rule::new(pick));
+        }
+        return c;
+    }
     if !anon_pick() {
         return Chain::regular(format!("svc-{i}")).with_rule(Rule::new(vec![Stmt::Vmap {
             key: endpoint_key(),
@@ -235,11 +256,12 @@ fn nft_add_service(i: usize) -> String {
             elems.join(", ")
         ));
     }
-    let c = service_chain(i);
-    s.push_str(&format!(
-        "add rule ip {TABLE} svc-{i} {}\n",
-        render::rule(&c.rules[0], Family::Ip)
-    ));
+    for r in &service_chain(i).rules {
+        s.push_str(&format!(
+            "add rule ip {TABLE} svc-{i} {}\n",
+            render::rule(r, Family::Ip)
+        ));
+    }
     if !anon_pick() {
         let elems: Vec<String> = endpoint_elements(i)
             .iter()
@@ -364,12 +386,18 @@ fn main() {
     let inc_runs: usize = arg(&args, "--inc-runs")
         .and_then(|s| s.parse().ok())
         .unwrap_or(11);
+    let off =
+        |f: &std::sync::atomic::AtomicBool| f.store(false, std::sync::atomic::Ordering::Relaxed);
     match arg(&args, "--pick").as_deref() {
-        None | Some("named") => {}
-        Some("anon") => NAMED_VMAPS.store(false, std::sync::atomic::Ordering::Relaxed),
+        None | Some("cascade") => {}
+        Some("named") => {
+            off(&CASCADE);
+            NAMED_VMAPS.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        Some("anon") => off(&CASCADE),
         Some("shared") => {
-            NAMED_VMAPS.store(false, std::sync::atomic::Ordering::Relaxed);
-            ANON_PICK.store(false, std::sync::atomic::Ordering::Relaxed);
+            off(&CASCADE);
+            off(&ANON_PICK);
         }
         Some(other) => panic!("--pick takes named, anon or shared, not {other}"),
     }
