@@ -23,6 +23,12 @@ const SEQ: u16 = 1;
 
 struct Pinger {
     fd: OwnedFd,
+    kind: Kind,
+}
+
+/// What the socket is, which decides who builds and filters the packets.
+#[derive(Debug, Clone, Copy)]
+struct Kind {
     raw: bool,
     v6: bool,
 }
@@ -36,7 +42,7 @@ pub fn probe(target: &str, ip: IpAddr, timeout: Duration) -> Report {
     };
     let id = (std::process::id() as u16) ^ (super::nonce() as u16);
     let payload = format!("weft-probe {:016x}", super::nonce());
-    let request = pinger.request(id, payload.as_bytes());
+    let request = pinger.kind.request(id, payload.as_bytes());
     if let Err(e) = send(pinger.fd.as_raw_fd(), &request, MsgFlags::empty()) {
         return Report::from_error("icmp", target, &e.into());
     }
@@ -57,7 +63,7 @@ pub fn probe(target: &str, ip: IpAddr, timeout: Duration) -> Report {
         }
         match recv(pinger.fd.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
             Ok(n) => {
-                if pinger.is_our_reply(&buf[..n], id, payload.as_bytes()) {
+                if pinger.kind.is_our_reply(&buf[..n], id, payload.as_bytes()) {
                     return Report::new("icmp", target, Verdict::Answered)
                         .with("from", ip.to_string())
                         .with_time(start.elapsed());
@@ -98,10 +104,13 @@ fn open(ip: IpAddr) -> io::Result<Pinger> {
         fd.as_raw_fd(),
         &SockaddrStorage::from(SocketAddr::new(ip, 0)),
     )?;
-    Ok(Pinger { fd, raw, v6 })
+    Ok(Pinger {
+        fd,
+        kind: Kind { raw, v6 },
+    })
 }
 
-impl Pinger {
+impl Kind {
     fn request(&self, id: u16, payload: &[u8]) -> Vec<u8> {
         let kind = if self.v6 {
             ECHO_REQUEST_V6
@@ -178,17 +187,7 @@ mod tests {
 
     #[test]
     fn raw_v4_replies_are_found_behind_the_ip_header() {
-        let fd = match socket(
-            AddressFamily::Inet,
-            SockType::Datagram,
-            SockFlag::empty(),
-            None,
-        ) {
-            Ok(fd) => fd,
-            Err(e) => panic!("socket: {e}"),
-        };
-        let p = Pinger {
-            fd,
+        let p = Kind {
             raw: true,
             v6: false,
         };
