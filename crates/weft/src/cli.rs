@@ -30,8 +30,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Run as a CNI plugin (also when invoked as `weft-cni` or with CNI_COMMAND set)
     Cni,
-    /// The node agent: watches the API and runs networking for one node [not built yet]
-    Agent(PassThrough),
+    /// The node agent: watches the API and runs networking (pods, routes) for one node
+    Agent(AgentArgs),
     /// The lab's Kubernetes-compatible API server and controllers [not built yet]
     ControlPlane(PassThrough),
 }
@@ -183,4 +183,33 @@ pub struct ServeArgs {
     pub sctp: Vec<u16>,
     #[arg(long)]
     pub http: Vec<u16>,
+}
+
+#[derive(Args, Debug)]
+pub struct AgentArgs {
+    /// kubeconfig for the API server (default: in-cluster config or ~/.kube/config)
+    #[arg(long)]
+    pub kubeconfig: Option<std::path::PathBuf>,
+    /// This node's name (the Node object it registers)
+    #[arg(long)]
+    pub node_name: String,
+    /// This node's address on the underlay (its InternalIP)
+    #[arg(long)]
+    pub node_ip: std::net::IpAddr,
+    #[arg(long, default_value = "vxlan", value_parser = ["vxlan", "host-gw"])]
+    pub backend: String,
+    /// The node's interface on the underlay
+    #[arg(long, default_value = "eth0")]
+    pub underlay_if: String,
+    #[arg(long, default_value = "/var/lib/weft/agent")]
+    pub state_dir: std::path::PathBuf,
+    /// Pods' network namespaces are named PREFIX<namespace>-<pod>
+    #[arg(long, default_value = "weft-pod.")]
+    pub netns_prefix: String,
+    #[arg(long, default_value = "10.244.0.0/16")]
+    pub cluster_cidr: ipnet::IpNet,
+    #[arg(long)]
+    pub cluster_dns: Option<std::net::IpAddr>,
+    #[arg(long, default_value = "cluster.local")]
+    pub cluster_domain: String,
 }

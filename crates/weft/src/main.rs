@@ -2,8 +2,10 @@
 //! CNI_PATH as `weft` (or `weft-cni`) runs it with CNI_COMMAND set, and it must then speak
 //! only CNI on stdout.
 
+mod agent;
 mod cli;
 mod demo;
+mod exec;
 mod kube;
 mod lab;
 mod nsexec;
@@ -43,7 +45,10 @@ fn main() -> ExitCode {
             Ok(code) => ExitCode::from(code),
             Err(e) => fail(&e),
         },
-        Command::Agent(_) => not_built("weft agent", "issue 5"),
+        Command::Agent(a) => match agent::main(a) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e),
+        },
         Command::ControlPlane(a) => ExitCode::from(weft_apiserver::run_cli(a.args)),
     }
 }
@@ -97,36 +102,22 @@ fn run_lab(cmd: LabCommand) -> anyhow::Result<u8> {
             );
             lab::kubectl(&lab.name, &a)
         }
-        LabCommand::Exec { .. } => {
-            not_built("weft lab exec", "issue 5");
-            Ok(2)
-        }
+        LabCommand::Exec {
+            lab,
+            namespace,
+            pod,
+            cmd,
+        } => exec::run(
+            &lab.name,
+            namespace.as_deref().unwrap_or("default"),
+            &pod,
+            &cmd,
+        ),
         LabCommand::Demo => unreachable!("handled by main"),
-    }
-}
-
-#[allow(dead_code)]
-fn lab_verb(c: &LabCommand) -> &'static str {
-    match c {
-        LabCommand::Up { .. } => "up",
-        LabCommand::Down { .. } => "down",
-        LabCommand::Status { .. } => "status",
-        LabCommand::Apply { .. } => "apply",
-        LabCommand::Delete { .. } => "delete",
-        LabCommand::Get { .. } => "get",
-        LabCommand::Exec { .. } => "exec",
-        LabCommand::Kubeconfig { .. } => "kubeconfig",
-        LabCommand::Demo => "demo",
-        LabCommand::Supervise { .. } => "supervise",
     }
 }
 
 fn fail(e: &anyhow::Error) -> ExitCode {
     eprintln!("weft: error: {e:#}");
     ExitCode::FAILURE
-}
-
-fn not_built(what: &str, tracked: &str) -> ExitCode {
-    eprintln!("weft: `{what}` is not built yet (tracked in {tracked}); see README.md for what works today");
-    ExitCode::from(2)
 }

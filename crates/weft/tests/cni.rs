@@ -490,25 +490,66 @@ fn ip_masq_rewrites_only_traffic_leaving_the_subnet() {
     let outside = Netns::new("cni-masq-out");
     let (a, b) = (Netns::new("cni-masq-a"), Netns::new("cni-masq-b"));
     // The "outside world": a veth from the host namespace to another namespace.
-    host.ip(&["link", "add", "up0", "type", "veth", "peer", "name", "eth0", "netns", &outside.name]);
+    host.ip(&[
+        "link",
+        "add",
+        "up0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        &outside.name,
+    ]);
     host.ip(&["addr", "add", "192.0.2.1/24", "dev", "up0"]);
     host.ip(&["link", "set", "up0", "up"]);
     outside.ip(&["addr", "add", "192.0.2.2/24", "dev", "eth0"]);
     outside.ip(&["link", "set", "eth0", "up"]);
     let dir = tempfile::tempdir().unwrap();
-    let conf = bridge_config("1.1.0", "10.17.0.0/24", dir.path(), "").replace("\"hairpinMode\"", "\"ipMasq\":true,\"hairpinMode\"");
+    let conf = bridge_config("1.1.0", "10.17.0.0/24", dir.path(), "")
+        .replace("\"hairpinMode\"", "\"ipMasq\":true,\"hairpinMode\"");
     cni_op(&host, "ADD", "a", Some(&a.path()), "eth0", &conf).ok();
     cni_op(&host, "ADD", "b", Some(&b.path()), "eth0", &conf).ok();
 
-    let _out = Bg(outside.cmd(weft()).args(["serve", "--tcp", "9000"]).stdout(Stdio::null()).spawn().unwrap());
-    let _pod = Bg(b.cmd(weft()).args(["serve", "--tcp", "9000"]).stdout(Stdio::null()).spawn().unwrap());
+    let _out = Bg(outside
+        .cmd(weft())
+        .args(["serve", "--tcp", "9000"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap());
+    let _pod = Bg(b
+        .cmd(weft())
+        .args(["serve", "--tcp", "9000"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap());
     wait_listening(&outside, 9000);
     wait_listening(&b, 9000);
-    let line = String::from_utf8_lossy(&run_ok(a.cmd(weft()).args(["probe", "tcp", "192.0.2.2:9000"])).stdout).into_owned();
-    assert!(line.contains("client=192.0.2.1"), "leaving the subnet is masqueraded: {line}");
-    let line = String::from_utf8_lossy(&run_ok(a.cmd(weft()).args(["probe", "tcp", "10.17.0.3:9000"])).stdout).into_owned();
-    assert!(line.contains("client=10.17.0.2"), "pod to pod is never NATed: {line}");
+    let line = String::from_utf8_lossy(
+        &run_ok(a.cmd(weft()).args(["probe", "tcp", "192.0.2.2:9000"])).stdout,
+    )
+    .into_owned();
+    assert!(
+        line.contains("client=192.0.2.1"),
+        "leaving the subnet is masqueraded: {line}"
+    );
+    let line = String::from_utf8_lossy(
+        &run_ok(a.cmd(weft()).args(["probe", "tcp", "10.17.0.3:9000"])).stdout,
+    )
+    .into_owned();
+    assert!(
+        line.contains("client=10.17.0.2"),
+        "pod to pod is never NATed: {line}"
+    );
     // Independently: the rule is in the host namespace's nf_tables, nowhere else.
-    let rules = String::from_utf8_lossy(&run_ok(host.cmd("nft").args(["list", "table", "inet", "weft-cni-testnet"])).stdout).into_owned();
+    let rules = String::from_utf8_lossy(
+        &run_ok(
+            host.cmd("nft")
+                .args(["list", "table", "inet", "weft-cni-testnet"]),
+        )
+        .stdout,
+    )
+    .into_owned();
     assert!(rules.contains("masquerade"), "{rules}");
 }

@@ -1,0 +1,262 @@
+//! The node agent's control loop: watch this node's pods and every Node through the
+//! Kubernetes API (kube-rs, so the lab's control plane and a real cluster look the same),
+//! compile them into desired state (routes, the CNI config, running pods) and apply it.
+//!
+//! Level-triggered: any watch event, or a one-second tick, runs one reconcile pass over
+//! the reflector caches; a pass does only what differs from the last one.
+
+mod cniconf;
+mod masq;
+mod node;
+mod pods;
+
+use futures::StreamExt;
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::runtime::{reflector, watcher, WatchStreamExt};
+use kube::{Api, Client};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+use weft_agent::{Runtime, RuntimeConfig};
+use weft_routing::{Backend, NodeInfo, Router};
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub kubeconfig: Option<PathBuf>,
+    pub node_name: String,
+    pub node_ip: IpAddr,
+    pub backend: String,
+    pub underlay_if: String,
+    pub state_dir: PathBuf,
+    pub weft_bin: PathBuf,
+    pub netns_prefix: String,
+    pub cluster_cidr: IpNet,
+    pub cluster_dns: Option<IpAddr>,
+    pub cluster_domain: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("kubernetes API: {op}: {source}")]
+    Api {
+        op: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("kubeconfig {path}: {problem}")]
+    Kubeconfig { path: String, problem: String },
+    #[error("routing: {0}")]
+    Routing(#[from] weft_routing::Error),
+    #[error("netlink: {0}")]
+    Netlink(#[from] weft_netlink::Error),
+    #[error("nf_tables: {0}")]
+    Nft(#[from] weft_nft::Error),
+    #[error("pod runtime: {0}")]
+    Runtime(#[from] weft_agent::Error),
+    #[error("{op}: {source}")]
+    Io {
+        op: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub type Error = AgentError;
+pub type Result<T> = std::result::Result<T, AgentError>;
+
+impl AgentError {
+    pub fn api(op: &str) -> impl FnOnce(kube::Error) -> AgentError + '_ {
+        move |source| AgentError::Api {
+            op: op.to_string(),
+            source,
+        }
+    }
+}
+
+async fn client(cfg: &AgentConfig) -> Result<Client> {
+    let config = match &cfg.kubeconfig {
+        Some(path) => {
+            let bad = |problem: String| AgentError::Kubeconfig {
+                path: path.display().to_string(),
+                problem,
+            };
+            let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| bad(e.to_string()))?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| bad(e.to_string()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| AgentError::Kubeconfig {
+                path: "(in-cluster or default)".into(),
+                problem: e.to_string(),
+            })?,
+    };
+    Client::try_from(config).map_err(AgentError::api("build the client"))
+}
+
+/// Runs the agent until the process is stopped.
+pub async fn run(cfg: AgentConfig) -> Result<()> {
+    let client = client(&cfg).await?;
+    let backend = Backend::parse(&cfg.backend)?;
+    node::register(&client, &cfg, None).await?;
+    tracing::info!(node = %cfg.node_name, backend = backend.name(), "registered; waiting for a podCIDR");
+    let pod_cidr = node::wait_pod_cidr(&client, &cfg).await?;
+    let me = NodeInfo {
+        name: cfg.node_name.clone(),
+        underlay_ip: cfg.node_ip,
+        pod_cidr: Some(pod_cidr),
+        vtep_mac: None,
+    };
+    let handle = weft_netlink::Handle::new()?;
+    let mut router = Router::new(handle, backend, me, &cfg.underlay_if)?;
+    if let Some(mac) = router.vtep_mac() {
+        node::register(&client, &cfg, Some(&weft_netlink::mac_to_string(&mac))).await?;
+    }
+    masq::ensure(cfg.cluster_cidr)?;
+
+    let notify = Arc::new(Notify::new());
+    let (nodes, node_writer) = reflector::store::<Node>();
+    let (pods, pod_writer) = reflector::store::<Pod>();
+    let node_stream = reflector(
+        node_writer,
+        watcher(Api::<Node>::all(client.clone()), watcher::Config::default()),
+    )
+    .default_backoff()
+    .touched_objects();
+    let pods_api: Api<Pod> = Api::all(client.clone());
+    let pod_cfg = watcher::Config::default().fields(&format!("spec.nodeName={}", cfg.node_name));
+    let pod_stream = reflector(pod_writer, watcher(pods_api, pod_cfg))
+        .default_backoff()
+        .touched_objects();
+    for stream in [
+        node_stream.map(|_| ()).boxed(),
+        pod_stream.map(|_| ()).boxed(),
+    ] {
+        let n = notify.clone();
+        tokio::spawn(stream.for_each(move |_| {
+            n.notify_one();
+            futures::future::ready(())
+        }));
+    }
+    nodes.wait_until_ready().await.ok();
+    pods.wait_until_ready().await.ok();
+
+    let mut runtime: Option<Arc<Mutex<Runtime>>> = None;
+    let mut pod_sync = pods::PodSync::default();
+    let mut last_heartbeat = std::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = notify.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        // Oldest first: on a conflict (two nodes claiming one podCIDR) the first one wins.
+        let mut node_objs = nodes.state();
+        node_objs.sort_by_key(|n| {
+            (
+                n.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                n.metadata.name.clone(),
+            )
+        });
+        let all: Vec<NodeInfo> = node_objs
+            .iter()
+            .filter_map(|n| node::node_info(n))
+            .collect();
+        if let Err(e) = router.sync(&all) {
+            tracing::warn!("routing: {e}");
+        }
+        if runtime.is_none() {
+            runtime = Some(Arc::new(Mutex::new(start_runtime(
+                &cfg, pod_cidr, backend,
+            )?)));
+            tracing::info!(%pod_cidr, "CNI config written; running pods");
+        }
+        if let Some(rt) = &runtime {
+            pod_sync
+                .reconcile(&client, rt.clone(), &cfg, pods.state())
+                .await;
+        }
+        if last_heartbeat.elapsed() > Duration::from_secs(10) {
+            if let Err(e) = node::heartbeat(&client, &cfg).await {
+                tracing::warn!("heartbeat: {e}");
+            }
+            last_heartbeat = std::time::Instant::now();
+        }
+    }
+}
+
+fn start_runtime(cfg: &AgentConfig, pod_cidr: IpNet, backend: Backend) -> Result<Runtime> {
+    std::fs::create_dir_all(&cfg.state_dir).map_err(|e| AgentError::Io {
+        op: format!("create {}", cfg.state_dir.display()),
+        source: e,
+    })?;
+    let mtu = match backend {
+        Backend::Vxlan { .. } => 1450,
+        Backend::HostGw => 1500,
+    };
+    let conf = cniconf::render(pod_cidr, mtu, &cfg.state_dir.join("ipam"));
+    let conf_path = cfg.state_dir.join("cni.json");
+    std::fs::write(&conf_path, conf.to_string()).map_err(|e| AgentError::Io {
+        op: format!("write {}", conf_path.display()),
+        source: e,
+    })?;
+    let cni_bin_dir = cfg.state_dir.join("cni-bin");
+    std::fs::create_dir_all(&cni_bin_dir).map_err(|e| AgentError::Io {
+        op: "create cni-bin".into(),
+        source: e,
+    })?;
+    let link = cni_bin_dir.join("weft");
+    if !link.exists() {
+        std::os::unix::fs::symlink(&cfg.weft_bin, &link).map_err(|e| AgentError::Io {
+            op: "link the CNI plugin".into(),
+            source: e,
+        })?;
+    }
+    let mut rt = Runtime::new(RuntimeConfig {
+        node_name: cfg.node_name.clone(),
+        state_dir: cfg.state_dir.join("pods"),
+        weft_bin: cfg.weft_bin.clone(),
+        cni_conf: conf_path,
+        cni_bin_dir,
+        netns_prefix: cfg.netns_prefix.clone(),
+        cluster_dns: cfg.cluster_dns,
+        cluster_domain: cfg.cluster_domain.clone(),
+        host_netns: None,
+    })?;
+    let adopted = rt.adopt()?;
+    tracing::info!(count = adopted.len(), "adopted running pods");
+    Ok(rt)
+}
+
+/// `weft agent ...`.
+pub fn main(a: crate::cli::AgentArgs) -> anyhow::Result<()> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let cfg = AgentConfig {
+        kubeconfig: a.kubeconfig,
+        node_name: a.node_name,
+        node_ip: a.node_ip,
+        backend: a.backend,
+        underlay_if: a.underlay_if,
+        state_dir: a.state_dir,
+        weft_bin: std::env::current_exe()?,
+        netns_prefix: a.netns_prefix,
+        cluster_cidr: a.cluster_cidr,
+        cluster_dns: a.cluster_dns,
+        cluster_domain: a.cluster_domain,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(run(cfg))?;
+    Ok(())
+}
