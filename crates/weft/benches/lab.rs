@@ -1,0 +1,2 @@
+//! lab benchmark (placeholder until written)
+fn main() {}
