@@ -62,6 +62,7 @@ impl Runtime {
             // Whatever else lives in the namespace (daemons in other sessions, exec'd
             // commands) would keep it, and its veth, alive.
             let deadline = Instant::now() + KILL_WAIT;
+            let mut killed: Vec<u32> = live.iter().map(|(pid, _)| *pid).collect();
             loop {
                 let rest = process::pids_in_netns(inode);
                 if rest.is_empty() || Instant::now() >= deadline {
@@ -69,12 +70,13 @@ impl Runtime {
                 }
                 for pid in rest {
                     process::signal_group(pid, Signal::SIGKILL);
-                    process::reap(pid);
+                    killed.push(pid);
                 }
                 std::thread::sleep(POLL);
             }
-            for (pid, _) in &live {
-                process::reap(*pid);
+            // Our own children among them would stay zombies until collected.
+            for pid in killed {
+                process::reap_killed(pid, deadline);
             }
         }
 

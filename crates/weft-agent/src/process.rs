@@ -13,7 +13,6 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use nix::errno::Errno;
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
@@ -182,23 +181,9 @@ fn code_of(ws: WaitStatus) -> Option<Option<i32>> {
 /// reported here once and never again); without, it is only looked at.
 pub fn liveness(pid: u32, start_time: u64, netns_inode: u64, reap: bool) -> Liveness {
     let p = Pid::from_raw(pid as i32);
-    let waited = if reap {
-        waitpid(p, Some(WaitPidFlag::WNOHANG))
-    } else {
-        waitid(
-            Id::Pid(p),
-            WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT,
-        )
-    };
-    match waited {
-        Ok(ws) => {
-            if let Some(code) = code_of(ws) {
-                return Liveness::Exited(code);
-            }
-        }
-        // Not our child (adopted after an agent restart): /proc is all we have.
-        Err(Errno::ECHILD) => {}
-        Err(_) => {}
+    // Not our child (adopted after an agent restart: ECHILD): /proc is all we have.
+    if let Some(code) = wait_once(p, reap).and_then(code_of) {
+        return Liveness::Exited(code);
     }
     match proc_stat(pid) {
         Some((state, start)) if start == start_time && state != 'Z' && state != 'X' => {
@@ -208,7 +193,20 @@ pub fn liveness(pid: u32, start_time: u64, netns_inode: u64, reap: bool) -> Live
                 Liveness::Exited(None)
             }
         }
+        // It died between the wait above and now: a child of ours can now tell its code.
+        Some((_, start)) if start == start_time => {
+            Liveness::Exited(wait_once(p, reap).and_then(code_of).flatten())
+        }
         _ => Liveness::Exited(None),
+    }
+}
+
+fn wait_once(p: Pid, reap: bool) -> Option<WaitStatus> {
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG;
+    if reap {
+        waitpid(p, Some(WaitPidFlag::WNOHANG)).ok()
+    } else {
+        waitid(Id::Pid(p), flags | WaitPidFlag::WNOWAIT).ok()
     }
 }
 
@@ -236,9 +234,16 @@ pub fn pids_in_netns(inode: u64) -> Vec<u32> {
         .collect()
 }
 
-/// Collect `pid` if it is an ended child of ours (no zombie left behind); no effect otherwise.
-pub fn reap(pid: u32) {
-    let _ = waitpid(Pid::from_raw(pid as i32), Some(WaitPidFlag::WNOHANG));
+/// Collect `pid`, just sent SIGKILL, if it is a child of ours (no zombie left behind),
+/// waiting for it to die until `deadline`; no effect on processes that are not our children.
+pub fn reap_killed(pid: u32, deadline: std::time::Instant) {
+    let p = Pid::from_raw(pid as i32);
+    while let Ok(WaitStatus::StillAlive) = waitpid(p, Some(WaitPidFlag::WNOHANG)) {
+        if std::time::Instant::now() >= deadline {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
 }
 
 #[cfg(test)]

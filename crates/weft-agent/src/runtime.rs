@@ -282,7 +282,7 @@ impl Runtime {
     }
 
     /// A command for `weft lab exec`: it runs inside the pod's network namespace, with the
-    /// pod's resolv.conf, hosts and host name, and the pod's environment. `weft` as the
+    /// pod's resolv.conf, hosts and host name, and the first container's environment. `weft` as the
     /// program is the runtime's weft binary.
     pub fn exec_command(&self, uid: &str, argv: &[String]) -> Result<Command> {
         let p = self
@@ -296,7 +296,14 @@ impl Runtime {
                 "no command given",
             ));
         }
-        self.pod_command(p, argv, &[], false)
+        // As `kubectl exec` without -c: the first container's environment.
+        let env = p
+            .plan
+            .containers
+            .first()
+            .map(|c| c.env.as_slice())
+            .unwrap_or_default();
+        self.pod_command(p, argv, env, false)
     }
 
     pub(crate) fn program(&self, name: &str) -> Option<PathBuf> {

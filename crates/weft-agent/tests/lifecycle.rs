@@ -1,0 +1,229 @@
+//! Ending pods and surviving agent restarts: stop removes namespace, veth, address and
+//! record; a new runtime on the same state directory adopts running pods (same processes,
+//! established connections intact), distrusts PIDs that no longer match, removes the
+//! remains of a start that never finished; gc stops what is no longer wanted.
+
+mod common;
+
+use common::*;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use weft_netlink::Netns;
+
+fn sleeper(name: &str, extra: &str) -> String {
+    format!(
+        "metadata: {{name: {name}, uid: uid-{name}}}\nspec:\n  terminationGracePeriodSeconds: 1\n{extra}  containers:\n  - {{name: main, command: [sleep, '1000']}}\n"
+    )
+}
+
+/// Whether `pid` is a live process (not absent, not a zombie).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            let state = s[s.rfind(')').unwrap() + 1..]
+                .split_whitespace()
+                .next()
+                .unwrap_or("");
+            state != "Z" && state != "X"
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn stop_removes_namespace_veth_address_and_record() {
+    let node = Node::new("stop");
+    let mut rt = node.runtime();
+    let keeper = rt.start(&pod(&sleeper("keeper", ""))).unwrap();
+    let web = rt
+        .start(&pod(
+            "metadata: {name: web, uid: uid-web}\nspec:\n  terminationGracePeriodSeconds: 5\n  containers:\n  - {name: web, ports: [{containerPort: 8080}]}\n",
+        ))
+        .unwrap();
+    // Ignores SIGTERM (sh and its sleep both): only SIGKILL after the grace period ends it.
+    let stubborn = rt
+        .start(&pod(
+            "metadata: {name: stubborn, uid: uid-stubborn}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {name: main, command: [sh, -c, 'trap \"\" TERM; sleep 1000']}\n",
+        ))
+        .unwrap();
+    assert_eq!(node.bridge_ports().len(), 3);
+    let mut holders = node.ipam_holders();
+    holders.sort();
+    assert_eq!(holders, ["uid-keeper", "uid-stubborn", "uid-web"]);
+
+    let web_ns = web.netns.file_name().unwrap().to_str().unwrap().to_string();
+    let web_pid = web.containers[0].pid.unwrap();
+    rt.stop("uid-web").unwrap();
+    assert!(!node.namespaces().contains(&web_ns));
+    assert!(!alive(web_pid), "web's process survived stop");
+    assert_eq!(node.bridge_ports().len(), 2, "web's veth is left");
+    assert!(!node.ipam_holders().contains(&"uid-web".to_string()));
+    assert!(!node.state_dir().join("pods/uid-web").exists());
+    assert!(rt.status("uid-web").is_none());
+    // A running pod's mount namespace does not pin the stopped pod's namespace mount.
+    let keeper_pid = keeper.containers[0].pid.unwrap();
+    let mounts = std::fs::read_to_string(format!("/proc/{keeper_pid}/mountinfo")).unwrap();
+    assert!(!mounts.contains(&web_ns), "keeper still holds {web_ns}");
+    // Idempotent, and unknown pods are no error.
+    rt.stop("uid-web").unwrap();
+    rt.stop("uid-never-was").unwrap();
+
+    let stubborn_pid = stubborn.containers[0].pid.unwrap();
+    rt.stop("uid-stubborn").unwrap();
+    assert!(!alive(stubborn_pid), "SIGKILL after the grace period");
+    assert!(!node
+        .namespaces()
+        .iter()
+        .any(|n| n.ends_with("default-stubborn")));
+    assert_eq!(node.ipam_holders(), ["uid-keeper"]);
+    assert!(alive(keeper_pid));
+    rt.stop("uid-keeper").unwrap();
+    node.assert_only_node_left();
+    assert!(node.bridge_ports().is_empty());
+}
+
+#[test]
+fn a_new_runtime_adopts_pods_and_their_connections_survive() {
+    let node = Node::new("adopt");
+    let mut rt = node.runtime();
+    let web = rt
+        .start(&pod(
+            "metadata: {name: web, uid: uid-web}\nspec:\n  terminationGracePeriodSeconds: 2\n  containers:\n  - name: web\n    ports: [{containerPort: 8080}]\n    readinessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}\n",
+        ))
+        .unwrap();
+    let client = rt.start(&pod(&sleeper("client", ""))).unwrap();
+    tend_until(&mut rt, "uid-web", "web ready", |s| s.ready);
+
+    // A connection from inside the client pod's namespace to the server pod.
+    let client_ns = Netns::from_path(&client.netns).unwrap();
+    let server = std::net::SocketAddr::new(ip(&web), 8080);
+    let stream = client_ns
+        .run_in(|| TcpStream::connect(server))
+        .unwrap()
+        .unwrap();
+    // The client speaks first: the server answers with its greeting, then the echo.
+    (&stream).write_all(b"before\n").unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut greeting = String::new();
+    reader.read_line(&mut greeting).unwrap();
+    assert!(
+        greeting.contains(&format!("client={}:", ip(&client))),
+        "{greeting}"
+    );
+    let mut echo = String::new();
+    reader.read_line(&mut echo).unwrap();
+    assert_eq!(echo, "before\n");
+
+    // The agent dies (nothing is stopped), a new one starts on the same state directory.
+    drop(rt);
+    let mut rt = node.runtime();
+    let mut adopted = rt.adopt().unwrap();
+    adopted.sort();
+    assert_eq!(adopted, ["uid-client", "uid-web"]);
+    let web2 = rt.status("uid-web").unwrap();
+    assert_eq!(web2.containers[0].pid, web.containers[0].pid);
+    assert!(web2.containers[0].running);
+    assert!(web2.ready, "readiness is kept across the restart");
+    assert_eq!(web2.ips, web.ips);
+
+    (&stream).write_all(b"still there\n").unwrap();
+    let mut echo = String::new();
+    reader.read_line(&mut echo).unwrap();
+    assert_eq!(echo, "still there\n");
+    drop(reader);
+    drop(stream);
+
+    // exec works in adopted pods; adopt again changes nothing.
+    let (code, out, _) = exec(
+        &rt,
+        "uid-client",
+        &["weft", "probe", "tcp", &server.to_string()],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(rt.adopt().unwrap().len(), 2);
+
+    let stopped = rt.gc(&keep(&["uid-web"])).unwrap();
+    assert_eq!(stopped, ["uid-client"]);
+    assert!(!node
+        .namespaces()
+        .iter()
+        .any(|n| n.ends_with("default-client")));
+    assert!(rt.status("uid-web").unwrap().containers[0].running);
+    assert_eq!(node.ipam_holders(), ["uid-web"]);
+    assert_eq!(rt.gc(&keep(&[])).unwrap(), ["uid-web"]);
+    node.assert_only_node_left();
+    assert!(node.bridge_ports().is_empty());
+    assert!(node.ipam_holders().is_empty());
+}
+
+#[test]
+fn adopt_distrusts_stale_pids_and_removes_unfinished_starts() {
+    let node = Node::new("stale");
+    let mut rt = node.runtime();
+    let died = rt.start(&pod(&sleeper("died", ""))).unwrap();
+    let reused = rt
+        .start(&pod(&sleeper("reused", "  restartPolicy: Never\n")))
+        .unwrap();
+    let half = rt.start(&pod(&sleeper("half", ""))).unwrap();
+    let died_pid = died.containers[0].pid.unwrap();
+    let reused_pid = reused.containers[0].pid.unwrap();
+    let half_pid = half.containers[0].pid.unwrap();
+    drop(rt);
+
+    // While no agent runs: a container is killed; a record's PID stops matching (as if the
+    // PID now belonged to another process); a record is left as a crash mid-start leaves it.
+    run_ok(std::process::Command::new("kill").args(["-9", &died_pid.to_string()]));
+    let edit = |uid: &str, from: &str, to: &str| {
+        let p = node.state_dir().join(format!("pods/{uid}/record.json"));
+        let s = std::fs::read_to_string(&p).unwrap();
+        assert!(s.contains(from), "{s}");
+        std::fs::write(&p, s.replacen(from, to, 1)).unwrap();
+    };
+    let rec =
+        std::fs::read_to_string(node.state_dir().join("pods/uid-reused/record.json")).unwrap();
+    let start_line = rec
+        .lines()
+        .find(|l| l.contains("\"start_time\""))
+        .unwrap()
+        .to_string();
+    edit("uid-reused", &start_line, "      \"start_time\": 1,");
+    edit(
+        "uid-half",
+        "\"phase\": \"running\"",
+        "\"phase\": \"creating\"",
+    );
+
+    let mut rt = node.runtime();
+    let mut adopted = rt.adopt().unwrap();
+    adopted.sort();
+    assert_eq!(adopted, ["uid-died", "uid-reused"]);
+    // The unfinished start is gone entirely.
+    assert!(!node
+        .namespaces()
+        .iter()
+        .any(|n| n.ends_with("default-half")));
+    assert!(!alive(half_pid));
+    assert!(!node.ipam_holders().contains(&"uid-half".to_string()));
+    assert!(!node.state_dir().join("pods/uid-half").exists());
+
+    let st = rt.status("uid-reused").unwrap();
+    assert!(
+        !st.containers[0].running,
+        "a PID whose start time differs is not ours"
+    );
+    let st = rt.status("uid-died").unwrap();
+    assert!(!st.containers[0].running);
+    assert_eq!(st.containers[0].exit_code, Some(137));
+    // restartPolicy Always (the default) starts it again.
+    let st = tend_until(&mut rt, "uid-died", "restarted", |s| {
+        s.containers[0].running
+    });
+    assert_eq!(st.containers[0].restarts, 1);
+    assert_ne!(st.containers[0].pid, Some(died_pid));
+
+    // Stopping the pod also ends the untrusted process still living in its namespace.
+    assert!(alive(reused_pid));
+    rt.gc(&keep(&[])).unwrap();
+    assert!(!alive(reused_pid));
+    node.assert_only_node_left();
+    assert!(node.ipam_holders().is_empty());
+}

@@ -1,0 +1,243 @@
+//! Pods started by the runtime, wired by the real CNI plugin inside a node namespace:
+//! the built-in server, commands, the pod's own resolv.conf/hosts/host name, readiness
+//! probes and restart policies.
+
+mod common;
+
+use common::*;
+
+const WEB: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: default, uid: uid-web}
+spec:
+  containers:
+  - name: web
+    ports:
+    - containerPort: 8080
+"#;
+
+const CLIENT: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: default, uid: uid-client}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    command: [sleep]
+    args: ["1000"]
+    env:
+    - {name: GREETING, value: hello}
+    - name: MY_IP
+      valueFrom: {fieldRef: {fieldPath: status.podIP}}
+"#;
+
+#[test]
+fn a_client_pod_reaches_the_builtin_server_with_its_own_ip() {
+    let node = Node::new("serve");
+    let mut rt = node.runtime();
+    let web = rt.start(&pod(WEB)).unwrap();
+    let client = rt.start(&pod(CLIENT)).unwrap();
+    assert_eq!(web.ips, ["10.244.1.2".parse::<std::net::IpAddr>().unwrap()]);
+    assert_eq!(ip(&client).to_string(), "10.244.1.3");
+    assert_eq!(
+        web.netns,
+        std::path::PathBuf::from(format!("/run/netns/{}default-web", node.prefix))
+    );
+    assert!(node
+        .namespaces()
+        .contains(&format!("{}default-client", node.prefix)));
+    // The container process lives in the pod's namespace.
+    let pid = web.containers[0].pid.unwrap();
+    assert_eq!(
+        inode(&std::path::PathBuf::from(format!("/proc/{pid}/ns/net"))),
+        inode(&web.netns)
+    );
+    // No readiness probe: ready once running.
+    tend_until(&mut rt, "uid-web", "web ready", |s| s.ready);
+
+    let target = format!("{}:8080", ip(&web));
+    let (code, out, err) = exec(&rt, "uid-client", &["weft", "probe", "tcp", &target]);
+    assert_eq!(code, 0, "probe failed: {out}{err}");
+    assert!(out.contains("client=10.244.1.3"), "{out}");
+    // The server's identity comes from the pod: host name (UTS) and POD_NAME/NAMESPACE.
+    assert!(out.contains("server=web"), "{out}");
+    assert!(out.contains("pod=default/web"), "{out}");
+
+    let (code, out, _) = exec(
+        &rt,
+        "uid-client",
+        &[
+            "sh",
+            "-c",
+            "echo $POD_NAME $POD_NAMESPACE $POD_IP $NODE_NAME $GREETING $MY_IP; hostname",
+        ],
+    );
+    assert_eq!(code, 0);
+    assert_eq!(
+        out,
+        "client default 10.244.1.3 node-1 hello 10.244.1.3\nclient\n"
+    );
+    // A closed port is refused: the exit code of the command comes back.
+    let (code, _, _) = exec(
+        &rt,
+        "uid-client",
+        &["weft", "probe", "tcp", &format!("{}:9", ip(&web))],
+    );
+    assert_eq!(code, 1);
+}
+
+#[test]
+fn pods_see_their_own_resolv_conf_and_hosts_the_host_keeps_its_own() {
+    let node = Node::new("files");
+    let mut rt = node.runtime();
+    let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let host_hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+    let etc_mounts_before = etc_mounts();
+    let st = rt
+        .start(&pod(
+            &CLIENT.replace("namespace: default", "namespace: shop")
+        ))
+        .unwrap();
+    let (code, out, err) = exec(&rt, "uid-client", &["cat", "/etc/resolv.conf"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out,
+        "nameserver 10.96.0.10\nsearch shop.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n"
+    );
+    let (_, hosts, _) = exec(&rt, "uid-client", &["cat", "/etc/hosts"]);
+    assert!(hosts.contains("127.0.0.1\tlocalhost\n"), "{hosts}");
+    assert!(hosts.contains(&format!("{}\tclient\n", ip(&st))), "{hosts}");
+    // The running container sees them too (its mount namespace, not only exec's).
+    let pid = st.containers[0].pid.unwrap();
+    let seen = std::fs::read_to_string(format!("/proc/{pid}/root/etc/resolv.conf")).unwrap();
+    assert!(seen.starts_with("nameserver 10.96.0.10\n"), "{seen}");
+    // Nothing leaked back to the host.
+    assert_eq!(
+        std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        host_resolv
+    );
+    assert_eq!(
+        std::fs::read_to_string("/etc/hosts").unwrap_or_default(),
+        host_hosts
+    );
+    assert_eq!(etc_mounts(), etc_mounts_before);
+    rt.stop("uid-client").unwrap();
+}
+
+/// Mounts over /etc files in the test's own mount namespace (the host's view).
+fn etc_mounts() -> usize {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(" /etc/resolv.conf ") || l.contains(" /etc/hosts "))
+        .count()
+}
+
+#[test]
+fn readiness_follows_http_and_exec_probes() {
+    let node = Node::new("ready");
+    let mut rt = node.runtime();
+    let go = node.dir.path().join("go");
+    let side = node.dir.path().join("side-ready");
+    let yaml = format!(
+        r#"
+metadata: {{name: lazy, uid: uid-lazy}}
+spec:
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: web
+    command: [sh, -c, 'while [ ! -e {go} ]; do sleep 0.05; done; exec weft serve --http 8080']
+    readinessProbe:
+      httpGet: {{port: http, path: /healthz}}
+      periodSeconds: 1
+    ports:
+    - {{name: http, containerPort: 8080}}
+  - name: side
+    command: [sleep, "1000"]
+    readinessProbe:
+      exec: {{command: [test, -e, {side}]}}
+      periodSeconds: 1
+"#,
+        go = go.display(),
+        side = side.display()
+    );
+    rt.start(&pod(&yaml)).unwrap();
+    rt.probe_all();
+    let st = rt.status("uid-lazy").unwrap();
+    assert!(st.containers.iter().all(|c| c.running), "{st:#?}");
+    assert!(!st.containers[0].ready, "nothing listens yet: {st:#?}");
+    assert!(!st.ready);
+
+    std::fs::write(&go, "").unwrap();
+    let st = tend_until(&mut rt, "uid-lazy", "web ready", |s| s.containers[0].ready);
+    assert!(!st.containers[1].ready && !st.ready, "{st:#?}");
+
+    std::fs::write(&side, "").unwrap();
+    let st = tend_until(&mut rt, "uid-lazy", "pod ready", |s| s.ready);
+    assert!(st.containers.iter().all(|c| c.ready && c.restarts == 0));
+
+    // A probe that starts failing makes the container unready after failureThreshold.
+    std::fs::remove_file(&side).unwrap();
+    tend_until(&mut rt, "uid-lazy", "side unready", |s| {
+        !s.containers[1].ready && !s.ready
+    });
+    rt.stop("uid-lazy").unwrap();
+}
+
+#[test]
+fn restart_policy_always_restarts_never_leaves_exited() {
+    let node = Node::new("restart");
+    let mut rt = node.runtime();
+    let yaml = |name: &str, policy: &str| {
+        format!(
+            "metadata: {{name: {name}, uid: uid-{name}}}\nspec:\n  restartPolicy: {policy}\n  containers:\n  - {{name: c, command: [sh, -c, 'exit 3']}}\n"
+        )
+    };
+    rt.start(&pod(&yaml("once", "Never"))).unwrap();
+    rt.start(&pod(&yaml("again", "Always"))).unwrap();
+    let st = tend_until(&mut rt, "uid-once", "exited", |s| !s.containers[0].running);
+    assert_eq!(st.containers[0].exit_code, Some(3));
+    assert_eq!(st.containers[0].restarts, 0);
+    assert!(!st.ready);
+    tend_until(&mut rt, "uid-again", "restarted twice", |s| {
+        s.containers[0].restarts >= 2
+    });
+    rt.probe_all();
+    let st = rt.status("uid-once").unwrap();
+    assert_eq!(
+        (st.containers[0].running, st.containers[0].restarts),
+        (false, 0)
+    );
+    // The record says the same on disk.
+    let rec = std::fs::read_to_string(node.state_dir().join("pods/uid-once/record.json")).unwrap();
+    assert!(rec.contains("\"exit_code\": 3"), "{rec}");
+}
+
+#[test]
+fn a_failed_start_leaves_nothing_behind() {
+    let node = Node::new("fail");
+    let mut rt = node.runtime();
+    let err = rt
+        .start(&pod(
+            "metadata: {name: bad, uid: uid-bad}\nspec: {containers: [{name: c, command: [no-such-program-weft]}]}",
+        ))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("no-such-program-weft") && err.contains("not found"),
+        "{err}"
+    );
+    node.assert_only_node_left();
+    assert!(node.ipam_holders().is_empty(), "{:?}", node.ipam_holders());
+    assert!(node.bridge_ports().is_empty());
+    assert!(!node.state_dir().join("pods/uid-bad").exists());
+    assert!(rt.status("uid-bad").is_none());
+    // A pod without a uid is refused before anything is made.
+    let err = rt
+        .start(&pod("metadata: {name: x}\nspec: {containers: [{name: c}]}"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("metadata.uid"), "{err}");
+}
