@@ -46,8 +46,24 @@ pub fn ensure(dir: &Path, ips: &[IpAddr]) -> Result<Credentials, Error> {
     let cert_path = pki.join("apiserver.crt");
     let key_path = pki.join("apiserver.key");
     let token_path = dir.join("token");
+    let wanted = serving_ips(ips);
     if !(ca_crt.exists() && cert_path.exists() && key_path.exists()) {
-        generate(&pki, ips)?;
+        generate(&pki, &wanted)?;
+    } else {
+        // Started on another address than before: re-issue the serving certificate from
+        // the same CA, so existing kubeconfigs stay valid.
+        let have = std::fs::read_to_string(pki.join("apiserver.sans")).unwrap_or_default();
+        let have: Vec<IpAddr> = have.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        if !wanted.iter().all(|ip| have.contains(ip)) {
+            let mut all = have;
+            for ip in &wanted {
+                if !all.contains(ip) {
+                    all.push(*ip);
+                }
+            }
+            let ca_key = KeyPair::from_pem(&read(&pki.join("ca.key"))?).map_err(cert_err)?;
+            issue_serving(&pki, &Issuer::new(ca_params()?, ca_key), &all)?;
+        }
     }
     if !token_path.exists() {
         let token: String = crate::meta::random_bytes::<24>()
@@ -68,8 +84,17 @@ fn cert_err(e: rcgen::Error) -> Error {
     Error::Cert(e.to_string())
 }
 
-fn generate(pki: &Path, ips: &[IpAddr]) -> Result<(), Error> {
-    let ca_key = KeyPair::generate().map_err(cert_err)?;
+fn serving_ips(ips: &[IpAddr]) -> Vec<IpAddr> {
+    let mut all: Vec<IpAddr> = vec![IpAddr::from([127, 0, 0, 1])];
+    for ip in ips.iter().copied().filter(|ip| !ip.is_unspecified()) {
+        if !all.contains(&ip) {
+            all.push(ip);
+        }
+    }
+    all
+}
+
+fn ca_params() -> Result<CertificateParams, Error> {
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(cert_err)?;
     ca_params
         .distinguished_name
@@ -81,9 +106,22 @@ fn generate(pki: &Path, ips: &[IpAddr]) -> Result<(), Error> {
         KeyUsagePurpose::DigitalSignature,
     ];
     ca_params.not_after = rcgen::date_time_ymd(2099, 1, 1);
-    let ca_cert = ca_params.self_signed(&ca_key).map_err(cert_err)?;
-    let issuer = Issuer::new(ca_params, ca_key);
+    Ok(ca_params)
+}
 
+fn generate(pki: &Path, ips: &[IpAddr]) -> Result<(), Error> {
+    let ca_key = KeyPair::generate().map_err(cert_err)?;
+    let params = ca_params()?;
+    let ca_cert = params.self_signed(&ca_key).map_err(cert_err)?;
+    let issuer = Issuer::new(params, ca_key);
+    write_private(&pki.join("ca.key"), &issuer.key().serialize_pem())?;
+    issue_serving(pki, &issuer, ips)?;
+    // The CA certificate is written last: its presence marks a complete set.
+    write_private(&pki.join("ca.crt"), &ca_cert.pem())?;
+    Ok(())
+}
+
+fn issue_serving(pki: &Path, issuer: &Issuer<'_, KeyPair>, ips: &[IpAddr]) -> Result<(), Error> {
     let dns = [
         "localhost",
         "kubernetes",
@@ -96,23 +134,17 @@ fn generate(pki: &Path, ips: &[IpAddr]) -> Result<(), Error> {
     params
         .distinguished_name
         .push(DnType::CommonName, "weft-apiserver");
-    let mut all_ips: Vec<IpAddr> = vec![IpAddr::from([127, 0, 0, 1])];
-    all_ips.extend(ips.iter().copied().filter(|ip| !ip.is_unspecified()));
-    all_ips.dedup();
-    for ip in all_ips {
-        params.subject_alt_names.push(SanType::IpAddress(ip));
+    for ip in ips {
+        params.subject_alt_names.push(SanType::IpAddress(*ip));
     }
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     params.not_after = rcgen::date_time_ymd(2099, 1, 1);
     let key = KeyPair::generate().map_err(cert_err)?;
-    let cert = params.signed_by(&key, &issuer).map_err(cert_err)?;
-
-    write_private(&pki.join("ca.key"), &issuer.key().serialize_pem())?;
+    let cert = params.signed_by(&key, issuer).map_err(cert_err)?;
     write_private(&pki.join("apiserver.key"), &key.serialize_pem())?;
     write_private(&pki.join("apiserver.crt"), &cert.pem())?;
-    // The CA certificate is written last: its presence marks a complete set.
-    write_private(&pki.join("ca.crt"), &ca_cert.pem())?;
-    Ok(())
+    let sans: Vec<String> = ips.iter().map(|ip| ip.to_string()).collect();
+    write_private(&pki.join("apiserver.sans"), &(sans.join("\n") + "\n"))
 }
 
 /// Writes a kubeconfig for `server` (https://host:port) with the CA and token.

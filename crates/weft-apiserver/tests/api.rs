@@ -342,3 +342,24 @@ async fn cluster_network_policy_is_served_as_dynamic_json() {
     let text = c.request_text(req).await.expect("discovery");
     assert!(text.contains("clusternetworkpolicies"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_listen_address_gets_a_certificate_from_the_same_ca() {
+    let mut s = start().await;
+    let ca_before = std::fs::read(s.dir.path().join("pki/ca.crt")).expect("ca");
+    s.stop().await;
+    // Another loopback address: the old serving certificate does not name it.
+    let cfg = config(s.dir.path(), "127.0.0.2:0", 1000);
+    s.server = Some(
+        weft_apiserver::start(cfg)
+            .await
+            .expect("restart on 127.0.0.2"),
+    );
+    let c = s.client().await;
+    let cms: Api<ConfigMap> = Api::namespaced(c, "default");
+    cms.list(&ListParams::default())
+        .await
+        .expect("TLS verifies against the same CA");
+    let ca_after = std::fs::read(s.dir.path().join("pki/ca.crt")).expect("ca");
+    assert_eq!(ca_before, ca_after);
+}

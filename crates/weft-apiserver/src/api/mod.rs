@@ -2,6 +2,7 @@
 //! `crud`, watches in `watch`, patch flavours in `patch`, selectors in `selector`.
 
 pub(crate) mod crud;
+pub(crate) mod delete;
 mod discovery;
 mod openapi;
 mod patch;
@@ -254,8 +255,8 @@ async fn dispatch(
         (Method::POST, false) => crud::create(state, &t, &q, headers, body),
         (Method::PUT, true) => crud::update(state, &t, &q, headers, body),
         (Method::PATCH, true) => crud::patch(state, &t, &q, headers, body),
-        (Method::DELETE, true) => crud::delete(state, &t, &q, body),
-        (Method::DELETE, false) => crud::delete_collection(state, &t, &q),
+        (Method::DELETE, true) => delete::delete(state, &t, &q, body),
+        (Method::DELETE, false) => delete::delete_collection(state, &t, &q),
         _ => Err(ApiError::method_not_allowed()),
     }
 }

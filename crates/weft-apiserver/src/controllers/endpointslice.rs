@@ -184,7 +184,7 @@ fn reconcile_namespace(
         let key = store::key(ENDPOINTSLICES, ns, &name);
         match desired.remove(&name) {
             None => {
-                crud::delete_in(tx, ENDPOINTSLICES, &key, old, None, false)?;
+                crate::api::delete::delete_in(tx, ENDPOINTSLICES, &key, old, None, false)?;
             }
             Some(want) => {
                 let same = old["endpoints"] == want["endpoints"]

@@ -50,7 +50,7 @@ impl Reconcile for Controller {
                         remaining += 1;
                         if obj["metadata"]["deletionTimestamp"].is_null() {
                             let key = store::object_key(res, &obj);
-                            crud::delete_in(tx, res, &key, &obj, None, false)?;
+                            crate::api::delete::delete_in(tx, res, &key, &obj, None, false)?;
                         }
                     }
                 }
