@@ -45,7 +45,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     if wanted.is_empty() {
         bail!("nothing to serve: give at least one of --tcp, --udp, --sctp, --http with a port");
     }
-    let wanted = distinct(wanted)?;
+    let wanted = distinct(wanted);
 
     // Blocked before any thread starts so every thread inherits the mask and the signals
     // wait for `sigwait` below instead of killing the process mid-reply.
@@ -103,23 +103,26 @@ pub fn run(args: ServeArgs) -> Result<()> {
     Ok(())
 }
 
-/// Drops repeated ports (a pod may declare one twice). `--tcp P` with `--http P` is refused:
-/// both are TCP, and a `--tcp` port answers HTTP anyway.
-fn distinct(wanted: Vec<(Kind, u16)>) -> Result<Vec<(Kind, u16)>> {
+/// Drops repeated ports (a pod may declare one twice). A port given as both `--tcp` and
+/// `--http` is served once as `--tcp`, which answers HTTP requests too.
+fn distinct(wanted: Vec<(Kind, u16)>) -> Vec<(Kind, u16)> {
+    let tcp_like = |k: Kind| matches!(k, Kind::Tcp | Kind::Http);
     let mut out: Vec<(Kind, u16)> = Vec::new();
     for (kind, port) in wanted {
-        if out.contains(&(kind, port)) {
-            continue;
+        // Port 0 asks for a fresh free port each time, so zeros never repeat.
+        let same = |(k, p): &(Kind, u16)| {
+            port != 0 && *p == port && (*k == kind || (tcp_like(*k) && tcp_like(kind)))
+        };
+        match out.iter_mut().find(|w| same(w)) {
+            Some(w) if w.0 != kind => {
+                note!("weft serve: TCP port {port} given as --tcp and --http: serving it once, answering both line echo and HTTP");
+                w.0 = Kind::Tcp;
+            }
+            Some(_) => {}
+            None => out.push((kind, port)),
         }
-        let tcp_like = |k: Kind| matches!(k, Kind::Tcp | Kind::Http);
-        if port != 0 && tcp_like(kind) && out.iter().any(|(k, p)| *p == port && tcp_like(*k)) {
-            bail!(
-                "TCP port {port} is given both as --tcp and --http; give it once (a --tcp port answers HTTP requests too)"
-            );
-        }
-        out.push((kind, port));
     }
-    Ok(out)
+    out
 }
 
 #[cfg(test)]
@@ -127,17 +130,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn repeated_ports_are_served_once_and_tcp_http_clashes_refused() {
-        let got = distinct(vec![(Kind::Tcp, 80), (Kind::Udp, 80), (Kind::Tcp, 80)]).unwrap();
+    fn repeated_ports_are_served_once() {
+        let got = distinct(vec![(Kind::Tcp, 80), (Kind::Udp, 80), (Kind::Tcp, 80)]);
         assert_eq!(got, vec![(Kind::Tcp, 80), (Kind::Udp, 80)]);
-        let err = distinct(vec![(Kind::Tcp, 80), (Kind::Http, 80)]).unwrap_err();
-        assert!(err.to_string().contains("--tcp and --http"), "{err}");
-        // Port 0 means "any free port" each time, so zeros never clash.
-        assert_eq!(
-            distinct(vec![(Kind::Tcp, 0), (Kind::Http, 0)])
-                .unwrap()
-                .len(),
-            2
-        );
+        let got = distinct(vec![(Kind::Http, 80), (Kind::Tcp, 80), (Kind::Http, 81)]);
+        assert_eq!(got, vec![(Kind::Tcp, 80), (Kind::Http, 81)]);
+        assert_eq!(distinct(vec![(Kind::Tcp, 0), (Kind::Http, 0)]).len(), 2);
     }
 }
