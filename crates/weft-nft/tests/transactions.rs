@@ -249,3 +249,40 @@ fn removing_a_map_and_the_chains_its_elements_jump_to_in_one_step() {
         .expect("remove map, its chains and its user");
     assert_kernel_holds(&mut be, &empty);
 }
+
+#[test]
+fn touched_objects_alone_carry_an_update() {
+    let ns = Netns::new("touch");
+    let mut be = ns.backend();
+    let prev = fixture::ruleset();
+    be.apply_full(&prev).expect("apply");
+    let mut desired = prev.clone();
+    let t = desired.table_mut(Family::Ip, "weft4").expect("table");
+    t.add_chain(Chain::regular("svc-d").with_rule(Rule::new(vec![Stmt::goto("sep-a-1")])));
+    Arc::make_mut(t.sets.get_mut("svc-ips").expect("map")).insert(
+        vec![
+            fixture::v4([10, 96, 0, 4]),
+            Value::Proto(6),
+            Value::Port(80),
+        ],
+        Elem::verdict(Verdict::Goto("svc-d".into())),
+    );
+    t.add_chain(Chain::regular("sep-a-1").with_rule(Rule::new(vec![Stmt::Verdict(Verdict::Drop)])));
+    let mut touched = weft_nft::diff::Touched::default();
+    touched
+        .chain(Family::Ip, "weft4", "svc-d")
+        .chain(Family::Ip, "weft4", "sep-a-1")
+        .set(Family::Ip, "weft4", "svc-ips");
+    let sum = be
+        .apply_touched(&prev, &desired, &touched)
+        .expect("touched update");
+    assert_eq!(
+        (sum.chains_added, sum.chains_replaced, sum.elements_added),
+        (1, 1, 1),
+        "{sum:?}"
+    );
+    assert_kernel_holds(&mut be, &desired);
+    be.apply_touched(&desired, &prev, &touched)
+        .expect("and back");
+    assert_kernel_holds(&mut be, &prev);
+}
