@@ -7,7 +7,10 @@ use crate::error::{ApiError, Cause};
 use crate::resources::{Resource, NODES, SERVICES};
 use crate::server::NetConfig;
 use crate::store::Tx;
-use k8s_openapi::api::{core::v1 as core, discovery::v1 as disc, networking::v1 as net};
+use k8s_openapi::api::{
+    coordination::v1 as coord, core::v1 as core, discovery::v1 as disc, events::v1 as events,
+    networking::v1 as net,
+};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -40,7 +43,9 @@ pub fn normalize(res: &Resource, v: Value) -> Result<Value, ApiError> {
         "Service" => round_trip::<core::Service>(res, v),
         "Secret" => round_trip::<core::Secret>(res, v),
         "ConfigMap" => round_trip::<core::ConfigMap>(res, v),
+        "Event" if res.group == "events.k8s.io" => round_trip::<events::Event>(res, v),
         "Event" => round_trip::<core::Event>(res, v),
+        "Lease" => round_trip::<coord::Lease>(res, v),
         "EndpointSlice" => round_trip::<disc::EndpointSlice>(res, v),
         "NetworkPolicy" => round_trip::<net::NetworkPolicy>(res, v),
         "Ingress" => round_trip::<net::Ingress>(res, v),

@@ -142,6 +142,26 @@ pub static RESOURCES: &[Resource] = &[
         &["cnp"],
         true,
     ),
+    res(
+        "events.k8s.io",
+        "v1",
+        "events",
+        "event",
+        "Event",
+        true,
+        &["ev"],
+        false,
+    ),
+    res(
+        "coordination.k8s.io",
+        "v1",
+        "leases",
+        "lease",
+        "Lease",
+        true,
+        &[],
+        false,
+    ),
 ];
 
 pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Resource> {
@@ -152,10 +172,6 @@ pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Resourc
 
 pub fn by_id(id: &str) -> Option<&'static Resource> {
     RESOURCES.iter().find(|r| r.id() == id)
-}
-
-pub fn by_kind(kind: &str) -> Option<&'static Resource> {
-    RESOURCES.iter().find(|r| r.kind == kind)
 }
 
 /// The (group, version) pairs served under `/apis`, in a stable order.

@@ -363,3 +363,37 @@ async fn a_new_listen_address_gets_a_certificate_from_the_same_ca() {
     let ca_after = std::fs::read(s.dir.path().join("pki/ca.crt")).expect("ca");
     assert_eq!(ca_before, ca_after);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_runtime_event_recorder_publishes() {
+    use k8s_openapi::api::events::v1::Event as K8sEvent;
+    use kube::runtime::events::{Event, EventType, Recorder};
+    use kube::Resource;
+    let s = start().await;
+    let c = s.client().await;
+    let svc = Api::<k8s_openapi::api::core::v1::Service>::namespaced(c.clone(), "default")
+        .get("kubernetes")
+        .await
+        .expect("kubernetes service");
+    let recorder = Recorder::new(c.clone(), "weft-test".into());
+    let ev = Event {
+        type_: EventType::Normal,
+        reason: "Tested".into(),
+        note: Some("hello".into()),
+        action: "Test".into(),
+        secondary: None,
+    };
+    let r = svc.object_ref(&());
+    recorder
+        .publish(&ev, &r)
+        .await
+        .expect("first publish creates");
+    recorder
+        .publish(&ev, &r)
+        .await
+        .expect("second publish patches the series");
+    let events: Api<K8sEvent> = Api::namespaced(c, "default");
+    let list = events.list(&ListParams::default()).await.expect("list");
+    assert_eq!(list.items.len(), 1);
+    assert_eq!(list.items[0].series.as_ref().map(|s| s.count), Some(2));
+}
