@@ -2,7 +2,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 /// What the runtime knows about a pod right now (the networking half of a PodStatus).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PodRuntimeStatus {
     pub uid: String,
     pub namespace: String,
@@ -15,7 +15,7 @@ pub struct PodRuntimeStatus {
     pub ready: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ContainerState {
     pub name: String,
     pub pid: Option<u32>,

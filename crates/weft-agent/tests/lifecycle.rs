@@ -16,19 +16,6 @@ fn sleeper(name: &str, extra: &str) -> String {
     )
 }
 
-/// Whether `pid` is a live process (not absent, not a zombie).
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            let state = s[s.rfind(')').unwrap() + 1..]
-                .split_whitespace()
-                .next()
-                .unwrap_or("");
-            state != "Z" && state != "X"
-        })
-        .unwrap_or(false)
-}
-
 #[test]
 fn stop_removes_namespace_veth_address_and_record() {
     let node = Node::new("stop");

@@ -220,3 +220,16 @@ pub fn inode(path: &Path) -> u64 {
 pub fn keep(uids: &[&str]) -> HashSet<String> {
     uids.iter().map(|s| s.to_string()).collect()
 }
+
+/// Whether `pid` is a live process (not absent, not a zombie).
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            let state = s[s.rfind(')').unwrap() + 1..]
+                .split_whitespace()
+                .next()
+                .unwrap_or("");
+            state != "Z" && state != "X"
+        })
+        .unwrap_or(false)
+}
