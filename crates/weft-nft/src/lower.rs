@@ -420,13 +420,36 @@ impl Lowerer {
             Rhs::Range(a, b) => {
                 check(a)?;
                 check(b)?;
+                if want.host_order() {
+                    // The kernel orders bytes as big-endian numbers; nft would insert a
+                    // byte-order conversion, which weft has no use for yet.
+                    return Err(invalid(format!(
+                        "{} cannot be matched against a range",
+                        key.nft_syntax()
+                    )));
+                }
                 self.load(key, REG_1);
-                self.out.push(Expr::Range {
-                    sreg: REG_1,
-                    op: cmp_op(op),
-                    from: a.bytes(),
-                    to: b.bytes(),
-                });
+                // As nft does: an inclusive range is two comparisons, its negation a
+                // `range` expression. Both compare bytes big-endian, as ports are.
+                if op == CmpOp::Eq {
+                    self.out.push(Expr::Cmp {
+                        sreg: REG_1,
+                        op: CMP_GTE,
+                        data: a.bytes(),
+                    });
+                    self.out.push(Expr::Cmp {
+                        sreg: REG_1,
+                        op: CMP_LTE,
+                        data: b.bytes(),
+                    });
+                } else {
+                    self.out.push(Expr::Range {
+                        sreg: REG_1,
+                        op: 1,
+                        from: a.bytes(),
+                        to: b.bytes(),
+                    });
+                }
             }
         }
         Ok(())
@@ -498,6 +521,9 @@ impl Lowerer {
         Ok(())
     }
 }
+
+const CMP_LTE: u32 = 3;
+const CMP_GTE: u32 = 5;
 
 fn cmp_op(op: CmpOp) -> u32 {
     match op {
