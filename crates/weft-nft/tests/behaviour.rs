@@ -411,3 +411,39 @@ fn connect_from(src: Ipv4Addr, to: SocketAddr) -> (IpAddr, std::io::Result<(u16,
         });
     (local, answer)
 }
+
+#[test]
+fn dnat_over_ipv6_in_an_inet_table() {
+    let p = Pair::new("d6");
+    p.client
+        .ip(&["-6", "addr", "add", "fd77::1/64", "dev", "veth0", "nodad"]);
+    p.server
+        .ip(&["-6", "addr", "add", "fd77::2/64", "dev", "veth1", "nodad"]);
+    p.client
+        .ip(&["-6", "route", "add", "fd96::/64", "via", "fd77::2"]);
+    let listener = p
+        .server
+        .run_in(|| TcpListener::bind("[fd77::2]:8080").expect("bind v6"));
+    let server = std::thread::spawn(move || {
+        let (mut s, peer) = listener.accept().expect("accept");
+        let _ = s.write_all(format!("8080 {}", peer.ip()).as_bytes());
+    });
+    let mut t = Table::new(Family::Inet, "weft");
+    t.add_chain(nat_prerouting().with_rule(Rule::new(vec![
+        Stmt::eq(
+            Selector::Ip6Daddr,
+            Value::Ipv6("fd96::1".parse().expect("v6")),
+        ),
+        Stmt::eq(Selector::TcpDport, Value::Port(80)),
+        Stmt::Dnat {
+            addr: "fd77::2".parse().expect("v6"),
+            port: Some(8080),
+        },
+    ])));
+    p.server.backend().apply_full(&one_table(t)).expect("apply");
+    let to: SocketAddr = "[fd96::1]:80".parse().expect("addr");
+    let (port, peer) = fetch(&p.client, to).expect("connection through DNAT over IPv6");
+    assert_eq!(port, 8080);
+    assert_eq!(peer, "fd77::1".parse::<IpAddr>().expect("v6"));
+    server.join().expect("server thread");
+}

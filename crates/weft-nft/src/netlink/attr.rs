@@ -27,12 +27,15 @@ pub fn align4(n: usize) -> usize {
 #[derive(Default, Debug)]
 pub struct Writer {
     pub buf: Vec<u8>,
+    /// Set when a nested attribute outgrew its 16-bit length; the buffer is then unusable.
+    pub overflow: bool,
 }
 
 impl Writer {
     pub fn with_capacity(n: usize) -> Self {
         Writer {
             buf: Vec::with_capacity(n),
+            overflow: false,
         }
     }
 
@@ -104,7 +107,7 @@ impl Writer {
     /// Closes a nest; nested attributes are limited to 64 KiB by the u16 length.
     pub fn end_nest(&mut self, start: usize) {
         let len = self.buf.len() - start;
-        debug_assert!(len <= u16::MAX as usize, "nested attribute over 64 KiB");
+        self.overflow |= len > u16::MAX as usize;
         self.buf[start..start + 2].copy_from_slice(&(len as u16).to_ne_bytes());
     }
 

@@ -110,6 +110,11 @@ impl NftSocket {
         let Some(ack_seq) = batch.ack_seq else {
             return Ok(());
         };
+        if batch.batch.w.overflow {
+            return Err(Error::Invalid(
+                "an object does not fit in a netlink attribute (64 KiB): a rule or element is too large".into(),
+            ));
+        }
         let bytes = batch.bytes();
         self.ensure_sndbuf(bytes.len())?;
         let sent = self
