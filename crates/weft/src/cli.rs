@@ -143,6 +143,9 @@ pub enum ProbeCommand {
     /// GET a URL and print the status
     Http {
         url: String,
+        /// Exit 0 only for this HTTP status (default: any response)
+        #[arg(long)]
+        expect_status: Option<u16>,
         #[command(flatten)]
         opts: ProbeOpts,
     },

@@ -20,6 +20,21 @@ fn pod_dir(lab: &str, node: &str, uid: &str) -> PathBuf {
 }
 
 pub fn run(lab: &str, namespace: &str, pod: &str, argv: &[String]) -> Result<u8> {
+    let (mut cmd, netns) = command(lab, namespace, pod, argv)?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("run {:?} in pod {namespace}/{pod}", argv.first()))?;
+    drop(netns);
+    Ok(status.code().map(|c| c as u8).unwrap_or(128))
+}
+
+/// The command, ready to spawn, and the namespace handle it enters (keep it until spawned).
+pub fn command(
+    lab: &str,
+    namespace: &str,
+    pod: &str,
+    argv: &[String],
+) -> Result<(std::process::Command, OwnedFd)> {
     weft_lab::load(lab)?;
     let kc = crate::lab::kubeconfig_path(lab);
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -99,9 +114,5 @@ pub fn run(lab: &str, namespace: &str, pod: &str, argv: &[String]) -> Result<u8>
             Ok(())
         });
     }
-    let status = cmd
-        .status()
-        .with_context(|| format!("run {prog} in pod {namespace}/{pod}"))?;
-    drop(netns);
-    Ok(status.code().map(|c| c as u8).unwrap_or(128))
+    Ok((cmd, netns))
 }

@@ -66,12 +66,15 @@ fn probe(cmd: ProbeCommand) -> Result<Report, Usage> {
                 Err(e) => unresolved("icmp", &host, &e),
             })
         }
-        ProbeCommand::Http { url, opts } => {
+        ProbeCommand::Http {
+            url,
+            expect_status,
+            opts,
+        } => {
             let deadline = Instant::now() + timeout(&opts)?;
             let u = target::http_url(&url).map_err(Usage)?;
             Ok(match target::resolve(&u.host, u.port) {
-                // `--expect-status` is not in the CLI yet; the check is ready for it.
-                Ok(addr) => http::probe(&url, &u, addr, deadline, None),
+                Ok(addr) => http::probe(&url, &u, addr, deadline, expect_status),
                 Err(e) => unresolved("http", &url, &e),
             })
         }
