@@ -92,6 +92,16 @@ impl Table {
     pub fn add_set(&mut self, set: Set) {
         self.sets.insert(set.name.clone(), Arc::new(set));
     }
+
+    /// A chain to change in place (copied first if a previous model shares it).
+    pub fn chain_mut(&mut self, name: &str) -> Option<&mut Chain> {
+        self.chains.get_mut(name).map(Arc::make_mut)
+    }
+
+    /// A set to change in place (copied first if a previous model shares it).
+    pub fn set_mut(&mut self, name: &str) -> Option<&mut Set> {
+        self.sets.get_mut(name).map(Arc::make_mut)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
