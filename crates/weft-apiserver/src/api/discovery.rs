@@ -89,6 +89,10 @@ fn entry(r: &Resource) -> Value {
     if !r.short_names.is_empty() {
         e["shortNames"] = json!(r.short_names);
     }
+    if matches!(r.plural, "pods" | "services") && r.group.is_empty() {
+        // `kubectl get all`
+        e["categories"] = json!(["all"]);
+    }
     e
 }
 
