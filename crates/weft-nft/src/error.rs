@@ -58,11 +58,16 @@ fn hint(errno: i32) -> Option<&'static str> {
 fn describe(failures: &[Failure]) -> String {
     let mut s =
         String::from("the kernel rejected the nf_tables transaction, nothing was changed: ");
-    for (i, f) in failures.iter().enumerate() {
+    // One bad object often makes everything after it fail too: the first ones tell the story.
+    const SHOWN: usize = 5;
+    for (i, f) in failures.iter().take(SHOWN).enumerate() {
         if i > 0 {
             s.push_str("; ");
         }
         s.push_str(&f.to_string());
+    }
+    if failures.len() > SHOWN {
+        s.push_str(&format!("; and {} more", failures.len() - SHOWN));
     }
     s
 }
