@@ -408,8 +408,8 @@ fn main() {
     let ns = Netns::new();
     let mut be = Backend::open_in(std::path::Path::new(&format!("/run/netns/{}", ns.0)))
         .expect("nf_tables socket");
-    println!("| N | objects | (a) weft full | (b) nft -f full | b/a | (c) weft add svc | (c) weft, full diff | (c) nft -f | nft/weft | (d) weft endpoint | (d) weft, full diff | (d) nft -f | nft/weft | kernel commit floor | batch |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| N | objects | (a) weft full | (b) nft -f full | b/a | (c) weft add svc | (c) weft, full diff | (c) nft -f | nft/weft | (d) weft endpoint | (d) weft, full diff | (d) nft -f | nft/weft | (d) weft's build, touched / full diff | kernel commit floor | batch |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for &n in &sizes {
         let model = services(n);
         let t = model.table(Family::Ip, TABLE).expect("table");
@@ -478,6 +478,18 @@ fn main() {
         // The kernel's own floor: one element into a small set of another table, which
         // still commits a new generation over every chain in the namespace.
         let floor = commit_floor(&mut be, inc_runs);
+        // weft's own share of (d): building the transaction, without sending it.
+        let (mut build_touched, mut build_full) = (vec![], vec![]);
+        for _ in 0..inc_runs {
+            let mut b = weft_nft::netlink::Batch::new(1);
+            let t0 = Instant::now();
+            diff::incremental_touched(&model, &changed, &touched_ep, &mut b).expect("diff");
+            build_touched.push(t0.elapsed());
+            let mut b = weft_nft::netlink::Batch::new(1);
+            let t0 = Instant::now();
+            diff::incremental(&model, &changed, &mut b).expect("diff");
+            build_full.push(t0.elapsed());
+        }
 
         // (b) the same ruleset through nft -f, then nft's (c) and (d) on the ruleset nft
         // made (nft needs its own set userdata to parse element keys).
@@ -516,7 +528,7 @@ fn main() {
         };
         let oms = |x: Option<Duration>| x.map(ms).unwrap_or_else(|| "skipped".into());
         println!(
-            "| {n} | {objects} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {n} | {objects} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.3} / {:.1} ms | {} | {} |",
             ms(a),
             oms(b),
             ratio(b, a),
@@ -528,6 +540,8 @@ fn main() {
             ms(df),
             oms(d2),
             ratio(d2, d),
+            median(build_touched).as_secs_f64() * 1e3,
+            median(build_full).as_secs_f64() * 1e3,
             ms(floor),
             batch_mb(&model),
         );
