@@ -79,6 +79,13 @@ impl AgentError {
 async fn client(cfg: &AgentConfig) -> Result<Client> {
     let config = match &cfg.kubeconfig {
         Some(path) => {
+            // In the lab the control plane writes the kubeconfig as it starts: give it time.
+            for _ in 0..300 {
+                if path.exists() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
             let bad = |problem: String| AgentError::Kubeconfig {
                 path: path.display().to_string(),
                 problem,
