@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::prober;
 use crate::process::{self, Isolation, Liveness};
 use crate::record;
-use crate::runtime::{PodState, ProbeState, Runtime};
+use crate::runtime::{backoff, PodState, Runtime, MAX_BACKOFF};
 use crate::spec::{ContainerPlan, EnvSource};
 
 impl Runtime {
@@ -136,9 +136,18 @@ impl Runtime {
                     c.exit_code = code;
                     c.ready = false;
                     changed = true;
+                    let s = &mut p.probes[i];
+                    s.crashes = if now.duration_since(s.started) >= MAX_BACKOFF {
+                        1
+                    } else {
+                        s.crashes + 1
+                    };
+                    s.restart_at = Some(now + backoff(s.crashes));
                 }
             }
-            if !c.running && p.plan.restart.restarts(c.exit_code) {
+            let c = &p.rec.containers[i];
+            let due = p.probes[i].restart_at.is_none_or(|t| now >= t);
+            if !c.running && due && p.plan.restart.restarts(c.exit_code) {
                 let plan = p.plan.containers[i].clone();
                 match self.spawn(p, &plan) {
                     Ok((pid, st)) => {
@@ -147,8 +156,9 @@ impl Runtime {
                         c.start_time = Some(st);
                         c.running = true;
                         c.restarts += 1;
+                        c.started_at = Some(record::unix_now());
                         let delay = plan.readiness.as_ref().map(|r| r.initial_delay);
-                        p.probes[i] = ProbeState::at(now + delay.unwrap_or_default());
+                        p.probes[i] = p.probes[i].restarted(now + delay.unwrap_or_default());
                         changed = true;
                     }
                     Err(e) => tracing::warn!(container = %plan.name, error = %e, "restart"),

@@ -63,6 +63,7 @@ mod cni;
 mod config;
 mod containers;
 mod error;
+mod kube_status;
 mod lifecycle;
 mod names;
 mod podfiles;

@@ -182,31 +182,47 @@ fn code_of(ws: WaitStatus) -> Option<Option<i32>> {
 pub fn liveness(pid: u32, start_time: u64, netns_inode: u64, reap: bool) -> Liveness {
     let p = Pid::from_raw(pid as i32);
     // Not our child (adopted after an agent restart: ECHILD): /proc is all we have.
-    if let Some(code) = wait_once(p, reap).and_then(code_of) {
-        return Liveness::Exited(code);
+    if let Ok(ws) = wait_once(p, reap) {
+        if let Some(code) = code_of(ws) {
+            return Liveness::Exited(code);
+        }
     }
     match proc_stat(pid) {
         Some((state, start)) if start == start_time && state != 'Z' && state != 'X' => {
             if netns_inode_of(pid) == Some(netns_inode) {
-                Liveness::Running
-            } else {
-                Liveness::Exited(None)
+                return Liveness::Running;
             }
         }
-        // It died between the wait above and now: a child of ours can now tell its code.
-        Some((_, start)) if start == start_time => {
-            Liveness::Exited(wait_once(p, reap).and_then(code_of).flatten())
+        Some((_, start)) if start == start_time => {}
+        _ => return Liveness::Exited(None),
+    }
+    // Ours, but dying (namespaces already released) or dead: a child of ours tells its
+    // code as soon as it is a zombie, which takes moments.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(500);
+    loop {
+        match wait_once(p, reap) {
+            Ok(ws) => {
+                if let Some(code) = code_of(ws) {
+                    return Liveness::Exited(code);
+                }
+            }
+            Err(_) => return Liveness::Exited(None),
         }
-        _ => Liveness::Exited(None),
+        if std::time::Instant::now() >= deadline {
+            return Liveness::Exited(None);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
     }
 }
 
-fn wait_once(p: Pid, reap: bool) -> Option<WaitStatus> {
-    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG;
+fn wait_once(p: Pid, reap: bool) -> nix::Result<WaitStatus> {
     if reap {
-        waitpid(p, Some(WaitPidFlag::WNOHANG)).ok()
+        waitpid(p, Some(WaitPidFlag::WNOHANG))
     } else {
-        waitid(Id::Pid(p), flags | WaitPidFlag::WNOWAIT).ok()
+        waitid(
+            Id::Pid(p),
+            WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT,
+        )
     }
 }
 

@@ -29,6 +29,9 @@ pub struct PodRecord {
     /// Identity of the namespace, compared with `/proc/PID/ns/net` before a PID is trusted.
     pub netns_inode: Option<u64>,
     pub ips: Vec<IpAddr>,
+    /// When the runtime began to start the pod, in seconds since the Unix epoch.
+    #[serde(default)]
+    pub started_at: Option<u64>,
     pub containers: Vec<ContainerRecord>,
     /// The pod as it was started: after a restart the runtime re-derives from it what it
     /// needs to restart containers and run probes.
@@ -46,6 +49,16 @@ pub struct ContainerRecord {
     pub exit_code: Option<i32>,
     pub restarts: u32,
     pub ready: bool,
+    /// When the current (or last) process started, in seconds since the Unix epoch.
+    #[serde(default)]
+    pub started_at: Option<u64>,
+}
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Where one pod's files live.
@@ -148,6 +161,7 @@ mod tests {
             netns_name: "p-default-a".into(),
             netns_inode: Some(4026532000),
             ips: vec!["10.244.1.2".parse().unwrap()],
+            started_at: Some(1),
             containers: vec![ContainerRecord {
                 name: "c".into(),
                 pid: Some(42),

@@ -5,7 +5,7 @@ use std::fs;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
 use weft_netlink::Netns;
@@ -17,7 +17,7 @@ use crate::names;
 use crate::podfiles;
 use crate::process::{self, Liveness};
 use crate::record::{self, ContainerRecord, Phase, PodDir, PodRecord};
-use crate::spec::{self, PodPlan};
+use crate::spec::{self, PodPlan, RestartPolicy};
 use crate::status::{ContainerState, PodRuntimeStatus};
 
 pub struct Runtime {
@@ -46,6 +46,11 @@ pub(crate) struct ProbeState {
     pub next: Instant,
     pub successes: u32,
     pub failures: u32,
+    /// Exits in a row without a long run in between, and when a restart may happen: the
+    /// crash-loop back-off.
+    pub crashes: u32,
+    pub restart_at: Option<Instant>,
+    pub started: Instant,
 }
 
 impl ProbeState {
@@ -54,8 +59,33 @@ impl ProbeState {
             next,
             successes: 0,
             failures: 0,
+            crashes: 0,
+            restart_at: None,
+            started: Instant::now(),
         }
     }
+
+    /// A new process was started: probing starts over, the crash count stays.
+    pub fn restarted(&self, next: Instant) -> ProbeState {
+        ProbeState {
+            crashes: self.crashes,
+            ..ProbeState::at(next)
+        }
+    }
+}
+
+/// How long a container that ran less than this counts as crashing; also the longest
+/// wait between restarts.
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// The wait before restarting a container after its `crashes`-th exit in a row: none the
+/// first time, then 1 s doubling up to [`MAX_BACKOFF`] (Kubernetes: 10 s to 5 min; the lab
+/// wants quick feedback).
+pub(crate) fn backoff(crashes: u32) -> Duration {
+    if crashes <= 1 {
+        return Duration::ZERO;
+    }
+    Duration::from_secs(1u64 << (crashes - 2).min(6)).min(MAX_BACKOFF)
 }
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -120,6 +150,7 @@ impl Runtime {
             netns_name: names::netns_name(&self.cfg.netns_prefix, &plan.namespace, &plan.name),
             netns_inode: None,
             ips: Vec::new(),
+            started_at: Some(record::unix_now()),
             containers: Vec::new(),
             pod: pod.clone(),
         };
@@ -199,6 +230,7 @@ impl Runtime {
                 pid: Some(pid),
                 start_time: Some(start_time),
                 running: true,
+                started_at: Some(record::unix_now()),
                 ..Default::default()
             });
             // Saved after each start: a failure on the next container must still be able
@@ -242,10 +274,13 @@ impl Runtime {
                     exit_code,
                     ready: running && c.ready,
                     restarts: c.restarts,
+                    started_at: c.started_at,
                 }
             })
             .collect();
         Some(PodRuntimeStatus {
+            phase: phase(p.plan.restart, &containers).to_string(),
+            started_at: p.rec.started_at,
             uid: uid.to_string(),
             namespace: p.plan.namespace.clone(),
             name: p.plan.name.clone(),
@@ -326,6 +361,22 @@ impl Runtime {
     }
 }
 
+/// The pod's phase as Kubernetes defines it from its containers and restart policy.
+pub(crate) fn phase(policy: RestartPolicy, containers: &[ContainerState]) -> &'static str {
+    if containers.iter().any(|c| c.running) {
+        return "Running";
+    }
+    let all_ok = containers.iter().all(|c| c.exit_code == Some(0));
+    match policy {
+        // Ended containers are about to be started again.
+        RestartPolicy::Always => "Running",
+        RestartPolicy::OnFailure if all_ok => "Succeeded",
+        RestartPolicy::OnFailure => "Running",
+        RestartPolicy::Never if all_ok => "Succeeded",
+        RestartPolicy::Never => "Failed",
+    }
+}
+
 /// `<bin>/weft` -> the weft binary, so pod scripts find `weft` on PATH.
 fn link_weft(bin: &Path, weft: &Path) -> Result<()> {
     fs::create_dir_all(bin).map_err(|e| Error::io(format!("create {}", bin.display()), e))?;
@@ -344,4 +395,42 @@ fn link_weft(bin: &Path, weft: &Path) -> Result<()> {
                 e,
             )
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(running: bool, exit_code: Option<i32>) -> ContainerState {
+        ContainerState {
+            name: "c".into(),
+            pid: None,
+            running,
+            exit_code,
+            ready: false,
+            restarts: 0,
+            started_at: None,
+        }
+    }
+
+    #[test]
+    fn phases() {
+        use RestartPolicy::*;
+        assert_eq!(phase(Never, &[c(true, None), c(false, Some(1))]), "Running");
+        assert_eq!(phase(Never, &[c(false, Some(0))]), "Succeeded");
+        assert_eq!(phase(Never, &[c(false, Some(0)), c(false, None)]), "Failed");
+        assert_eq!(phase(OnFailure, &[c(false, Some(0))]), "Succeeded");
+        assert_eq!(phase(OnFailure, &[c(false, Some(2))]), "Running");
+        assert_eq!(phase(Always, &[c(false, Some(0))]), "Running");
+    }
+
+    #[test]
+    fn crash_loop_backoff_grows_to_a_limit() {
+        assert_eq!(backoff(1), Duration::ZERO);
+        assert_eq!(backoff(2), Duration::from_secs(1));
+        assert_eq!(backoff(3), Duration::from_secs(2));
+        assert_eq!(backoff(7), Duration::from_secs(32));
+        assert_eq!(backoff(8), MAX_BACKOFF);
+        assert_eq!(backoff(100), MAX_BACKOFF);
+    }
 }

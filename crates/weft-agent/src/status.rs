@@ -5,6 +5,11 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PodRuntimeStatus {
     pub uid: String,
+    /// Running, Succeeded or Failed (Kubernetes' pod phases; a pod the runtime knows is
+    /// past Pending).
+    pub phase: String,
+    /// When the runtime began to start the pod (seconds since the Unix epoch).
+    pub started_at: Option<u64>,
     pub namespace: String,
     pub name: String,
     pub ips: Vec<IpAddr>,
@@ -24,4 +29,6 @@ pub struct ContainerState {
     pub exit_code: Option<i32>,
     pub ready: bool,
     pub restarts: u32,
+    /// When the current (or last) process started (seconds since the Unix epoch).
+    pub started_at: Option<u64>,
 }

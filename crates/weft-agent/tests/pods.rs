@@ -201,6 +201,16 @@ fn restart_policy_always_restarts_never_leaves_exited() {
     assert_eq!(st.containers[0].exit_code, Some(3));
     assert_eq!(st.containers[0].restarts, 0);
     assert!(!st.ready);
+    assert_eq!(st.phase, "Failed");
+    let kube = st.to_pod_status();
+    assert_eq!(kube.pod_ip.as_deref(), Some(ip(&st).to_string().as_str()));
+    let term = kube.container_statuses.unwrap()[0]
+        .state
+        .clone()
+        .unwrap()
+        .terminated
+        .unwrap();
+    assert_eq!(term.exit_code, 3);
     tend_until(&mut rt, "uid-again", "restarted twice", |s| {
         s.containers[0].restarts >= 2
     });
