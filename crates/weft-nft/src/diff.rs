@@ -175,11 +175,43 @@ fn set_refs(c: &Chain) -> impl Iterator<Item = &str> {
 fn merge<'a, K: Ord, V>(
     old: &'a BTreeMap<K, V>,
     new: &'a BTreeMap<K, V>,
+    f: impl FnMut(&'a K, Option<&'a V>, Option<&'a V>) -> Result<()>,
+) -> Result<()> {
+    merge_skipping(old, new, |_, _, _, _| false, f)
+}
+
+/// [`merge`] for maps of shared objects: entries that `unchanged` recognises (the same
+/// `Arc` under keys of the same length, in step) are skipped without comparing keys,
+/// which is most of the walk when a model was cloned from the previous one.
+fn merge_shared<'a, T>(
+    old: &'a BTreeMap<String, Arc<T>>,
+    new: &'a BTreeMap<String, Arc<T>>,
+    f: impl FnMut(&'a String, Option<&'a Arc<T>>, Option<&'a Arc<T>>) -> Result<()>,
+) -> Result<()> {
+    merge_skipping(
+        old,
+        new,
+        |ka, va, kb, vb| Arc::ptr_eq(va, vb) && ka.len() == kb.len(),
+        f,
+    )
+}
+
+fn merge_skipping<'a, K: Ord, V>(
+    old: &'a BTreeMap<K, V>,
+    new: &'a BTreeMap<K, V>,
+    unchanged: impl Fn(&K, &V, &K, &V) -> bool,
     mut f: impl FnMut(&'a K, Option<&'a V>, Option<&'a V>) -> Result<()>,
 ) -> Result<()> {
     let mut a = old.iter().peekable();
     let mut b = new.iter().peekable();
     loop {
+        if let (Some((ka, va)), Some((kb, vb))) = (a.peek(), b.peek()) {
+            if unchanged(ka, va, kb, vb) {
+                a.next();
+                b.next();
+                continue;
+            }
+        }
         match (a.peek(), b.peek()) {
             (None, None) => return Ok(()),
             (Some((ka, va)), None) => {
@@ -293,14 +325,17 @@ pub fn incremental_touched(
     Ok(sum)
 }
 
-/// Visits the keys of both maps, or only the keys in `only`.
-fn walk<'a, V>(
-    old: &'a BTreeMap<String, V>,
-    new: &'a BTreeMap<String, V>,
+/// Visits the keys of both maps, or only the keys in `only`; `skip_shared` passes over
+/// objects both models share.
+fn walk<'a, T>(
+    old: &'a BTreeMap<String, Arc<T>>,
+    new: &'a BTreeMap<String, Arc<T>>,
     only: Option<&'a BTreeSet<String>>,
-    mut f: impl FnMut(&'a String, Option<&'a V>, Option<&'a V>) -> Result<()>,
+    skip_shared: bool,
+    mut f: impl FnMut(&'a String, Option<&'a Arc<T>>, Option<&'a Arc<T>>) -> Result<()>,
 ) -> Result<()> {
     match only {
+        None if skip_shared => merge_shared(old, new, f),
         None => merge(old, new, f),
         Some(names) => {
             for k in names {
@@ -328,7 +363,7 @@ fn table_diff(
     let mut new_sets: Vec<&Set> = Vec::new();
     let mut gone_sets: Vec<&str> = Vec::new();
     let mut elem_changes: Vec<(&Set, &Set)> = Vec::new();
-    walk(&o.sets, &n.sets, only.map(|t| &t.sets), |k, a, b| {
+    walk(&o.sets, &n.sets, only.map(|t| &t.sets), true, |k, a, b| {
         match (a, b) {
             (Some(a), Some(b)) if same(a, b) => {}
             (Some(a), Some(b)) if a.same_definition(b) => elem_changes.push((a, b)),
@@ -355,49 +390,56 @@ fn table_diff(
     } else {
         None
     };
-    walk(&o.chains, &n.chains, chain_scope, |k, a, b| {
-        match (a, b) {
-            (Some(a), Some(b)) => {
-                let uses_redefined =
-                    !redefined.is_empty() && set_refs(b).any(|s| redefined.contains(s));
-                if same(a, b) && !uses_redefined {
-                    return Ok(());
-                }
-                let hook_changed = match (&a.base, &b.base) {
-                    (Some(x), Some(y)) => {
-                        (x.kind, x.hook, x.priority) != (y.kind, y.hook, y.priority)
+    // Shared chains using a redefined set must still be replaced: no skipping then.
+    walk(
+        &o.chains,
+        &n.chains,
+        chain_scope,
+        redefined.is_empty(),
+        |k, a, b| {
+            match (a, b) {
+                (Some(a), Some(b)) => {
+                    let uses_redefined =
+                        !redefined.is_empty() && set_refs(b).any(|s| redefined.contains(s));
+                    if same(a, b) && !uses_redefined {
+                        return Ok(());
                     }
-                    (None, None) => false,
-                    _ => true,
-                };
-                if hook_changed {
+                    let hook_changed = match (&a.base, &b.base) {
+                        (Some(x), Some(y)) => {
+                            (x.kind, x.hook, x.priority) != (y.kind, y.hook, y.priority)
+                        }
+                        (None, None) => false,
+                        _ => true,
+                    };
+                    if hook_changed {
+                        if !a.rules.is_empty() {
+                            flush.push(k);
+                        }
+                        delete.push(k);
+                        create.push(b);
+                        sum.chains_replaced += 1;
+                    } else {
+                        if a.rules != b.rules || uses_redefined {
+                            flush.push(k);
+                            refill.push(b);
+                        }
+                        if a.base != b.base {
+                            update_policy.push(b);
+                        }
+                    }
+                }
+                (Some(a), None) => {
                     if !a.rules.is_empty() {
                         flush.push(k);
                     }
                     delete.push(k);
-                    create.push(b);
-                    sum.chains_replaced += 1;
-                } else {
-                    if a.rules != b.rules || uses_redefined {
-                        flush.push(k);
-                        refill.push(b);
-                    }
-                    if a.base != b.base {
-                        update_policy.push(b);
-                    }
                 }
+                (None, Some(b)) => create.push(b),
+                (None, None) => {}
             }
-            (Some(a), None) => {
-                if !a.rules.is_empty() {
-                    flush.push(k);
-                }
-                delete.push(k);
-            }
-            (None, Some(b)) => create.push(b),
-            (None, None) => {}
-        }
-        Ok(())
-    })?;
+            Ok(())
+        },
+    )?;
 
     // Removals first, so nothing still refers to what is deleted. An element whose
     // data changed is deleted and added again.
