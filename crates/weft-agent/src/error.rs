@@ -46,6 +46,10 @@ pub enum Error {
     #[error("pod record {path}: {reason}")]
     Record { path: String, reason: String },
 
+    /// The caller's `before_containers` step refused the pod.
+    #[error("pod {pod}: before starting its containers: {reason}")]
+    Hook { pod: String, reason: String },
+
     #[error("pod {0} is not known to this runtime")]
     UnknownPod(String),
 }

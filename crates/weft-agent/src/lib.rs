@@ -77,6 +77,6 @@ mod status;
 pub use config::RuntimeConfig;
 pub use error::{Error, Result};
 pub use names::netns_name;
-pub use runtime::Runtime;
+pub use runtime::{HookError, Runtime};
 pub use spec::{plan, PodPlan, RestartPolicy};
 pub use status::{ContainerState, PodRuntimeStatus};

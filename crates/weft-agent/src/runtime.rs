@@ -13,6 +13,9 @@ use weft_netlink::Netns;
 use crate::cni::{Attachment, Cni};
 use crate::config::RuntimeConfig;
 use crate::error::{Error, Result};
+
+/// What a `before_containers` step may fail with.
+pub type HookError = Box<dyn std::error::Error + Send + Sync>;
 use crate::names;
 use crate::podfiles;
 use crate::process::{self, Liveness};
@@ -135,6 +138,18 @@ impl Runtime {
     /// record it all. Starting a pod that already runs returns its status. On failure
     /// everything made so far is removed again.
     pub fn start(&mut self, pod: &Pod) -> Result<PodRuntimeStatus> {
+        self.start_with(pod, |_| Ok(()))
+    }
+
+    /// [`start`](Runtime::start), calling `before_containers` once the pod is wired (its
+    /// namespace and addresses exist) and before any container runs: the place to make the
+    /// pod's network policy effective, so that a new pod never runs unprotected. Its
+    /// status then has the IPs and no containers. An error from it undoes the start.
+    pub fn start_with(
+        &mut self,
+        pod: &Pod,
+        before_containers: impl FnOnce(&PodRuntimeStatus) -> std::result::Result<(), HookError>,
+    ) -> Result<PodRuntimeStatus> {
         let plan = spec::plan(pod)?;
         if self.pods.contains_key(&plan.uid) {
             return self.status(&plan.uid).ok_or(Error::UnknownPod(plan.uid));
@@ -155,7 +170,7 @@ impl Runtime {
             pod: pod.clone(),
         };
         record::save(&dir, &rec)?;
-        match self.build(&plan, &dir, &mut rec) {
+        match self.build(&plan, &dir, &mut rec, before_containers) {
             Ok(state) => {
                 let uid = plan.uid.clone();
                 self.pods.insert(uid.clone(), state);
@@ -170,7 +185,13 @@ impl Runtime {
         }
     }
 
-    fn build(&self, plan: &PodPlan, dir: &PodDir, rec: &mut PodRecord) -> Result<PodState> {
+    fn build(
+        &self,
+        plan: &PodPlan,
+        dir: &PodDir,
+        rec: &mut PodRecord,
+        before_containers: impl FnOnce(&PodRuntimeStatus) -> std::result::Result<(), HookError>,
+    ) -> Result<PodState> {
         let netns = match Netns::create_named(&rec.netns_name) {
             Err(e) if e.is_exists() => {
                 // Another pod's name sanitises to the same one: make ours unique.
@@ -222,6 +243,10 @@ impl Runtime {
             inode,
             probes: Vec::new(),
         };
+        before_containers(&status_of(&state)).map_err(|e| Error::Hook {
+            pod: format!("{}/{}", plan.namespace, plan.name),
+            reason: e.to_string(),
+        })?;
         let now = Instant::now();
         for c in &plan.containers {
             let (pid, start_time) = self.spawn(&state, c)?;
@@ -253,44 +278,49 @@ impl Runtime {
     /// The pod's current status; None for a pod this runtime does not run. Processes are
     /// looked at (not collected), readiness is what the last probes found.
     pub fn status(&self, uid: &str) -> Option<PodRuntimeStatus> {
-        let p = self.pods.get(uid)?;
-        let containers: Vec<ContainerState> = p
-            .rec
-            .containers
-            .iter()
-            .map(|c| {
-                let live = match (c.running, c.pid, c.start_time) {
-                    (true, Some(pid), Some(st)) => process::liveness(pid, st, p.inode, false),
-                    _ => Liveness::Exited(c.exit_code),
-                };
-                let (running, exit_code) = match live {
-                    Liveness::Running => (true, None),
-                    Liveness::Exited(code) => (false, code.or(c.exit_code)),
-                };
-                ContainerState {
-                    name: c.name.clone(),
-                    pid: c.pid,
-                    running,
-                    exit_code,
-                    ready: running && c.ready,
-                    restarts: c.restarts,
-                    started_at: c.started_at,
-                }
-            })
-            .collect();
-        Some(PodRuntimeStatus {
-            phase: phase(p.plan.restart, &containers).to_string(),
-            started_at: p.rec.started_at,
-            uid: uid.to_string(),
-            namespace: p.plan.namespace.clone(),
-            name: p.plan.name.clone(),
-            ips: p.rec.ips.clone(),
-            netns: Netns::named_path(&p.rec.netns_name),
-            ready: !containers.is_empty() && containers.iter().all(|c| c.ready),
-            containers,
-        })
+        self.pods.get(uid).map(status_of)
     }
+}
 
+fn status_of(p: &PodState) -> PodRuntimeStatus {
+    let containers: Vec<ContainerState> = p
+        .rec
+        .containers
+        .iter()
+        .map(|c| {
+            let live = match (c.running, c.pid, c.start_time) {
+                (true, Some(pid), Some(st)) => process::liveness(pid, st, p.inode, false),
+                _ => Liveness::Exited(c.exit_code),
+            };
+            let (running, exit_code) = match live {
+                Liveness::Running => (true, None),
+                Liveness::Exited(code) => (false, code.or(c.exit_code)),
+            };
+            ContainerState {
+                name: c.name.clone(),
+                pid: c.pid,
+                running,
+                exit_code,
+                ready: running && c.ready,
+                restarts: c.restarts,
+                started_at: c.started_at,
+            }
+        })
+        .collect();
+    PodRuntimeStatus {
+        phase: phase(p.plan.restart, &containers).to_string(),
+        started_at: p.rec.started_at,
+        uid: p.plan.uid.clone(),
+        namespace: p.plan.namespace.clone(),
+        name: p.plan.name.clone(),
+        ips: p.rec.ips.clone(),
+        netns: Netns::named_path(&p.rec.netns_name),
+        ready: !containers.is_empty() && containers.iter().all(|c| c.ready),
+        containers,
+    }
+}
+
+impl Runtime {
     /// Stop the pod's processes (SIGTERM, SIGKILL after the grace period), detach it with
     /// CNI DEL, remove its namespace and its record. Unknown pods are not an error.
     pub fn stop(&mut self, uid: &str) -> Result<()> {
@@ -363,6 +393,9 @@ impl Runtime {
 
 /// The pod's phase as Kubernetes defines it from its containers and restart policy.
 pub(crate) fn phase(policy: RestartPolicy, containers: &[ContainerState]) -> &'static str {
+    if containers.is_empty() {
+        return "Pending";
+    }
     if containers.iter().any(|c| c.running) {
         return "Running";
     }

@@ -38,7 +38,23 @@ fn a_client_pod_reaches_the_builtin_server_with_its_own_ip() {
     let node = Node::new("serve");
     let mut rt = node.runtime();
     let web = rt.start(&pod(WEB)).unwrap();
-    let client = rt.start(&pod(CLIENT)).unwrap();
+    // The step before the containers sees the pod wired and nothing running in it yet.
+    let mut before = None;
+    let client = rt
+        .start_with(&pod(CLIENT), |st| {
+            let pids = std::process::Command::new("ip")
+                .args(["netns", "pids"])
+                .arg(st.netns.file_name().unwrap())
+                .output()
+                .unwrap()
+                .stdout;
+            before = Some((st.ips.clone(), pids));
+            Ok(())
+        })
+        .unwrap();
+    let (before_ips, before_pids) = before.unwrap();
+    assert_eq!(before_ips, client.ips);
+    assert!(before_pids.is_empty(), "a process ran before the hook");
     assert_eq!(web.ips, ["10.244.1.2".parse::<std::net::IpAddr>().unwrap()]);
     assert_eq!(ip(&client).to_string(), "10.244.1.3");
     assert_eq!(
@@ -244,6 +260,23 @@ fn a_failed_start_leaves_nothing_behind() {
     assert!(node.bridge_ports().is_empty());
     assert!(!node.state_dir().join("pods/uid-bad").exists());
     assert!(rt.status("uid-bad").is_none());
+    // A refusal from the step before the containers undoes the start too.
+    let mut seen = None;
+    let err = rt
+        .start_with(&pod(CLIENT), |st| {
+            seen = Some(st.clone());
+            Err("policy not ready".into())
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("policy not ready"), "{err}");
+    let seen = seen.unwrap();
+    assert_eq!((seen.phase.as_str(), seen.containers.len()), ("Pending", 0));
+    assert_eq!(seen.ips.len(), 1);
+    node.assert_only_node_left();
+    assert!(node.ipam_holders().is_empty());
+    assert!(node.bridge_ports().is_empty());
+
     // A pod without a uid is refused before anything is made.
     let err = rt
         .start(&pod("metadata: {name: x}\nspec: {containers: [{name: c}]}"))
