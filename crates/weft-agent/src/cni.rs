@@ -3,16 +3,66 @@
 //! from stdout.
 
 use serde_json::Value;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use weft_netlink::Netns;
 
 use crate::error::{Error, Result};
+
+/// A plugin that has not answered by then is killed: a hung plugin must not hang the
+/// agent (ADD of the weft plugin takes milliseconds).
+pub const PLUGIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Wait for `child` and collect its output, killing it after `timeout`.
+fn wait_bounded(mut child: Child, timeout: Duration) -> std::io::Result<Output> {
+    let drain = |r: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+    );
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer within {timeout:?}, killed"),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    Ok(Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    })
+}
 
 pub struct Cni {
     pub plugin: PathBuf,
@@ -145,9 +195,13 @@ impl Cni {
             // answer below says why, so a write error here is not the story.
             let _ = stdin.write_all(config);
         }
-        let out = child
-            .wait_with_output()
-            .map_err(|e| self.err(command, &who, &format!("wait for the plugin: {e}")))?;
+        let out = wait_bounded(child, PLUGIN_TIMEOUT).map_err(|e| {
+            self.err(
+                command,
+                &who,
+                &format!("plugin {}: {e}", self.plugin.display()),
+            )
+        })?;
         let stdout = String::from_utf8_lossy(&out.stdout);
         let parsed: Option<Value> = serde_json::from_str(stdout.trim()).ok();
         if out.status.success() {
@@ -172,5 +226,29 @@ impl Cni {
             ),
         };
         Err(self.err(command, &who, &reason))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spawn(script: &str) -> Child {
+        Command::new("sh")
+            .args(["-c", script])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_hung_plugin_is_killed() {
+        let e = wait_bounded(spawn("sleep 100"), Duration::from_millis(50)).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+        let out = wait_bounded(spawn("echo out; echo err >&2; exit 7"), PLUGIN_TIMEOUT).unwrap();
+        assert_eq!(out.status.code(), Some(7));
+        assert_eq!(out.stdout, b"out\n");
+        assert_eq!(out.stderr, b"err\n");
     }
 }

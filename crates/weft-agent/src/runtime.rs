@@ -1,7 +1,9 @@
 //! The runtime: pods in, namespaces, CNI attachments and processes out, all recorded.
 
 use std::collections::BTreeMap;
-use std::fs;
+use std::fs::{self, File};
+
+use nix::fcntl::{Flock, FlockArg};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -29,6 +31,9 @@ pub struct Runtime {
     /// PATH of pod processes: `<state_dir>/bin` (with `weft`) first, then the agent's.
     pub(crate) path_var: String,
     pub(crate) pods: BTreeMap<String, PodState>,
+    /// Held for the runtime's life: two agents on one state directory would fight over
+    /// the same pods.
+    _lock: Flock<File>,
 }
 
 /// A pod the runtime runs: its plan, its record (the durable truth), and what lives only
@@ -103,6 +108,16 @@ impl Runtime {
         let pods_dir = record::pods_dir(&cfg.state_dir);
         fs::create_dir_all(&pods_dir)
             .map_err(|e| Error::io(format!("create {}", pods_dir.display()), e))?;
+        let lock_path = cfg.state_dir.join("lock");
+        let lock = File::create(&lock_path)
+            .map_err(|e| Error::io(format!("open {}", lock_path.display()), e))?;
+        let _lock = Flock::lock(lock, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+            Error::Config(format!(
+                "state_dir {}: another runtime (a running agent?) holds {} ({e})",
+                cfg.state_dir.display(),
+                lock_path.display()
+            ))
+        })?;
         let bin = cfg.state_dir.join("bin");
         link_weft(&bin, &cfg.weft_bin)?;
         let host_netns = match &cfg.host_netns {
@@ -122,6 +137,7 @@ impl Runtime {
             },
             cfg,
             pods: BTreeMap::new(),
+            _lock,
         })
     }
 

@@ -100,6 +100,10 @@ fn a_new_runtime_adopts_pods_and_their_connections_survive() {
     reader.read_line(&mut echo).unwrap();
     assert_eq!(echo, "before\n");
 
+    // One runtime per state directory.
+    let second = node.runtime_result().err().map(|e| e.to_string());
+    assert!(second.is_some_and(|e| e.contains("another runtime")));
+
     // The agent dies (nothing is stopped), a new one starts on the same state directory.
     drop(rt);
     let mut rt = node.runtime();

@@ -80,6 +80,10 @@ impl Node {
         Runtime::new(self.config()).expect("runtime")
     }
 
+    pub fn runtime_result(&self) -> weft_agent::Result<Runtime> {
+        Runtime::new(self.config())
+    }
+
     /// `ip -n <node> ARGS`, which must succeed.
     pub fn ip(&self, args: &[&str]) -> String {
         let out = run_ok(Command::new("ip").arg("-n").arg(&self.name).args(args));
