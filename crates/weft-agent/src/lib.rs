@@ -8,9 +8,11 @@
 //!    `CNI_CONTAINERID=<pod uid>`, `CNI_NETNS`, `CNI_IFNAME=eth0`, `CNI_PATH`, `CNI_ARGS`
 //!    with the `K8S_POD_*` keys, the network config on stdin) and takes the pod's
 //!    addresses from the result;
-//! 3. writes the pod's `resolv.conf` (`nameserver <cluster DNS>`, the Kubernetes search
-//!    path, `ndots:5`; the host's file is kept when no cluster DNS is configured) and
-//!    `hosts` (localhost lines and `<pod IP> <host name>`);
+//! 3. writes the pod's `resolv.conf` as kubelet does for its `dnsPolicy`: ClusterFirst
+//!    (the default) gives `nameserver <cluster DNS>`, the Kubernetes search path and
+//!    `ndots:5`, with `dnsConfig` appended; None gives `dnsConfig` alone; Default (or no
+//!    cluster DNS configured) keeps the node's file. And `hosts`: localhost lines and
+//!    `<pod IP> [<fqdn>] <host name>` (`spec.hostname`, `spec.subdomain` honoured);
 //! 4. starts each container on the host's file system, in the pod's network namespace and
 //!    in a private mount and UTS namespace: the pod's files are bind-mounted over
 //!    `/etc/resolv.conf` and `/etc/hosts`, the host name is the pod's name;
@@ -40,10 +42,14 @@
 //! still reach the pod, so a running pod does not keep other pods' `/run/netns` mounts
 //! (and with them their namespaces) alive.
 //!
+//! `hostNetwork: true` pods are refused (every pod gets its own namespace), as are
+//! `env.valueFrom` other than `fieldRef` and `grpc`/HTTPS probes; the error names the field.
+//!
 //! ## Readiness and restarts
 //! [`Runtime::probe_all`] collects ended containers, restarts them by `restartPolicy`
 //! (`Always`, the default, restarts; `OnFailure` restarts unless the exit code was 0;
-//! `Never` leaves them exited; there is no crash-loop back-off yet), and runs the readiness
+//! `Never` leaves them exited; a container that keeps exiting within a minute waits 1 s,
+//! 2 s, 4 s... up to 60 s between restarts), and runs the readiness
 //! probes that are due (`initialDelaySeconds`, `periodSeconds`, `timeoutSeconds`,
 //! `successThreshold`, `failureThreshold`). `tcpSocket` and `httpGet` probes connect from
 //! inside the pod's namespace to the pod's IP (or `host`); `exec` probes run like

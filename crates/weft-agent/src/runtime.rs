@@ -240,15 +240,21 @@ impl Runtime {
         record::save(dir, rec)?;
 
         if let Some(resolv) = podfiles::resolv_conf(
+            &plan.dns,
             &plan.namespace,
             self.cfg.cluster_dns,
             &self.cfg.cluster_domain,
         ) {
             record::write_durable(&dir.resolv_conf(), resolv.as_bytes())?;
         }
+        let domain = self.cfg.cluster_domain.trim_matches('.');
+        let fqdn = plan
+            .subdomain
+            .as_ref()
+            .map(|sub| format!("{}.{sub}.{}.svc.{domain}", plan.hostname, plan.namespace));
         record::write_durable(
             &dir.hosts(),
-            podfiles::hosts(&plan.hostname, &rec.ips).as_bytes(),
+            podfiles::hosts(&plan.hostname, fqdn.as_deref(), &rec.ips).as_bytes(),
         )?;
 
         let mut state = PodState {

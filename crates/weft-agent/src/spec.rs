@@ -2,7 +2,7 @@
 //! container's program and arguments, environment, readiness probe, and the pod's restart
 //! policy and grace period. Every refusal names the field, as the API server would.
 
-use k8s_openapi::api::core::v1::{Container, ContainerPort, Pod, Probe};
+use k8s_openapi::api::core::v1::{Container, ContainerPort, Pod, PodSpec, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::time::Duration;
 
@@ -34,9 +34,32 @@ pub struct PodPlan {
     pub name: String,
     pub namespace: String,
     pub hostname: String,
+    /// `spec.subdomain`: the pod is also `<hostname>.<subdomain>.<namespace>.svc.<domain>`.
+    pub subdomain: Option<String>,
+    pub dns: DnsPlan,
     pub restart: RestartPolicy,
     pub grace: Duration,
     pub containers: Vec<ContainerPlan>,
+}
+
+/// `dnsPolicy` with `dnsConfig`, as kubelet reads them.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct DnsPlan {
+    /// ClusterFirst (the default; ClusterFirstWithHostNet is the same for a pod with its
+    /// own network), or None: only `dnsConfig`. Default: the node's resolv.conf.
+    pub policy: DnsPolicy,
+    pub nameservers: Vec<String>,
+    pub searches: Vec<String>,
+    /// (name, value): `ndots:2` is ("ndots", Some("2")).
+    pub options: Vec<(String, Option<String>)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DnsPolicy {
+    #[default]
+    ClusterFirst,
+    Default,
+    None,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -147,12 +170,22 @@ pub fn plan(pod: &Pod) -> Result<PodPlan> {
     for (i, c) in spec.containers.iter().enumerate() {
         containers.push(container_plan(c, &format!("spec.containers[{i}]"), &who)?);
     }
+    if spec.host_network == Some(true) {
+        return Err(bad(
+            "spec.hostNetwork",
+            "not supported: every pod gets its own network namespace here",
+        ));
+    }
+    let dns = dns_plan(spec).map_err(|(f, r)| bad(&f, &r))?;
     let hostname = spec.hostname.clone().unwrap_or_else(|| name.clone());
+    let subdomain = spec.subdomain.clone().filter(|s| !s.is_empty());
     Ok(PodPlan {
         uid,
         name,
         namespace,
         hostname,
+        subdomain,
+        dns,
         restart,
         grace,
         containers,
@@ -213,6 +246,41 @@ fn container_plan(c: &Container, at: &str, who: &str) -> Result<ContainerPlan> {
         working_dir: c.working_dir.clone().filter(|d| !d.is_empty()),
         readiness,
     })
+}
+
+fn dns_plan(spec: &PodSpec) -> std::result::Result<DnsPlan, (String, String)> {
+    let policy = match spec.dns_policy.as_deref() {
+        None | Some("ClusterFirst") | Some("ClusterFirstWithHostNet") => DnsPolicy::ClusterFirst,
+        Some("Default") => DnsPolicy::Default,
+        Some("None") => DnsPolicy::None,
+        Some(other) => {
+            return Err((
+                "spec.dnsPolicy".into(),
+                format!(
+                    "{other:?} is not one of ClusterFirst, ClusterFirstWithHostNet, Default, None"
+                ),
+            ))
+        }
+    };
+    let cfg = spec.dns_config.as_ref();
+    let plan = DnsPlan {
+        policy,
+        nameservers: cfg.and_then(|c| c.nameservers.clone()).unwrap_or_default(),
+        searches: cfg.and_then(|c| c.searches.clone()).unwrap_or_default(),
+        options: cfg
+            .and_then(|c| c.options.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|o| Some((o.name.clone()?, o.value.clone())))
+            .collect(),
+    };
+    if policy == DnsPolicy::None && plan.nameservers.is_empty() {
+        return Err((
+            "spec.dnsConfig.nameservers".into(),
+            "dnsPolicy None needs at least one nameserver in dnsConfig".into(),
+        ));
+    }
+    Ok(plan)
 }
 
 fn field_source(path: &str) -> Option<EnvSource> {

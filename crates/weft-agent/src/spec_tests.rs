@@ -121,3 +121,47 @@ fn restart_policies() {
     assert!(!RestartPolicy::OnFailure.restarts(Some(0)));
     assert!(!RestartPolicy::Never.restarts(Some(1)));
 }
+
+#[test]
+fn dns_policy_and_config() {
+    let p = plan(&pod(r#"
+metadata: {name: a, uid: u}
+spec:
+  hostname: h0
+  subdomain: web
+  dnsPolicy: None
+  dnsConfig:
+    nameservers: [1.1.1.1]
+    searches: [example.com]
+    options: [{name: ndots, value: "2"}, {name: edns0}]
+  containers: [{name: c}]
+"#))
+    .unwrap();
+    assert_eq!(p.hostname, "h0");
+    assert_eq!(p.subdomain.as_deref(), Some("web"));
+    assert_eq!(p.dns.policy, DnsPolicy::None);
+    assert_eq!(p.dns.nameservers, ["1.1.1.1"]);
+    assert_eq!(
+        p.dns.options,
+        vec![
+            ("ndots".to_string(), Some("2".to_string())),
+            ("edns0".to_string(), None)
+        ]
+    );
+    let refused = |yaml: &str, field: &str| {
+        let e = plan(&pod(yaml)).unwrap_err().to_string();
+        assert!(e.contains(field), "{e}");
+    };
+    refused(
+        "metadata: {name: a, uid: u}\nspec: {dnsPolicy: None, containers: [{name: c}]}",
+        "spec.dnsConfig.nameservers",
+    );
+    refused(
+        "metadata: {name: a, uid: u}\nspec: {dnsPolicy: Sometimes, containers: [{name: c}]}",
+        "spec.dnsPolicy",
+    );
+    refused(
+        "metadata: {name: a, uid: u}\nspec: {hostNetwork: true, containers: [{name: c}]}",
+        "spec.hostNetwork",
+    );
+}
