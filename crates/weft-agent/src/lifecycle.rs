@@ -219,11 +219,15 @@ impl Runtime {
         }))
     }
 
-    /// Stop every pod not in `keep` (those no pod object owns any more), then let the CNI
+    /// Adopt what is recorded (see [`adopt`](Runtime::adopt)), stop every pod not in `keep`
+    /// (those no pod object owns any more), then let the CNI
     /// plugin release whatever is not attached to a remaining pod. Returns the uids stopped.
     /// A pod that fails to stop stays known (and is retried next time); the first such
     /// error is returned after the others were tried.
     pub fn gc(&mut self, keep: &HashSet<String>) -> Result<Vec<String>> {
+        // Pods recorded on disk but not yet adopted are pods too: without this, the CNI GC
+        // below would release the addresses of running pods after an agent restart.
+        self.adopt()?;
         let victims: Vec<String> = self
             .pods
             .keys()

@@ -393,6 +393,16 @@ impl Runtime {
         self.pod_command(p, argv, env, false)
     }
 
+    /// Where a container's stdout and stderr go (appended across restarts).
+    pub fn log_path(&self, uid: &str, container: &str) -> Option<PathBuf> {
+        let p = self.pods.get(uid)?;
+        p.plan
+            .containers
+            .iter()
+            .any(|c| c.name == container)
+            .then(|| p.dir.log(container))
+    }
+
     pub(crate) fn program(&self, name: &str) -> Option<PathBuf> {
         if name == "weft" {
             return Some(self.cfg.weft_bin.clone());

@@ -208,7 +208,7 @@ fn restart_policy_always_restarts_never_leaves_exited() {
     let mut rt = node.runtime();
     let yaml = |name: &str, policy: &str| {
         format!(
-            "metadata: {{name: {name}, uid: uid-{name}}}\nspec:\n  restartPolicy: {policy}\n  containers:\n  - {{name: c, command: [sh, -c, 'exit 3']}}\n"
+            "metadata: {{name: {name}, uid: uid-{name}}}\nspec:\n  restartPolicy: {policy}\n  containers:\n  - {{name: c, command: [sh, -c, 'echo ran; exit 3']}}\n"
         )
     };
     rt.start(&pod(&yaml("once", "Never"))).unwrap();
@@ -237,6 +237,10 @@ fn restart_policy_always_restarts_never_leaves_exited() {
         (false, 0)
     );
     // The record says the same on disk.
+    // Each run appended its output to the container's log.
+    let log = std::fs::read_to_string(rt.log_path("uid-again", "c").unwrap()).unwrap();
+    assert!(log.matches("ran\n").count() >= 2, "{log}");
+    assert!(rt.log_path("uid-again", "nope").is_none());
     let rec = std::fs::read_to_string(node.state_dir().join("pods/uid-once/record.json")).unwrap();
     assert!(rec.contains("\"exit_code\": 3"), "{rec}");
 }
