@@ -346,7 +346,7 @@ fn allocate_service(
     }
     // NodePorts.
     let wants_node_ports = ty == "NodePort" || ty == "LoadBalancer";
-    let mut used: Vec<u16> = others
+    let used: Vec<u16> = others
         .iter()
         .flat_map(|s| s["spec"]["ports"].as_array().cloned().unwrap_or_default())
         .filter_map(|p| p["nodePort"].as_u64().map(|n| n as u16))
@@ -357,9 +357,11 @@ fn allocate_service(
     let Some(ports) = spec["ports"].as_array_mut() else {
         return Ok(());
     };
-    let mut mine: Vec<u16> = Vec::new();
+    // NodePorts of this Service so far, with protocols: one number may serve TCP and UDP.
+    let mut mine: Vec<(u16, String)> = Vec::new();
     for (i, p) in ports.iter_mut().enumerate() {
         let asked = p["nodePort"].as_u64().filter(|n| *n > 0);
+        let proto = p["protocol"].as_str().unwrap_or("TCP").to_string();
         if !wants_node_ports {
             continue;
         }
@@ -381,6 +383,12 @@ fn allocate_service(
                         "provided port is already allocated",
                     )));
                 }
+                if mine.iter().any(|(m, pr)| *m == n && *pr == proto) {
+                    return Err(invalid(Cause::duplicate(
+                        format!("spec.ports[{i}].nodePort"),
+                        n,
+                    )));
+                }
                 n
             }
             None => {
@@ -389,10 +397,10 @@ fn allocate_service(
                     .find(|o| o["port"] == p["port"] && o["protocol"] == p["protocol"])
                     .and_then(|o| o["nodePort"].as_u64())
                     .map(|n| n as u16)
-                    .filter(|n| !used.contains(n) && !mine.contains(n));
+                    .filter(|n| !used.contains(n) && !mine.iter().any(|(m, _)| m == n));
                 match kept.or_else(|| {
                     let mut all = used.clone();
-                    all.extend(&mine);
+                    all.extend(mine.iter().map(|(m, _)| *m));
                     alloc::node_port(net.node_port_range, &all)
                 }) {
                     Some(n) => n,
@@ -405,8 +413,7 @@ fn allocate_service(
             }
         };
         p["nodePort"] = json!(port);
-        mine.push(port);
+        mine.push((port, proto));
     }
-    used.extend(mine);
     Ok(())
 }

@@ -168,6 +168,24 @@ async fn duplicate_node_port_is_422_until_released() {
     svcs.create(&pp, &svc("b"))
         .await
         .expect("port released by the delete");
+
+    // Within one Service: the same number twice for one protocol is a duplicate, for TCP
+    // and UDP it is allowed (DNS on a NodePort).
+    let two = |name: &str, second: &str| -> Service {
+        obj(
+            json!({"metadata": {"name": name}, "spec": {"type": "NodePort", "ports": [
+            {"name": "a", "port": 53, "protocol": "TCP", "nodePort": 30053},
+            {"name": "b", "port": 54, "protocol": second, "nodePort": 30053}]}}),
+        )
+    };
+    let e = svcs
+        .create(&pp, &two("dns-dup", "TCP"))
+        .await
+        .expect_err("duplicate");
+    assert_eq!(fields(&e), ["spec.ports[1].nodePort"]);
+    svcs.create(&pp, &two("dns", "UDP"))
+        .await
+        .expect("TCP and UDP share a nodePort");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
