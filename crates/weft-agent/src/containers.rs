@@ -157,16 +157,46 @@ impl Runtime {
                         c.running = true;
                         c.restarts += 1;
                         c.started_at = Some(record::unix_now());
-                        let delay = plan.readiness.as_ref().map(|r| r.initial_delay);
-                        p.probes[i] = p.probes[i].restarted(now + delay.unwrap_or_default());
+                        p.probes[i] = p.probes[i].restarted(now, &plan);
                         changed = true;
                     }
                     Err(e) => tracing::warn!(container = %plan.name, error = %e, "restart"),
                 }
             }
             changed |= self.probe(p, i, now);
+            self.check_liveness(p, i, now);
         }
         changed
+    }
+
+    /// Run container `i`'s liveness probe if due; after `failureThreshold` failures in a
+    /// row the container is killed (SIGKILL to its group), and the next pass restarts it as
+    /// the restart policy says, like any other exit.
+    fn check_liveness(&self, p: &mut PodState, i: usize, now: Instant) {
+        let c = &p.rec.containers[i];
+        let (Some(plan), true, Some(pid)) = (&p.plan.containers[i].liveness, c.running, c.pid)
+        else {
+            return;
+        };
+        if now < p.probes[i].live_next {
+            return;
+        }
+        let ok = prober::run(
+            &plan.action,
+            p.rec.ips.first().copied(),
+            plan.timeout,
+            &p.netns,
+            |argv| self.pod_command(p, argv, &[], false).ok(),
+        );
+        let s = &mut p.probes[i];
+        s.live_next = Instant::now() + plan.period;
+        s.live_failures = if ok { 0 } else { s.live_failures + 1 };
+        if s.live_failures >= plan.failure_threshold {
+            s.live_failures = 0;
+            tracing::warn!(pod = %p.plan.uid, container = %p.plan.containers[i].name, "liveness probe failed; killing the container");
+            // The PID was checked to be ours in this same pass (tend), just before.
+            process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+        }
     }
 
     /// Run container `i`'s readiness probe if due; true if its readiness changed.

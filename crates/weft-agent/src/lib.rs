@@ -45,7 +45,7 @@
 //! `hostNetwork: true` pods are refused (every pod gets its own namespace), as are
 //! `env.valueFrom` other than `fieldRef` and `grpc`/HTTPS probes; the error names the field.
 //!
-//! ## Readiness and restarts
+//! ## Probes and restarts
 //! [`Runtime::probe_all`] collects ended containers, restarts them by `restartPolicy`
 //! (`Always`, the default, restarts; `OnFailure` restarts unless the exit code was 0;
 //! `Never` leaves them exited; a container that keeps exiting within a minute waits 1 s,
@@ -54,6 +54,8 @@
 //! `successThreshold`, `failureThreshold`). `tcpSocket` and `httpGet` probes connect from
 //! inside the pod's namespace to the pod's IP (or `host`); `exec` probes run like
 //! [`Runtime::exec_command`]. A container without a readiness probe is ready while it runs.
+//! A `livenessProbe` failing `failureThreshold` times in a row gets the container killed
+//! (SIGKILL to its process group, no grace period) and then restarted by policy.
 //!
 //! ## Where the CNI plugin runs
 //! The plugin must run in the node's network namespace (it creates the bridge and the host

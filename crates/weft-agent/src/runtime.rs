@@ -22,7 +22,7 @@ use crate::names;
 use crate::podfiles;
 use crate::process::{self, Liveness};
 use crate::record::{self, ContainerRecord, Phase, PodDir, PodRecord};
-use crate::spec::{self, PodPlan, RestartPolicy};
+use crate::spec::{self, ContainerPlan, PodPlan, ProbePlan, RestartPolicy};
 use crate::status::{ContainerState, PodRuntimeStatus};
 
 pub struct Runtime {
@@ -54,6 +54,9 @@ pub(crate) struct ProbeState {
     pub next: Instant,
     pub successes: u32,
     pub failures: u32,
+    /// The liveness probe's schedule and failures in a row.
+    pub live_next: Instant,
+    pub live_failures: u32,
     /// Exits in a row without a long run in between, and when a restart may happen: the
     /// crash-loop back-off.
     pub crashes: u32,
@@ -62,11 +65,24 @@ pub(crate) struct ProbeState {
 }
 
 impl ProbeState {
+    /// Probing of a process started at `now`: each probe first runs after its initial
+    /// delay.
+    pub fn started(now: Instant, c: &ContainerPlan) -> ProbeState {
+        let delay = |p: &Option<ProbePlan>| p.as_ref().map(|p| p.initial_delay).unwrap_or_default();
+        ProbeState {
+            live_next: now + delay(&c.liveness),
+            ..ProbeState::at(now + delay(&c.readiness))
+        }
+    }
+
+    /// Every probe due at `next`.
     pub fn at(next: Instant) -> ProbeState {
         ProbeState {
             next,
             successes: 0,
             failures: 0,
+            live_next: next,
+            live_failures: 0,
             crashes: 0,
             restart_at: None,
             started: Instant::now(),
@@ -74,10 +90,10 @@ impl ProbeState {
     }
 
     /// A new process was started: probing starts over, the crash count stays.
-    pub fn restarted(&self, next: Instant) -> ProbeState {
+    pub fn restarted(&self, now: Instant, c: &ContainerPlan) -> ProbeState {
         ProbeState {
             crashes: self.crashes,
-            ..ProbeState::at(next)
+            ..ProbeState::started(now, c)
         }
     }
 }
@@ -284,12 +300,7 @@ impl Runtime {
             // to stop this one.
             *rec = state.rec.clone();
             record::save(dir, rec)?;
-            let delay = c
-                .readiness
-                .as_ref()
-                .map(|p| p.initial_delay)
-                .unwrap_or_default();
-            state.probes.push(ProbeState::at(now + delay));
+            state.probes.push(ProbeState::started(now, c));
         }
         state.rec.phase = Phase::Running;
         *rec = state.rec.clone();

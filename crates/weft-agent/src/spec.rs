@@ -1,5 +1,5 @@
 //! What the runtime does for a pod, derived from the Pod object alone (pure): each
-//! container's program and arguments, environment, readiness probe, and the pod's restart
+//! container's program and arguments, environment, probes, and the pod's restart
 //! policy and grace period. Every refusal names the field, as the API server would.
 
 use k8s_openapi::api::core::v1::{Container, ContainerPort, Pod, PodSpec, Probe};
@@ -70,6 +70,7 @@ pub struct ContainerPlan {
     pub env: Vec<(String, EnvSource)>,
     pub working_dir: Option<String>,
     pub readiness: Option<ProbePlan>,
+    pub liveness: Option<ProbePlan>,
 }
 
 /// An env value: literal, or one of the downward-API fields a runtime knows at start.
@@ -239,12 +240,18 @@ fn container_plan(c: &Container, at: &str, who: &str) -> Result<ContainerPlan> {
         .as_ref()
         .map(|p| probe_plan(p, ports).map_err(|(f, r)| bad(&format!("readinessProbe.{f}"), r)))
         .transpose()?;
+    let liveness = c
+        .liveness_probe
+        .as_ref()
+        .map(|p| probe_plan(p, ports).map_err(|(f, r)| bad(&format!("livenessProbe.{f}"), r)))
+        .transpose()?;
     Ok(ContainerPlan {
         name: c.name.clone(),
         argv,
         env,
         working_dir: c.working_dir.clone().filter(|d| !d.is_empty()),
         readiness,
+        liveness,
     })
 }
 

@@ -288,3 +288,43 @@ fn a_failed_start_leaves_nothing_behind() {
         .to_string();
     assert!(err.contains("metadata.uid"), "{err}");
 }
+
+#[test]
+fn a_failing_liveness_probe_restarts_the_container() {
+    let node = Node::new("live");
+    let mut rt = node.runtime();
+    let alive_file = node.dir.path().join("alive");
+    std::fs::write(&alive_file, "").unwrap();
+    let yaml = format!(
+        r#"
+metadata: {{name: lively, uid: uid-lively}}
+spec:
+  containers:
+  - name: main
+    command: [sleep, "1000"]
+    livenessProbe:
+      exec: {{command: [test, -e, {}]}}
+      periodSeconds: 1
+      failureThreshold: 2
+"#,
+        alive_file.display()
+    );
+    let first = rt.start(&pod(&yaml)).unwrap().containers[0].pid;
+    // Passing probes leave it alone: several periods pass without a restart.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(2500);
+    while std::time::Instant::now() < deadline {
+        rt.probe_all();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let st = rt.status("uid-lively").unwrap();
+    assert_eq!(
+        (st.containers[0].restarts, st.containers[0].pid),
+        (0, first)
+    );
+    std::fs::remove_file(&alive_file).unwrap();
+    let st = tend_until(&mut rt, "uid-lively", "restarted by liveness", |s| {
+        s.containers[0].restarts == 1 && s.containers[0].running
+    });
+    assert_ne!(st.containers[0].pid, first);
+    assert!(!alive(first.unwrap()));
+}
