@@ -1,0 +1,302 @@
+//! The lab end to end, for both backends: pods reach each other on one node and across
+//! nodes with their own IPs, egress leaves with the node's IP, an agent killed under an open
+//! connection comes back without breaking it, a deleted pod gives its IP back, and a removed
+//! node's routes are withdrawn. One lab per backend carries these checks in order (the
+//! destructive ones last), so the suite stays a few minutes long.
+
+mod lab_support;
+
+use lab_support::*;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+const POD_WAIT: Duration = Duration::from_secs(60);
+
+#[test]
+fn vxlan_lab_end_to_end() {
+    lab_end_to_end("vxlan");
+}
+
+#[test]
+fn host_gw_lab_end_to_end() {
+    lab_end_to_end("host-gw");
+}
+
+fn lab_end_to_end(backend: &str) {
+    let lab = Lab::up(3, backend);
+    let manifest = [
+        echo_pod("a1", "node-1"),
+        echo_pod("a2", "node-1"),
+        echo_pod("b", "node-2"),
+        echo_pod("c", "node-3"),
+    ]
+    .concat();
+    lab.apply(&manifest);
+    let pods = lab.wait_running(&["a1", "a2", "b", "c"], POD_WAIT);
+    for (name, node) in [
+        ("a1", "node-1"),
+        ("a2", "node-1"),
+        ("b", "node-2"),
+        ("c", "node-3"),
+    ] {
+        assert_eq!(pods[name].node, node, "{name} is pinned to {node}");
+    }
+
+    pods_reach_each_other_with_their_own_ips(&lab, &pods);
+    egress_leaves_with_the_node_ip(&lab);
+    agent_kill_keeps_connections_and_converges(&lab, &pods);
+    pod_delete_releases_its_ip(&lab, &pods);
+    node_removal_withdraws_its_routes(&lab, &pods);
+}
+
+fn pods_reach_each_other_with_their_own_ips(
+    lab: &Lab,
+    pods: &std::collections::BTreeMap<String, PodInfo>,
+) {
+    // a1 -> a2 crosses node-1's bridge; a1 -> b and b -> a1 cross the underlay.
+    for (from, to) in [("a1", "a2"), ("a1", "b"), ("b", "a1"), ("c", "b")] {
+        let (src, dst) = (&pods[from].ip, &pods[to].ip);
+        let tcp = lab.probe_ok(from, &["tcp", &format!("{dst}:8080")]);
+        assert_eq!(
+            &client_ip(&tcp),
+            src,
+            "tcp {from} -> {to}: server saw {tcp}"
+        );
+        let udp = lab.probe_ok(from, &["udp", &format!("{dst}:8081")]);
+        assert_eq!(
+            &client_ip(&udp),
+            src,
+            "udp {from} -> {to}: server saw {udp}"
+        );
+        lab.probe_ok(from, &["icmp", dst]);
+    }
+}
+
+fn egress_leaves_with_the_node_ip(lab: &Lab) {
+    let external = format!("weft-{}-external", lab.name);
+    let mut serve = std::process::Command::new("ip");
+    serve
+        .args(["netns", "exec", &external, weft(), "serve", "--tcp", "9000"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let _server = Bg(serve.spawn().expect("spawn weft serve in external"));
+    for (pod, node_ip) in [("a1", "192.168.1.2"), ("b", "192.168.1.3")] {
+        // The server may still be binding: retry until it answers.
+        let line = wait_for(Duration::from_secs(10), || {
+            let (ok, out) = lab.exec_weft(pod, &["probe", "tcp", "192.168.1.254:9000"]);
+            ok.then_some(out)
+        })
+        .unwrap_or_else(|| panic!("{pod} never reached the external host"));
+        assert_eq!(client_ip(&line), node_ip, "egress from {pod}: {line}");
+    }
+}
+
+/// A TCP connection opened from inside `netns` (the socket stays in the namespace it was
+/// created in, so only the connecting thread enters it).
+fn connect_from(netns: &str, target: String) -> TcpStream {
+    let path = format!("/run/netns/{netns}");
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
+            .unwrap_or_else(|e| panic!("setns {path}: {e}"));
+        let addr = target.parse().expect("socket address");
+        TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("connect {target} from {path}: {e}"))
+    })
+    .join()
+    .expect("connecting thread")
+}
+
+/// Sends `word` and reads until the echo server returned it.
+fn exchange(s: &mut TcpStream, word: &str) -> Result<(), String> {
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(format!("{word}\n").as_bytes())
+        .map_err(|e| format!("write {word}: {e}"))?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 512];
+    while !String::from_utf8_lossy(&got).contains(word) {
+        let n = s.read(&mut buf).map_err(|e| format!("read {word}: {e}"))?;
+        if n == 0 {
+            return Err(format!(
+                "connection closed before {word} came back: {}",
+                String::from_utf8_lossy(&got)
+            ));
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    Ok(())
+}
+
+fn agent_kill_keeps_connections_and_converges(
+    lab: &Lab,
+    pods: &std::collections::BTreeMap<String, PodInfo>,
+) {
+    let mut conn = connect_from(
+        &lab.pod_netns("node-1", "a1"),
+        format!("{}:8080", pods["b"].ip),
+    );
+    exchange(&mut conn, "before-kill").expect("connection works before the kill");
+
+    let old = lab.procs()["agent-node-2"];
+    kill(Pid::from_raw(old as i32), Signal::SIGKILL).expect("kill the agent of node-2");
+    let new = wait_for(Duration::from_secs(20), || {
+        lab.procs()
+            .get("agent-node-2")
+            .copied()
+            .filter(|p| *p != old && alive(*p))
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the supervisor did not restart agent-node-2\n{}",
+            lab.logs()
+        )
+    });
+    assert_ne!(new, old);
+    exchange(&mut conn, "after-restart").expect("the connection survives the agent's restart");
+
+    lab.apply(&echo_pod("b2", "node-2"));
+    let now = lab.wait_running(&["b2"], POD_WAIT);
+    let tcp = lab.probe_ok("a1", &["tcp", &format!("{}:8080", now["b2"].ip)]);
+    assert_eq!(client_ip(&tcp), pods["a1"].ip, "a1 -> b2: {tcp}");
+    // The pods the old agent started are still served (adopted, not restarted elsewhere).
+    assert_eq!(
+        now["b"].ip, pods["b"].ip,
+        "b kept its IP across the agent restart"
+    );
+    lab.probe_ok("a1", &["tcp", &format!("{}:8080", pods["b"].ip)]);
+    exchange(&mut conn, "after-converge").expect("the connection still works after convergence");
+}
+
+fn ipam_allocations(lab: &Lab, node: &str) -> Vec<String> {
+    let path = lab.dir().join(format!("nodes/{node}/ipam/weft/state.json"));
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let v: serde_json::Value = serde_json::from_slice(&bytes).expect("IPAM state is JSON");
+    v["allocations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a["ip"].as_str().map(String::from))
+        .collect()
+}
+
+fn pod_delete_releases_its_ip(lab: &Lab, pods: &std::collections::BTreeMap<String, PodInfo>) {
+    let ip = pods["a2"].ip.clone();
+    let netns = lab.pod_netns("node-1", "a2");
+    assert!(netns_names().contains(&netns), "a2 runs in {netns}");
+    assert!(
+        ipam_allocations(lab, "node-1").contains(&ip),
+        "IPAM holds a2's {ip}"
+    );
+
+    lab.lab_ok("delete", &["pod", "a2"]);
+    let released = wait_for(Duration::from_secs(30), || {
+        (!netns_names().contains(&netns) && !ipam_allocations(lab, "node-1").contains(&ip))
+            .then_some(())
+    });
+    assert!(
+        released.is_some(),
+        "after deleting a2: netns present={}, IPAM {:?} (a2 had {ip})\n{}",
+        netns_names().contains(&netns),
+        ipam_allocations(lab, "node-1"),
+        lab.logs()
+    );
+    assert!(!lab.pods().contains_key("a2"), "a2 is gone from the API");
+
+    // The node keeps allocating: a new pod there starts and is reachable.
+    lab.apply(&echo_pod("a3", "node-1"));
+    let now = lab.wait_running(&["a3"], POD_WAIT);
+    assert!(ipam_allocations(lab, "node-1").contains(&now["a3"].ip));
+    lab.probe_ok("b", &["tcp", &format!("{}:8080", now["a3"].ip)]);
+}
+
+fn node_pod_cidr(lab: &Lab, node: &str) -> Option<String> {
+    let out = lab.kubectl(&["get", "node", node, "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    v["spec"]["podCIDR"].as_str().map(String::from)
+}
+
+fn has_route(netns: &str, cidr: &str) -> bool {
+    ip(netns, &["route", "show"])
+        .lines()
+        .any(|l| l.split_whitespace().next() == Some(cidr))
+}
+
+/// Deleting node-3's Node object withdraws the route to its pod subnet on the others.
+/// A running agent would put its Node back (a restarted agent registers again, as a
+/// kubelet does), so the test first freezes the supervisor (SIGSTOP: it restarts agents)
+/// and kills node-3's agent: what is left is a node that is gone from the cluster.
+fn node_removal_withdraws_its_routes(
+    lab: &Lab,
+    pods: &std::collections::BTreeMap<String, PodInfo>,
+) {
+    let cidr = node_pod_cidr(lab, "node-3").expect("node-3 has a podCIDR");
+    for n in ["node-1", "node-2"] {
+        assert!(
+            has_route(&lab.node_netns(n), &cidr),
+            "{n} routes {cidr} while node-3 is up"
+        );
+    }
+    let c = format!("{}:8080", pods["c"].ip);
+    lab.probe_ok("a1", &["tcp", &c]);
+
+    let supervisor = Pid::from_raw(lab.supervisor_pid().expect("supervisor pid"));
+    kill(supervisor, Signal::SIGSTOP).expect("pause the supervisor");
+    let agent = lab.procs()["agent-node-3"];
+    kill(Pid::from_raw(agent as i32), Signal::SIGKILL).expect("kill node-3's agent");
+    // The paused supervisor also carries the API forwarder to the machine's loopback, so
+    // kubectl talks to the control plane from inside the lab's root namespace.
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &format!("weft-{}", lab.name),
+            "kubectl",
+            "--kubeconfig",
+        ])
+        .arg(lab.dir().join("kubeconfig.internal"))
+        .args(["delete", "node", "node-3"])
+        .output()
+        .expect("spawn kubectl");
+    assert!(out.status.success(), "kubectl delete node: {}", text(&out));
+
+    let withdrawn = wait_for(Duration::from_secs(30), || {
+        ["node-1", "node-2"]
+            .iter()
+            .all(|n| !has_route(&lab.node_netns(n), &cidr))
+            .then_some(())
+    });
+    let routes = ip(&lab.node_netns("node-1"), &["route", "show"]);
+    kill(supervisor, Signal::SIGCONT).expect("resume the supervisor");
+    assert!(
+        withdrawn.is_some(),
+        "route to {cidr} still there after node-3 was deleted:\n{routes}"
+    );
+    let (ok, line) = lab.exec_weft("a1", &["probe", "tcp", &c, "--timeout-ms", "1000"]);
+    assert!(!ok, "a1 still reaches c on the removed node: {line}");
+
+    // Resumed, the supervisor restarts node-3's agent, which registers the node again and
+    // its subnet is routed once more.
+    let back = wait_for(Duration::from_secs(60), || {
+        let cidr = node_pod_cidr(lab, "node-3")?;
+        has_route(&lab.node_netns("node-1"), &cidr).then_some(cidr)
+    });
+    assert!(
+        back.is_some(),
+        "node-3 did not come back after its agent restarted\n{}",
+        lab.logs()
+    );
+}
+
+/// A background process killed on drop.
+struct Bg(std::process::Child);
+
+impl Drop for Bg {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
