@@ -63,6 +63,16 @@
 //! (tests) sets [`RuntimeConfig::host_netns`]: the plugin process enters that namespace
 //! before it execs. Nothing else the runtime does depends on the caller's namespace.
 //!
+//! The agent itself should enter the node's namespace with `setns` only. `ip netns exec`
+//! would also give it a mount namespace of its own whose mounts do not propagate back,
+//! so the pods' `/run/netns` entries would be invisible outside the agent.
+//!
+//! ## Blocking
+//! Every method blocks: `start` runs the plugin, `stop` waits up to the pod's grace period,
+//! `probe_all` waits for probes up to their timeouts. An async agent calls them from a
+//! thread of their own (`spawn_blocking`). `weft-pod` (a binary of this crate) drives the
+//! runtime without an API server: `weft-pod ... run pod.yaml`, `status`, `stop`, `exec`.
+//!
 //! `gc` also calls the plugin's CNI `GC` with the pods that remain as valid attachments,
 //! which releases addresses a crash leaked; the IPAM `dataDir` must therefore be private
 //! to the node.
@@ -88,3 +98,10 @@ pub use names::netns_name;
 pub use runtime::{HookError, Runtime};
 pub use spec::{plan, PodPlan, RestartPolicy};
 pub use status::{ContainerState, PodRuntimeStatus};
+
+// The agent moves the runtime into a blocking task or thread of its own.
+const _: () = {
+    const fn send<T: Send>() {}
+    send::<Runtime>();
+    send::<Error>();
+};

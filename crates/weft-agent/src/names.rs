@@ -7,7 +7,7 @@
 pub const NETNS_NAME_MAX: usize = 200;
 
 /// `<prefix><namespace>-<name>`, restricted to `[a-z0-9.-]` (anything else becomes `-`);
-/// over [`NETNS_NAME_MAX`] it is cut and ends in a hash of the full name, so distinct pods
+/// over `NETNS_NAME_MAX` (200) bytes it is cut and ends in a hash of the full name, so distinct pods
 /// keep distinct names.
 pub fn netns_name(prefix: &str, namespace: &str, name: &str) -> String {
     let raw = format!("{prefix}{namespace}-{name}");

@@ -308,6 +308,11 @@ impl Runtime {
         Ok(state)
     }
 
+    /// The status of every pod this runtime runs, by uid.
+    pub fn statuses(&self) -> Vec<PodRuntimeStatus> {
+        self.pods.values().map(status_of).collect()
+    }
+
     /// The pod's current status; None for a pod this runtime does not run. Processes are
     /// looked at (not collected), readiness is what the last probes found.
     pub fn status(&self, uid: &str) -> Option<PodRuntimeStatus> {

@@ -144,6 +144,20 @@ pub fn plan(pod: &Pod) -> Result<PodPlan> {
             "must be set to a plain identifier (the API server assigns one; pods written by hand need one too)",
         ));
     }
+    // The API server enforces these; pods read from a file get the same checks, because the
+    // names end up in namespace names, file names and CNI_ARGS.
+    if !is_dns_subdomain(&name) {
+        return Err(bad(
+            "metadata.name",
+            "must be a DNS subdomain: lower-case letters, digits, '-' and '.', at most 253",
+        ));
+    }
+    if !is_dns_label(&namespace) {
+        return Err(bad(
+            "metadata.namespace",
+            "must be a DNS label: lower-case letters, digits and '-', at most 63",
+        ));
+    }
     let spec = pod
         .spec
         .as_ref()
@@ -167,9 +181,16 @@ pub fn plan(pod: &Pod) -> Result<PodPlan> {
     if spec.containers.is_empty() {
         return Err(bad("spec.containers", "a pod needs at least one container"));
     }
-    let mut containers = Vec::new();
+    let mut containers: Vec<ContainerPlan> = Vec::new();
     for (i, c) in spec.containers.iter().enumerate() {
-        containers.push(container_plan(c, &format!("spec.containers[{i}]"), &who)?);
+        let at = format!("spec.containers[{i}]");
+        if containers.iter().any(|p| p.name == c.name) {
+            return Err(bad(
+                &format!("{at}.name"),
+                &format!("{:?} is used twice", c.name),
+            ));
+        }
+        containers.push(container_plan(c, &at, &who)?);
     }
     if spec.host_network == Some(true) {
         return Err(bad(
@@ -196,8 +217,11 @@ pub fn plan(pod: &Pod) -> Result<PodPlan> {
 fn container_plan(c: &Container, at: &str, who: &str) -> Result<ContainerPlan> {
     let bad =
         |field: &str, reason: String| Error::invalid_pod(who, format!("{at}.{field}"), reason);
-    if c.name.is_empty() {
-        return Err(bad("name", "must be set".into()));
+    if !is_dns_label(&c.name) {
+        return Err(bad(
+            "name",
+            "must be a DNS label: lower-case letters, digits and '-', at most 63".into(),
+        ));
     }
     let ports = c.ports.as_deref().unwrap_or_default();
     let args = c.args.clone().unwrap_or_default();
@@ -288,6 +312,19 @@ fn dns_plan(spec: &PodSpec) -> std::result::Result<DnsPlan, (String, String)> {
         ));
     }
     Ok(plan)
+}
+
+pub fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+pub fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns_label)
 }
 
 fn field_source(path: &str) -> Option<EnvSource> {

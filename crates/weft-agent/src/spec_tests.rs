@@ -165,3 +165,30 @@ spec:
         "spec.hostNetwork",
     );
 }
+
+#[test]
+fn names_that_end_up_in_paths_are_checked() {
+    for (yaml, field) in [
+        (
+            "metadata: {name: ../x, uid: u}\nspec: {containers: [{name: c}]}",
+            "metadata.name",
+        ),
+        (
+            "metadata: {name: a, namespace: 'a;b', uid: u}\nspec: {containers: [{name: c}]}",
+            "metadata.namespace",
+        ),
+        (
+            "metadata: {name: a, uid: u}\nspec: {containers: [{name: ../c}]}",
+            "spec.containers[0].name",
+        ),
+        (
+            "metadata: {name: a, uid: u}\nspec: {containers: [{name: c}, {name: c}]}",
+            "spec.containers[1].name",
+        ),
+    ] {
+        let e = plan(&pod(yaml)).unwrap_err().to_string();
+        assert!(e.contains(field), "{yaml}: {e}");
+    }
+    assert!(is_dns_subdomain("web-0.example"));
+    assert!(!is_dns_label("Web"));
+}
