@@ -8,8 +8,8 @@ use crate::resources::{Resource, NODES, SERVICES};
 use crate::server::NetConfig;
 use crate::store::Tx;
 use k8s_openapi::api::{
-    coordination::v1 as coord, core::v1 as core, discovery::v1 as disc, events::v1 as events,
-    networking::v1 as net,
+    apps::v1 as apps, coordination::v1 as coord, core::v1 as core, discovery::v1 as disc,
+    events::v1 as events, networking::v1 as net,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -46,6 +46,7 @@ pub fn normalize(res: &Resource, v: Value) -> Result<Value, ApiError> {
         "Event" if res.group == "events.k8s.io" => round_trip::<events::Event>(res, v),
         "Event" => round_trip::<core::Event>(res, v),
         "Lease" => round_trip::<coord::Lease>(res, v),
+        "Deployment" => round_trip::<apps::Deployment>(res, v),
         "EndpointSlice" => round_trip::<disc::EndpointSlice>(res, v),
         "NetworkPolicy" => round_trip::<net::NetworkPolicy>(res, v),
         "Ingress" => round_trip::<net::Ingress>(res, v),
@@ -89,6 +90,10 @@ pub fn on_create(
             obj["status"] = json!({"phase": "Pending"});
             pod_defaults(obj);
         }
+        "Deployment" => {
+            obj["status"] = json!({});
+            deployment_defaults(obj);
+        }
         "Service" => {
             obj["status"] = json!({"loadBalancer": {}});
             service_defaults(obj);
@@ -115,6 +120,7 @@ pub fn on_update(
             obj["metadata"]["labels"]["kubernetes.io/metadata.name"] = json!(name);
         }
         "Pod" => pod_defaults(obj),
+        "Deployment" => deployment_defaults(obj),
         "Service" => {
             service_defaults(obj);
             allocate_service(tx, net, obj, Some(old))?;
@@ -148,6 +154,35 @@ fn common_defaults(res: &Resource, obj: &mut Value) {
         "EndpointSlice" => default_protocols(&mut obj["ports"]),
         _ => {}
     }
+}
+
+fn deployment_defaults(obj: &mut Value) {
+    let spec = &mut obj["spec"];
+    if !spec.is_object() {
+        return;
+    }
+    if spec["replicas"].is_null() {
+        spec["replicas"] = json!(1);
+    }
+    if spec["strategy"]["type"].as_str().is_none_or(str::is_empty) {
+        spec["strategy"]["type"] = json!("RollingUpdate");
+    }
+    if spec["strategy"]["type"] == "RollingUpdate" {
+        let ru = &mut spec["strategy"]["rollingUpdate"];
+        if ru["maxSurge"].is_null() {
+            ru["maxSurge"] = json!("25%");
+        }
+        if ru["maxUnavailable"].is_null() {
+            ru["maxUnavailable"] = json!("25%");
+        }
+    }
+    if spec["revisionHistoryLimit"].is_null() {
+        spec["revisionHistoryLimit"] = json!(10);
+    }
+    if spec["progressDeadlineSeconds"].is_null() {
+        spec["progressDeadlineSeconds"] = json!(600);
+    }
+    pod_defaults(&mut spec["template"]);
 }
 
 fn pod_defaults(obj: &mut Value) {

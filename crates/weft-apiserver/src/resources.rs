@@ -162,6 +162,16 @@ pub static RESOURCES: &[Resource] = &[
         &[],
         false,
     ),
+    res(
+        "apps",
+        "v1",
+        "deployments",
+        "deployment",
+        "Deployment",
+        true,
+        &["deploy"],
+        true,
+    ),
 ];
 
 pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Resource> {
@@ -190,3 +200,4 @@ pub static NODES: &Resource = &RESOURCES[1];
 pub static PODS: &Resource = &RESOURCES[2];
 pub static SERVICES: &Resource = &RESOURCES[3];
 pub static ENDPOINTSLICES: &Resource = &RESOURCES[7];
+pub static DEPLOYMENTS: &Resource = &RESOURCES[14];

@@ -105,6 +105,12 @@ fn columns(res: &Resource) -> Vec<(&'static str, &'static str, u8)> {
             ("Age", "string", 0),
         ],
         "IngressClass" => vec![("Controller", "string", 0), ("Age", "string", 0)],
+        "Deployment" => vec![
+            ("Ready", "string", 0),
+            ("Up-to-date", "integer", 0),
+            ("Available", "integer", 0),
+            ("Age", "string", 0),
+        ],
         _ => vec![("Age", "string", 0)],
     }
 }
@@ -295,6 +301,20 @@ fn cells(res: &Resource, o: &Value, now: u64) -> Vec<Value> {
             json!(age(o, now)),
         ],
         "IngressClass" => vec![json!(s(&o["spec"]["controller"])), json!(age(o, now))],
+        "Deployment" => {
+            let st = &o["status"];
+            let n = |v: &Value| v.as_i64().unwrap_or(0);
+            vec![
+                json!(format!(
+                    "{}/{}",
+                    n(&st["readyReplicas"]),
+                    n(&o["spec"]["replicas"])
+                )),
+                json!(n(&st["updatedReplicas"])),
+                json!(n(&st["availableReplicas"])),
+                json!(age(o, now)),
+            ]
+        }
         _ => vec![json!(age(o, now))],
     });
     c

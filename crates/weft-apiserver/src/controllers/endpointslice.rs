@@ -59,7 +59,7 @@ fn resolve_port(svc_port: &Value, pod: &Value) -> Option<Value> {
     Some(p)
 }
 
-fn short_hash(s: &str) -> String {
+pub(crate) fn short_hash(s: &str) -> String {
     // FNV-1a: stable across runs and builds, unlike DefaultHasher.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in s.bytes() {

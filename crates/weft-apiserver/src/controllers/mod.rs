@@ -3,6 +3,7 @@
 //! same admission and validation path as the API.
 
 mod bootstrap;
+pub mod deployment;
 pub mod endpointslice;
 mod lifecycle;
 pub mod scheduler;
@@ -27,6 +28,12 @@ pub fn spawn_all(state: Arc<AppState>, stop: watch::Receiver<bool>) {
         stop.clone(),
         None,
         scheduler::Controller,
+    ));
+    tokio::spawn(run(
+        state.clone(),
+        stop.clone(),
+        None,
+        deployment::Controller,
     ));
     tokio::spawn(run(
         state,

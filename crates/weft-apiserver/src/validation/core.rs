@@ -253,3 +253,76 @@ pub fn data_keys(v: &mut Causes, obj: &Value) {
         }
     }
 }
+
+/// Does a metav1.LabelSelector select these labels?
+fn selector_matches(sel: &Value, labels: &Value) -> bool {
+    let get = |k: &str| labels.get(k).and_then(Value::as_str);
+    let ml = sel["matchLabels"]
+        .as_object()
+        .is_none_or(|m| m.iter().all(|(k, v)| get(k) == v.as_str()));
+    let me = sel["matchExpressions"].as_array().is_none_or(|es| {
+        es.iter().all(|e| {
+            let key = e["key"].as_str().unwrap_or("");
+            let vals: Vec<&str> = e["values"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            match e["operator"].as_str() {
+                Some("In") => get(key).is_some_and(|x| vals.contains(&x)),
+                Some("NotIn") => get(key).is_none_or(|x| !vals.contains(&x)),
+                Some("Exists") => get(key).is_some(),
+                Some("DoesNotExist") => get(key).is_none(),
+                _ => false,
+            }
+        })
+    });
+    ml && me
+}
+
+pub fn deployment(v: &mut Causes, obj: &Value) {
+    let spec = &obj["spec"];
+    if let Some(r) = spec["replicas"].as_i64() {
+        if r < 0 {
+            v.invalid("spec.replicas", r, "must be greater than or equal to 0");
+        }
+    }
+    let sel = &spec["selector"];
+    let empty = sel["matchLabels"].as_object().is_none_or(|m| m.is_empty())
+        && sel["matchExpressions"]
+            .as_array()
+            .is_none_or(|e| e.is_empty());
+    if sel.is_null() || empty {
+        v.required("spec.selector");
+    } else {
+        label_selector(v, sel, "spec.selector");
+        let labels = &spec["template"]["metadata"]["labels"];
+        if !selector_matches(sel, labels) {
+            v.invalid(
+                "spec.template.metadata.labels",
+                labels,
+                "`selector` does not match template `labels`",
+            );
+        }
+    }
+    labels(
+        v,
+        &spec["template"]["metadata"]["labels"],
+        "spec.template.metadata.labels",
+    );
+    // The pod template is checked with the Pod rules, fields renamed under the template.
+    let pod = serde_json::json!({"metadata": spec["template"]["metadata"], "spec": spec["template"]["spec"]});
+    let mut inner = Causes::default();
+    super::core::pod(&mut inner, &pod, None);
+    for mut c in inner.0 {
+        c.field = format!("spec.template.{}", c.field);
+        v.push(c);
+    }
+    match spec["strategy"]["type"].as_str() {
+        Some("RollingUpdate" | "Recreate") | None => {}
+        Some(o) => v.push(Cause::not_supported(
+            "spec.strategy.type",
+            o,
+            &["Recreate", "RollingUpdate"],
+        )),
+    }
+}

@@ -65,6 +65,7 @@ pub fn validate(res: &Resource, obj: &Value, old: Option<&Value>) -> Vec<Cause> 
             v.required("spec.controller")
         }
         "ClusterNetworkPolicy" => networking::cluster_network_policy(&mut v, obj),
+        "Deployment" => core::deployment(&mut v, obj),
         _ => {}
     }
     v.0
