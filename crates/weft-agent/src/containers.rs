@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::prober;
-use crate::process::{self, Isolation, Liveness};
+use crate::process::{self, Liveness};
 use crate::record;
 use crate::runtime::{backoff, PodState, Runtime, MAX_BACKOFF};
 use crate::spec::{ContainerPlan, EnvSource};
@@ -21,58 +21,15 @@ impl Runtime {
         env: &[(String, EnvSource)],
         new_session: bool,
     ) -> Result<Command> {
-        let who = format!("{}/{}", p.plan.namespace, p.plan.name);
-        let program = argv.first().and_then(|a| self.program(a)).ok_or_else(|| {
-            Error::invalid_pod(
-                &who,
-                "command",
-                format!(
-                    "{:?} not found on PATH ({})",
-                    argv.first().map(String::as_str).unwrap_or(""),
-                    self.path_var
-                ),
-            )
-        })?;
-        let mut cmd = Command::new(program);
-        cmd.args(&argv[1..]).env_clear();
-        let (first_ip, all_ips) = Runtime::pod_ips(p);
-        let first_ip = first_ip.map(|ip| ip.to_string()).unwrap_or_default();
-        let plan = &p.plan;
-        cmd.env("PATH", &self.path_var)
-            .env("HOME", "/root")
-            .env("HOSTNAME", &plan.hostname)
-            .env("POD_NAME", &plan.name)
-            .env("POD_NAMESPACE", &plan.namespace)
-            .env("POD_IP", &first_ip)
-            .env("NODE_NAME", &self.cfg.node_name);
-        for (k, v) in env {
-            let v = match v {
-                EnvSource::Value(s) => s.clone(),
-                EnvSource::PodIp => first_ip.clone(),
-                EnvSource::PodIps => all_ips.clone(),
-                EnvSource::NodeName => self.cfg.node_name.clone(),
-                EnvSource::PodName => plan.name.clone(),
-                EnvSource::PodNamespace => plan.namespace.clone(),
-                EnvSource::PodUid => plan.uid.clone(),
-            };
-            cmd.env(k, v);
-        }
-        let mut binds = Vec::new();
-        if p.dir.resolv_conf().exists() {
-            binds.push((p.dir.resolv_conf(), "/etc/resolv.conf".into()));
-        }
-        binds.push((p.dir.hosts(), "/etc/hosts".into()));
-        Isolation {
-            netns: p
-                .netns
-                .try_clone()
-                .map_err(|e| Error::netlink(format!("pod {who}"), e))?,
-            binds,
-            hostname: plan.hostname.clone(),
+        self.launcher.command(
+            &p.plan,
+            &p.dir,
+            &p.netns,
+            &p.rec.ips,
+            argv,
+            env,
             new_session,
-        }
-        .apply(&mut cmd)?;
-        Ok(cmd)
+        )
     }
 
     /// Start one container; returns its PID and start time.

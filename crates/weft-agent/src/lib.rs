@@ -82,6 +82,7 @@ mod config;
 mod containers;
 mod error;
 mod kube_status;
+mod launch;
 mod lifecycle;
 mod names;
 mod podfiles;
@@ -94,6 +95,7 @@ mod status;
 
 pub use config::RuntimeConfig;
 pub use error::{Error, Result};
+pub use launch::exec_recorded;
 pub use names::netns_name;
 pub use runtime::{HookError, Runtime};
 pub use spec::{plan, PodPlan, RestartPolicy};

@@ -29,6 +29,9 @@ pub struct PodRecord {
     /// Identity of the namespace, compared with `/proc/PID/ns/net` before a PID is trusted.
     pub netns_inode: Option<u64>,
     pub ips: Vec<IpAddr>,
+    /// The node the pod runs on (for NODE_NAME in processes started from the record).
+    #[serde(default)]
+    pub node_name: String,
     /// When the runtime began to start the pod, in seconds since the Unix epoch.
     #[serde(default)]
     pub started_at: Option<u64>,
@@ -161,6 +164,7 @@ mod tests {
             netns_name: "p-default-a".into(),
             netns_inode: Some(4026532000),
             ips: vec!["10.244.1.2".parse().unwrap()],
+            node_name: "node-1".into(),
             started_at: Some(1),
             containers: vec![ContainerRecord {
                 name: "c".into(),

@@ -4,7 +4,6 @@ use std::collections::BTreeMap;
 use std::fs::{self, File};
 
 use nix::fcntl::{Flock, FlockArg};
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -15,6 +14,7 @@ use weft_netlink::Netns;
 use crate::cni::{Attachment, Cni};
 use crate::config::RuntimeConfig;
 use crate::error::{Error, Result};
+use crate::launch::Launcher;
 
 /// What a `before_containers` step may fail with.
 pub type HookError = Box<dyn std::error::Error + Send + Sync>;
@@ -28,8 +28,7 @@ use crate::status::{ContainerState, PodRuntimeStatus};
 pub struct Runtime {
     pub(crate) cfg: RuntimeConfig,
     pub(crate) cni: Cni,
-    /// PATH of pod processes: `<state_dir>/bin` (with `weft`) first, then the agent's.
-    pub(crate) path_var: String,
+    pub(crate) launcher: Launcher,
     pub(crate) pods: BTreeMap<String, PodState>,
     /// Held for the runtime's life: two agents on one state directory would fight over
     /// the same pods.
@@ -112,8 +111,6 @@ pub(crate) fn backoff(crashes: u32) -> Duration {
     Duration::from_secs(1u64 << (crashes - 2).min(6)).min(MAX_BACKOFF)
 }
 
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
 impl Runtime {
     pub fn new(cfg: RuntimeConfig) -> Result<Runtime> {
         let bad = |what: &str, p: &Path, e: std::io::Error| {
@@ -143,9 +140,8 @@ impl Runtime {
             ),
             None => None,
         };
-        let agent_path = std::env::var("PATH").unwrap_or_else(|_| DEFAULT_PATH.to_string());
         Ok(Runtime {
-            path_var: format!("{}:{agent_path}", bin.display()),
+            launcher: Launcher::new(&cfg.state_dir, &cfg.node_name, &cfg.weft_bin),
             cni: Cni {
                 plugin: cfg.weft_bin.clone(),
                 bin_dir: cfg.cni_bin_dir.clone(),
@@ -197,6 +193,7 @@ impl Runtime {
             netns_name: names::netns_name(&self.cfg.netns_prefix, &plan.namespace, &plan.name),
             netns_inode: None,
             ips: Vec::new(),
+            node_name: self.cfg.node_name.clone(),
             started_at: Some(record::unix_now()),
             containers: Vec::new(),
             pod: pod.clone(),
@@ -417,25 +414,6 @@ impl Runtime {
             .iter()
             .any(|c| c.name == container)
             .then(|| p.dir.log(container))
-    }
-
-    pub(crate) fn program(&self, name: &str) -> Option<PathBuf> {
-        if name == "weft" {
-            return Some(self.cfg.weft_bin.clone());
-        }
-        process::resolve_program(name, &self.path_var)
-    }
-
-    pub(crate) fn pod_ips(p: &PodState) -> (Option<IpAddr>, String) {
-        let first = p.rec.ips.first().copied();
-        let all = p
-            .rec
-            .ips
-            .iter()
-            .map(|ip| ip.to_string())
-            .collect::<Vec<_>>()
-            .join(",");
-        (first, all)
     }
 }
 

@@ -84,6 +84,32 @@ fn pods_outlive_a_killed_agent_and_are_adopted() {
     reader.read_line(&mut line).unwrap();
     assert!(line.contains(&format!("client={}:", ip(&client))), "{line}");
 
+    // `weft-pod exec` works next to the running agent (from the records, without its lock).
+    let out = Command::new(env!("CARGO_BIN_EXE_weft-pod"))
+        .arg("--state-dir")
+        .arg(&cfg.state_dir)
+        .arg("--weft-bin")
+        .arg(&cfg.weft_bin)
+        .arg("--cni-conf")
+        .arg(&cfg.cni_conf)
+        .args([
+            "exec",
+            "default/client",
+            "weft",
+            "probe",
+            "tcp",
+            &server.to_string(),
+        ])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains(&format!("client={}", ip(&client))), "{said}");
+
     let agent_pid = agent.0.id();
     agent.0.kill().unwrap();
     agent.0.wait().unwrap();

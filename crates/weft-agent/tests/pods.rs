@@ -95,6 +95,32 @@ fn a_client_pod_reaches_the_builtin_server_with_its_own_ip() {
         out,
         "client default 10.244.1.3 node-1 hello 10.244.1.3\nclient\n"
     );
+    // Another process (the `weft lab exec` CLI) reaches the pod from the records alone,
+    // while the runtime holds the state directory.
+    let out = weft_agent::exec_recorded(
+        &node.state_dir(),
+        &weft_bin(),
+        "default",
+        "client",
+        &[
+            "sh".to_string(),
+            "-c".to_string(),
+            "hostname; echo $GREETING".to_string(),
+        ],
+    )
+    .unwrap()
+    .output()
+    .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "client\nhello\n");
+    let missing = weft_agent::exec_recorded(
+        &node.state_dir(),
+        &weft_bin(),
+        "default",
+        "nobody",
+        &["true".to_string()],
+    );
+    assert!(missing.is_err());
+
     // A closed port is refused: the exit code of the command comes back.
     let (code, _, _) = exec(
         &rt,

@@ -9,7 +9,8 @@
 //!                     `ready UID` when a pod becomes ready
 //!   status            adopt the recorded pods and print their statuses
 //!   stop UID...       stop pods (after adopting them)
-//!   exec UID CMD...   run CMD in the pod; exits with its status
+//!   exec [NS/]NAME CMD...  run CMD in the pod (also while `run` holds the state);
+//!                     exits with its status
 //! ```
 
 use std::collections::HashSet;
@@ -60,10 +61,24 @@ fn run() -> Result<ExitCode, String> {
         Some(ip) => cfg.cluster_dns = Some(ip.parse().map_err(|e| format!("--cluster-dns: {e}"))?),
         None => {}
     }
-    let mut rt = Runtime::new(cfg).map_err(|e| e.to_string())?;
     let (cmd, rest) = args
         .split_first()
         .ok_or("no command (run, status, stop, exec)")?;
+    if cmd == "exec" {
+        // No runtime (and no lock): works next to a running `weft-pod run`.
+        let (pod, argv) = rest
+            .split_first()
+            .ok_or("exec needs NS/NAME and a command")?;
+        let (ns, name) = pod.split_once('/').unwrap_or(("default", pod));
+        let status = weft_agent::exec_recorded(&cfg.state_dir, &cfg.weft_bin, ns, name, argv)
+            .map_err(|e| e.to_string())?
+            .status()
+            .map_err(|e| e.to_string())?;
+        return Ok(ExitCode::from(
+            status.code().unwrap_or(1).clamp(0, 255) as u8
+        ));
+    }
+    let mut rt = Runtime::new(cfg).map_err(|e| e.to_string())?;
     match cmd.as_str() {
         "run" => {
             rt.adopt().map_err(|e| e.to_string())?;
@@ -98,18 +113,6 @@ fn run() -> Result<ExitCode, String> {
                 rt.stop(uid).map_err(|e| e.to_string())?;
             }
             Ok(ExitCode::SUCCESS)
-        }
-        "exec" => {
-            rt.adopt().map_err(|e| e.to_string())?;
-            let (uid, argv) = rest.split_first().ok_or("exec needs UID and a command")?;
-            let status = rt
-                .exec_command(uid, argv)
-                .map_err(|e| e.to_string())?
-                .status()
-                .map_err(|e| e.to_string())?;
-            Ok(ExitCode::from(
-                status.code().unwrap_or(1).clamp(0, 255) as u8
-            ))
         }
         other => Err(format!(
             "unknown command {other:?} (run, status, stop, exec)"
