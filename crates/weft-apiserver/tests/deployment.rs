@@ -143,3 +143,31 @@ async fn deployment_creates_rolls_scales_and_collects_its_pods() {
         .unwrap_or_default();
     assert_eq!(fields, ["spec.template.metadata.labels"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_subresource_sets_replicas() {
+    let s = start().await;
+    let deps: Api<Deployment> = Api::namespaced(s.client().await, "default");
+    let d: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "web", "image": "v1"}]}}}
+    }))
+    .expect("deployment");
+    deps.create(&PostParams::default(), &d)
+        .await
+        .expect("create");
+    let sc = deps.get_scale("web").await.expect("get scale");
+    assert_eq!(sc.spec.and_then(|s| s.replicas), Some(1));
+    assert_eq!(
+        sc.status.and_then(|s| s.selector).as_deref(),
+        Some("app=web")
+    );
+    let p = json!({"spec": {"replicas": 5}});
+    deps.patch_scale("web", &PatchParams::default(), &Patch::Merge(&p))
+        .await
+        .expect("scale");
+    let d = deps.get("web").await.expect("get");
+    assert_eq!(d.spec.replicas, Some(5));
+}

@@ -55,6 +55,17 @@ fn resource_list(group: &str, version: &str) -> Value {
         .filter(|r| r.group == group && r.version == version)
     {
         out.push(entry(r));
+        if r.plural == "deployments" {
+            out.push(json!({
+                "name": "deployments/scale",
+                "singularName": "",
+                "namespaced": true,
+                "group": "autoscaling",
+                "version": "v1",
+                "kind": "Scale",
+                "verbs": ["get", "patch", "update"],
+            }));
+        }
         if r.has_status {
             out.push(json!({
                 "name": format!("{}/status", r.plural),

@@ -6,6 +6,7 @@ pub(crate) mod delete;
 mod discovery;
 mod openapi;
 mod patch;
+mod scale;
 pub mod selector;
 pub mod table;
 mod watch;
@@ -113,8 +114,9 @@ pub fn parse_path(path: &str) -> Result<Target, ApiError> {
         return Err(ApiError::no_route(path));
     }
     if let Some(s) = &sub {
-        let ok =
-            (s == "status" && res.has_status) || (s == "finalize" && res.plural == "namespaces");
+        let ok = (s == "status" && res.has_status)
+            || (s == "finalize" && res.plural == "namespaces")
+            || (s == "scale" && res.plural == "deployments");
         if !ok {
             return Err(ApiError::no_route(path));
         }
@@ -239,6 +241,14 @@ async fn dispatch(
 ) -> Result<Response, ApiError> {
     let t = parse_path(uri.path())?;
     let q = parse_query(uri);
+    if t.sub.as_deref() == Some("scale") {
+        return match *method {
+            Method::GET | Method::PUT | Method::PATCH => {
+                scale::handle(state, method, &t, &q, headers, body)
+            }
+            _ => Err(ApiError::method_not_allowed()),
+        };
+    }
     match (method.clone(), t.name.is_some()) {
         (Method::GET, false) if t.watch_path || is_true(&q, "watch") => {
             watch::watch(state.clone(), &t, &q, headers)
