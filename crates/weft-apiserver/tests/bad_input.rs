@@ -79,7 +79,7 @@ async fn malformed_json_and_yaml_are_400() {
 async fn unknown_kind_is_404_status() {
     let s = start().await;
     let c = s.client().await;
-    let req = Request::get("/apis/apps/v1/namespaces/default/deployments")
+    let req = Request::get("/apis/apps/v1/namespaces/default/statefulsets")
         .body(Vec::new())
         .expect("request");
     let e = c.request_text(req).await.expect_err("unknown kind");

@@ -28,6 +28,22 @@ spec:
     ports:
     - {name: http, containerPort: 8080}
 ---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: api
+  namespace: shop
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: api}}
+  template:
+    metadata: {labels: {app: api}}
+    spec:
+      containers:
+      - name: api
+        image: weft
+        ports: [{containerPort: 9000}]
+---
 apiVersion: v1
 kind: Service
 metadata:
@@ -134,6 +150,21 @@ async fn kubectl_get_and_apply_work_with_the_generated_kubeconfig() {
         ok && out.contains("shop") && out.contains("web-0") && out.contains("Pending"),
         "{out}"
     );
+    let (ok, out) = kubectl(
+        &kc,
+        &["scale", "-n", "shop", "deployment/api", "--replicas=3"],
+    )
+    .expect("kubectl");
+    assert!(ok, "kubectl scale failed: {out}");
+    let pods = Api::<Pod>::namespaced(s.client().await, "shop");
+    eventually("3 api pods", || async {
+        let l = pods
+            .list(&kube::api::ListParams::default().labels("app=api"))
+            .await
+            .ok()?;
+        (l.items.len() == 3).then_some(())
+    })
+    .await;
     let (ok, out) = kubectl(&kc, &["get", "svc", "-n", "shop", "-o", "wide"]).expect("kubectl");
     assert!(ok && out.contains(&format!("80:{port}/TCP")), "{out}");
 
