@@ -117,7 +117,13 @@ impl Runtime {
                         p.probes[i] = p.probes[i].restarted(now, &plan);
                         changed = true;
                     }
-                    Err(e) => tracing::warn!(container = %plan.name, error = %e, "restart"),
+                    Err(e) => {
+                        // Not every pass: a program that vanished is retried with back-off.
+                        let s = &mut p.probes[i];
+                        s.crashes += 1;
+                        s.restart_at = Some(now + backoff(s.crashes));
+                        tracing::warn!(container = %plan.name, error = %e, "restart");
+                    }
                 }
             }
             changed |= self.probe(p, i, now);

@@ -80,6 +80,25 @@ impl Prepared {
         // SAFETY (all calls): plain system calls on valid, NUL-terminated buffers and an
         // open descriptor owned by `self`.
         unsafe {
+            // Nothing the agent has open (netlink sockets in the node's namespace, state
+            // files, descriptors the agent itself inherited) may reach the pod: every
+            // descriptor above stderr closes at exec. std's own exec-error pipe is
+            // close-on-exec already, so it keeps working.
+            if libc::syscall(
+                libc::SYS_close_range,
+                3 as libc::c_uint,
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            ) != 0
+            {
+                // Kernels before 5.11: mark them one by one, up to a sane bound.
+                for fd in 3..4096 {
+                    let flags = libc::fcntl(fd, libc::F_GETFD);
+                    if flags >= 0 {
+                        libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+                    }
+                }
+            }
             if self.new_session {
                 check(libc::setsid())?;
             }

@@ -70,6 +70,14 @@ fn a_client_pod_reaches_the_builtin_server_with_its_own_ip() {
         inode(&std::path::PathBuf::from(format!("/proc/{pid}/ns/net"))),
         inode(&web.netns)
     );
+    // Nothing of the runtime's leaks into a container: `sleep` holds stdin, stdout, stderr.
+    let client_pid = client.containers[0].pid.unwrap();
+    let mut fds: Vec<String> = std::fs::read_dir(format!("/proc/{client_pid}/fd"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    fds.sort();
+    assert_eq!(fds, ["0", "1", "2"]);
     // No readiness probe: ready once running.
     tend_until(&mut rt, "uid-web", "web ready", |s| s.ready);
 
