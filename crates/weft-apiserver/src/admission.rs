@@ -98,6 +98,7 @@ pub fn on_create(
             obj["status"] = json!({"loadBalancer": {}});
             service_defaults(obj);
             allocate_service(tx, net, obj, None)?;
+            allocate_load_balancer(tx, net, obj);
         }
         "Node" => allocate_node(tx, net, obj, None)?,
         "Ingress" => obj["status"] = json!({"loadBalancer": {}}),
@@ -122,8 +123,10 @@ pub fn on_update(
         "Pod" => pod_defaults(obj),
         "Deployment" => deployment_defaults(obj),
         "Service" => {
+            drop_type_dependent_fields(old, obj);
             service_defaults(obj);
             allocate_service(tx, net, obj, Some(old))?;
+            allocate_load_balancer(tx, net, obj);
         }
         "Node" => allocate_node(tx, net, obj, Some(old))?,
         _ => {}
@@ -205,6 +208,38 @@ fn pod_defaults(obj: &mut Value) {
     }
 }
 
+/// As the real API server does when a Service stops being a NodePort/LoadBalancer:
+/// node ports and the external traffic policy the user did not change are dropped.
+fn drop_type_dependent_fields(old: &Value, obj: &mut Value) {
+    let external = |v: &Value| {
+        matches!(
+            v["spec"]["type"].as_str(),
+            Some("NodePort" | "LoadBalancer")
+        )
+    };
+    if !external(old) || external(obj) {
+        return;
+    }
+    let old_ports = old["spec"]["ports"].as_array().cloned().unwrap_or_default();
+    if let Some(ports) = obj["spec"]["ports"].as_array_mut() {
+        for p in ports.iter_mut() {
+            let unchanged = old_ports
+                .iter()
+                .any(|o| o["nodePort"] == p["nodePort"] && o["port"] == p["port"]);
+            if unchanged {
+                if let Some(m) = p.as_object_mut() {
+                    m.remove("nodePort");
+                }
+            }
+        }
+    }
+    if obj["spec"]["externalTrafficPolicy"] == old["spec"]["externalTrafficPolicy"] {
+        if let Some(m) = obj["spec"].as_object_mut() {
+            m.remove("externalTrafficPolicy");
+        }
+    }
+}
+
 fn service_defaults(obj: &mut Value) {
     let spec = &mut obj["spec"];
     if !spec.is_object() {
@@ -238,6 +273,53 @@ fn service_defaults(obj: &mut Value) {
                 p["targetPort"] = p["port"].clone();
             }
         }
+    }
+}
+
+/// LoadBalancer Services get an ingress IP from `--load-balancer-cidr` (honouring
+/// `spec.loadBalancerIP` when it is in the pool and free), in `status.loadBalancer`;
+/// a Service that stops being a LoadBalancer gives its address back.
+fn allocate_load_balancer(tx: &Tx, net: &NetConfig, obj: &mut Value) {
+    let Some(pool) = net.load_balancer_cidr else {
+        return;
+    };
+    let is_lb = obj["spec"]["type"] == "LoadBalancer";
+    let current: Option<Ipv4Addr> = obj["status"]["loadBalancer"]["ingress"][0]["ip"]
+        .as_str()
+        .and_then(|s| s.parse().ok());
+    if !is_lb {
+        if current.is_some_and(|ip| pool.contains(&ip)) {
+            obj["status"]["loadBalancer"] = json!({});
+        }
+        return;
+    }
+    if current.is_some() {
+        return;
+    }
+    let name = crate::meta::name(obj).to_string();
+    let ns = crate::meta::namespace(obj).to_string();
+    let used: Vec<Ipv4Addr> = tx
+        .list(SERVICES, None)
+        .iter()
+        .filter(|s| !(crate::meta::name(s) == name && crate::meta::namespace(s) == ns))
+        .filter_map(|s| {
+            s["status"]["loadBalancer"]["ingress"][0]["ip"]
+                .as_str()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    let asked: Option<Ipv4Addr> = obj["spec"]["loadBalancerIP"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .filter(|ip| pool.contains(ip) && !used.contains(ip));
+    let ip = asked.or_else(|| pool.hosts().find(|ip| !used.contains(ip)));
+    match ip {
+        Some(ip) => {
+            obj["status"]["loadBalancer"] =
+                json!({"ingress": [{"ip": ip.to_string(), "ipMode": "VIP"}]})
+        }
+        None => tracing::warn!("no LoadBalancer address left in {pool} for {ns}/{name}"),
     }
 }
 

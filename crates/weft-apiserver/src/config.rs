@@ -30,6 +30,9 @@ pub struct Config {
     /// NodePort range, inclusive.
     #[arg(long, default_value = "30000-32767")]
     pub service_node_port_range: String,
+    /// Addresses for LoadBalancer Services (status.loadBalancer.ingress); none if unset.
+    #[arg(long)]
+    pub load_balancer_cidr: Option<Ipv4Net>,
     /// Where to write a kubeconfig for clients (default: DATA_DIR/kubeconfig).
     #[arg(long)]
     pub kubeconfig_out: Option<PathBuf>,

@@ -28,6 +28,7 @@ pub struct NetConfig {
     pub cluster_cidr: Ipv4Net,
     pub node_cidr_size: u8,
     pub node_port_range: (u16, u16),
+    pub load_balancer_cidr: Option<Ipv4Net>,
     /// Where the `kubernetes` Service's endpoints point.
     pub api_endpoint: SocketAddr,
 }
@@ -88,6 +89,7 @@ pub async fn start(cfg: Config) -> Result<Server, Error> {
             cluster_cidr: cfg.cluster_cidr,
             node_cidr_size: cfg.node_cidr_size,
             node_port_range: cfg.node_port_range()?,
+            load_balancer_cidr: cfg.load_balancer_cidr,
             api_endpoint: SocketAddr::new(client_ip, addr.port()),
         },
     });

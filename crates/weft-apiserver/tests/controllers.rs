@@ -405,3 +405,57 @@ async fn scheduler_spreads_pods_over_ready_nodes() {
         .expect("field selector");
     assert_eq!(mine.items.len(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_balancer_services_get_addresses_from_the_pool() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let args: Vec<String> = [
+        "--data-dir",
+        &dir.path().display().to_string(),
+        "--listen",
+        "127.0.0.1:0",
+        "--load-balancer-cidr",
+        "192.168.1.240/30",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let cfg = weft_apiserver::Config::from_args(&args).expect("args");
+    let server = weft_apiserver::start(cfg).await.expect("start");
+    let svcs: Api<Service> = Api::namespaced(client_for(&server.kubeconfig).await, "default");
+    let lb = |name: &str| -> Service {
+        obj(
+            json!({"metadata": {"name": name}, "spec": {"type": "LoadBalancer", "ports": [{"port": 80}]}}),
+        )
+    };
+    let ingress_ip = |s: &Service| {
+        s.status
+            .as_ref()
+            .and_then(|st| st.load_balancer.as_ref())
+            .and_then(|l| l.ingress.as_ref())
+            .and_then(|i| i.first())
+            .and_then(|i| i.ip.clone())
+    };
+    let pp = PostParams::default();
+    // A /30 has two host addresses.
+    let a = svcs.create(&pp, &lb("a")).await.expect("a");
+    let b = svcs.create(&pp, &lb("b")).await.expect("b");
+    let c = svcs.create(&pp, &lb("c")).await.expect("c");
+    assert_eq!(ingress_ip(&a).as_deref(), Some("192.168.1.241"));
+    assert_eq!(ingress_ip(&b).as_deref(), Some("192.168.1.242"));
+    assert_eq!(ingress_ip(&c), None, "pool exhausted");
+    // Turning a into a ClusterIP Service releases its address; c gets it on its next write.
+    let p = json!({"spec": {"type": "ClusterIP"}});
+    let a = svcs
+        .patch("a", &PatchParams::default(), &Patch::Merge(&p))
+        .await
+        .expect("patch a");
+    assert_eq!(ingress_ip(&a), None);
+    let p = json!({"metadata": {"labels": {"touch": "1"}}});
+    let c = svcs
+        .patch("c", &PatchParams::default(), &Patch::Merge(&p))
+        .await
+        .expect("patch c");
+    assert_eq!(ingress_ip(&c).as_deref(), Some("192.168.1.241"));
+    server.shutdown().await;
+}
