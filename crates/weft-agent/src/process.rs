@@ -99,6 +99,17 @@ impl Prepared {
                     }
                 }
             }
+            // An ignored signal stays ignored across exec: a pod must not inherit the
+            // agent's choices (std already unblocks the mask and restores SIGPIPE).
+            for sig in [
+                libc::SIGTERM,
+                libc::SIGINT,
+                libc::SIGHUP,
+                libc::SIGQUIT,
+                libc::SIGCHLD,
+            ] {
+                libc::signal(sig, libc::SIG_DFL);
+            }
             if self.new_session {
                 check(libc::setsid())?;
             }

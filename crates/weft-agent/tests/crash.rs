@@ -43,6 +43,11 @@ impl Drop for Agent {
 
 #[test]
 fn pods_outlive_a_killed_agent_and_are_adopted() {
+    // The agent ignores SIGTERM (dispositions are inherited over exec); its pods must not.
+    // SAFETY: setting a disposition to SIG_IGN installs no handler code.
+    unsafe {
+        libc::signal(libc::SIGTERM, libc::SIG_IGN);
+    }
     let node = Node::new("crash");
     let file = node.dir.path().join("pods.yaml");
     std::fs::write(&file, PODS).unwrap();
@@ -109,6 +114,22 @@ fn pods_outlive_a_killed_agent_and_are_adopted() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(said.contains(&format!("client={}", ip(&client))), "{said}");
+
+    let ignored = |pid: u32| {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let mask = status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigIgn:"))
+            .unwrap()
+            .trim()
+            .to_string();
+        u64::from_str_radix(&mask, 16).unwrap()
+    };
+    assert_ne!(ignored(agent.0.id()) & (1 << (libc::SIGTERM - 1)), 0);
+    assert_eq!(
+        ignored(web.containers[0].pid.unwrap()) & (1 << (libc::SIGTERM - 1)),
+        0
+    );
 
     let agent_pid = agent.0.id();
     agent.0.kill().unwrap();
