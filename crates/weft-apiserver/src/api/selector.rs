@@ -111,6 +111,17 @@ const FIELDS: &[&str] = &[
     "involvedObject.name",
     "involvedObject.namespace",
     "involvedObject.kind",
+    "involvedObject.uid",
+    "involvedObject.apiVersion",
+    "involvedObject.resourceVersion",
+    "involvedObject.fieldPath",
+    "reason",
+    "reportingComponent",
+    "regarding.name",
+    "regarding.namespace",
+    "regarding.kind",
+    "regarding.uid",
+    "spec.podCIDR",
 ];
 
 impl FieldSelector {
