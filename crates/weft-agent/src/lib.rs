@@ -67,15 +67,48 @@
 //! would also give it a mount namespace of its own whose mounts do not propagate back,
 //! so the pods' `/run/netns` entries would be invisible outside the agent.
 //!
-//! ## Blocking
+//! ## Using it
+//! ```no_run
+//! use std::collections::HashSet;
+//! use weft_agent::{Runtime, RuntimeConfig};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let cfg = RuntimeConfig::new(
+//!     "node-1",
+//!     "/var/lib/weft/node-1",
+//!     "/usr/local/bin/weft",
+//!     "/etc/cni/net.d/10-weft.conf",
+//! );
+//! let mut rt = Runtime::new(cfg)?;
+//! let running = rt.adopt()?; // after a restart: the pods that survived
+//! let pod = serde_yaml::from_str(&std::fs::read_to_string("web.yaml")?)?;
+//! // The step between wiring and the first process is where NetworkPolicy goes.
+//! let st = rt.start_with(&pod, |st| {
+//!     println!("{} has {:?}; no process runs yet", st.name, st.ips);
+//!     Ok(())
+//! })?;
+//! rt.probe_all(); // about once a second
+//! let kube_status = rt.status(&st.uid).map(|s| s.to_pod_status());
+//! let wanted: HashSet<String> = running.into_iter().collect();
+//! rt.gc(&wanted)?; // stops every pod not wanted
+//! # let _ = kube_status;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! Every method blocks: `start` runs the plugin, `stop` waits up to the pod's grace period,
 //! `probe_all` waits for probes up to their timeouts. An async agent calls them from a
-//! thread of their own (`spawn_blocking`). `weft-pod` (a binary of this crate) drives the
-//! runtime without an API server: `weft-pod ... run pod.yaml`, `status`, `stop`, `exec`.
+//! thread of their own (`spawn_blocking`). One runtime owns a state directory (a lock);
+//! [`exec_recorded`] lets another process (`weft lab exec`) run commands in a pod from the
+//! records alone. `weft-pod`, a binary of this crate, drives the runtime without an API
+//! server: `weft-pod ... run pod.yaml`, `status`, `stop UID`, `exec NS/NAME CMD`.
 //!
 //! `gc` also calls the plugin's CNI `GC` with the pods that remain as valid attachments,
 //! which releases addresses a crash leaked; the IPAM `dataDir` must therefore be private
 //! to the node.
+//!
+//! Pod processes inherit nothing from the agent but stdio: every other descriptor is
+//! closed at exec, and TERM/INT/HUP/QUIT/CHLD start with their default dispositions.
 
 mod cni;
 mod config;
