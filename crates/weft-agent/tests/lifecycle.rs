@@ -218,3 +218,28 @@ fn adopt_distrusts_stale_pids_and_removes_unfinished_starts() {
     node.assert_only_node_left();
     assert!(node.ipam_holders().is_empty());
 }
+
+#[test]
+fn after_a_reboot_recorded_pods_without_namespace_are_cleaned_up() {
+    let node = Node::new("reboot");
+    let mut rt = node.runtime();
+    let st = rt.start(&pod(&sleeper("gone", ""))).unwrap();
+    drop(rt);
+    // What a reboot leaves: records and IPAM state on disk, no processes, no namespace.
+    let name = st.netns.file_name().unwrap().to_str().unwrap().to_string();
+    let pid = st.containers[0].pid.unwrap();
+    run_ok(std::process::Command::new("kill").args(["-9", &pid.to_string()]));
+    run_ok(std::process::Command::new("ip").args(["netns", "del", &name]));
+    assert_eq!(node.ipam_holders(), ["uid-gone"]);
+
+    let mut rt = node.runtime();
+    assert!(rt.adopt().unwrap().is_empty());
+    assert!(rt.status("uid-gone").is_none());
+    assert!(node.ipam_holders().is_empty(), "the address is released");
+    assert!(node.bridge_ports().is_empty(), "the host veth is removed");
+    assert!(!node.state_dir().join("pods/uid-gone").exists());
+    // The pod can start again under the same uid.
+    rt.start(&pod(&sleeper("gone", ""))).unwrap();
+    rt.gc(&keep(&[])).unwrap();
+    node.assert_only_node_left();
+}
