@@ -9,7 +9,7 @@ pub struct RuntimeConfig {
     pub state_dir: PathBuf,
     /// The weft binary: the CNI plugin, and `weft serve` for containers without a command.
     pub weft_bin: PathBuf,
-    /// A network config JSON file (a single plugin, `"type": "weft"`).
+    /// A network config JSON file (a single plugin, `"type": "weft"`), read at each start.
     pub cni_conf: PathBuf,
     /// CNI_PATH: where the plugin finds delegated plugins (e.g. a `host-local` IPAM).
     pub cni_bin_dir: PathBuf,

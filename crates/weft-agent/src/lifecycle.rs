@@ -80,23 +80,28 @@ impl Runtime {
             }
         }
 
-        let config = fs::read(dir.cni_config())
-            .or_else(|_| fs::read(&self.cfg.cni_conf))
-            .map_err(|e| Error::io(format!("read {}", self.cfg.cni_conf.display()), e))?;
-        let path = Netns::named_path(&rec.netns_name);
-        let (namespace, name) = plan
-            .as_ref()
-            .map(|p| (p.namespace.as_str(), p.name.as_str()))
-            .unwrap_or(("", ""));
-        self.cni.del(
-            &config,
-            &Attachment {
-                uid: &rec.uid,
-                namespace,
-                name,
-                netns: ns.as_ref().map(|_| path.as_path()),
-            },
-        )?;
+        // The config is saved before ADD runs: without it, ADD never ran and there is
+        // nothing to DEL.
+        match fs::read(dir.cni_config()) {
+            Ok(config) => {
+                let path = Netns::named_path(&rec.netns_name);
+                let (namespace, name) = plan
+                    .as_ref()
+                    .map(|p| (p.namespace.as_str(), p.name.as_str()))
+                    .unwrap_or(("", ""));
+                self.cni.del(
+                    &config,
+                    &Attachment {
+                        uid: &rec.uid,
+                        namespace,
+                        name,
+                        netns: ns.as_ref().map(|_| path.as_path()),
+                    },
+                )?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(format!("read {}", dir.cni_config().display()), e)),
+        }
         if ns.is_some() {
             Netns::delete_named(&rec.netns_name)
                 .map_err(|e| Error::netlink(format!("pod {}", rec.uid), e))?;

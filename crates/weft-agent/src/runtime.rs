@@ -117,7 +117,8 @@ impl Runtime {
             Error::Config(format!("{what} {}: {e}", p.display()))
         };
         fs::metadata(&cfg.weft_bin).map_err(|e| bad("weft_bin", &cfg.weft_bin, e))?;
-        fs::metadata(&cfg.cni_conf).map_err(|e| bad("cni_conf", &cfg.cni_conf, e))?;
+        // cni_conf is read at each start, not here: a node agent may come up before its
+        // network config is written (e.g. before the node has a pod subnet).
         let pods_dir = record::pods_dir(&cfg.state_dir);
         fs::create_dir_all(&pods_dir)
             .map_err(|e| Error::io(format!("create {}", pods_dir.display()), e))?;
@@ -221,6 +222,15 @@ impl Runtime {
         rec: &mut PodRecord,
         before_containers: impl FnOnce(&PodRuntimeStatus) -> std::result::Result<(), HookError>,
     ) -> Result<PodState> {
+        let config = fs::read(&self.cfg.cni_conf).map_err(|e| {
+            Error::io(
+                format!(
+                    "read the CNI network config {}",
+                    self.cfg.cni_conf.display()
+                ),
+                e,
+            )
+        })?;
         let netns = match Netns::create_named(&rec.netns_name) {
             Err(e) if e.is_exists() => {
                 // Another pod's name sanitises to the same one: make ours unique.
@@ -235,8 +245,6 @@ impl Runtime {
             .inode()
             .map_err(|e| Error::netlink("read the pod's namespace", e))?;
         rec.netns_inode = Some(inode);
-        let config = fs::read(&self.cfg.cni_conf)
-            .map_err(|e| Error::io(format!("read {}", self.cfg.cni_conf.display()), e))?;
         record::write_durable(&dir.cni_config(), &config)?;
         record::save(dir, rec)?;
 

@@ -315,6 +315,18 @@ fn a_failed_start_leaves_nothing_behind() {
     assert!(node.ipam_holders().is_empty());
     assert!(node.bridge_ports().is_empty());
 
+    // A config written after the agent started is picked up by the next start.
+    let mut cfg = node.config();
+    cfg.cni_conf = node.dir.path().join("later.conf");
+    cfg.state_dir = node.dir.path().join("state-later");
+    let mut later = weft_agent::Runtime::new(cfg.clone()).unwrap();
+    let err = later.start(&pod(CLIENT)).unwrap_err().to_string();
+    assert!(err.contains("later.conf"), "{err}");
+    node.assert_only_node_left();
+    std::fs::copy(node.conf_path(), &cfg.cni_conf).unwrap();
+    later.start(&pod(CLIENT)).unwrap();
+    later.stop("uid-client").unwrap();
+
     // A pod without a uid is refused before anything is made.
     let err = rt
         .start(&pod("metadata: {name: x}\nspec: {containers: [{name: c}]}"))
