@@ -116,6 +116,7 @@ impl Cni {
             command: "GC".into(),
             pod: "-".into(),
             reason: format!("network config is not JSON: {e}"),
+            code: None,
         })?;
         let list: Vec<Value> = valid
             .iter()
@@ -128,6 +129,7 @@ impl Cni {
             command: "GC".into(),
             pod: "-".into(),
             reason: e.to_string(),
+            code: None,
         })?;
         let none = Attachment {
             uid: "",
@@ -143,6 +145,7 @@ impl Cni {
             command: command.into(),
             pod: pod.into(),
             reason: reason.into(),
+            code: None,
         }
     }
 
@@ -207,6 +210,10 @@ impl Cni {
         if out.status.success() {
             return Ok(parsed.unwrap_or(Value::Null));
         }
+        let code = parsed
+            .as_ref()
+            .and_then(|v| v.get("code"))
+            .and_then(Value::as_u64);
         let reason = match parsed {
             Some(v) if v.get("code").is_some() => format!(
                 "plugin error {}: {}{}",
@@ -225,7 +232,12 @@ impl Cni {
                 String::from_utf8_lossy(&out.stderr).trim()
             ),
         };
-        Err(self.err(command, &who, &reason))
+        Err(Error::Cni {
+            command: command.into(),
+            pod: who,
+            reason,
+            code,
+        })
     }
 }
 

@@ -40,6 +40,8 @@ pub enum Error {
         command: String,
         pod: String,
         reason: String,
+        /// The spec's error code from the plugin's answer, when it gave one.
+        code: Option<u64>,
     },
 
     /// A record under the state directory cannot be read back.
@@ -74,6 +76,12 @@ impl Error {
             op: op.into(),
             source,
         }
+    }
+
+    /// The plugin answered "try again later" (CNI code 11), e.g. the node has no pod
+    /// subnet yet: retry the start later rather than report the pod as failed.
+    pub fn is_try_again(&self) -> bool {
+        matches!(self, Error::Cni { code: Some(11), .. })
     }
 
     pub fn invalid_pod(

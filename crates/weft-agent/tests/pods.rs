@@ -327,6 +327,22 @@ fn a_failed_start_leaves_nothing_behind() {
     later.start(&pod(CLIENT)).unwrap();
     later.stop("uid-client").unwrap();
 
+    // A node without its pod subnet yet: the plugin says "try again later" (CNI code 11),
+    // the start is undone, and a retry once the subnet file exists succeeds.
+    let subnet_file = node.dir.path().join("subnet.env");
+    let conf = std::fs::read_to_string(node.conf_path()).unwrap().replace(
+        r#""subnet":"10.244.1.0/24""#,
+        &format!(r#""subnetFile":"{}""#, subnet_file.display()),
+    );
+    std::fs::write(&cfg.cni_conf, conf).unwrap();
+    let err = later.start(&pod(CLIENT)).unwrap_err();
+    assert!(err.is_try_again(), "{err}");
+    node.assert_only_node_left();
+    std::fs::write(&subnet_file, "WEFT_SUBNET=10.244.1.0/24\n").unwrap();
+    later.start(&pod(CLIENT)).unwrap();
+    later.stop("uid-client").unwrap();
+    node.assert_only_node_left();
+
     // A pod without a uid is refused before anything is made.
     let err = rt
         .start(&pod("metadata: {name: x}\nspec: {containers: [{name: c}]}"))
