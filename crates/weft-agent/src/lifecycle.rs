@@ -175,7 +175,7 @@ impl Runtime {
     }
 
     /// Some(state) to adopt, None for remains to remove.
-    fn adopt_one(&self, dir: &PodDir) -> Result<Option<PodState>> {
+    pub(crate) fn adopt_one(&self, dir: &PodDir) -> Result<Option<PodState>> {
         let Ok(mut rec) = record::load(&dir.record()) else {
             return Ok(None);
         };

@@ -185,7 +185,13 @@ impl Runtime {
         }
         let dir = PodDir::new(&self.cfg.state_dir, &plan.uid);
         if dir.0.exists() {
-            // Remains of an earlier life of this uid that adopt() did not take.
+            // Recorded by an earlier agent: take the pod back if it still runs (a caller
+            // that did not call adopt() first must not cost the pod its processes), else
+            // clear what is left.
+            if let Ok(Some(state)) = self.adopt_one(&dir) {
+                self.pods.insert(plan.uid.clone(), state);
+                return self.status(&plan.uid).ok_or(Error::UnknownPod(plan.uid));
+            }
             self.teardown_dir(&dir, &plan.uid)?;
         }
         let mut rec = PodRecord {
@@ -207,7 +213,8 @@ impl Runtime {
                 self.status(&uid).ok_or(Error::UnknownPod(uid))
             }
             Err(e) => {
-                if let Err(undo) = self.teardown(&dir, &rec, None) {
+                // Nothing ran long enough to deserve a grace period.
+                if let Err(undo) = self.teardown(&dir, &rec, Some(Duration::ZERO)) {
                     tracing::warn!(pod = %plan.uid, error = %undo, "cleanup after a failed start");
                 }
                 Err(e)

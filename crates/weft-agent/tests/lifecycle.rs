@@ -243,3 +243,20 @@ fn after_a_reboot_recorded_pods_without_namespace_are_cleaned_up() {
     rt.gc(&keep(&[])).unwrap();
     node.assert_only_node_left();
 }
+
+#[test]
+fn starting_a_recorded_pod_takes_it_back_instead_of_restarting_it() {
+    let node = Node::new("restart-start");
+    let mut rt = node.runtime();
+    let first = rt.start(&pod(&sleeper("kept", ""))).unwrap();
+    drop(rt);
+    // A new agent that starts its pods without calling adopt() first.
+    let mut rt = node.runtime();
+    let again = rt.start(&pod(&sleeper("kept", ""))).unwrap();
+    assert_eq!(again.containers[0].pid, first.containers[0].pid);
+    assert!(again.containers[0].running);
+    assert_eq!(again.ips, first.ips);
+    assert_eq!(node.ipam_holders(), ["uid-kept"]);
+    rt.gc(&keep(&[])).unwrap();
+    node.assert_only_node_left();
+}
