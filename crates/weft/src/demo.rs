@@ -125,9 +125,7 @@ fn in_pod(lab: &str, ns: &str, pod: &str, args: &[&str]) -> Result<(bool, String
         .chain(args.iter().copied())
         .map(String::from)
         .collect();
-    let (mut cmd, fd) = exec::command(lab, ns, pod, &argv)?;
-    let out = cmd.output()?;
-    drop(fd);
+    let out = exec::command(lab, ns, pod, &argv)?.output()?;
     Ok((
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).trim().to_string(),

@@ -2,11 +2,7 @@
 //! what each one is (IP, phase, readiness) in its status, as a kubelet would.
 
 use super::AgentConfig;
-use k8s_openapi::api::core::v1::{
-    ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStatus, Pod,
-    PodCondition, PodIP, PodStatus,
-};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::api::core::v1::{Pod, PodCondition, PodStatus};
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use kube::{Api, Client, ResourceExt};
 use std::collections::{HashMap, HashSet};
@@ -19,10 +15,6 @@ pub struct PodSync {
     /// The status last written for each pod, so unchanged pods cost no API call.
     reported: HashMap<String, serde_json::Value>,
     failed: HashMap<String, String>,
-}
-
-fn now() -> Time {
-    Time(k8s_openapi::jiff::Timestamp::now())
 }
 
 fn is_terminal(p: &Pod) -> bool {
@@ -130,24 +122,14 @@ impl PodSync {
             let status = {
                 let Ok(r) = rt.lock() else { continue };
                 match r.status(uid) {
-                    Some(s) => pod_status(
-                        cfg,
-                        &Snapshot {
-                            ips: s.ips.clone(),
-                            ready: s.ready,
-                            containers: s
-                                .containers
-                                .iter()
-                                .map(|c| Container {
-                                    name: c.name.clone(),
-                                    running: c.running,
-                                    exit_code: c.exit_code,
-                                    ready: c.ready,
-                                    restarts: c.restarts,
-                                })
-                                .collect(),
-                        },
-                    ),
+                    Some(s) => {
+                        let mut st = s.to_pod_status();
+                        st.host_ip = Some(cfg.node_ip.to_string());
+                        st.host_ips = Some(vec![k8s_openapi::api::core::v1::HostIP {
+                            ip: cfg.node_ip.to_string(),
+                        }]);
+                        st
+                    }
                     None => match self.failed.get(uid) {
                         Some(msg) => failed_status(msg),
                         None => continue,
@@ -190,87 +172,6 @@ fn strip_times(v: &serde_json::Value) -> serde_json::Value {
             .into(),
         serde_json::Value::Array(a) => a.iter().map(strip_times).collect::<Vec<_>>().into(),
         other => other.clone(),
-    }
-}
-
-fn condition(kind: &str, ok: bool) -> PodCondition {
-    PodCondition {
-        type_: kind.to_string(),
-        status: if ok { "True" } else { "False" }.to_string(),
-        last_transition_time: Some(now()),
-        ..Default::default()
-    }
-}
-
-/// What the status is built from (a copy of the runtime's view of one pod).
-struct Snapshot {
-    ips: Vec<std::net::IpAddr>,
-    ready: bool,
-    containers: Vec<Container>,
-}
-
-struct Container {
-    name: String,
-    running: bool,
-    exit_code: Option<i32>,
-    ready: bool,
-    restarts: u32,
-}
-
-fn pod_status(cfg: &AgentConfig, s: &Snapshot) -> PodStatus {
-    let all_exited = !s.containers.is_empty() && s.containers.iter().all(|c| !c.running);
-    let phase = if all_exited {
-        if s.containers.iter().all(|c| c.exit_code == Some(0)) {
-            "Succeeded"
-        } else {
-            "Failed"
-        }
-    } else {
-        "Running"
-    };
-    PodStatus {
-        phase: Some(phase.to_string()),
-        host_ip: Some(cfg.node_ip.to_string()),
-        pod_ip: s.ips.first().map(|i| i.to_string()),
-        pod_ips: Some(s.ips.iter().map(|i| PodIP { ip: i.to_string() }).collect()),
-        start_time: Some(now()),
-        conditions: Some(vec![
-            condition("PodScheduled", true),
-            condition("Initialized", true),
-            condition("ContainersReady", s.ready),
-            condition("Ready", s.ready),
-        ]),
-        container_statuses: Some(
-            s.containers
-                .iter()
-                .map(|c| ContainerStatus {
-                    name: c.name.clone(),
-                    ready: c.ready,
-                    restart_count: c.restarts as i32,
-                    started: Some(c.running),
-                    state: Some(if c.running {
-                        ContainerState {
-                            running: Some(ContainerStateRunning {
-                                started_at: Some(now()),
-                            }),
-                            ..Default::default()
-                        }
-                    } else {
-                        ContainerState {
-                            terminated: Some(ContainerStateTerminated {
-                                exit_code: c.exit_code.unwrap_or(-1),
-                                ..Default::default()
-                            }),
-                            ..Default::default()
-                        }
-                    }),
-                    image: "weft/host".to_string(),
-                    image_id: String::new(),
-                    ..Default::default()
-                })
-                .collect(),
-        ),
-        ..Default::default()
     }
 }
 
