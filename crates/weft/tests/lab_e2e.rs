@@ -192,16 +192,22 @@ fn pod_delete_releases_its_ip(lab: &Lab, pods: &std::collections::BTreeMap<Strin
         "IPAM holds a2's {ip}"
     );
 
+    let node1 = lab.node_netns("node-1");
+    let ports = bridge_ports(&node1);
+
     lab.lab_ok("delete", &["pod", "a2"]);
     let released = wait_for(Duration::from_secs(30), || {
-        (!netns_names().contains(&netns) && !ipam_allocations(lab, "node-1").contains(&ip))
+        (!netns_names().contains(&netns)
+            && !ipam_allocations(lab, "node-1").contains(&ip)
+            && bridge_ports(&node1) == ports - 1)
             .then_some(())
     });
     assert!(
         released.is_some(),
-        "after deleting a2: netns present={}, IPAM {:?} (a2 had {ip})\n{}",
+        "after deleting a2: netns present={}, IPAM {:?} (a2 had {ip}), cbr0 ports {} (were {ports})\n{}",
         netns_names().contains(&netns),
         ipam_allocations(lab, "node-1"),
+        bridge_ports(&node1),
         lab.logs()
     );
     assert!(!lab.pods().contains_key("a2"), "a2 is gone from the API");
@@ -211,6 +217,13 @@ fn pod_delete_releases_its_ip(lab: &Lab, pods: &std::collections::BTreeMap<Strin
     let now = lab.wait_running(&["a3"], POD_WAIT);
     assert!(ipam_allocations(lab, "node-1").contains(&now["a3"].ip));
     lab.probe_ok("b", &["tcp", &format!("{}:8080", now["a3"].ip)]);
+}
+
+/// Links enslaved to the node's bridge: one host-side veth per pod.
+fn bridge_ports(netns: &str) -> usize {
+    ip(netns, &["-o", "link", "show", "master", "cbr0"])
+        .lines()
+        .count()
 }
 
 fn node_pod_cidr(lab: &Lab, node: &str) -> Option<String> {
@@ -270,13 +283,29 @@ fn node_removal_withdraws_its_routes(
             .then_some(())
     });
     let routes = ip(&lab.node_netns("node-1"), &["route", "show"]);
+    // VXLAN also withdraws the tunnel's forwarding entry towards node-3's underlay address.
+    let fdb = bridge_fdb(&lab.node_netns("node-1"));
+    // Probed while the supervisor is still paused (a resumed one brings node-3 back), from
+    // a1's namespace directly: `lab exec` would need the paused API forwarder.
+    let probe = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.pod_netns("node-1", "a1"), weft()])
+        .args(["probe", "tcp", &c, "--timeout-ms", "1000"])
+        .output()
+        .expect("spawn weft probe");
     kill(supervisor, Signal::SIGCONT).expect("resume the supervisor");
     assert!(
         withdrawn.is_some(),
         "route to {cidr} still there after node-3 was deleted:\n{routes}"
     );
-    let (ok, line) = lab.exec_weft("a1", &["probe", "tcp", &c, "--timeout-ms", "1000"]);
-    assert!(!ok, "a1 still reaches c on the removed node: {line}");
+    assert!(
+        !fdb.contains("dst 192.168.1.4 "),
+        "FDB still points at node-3:\n{fdb}"
+    );
+    assert!(
+        !probe.status.success(),
+        "a1 still reaches c on the removed node: {}",
+        text(&probe)
+    );
 
     // Resumed, the supervisor restarts node-3's agent, which registers the node again and
     // its subnet is routed once more.
@@ -289,6 +318,25 @@ fn node_removal_withdraws_its_routes(
         "node-3 did not come back after its agent restarted\n{}",
         lab.logs()
     );
+    // Its pods kept running through all this and are reachable again.
+    let again = wait_for(Duration::from_secs(30), || {
+        lab.exec_weft("a1", &["probe", "tcp", &c, "--timeout-ms", "1000"])
+            .0
+            .then_some(())
+    });
+    assert!(
+        again.is_some(),
+        "c on the re-registered node-3 is unreachable\n{}",
+        lab.logs()
+    );
+}
+
+fn bridge_fdb(netns: &str) -> String {
+    let out = std::process::Command::new("bridge")
+        .args(["-n", netns, "fdb", "show"])
+        .output()
+        .expect("spawn bridge");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A background process killed on drop.
