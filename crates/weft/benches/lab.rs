@@ -197,14 +197,20 @@ fn iperf(server_ns: &str, client_ns: &str, server_ip: &str) -> Result<f64, Strin
                 "-J",
             ])) {
                 Ok(out) => {
-                    last.clear();
                     let v: serde_json::Value =
                         serde_json::from_str(&out).map_err(|e| format!("iperf3 JSON: {e}"))?;
-                    let bps = v["end"]["sum_received"]["bits_per_second"]
-                        .as_f64()
-                        .ok_or("no sum_received in iperf3 output")?;
-                    runs.push(bps / 1e9);
-                    break;
+                    // A server still finishing the previous test answers "busy" in the JSON.
+                    match v["end"]["sum_received"]["bits_per_second"].as_f64() {
+                        Some(bps) => {
+                            last.clear();
+                            runs.push(bps / 1e9);
+                            break;
+                        }
+                        None => {
+                            last = format!("iperf3 {client_ns} -> {server_ip}: {}", v["error"]);
+                            std::thread::sleep(Duration::from_millis(200));
+                        }
+                    }
                 }
                 Err(e) => {
                     last = e;
