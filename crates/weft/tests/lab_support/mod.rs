@@ -52,6 +52,8 @@ pub struct PodInfo {
     pub ip: String,
     pub phase: String,
     pub uid: String,
+    /// The Ready condition (the echo pods' readiness probe connects to their TCP port).
+    pub ready: bool,
 }
 
 pub struct Lab {
@@ -177,13 +179,18 @@ impl Lab {
                     ip: s(&p["status"]["podIP"]),
                     phase: s(&p["status"]["phase"]),
                     uid: s(&p["metadata"]["uid"]),
+                    ready: p["status"]["conditions"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True"),
                 },
             );
         }
         m
     }
 
-    /// Waits until every named pod is Running with an IP.
+    /// Waits until every named pod is Running and Ready with an IP.
     pub fn wait_running(&self, names: &[&str], limit: Duration) -> BTreeMap<String, PodInfo> {
         let got = wait_for(limit, || {
             let pods = self.pods();
@@ -191,13 +198,13 @@ impl Lab {
                 .iter()
                 .all(|n| {
                     pods.get(*n)
-                        .is_some_and(|p| p.phase == "Running" && !p.ip.is_empty())
+                        .is_some_and(|p| p.phase == "Running" && p.ready && !p.ip.is_empty())
                 })
                 .then_some(pods)
         });
         got.unwrap_or_else(|| {
             panic!(
-                "pods {names:?} not Running with an IP within {limit:?}: {:?}\n{}",
+                "pods {names:?} not Running and Ready with an IP within {limit:?}: {:?}\n{}",
                 self.pods(),
                 self.logs()
             )
@@ -323,7 +330,7 @@ pub fn client_ip(line: &str) -> String {
 /// A pod manifest running weft's echo server: TCP 8080, UDP 8081.
 pub fn echo_pod(name: &str, node: &str) -> String {
     format!(
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: \"{name}\"\n  labels: {{app: e2e}}\nspec:\n  nodeName: {node}\n  containers:\n  - name: app\n    image: weft/serve\n    ports: [{{containerPort: 8080}}, {{containerPort: 8081, protocol: UDP}}]\n---\n"
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: \"{name}\"\n  labels: {{app: e2e}}\nspec:\n  nodeName: {node}\n  containers:\n  - name: app\n    image: weft/serve\n    ports: [{{containerPort: 8080}}, {{containerPort: 8081, protocol: UDP}}]\n    readinessProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1}}\n---\n"
     )
 }
 
