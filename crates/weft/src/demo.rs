@@ -26,6 +26,23 @@ impl Narrator {
     fn saw(&self, what: impl std::fmt::Display) {
         println!("    {what}");
     }
+    /// Runs a probe from a pod, shows its line, and checks it (and, if given, that the
+    /// server saw `client`).
+    fn probe(
+        &mut self,
+        lab: &str,
+        ns: &str,
+        args: &[&str],
+        client: Option<&str>,
+        what: &str,
+    ) -> Result<String> {
+        let (ok, line) = in_pod(lab, ns, "frontend-pod", args)?;
+        self.saw(&line);
+        let seen = client.is_none_or(|c| line.contains(&format!("client={c}")));
+        self.check(ok && seen, what);
+        Ok(line)
+    }
+
     fn check(&mut self, ok: bool, what: &str) {
         if ok {
             println!("    ok: {what}");
@@ -207,20 +224,21 @@ pub fn run() -> Result<()> {
         "the documents' addresses: 10.244.1.2 and 10.244.1.3",
     );
     n.saw("kubectl exec frontend-pod -- ping 10.244.1.3:");
-    let (ok, line) = in_pod(&lab, "scenario1", "frontend-pod", &["probe", "icmp", &bip])?;
-    n.saw(&line);
-    n.check(ok, "the ping crosses the bridge and is answered");
-    let (ok, line) = in_pod(
+    n.probe(
         &lab,
         "scenario1",
-        "frontend-pod",
-        &["probe", "tcp", &format!("{bip}:8080")],
+        &["probe", "icmp", &bip],
+        None,
+        "the ping crosses the bridge and is answered",
     )?;
-    n.saw(&line);
-    n.check(
-        ok && line.contains(&format!("client={fip}")),
+    let tcp = format!("{bip}:8080");
+    n.probe(
+        &lab,
+        "scenario1",
+        &["probe", "tcp", &tcp],
+        Some(&fip),
         "backend-pod sees frontend-pod's own IP: no NAT between pods",
-    );
+    )?;
 
     n.step("Scenario 2: backend-pod on node-2; frontend-pod stays on node-1");
     let (f2, b2) = rt.block_on(apply_scenario(&client, "scenario2", "node-2"))?;
@@ -274,28 +292,29 @@ pub fn run() -> Result<()> {
             ));
         }
     }
-    let (ok, line) = in_pod(&lab, "scenario2", "frontend-pod", &["probe", "icmp", &bip])?;
-    n.saw(&line);
-    n.check(ok, "the ping crosses nodes through the overlay");
-    let (ok, line) = in_pod(
+    n.probe(
         &lab,
         "scenario2",
-        "frontend-pod",
-        &["probe", "tcp", &format!("{bip}:8080")],
+        &["probe", "icmp", &bip],
+        None,
+        "the ping crosses nodes through the overlay",
     )?;
-    n.saw(&line);
-    n.check(
-        ok && line.contains(&format!("client={fip}")),
+    let tcp = format!("{bip}:8080");
+    n.probe(
+        &lab,
+        "scenario2",
+        &["probe", "tcp", &tcp],
+        Some(&fip),
         "across nodes too, the server sees the client's pod IP",
-    );
-    let (ok, line) = in_pod(
+    )?;
+    let udp = format!("{bip}:8081");
+    n.probe(
         &lab,
         "scenario2",
-        "frontend-pod",
-        &["probe", "udp", &format!("{bip}:8081")],
+        &["probe", "udp", &udp],
+        Some(&fip),
+        "UDP crosses as well, without NAT",
     )?;
-    n.saw(&line);
-    n.check(ok, "UDP crosses as well");
 
     n.step("Leaving the cluster: a pod reaches the external host from its node's IP (masquerade)");
     let ext = Netns::from_name(&state.topology.external.netns)?;
