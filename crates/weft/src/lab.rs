@@ -246,10 +246,7 @@ pub fn status(name: &str) -> Result<()> {
             "MISSING"
         }
     };
-    println!(
-        "{:<14} {:<28} {:<18} {}",
-        "HOST", "NAMESPACE", "ADDRESS", "NETNS"
-    );
+    println!("{:<14} {:<28} {:<18} NETNS", "HOST", "NAMESPACE", "ADDRESS");
     for h in state.topology.hosts() {
         println!(
             "{:<14} {:<28} {:<18} {}",
@@ -262,8 +259,8 @@ pub fn status(name: &str) -> Result<()> {
     match supervise::read_status(&dir) {
         Some(s) => {
             println!(
-                "\n{:<16} {:<8} {:<8} {:<9} {}",
-                "PROCESS", "PID", "STATE", "RESTARTS", "LAST EXIT"
+                "\n{:<16} {:<8} {:<8} {:<9} LAST EXIT",
+                "PROCESS", "PID", "STATE", "RESTARTS"
             );
             for p in s.procs {
                 let pid = p.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
