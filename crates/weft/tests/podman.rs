@@ -314,16 +314,23 @@ fn podman_containers_get_weft_addresses_talk_and_release_them() {
         in_range(&cli_ip) && cli_ip != srv_ip,
         "cli has {cli_ip}, srv {srv_ip}"
     );
-    let page = p.ok(&[
-        "exec",
-        "cli",
-        "wget",
-        "-q",
-        "-O",
-        "-",
-        &format!("http://{srv_ip}:8080/index.html"),
-    ]);
-    assert_eq!(page, MARKER);
+    // httpd may still be starting when `run -d` returns: retry until it answers.
+    let url = format!("http://{srv_ip}:8080/index.html");
+    let fetch = || p.output(&["exec", "cli", "wget", "-q", "-O", "-", &url]);
+    let mut page = fetch();
+    for _ in 0..50 {
+        if page.status.success() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        page = fetch();
+    }
+    assert!(
+        page.status.success(),
+        "wget {url} from cli failed: {}",
+        String::from_utf8_lossy(&page.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&page.stdout).trim(), MARKER);
     p.ok(&["exec", "cli", "ping", "-c", "1", "-W", "5", &srv_ip]);
 
     // The range is now exhausted: a third container cannot start, and leaves nothing behind.
