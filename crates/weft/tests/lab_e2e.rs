@@ -348,3 +348,54 @@ impl Drop for Bg {
         let _ = self.0.wait();
     }
 }
+
+/// A pod deleted while its node's agent is down is torn down once the agent is back: the
+/// restarted agent adopts the pods still running on the node, and one the API no longer
+/// wants must lose its namespace, its server and its IP, as after a delete with the agent up.
+/// The supervisor is paused (SIGSTOP) so the killed agent stays down until the pod is
+/// deleted; kubectl then talks from the lab's root namespace (the paused supervisor carries
+/// the host's API forwarder).
+#[test]
+fn pod_deleted_while_its_agent_is_down_is_torn_down_after_restart() {
+    let lab = Lab::up(1, "host-gw");
+    lab.apply(&[echo_pod("keep", "node-1"), echo_pod("gone", "node-1")].concat());
+    let pods = lab.wait_running(&["keep", "gone"], POD_WAIT);
+    let ip = pods["gone"].ip.clone();
+    let netns = lab.pod_netns("node-1", "gone");
+    assert!(netns_names().contains(&netns), "gone runs in {netns}");
+
+    let supervisor = Pid::from_raw(lab.supervisor_pid().expect("supervisor pid"));
+    kill(supervisor, Signal::SIGSTOP).expect("pause the supervisor");
+    let agent = lab.procs()["agent-node-1"];
+    kill(Pid::from_raw(agent as i32), Signal::SIGKILL).expect("kill node-1's agent");
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &format!("weft-{}", lab.name),
+            "kubectl",
+            "--kubeconfig",
+        ])
+        .arg(lab.dir().join("kubeconfig.internal"))
+        .args(["delete", "pod", "gone", "--wait=false"])
+        .output()
+        .expect("spawn kubectl");
+    kill(supervisor, Signal::SIGCONT).expect("resume the supervisor");
+    assert!(out.status.success(), "kubectl delete pod: {}", text(&out));
+
+    let cleaned = wait_for(Duration::from_secs(30), || {
+        (!lab.pods().contains_key("gone")
+            && !netns_names().contains(&netns)
+            && !ipam_allocations(&lab, "node-1").contains(&ip))
+        .then_some(())
+    });
+    assert!(
+        cleaned.is_some(),
+        "after the agent restarted: pod in API={}, netns present={}, IPAM {:?} (gone had {ip})",
+        lab.pods().contains_key("gone"),
+        netns_names().contains(&netns),
+        ipam_allocations(&lab, "node-1"),
+    );
+    // The pod that was not deleted was adopted and still serves.
+    lab.probe_ok("keep", &["tcp", &format!("{}:8080", pods["keep"].ip)]);
+}
