@@ -399,3 +399,55 @@ fn pod_deleted_while_its_agent_is_down_is_torn_down_after_restart() {
     // The pod that was not deleted was adopted and still serves.
     lab.probe_ok("keep", &["tcp", &format!("{}:8080", pods["keep"].ip)]);
 }
+
+/// An agent killed while it is starting pods converges after the supervisor restarts it:
+/// every pod ends up Running with one address, and nothing half-made is left behind (no
+/// extra namespaces, no addresses held for nobody).
+#[test]
+fn agent_killed_while_starting_pods_converges_without_leaks() {
+    let lab = Lab::up(1, "vxlan");
+    let names: Vec<String> = (0..6).map(|i| format!("m{i}")).collect();
+    let manifest: String = names.iter().map(|n| echo_pod(n, "node-1")).collect();
+    let old = lab.procs()["agent-node-1"];
+    lab.apply(&manifest);
+    // Kill as soon as the first pod namespace appears: the agent is mid-way through starting.
+    let prefix = format!("weft-{}-node-1.", lab.name);
+    wait_for(Duration::from_secs(30), || {
+        netns_names()
+            .iter()
+            .any(|n| n.starts_with(&prefix))
+            .then_some(())
+    })
+    .expect("the agent starts creating pods");
+    kill(Pid::from_raw(old as i32), Signal::SIGKILL).expect("kill the agent");
+
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let pods = lab.wait_running(&refs, POD_WAIT);
+    let mut ips: Vec<String> = pods.values().map(|p| p.ip.clone()).collect();
+    ips.sort();
+    ips.dedup();
+    assert_eq!(ips.len(), names.len(), "distinct IPs: {pods:?}");
+    let converged = wait_for(Duration::from_secs(30), || {
+        let mut held = ipam_allocations(&lab, "node-1");
+        held.sort();
+        let spaces = netns_names()
+            .iter()
+            .filter(|n| n.starts_with(&prefix))
+            .count();
+        let ports = bridge_ports(&lab.node_netns("node-1"));
+        (held == ips && spaces == names.len() && ports == names.len()).then_some(())
+    });
+    assert!(
+        converged.is_some(),
+        "after the restart: IPAM {:?} for pods {ips:?}; pod namespaces {:?}; cbr0 ports {}",
+        ipam_allocations(&lab, "node-1"),
+        netns_names()
+            .into_iter()
+            .filter(|n| n.starts_with(&prefix))
+            .collect::<Vec<_>>(),
+        bridge_ports(&lab.node_netns("node-1"))
+    );
+    for p in pods.values() {
+        lab.probe_ok("m0", &["tcp", &format!("{}:8080", p.ip)]);
+    }
+}

@@ -185,7 +185,15 @@ fn two_labs_side_by_side_and_down_leaves_nothing() {
         second.namespaces()
     );
 
+    // A lab whose supervisor is stopped (as a test that paused it and died would leave it)
+    // still comes down completely.
     let pids = lab_pids(&second);
+    let supervisor = second.supervisor_pid().expect("supervisor pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(supervisor),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .expect("pause the supervisor");
     second.down();
     assert_nothing_left(&second, &pids);
 }
