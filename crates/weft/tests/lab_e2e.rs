@@ -451,3 +451,49 @@ fn agent_killed_while_starting_pods_converges_without_leaks() {
         lab.probe_ok("m0", &["tcp", &format!("{}:8080", p.ip)]);
     }
 }
+
+/// The control plane killed (-9) is restarted by the supervisor with its objects intact:
+/// the pods are still there, the agents reconnect, and a pod applied afterwards starts and
+/// serves HTTP (a port named http runs weft's HTTP echo) to a pod created before.
+#[test]
+fn control_plane_restart_keeps_the_cluster() {
+    let lab = Lab::up(2, "host-gw");
+    let http_pod = |name: &str, node: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: \"{name}\"}}\nspec:\n  nodeName: {node}\n  containers:\n  - name: app\n    image: weft/serve\n    ports: [{{containerPort: 8000, name: http}}]\n    readinessProbe: {{tcpSocket: {{port: 8000}}, periodSeconds: 1}}\n---\n"
+        )
+    };
+    lab.apply(&http_pod("h1", "node-1"));
+    let before = lab.wait_running(&["h1"], POD_WAIT);
+
+    let old = lab.procs()["control-plane"];
+    kill(Pid::from_raw(old as i32), Signal::SIGKILL).expect("kill the control plane");
+    wait_for(Duration::from_secs(20), || {
+        lab.procs()
+            .get("control-plane")
+            .copied()
+            .filter(|p| *p != old && alive(*p))
+    })
+    .unwrap_or_else(|| panic!("the control plane was not restarted\n{}", lab.logs()));
+
+    // Applying retries until the restarted control plane answers.
+    let f = lab.state.path().join("h2.yaml");
+    std::fs::write(&f, http_pod("h2", "node-2")).expect("write manifest");
+    let applied = wait_for(Duration::from_secs(30), || {
+        lab.lab("apply", &["-f", &f.display().to_string()])
+            .status
+            .success()
+            .then_some(())
+    });
+    assert!(applied.is_some(), "apply after the restart\n{}", lab.logs());
+    let after = lab.wait_running(&["h1", "h2"], POD_WAIT);
+    assert_eq!(after["h1"].uid, before["h1"].uid, "h1 survived the restart");
+    assert_eq!(after["h1"].ip, before["h1"].ip);
+    let line = lab.probe_ok(
+        "h2",
+        &["http", &format!("http://{}:8000/x", after["h1"].ip)],
+    );
+    assert!(line.contains("status=200"), "{line}");
+    assert_eq!(field(&line, "server"), Some("h1"), "{line}");
+    assert_eq!(client_ip(&line), after["h2"].ip, "{line}");
+}
