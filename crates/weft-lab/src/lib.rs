@@ -3,7 +3,7 @@
 //! A lab named N is a root namespace `weft-N` holding the underlay bridge (the "LAN",
 //! 192.168.1.0/24 by default), one namespace per node (`weft-N-node-K`, `eth0` at
 //! 192.168.1.(K+1)) and an `external` host standing for a client outside the cluster. Pods
-//! live in namespaces named after their node (`weft-N-node-K.<ns>.<pod>`). Nothing is added
+//! live in namespaces named after their node (`weft-N-node-K.<ns>-<pod>`). Nothing is added
 //! to the machine's own network.
 
 pub mod error;

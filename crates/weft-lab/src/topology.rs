@@ -65,8 +65,9 @@ impl Topology {
         self.nodes.iter().chain(std::iter::once(&self.external))
     }
 
-    /// Pod namespaces of node `n` are named `<node netns>.<pod namespace>.<pod name>`: the dot
-    /// cannot occur in a lab name, so no other lab's namespace ever matches this prefix.
+    /// Pod namespaces of node `n` start with `<node netns>.` (the agent names them
+    /// `<node netns>.<pod namespace>-<pod name>`): a dot cannot occur in a lab name, so no
+    /// other lab's namespace ever matches this prefix.
     pub fn pod_netns_prefix(node: &Host) -> String {
         format!("{}.", node.netns)
     }

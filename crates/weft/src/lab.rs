@@ -217,6 +217,8 @@ pub fn down(name: &str) -> Result<()> {
         // SAFETY: signalling the supervisor recorded by `lab up`.
         unsafe {
             libc::kill(pid, libc::SIGTERM);
+            // A stopped supervisor (SIGSTOP) must wake up to act on it.
+            libc::kill(pid, libc::SIGCONT);
         }
         let deadline = Instant::now() + Duration::from_secs(5);
         while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {

@@ -15,6 +15,7 @@ pub struct PodSync {
     /// The status last written for each pod, so unchanged pods cost no API call.
     reported: HashMap<String, serde_json::Value>,
     failed: HashMap<String, String>,
+    took_over: bool,
 }
 
 fn is_terminal(p: &Pod) -> bool {
@@ -44,11 +45,12 @@ impl PodSync {
                 want.insert(uid, p);
             }
         }
-        if self.running.is_empty() {
-            // After a restart the runtime adopted pods: take them over as running.
+        if !self.took_over {
+            // After a restart the runtime adopted whatever was running: all of it becomes
+            // ours, so pods deleted meanwhile (or being deleted) are stopped below.
             if let Ok(r) = rt.lock() {
-                self.running
-                    .extend(want.keys().filter(|u| r.status(u).is_some()).cloned());
+                self.running.extend(r.pods());
+                self.took_over = true;
             }
         }
         // Stop first: frees addresses before new pods need them.
