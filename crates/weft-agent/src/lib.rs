@@ -1,5 +1,7 @@
-//! weft-agent: the node agent. This crate holds, so far, its pod runtime: what kubelet and
-//! a container runtime together do for a pod's networking, without containers. The agent
+//! weft-agent: the node agent. [`controller`] is its control loop (watch the Kubernetes API,
+//! compile routes, the CNI config and the set of running pods, apply the difference); the
+//! rest of the crate is its pod runtime: what kubelet and a container runtime together do
+//! for a pod's networking, without containers. The agent
 //! runs inside the node's network namespace; for each pod the [`Runtime`]
 //!
 //! 1. creates a named network namespace `<netns_prefix><namespace>-<name>` (only
@@ -113,6 +115,7 @@
 mod cni;
 mod config;
 mod containers;
+pub mod controller;
 mod error;
 mod kube_status;
 mod launch;

@@ -2,12 +2,12 @@
 //! what each one is (IP, phase, readiness) in its status, as a kubelet would.
 
 use super::AgentConfig;
+use crate::Runtime;
 use k8s_openapi::api::core::v1::{Pod, PodCondition, PodStatus};
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use kube::{Api, Client, ResourceExt};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use weft_agent::Runtime;
 
 #[derive(Default)]
 pub struct PodSync {

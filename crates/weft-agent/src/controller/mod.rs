@@ -10,6 +10,7 @@ mod masq;
 mod node;
 mod pods;
 
+use crate::{Runtime, RuntimeConfig};
 use futures::StreamExt;
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -20,7 +21,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
-use weft_agent::{Runtime, RuntimeConfig};
 use weft_routing::{Backend, NodeInfo, Router};
 
 #[derive(Debug, Clone)]
@@ -55,7 +55,7 @@ pub enum AgentError {
     #[error("nf_tables: {0}")]
     Nft(#[from] weft_nft::Error),
     #[error("pod runtime: {0}")]
-    Runtime(#[from] weft_agent::Error),
+    Runtime(#[from] crate::Error),
     #[error("{op}: {source}")]
     Io {
         op: String,
@@ -236,34 +236,4 @@ fn start_runtime(cfg: &AgentConfig, pod_cidr: IpNet, backend: Backend) -> Result
     let adopted = rt.adopt()?;
     tracing::info!(count = adopted.len(), "adopted running pods");
     Ok(rt)
-}
-
-/// `weft agent ...`.
-pub fn main(a: crate::cli::AgentArgs) -> anyhow::Result<()> {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
-    let cfg = AgentConfig {
-        kubeconfig: a.kubeconfig,
-        node_name: a.node_name,
-        node_ip: a.node_ip,
-        backend: a.backend,
-        underlay_if: a.underlay_if,
-        state_dir: a.state_dir,
-        weft_bin: std::env::current_exe()?,
-        netns_prefix: a.netns_prefix,
-        cluster_cidr: a.cluster_cidr,
-        cluster_dns: a.cluster_dns,
-        cluster_domain: a.cluster_domain,
-    };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    rt.block_on(run(cfg))?;
-    Ok(())
 }
