@@ -428,3 +428,39 @@ fn ip_masq_rewrites_only_traffic_leaving_the_subnet() {
     .into_owned();
     assert!(rules.contains("masquerade"), "{rules}");
 }
+
+/// Runtimes find the plugin by file name: a `weft-cni` link to the binary is the plugin
+/// even without CNI_COMMAND's help, and answers in CNI JSON only.
+#[test]
+fn invoked_as_weft_cni_speaks_only_cni() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("weft-cni");
+    std::os::unix::fs::symlink(weft(), &link).unwrap();
+    let run = |cmd: Option<&str>| {
+        let mut c = std::process::Command::new(&link);
+        c.env_remove("CNI_COMMAND")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
+        if let Some(cmd) = cmd {
+            c.env("CNI_COMMAND", cmd);
+        }
+        let mut child = c.spawn().unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(br#"{"cniVersion":"1.0.0"}"#)
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code(),
+            serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap(),
+        )
+    };
+    let (code, v) = run(None);
+    assert_eq!((code, v["code"].as_u64()), (Some(1), Some(4)), "{v}");
+    let (code, v) = run(Some("VERSION"));
+    assert_eq!(code, Some(0));
+    assert_eq!(v["cniVersion"], "1.1.0");
+}
