@@ -120,19 +120,36 @@ impl ApiError {
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "BadRequest", message)
     }
-    pub fn not_found(plural: &str, group: &str, name: &str) -> Self {
-        let what = if group.is_empty() {
+    /// `plural.group` as the real server names a resource in messages (`pods`, `ingresses.networking.k8s.io`).
+    fn qualified(plural: &str, group: &str) -> String {
+        if group.is_empty() {
             plural.to_string()
         } else {
             format!("{plural}.{group}")
-        };
-        let mut e = Self::new(
+        }
+    }
+    /// An error about one named object, with the details kubectl reads.
+    fn about(
+        status: StatusCode,
+        reason: &'static str,
+        message: String,
+        plural: &str,
+        name: &str,
+    ) -> Self {
+        let mut e = Self::new(status, reason, message);
+        e.details.kind = Some(plural.to_string());
+        e.details.name = Some(name.to_string());
+        e
+    }
+    pub fn not_found(plural: &str, group: &str, name: &str) -> Self {
+        let what = Self::qualified(plural, group);
+        let mut e = Self::about(
             StatusCode::NOT_FOUND,
             "NotFound",
             format!("{what} \"{name}\" not found"),
+            plural,
+            name,
         );
-        e.details.kind = Some(plural.to_string());
-        e.details.name = Some(name.to_string());
         e.details.group = Some(group.to_string());
         e
     }
@@ -144,36 +161,26 @@ impl ApiError {
         )
     }
     pub fn already_exists(plural: &str, group: &str, name: &str) -> Self {
-        let what = if group.is_empty() {
-            plural.to_string()
-        } else {
-            format!("{plural}.{group}")
-        };
-        let mut e = Self::new(
+        let what = Self::qualified(plural, group);
+        Self::about(
             StatusCode::CONFLICT,
             "AlreadyExists",
             format!("{what} \"{name}\" already exists"),
-        );
-        e.details.kind = Some(plural.to_string());
-        e.details.name = Some(name.to_string());
-        e
+            plural,
+            name,
+        )
     }
     pub fn conflict(plural: &str, group: &str, name: &str) -> Self {
-        let what = if group.is_empty() {
-            plural.to_string()
-        } else {
-            format!("{plural}.{group}")
-        };
-        let mut e = Self::new(
+        let what = Self::qualified(plural, group);
+        Self::about(
             StatusCode::CONFLICT,
             "Conflict",
             format!(
                 "Operation cannot be fulfilled on {what} \"{name}\": the object has been modified; please apply your changes to the latest version and try again"
             ),
-        );
-        e.details.kind = Some(plural.to_string());
-        e.details.name = Some(name.to_string());
-        e
+            plural,
+            name,
+        )
     }
     pub fn invalid(kind: &str, name: &str, causes: Vec<Cause>) -> Self {
         let list: Vec<String> = causes
