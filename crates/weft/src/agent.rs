@@ -22,6 +22,7 @@ pub fn main(a: crate::cli::AgentArgs) -> anyhow::Result<()> {
         cluster_cidr: a.cluster_cidr,
         cluster_dns: a.cluster_dns,
         cluster_domain: a.cluster_domain,
+        run_pods: !a.no_pods,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -215,4 +215,7 @@ pub struct AgentArgs {
     pub cluster_dns: Option<std::net::IpAddr>,
     #[arg(long, default_value = "cluster.local")]
     pub cluster_domain: String,
+    /// Leave pods to the kubelet (a real cluster): only route and masquerade
+    #[arg(long)]
+    pub no_pods: bool,
 }

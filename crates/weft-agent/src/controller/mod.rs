@@ -36,6 +36,9 @@ pub struct AgentConfig {
     pub cluster_cidr: IpNet,
     pub cluster_dns: Option<IpAddr>,
     pub cluster_domain: String,
+    /// Run this node's pods (the lab). On a real cluster the kubelet and the container
+    /// runtime do, and the agent only routes and masquerades.
+    pub run_pods: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -153,6 +156,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     pods.wait_until_ready().await.ok();
 
     let mut runtime: Option<Arc<Mutex<Runtime>>> = None;
+    let mut cni_written = false;
     let mut pod_sync = pods::PodSync::default();
     let mut last_heartbeat = std::time::Instant::now();
     loop {
@@ -175,10 +179,28 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         if let Err(e) = router.sync(&all) {
             tracing::warn!("routing: {e}");
         }
-        if runtime.is_none() {
-            runtime = Some(Arc::new(Mutex::new(start_runtime(
-                &cfg, pod_cidr, backend,
-            )?)));
+        if !cfg.run_pods && runtime.is_none() && !cni_written {
+            write_cni_config(&cfg, pod_cidr, backend)?;
+            cni_written = true;
+            tracing::info!(%pod_cidr, "CNI config written; pods are left to the kubelet");
+        }
+        if runtime.is_none() && cfg.run_pods {
+            let mut rt = start_runtime(&cfg, pod_cidr, backend)?;
+            // What no pod of this node owns any more (deleted while the agent was down) goes,
+            // and so do addresses a crash leaked (the runtime's CNI GC).
+            let keep: std::collections::HashSet<String> = pods
+                .state()
+                .iter()
+                .filter_map(|p| p.metadata.uid.clone())
+                .collect();
+            match rt.gc(&keep) {
+                Ok(gone) if !gone.is_empty() => {
+                    tracing::info!(count = gone.len(), "removed pods no longer in the API")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!("pod GC: {e}"),
+            }
+            runtime = Some(Arc::new(Mutex::new(rt)));
             tracing::info!(%pod_cidr, "CNI config written; running pods");
         }
         if let Some(rt) = &runtime {
@@ -195,7 +217,13 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     }
 }
 
-fn start_runtime(cfg: &AgentConfig, pod_cidr: IpNet, backend: Backend) -> Result<Runtime> {
+/// Writes the node's CNI network config (`<state_dir>/cni.json`) for its pod subnet: what
+/// the lab's pod runtime uses, and what a real cluster's container runtime can be pointed at.
+fn write_cni_config(
+    cfg: &AgentConfig,
+    pod_cidr: IpNet,
+    backend: Backend,
+) -> Result<std::path::PathBuf> {
     std::fs::create_dir_all(&cfg.state_dir).map_err(|e| AgentError::Io {
         op: format!("create {}", cfg.state_dir.display()),
         source: e,
@@ -210,6 +238,11 @@ fn start_runtime(cfg: &AgentConfig, pod_cidr: IpNet, backend: Backend) -> Result
         op: format!("write {}", conf_path.display()),
         source: e,
     })?;
+    Ok(conf_path)
+}
+
+fn start_runtime(cfg: &AgentConfig, pod_cidr: IpNet, backend: Backend) -> Result<Runtime> {
+    let conf_path = write_cni_config(cfg, pod_cidr, backend)?;
     let cni_bin_dir = cfg.state_dir.join("cni-bin");
     std::fs::create_dir_all(&cni_bin_dir).map_err(|e| AgentError::Io {
         op: "create cni-bin".into(),
