@@ -20,7 +20,7 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Build, drive and tear down a multi-node cluster in network namespaces [not built yet]
+    /// Build, drive and tear down a multi-node cluster in network namespaces
     #[command(subcommand)]
     Lab(LabCommand),
     /// Probe a peer: prints one result line, exits 0 when it connected or answered, 1 if not
@@ -32,7 +32,7 @@ pub enum Command {
     Cni,
     /// The node agent: watches the API and runs networking (pods, routes) for one node
     Agent(AgentArgs),
-    /// The lab's Kubernetes-compatible API server and controllers [not built yet]
+    /// The lab's Kubernetes-compatible API server and controllers
     ControlPlane(PassThrough),
 }
 
@@ -51,7 +51,7 @@ pub struct LabName {
 
 #[derive(Subcommand, Debug)]
 pub enum LabCommand {
-    /// Build a lab: underlay, nodes, control plane, agents [not built yet]
+    /// Build a lab: underlay, nodes, control plane, agents
     Up {
         #[command(flatten)]
         lab: LabName,
@@ -62,24 +62,24 @@ pub enum LabCommand {
         #[arg(short = 'f')]
         file: Option<String>,
     },
-    /// Remove a lab and everything it made [not built yet]
+    /// Remove a lab and everything it made
     Down {
         #[command(flatten)]
         lab: LabName,
     },
-    /// Show a lab's nodes and processes [not built yet]
+    /// Show a lab's nodes and processes
     Status {
         #[command(flatten)]
         lab: LabName,
     },
-    /// Apply Kubernetes YAML to a lab [not built yet]
+    /// Apply Kubernetes YAML to a lab (kubectl apply against its API)
     Apply {
         #[command(flatten)]
         lab: LabName,
         #[arg(short = 'f', required = true)]
         file: String,
     },
-    /// Delete objects from a lab [not built yet]
+    /// Delete objects from a lab
     Delete {
         #[command(flatten)]
         lab: LabName,
@@ -90,7 +90,7 @@ pub enum LabCommand {
         #[arg(short = 'n')]
         namespace: Option<String>,
     },
-    /// List objects in a lab [not built yet]
+    /// List objects in a lab
     Get {
         #[command(flatten)]
         lab: LabName,
@@ -101,7 +101,7 @@ pub enum LabCommand {
         #[arg(short = 'o')]
         output: Option<String>,
     },
-    /// Run a command in a pod's namespaces [not built yet]
+    /// Run a command in a pod's namespaces
     Exec {
         #[command(flatten)]
         lab: LabName,
@@ -111,12 +111,12 @@ pub enum LabCommand {
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
     },
-    /// Print the path of the lab's kubeconfig [not built yet]
+    /// Print the path of the lab's kubeconfig
     Kubeconfig {
         #[command(flatten)]
         lab: LabName,
     },
-    /// Walk through the documents' scenarios end to end (until the lab exists: the CNI demo)
+    /// Walk through the documents' scenarios end to end on a fresh lab, with a report
     Demo,
     /// Keep a lab's programs running (started by `lab up`)
     #[command(hide = true)]
