@@ -55,10 +55,13 @@ pub enum LabCommand {
     Up {
         #[command(flatten)]
         lab: LabName,
+        /// How many nodes (node-1 .. node-K, each leasing a /24 of the cluster CIDR)
         #[arg(long, default_value_t = 2)]
         nodes: u32,
+        /// How pod traffic crosses nodes: a VXLAN overlay or direct routes (one L2 segment)
         #[arg(long, default_value = "vxlan", value_parser = ["vxlan", "host-gw"])]
         backend: String,
+        /// A lab file (YAML keys: nodes, backend, underlay, clusterCIDR, serviceCIDR)
         #[arg(short = 'f')]
         file: Option<String>,
     },
