@@ -127,7 +127,9 @@ fn read_spec(file: &str, mut spec: LabSpec) -> Result<LabSpec> {
         nodes: Option<u32>,
         backend: Option<String>,
         underlay: Option<String>,
+        #[serde(rename = "clusterCIDR")]
         cluster_cidr: Option<String>,
+        #[serde(rename = "serviceCIDR")]
         service_cidr: Option<String>,
     }
     let text = std::fs::read_to_string(file).with_context(|| format!("read {file}"))?;
