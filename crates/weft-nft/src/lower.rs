@@ -42,19 +42,21 @@ fn invalid(what: String) -> Error {
 }
 
 impl Lowerer {
+    /// `meta KEY == BYTE`: the one-byte protocol checks a header load depends on.
+    fn meta_eq(&mut self, key: u32, byte: u8) {
+        self.out.push(Expr::Meta { dreg: REG_1, key });
+        self.out.push(Expr::Cmp {
+            sreg: REG_1,
+            op: 0,
+            data: vec![byte],
+        });
+    }
+
     fn dep_nfproto(&mut self, proto: u8) -> Result<()> {
         match self.family {
             Family::Inet => {
                 if self.have_nfproto != Some(proto) {
-                    self.out.push(Expr::Meta {
-                        dreg: REG_1,
-                        key: META_NFPROTO,
-                    });
-                    self.out.push(Expr::Cmp {
-                        sreg: REG_1,
-                        op: 0,
-                        data: vec![proto],
-                    });
+                    self.meta_eq(META_NFPROTO, proto);
                     self.have_nfproto = Some(proto);
                 }
                 Ok(())
@@ -74,15 +76,7 @@ impl Lowerer {
 
     fn dep_l4proto(&mut self, proto: u8) {
         if self.have_l4proto != Some(proto) {
-            self.out.push(Expr::Meta {
-                dreg: REG_1,
-                key: META_L4PROTO,
-            });
-            self.out.push(Expr::Cmp {
-                sreg: REG_1,
-                op: 0,
-                data: vec![proto],
-            });
+            self.meta_eq(META_L4PROTO, proto);
             self.have_l4proto = Some(proto);
         }
     }
