@@ -244,31 +244,17 @@ pub struct Controller;
 
 impl Reconcile for Controller {
     fn reconcile(&mut self, state: &AppState, events: Option<&[Arc<Event>]>) {
-        let namespaces: BTreeSet<String> = match events {
-            Some(evs) => evs
-                .iter()
-                .filter(|e| {
-                    std::ptr::eq(e.res, DEPLOYMENTS)
-                        || (std::ptr::eq(e.res, PODS) && owner_uid(&e.object).is_some())
-                })
-                .map(|e| crate::meta::namespace(&e.object).to_string())
-                .collect(),
-            None => {
-                let st = state.store.read();
-                let mut all: BTreeSet<String> = st
-                    .list(DEPLOYMENTS, None)
-                    .iter()
-                    .map(|d| crate::meta::namespace(d).to_string())
-                    .collect();
-                all.extend(
-                    st.list(PODS, None)
-                        .iter()
-                        .filter(|p| owner_uid(p).is_some())
-                        .map(|p| crate::meta::namespace(p).to_string()),
-                );
-                all
-            }
-        };
+        let namespaces = super::namespaces_to_sync(
+            state,
+            events,
+            |e| {
+                std::ptr::eq(e.res, DEPLOYMENTS)
+                    || (std::ptr::eq(e.res, PODS) && owner_uid(&e.object).is_some())
+            },
+            DEPLOYMENTS,
+            PODS,
+            |p| owner_uid(p).is_some(),
+        );
         for ns in namespaces {
             if let Err(e) = state.store.write(|tx| reconcile_namespace(tx, state, &ns)) {
                 tracing::warn!("deployment controller, namespace {ns}: {}", e.message);

@@ -7,7 +7,7 @@ use crate::resources::{ENDPOINTSLICES, PODS, SERVICES};
 use crate::server::AppState;
 use crate::store::{self, Event, Tx};
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 pub const MANAGED_BY: &str = "endpointslice-controller.k8s.io";
@@ -214,34 +214,20 @@ pub struct Controller;
 
 impl Reconcile for Controller {
     fn reconcile(&mut self, state: &AppState, events: Option<&[Arc<Event>]>) {
-        let namespaces: BTreeSet<String> = match events {
-            Some(evs) => evs
-                .iter()
-                .filter(|e| {
-                    std::ptr::eq(e.res, PODS)
-                        || std::ptr::eq(e.res, SERVICES)
-                        || (std::ptr::eq(e.res, ENDPOINTSLICES)
-                            && e.ty == crate::store::EventType::Deleted
-                            && managed_by_us(&e.object))
-                })
-                .map(|e| crate::meta::namespace(&e.object).to_string())
-                .collect(),
-            None => {
-                let st = state.store.read();
-                let mut all: BTreeSet<String> = st
-                    .list(SERVICES, None)
-                    .iter()
-                    .map(|s| crate::meta::namespace(s).to_string())
-                    .collect();
-                all.extend(
-                    st.list(ENDPOINTSLICES, None)
-                        .iter()
-                        .filter(|s| managed_by_us(s))
-                        .map(|s| crate::meta::namespace(s).to_string()),
-                );
-                all
-            }
-        };
+        let namespaces = super::namespaces_to_sync(
+            state,
+            events,
+            |e| {
+                std::ptr::eq(e.res, PODS)
+                    || std::ptr::eq(e.res, SERVICES)
+                    || (std::ptr::eq(e.res, ENDPOINTSLICES)
+                        && e.ty == crate::store::EventType::Deleted
+                        && managed_by_us(&e.object))
+            },
+            SERVICES,
+            ENDPOINTSLICES,
+            managed_by_us,
+        );
         for ns in namespaces {
             let r = state.store.write(|tx| reconcile_namespace(tx, state, &ns));
             if let Err(e) = r {
