@@ -36,6 +36,7 @@
 //! ```
 
 mod addr;
+mod detach;
 mod error;
 mod link;
 mod link_create;

@@ -162,7 +162,7 @@ pub(crate) fn validate_ifname(name: &str) -> Result<()> {
     Ok(())
 }
 
-fn link_message(index: u32) -> LinkMessage {
+pub(crate) fn link_message(index: u32) -> LinkMessage {
     let mut m = LinkMessage::default();
     m.header.index = index;
     m

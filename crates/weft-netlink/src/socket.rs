@@ -63,7 +63,8 @@ impl Handle {
         self.seq
     }
 
-    fn send(&mut self, msg: RouteNetlinkMessage, flags: u16, op: &str) -> Result<u32> {
+    /// The request's bytes and its sequence number.
+    pub(crate) fn encode(&mut self, msg: RouteNetlinkMessage, flags: u16) -> (Vec<u8>, u32) {
         let seq = self.next_seq();
         let mut packet = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::from(msg));
         packet.header.flags = NLM_F_REQUEST | flags;
@@ -71,6 +72,11 @@ impl Handle {
         packet.finalize();
         let mut buf = vec![0; packet.buffer_len()];
         packet.serialize(&mut buf);
+        (buf, seq)
+    }
+
+    fn send(&mut self, msg: RouteNetlinkMessage, flags: u16, op: &str) -> Result<u32> {
+        let (buf, seq) = self.encode(msg, flags);
         self.sock
             .send(&buf, 0)
             .map_err(|e| Error::io(format!("{op}: send netlink request"), e))?;

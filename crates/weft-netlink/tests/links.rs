@@ -235,3 +235,27 @@ fn wait_oper_up_times_out_while_the_peer_is_down() {
     assert!(links.iter().any(|l| l.name == "lo"));
     assert!(links.iter().any(|l| l.name == "vwait0" && l.oper_up));
 }
+
+#[test]
+fn detached_delete_returns_first_and_the_link_goes_soon_after() {
+    let host = TestNs::new("detach-h");
+    let pod = TestNs::new("detach-p");
+    let mut h = host.handle();
+    let mut p = pod.handle();
+    let veth = h.create_veth("vdetach0", "eth0", &pod.ns, None).unwrap();
+    let eth0 = p.link_by_name("eth0").unwrap().unwrap();
+    p.delete_link_detached(eth0.index).unwrap();
+    // The kernel finishes in the background; both ends go (a veth pair dies together).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while h.link_by_index(veth.index).unwrap().is_some()
+        || p.link_by_index(eth0.index).unwrap().is_some()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "veth still there 10 s after a detached delete"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // A link that does not exist: the background request fails quietly, the caller is fine.
+    p.delete_link_detached(eth0.index).unwrap();
+}
