@@ -224,18 +224,21 @@ fn del(inv: &Invocation, conf: &NetConf) -> Result<()> {
             first_err.get_or_insert(e);
         }
     };
+    let mut retired = false;
     if let Some(p) = inv.netns.as_deref().filter(|p| p.exists()) {
         // A path whose namespace is gone (a stale bind-mount target) cannot be opened:
         // nothing is left inside it to remove.
         if let Ok((_, mut pod)) = sandbox::open(p) {
-            note(sandbox::remove(&mut pod, &inv.ifname));
+            match sandbox::retire(&mut pod, &inv.ifname) {
+                Ok(found) => retired = found,
+                Err(e) => note(Err(e)),
+            }
         }
     }
-    note(host().and_then(|mut h| {
-        h.delete_link_by_name(&veth::host_name(&inv.container_id, &inv.ifname))
-            .map(|_| ())
-            .map_err(|e| Error::kernel("delete the host veth", e))
-    }));
+    if !retired {
+        // No pod end to take it along (the namespace went first): the host end alone.
+        note(host().and_then(|mut h| veth::retire_host(&mut h, &inv.container_id, &inv.ifname)));
+    }
     note(addressing::release(inv, conf));
     first_err.map_or(Ok(()), Err)
 }

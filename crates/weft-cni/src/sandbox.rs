@@ -74,11 +74,28 @@ pub fn configure(
     Ok(link)
 }
 
-/// Removes the pod's interface (its veth peer on the host goes with it). Absent is fine.
-pub fn remove(h: &mut Handle, ifname: &str) -> Result<()> {
-    h.delete_link_by_name(ifname)
-        .map(|_| ())
-        .map_err(|e| Error::kernel(format!("delete {ifname} in the pod"), e))
+/// Takes the pod's interface away; its veth peer on the host goes with it. Absent is fine;
+/// returns whether there was one.
+///
+/// Synchronously the interface goes down (no carrier on the host end either, so the bridge
+/// disables the port and forgets the MACs learnt on it) and is renamed to `weftdel<index>`,
+/// so the pod no longer has `ifname` and an ADD may create it again at once. The kernel's
+/// unregistration, which waits out an RCU grace period, finishes in the background.
+pub fn retire(h: &mut Handle, ifname: &str) -> Result<bool> {
+    let Some(link) = h
+        .link_by_name(ifname)
+        .map_err(|e| Error::kernel(format!("look up {ifname} in the pod"), e))?
+    else {
+        return Ok(false);
+    };
+    h.set_down(link.index)
+        .map_err(|e| Error::kernel(format!("set {ifname} down in the pod"), e))?;
+    let tombstone = format!("weftdel{:08x}", link.index);
+    h.set_name(link.index, &tombstone)
+        .map_err(|e| Error::kernel(format!("rename {ifname} to {tombstone} in the pod"), e))?;
+    h.delete_link_detached(link.index)
+        .map_err(|e| Error::kernel(format!("delete {ifname} ({tombstone}) in the pod"), e))?;
+    Ok(true)
 }
 
 /// CHECK: the interface, each address and each route of the previous result must be there.

@@ -57,6 +57,22 @@ pub fn create(
         .ok_or_else(|| Error::new(crate::error::code::KERNEL, format!("{host_name} vanished")))
 }
 
+/// DEL when the pod end is already gone: the host end, if the kernel has not taken it
+/// with the namespace yet, is deleted in the background (see `sandbox::retire`). Its name
+/// stays taken until then; an ADD for the same attachment meanwhile replaces it.
+pub fn retire_host(host: &mut Handle, container_id: &str, ifname: &str) -> Result<()> {
+    let name = host_name(container_id, ifname);
+    let found = host
+        .link_by_name(&name)
+        .map_err(|e| Error::kernel(format!("look up host veth {name}"), e))?;
+    match found {
+        Some(l) => host
+            .delete_link_detached(l.index)
+            .map_err(|e| Error::kernel(format!("delete host veth {name}"), e)),
+        None => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

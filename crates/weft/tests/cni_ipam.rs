@@ -121,10 +121,10 @@ fn parallel_adds_from_many_processes_get_distinct_addresses() {
     ips.dedup();
     assert_eq!(ips.len(), 200, "every ADD got its own address");
     // No lost allocation: the state on disk holds all 200.
-    let state: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("testnet/state.json")).unwrap())
-            .unwrap();
-    assert_eq!(state["allocations"].as_array().unwrap().len(), 200);
+    let state = weft_cni::ipam::Store::open(dir.path(), "testnet")
+        .and_then(|s| s.read())
+        .unwrap();
+    assert_eq!(state.allocations.len(), 200);
     // And the kernel agrees: each pod's eth0 carries an address of its own.
     let mut configured: Vec<String> = pods
         .iter()

@@ -172,14 +172,13 @@ fn agent_kill_keeps_connections_and_converges(
 }
 
 fn ipam_allocations(lab: &Lab, node: &str) -> Vec<String> {
-    let path = lab.dir().join(format!("nodes/{node}/ipam/weft/state.json"));
-    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    let v: serde_json::Value = serde_json::from_slice(&bytes).expect("IPAM state is JSON");
-    v["allocations"]
-        .as_array()
+    let store = weft_cni::ipam::Store::open(&lab.dir().join(format!("nodes/{node}/ipam")), "weft")
+        .expect("open the IPAM store");
+    let state = store.read().expect("read the IPAM state");
+    state
+        .allocations
         .into_iter()
-        .flatten()
-        .filter_map(|a| a["ip"].as_str().map(String::from))
+        .map(|a| a.ip.to_string())
         .collect()
 }
 

@@ -173,21 +173,15 @@ impl Podman {
         inet_of(&out)
     }
 
-    /// `(ip, containerId)` of every allocation in weft IPAM's state file for this network.
+    /// `(ip, containerId)` of every allocation in weft IPAM's state on disk for this network.
     fn allocations(&self) -> Vec<(String, String)> {
-        let path = self.dir.join(format!("ipam/{}/state.json", self.net));
-        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-        let state: serde_json::Value = serde_json::from_slice(&bytes).expect("state.json is JSON");
-        let mut out: Vec<(String, String)> = state["allocations"]
-            .as_array()
-            .expect("allocations array")
-            .iter()
-            .map(|a| {
-                (
-                    a["ip"].as_str().unwrap_or("").to_string(),
-                    a["containerId"].as_str().unwrap_or("").to_string(),
-                )
-            })
+        let store = weft_cni::ipam::Store::open(&self.dir.join("ipam"), &self.net)
+            .expect("open the IPAM store");
+        let state = store.read().expect("read the IPAM state");
+        let mut out: Vec<(String, String)> = state
+            .allocations
+            .into_iter()
+            .map(|a| (a.ip.to_string(), a.container_id))
             .collect();
         out.sort();
         out
@@ -199,6 +193,19 @@ impl Podman {
             .iter()
             .filter(|l| l.starts_with("veth"))
             .count()
+    }
+
+    /// The veth count once it reaches `n`, or what it is after 10 s: CNI DEL leaves the
+    /// kernel's unregistration of the pair to finish in the background.
+    fn veths_settled_at(&self, n: usize) -> usize {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let now = self.veths();
+            if now == n || std::time::Instant::now() > deadline {
+                return now;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 }
 
@@ -351,7 +358,7 @@ fn podman_containers_get_weft_addresses_talk_and_release_them() {
         "cli still holds an address: {left:?}"
     );
     assert_eq!(left, vec![(srv_ip.clone(), srv_id)]);
-    assert_eq!(p.veths(), 1);
+    assert_eq!(p.veths_settled_at(1), 1);
     // ... and the next container takes exactly that address.
     let fourth = p.run_ok(
         &["--rm", "--name", "fourth"],

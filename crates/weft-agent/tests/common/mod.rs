@@ -103,21 +103,16 @@ impl Node {
             .unwrap_or_default()
     }
 
-    /// Container ids holding an address in weft IPAM's state file.
+    /// Container ids holding an address in weft IPAM's state on disk.
     pub fn ipam_holders(&self) -> Vec<String> {
-        let path = self.dir.path().join("ipam/testnet/state.json");
-        let Ok(s) = std::fs::read_to_string(&path) else {
-            return Vec::new();
-        };
-        let v: serde_json::Value = serde_json::from_str(&s).expect("IPAM state is JSON");
-        v["allocations"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|x| x["containerId"].as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default()
+        let store = weft_cni::ipam::Store::open(&self.dir.path().join("ipam"), "testnet")
+            .expect("open the IPAM store");
+        let state = store.read().expect("read the IPAM state");
+        state
+            .allocations
+            .into_iter()
+            .map(|a| a.container_id)
+            .collect()
     }
 
     /// No pod namespace is left, only the node's.

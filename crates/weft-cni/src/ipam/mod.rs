@@ -11,7 +11,7 @@ use range::{candidates, Range, RangeSet};
 use std::collections::HashSet;
 use std::net::IpAddr;
 use std::path::Path;
-pub use store::{Allocation, State, Store};
+pub use store::{Allocation, Durability, State, Store};
 
 /// One address handed to an interface, with the range it came from (subnet, gateway).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,13 +145,14 @@ impl Ipam {
         ifname: &str,
         requested: &[IpAddr],
     ) -> Result<Vec<Lease>> {
-        self.store
-            .transact(|s| allocate_in(s, sets, container_id, ifname, requested))
+        self.store.transact(Durability::Synced, |s| {
+            allocate_in(s, sets, container_id, ifname, requested)
+        })
     }
 
     /// Releases the attachment's addresses; releasing nothing is fine (DEL is idempotent).
     pub fn release(&self, container_id: &str, ifname: &str) -> Result<Vec<IpAddr>> {
-        self.store.transact(|s| {
+        self.store.transact(Durability::Lazy, |s| {
             let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut s.allocations)
                 .into_iter()
                 .partition(|a| a.container_id == container_id && a.ifname == ifname);
@@ -162,7 +163,7 @@ impl Ipam {
 
     /// Releases every allocation whose attachment is not in `valid` (CNI GC).
     pub fn retain(&self, valid: &HashSet<(String, String)>) -> Result<Vec<Allocation>> {
-        self.store.transact(|s| {
+        self.store.transact(Durability::Lazy, |s| {
             let (kept, gone): (Vec<_>, Vec<_>) = std::mem::take(&mut s.allocations)
                 .into_iter()
                 .partition(|a| valid.contains(&(a.container_id.clone(), a.ifname.clone())));

@@ -66,6 +66,19 @@ impl Netns {
             .unwrap_or(false)
     }
 
+    /// Whether `name` is gone within `limit`: CNI DEL leaves the kernel's unregistration of
+    /// a veth (an RCU grace period) to finish in the background.
+    pub fn link_gone_within(&self, name: &str, limit: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + limit;
+        while self.has_link(name) {
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        true
+    }
+
     /// Names of the links in this namespace.
     pub fn links(&self) -> Vec<String> {
         let out = self.ip(&["-j", "link", "show"]);
