@@ -303,6 +303,21 @@ fn nft_endpoint_rules(i: usize, j: usize, generation: usize) -> String {
         .collect()
 }
 
+/// CPU time (user, system) of `who` so far: `RUSAGE_THREAD` for weft's own work,
+/// `RUSAGE_CHILDREN` for the `nft` processes.
+fn cpu_times(who: libc::c_int) -> (Duration, Duration) {
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes one rusage into the pointer it is given.
+    unsafe { libc::getrusage(who, &mut ru) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    (tv(ru.ru_utime), tv(ru.ru_stime))
+}
+
+fn cpu_since(who: libc::c_int, before: (Duration, Duration)) -> (Duration, Duration) {
+    let now = cpu_times(who);
+    (now.0 - before.0, now.1 - before.1)
+}
+
 fn nft_f(ns: &Netns, script: &str) -> Duration {
     let path = std::env::temp_dir().join(format!("weft-nft-bench-{}.nft", std::process::id()));
     std::fs::write(&path, script).expect("writing nft script");
@@ -410,6 +425,7 @@ fn main() {
         .expect("nf_tables socket");
     println!("| N | objects | (a) weft full | (b) nft -f full | b/a | (c) weft add svc | (c) weft, full diff | (c) nft -f | nft/weft | (d) weft endpoint | (d) weft, full diff | (d) nft -f | nft/weft | (d) weft's build, touched / full diff | kernel commit floor | batch |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let mut cpu_rows: Vec<CpuRow> = Vec::new();
     for &n in &sizes {
         let model = services(n);
         let t = model.table(Family::Ip, TABLE).expect("table");
@@ -422,11 +438,13 @@ fn main() {
 
         // (a) full apply into an empty namespace.
         let mut weft_full = Vec::new();
+        let mut weft_cpu = Vec::new();
         for _ in 0..full_runs {
             let _ = be.delete_table(Family::Ip, TABLE);
-            let t0 = Instant::now();
+            let (t0, c0) = (Instant::now(), cpu_times(libc::RUSAGE_THREAD));
             be.apply_full(&model).expect("weft full apply");
             weft_full.push(t0.elapsed());
+            weft_cpu.push(cpu_since(libc::RUSAGE_THREAD, c0));
         }
 
         // (c) one added service, (d) one endpoint of one service changes address: weft
@@ -494,11 +512,14 @@ fn main() {
         // (b) the same ruleset through nft -f, then nft's (c) and (d) on the ruleset nft
         // made (nft needs its own set userdata to parse element keys).
         let (mut nft_full, mut nft_add, mut nft_ep) = (vec![], vec![], vec![]);
+        let mut nft_cpu = Vec::new();
         if n <= nft_full_max {
             let script = render::ruleset(&model);
             for _ in 0..(if n >= 10_000 { 1 } else { full_runs }) {
                 be.delete_table(Family::Ip, TABLE).expect("delete");
+                let c0 = cpu_times(libc::RUSAGE_CHILDREN);
                 nft_full.push(nft_f(&ns, &script));
+                nft_cpu.push(cpu_since(libc::RUSAGE_CHILDREN, c0));
             }
             let add_script = nft_add_service(n);
             let ep_script = format!(
@@ -545,6 +566,41 @@ fn main() {
             ms(floor),
             batch_mb(&model),
         );
+        cpu_rows.push((n, a, weft_cpu, b, nft_cpu));
         let _ = be.delete_table(Family::Ip, TABLE);
+    }
+    print_cpu_split(&cpu_rows);
+}
+
+type CpuRow = (
+    usize,
+    Duration,
+    Vec<(Duration, Duration)>,
+    Option<Duration>,
+    Vec<(Duration, Duration)>,
+);
+
+/// Where the full apply's time goes: the kernel's share is the same ruleset built by the
+/// same kernel code for either tool, so `nft -f`'s wall time over weft's system time is
+/// the most any loader could gain over `nft -f` on this machine.
+fn print_cpu_split(rows: &[CpuRow]) {
+    println!();
+    println!("| N | (a) weft full: wall / user / system | (b) nft -f full: wall / user / system | b wall / a system (ceiling for b/a) |");
+    println!("|---|---|---|---|");
+    let first = |v: &[(Duration, Duration)]| v.first().copied();
+    for (n, a, wc, b, nc) in rows {
+        let (Some(w), Some(b)) = (first(wc), *b) else {
+            continue;
+        };
+        let nft = first(nc)
+            .map(|(u, s)| format!("{} / {} / {}", ms(b), ms(u), ms(s)))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "| {n} | {} / {} / {} | {nft} | {:.1}x |",
+            ms(*a),
+            ms(w.0),
+            ms(w.1),
+            b.as_secs_f64() / w.1.as_secs_f64().max(1e-9)
+        );
     }
 }
