@@ -173,3 +173,133 @@ async fn kubectl_get_and_apply_work_with_the_generated_kubeconfig() {
     let (ok, out) = kubectl(&kc, &["apply", "-f", &bad.display().to_string()]).expect("kubectl");
     assert!(!ok && out.contains("spec.ports[0].port"), "{out}");
 }
+
+/// kubectl's imperative commands send protobuf bodies; what they create must arrive whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_create_commands_send_protobuf_and_are_understood() {
+    let s = start().await;
+    let kc = s.kubeconfig();
+    let run = |args: &[&str]| {
+        let (ok, out) = kubectl(&kc, args).expect("kubectl is not installed");
+        assert!(ok, "kubectl {args:?} failed: {out}");
+        out
+    };
+    let json = |args: &[&str]| -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.extend(["-o", "json"]);
+        serde_json::from_str(&run(&a)).expect("kubectl -o json")
+    };
+
+    run(&["create", "namespace", "imp"]);
+    assert_eq!(
+        json(&["get", "namespace", "imp"])["metadata"]["name"],
+        "imp"
+    );
+
+    run(&[
+        "create",
+        "deployment",
+        "web",
+        "-n",
+        "imp",
+        "--image=weft",
+        "--replicas=3",
+        "--port=8080",
+    ]);
+    let d = json(&["get", "deployment", "web", "-n", "imp"]);
+    assert_eq!(d["spec"]["replicas"], 3, "{d}");
+    assert_eq!(d["spec"]["selector"]["matchLabels"]["app"], "web", "{d}");
+    let c = &d["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(c["image"], "weft", "{d}");
+    assert_eq!(c["ports"][0]["containerPort"], 8080, "{d}");
+
+    // Zero replicas is a value, not an absent field.
+    run(&[
+        "create",
+        "deployment",
+        "idle",
+        "-n",
+        "imp",
+        "--image=weft",
+        "--replicas=0",
+    ]);
+    assert_eq!(
+        json(&["get", "deployment", "idle", "-n", "imp"])["spec"]["replicas"],
+        0
+    );
+
+    run(&[
+        "create",
+        "service",
+        "nodeport",
+        "web",
+        "-n",
+        "imp",
+        "--tcp=80:8080",
+    ]);
+    let svc = json(&["get", "service", "web", "-n", "imp"]);
+    assert_eq!(svc["spec"]["type"], "NodePort", "{svc}");
+    let port = &svc["spec"]["ports"][0];
+    assert_eq!(port["port"], 80, "{svc}");
+    assert_eq!(port["targetPort"], 8080, "{svc}");
+    let node_port = port["nodePort"].as_i64().unwrap_or(0);
+    assert!((30000..=32767).contains(&node_port), "{svc}");
+
+    run(&[
+        "expose",
+        "deployment",
+        "web",
+        "-n",
+        "imp",
+        "--name=web-named",
+        "--port=81",
+        "--target-port=http",
+    ]);
+    let svc = json(&["get", "service", "web-named", "-n", "imp"]);
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], "http", "{svc}");
+
+    run(&[
+        "create",
+        "configmap",
+        "cfg",
+        "-n",
+        "imp",
+        "--from-literal=greeting=hello",
+    ]);
+    assert_eq!(
+        json(&["get", "configmap", "cfg", "-n", "imp"])["data"]["greeting"],
+        "hello"
+    );
+    run(&[
+        "create",
+        "secret",
+        "generic",
+        "tok",
+        "-n",
+        "imp",
+        "--from-literal=k=v",
+    ]);
+    // Secret data travels as bytes and reads back base64 ("v" -> "dg==").
+    assert_eq!(
+        json(&["get", "secret", "tok", "-n", "imp"])["data"]["k"],
+        "dg=="
+    );
+
+    run(&[
+        "create",
+        "ingress",
+        "site",
+        "-n",
+        "imp",
+        "--class=weft",
+        "--rule=shop.example/api*=web:80",
+    ]);
+    let ing = json(&["get", "ingress", "site", "-n", "imp"]);
+    let rule = &ing["spec"]["rules"][0];
+    assert_eq!(rule["host"], "shop.example", "{ing}");
+    let path = &rule["http"]["paths"][0];
+    assert_eq!(path["path"], "/api", "{ing}");
+    assert_eq!(path["pathType"], "Prefix", "{ing}");
+    assert_eq!(path["backend"]["service"]["name"], "web", "{ing}");
+    assert_eq!(path["backend"]["service"]["port"]["number"], 80, "{ing}");
+}

@@ -6,6 +6,8 @@ pub(crate) mod delete;
 mod discovery;
 mod openapi;
 mod patch;
+mod protobuf;
+mod protobuf_schema;
 mod scale;
 pub mod selector;
 pub mod table;
@@ -171,7 +173,7 @@ pub fn is_true(q: &Query, key: &str) -> bool {
     matches!(q.get(key).map(String::as_str), Some("1" | "true" | "True"))
 }
 
-/// Decodes a JSON or YAML request body into one object.
+/// Decodes a JSON, YAML or Kubernetes-protobuf request body into one object.
 pub fn decode_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
     let ct = content_type(headers);
     let value: Value = if ct.contains("yaml") {
@@ -179,6 +181,8 @@ pub fn decode_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> 
             .map_err(|_| ApiError::bad_request("request body is not valid UTF-8"))?;
         serde_yaml::from_str(s)
             .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?
+    } else if ct == "application/vnd.kubernetes.protobuf" {
+        protobuf::decode(body)?
     } else if ct.is_empty() || ct.contains("json") {
         serde_json::from_slice(body).map_err(|e| {
             ApiError::bad_request(format!("couldn't get version/kind; json parse error: {e}"))
