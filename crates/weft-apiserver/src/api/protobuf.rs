@@ -452,5 +452,31 @@ mod tests {
                 let _ = decode(&bad);
             }
         }
+        // Deterministic random mutations (xorshift): flips, inserts, deletes, repeats.
+        let mut x: u64 = 0x9e3779b97f4a7c15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..20_000 {
+            let mut m = good.clone();
+            for _ in 0..1 + next() % 4 {
+                let i = (next() as usize) % m.len().max(1);
+                match next() % 4 {
+                    0 if !m.is_empty() => m[i] = next() as u8,
+                    1 => m.insert(i.min(m.len()), next() as u8),
+                    2 if !m.is_empty() => {
+                        m.remove(i);
+                    }
+                    _ => {
+                        let tail = m[i.min(m.len())..].to_vec();
+                        m.extend_from_slice(&tail);
+                    }
+                }
+            }
+            let _ = decode(&m);
+        }
     }
 }
