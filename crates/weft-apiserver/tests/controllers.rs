@@ -459,3 +459,48 @@ async fn load_balancer_services_get_addresses_from_the_pool() {
     assert_eq!(ingress_ip(&c).as_deref(), Some("192.168.1.241"));
     server.shutdown().await;
 }
+
+/// Deleting a Node deletes the pods bound to it (pod GC: no kubelet is left to stop them);
+/// a pod naming a node that has not registered yet is left alone for the grace period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_of_a_deleted_node_are_deleted() {
+    let s = start().await;
+    let c = s.client().await;
+    let nodes: Api<Node> = Api::all(c.clone());
+    let pp = PostParams::default();
+    for n in ["node-1", "node-2"] {
+        nodes.create(&pp, &ready_node(n, true)).await.expect("node");
+    }
+    let pods: Api<Pod> = Api::namespaced(c, "default");
+    let pinned = |name: &str, node: &str| -> Pod {
+        obj(json!({"metadata": {"name": name},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "weft"}]}}))
+    };
+    for (p, n) in [
+        ("a1", "node-1"),
+        ("a2", "node-1"),
+        ("b1", "node-2"),
+        ("later", "node-9"),
+    ] {
+        pods.create(&pp, &pinned(p, n)).await.expect("pod");
+    }
+    nodes
+        .delete("node-1", &DeleteParams::default())
+        .await
+        .expect("delete node");
+    let left = eventually("node-1's pods deleted", || async {
+        let list = pods.list(&ListParams::default()).await.ok()?;
+        let names: BTreeSet<String> = list
+            .items
+            .into_iter()
+            .filter_map(|p| p.metadata.name)
+            .collect();
+        (!names.contains("a1") && !names.contains("a2")).then_some(names)
+    })
+    .await;
+    assert!(left.contains("b1"), "node-2's pod must stay: {left:?}");
+    assert!(
+        left.contains("later"),
+        "a pod waiting for its node to register must stay: {left:?}"
+    );
+}

@@ -1,13 +1,19 @@
-//! Finishing deletions: pods whose grace period has run out, and namespaces being deleted
-//! (their contents are deleted, then the namespace's own finalizer is dropped).
+//! Finishing deletions: pods whose grace period has run out, namespaces being deleted
+//! (their contents are deleted, then the namespace's own finalizer is dropped), and pods
+//! bound to a Node that no longer exists (what Kubernetes' pod GC does: no kubelet is left
+//! to stop them, so they are deleted at once and their controllers replace them). Deleting
+//! a Node removes its pods right away; a pod bound to a node that never existed (a manifest
+//! naming a node that has not registered yet) gets `ORPHAN_GRACE` to see it appear.
 
 use super::Reconcile;
 use crate::api::crud;
-use crate::resources::{NAMESPACES, PODS, RESOURCES};
+use crate::resources::{NAMESPACES, NODES, PODS, RESOURCES};
 use crate::server::AppState;
-use crate::store::{self, Event};
+use crate::store::{self, Event, EventType};
 use serde_json::{json, Value};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 fn grace_expired(pod: &Value, now: u64) -> bool {
     pod["metadata"]["deletionTimestamp"]
@@ -19,24 +25,53 @@ fn grace_expired(pod: &Value, now: u64) -> bool {
             .is_none_or(|f| f.is_empty())
 }
 
-pub struct Controller;
+/// How long a pod may stay bound to a node that is not registered (Kubernetes waits 40 s).
+const ORPHAN_GRACE: Duration = Duration::from_secs(40);
+
+#[derive(Default)]
+pub struct Controller {
+    /// Pods first seen bound to an absent node, by storage key.
+    orphans: HashMap<String, Instant>,
+}
 
 impl Reconcile for Controller {
     fn reconcile(&mut self, state: &AppState, events: Option<&[Arc<Event>]>) {
+        let deleted_nodes: HashSet<String> = events
+            .unwrap_or_default()
+            .iter()
+            .filter(|e| std::ptr::eq(e.res, NODES) && e.ty == EventType::Deleted)
+            .map(|e| crate::meta::name(&e.object).to_string())
+            .collect();
         if let Some(evs) = events {
             let ns_deleting = evs.iter().any(|e| {
                 std::ptr::eq(e.res, NAMESPACES)
                     && e.object["metadata"]["deletionTimestamp"].is_string()
             });
-            if !ns_deleting {
+            if !ns_deleting && deleted_nodes.is_empty() {
                 return;
             }
         }
+        let orphans = &mut self.orphans;
+        let mut still_orphaned = HashSet::new();
         let now = crate::meta::now_secs();
         let r = state.store.write(|tx| {
+            let nodes: HashSet<String> = tx
+                .list(NODES, None)
+                .iter()
+                .map(|n| crate::meta::name(n).to_string())
+                .collect();
             for pod in tx.list(PODS, None) {
-                if grace_expired(&pod, now) {
-                    tx.delete(PODS, store::object_key(PODS, &pod));
+                let key = store::object_key(PODS, &pod);
+                let node = pod["spec"]["nodeName"].as_str().unwrap_or("");
+                let orphan_due = if node.is_empty() || nodes.contains(node) {
+                    false
+                } else {
+                    still_orphaned.insert(key.clone());
+                    let since = *orphans.entry(key.clone()).or_insert_with(Instant::now);
+                    deleted_nodes.contains(node) || since.elapsed() >= ORPHAN_GRACE
+                };
+                if grace_expired(&pod, now) || orphan_due {
+                    tx.delete(PODS, key);
                 }
             }
             for ns in tx.list(NAMESPACES, None) {
@@ -72,6 +107,7 @@ impl Reconcile for Controller {
             }
             Ok(())
         });
+        self.orphans.retain(|k, _| still_orphaned.contains(k));
         if let Err(e) = r {
             tracing::warn!("lifecycle controller: {}", e.message);
         }

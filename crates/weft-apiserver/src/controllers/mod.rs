@@ -73,7 +73,7 @@ pub fn spawn_all(state: Arc<AppState>, stop: watch::Receiver<bool>) {
         state,
         stop,
         Some(Duration::from_secs(1)),
-        lifecycle::Controller,
+        lifecycle::Controller::default(),
     ));
 }
 
