@@ -317,15 +317,40 @@ fn node_removal_withdraws_its_routes(
         "node-3 did not come back after its agent restarted\n{}",
         lab.logs()
     );
-    // Its pods kept running through all this and are reachable again.
+    // Deleting the Node deleted its pods (pod GC, as in Kubernetes), and node-3's agent,
+    // back, tore down what it still ran for them.
+    assert!(
+        !lab.pods().contains_key("c"),
+        "c outlived the deletion of its node: {:?}",
+        lab.pods()
+    );
+    let c_netns = lab.pod_netns("node-3", "c");
+    let torn_down = wait_for(Duration::from_secs(30), || {
+        (!netns_names().contains(&c_netns)).then_some(())
+    });
+    assert!(torn_down.is_some(), "{c_netns} is still there");
+    // A new pod on the re-registered node is reachable across nodes.
+    lab.apply(&echo_pod("c2", "node-3"));
+    let c2 = lab.wait_running(&["c2"], Duration::from_secs(60))["c2"]
+        .ip
+        .clone();
     let again = wait_for(Duration::from_secs(30), || {
-        lab.exec_weft("a1", &["probe", "tcp", &c, "--timeout-ms", "1000"])
-            .0
-            .then_some(())
+        lab.exec_weft(
+            "a1",
+            &[
+                "probe",
+                "tcp",
+                &format!("{c2}:8080"),
+                "--timeout-ms",
+                "1000",
+            ],
+        )
+        .0
+        .then_some(())
     });
     assert!(
         again.is_some(),
-        "c on the re-registered node-3 is unreachable\n{}",
+        "c2 on the re-registered node-3 is unreachable\n{}",
         lab.logs()
     );
 }
