@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::error::Result;
 use crate::expr::lower;
-use crate::model::{Chain, Family, Ruleset, Set, Table};
+use crate::model::{Chain, Elem, Family, Key, Ruleset, Set, Table, Value};
 use crate::netlink::Batch;
 use crate::rule::{SetRef, Stmt};
 
@@ -275,6 +275,9 @@ pub struct Touched {
 pub struct TouchedTable {
     pub chains: BTreeSet<String>,
     pub sets: BTreeSet<String>,
+    /// Sets of which only these elements may differ: the diff looks up each key instead
+    /// of comparing the whole set (a Services map holds an element per endpoint).
+    pub elements: BTreeMap<String, BTreeSet<Key>>,
 }
 
 impl Touched {
@@ -285,6 +288,23 @@ impl Touched {
 
     pub fn set(&mut self, family: Family, table: &str, set: impl Into<String>) -> &mut Self {
         self.table(family, table).sets.insert(set.into());
+        self
+    }
+
+    /// Only the element `key` of `set` may differ (a set also named with [`Touched::set`]
+    /// is compared whole).
+    pub fn element(
+        &mut self,
+        family: Family,
+        table: &str,
+        set: impl Into<String>,
+        key: Vec<Value>,
+    ) -> &mut Self {
+        self.table(family, table)
+            .elements
+            .entry(set.into())
+            .or_default()
+            .insert(Key(key));
         self
     }
 
@@ -362,11 +382,27 @@ fn table_diff(
     let mut redefined: BTreeSet<&str> = BTreeSet::new();
     let mut new_sets: Vec<&Set> = Vec::new();
     let mut gone_sets: Vec<&str> = Vec::new();
-    let mut elem_changes: Vec<(&Set, &Set)> = Vec::new();
-    walk(&o.sets, &n.sets, only.map(|t| &t.sets), true, |k, a, b| {
+    // (old, new, the only keys that may differ: None compares every element).
+    let mut elem_changes: Vec<(&Set, &Set, Option<&BTreeSet<Key>>)> = Vec::new();
+    let mut set_scope = only.map(|t| std::borrow::Cow::Borrowed(&t.sets));
+    for (set, keys) in only.map(|t| &t.elements).into_iter().flatten() {
+        if only.is_some_and(|t| t.sets.contains(set)) {
+            continue;
+        }
+        match (o.sets.get(set), n.sets.get(set)) {
+            (Some(a), Some(b)) if a.same_definition(b) => elem_changes.push((a, b, Some(keys))),
+            // Created, deleted or redefined: the whole set is compared.
+            _ => {
+                if let Some(scope) = set_scope.as_mut() {
+                    scope.to_mut().insert(set.clone());
+                }
+            }
+        }
+    }
+    walk(&o.sets, &n.sets, set_scope.as_deref(), true, |k, a, b| {
         match (a, b) {
             (Some(a), Some(b)) if same(a, b) => {}
-            (Some(a), Some(b)) if a.same_definition(b) => elem_changes.push((a, b)),
+            (Some(a), Some(b)) if a.same_definition(b) => elem_changes.push((a, b, None)),
             (Some(_), Some(b)) => {
                 redefined.insert(k);
                 gone_sets.push(k);
@@ -444,23 +480,21 @@ fn table_diff(
     // Removals first, so nothing still refers to what is deleted. An element whose
     // data changed is deleted and added again.
     let mut elem_plans = Vec::with_capacity(elem_changes.len());
-    for (a, b) in &elem_changes {
+    for (a, b, keys) in &elem_changes {
         let mut removed = Vec::new();
         let mut added = Vec::new();
-        merge(&a.elements, &b.elements, |k, x, y| {
-            match (x, y) {
-                (Some(x), Some(y)) if x == y => {}
-                (x, y) => {
-                    if let Some(x) = x {
-                        removed.push((k, x));
-                    }
-                    if let Some(y) = y {
-                        added.push((k, y));
-                    }
+        match keys {
+            Some(keys) => {
+                for k in keys.iter() {
+                    let (x, y) = (a.elements.get(k), b.elements.get(k));
+                    plan_element(k, x, y, &mut removed, &mut added);
                 }
             }
-            Ok(())
-        })?;
+            None => merge(&a.elements, &b.elements, |k, x, y| {
+                plan_element(k, x, y, &mut removed, &mut added);
+                Ok(())
+            })?,
+        }
         sum.elements_deleted += removed.len();
         batch.del_elements(fam, name, a, removed.into_iter())?;
         elem_plans.push((*b, added));
@@ -491,6 +525,25 @@ fn table_diff(
         add_rules(fam, name, c, batch, sum)?;
     }
     Ok(())
+}
+
+/// An element whose data changed is deleted and added again.
+fn plan_element<'a>(
+    k: &'a Key,
+    old: Option<&'a Elem>,
+    new: Option<&'a Elem>,
+    removed: &mut Vec<(&'a Key, &'a Elem)>,
+    added: &mut Vec<(&'a Key, &'a Elem)>,
+) {
+    if old == new {
+        return;
+    }
+    if let Some(x) = old {
+        removed.push((k, x));
+    }
+    if let Some(y) = new {
+        added.push((k, y));
+    }
 }
 
 #[cfg(test)]

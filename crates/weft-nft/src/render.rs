@@ -66,6 +66,23 @@ fn type_list(fields: &[KeyType]) -> String {
         .join(" . ")
 }
 
+/// Each type as an expression of that type, for a map declared with `typeof`.
+fn typeof_list(fields: &[KeyType]) -> Option<String> {
+    let exprs: Option<Vec<&str>> = fields
+        .iter()
+        .map(|f| match f {
+            KeyType::Ipv4Addr => Some("ip daddr"),
+            KeyType::Ipv6Addr => Some("ip6 daddr"),
+            KeyType::InetProto => Some("meta l4proto"),
+            KeyType::InetService => Some("tcp dport"),
+            KeyType::Mark => Some("meta mark"),
+            KeyType::Ifname => Some("meta iifname"),
+            KeyType::Integer => None,
+        })
+        .collect();
+    exprs.map(|e| e.join(" . "))
+}
+
 pub fn set(s: &Set) -> String {
     let kind = if s.is_map() { "map" } else { "set" };
     let mut out = format!("\t{kind} {} {{\n", s.name);
@@ -81,6 +98,14 @@ pub fn set(s: &Set) -> String {
                 .map(|x| x.nft_syntax())
                 .collect::<Vec<_>>()
                 .join(" . ");
+            // nft takes `typeof` for both sides or for neither.
+            let data = match &s.data {
+                Some(DataType::Value(d)) => match typeof_list(d) {
+                    Some(t) => format!(" : {t}"),
+                    None => data,
+                },
+                _ => data,
+            };
             let _ = writeln!(out, "\t\ttypeof {k}{data}");
         }
         None => {

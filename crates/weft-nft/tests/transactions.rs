@@ -286,3 +286,50 @@ fn touched_objects_alone_carry_an_update() {
         .expect("and back");
     assert_kernel_holds(&mut be, &prev);
 }
+
+#[test]
+fn touched_elements_alone_carry_an_update_of_a_large_map() {
+    let ns = Netns::new("touch-elem");
+    let mut be = ns.backend();
+    let mut prev = fixture::ruleset();
+    for p in 31000..33000u16 {
+        targets(&mut prev).insert(
+            vec![Value::Port(p)],
+            Elem::value(vec![fixture::v4([10, 244, 2, 9]), Value::Port(8080)]),
+        );
+    }
+    be.apply_full(&prev).expect("apply");
+    // One element changes its target, one is added, one goes: named one by one.
+    let mut desired = prev.clone();
+    let m = targets(&mut desired);
+    m.insert(
+        vec![Value::Port(31000)],
+        Elem::value(vec![fixture::v4([10, 244, 3, 3]), Value::Port(9090)]),
+    );
+    m.insert(
+        vec![Value::Port(30999)],
+        Elem::value(vec![fixture::v4([10, 244, 3, 4]), Value::Port(80)]),
+    );
+    m.elements.remove(&Key(vec![Value::Port(32999)]));
+    let mut touched = weft_nft::diff::Touched::default();
+    for p in [31000, 30999, 32999] {
+        touched.element(Family::Ip, "weft4", "dnat-targets", vec![Value::Port(p)]);
+    }
+    let sum = be
+        .apply_touched(&prev, &desired, &touched)
+        .expect("element update");
+    assert_eq!(
+        (sum.elements_added, sum.elements_deleted),
+        (2, 2),
+        "replace = delete + add, plus one of each: {sum:?}"
+    );
+    assert_kernel_holds(&mut be, &desired);
+    be.apply_touched(&desired, &prev, &touched)
+        .expect("and back");
+    assert_kernel_holds(&mut be, &prev);
+}
+
+fn targets(rs: &mut Ruleset) -> &mut Set {
+    let t = rs.table_mut(Family::Ip, "weft4").expect("table");
+    Arc::make_mut(t.sets.get_mut("dnat-targets").expect("map"))
+}

@@ -1,7 +1,11 @@
 //! Services-shaped ruleset benchmark: weft-nft over netlink against `nft -f`.
 //!
 //! `cargo run --release -p weft-nft --bin nft-bench -- [--sizes 1000,10000,30000]
-//!  [--full-runs 3] [--inc-runs 11] [--nft-full-max 30000] [--pick cascade|named|anon|shared]`
+//!  [--full-runs 3] [--inc-runs 11] [--nft-full-max 30000] [--pick cascade|named|anon|shared]
+//!  [--shape chains|dnat-map]`
+//!
+//! `--shape chains` (default) is the Services shape, a chain per service and per
+//! endpoint; `--shape dnat-map` holds the same services as elements of one DNAT map.
 //!
 //! Runs as root inside a network namespace it creates and removes.
 
@@ -13,6 +17,7 @@ use std::time::{Duration, Instant};
 use weft_nft::*;
 
 mod cpu;
+mod dnat_map;
 use cpu::{cpu_since, cpu_times, print_cpu_split, CpuRow};
 
 const TABLE: &str = "weft-bench";
@@ -411,6 +416,14 @@ fn main() {
     let ns = Netns::new();
     let mut be = Backend::open_in(std::path::Path::new(&format!("/run/netns/{}", ns.0)))
         .expect("nf_tables socket");
+    match arg(&args, "--shape").as_deref() {
+        None | Some("chains") => {}
+        Some("dnat-map") => {
+            dnat_map::run(&ns, &mut be, &sizes, inc_runs, nft_full_max);
+            return;
+        }
+        Some(other) => panic!("--shape takes chains or dnat-map, not {other}"),
+    }
     println!("| N | objects | (a) weft full | (b) nft -f full | b/a | (c) weft add svc | (c) weft, full diff | (c) nft -f | nft/weft | (d) weft endpoint | (d) weft, full diff | (d) nft -f | nft/weft | (d) weft's build, touched / full diff | kernel commit floor | batch |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut cpu_rows: Vec<CpuRow> = Vec::new();
