@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use weft_nft::*;
 
-use super::{median, ms, service_ip, Netns, ENDPOINTS};
+use super::{median, ms, service_ip, touched_round_trip, Netns, ENDPOINTS};
 
 const TABLE: &str = "weft-bench-map";
 
@@ -158,18 +158,8 @@ pub fn run(ns: &Netns, be: &mut Backend, sizes: &[usize], inc_runs: usize, nft_f
             .expect("revert");
         let (mut add, mut ep) = (Vec::new(), Vec::new());
         for _ in 0..inc_runs {
-            let t0 = Instant::now();
-            be.apply_touched(&model, &added, &touched_add)
-                .expect("add service");
-            add.push(t0.elapsed());
-            be.apply_touched(&added, &model, &touched_add)
-                .expect("revert");
-            let t0 = Instant::now();
-            be.apply_touched(&model, &changed, &touched_ep)
-                .expect("change endpoint");
-            ep.push(t0.elapsed());
-            be.apply_touched(&changed, &model, &touched_ep)
-                .expect("revert");
+            add.push(touched_round_trip(be, &model, &added, &touched_add));
+            ep.push(touched_round_trip(be, &model, &changed, &touched_ep));
         }
 
         let (mut nft_full, mut nft_add, mut nft_ep) = (None, Vec::new(), Vec::new());

@@ -330,6 +330,21 @@ fn nft_f(ns: &Netns, script: &str) -> Duration {
     d
 }
 
+/// Applies `prev -> next` through the touched path and times it, then reverts.
+fn touched_round_trip(
+    be: &mut Backend,
+    prev: &Ruleset,
+    next: &Ruleset,
+    touched: &diff::Touched,
+) -> Duration {
+    let t0 = Instant::now();
+    be.apply_touched(prev, next, touched)
+        .expect("weft touched update");
+    let took = t0.elapsed();
+    be.apply_touched(next, prev, touched).expect("revert");
+    took
+}
+
 fn commit_floor(be: &mut Backend, runs: usize) -> Duration {
     let mut base = Table::new(Family::Ip, "weft-bench-floor");
     base.add_set(Set::new("s", vec![KeyType::Ipv4Addr]));
@@ -469,24 +484,14 @@ fn main() {
         let (mut weft_add, mut weft_add_full, mut weft_ep, mut weft_ep_full) =
             (vec![], vec![], vec![], vec![]);
         for _ in 0..inc_runs {
-            let t0 = Instant::now();
-            be.apply_touched(&model, &added, &touched_add)
-                .expect("weft add service");
-            weft_add.push(t0.elapsed());
-            be.apply_touched(&added, &model, &touched_add)
-                .expect("revert");
+            weft_add.push(touched_round_trip(&mut be, &model, &added, &touched_add));
             let t0 = Instant::now();
             be.apply_incremental(&model, &added)
                 .expect("weft add service");
             weft_add_full.push(t0.elapsed());
             be.apply_touched(&added, &model, &touched_add)
                 .expect("revert");
-            let t0 = Instant::now();
-            be.apply_touched(&model, &changed, &touched_ep)
-                .expect("weft endpoint change");
-            weft_ep.push(t0.elapsed());
-            be.apply_touched(&changed, &model, &touched_ep)
-                .expect("revert");
+            weft_ep.push(touched_round_trip(&mut be, &model, &changed, &touched_ep));
             let t0 = Instant::now();
             be.apply_incremental(&model, &changed)
                 .expect("weft endpoint change");
