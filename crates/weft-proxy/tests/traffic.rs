@@ -1,0 +1,348 @@
+//! The proxy's table moves real packets: a client outside the cluster, a node that runs
+//! the proxy, and a pod with two addresses (two endpoints), each in its own namespace.
+//!
+//! ```text
+//!  client 192.168.77.2 --- 192.168.77.1 node 10.244.1.1 --- 10.244.1.2, .3 pod
+//! ```
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use serde_json::json;
+use weft_proxy::endpoint::Endpoints;
+use weft_proxy::{desired, service, NodeContext, Proxier};
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A namespace of this test's own, removed on drop (on panic too).
+struct Netns(String);
+
+impl Netns {
+    fn new(tag: &str) -> Netns {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let name = format!("weft-t-proxy-{tag}{n}-{}", std::process::id());
+        sh("ip", &["netns", "add", &name]);
+        let ns = Netns(name);
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/run/netns/{}", self.0))
+    }
+
+    fn ip(&self, args: &[&str]) {
+        let mut a = vec!["netns", "exec", &self.0, "ip"];
+        a.extend_from_slice(args);
+        sh("ip", &a);
+    }
+
+    fn run_in<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let file = std::fs::File::open(self.path()).expect("open netns");
+        std::thread::spawn(move || {
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            f()
+        })
+        .join()
+        .expect("thread in namespace")
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+    }
+}
+
+fn sh(cmd: &str, args: &[&str]) {
+    let out = Command::new(cmd).args(args).output().expect("spawn");
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+struct World {
+    client: Netns,
+    node: Netns,
+    pod: Netns,
+    stop: Arc<AtomicBool>,
+}
+
+const VIP: &str = "10.96.0.20";
+const NODE_IP: &str = "192.168.77.1";
+const EP1: &str = "10.244.1.2";
+const EP2: &str = "10.244.1.3";
+
+impl World {
+    fn new(tag: &str) -> World {
+        let (client, node, pod) = (
+            Netns::new(&format!("{tag}c")),
+            Netns::new(&format!("{tag}n")),
+            Netns::new(&format!("{tag}p")),
+        );
+        for (from, ifname, peer, to) in [(&client, "c0", "n0", &node), (&pod, "p0", "n1", &node)] {
+            from.ip(&[
+                "link", "add", ifname, "type", "veth", "peer", "name", peer, "netns", &to.0,
+            ]);
+            from.ip(&["link", "set", ifname, "up"]);
+            to.ip(&["link", "set", peer, "up"]);
+        }
+        client.ip(&["addr", "add", "192.168.77.2/24", "dev", "c0"]);
+        client.ip(&["route", "add", "default", "via", NODE_IP]);
+        node.ip(&["addr", "add", "192.168.77.1/24", "dev", "n0"]);
+        node.ip(&["addr", "add", "10.244.1.1/24", "dev", "n1"]);
+        // As on a real node: the service range is routed somewhere (here, the client).
+        node.ip(&["route", "add", "default", "via", "192.168.77.2"]);
+        sh(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &node.0,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=1",
+            ],
+        );
+        pod.ip(&["addr", "add", &format!("{EP1}/24"), "dev", "p0"]);
+        pod.ip(&["addr", "add", &format!("{EP2}/24"), "dev", "p0"]);
+        pod.ip(&["route", "add", "default", "via", "10.244.1.1"]);
+        let stop = Arc::new(AtomicBool::new(false));
+        for ep in [EP1, EP2] {
+            let addr: SocketAddr = format!("{ep}:8080").parse().unwrap();
+            let l = pod.run_in(move || TcpListener::bind(addr).expect("bind"));
+            l.set_nonblocking(true).unwrap();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match l.accept() {
+                        Ok((mut s, peer)) => {
+                            let _ = s.write_all(format!("{ep} {}", peer.ip()).as_bytes());
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                    }
+                }
+            });
+        }
+        World {
+            client,
+            node,
+            pod,
+            stop,
+        }
+    }
+
+    fn proxier(&self) -> Proxier {
+        Proxier::open_in(&self.node.path()).expect("proxier")
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// (endpoint that answered, source address it saw), or the connect error.
+fn fetch(ns: &Netns, to: &str, timeout: Duration) -> std::io::Result<(String, Ipv4Addr)> {
+    let to: SocketAddr = to.parse().unwrap();
+    ns.run_in(move || {
+        let mut s = TcpStream::connect_timeout(&to, timeout)?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf)?;
+        let (ep, peer) = buf.split_once(' ').expect("reply");
+        Ok((ep.to_string(), peer.parse().expect("peer")))
+    })
+}
+
+fn web(kind: &str, etp: &str) -> Service {
+    serde_json::from_value(json!({
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"type": kind, "clusterIP": VIP, "externalTrafficPolicy": etp,
+                 "ports": [{"name": "http", "port": 80, "targetPort": 8080, "nodePort": 30080}]}
+    }))
+    .unwrap()
+}
+
+fn slice(eps: &[(&str, &str)]) -> EndpointSlice {
+    let endpoints: Vec<_> = eps
+        .iter()
+        .map(|(ip, node)| json!({"addresses": [ip], "nodeName": node}))
+        .collect();
+    serde_json::from_value(json!({
+        "metadata": {"name": "web-1", "namespace": "default",
+                     "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        "endpoints": endpoints,
+    }))
+    .unwrap()
+}
+
+fn table(svc: &Service, eps: &[(&str, &str)]) -> weft_nft::Ruleset {
+    let ports = service::ports(svc).expect("proxied");
+    let node = NodeContext {
+        node_name: "node-1".into(),
+        cluster_cidr: Some("10.244.0.0/16".parse().unwrap()),
+    };
+    desired(&ports, &Endpoints::from_slices([&slice(eps)]), &node)
+}
+
+const SHORT: Duration = Duration::from_secs(2);
+
+#[test]
+fn cluster_ip_balances_over_endpoints_and_masquerades_outside_clients() {
+    let w = World::new("cip");
+    let mut p = w.proxier();
+    p.sync(&table(
+        &web("ClusterIP", "Cluster"),
+        &[(EP1, "node-1"), (EP2, "node-2")],
+    ))
+    .expect("sync");
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        let (ep, peer) = fetch(&w.client, &format!("{VIP}:80"), SHORT).expect("connect");
+        // The client is outside the cluster CIDR: the reply must come back via the node.
+        assert_eq!(peer, Ipv4Addr::new(10, 244, 1, 1));
+        seen.insert(ep);
+    }
+    assert_eq!(seen.len(), 2, "both endpoints answered: {seen:?}");
+    // One endpoint left: only it answers, and the change was a few elements.
+    let sum = p
+        .sync(&table(&web("ClusterIP", "Cluster"), &[(EP2, "node-2")]))
+        .expect("sync");
+    assert_eq!(
+        sum.chains_replaced + sum.chains_added + sum.chains_deleted,
+        1,
+        "{sum:?}"
+    );
+    for _ in 0..10 {
+        let (ep, _) = fetch(&w.client, &format!("{VIP}:80"), SHORT).expect("connect");
+        assert_eq!(ep, EP2);
+    }
+}
+
+#[test]
+fn node_port_keeps_the_client_address_only_with_local_policy() {
+    let w = World::new("np");
+    let mut p = w.proxier();
+    p.sync(&table(&web("NodePort", "Cluster"), &[(EP1, "node-1")]))
+        .expect("sync");
+    let (_, peer) = fetch(&w.client, &format!("{NODE_IP}:30080"), SHORT).expect("node port");
+    assert_eq!(
+        peer,
+        Ipv4Addr::new(10, 244, 1, 1),
+        "Cluster policy masquerades"
+    );
+    p.sync(&table(&web("NodePort", "Local"), &[(EP1, "node-1")]))
+        .expect("sync");
+    let (_, peer) = fetch(&w.client, &format!("{NODE_IP}:30080"), SHORT).expect("node port");
+    assert_eq!(
+        peer,
+        Ipv4Addr::new(192, 168, 77, 2),
+        "Local policy keeps the source"
+    );
+    // Local policy, the only endpoint on another node: dropped (a timeout), while the
+    // cluster IP still reaches it.
+    p.sync(&table(&web("NodePort", "Local"), &[(EP1, "node-2")]))
+        .expect("sync");
+    let e = fetch(
+        &w.client,
+        &format!("{NODE_IP}:30080"),
+        Duration::from_millis(700),
+    )
+    .expect_err("dropped");
+    assert_eq!(e.kind(), ErrorKind::TimedOut, "{e}");
+    fetch(&w.client, &format!("{VIP}:80"), SHORT).expect("cluster IP");
+}
+
+#[test]
+fn no_endpoints_is_refused_at_once() {
+    let w = World::new("none");
+    let mut p = w.proxier();
+    p.sync(&table(&web("NodePort", "Cluster"), &[]))
+        .expect("sync");
+    for to in [format!("{VIP}:80"), format!("{NODE_IP}:30080")] {
+        let t0 = Instant::now();
+        let e = fetch(&w.client, &to, Duration::from_secs(5)).expect_err("refused");
+        assert_eq!(e.kind(), ErrorKind::ConnectionRefused, "{to}: {e}");
+        assert!(t0.elapsed() < Duration::from_secs(5));
+    }
+    // From the node itself too (the output hook).
+    let e = fetch(&w.node, &format!("{VIP}:80"), Duration::from_secs(5)).expect_err("refused");
+    assert_eq!(e.kind(), ErrorKind::ConnectionRefused, "{e}");
+}
+
+#[test]
+fn a_pod_reaches_itself_through_its_service() {
+    let w = World::new("hp");
+    let mut p = w.proxier();
+    p.sync(&table(&web("ClusterIP", "Cluster"), &[(EP1, "node-1")]))
+        .expect("sync");
+    let (ep, peer) = fetch(&w.pod, &format!("{VIP}:80"), SHORT).expect("hairpin");
+    assert_eq!(ep, EP1);
+    assert_eq!(
+        peer,
+        Ipv4Addr::new(10, 244, 1, 1),
+        "hairpin traffic is masqueraded"
+    );
+}
+
+#[test]
+fn a_restarted_proxier_adopts_the_table_and_remove_leaves_nothing() {
+    let w = World::new("adopt");
+    let t = table(
+        &web("NodePort", "Cluster"),
+        &[(EP1, "node-1"), (EP2, "node-1")],
+    );
+    w.proxier().sync(&t).expect("sync");
+    let mut again = w.proxier();
+    let sum = again.sync(&t).expect("sync");
+    assert!(sum.is_empty(), "nothing to change after a restart: {sum:?}");
+    fetch(&w.client, &format!("{NODE_IP}:30080"), SHORT).expect("node port");
+    again.remove().expect("remove");
+    again.remove().expect("remove twice");
+    let out = Command::new("ip")
+        .args(["netns", "exec", &w.node.0, "nft", "list", "tables"])
+        .output()
+        .expect("nft");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "");
+}
+
+#[test]
+fn the_rendered_table_is_what_nft_accepts() {
+    let w = World::new("render");
+    let t = table(
+        &web("LoadBalancer", "Cluster"),
+        &[(EP1, "node-1"), (EP2, "node-2")],
+    );
+    let text = weft_nft::render::ruleset(&t);
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &w.node.0, "nft", "-c", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("nft");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("nft");
+    assert!(
+        out.status.success(),
+        "nft -c rejected:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
