@@ -9,15 +9,18 @@ mod cniconf;
 mod masq;
 mod node;
 mod pods;
+mod services;
 
 use crate::{Runtime, RuntimeConfig};
 use futures::StreamExt;
 use ipnet::IpNet;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::{reflector, watcher, WatchStreamExt};
 use kube::{Api, Client};
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -57,6 +60,8 @@ pub enum AgentError {
     Netlink(#[from] weft_netlink::Error),
     #[error("nf_tables: {0}")]
     Nft(#[from] weft_nft::Error),
+    #[error("services: {0}")]
+    Proxy(#[from] weft_proxy::Error),
     #[error("pod runtime: {0}")]
     Runtime(#[from] crate::Error),
     #[error("{op}: {source}")]
@@ -142,18 +147,49 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     let pod_stream = reflector(pod_writer, watcher(pods_api, pod_cfg))
         .default_backoff()
         .touched_objects();
-    for stream in [
-        node_stream.map(|_| ()).boxed(),
-        pod_stream.map(|_| ()).boxed(),
+    let mut service_sync = services::ServiceSync::new(&cfg)?;
+    let (services, service_writer) = reflector::store::<Service>();
+    let (slices, slice_writer) = reflector::store::<EndpointSlice>();
+    let service_stream = reflector(
+        service_writer,
+        watcher(
+            Api::<Service>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+    )
+    .default_backoff()
+    .touched_objects();
+    let slice_stream = reflector(
+        slice_writer,
+        watcher(
+            Api::<EndpointSlice>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+    )
+    .default_backoff()
+    .touched_objects();
+    // Services re-sync only after a Service or EndpointSlice event (or a failed sync).
+    let unflagged = Arc::new(AtomicBool::new(false));
+    for (stream, flag) in [
+        (node_stream.map(|_| ()).boxed(), unflagged.clone()),
+        (pod_stream.map(|_| ()).boxed(), unflagged.clone()),
+        (
+            service_stream.map(|_| ()).boxed(),
+            service_sync.dirty.clone(),
+        ),
+        (slice_stream.map(|_| ()).boxed(), service_sync.dirty.clone()),
     ] {
         let n = notify.clone();
         tokio::spawn(stream.for_each(move |_| {
+            flag.store(true, Ordering::SeqCst);
             n.notify_one();
             futures::future::ready(())
         }));
     }
     nodes.wait_until_ready().await.ok();
     pods.wait_until_ready().await.ok();
+    services.wait_until_ready().await.ok();
+    slices.wait_until_ready().await.ok();
 
     let mut runtime: Option<Arc<Mutex<Runtime>>> = None;
     let mut cni_written = false;
@@ -179,6 +215,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         if let Err(e) = router.sync(&all) {
             tracing::warn!("routing: {e}");
         }
+        service_sync.reconcile(&services.state(), &slices.state());
         if !cfg.run_pods && runtime.is_none() && !cni_written {
             write_cni_config(&cfg, pod_cidr, backend)?;
             cni_written = true;
