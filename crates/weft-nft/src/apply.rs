@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::diff::{self, Summary};
 use crate::error::Result;
-use crate::model::{Chain, Family, Ruleset, Table};
+use crate::model::{Chain, Family, Ruleset, Set, Table};
 use crate::netlink::decode::{self, kernel_view, KernelTable};
 use crate::netlink::{Batch, NftSocket};
 use crate::rule::Rule;
@@ -76,6 +76,10 @@ impl Backend {
 
     pub fn read_table(&mut self, family: Family, name: &str) -> Result<Option<KernelTable>> {
         decode::read_table(&mut self.sock, family, name)
+    }
+
+    pub fn read_set(&mut self, family: Family, table: &str, set: &str) -> Result<Option<Set>> {
+        decode::read_set(&mut self.sock, family, table, set)
     }
 
     pub fn list_tables(&mut self) -> Result<Vec<(Family, String)>> {

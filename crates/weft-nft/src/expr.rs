@@ -19,6 +19,9 @@ pub const META_NFPROTO: u32 = 15;
 pub const META_L4PROTO: u32 = 16;
 pub const CT_STATE: u32 = 0;
 pub const CT_MARK: u32 = 3;
+pub const CT_PROTO_DST: u32 = 12;
+pub const CT_DST_IP: u32 = 20;
+pub const CT_DIR_ORIGINAL: u8 = 0;
 
 pub(crate) const NAT_SNAT: u32 = 0;
 pub(crate) const NAT_DNAT: u32 = 1;
@@ -57,6 +60,8 @@ pub enum Expr {
     Ct {
         dreg: u32,
         key: u32,
+        /// Which tuple a per-direction key reads: 0 original, 1 reply.
+        dir: Option<u8>,
     },
     CtSet {
         sreg: u32,
@@ -116,6 +121,8 @@ pub enum Expr {
         set: SetName,
         update: bool,
         sreg_key: u32,
+        /// Where the element's data comes from, for maps.
+        sreg_data: Option<u32>,
         timeout_ms: u64,
     },
     Log {

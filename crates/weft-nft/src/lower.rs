@@ -137,7 +137,21 @@ impl Lowerer {
                 dreg,
                 key: META_OIFNAME,
             },
-            CtMark => Expr::Ct { dreg, key: CT_MARK },
+            CtMark => Expr::Ct {
+                dreg,
+                key: CT_MARK,
+                dir: None,
+            },
+            CtOriginalIpDaddr => Expr::Ct {
+                dreg,
+                key: CT_DST_IP,
+                dir: Some(CT_DIR_ORIGINAL),
+            },
+            CtOriginalProtoDst => Expr::Ct {
+                dreg,
+                key: CT_PROTO_DST,
+                dir: Some(CT_DIR_ORIGINAL),
+            },
             NumgenRandom(modulus) => Expr::Numgen { dreg, modulus },
         };
         self.out.push(e);
@@ -164,6 +178,32 @@ impl Lowerer {
             return Err(invalid("concatenated key longer than 64 bytes".into()));
         }
         Ok(REG_1)
+    }
+
+    /// Loads `data` into the registers after those `key` took (a map element's data for
+    /// dynset), returning its first register; `None` when there is no data.
+    fn load_after(&mut self, key: &[Selector], data: &[Selector]) -> Result<Option<u32>> {
+        if data.is_empty() {
+            return Ok(None);
+        }
+        let slots = |sel: &[Selector]| -> u32 {
+            sel.iter()
+                .map(|s| (pad4(s.key_type().size()) / 4) as u32)
+                .sum()
+        };
+        let first = slots(key).max(1);
+        if first + slots(data) > 16 {
+            return Err(invalid("key and data longer than 64 bytes".into()));
+        }
+        for s in data {
+            self.deps(*s)?;
+        }
+        let mut slot = first;
+        for s in data {
+            self.load(*s, reg32(slot));
+            slot += (pad4(s.key_type().size()) / 4) as u32;
+        }
+        Ok(Some(reg32(first)))
     }
 
     fn set_ref(&mut self, key: &[Selector], set: &SetRef) -> Result<SetName> {
@@ -203,6 +243,7 @@ impl Lowerer {
                 self.out.push(Expr::Ct {
                     dreg: REG_1,
                     key: CT_STATE,
+                    dir: None,
                 });
                 self.masked_cmp(states.0, 0, CmpOp::Ne);
             }
@@ -317,12 +358,15 @@ impl Lowerer {
                 key,
                 set,
                 timeout,
+                data,
             } => {
                 let sreg_key = self.load_key(key)?;
+                let sreg_data = self.load_after(key, data)?;
                 self.out.push(Expr::Dynset {
                     set: SetName::Named(set.clone()),
                     update: *op == DynsetOp::Update,
                     sreg_key,
+                    sreg_data,
                     timeout_ms: timeout.map(|t| t.as_millis() as u64).unwrap_or(0),
                 });
             }

@@ -336,6 +336,7 @@ pub fn stmt(s: &Stmt, family: Family) -> String {
             key: k,
             set,
             timeout,
+            data,
         } => {
             let verb = if *op == DynsetOp::Update {
                 "update"
@@ -345,7 +346,12 @@ pub fn stmt(s: &Stmt, family: Family) -> String {
             let t = timeout
                 .map(|t| format!(" timeout {}", duration(t)))
                 .unwrap_or_default();
-            format!("{verb} @{set} {{ {}{t} }}", key(k))
+            let d = if data.is_empty() {
+                String::new()
+            } else {
+                format!(" : {}", key(data))
+            };
+            format!("{verb} @{set} {{ {}{t}{d} }}", key(k))
         }
         Stmt::Log { prefix, group } => {
             let mut out = String::from("log");

@@ -37,6 +37,10 @@ pub enum Selector {
     MetaIifname,
     MetaOifname,
     CtMark,
+    /// `ct original ip daddr`: the address the connection was opened to, before DNAT.
+    CtOriginalIpDaddr,
+    /// `ct original proto-dst`: the port the connection was opened to, before DNAT.
+    CtOriginalProtoDst,
     /// `numgen random mod N`: a random integer in 0..N.
     NumgenRandom(u32),
 }
@@ -45,10 +49,12 @@ impl Selector {
     pub fn key_type(self) -> KeyType {
         use Selector::*;
         match self {
-            IpSaddr | IpDaddr => KeyType::Ipv4Addr,
+            IpSaddr | IpDaddr | CtOriginalIpDaddr => KeyType::Ipv4Addr,
             Ip6Saddr | Ip6Daddr => KeyType::Ipv6Addr,
             IpProtocol | MetaL4proto => KeyType::InetProto,
-            TcpSport | TcpDport | UdpSport | UdpDport | ThSport | ThDport => KeyType::InetService,
+            TcpSport | TcpDport | UdpSport | UdpDport | ThSport | ThDport | CtOriginalProtoDst => {
+                KeyType::InetService
+            }
             MetaMark | CtMark => KeyType::Mark,
             MetaIifname | MetaOifname => KeyType::Ifname,
             NumgenRandom(_) => KeyType::Integer,
@@ -74,6 +80,8 @@ impl Selector {
             MetaIifname => "iifname".into(),
             MetaOifname => "oifname".into(),
             CtMark => "ct mark".into(),
+            CtOriginalIpDaddr => "ct original ip daddr".into(),
+            CtOriginalProtoDst => "ct original proto-dst".into(),
             NumgenRandom(n) => format!("numgen random mod {n}"),
         }
     }
@@ -198,12 +206,15 @@ pub enum Stmt {
         fully_random: bool,
     },
     Reject(Reject),
-    /// `update @set { KEY timeout T }`: session affinity and rate tracking.
+    /// `update @set { KEY timeout T }`, or for a map `update @map { KEY timeout T : DATA }`:
+    /// session affinity and rate tracking.
     Dynset {
         op: DynsetOp,
         key: Vec<Selector>,
         set: String,
         timeout: Option<Duration>,
+        /// The element's data, loaded from the packet (maps only; empty for sets).
+        data: Vec<Selector>,
     },
     /// `log prefix "..."` to the kernel log, or `log group N` to nflog.
     Log {

@@ -96,6 +96,7 @@ fn endpoint_chain(name: &str, port: u16, affinity: Option<&str>) -> Chain {
             key: vec![Selector::IpSaddr],
             set: set.into(),
             timeout: Some(Duration::from_secs(1)),
+            data: vec![],
         }]));
     }
     c.with_rule(Rule::new(vec![

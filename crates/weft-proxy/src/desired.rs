@@ -19,6 +19,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
+use std::time::Duration;
 
 use ipnet::Ipv4Net;
 use weft_nft::{
@@ -26,6 +27,7 @@ use weft_nft::{
     Rule, Ruleset, Selector, Set, SetRef, Stmt, Table, Value,
 };
 
+use crate::affinity::{self, Affinity};
 use crate::endpoint::{targets, Endpoint, Endpoints, Targets};
 use crate::service::ServicePort;
 
@@ -55,10 +57,11 @@ struct Dispatch {
     masq: BTreeSet<Vec<Value>>,
     reject: BTreeSet<Vec<Value>>,
     drop: BTreeSet<Vec<Value>>,
+    affinity: Affinity,
 }
 
 impl Dispatch {
-    fn add(&mut self, key: Vec<Value>, to: &Targets, masquerade: bool) {
+    fn add(&mut self, key: Vec<Value>, to: &Targets, masquerade: bool, affinity: Option<Duration>) {
         match to {
             Targets::None => {
                 self.reject.insert(key);
@@ -77,6 +80,9 @@ impl Dispatch {
                 }
                 if masquerade {
                     self.masq.insert(key.clone());
+                }
+                if let Some(timeout) = affinity {
+                    self.affinity.add(key.clone(), timeout);
                 }
                 self.by_count.entry(eps.len()).or_default().insert(key);
             }
@@ -194,17 +200,18 @@ pub fn desired(ports: &[ServicePort], eps: &Endpoints, node: &NodeContext) -> Ru
         if let Some(ip) = sp.cluster_ip {
             let key = vec![Value::Ipv4(ip), proto.clone(), port.clone()];
             cluster_ips.insert(key.clone());
-            by_addr.add(key, &internal, false);
+            by_addr.add(key, &internal, false, sp.affinity);
         }
         for ip in &sp.external_ips {
             let key = vec![Value::Ipv4(*ip), proto.clone(), port.clone()];
-            by_addr.add(key, &external, masq_external);
+            by_addr.add(key, &external, masq_external, sp.affinity);
         }
         if let Some(np) = sp.node_port {
             by_port.add(
                 vec![proto.clone(), Value::Port(np)],
                 &external,
                 masq_external,
+                sp.affinity,
             );
         }
     }
@@ -293,6 +300,8 @@ pub fn desired(ports: &[ServicePort], eps: &Endpoints, node: &NodeContext) -> Ru
     services
         .rules
         .push(Rule::new(vec![lookup(&ADDR_KEY, "masq"), mark_masq()]));
+    let (sticky, nodeport_sticky) = affinity::install(&mut t, &by_addr.affinity, &by_port.affinity);
+    services.rules.extend(sticky);
     services
         .rules
         .extend(dispatch_rules(&by_addr, &ADDR_KEY, "", "backends"));
@@ -306,6 +315,7 @@ pub fn desired(ports: &[ServicePort], eps: &Endpoints, node: &NodeContext) -> Ru
         lookup(&PORT_KEY, "nodeport-masq"),
         mark_masq(),
     ]));
+    nodeports.rules.extend(nodeport_sticky);
     nodeports.rules.extend(dispatch_rules(
         &by_port,
         &PORT_KEY,

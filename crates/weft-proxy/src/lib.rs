@@ -12,6 +12,7 @@
 //! endpoints each port sends to, [`desired`] compiles both into a [`weft_nft::Ruleset`],
 //! and [`proxier::Proxier`] applies it in one network namespace.
 
+pub mod affinity;
 pub mod desired;
 pub mod endpoint;
 pub mod error;

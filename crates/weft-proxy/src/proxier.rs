@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use weft_nft::diff::Summary;
 use weft_nft::{Backend, Family, Ruleset};
 
+use crate::affinity;
 use crate::desired::TABLE;
 use crate::error::{Error, Result};
 
@@ -57,8 +58,56 @@ impl Proxier {
             .backend
             .apply_incremental(&prev, desired)
             .map_err(self.nft())?;
+        let moved = backends_moved(&prev, desired);
         self.committed = Some(desired.clone());
+        if moved && uses_affinity(desired) {
+            self.forget_stale_affinity(desired)?;
+        }
         Ok(sum)
+    }
+
+    /// Deletes remembered client -> endpoint pairs whose endpoint left its service, so
+    /// those clients are balanced again instead of sent to an address that is gone.
+    fn forget_stale_affinity(&mut self, desired: &Ruleset) -> Result<usize> {
+        let Some(t) = desired.table(Family::Ip, TABLE) else {
+            return Ok(0);
+        };
+        let (Some(b), Some(nb)) = (t.sets.get("backends"), t.sets.get("nodeport-backends")) else {
+            return Ok(0);
+        };
+        let Some(remembered) = self
+            .backend
+            .read_set(Family::Ip, TABLE, affinity::MAP)
+            .map_err(self.nft())?
+        else {
+            return Ok(0);
+        };
+        let stale = affinity::stale(&remembered, b, nb);
+        if stale.is_empty() {
+            return Ok(0);
+        }
+        let elems: Vec<(weft_nft::Key, weft_nft::Elem)> = stale
+            .into_iter()
+            .map(|k| (k, weft_nft::Elem::default()))
+            .collect();
+        let mut batch = self.backend.new_batch();
+        batch
+            .del_elements(
+                Family::Ip,
+                TABLE,
+                &remembered,
+                elems.iter().map(|(k, e)| (k, e)),
+            )
+            .map_err(self.nft())?;
+        match self.backend.send(batch) {
+            Ok(()) => Ok(elems.len()),
+            // An element may expire between the read and the delete: harmless, and the
+            // next sync looks again.
+            Err(e) => {
+                tracing::debug!("forgetting stale affinity: {e}");
+                Ok(0)
+            }
+        }
     }
 
     /// Removes the proxy's table (nothing else weft or others installed).
@@ -80,4 +129,24 @@ impl Proxier {
     pub fn netns(&self) -> PathBuf {
         PathBuf::from(&self.netns)
     }
+}
+
+fn backends_moved(prev: &Ruleset, desired: &Ruleset) -> bool {
+    let sets = |rs: &Ruleset| {
+        rs.table(Family::Ip, TABLE).map(|t| {
+            (
+                t.sets.get("backends").cloned(),
+                t.sets.get("nodeport-backends").cloned(),
+            )
+        })
+    };
+    sets(prev) != sets(desired)
+}
+
+fn uses_affinity(rs: &Ruleset) -> bool {
+    rs.table(Family::Ip, TABLE).is_some_and(|t| {
+        ["affinity-services", "nodeport-affinity-services"]
+            .iter()
+            .any(|s| t.sets.get(*s).is_some_and(|s| !s.elements.is_empty()))
+    })
 }

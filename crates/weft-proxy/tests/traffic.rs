@@ -174,6 +174,16 @@ fn web(kind: &str, etp: &str) -> Service {
     .unwrap()
 }
 
+fn sticky(kind: &str) -> Service {
+    serde_json::from_value(json!({
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"type": kind, "clusterIP": VIP, "sessionAffinity": "ClientIP",
+                 "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}},
+                 "ports": [{"name": "http", "port": 80, "targetPort": 8080, "nodePort": 30080}]}
+    }))
+    .unwrap()
+}
+
 fn slice(eps: &[(&str, &str)]) -> EndpointSlice {
     let endpoints: Vec<_> = eps
         .iter()
@@ -345,4 +355,36 @@ fn the_rendered_table_is_what_nft_accepts() {
         "nft -c rejected:\n{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn client_ip_affinity_sticks_until_the_endpoint_leaves() {
+    let w = World::new("aff");
+    let mut p = w.proxier();
+    let both = [(EP1, "node-1"), (EP2, "node-1")];
+    p.sync(&table(&sticky("NodePort"), &both)).expect("sync");
+    for to in [format!("{VIP}:80"), format!("{NODE_IP}:30080")] {
+        let answers: std::collections::BTreeSet<String> = (0..20)
+            .map(|_| fetch(&w.client, &to, SHORT).expect("connect").0)
+            .collect();
+        assert_eq!(
+            answers.len(),
+            1,
+            "{to}: one endpoint for one client: {answers:?}"
+        );
+    }
+    let (first, _) = fetch(&w.client, &format!("{VIP}:80"), SHORT).expect("connect");
+    let other = if first == EP1 { EP2 } else { EP1 };
+    // The remembered endpoint leaves (its server still listens, so only a forgotten
+    // affinity sends the client elsewhere).
+    p.sync(&table(&sticky("NodePort"), &[(other, "node-1")]))
+        .expect("sync");
+    let (now, _) = fetch(&w.client, &format!("{VIP}:80"), SHORT).expect("connect");
+    assert_eq!(now, other, "a stale affinity was forgotten");
+    // Both again: the client stays with the endpoint it has now.
+    p.sync(&table(&sticky("NodePort"), &both)).expect("sync");
+    for _ in 0..20 {
+        let (ep, _) = fetch(&w.client, &format!("{VIP}:80"), SHORT).expect("connect");
+        assert_eq!(ep, other);
+    }
 }

@@ -86,6 +86,41 @@ pub fn list_tables(sock: &mut NftSocket, family: Option<Family>) -> Result<Vec<(
     Ok(out)
 }
 
+/// Reads one named set (definition and elements) back, without the rest of its table:
+/// what a controller needs to see what the packet path added to a dynamic set.
+pub fn read_set(
+    sock: &mut NftSocket,
+    family: Family,
+    table: &str,
+    set: &str,
+) -> Result<Option<Set>> {
+    if !list_tables(sock, Some(family))?
+        .iter()
+        .any(|(_, n)| n == table)
+    {
+        return Ok(None);
+    }
+    let mut found = None;
+    sock.dump(
+        MSG_GETSET,
+        family.nfproto(),
+        |w| w.put_str(1, table),
+        |_, a| {
+            if a.get(1).and_then(string).as_deref() == Some(table)
+                && a.get(2).and_then(string).as_deref() == Some(set)
+            {
+                found = Some(decode_set(a)?.0);
+            }
+            Ok(())
+        },
+    )?;
+    let Some(mut found) = found else {
+        return Ok(None);
+    };
+    read_elements(sock, family, table, &mut found)?;
+    Ok(Some(found))
+}
+
 /// Reads one table back; `None` when it does not exist.
 pub fn read_table(sock: &mut NftSocket, family: Family, name: &str) -> Result<Option<KernelTable>> {
     if !list_tables(sock, Some(family))?

@@ -128,9 +128,12 @@ fn put_expr(w: &mut Writer, e: &Expr, anon: &[(u32, String)]) {
             w.put_be32(2, *key);
             w.put_be32(3, *sreg);
         }
-        Expr::Ct { dreg, key } => {
+        Expr::Ct { dreg, key, dir } => {
             w.put_be32(1, *dreg);
             w.put_be32(2, *key);
+            if let Some(d) = dir {
+                w.put_u8(3, *d);
+            }
         }
         Expr::CtSet { sreg, key } => {
             w.put_be32(2, *key);
@@ -231,11 +234,15 @@ fn put_expr(w: &mut Writer, e: &Expr, anon: &[(u32, String)]) {
             set,
             update,
             sreg_key,
+            sreg_data,
             timeout_ms,
         } => {
             put_set_name(w, 1, 2, set, anon);
             w.put_be32(3, u32::from(*update));
             w.put_be32(4, *sreg_key);
+            if let Some(r) = sreg_data {
+                w.put_be32(5, *r);
+            }
             if *timeout_ms != 0 {
                 w.put_be64(6, *timeout_ms);
             }
@@ -297,6 +304,7 @@ fn decode_expr(name: &str, a: Attrs) -> Result<Expr> {
             (Some(dreg), _) => Expr::Ct {
                 dreg,
                 key: need(u(2), k, "key")?,
+                dir: a.get(3).and_then(|b| b.first().copied()),
             },
             (None, Some(sreg)) => Expr::CtSet {
                 sreg,
@@ -365,6 +373,7 @@ fn decode_expr(name: &str, a: Attrs) -> Result<Expr> {
             set: SetName::Named(need(a.get(1).and_then(string), k, "set")?),
             update: need(u(3), k, "op")? == 1,
             sreg_key: need(u(4), k, "sreg")?,
+            sreg_data: u(5),
             timeout_ms: a.get(6).and_then(be64).unwrap_or(0),
         },
         "log" => Expr::Log {

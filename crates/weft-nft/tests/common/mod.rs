@@ -179,6 +179,20 @@ pub mod fixture {
         aff.flags.timeout = true;
         aff.timeout = Some(Duration::from_secs(3));
         t.add_set(aff);
+        // Affinity as data: client . service address . proto . port -> the endpoint chosen.
+        let mut sticky = Set::map(
+            "sticky",
+            vec![
+                KeyType::Ipv4Addr,
+                KeyType::Ipv4Addr,
+                KeyType::InetProto,
+                KeyType::InetService,
+            ],
+            DataType::Value(vec![KeyType::Ipv4Addr, KeyType::InetService]),
+        );
+        sticky.flags.dynamic = true;
+        sticky.flags.timeout = true;
+        t.add_set(sticky);
         let mut ports = Set::new("ports", vec![KeyType::InetService]);
         ports.insert(vec![Value::Port(80)], Elem::default());
         ports.insert(vec![Value::Port(443)], Elem::default());
@@ -277,6 +291,7 @@ pub mod fixture {
                     key: vec![Selector::IpSaddr],
                     set: "aff-a".into(),
                     timeout: Some(Duration::from_secs(3)),
+                    data: vec![],
                 }]))
                 .with_rule(Rule::new(vec![
                     Stmt::eq(Selector::MetaL4proto, Value::Proto(6)),
@@ -286,6 +301,21 @@ pub mod fixture {
                     },
                 ])),
         );
+        t.add_chain(Chain::regular("remember").with_rule(Rule::new(vec![
+            Stmt::eq(Selector::MetaL4proto, Value::Proto(6)),
+            Stmt::Dynset {
+                op: DynsetOp::Update,
+                key: vec![
+                    Selector::IpSaddr,
+                    Selector::CtOriginalIpDaddr,
+                    Selector::MetaL4proto,
+                    Selector::CtOriginalProtoDst,
+                ],
+                set: "sticky".into(),
+                timeout: Some(Duration::from_secs(30)),
+                data: vec![Selector::IpDaddr, Selector::ThDport],
+            },
+        ])));
         t.add_chain(Chain::regular("sep-a-1").with_rule(Rule::new(vec![
             Stmt::eq(Selector::MetaL4proto, Value::Proto(6)),
             Stmt::Dnat {
