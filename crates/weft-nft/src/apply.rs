@@ -7,7 +7,7 @@ use crate::diff::{self, Summary};
 use crate::error::Result;
 use crate::model::{Chain, Family, Ruleset, Set, Table};
 use crate::netlink::decode::{self, kernel_view, KernelTable};
-use crate::netlink::{Batch, NftSocket};
+use crate::netlink::{conntrack, Batch, NftSocket};
 use crate::rule::Rule;
 
 /// nf_tables in one network namespace.
@@ -80,6 +80,16 @@ impl Backend {
 
     pub fn read_set(&mut self, family: Family, table: &str, set: &str) -> Result<Option<Set>> {
         decode::read_set(&mut self.sock, family, table, set)
+    }
+
+    /// The namespace's IPv4 conntrack entries.
+    pub fn flows_v4(&mut self) -> Result<Vec<conntrack::Flow>> {
+        conntrack::list_v4(&mut self.sock)
+    }
+
+    /// Deletes the conntrack entry with this original tuple.
+    pub fn delete_flow(&mut self, original: &conntrack::Tuple) -> Result<()> {
+        conntrack::delete(&mut self.sock, original)
     }
 
     pub fn list_tables(&mut self) -> Result<Vec<(Family, String)>> {

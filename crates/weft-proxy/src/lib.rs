@@ -13,6 +13,7 @@
 //! and [`proxier::Proxier`] applies it in one network namespace.
 
 pub mod affinity;
+pub mod conntrack;
 pub mod desired;
 pub mod endpoint;
 pub mod error;

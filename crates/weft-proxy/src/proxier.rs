@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 use weft_nft::diff::Summary;
 use weft_nft::{Backend, Family, Ruleset};
 
-use crate::affinity;
 use crate::desired::TABLE;
 use crate::error::{Error, Result};
+use crate::{affinity, conntrack};
 
 /// The proxy's table in one network namespace.
 pub struct Proxier {
@@ -63,7 +63,29 @@ impl Proxier {
         if moved && uses_affinity(desired) {
             self.forget_stale_affinity(desired)?;
         }
+        if moved {
+            let stale = conntrack::stale(&prev, desired);
+            if !stale.is_empty() {
+                self.delete_flows(&stale)?;
+            }
+        }
         Ok(sum)
+    }
+
+    /// Deletes the conntrack entries of UDP flows `stale` names; returns how many.
+    fn delete_flows(&mut self, stale: &conntrack::Stale) -> Result<usize> {
+        let flows = self.backend.flows_v4().map_err(self.nft())?;
+        let mut deleted = 0;
+        for f in flows.iter().filter(|f| stale.matches(f)) {
+            // A flow may end between the dump and the delete (ENOENT): nothing to do then.
+            if self.backend.delete_flow(&f.original).is_ok() {
+                deleted += 1;
+            }
+        }
+        if deleted > 0 {
+            tracing::info!(deleted, "stale UDP conntrack entries removed");
+        }
+        Ok(deleted)
     }
 
     /// Deletes remembered client -> endpoint pairs whose endpoint left its service, so

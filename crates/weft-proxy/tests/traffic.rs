@@ -6,7 +6,7 @@
 //! ```
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -129,6 +129,20 @@ impl World {
                             let _ = s.write_all(format!("{ep} {}", peer.ip()).as_bytes());
                         }
                         Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                    }
+                }
+            });
+        }
+        for ep in [EP1, EP2] {
+            let addr: SocketAddr = format!("{ep}:8080").parse().unwrap();
+            let u = pod.run_in(move || UdpSocket::bind(addr).expect("bind udp"));
+            u.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 64];
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok((_, peer)) = u.recv_from(&mut buf) {
+                        let _ = u.send_to(format!("{ep} {}", peer.ip()).as_bytes(), peer);
                     }
                 }
             });
@@ -387,4 +401,61 @@ fn client_ip_affinity_sticks_until_the_endpoint_leaves() {
         let (ep, _) = fetch(&w.client, &format!("{VIP}:80"), SHORT).expect("connect");
         assert_eq!(ep, other);
     }
+}
+
+#[test]
+fn a_udp_flow_follows_its_endpoint_when_the_endpoint_leaves() {
+    let w = World::new("udp");
+    let mut p = w.proxier();
+    let svc: Service = serde_json::from_value(json!({
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"clusterIP": VIP, "ports": [{"name": "dns", "port": 53, "targetPort": 8080, "protocol": "UDP"}]}
+    }))
+    .unwrap();
+    let udp_slice = |ep: &str| -> EndpointSlice {
+        serde_json::from_value(json!({
+            "metadata": {"name": "web-1", "namespace": "default",
+                         "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "dns", "port": 8080, "protocol": "UDP"}],
+            "endpoints": [{"addresses": [ep], "nodeName": "node-1"}],
+        }))
+        .unwrap()
+    };
+    let node = NodeContext {
+        node_name: "node-1".into(),
+        cluster_cidr: Some("10.244.0.0/16".parse().unwrap()),
+    };
+    let ports = service::ports(&svc).expect("proxied");
+    let sync = |p: &mut Proxier, ep: &str| {
+        p.sync(&desired(
+            &ports,
+            &Endpoints::from_slices([&udp_slice(ep)]),
+            &node,
+        ))
+        .expect("sync")
+    };
+    sync(&mut p, EP1);
+    // One client socket, one flow: conntrack pins it to the endpoint chosen first.
+    let sock = w.client.run_in(|| {
+        let s = UdpSocket::bind("192.168.77.2:5353").expect("bind");
+        s.connect(format!("{VIP}:53")).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s
+    });
+    let ask = || {
+        sock.send(b"q").expect("send");
+        let mut buf = [0u8; 64];
+        let n = sock.recv(&mut buf).expect("answer");
+        String::from_utf8_lossy(&buf[..n])
+            .split(' ')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(ask(), EP1);
+    assert_eq!(ask(), EP1);
+    // EP1 leaves (its server still answers): the flow must move, not stay on EP1.
+    sync(&mut p, EP2);
+    assert_eq!(ask(), EP2, "the stale UDP flow was deleted");
 }

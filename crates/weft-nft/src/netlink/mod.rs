@@ -4,6 +4,7 @@
 
 pub mod attr;
 pub mod batch;
+pub mod conntrack;
 pub mod decode;
 pub mod expr;
 pub mod msg;

@@ -6,7 +6,9 @@ use std::path::Path;
 
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket};
 
-use super::attr::{Attrs, Msgs, Writer, NLMSG_DONE, NLMSG_ERROR, NLM_F_DUMP, NLM_F_REQUEST};
+use super::attr::{
+    Attrs, Msgs, Writer, NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
+};
 use super::batch::{nft_type, FinishedBatch};
 use crate::error::{Error, Failure, Result};
 
@@ -181,11 +183,54 @@ impl NftSocket {
         msg: u16,
         family: u8,
         attrs: impl FnOnce(&mut Writer),
-        mut each: impl FnMut(u8, Attrs) -> Result<()>,
+        each: impl FnMut(u8, Attrs) -> Result<()>,
     ) -> Result<()> {
+        self.dump_typed(nft_type(msg), family, attrs, each)
+    }
+
+    /// One request that is not part of a transaction (other nfnetlink subsystems, such as
+    /// conntrack), waiting for its acknowledgement.
+    pub fn request(&mut self, ty: u16, family: u8, attrs: impl FnOnce(&mut Writer)) -> Result<()> {
         let seq = self.next_seq();
         let mut w = Writer::default();
-        let m = w.begin_msg(nft_type(msg), NLM_F_REQUEST | NLM_F_DUMP, seq, family, 0);
+        let m = w.begin_msg(ty, NLM_F_REQUEST | NLM_F_ACK, seq, family, 0);
+        attrs(&mut w);
+        w.end_msg(m);
+        self.sock
+            .send(&w.buf, 0)
+            .map_err(|e| Error::io("sending a request", e))?;
+        loop {
+            let n = recv(&self.sock, &mut self.buf, 0)
+                .map_err(|e| Error::io("receiving an acknowledgement", e))?;
+            for m in Msgs(&self.buf[..n]) {
+                if m.seq != seq || m.ty != NLMSG_ERROR {
+                    continue;
+                }
+                let (errno, _, message) = parse_error(m.payload, m.flags);
+                if errno == 0 {
+                    return Ok(());
+                }
+                return Err(Error::Rejected(vec![Failure {
+                    object: format!("nfnetlink request (message type {ty:#x})"),
+                    errno,
+                    message,
+                }]));
+            }
+        }
+    }
+
+    /// A dump of any nfnetlink message type (`subsystem << 8 | message`).
+    pub fn dump_typed(
+        &mut self,
+        ty: u16,
+        family: u8,
+        attrs: impl FnOnce(&mut Writer),
+        mut each: impl FnMut(u8, Attrs) -> Result<()>,
+    ) -> Result<()> {
+        let msg = ty & 0xff;
+        let seq = self.next_seq();
+        let mut w = Writer::default();
+        let m = w.begin_msg(ty, NLM_F_REQUEST | NLM_F_DUMP, seq, family, 0);
         attrs(&mut w);
         w.end_msg(m);
         self.sock
