@@ -532,5 +532,65 @@ fn allocate_service(
         p["nodePort"] = json!(port);
         mine.push((port, proto));
     }
+    let health_used: Vec<u16> = others
+        .iter()
+        .filter_map(|s| s["spec"]["healthCheckNodePort"].as_u64().map(|n| n as u16))
+        .chain(used.iter().copied())
+        .chain(mine.iter().map(|(m, _)| *m))
+        .collect();
+    let old_health = old.and_then(|o| o["spec"]["healthCheckNodePort"].as_u64());
+    allocate_health_check_port(net, spec, ty == "LoadBalancer", old_health, &health_used)
+        .map_err(invalid)
+}
+
+/// A LoadBalancer Service with `externalTrafficPolicy: Local` gets `healthCheckNodePort`:
+/// where each node tells the load balancer whether it has local endpoints.
+fn allocate_health_check_port(
+    net: &NetConfig,
+    spec: &mut Value,
+    load_balancer: bool,
+    old: Option<u64>,
+    used: &[u16],
+) -> Result<(), Cause> {
+    let wanted = load_balancer && spec["externalTrafficPolicy"] == "Local";
+    let Some(m) = spec.as_object_mut() else {
+        return Ok(());
+    };
+    if !wanted {
+        m.remove("healthCheckNodePort");
+        return Ok(());
+    }
+    let (lo, hi) = net.node_port_range;
+    let port = match m
+        .get("healthCheckNodePort")
+        .and_then(Value::as_u64)
+        .filter(|n| *n > 0)
+    {
+        Some(n) => {
+            if n < lo as u64 || n > hi as u64 || used.contains(&(n as u16)) {
+                return Err(Cause::invalid(
+                    "spec.healthCheckNodePort",
+                    n,
+                    &format!("must be a free port in {lo}-{hi}"),
+                ));
+            }
+            n as u16
+        }
+        None => match old
+            .map(|n| n as u16)
+            .filter(|n| !used.contains(n))
+            .or_else(|| alloc::node_port(net.node_port_range, used))
+        {
+            Some(n) => n,
+            None => {
+                return Err(Cause::invalid(
+                    "spec.healthCheckNodePort",
+                    0,
+                    "no free port left in the NodePort range",
+                ))
+            }
+        },
+    };
+    m.insert("healthCheckNodePort".into(), json!(port));
     Ok(())
 }

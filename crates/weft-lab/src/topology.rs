@@ -21,6 +21,14 @@ pub struct LabSpec {
     pub service_cidr: Ipv4Net,
     pub cluster_dns: Ipv4Addr,
     pub domain: String,
+    /// Addresses for LoadBalancer Services. The external host routes them to every node
+    /// at once (ECMP), as a router fed by BGP from the nodes would.
+    #[serde(default = "default_load_balancer_cidr")]
+    pub load_balancer_cidr: Ipv4Net,
+}
+
+fn default_load_balancer_cidr() -> Ipv4Net {
+    Ipv4Net::new(Ipv4Addr::new(192, 168, 2, 0), 24).unwrap_or_default()
 }
 
 impl LabSpec {
@@ -34,6 +42,7 @@ impl LabSpec {
             service_cidr: Ipv4Net::new(Ipv4Addr::new(10, 96, 0, 0), 12).unwrap_or_default(),
             cluster_dns: Ipv4Addr::new(10, 96, 0, 10),
             domain: "cluster.local".to_string(),
+            load_balancer_cidr: default_load_balancer_cidr(),
         }
     }
 }
@@ -58,6 +67,9 @@ pub struct Topology {
     pub gateway: Ipv4Net,
     pub nodes: Vec<Host>,
     pub external: Host,
+    /// Routed from the external host to every node (see [`LabSpec::load_balancer_cidr`]).
+    #[serde(default)]
+    pub load_balancer_cidr: Option<Ipv4Net>,
 }
 
 impl Topology {
@@ -130,6 +142,19 @@ pub fn plan(spec: &LabSpec) -> Result<Topology> {
             ),
         ));
     }
+    let lb = spec.load_balancer_cidr;
+    for (what, other) in [
+        ("the underlay", spec.underlay),
+        ("the cluster CIDR", spec.cluster_cidr),
+        ("the service CIDR", spec.service_cidr),
+    ] {
+        if lb.contains(&other.network()) || other.contains(&lb.network()) {
+            return Err(Error::invalid(
+                "loadBalancerCIDR",
+                format!("{lb} overlaps {what} {other}"),
+            ));
+        }
+    }
     let base = u32::from(spec.underlay.network());
     let at = |i: u32| {
         Ipv4Net::new(Ipv4Addr::from(base + i), spec.underlay.prefix_len()).unwrap_or(spec.underlay)
@@ -154,6 +179,7 @@ pub fn plan(spec: &LabSpec) -> Result<Topology> {
         gateway: at(1),
         nodes,
         external,
+        load_balancer_cidr: Some(lb),
     })
 }
 
@@ -171,6 +197,14 @@ mod tests {
         assert_eq!(t.nodes[1].addr.to_string(), "192.168.1.3/24");
         assert_eq!(t.external.addr.to_string(), "192.168.1.254/24");
         assert_eq!(Topology::pod_netns_prefix(&t.nodes[0]), "weft-weft-node-1.");
+        assert_eq!(t.load_balancer_cidr.unwrap().to_string(), "192.168.2.0/24");
+        let mut bad = LabSpec::new("weft", 2, "vxlan");
+        bad.load_balancer_cidr = "192.168.1.128/25".parse().unwrap();
+        let err = plan(&bad).unwrap_err().to_string();
+        assert!(
+            err.contains("loadBalancerCIDR") && err.contains("underlay"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -83,6 +83,16 @@ fn attach_host(t: &Topology, host: &Host, root: &mut Handle, bridge: u32) -> Res
             .dev(eth0.index),
     )
     .map_err(Error::kernel(format!("default route in {}", host.netns)))?;
+    if host.name == "external" {
+        if let Some(lb) = t.load_balancer_cidr {
+            let nodes = t.nodes.iter().map(|n| n.addr.addr().into());
+            h.add_route(&Route::new(IpNet::V4(lb)).via_each(nodes).dev(eth0.index))
+                .map_err(Error::kernel(format!(
+                    "route {lb} to the nodes in {}",
+                    host.netns
+                )))?;
+        }
+    }
     // Nodes route pod traffic; the external host is a plain client.
     if host.name != "external" {
         ns.run_in(|| sysctl::set("net.ipv4.ip_forward", "1"))

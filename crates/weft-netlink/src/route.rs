@@ -5,8 +5,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use ipnet::IpNet;
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol,
-    RouteScope as NlScope, RouteType,
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteNextHop,
+    RouteProtocol, RouteScope as NlScope, RouteType,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
@@ -70,6 +70,9 @@ pub struct Route {
     pub protocol: u8,
     pub metric: Option<u32>,
     pub kind: RouteKind,
+    /// Equal-cost next hops (RTA_MULTIPATH), each reached via `oif` when set: flows are
+    /// spread over them by hash. Empty for an ordinary route.
+    pub multipath: Vec<IpAddr>,
 }
 
 impl Route {
@@ -88,7 +91,15 @@ impl Route {
             protocol: RTPROT_BOOT,
             metric: None,
             kind: RouteKind::Unicast,
+            multipath: Vec::new(),
         }
+    }
+
+    /// Spreads flows over several gateways (ECMP), as a router announcing a prefix from
+    /// many nodes does.
+    pub fn via_each(mut self, gateways: impl IntoIterator<Item = IpAddr>) -> Route {
+        self.multipath = gateways.into_iter().collect();
+        self
     }
 
     pub fn via(mut self, gateway: IpAddr) -> Route {
@@ -148,7 +159,11 @@ impl Route {
             ));
         }
         let v4 = self.dst.addr().is_ipv4();
-        for (name, ip) in [("gateway", self.gateway), ("source", self.src)] {
+        let hops = self.multipath.iter().map(|g| ("next hop", Some(*g)));
+        for (name, ip) in [("gateway", self.gateway), ("source", self.src)]
+            .into_iter()
+            .chain(hops)
+        {
             if let Some(ip) = ip {
                 if ip.is_ipv4() != v4 {
                     return Err(Error::invalid(
@@ -164,7 +179,17 @@ impl Route {
                 "table 0 (unspecified) is not a table",
             ));
         }
-        if self.kind == RouteKind::Unicast && self.gateway.is_none() && self.oif.is_none() {
+        if self.gateway.is_some() && !self.multipath.is_empty() {
+            return Err(Error::invalid(
+                what(),
+                "give either one gateway or several next hops, not both",
+            ));
+        }
+        if self.kind == RouteKind::Unicast
+            && self.gateway.is_none()
+            && self.oif.is_none()
+            && self.multipath.is_empty()
+        {
             return Err(Error::invalid(
                 what(),
                 "a unicast route needs a gateway or an output device",
@@ -220,6 +245,20 @@ impl Route {
         if let Some(oif) = self.oif {
             m.attributes.push(RouteAttribute::Oif(oif));
         }
+        if !self.multipath.is_empty() {
+            let hops = self
+                .multipath
+                .iter()
+                .map(|gw| {
+                    let mut hop = RouteNextHop::default();
+                    hop.interface_index = self.oif.unwrap_or(0);
+                    hop.attributes
+                        .push(RouteAttribute::Gateway(RouteAddress::from(*gw)));
+                    hop
+                })
+                .collect();
+            m.attributes.push(RouteAttribute::MultiPath(hops));
+        }
         if let Some(src) = self.src {
             m.attributes
                 .push(RouteAttribute::PrefSource(RouteAddress::from(src)));
@@ -254,6 +293,17 @@ impl Route {
                 RouteAttribute::PrefSource(a) => r.src = ip_of(a),
                 RouteAttribute::Priority(p) => r.metric = Some(*p),
                 RouteAttribute::Table(t) => r.table = *t,
+                RouteAttribute::MultiPath(hops) => {
+                    r.multipath = hops
+                        .iter()
+                        .filter_map(|h| {
+                            h.attributes.iter().find_map(|a| match a {
+                                RouteAttribute::Gateway(g) => ip_of(g),
+                                _ => None,
+                            })
+                        })
+                        .collect()
+                }
                 _ => {}
             }
         }

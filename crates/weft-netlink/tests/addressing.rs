@@ -201,6 +201,38 @@ fn routes_add_replace_delete() {
 }
 
 #[test]
+fn multipath_routes_spread_over_each_gateway() {
+    let t = TestNs::new("ecmp");
+    let mut h = t.handle();
+    let l = live_link(&mut h, "m0");
+    h.add_addr(l.index, net("192.168.1.254/24")).unwrap();
+    let dst = net("192.168.2.0/24");
+    let r = Route::new(dst).via_each([ip("192.168.1.2"), ip("192.168.1.3")]);
+    h.add_route(&r).unwrap();
+    let found = find(&mut h, Family::V4, dst, RT_TABLE_MAIN);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(
+        found[0].multipath,
+        vec![ip("192.168.1.2"), ip("192.168.1.3")]
+    );
+    let shown = ip_json(&t.name, &["route", "show", "192.168.2.0/24"]);
+    let hops: Vec<&str> = shown[0]["nexthops"]
+        .as_array()
+        .expect("nexthops")
+        .iter()
+        .filter_map(|n| n["gateway"].as_str())
+        .collect();
+    assert_eq!(hops, ["192.168.1.2", "192.168.1.3"]);
+    h.del_route(&found[0]).unwrap();
+    assert!(find(&mut h, Family::V4, dst, RT_TABLE_MAIN).is_empty());
+    let both = Route::new(dst)
+        .via(ip("192.168.1.2"))
+        .via_each([ip("192.168.1.3")]);
+    let err = h.add_route(&both).unwrap_err();
+    assert!(err.to_string().contains("not both"), "{err}");
+}
+
+#[test]
 fn neighbours_replace_read_back_delete() {
     let t = TestNs::new("neigh");
     let mut h = t.handle();

@@ -17,6 +17,7 @@ pub mod conntrack;
 pub mod desired;
 pub mod endpoint;
 pub mod error;
+pub mod health;
 pub mod proxier;
 pub mod service;
 

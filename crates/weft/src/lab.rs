@@ -43,6 +43,8 @@ pub fn programs(state: &LabState, weft: &Path) -> Vec<ProcSpec> {
             state.spec.cluster_cidr.to_string(),
             "--service-cidr".into(),
             state.spec.service_cidr.to_string(),
+            "--load-balancer-cidr".into(),
+            state.spec.load_balancer_cidr.to_string(),
             "--kubeconfig-out".into(),
             internal_kubeconfig(&dir).display().to_string(),
         ],
@@ -131,10 +133,12 @@ fn read_spec(file: &str, mut spec: LabSpec) -> Result<LabSpec> {
         cluster_cidr: Option<String>,
         #[serde(rename = "serviceCIDR")]
         service_cidr: Option<String>,
+        #[serde(rename = "loadBalancerCIDR")]
+        load_balancer_cidr: Option<String>,
     }
     let text = std::fs::read_to_string(file).with_context(|| format!("read {file}"))?;
     let f: LabFile = serde_yaml::from_str(&text).with_context(|| {
-        format!("{file}: not a lab file (keys: nodes, backend, underlay, clusterCIDR, serviceCIDR)")
+        format!("{file}: not a lab file (keys: nodes, backend, underlay, clusterCIDR, serviceCIDR, loadBalancerCIDR)")
     })?;
     let cidr = |field: &str, v: &str| -> Result<ipnet::Ipv4Net> {
         v.parse()
@@ -154,6 +158,9 @@ fn read_spec(file: &str, mut spec: LabSpec) -> Result<LabSpec> {
     }
     if let Some(s) = f.service_cidr {
         spec.service_cidr = cidr("serviceCIDR", &s)?;
+    }
+    if let Some(l) = f.load_balancer_cidr {
+        spec.load_balancer_cidr = cidr("loadBalancerCIDR", &l)?;
     }
     Ok(spec)
 }

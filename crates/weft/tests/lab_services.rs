@@ -2,7 +2,9 @@
 //! over pods on both nodes without NAT for pod clients, UDP too; a Service without
 //! endpoints refuses at once; a pod reaches itself through its Service; a NodePort with
 //! `externalTrafficPolicy: Local` answers the external host from the node's own pod and
-//! keeps the client's address; removing a pod takes it out of the Service.
+//! keeps the client's address, and so does a LoadBalancer address routed to both nodes,
+//! whose health check ports report local endpoints; removing a pod takes it out of the
+//! Service.
 
 mod lab_support;
 
@@ -40,6 +42,15 @@ spec:
 ---
 apiVersion: v1
 kind: Service
+metadata: {name: web-lb}
+spec:
+  type: LoadBalancer
+  externalTrafficPolicy: Local
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
 metadata: {name: lonely}
 spec:
   selector: {app: nobody}
@@ -53,10 +64,14 @@ spec:
   ports: [{port: 80, targetPort: 8080}]
 "#;
 
-fn cluster_ip(lab: &Lab, svc: &str) -> String {
-    let out = lab.kubectl(&["get", "service", svc, "-o", "jsonpath={.spec.clusterIP}"]);
+fn jsonpath(lab: &Lab, svc: &str, path: &str) -> String {
+    let out = lab.kubectl(&["get", "service", svc, "-o", &format!("jsonpath={path}")]);
     assert!(out.status.success(), "get service {svc}: {}", text(&out));
     String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn cluster_ip(lab: &Lab, svc: &str) -> String {
+    jsonpath(lab, svc, "{.spec.clusterIP}")
 }
 
 /// Probes from `pod` until every pod in `want` has answered (or the time is up); returns
@@ -166,6 +181,25 @@ fn services_in_a_two_node_lab() {
             "{out}"
         );
         assert_eq!(client_ip(&out), "192.168.1.254", "source kept: {out}");
+    }
+
+    // LoadBalancer, Local policy: an address from the lab's pool, routed by the external
+    // host to both nodes; each answers with its own pod, the source kept; each node's
+    // health check port says it has one local endpoint.
+    let lb = jsonpath(&lab, "web-lb", "{.status.loadBalancer.ingress[0].ip}");
+    assert!(lb.starts_with("192.168.2."), "LoadBalancer address: {lb:?}");
+    let hc = jsonpath(&lab, "web-lb", "{.spec.healthCheckNodePort}");
+    for _ in 0..6 {
+        let (ok, out) = probe_from_external(&lab, &["tcp", &format!("{lb}:80")]);
+        assert!(ok, "load balancer {lb}: {out}");
+        assert_eq!(client_ip(&out), "192.168.1.254", "source kept: {out}");
+    }
+    for node_ip in ["192.168.1.2", "192.168.1.3"] {
+        let (ok, out) = probe_from_external(&lab, &["http", &format!("http://{node_ip}:{hc}/")]);
+        assert!(
+            ok && out.contains("status=200"),
+            "health check on {node_ip}: {out}"
+        );
     }
 
     // web-2 goes: the Service sends everything to web-1, and node-2's node port (Local,

@@ -6,6 +6,7 @@
 //! the reflector caches; a pass does only what differs from the last one.
 
 mod cniconf;
+mod health;
 mod masq;
 mod node;
 mod pods;

@@ -17,6 +17,7 @@ use super::AgentConfig;
 pub struct ServiceSync {
     proxier: Proxier,
     node: NodeContext,
+    health: super::health::HealthServers,
     /// Set by the Service and EndpointSlice watches.
     pub dirty: Arc<AtomicBool>,
 }
@@ -40,6 +41,7 @@ impl ServiceSync {
                 cluster_cidr,
             },
             dirty: Arc::new(AtomicBool::new(true)),
+            health: Default::default(),
         })
     }
 
@@ -59,6 +61,12 @@ impl ServiceSync {
             }
         }
         let endpoints = Endpoints::from_slices(slices.iter().map(|s| &**s));
+        let svcs: Vec<&Service> = services.iter().map(|s| &**s).collect();
+        self.health.sync(weft_proxy::health::checks(
+            &svcs,
+            &endpoints,
+            &self.node.node_name,
+        ));
         let desired = weft_proxy::desired(&ports, &endpoints, &self.node);
         match self.proxier.sync(&desired) {
             Ok(sum) if !sum.is_empty() => tracing::info!(

@@ -1,0 +1,104 @@
+//! `healthCheckNodePort`: for a LoadBalancer Service with `externalTrafficPolicy: Local`,
+//! each node answers HTTP on that port, 200 while it has a local endpoint and 503 while
+//! it has none, so the load balancer only sends to nodes that will not drop the traffic.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Service;
+
+use crate::endpoint::{usable, Endpoints};
+use crate::service;
+
+/// What one health check port reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    pub namespace: String,
+    pub name: String,
+    pub local_endpoints: usize,
+}
+
+impl Health {
+    pub fn status(&self) -> u16 {
+        if self.local_endpoints > 0 {
+            200
+        } else {
+            503
+        }
+    }
+
+    /// The body kube-proxy answers with, so load balancers' checks read it alike.
+    pub fn body(&self) -> String {
+        format!(
+            "{{\"service\":{{\"namespace\":\"{}\",\"name\":\"{}\"}},\"localEndpoints\":{},\"serviceProxyHealthy\":true}}",
+            self.namespace, self.name, self.local_endpoints
+        )
+    }
+}
+
+/// The health check ports this node serves, with what each reports.
+pub fn checks(services: &[&Service], eps: &Endpoints, node: &str) -> BTreeMap<u16, Health> {
+    let mut out = BTreeMap::new();
+    for svc in services {
+        let Some(spec) = &svc.spec else { continue };
+        let Some(port) = spec
+            .health_check_node_port
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|p| *p != 0)
+        else {
+            continue;
+        };
+        if spec.type_.as_deref() != Some("LoadBalancer")
+            || spec.external_traffic_policy.as_deref() != Some("Local")
+        {
+            continue;
+        }
+        let Ok(ports) = service::ports(svc) else {
+            continue;
+        };
+        // Endpoints are per port; a node counts an endpoint address once.
+        let mut local = std::collections::BTreeSet::new();
+        for sp in &ports {
+            let all = eps.of(sp);
+            for e in usable(all.iter().filter(|e| e.node.as_deref() == Some(node))) {
+                local.insert(e.ip);
+            }
+        }
+        out.insert(
+            port,
+            Health {
+                namespace: svc.metadata.namespace.clone().unwrap_or_default(),
+                name: svc.metadata.name.clone().unwrap_or_default(),
+                local_endpoints: local.len(),
+            },
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use serde_json::json;
+
+    #[test]
+    fn local_endpoints_decide_200_or_503() {
+        let svc: Service = serde_json::from_value(json!({
+            "metadata": {"name": "lb", "namespace": "a"},
+            "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.9", "externalTrafficPolicy": "Local",
+                     "healthCheckNodePort": 32000, "ports": [{"name": "http", "port": 80, "nodePort": 30080}]}
+        }))
+        .unwrap();
+        let slice: EndpointSlice = serde_json::from_value(json!({
+            "metadata": {"name": "lb-1", "namespace": "a", "labels": {"kubernetes.io/service-name": "lb"}},
+            "addressType": "IPv4", "ports": [{"name": "http", "port": 8080}],
+            "endpoints": [{"addresses": ["10.244.1.2"], "nodeName": "node-1"}]
+        }))
+        .unwrap();
+        let eps = Endpoints::from_slices([&slice]);
+        let on1 = checks(&[&svc], &eps, "node-1");
+        assert_eq!(on1[&32000].status(), 200);
+        assert!(on1[&32000].body().contains("\"localEndpoints\":1"));
+        assert_eq!(checks(&[&svc], &eps, "node-2")[&32000].status(), 503);
+    }
+}
