@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! filter-prerouting / filter-output (before DNAT):
+//!     daddr.proto.dport @firewall, daddr.proto.dport.saddr not @firewall-allow  drop
 //!     daddr.proto.dport @no-endpoints reject         (none at all: connection refused)
 //!     daddr.proto.dport @no-local-endpoints drop     (Local policy, none on this node)
 //!     same for node ports, keyed proto.dport, on local addresses
@@ -188,6 +189,17 @@ pub fn desired(ports: &[ServicePort], eps: &Endpoints, node: &NodeContext) -> Ru
     let mut by_port = Dispatch::default();
     let mut cluster_ips = BTreeSet::new();
     let mut hairpin: BTreeSet<Ipv4Addr> = BTreeSet::new();
+    let mut firewall = BTreeSet::new();
+    let mut firewall_allow = Set::new(
+        "firewall-allow",
+        vec![
+            KeyType::Ipv4Addr,
+            KeyType::InetProto,
+            KeyType::InetService,
+            KeyType::Ipv4Addr,
+        ],
+    );
+    firewall_allow.flags.interval = true;
     for sp in ports {
         let all: &[Endpoint] = eps.of(sp);
         hairpin.extend(all.iter().map(|e| e.ip));
@@ -205,6 +217,19 @@ pub fn desired(ports: &[ServicePort], eps: &Endpoints, node: &NodeContext) -> Ru
         for ip in &sp.external_ips {
             let key = vec![Value::Ipv4(*ip), proto.clone(), port.clone()];
             by_addr.add(key, &external, masq_external, sp.affinity);
+        }
+        if !sp.source_ranges.is_empty() {
+            for ip in &sp.load_balancer_ips {
+                let key = vec![Value::Ipv4(*ip), proto.clone(), port.clone()];
+                for r in &sp.source_ranges {
+                    let mut from = key.clone();
+                    from.push(Value::Ipv4(r.network()));
+                    let mut to = key.clone();
+                    to.push(Value::Ipv4(r.broadcast()));
+                    firewall_allow.insert(from, Elem::interval(to));
+                }
+                firewall.insert(key);
+            }
         }
         if let Some(np) = sp.node_port {
             by_port.add(
@@ -234,6 +259,8 @@ pub fn desired(ports: &[ServicePort], eps: &Endpoints, node: &NodeContext) -> Ru
         ));
     }
     t.add_set(set_of("cluster-ips", &ADDR_KEY, &cluster_ips));
+    t.add_set(set_of("firewall", &ADDR_KEY, &firewall));
+    t.add_set(firewall_allow);
     let mut hp = Set::new("hairpin", vec![KeyType::Ipv4Addr, KeyType::Ipv4Addr]);
     for ip in hairpin {
         hp.insert(vec![Value::Ipv4(ip), Value::Ipv4(ip)], Elem::default());
@@ -249,6 +276,21 @@ pub fn desired(ports: &[ServicePort], eps: &Endpoints, node: &NodeContext) -> Ru
             Rule::new(s)
         };
         vec![
+            // loadBalancerSourceRanges: other clients never reach the load balancer IP.
+            Rule::new(vec![
+                lookup(&ADDR_KEY, "firewall"),
+                Stmt::Lookup {
+                    key: vec![
+                        Selector::IpDaddr,
+                        Selector::MetaL4proto,
+                        Selector::ThDport,
+                        Selector::IpSaddr,
+                    ],
+                    set: SetRef::Named("firewall-allow".into()),
+                    negate: true,
+                },
+                Stmt::Verdict(weft_nft::Verdict::Drop),
+            ]),
             Rule::new(vec![
                 lookup(&ADDR_KEY, "no-endpoints"),
                 Stmt::Reject(Reject::PortUnreachable),

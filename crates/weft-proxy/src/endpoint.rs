@@ -159,6 +159,8 @@ mod tests {
             external_local: false,
             internal_local: false,
             affinity: None,
+            load_balancer_ips: vec![],
+            source_ranges: vec![],
         }
     }
 

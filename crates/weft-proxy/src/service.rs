@@ -2,6 +2,8 @@
 //! policies that decide which endpoints each kind of traffic may reach.
 
 use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Service;
@@ -67,6 +69,10 @@ pub struct ServicePort {
     pub internal_local: bool,
     /// `sessionAffinity: ClientIP` and its timeout.
     pub affinity: Option<Duration>,
+    /// LoadBalancer ingress IPs (also in `external_ips`), which `source_ranges` guard.
+    pub load_balancer_ips: Vec<Ipv4Addr>,
+    /// `loadBalancerSourceRanges`: when set, only these clients reach the load balancer IPs.
+    pub source_ranges: Vec<Ipv4Net>,
 }
 
 impl ServicePort {
@@ -129,19 +135,28 @@ pub fn ports(svc: &Service) -> Result<Vec<ServicePort>, Skip> {
         .flatten()
         .filter_map(|ip| ip.parse().ok())
         .collect();
+    let mut load_balancer_ips: Vec<Ipv4Addr> = Vec::new();
     if spec.type_.as_deref() == Some("LoadBalancer") {
         let ingress = svc
             .status
             .as_ref()
             .and_then(|s| s.load_balancer.as_ref())
             .and_then(|lb| lb.ingress.as_ref());
-        external_ips.extend(
+        load_balancer_ips.extend(
             ingress
                 .into_iter()
                 .flatten()
                 .filter_map(|i| i.ip.as_deref()?.parse::<Ipv4Addr>().ok()),
         );
+        external_ips.extend(&load_balancer_ips);
     }
+    // The API server validated the ranges; IPv6 ones do not apply to an IPv4 table.
+    let source_ranges: Vec<Ipv4Net> = spec
+        .load_balancer_source_ranges
+        .iter()
+        .flatten()
+        .filter_map(|r| r.trim().parse::<Ipv4Net>().ok().map(|n| n.trunc()))
+        .collect();
     external_ips.sort();
     external_ips.dedup();
     let node_ports = matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer"));
@@ -179,6 +194,8 @@ pub fn ports(svc: &Service) -> Result<Vec<ServicePort>, Skip> {
                     && (node_ports || !external_ips.is_empty()),
                 internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
                 affinity,
+                load_balancer_ips: load_balancer_ips.clone(),
+                source_ranges: source_ranges.clone(),
             })
         })
         .collect();

@@ -459,3 +459,34 @@ fn a_udp_flow_follows_its_endpoint_when_the_endpoint_leaves() {
     sync(&mut p, EP2);
     assert_eq!(ask(), EP2, "the stale UDP flow was deleted");
 }
+
+#[test]
+fn load_balancer_source_ranges_admit_only_their_clients() {
+    let w = World::new("fw");
+    let mut p = w.proxier();
+    let lb = |ranges: serde_json::Value| -> Service {
+        serde_json::from_value(json!({
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"type": "LoadBalancer", "clusterIP": VIP, "loadBalancerSourceRanges": ranges,
+                     "ports": [{"name": "http", "port": 80, "targetPort": 8080, "nodePort": 30080}]},
+            "status": {"loadBalancer": {"ingress": [{"ip": "192.168.78.10"}]}}
+        }))
+        .unwrap()
+    };
+    let to = "192.168.78.10:80";
+    p.sync(&table(
+        &lb(json!(["10.0.0.0/8", "192.168.77.0/30"])),
+        &[(EP1, "node-1")],
+    ))
+    .expect("sync");
+    fetch(&w.client, to, SHORT).expect("a client inside a range");
+    p.sync(&table(&lb(json!(["10.0.0.0/8"])), &[(EP1, "node-1")]))
+        .expect("sync");
+    let e = fetch(&w.client, to, Duration::from_millis(700)).expect_err("outside every range");
+    assert_eq!(e.kind(), ErrorKind::TimedOut, "{e}");
+    // The ranges guard the load balancer address only, not the node port.
+    fetch(&w.client, &format!("{NODE_IP}:30080"), SHORT).expect("node port");
+    p.sync(&table(&lb(json!([])), &[(EP1, "node-1")]))
+        .expect("sync");
+    fetch(&w.client, to, SHORT).expect("no ranges: everyone");
+}
