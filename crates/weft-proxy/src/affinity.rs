@@ -6,14 +6,15 @@
 //!     daddr.proto.dport @affinity-services
 //!         dnat to saddr.daddr.proto.dport map @affinity      (a remembered client)
 //! affinity-prerouting / affinity-output (filter, just after DNAT), new connections:
-//!     ct original daddr.proto.dport @affinity-tT
+//!     ct original daddr.proto.dport @affinity-<proto>-tT
 //!         update @affinity { saddr.(ct original daddr).proto.(ct original dport)
 //!                            timeout T : daddr.dport }
 //! ```
-//! One `affinity-tT` set and rule per timeout in use. A remembered endpoint that leaves
-//! its Service is forgotten by [`stale`], which the proxier runs after each sync.
+//! One `affinity-<proto>-tT` set and rule per protocol and timeout in use. A remembered
+//! endpoint that leaves its Service is forgotten by [`stale`], which the proxier runs after
+//! each sync.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
 
 use weft_nft::{
@@ -21,56 +22,13 @@ use weft_nft::{
     Policy, Rule, Selector, Set, SetRef, Stmt, Table, Value,
 };
 
+use crate::desired::{Dynamic, ADDR_KEY, PORT_KEY};
+use crate::service::Protocol;
+
 pub const MAP: &str = "affinity";
 
-/// Service keys (addr.proto.port or proto.port) with affinity, by timeout in seconds.
-#[derive(Default)]
-pub struct Affinity {
-    pub by_timeout: BTreeMap<u64, BTreeSet<Vec<Value>>>,
-}
-
-impl Affinity {
-    pub fn add(&mut self, key: Vec<Value>, timeout: Duration) {
-        self.by_timeout
-            .entry(timeout.as_secs().max(1))
-            .or_default()
-            .insert(key);
-    }
-
-    fn all(&self) -> BTreeSet<Vec<Value>> {
-        self.by_timeout.values().flatten().cloned().collect()
-    }
-
-    fn protos(&self, at: usize) -> BTreeSet<Value> {
-        self.by_timeout
-            .values()
-            .flatten()
-            .map(|k| k[at].clone())
-            .collect()
-    }
-}
-
-const REMEMBER_KEY: [Selector; 4] = [
-    Selector::IpSaddr,
-    Selector::CtOriginalIpDaddr,
-    Selector::MetaL4proto,
-    Selector::CtOriginalProtoDst,
-];
-
-fn set_of(name: &str, key: &[KeyType], keys: &BTreeSet<Vec<Value>>) -> Set {
-    let mut s = Set::new(name, key.to_vec());
-    for k in keys {
-        s.insert(k.clone(), weft_nft::Elem::default());
-    }
-    s
-}
-
-/// Adds the affinity map, the guard sets and the recording chains for `by_addr`
-/// (addr.proto.port keys) and `by_port` (node ports, proto.port keys) to `t`, and returns
-/// the lookup rules for the `services` and `nodeports` chains.
-pub fn install(t: &mut Table, by_addr: &Affinity, by_port: &Affinity) -> (Vec<Rule>, Vec<Rule>) {
-    let addr_types = vec![KeyType::Ipv4Addr, KeyType::InetProto, KeyType::InetService];
-    let port_types = vec![KeyType::InetProto, KeyType::InetService];
+/// client . service address . proto . port -> the endpoint's address . port.
+pub fn map() -> Set {
     let mut map = Set::map(
         MAP,
         vec![
@@ -83,54 +41,96 @@ pub fn install(t: &mut Table, by_addr: &Affinity, by_port: &Affinity) -> (Vec<Ru
     );
     map.flags.dynamic = true;
     map.flags.timeout = true;
-    t.add_set(map);
-    t.add_set(set_of("affinity-services", &addr_types, &by_addr.all()));
-    t.add_set(set_of(
-        "nodeport-affinity-services",
-        &port_types,
-        &by_port.all(),
-    ));
+    map
+}
 
+const REMEMBER_KEY: [Selector; 4] = [
+    Selector::IpSaddr,
+    Selector::CtOriginalIpDaddr,
+    Selector::MetaL4proto,
+    Selector::CtOriginalProtoDst,
+];
+
+/// For the `services` (or `nodeports`) chain: remembered clients of each protocol with
+/// affinity in use go to the endpoint they had.
+pub fn lookup_rules<'a>(dynamic: impl Iterator<Item = &'a Dynamic>) -> Vec<Rule> {
+    let protos: BTreeSet<(bool, Protocol)> = dynamic
+        .filter_map(|d| match d {
+            Dynamic::Affinity {
+                nodeport, proto, ..
+            } => Some((*nodeport, *proto)),
+            Dynamic::Endpoints { .. } => None,
+        })
+        .collect();
+    protos
+        .into_iter()
+        .map(|(nodeport, proto)| {
+            let (guard, set) = if nodeport {
+                (&PORT_KEY[..], "nodeport-affinity-services")
+            } else {
+                (&ADDR_KEY[..], "affinity-services")
+            };
+            Rule::new(vec![
+                Stmt::eq(Selector::MetaL4proto, Value::Proto(proto.number())),
+                Stmt::Lookup {
+                    key: guard.to_vec(),
+                    set: SetRef::Named(set.into()),
+                    negate: false,
+                },
+                Stmt::DnatMap {
+                    key: vec![
+                        Selector::IpSaddr,
+                        Selector::IpDaddr,
+                        Selector::MetaL4proto,
+                        Selector::ThDport,
+                    ],
+                    map: SetRef::Named(MAP.into()),
+                },
+            ])
+        })
+        .collect()
+}
+
+/// The chains that remember each new connection's endpoint, while any Service has
+/// affinity: a recording rule per `affinity-<proto>-t<secs>` set.
+pub fn add_recording(t: &mut Table, dynamic: &BTreeSet<Dynamic>) {
     let mut record = Chain::regular("affinity-record");
-    for (prefix, aff, types, guard) in [
-        (
-            "",
-            by_addr,
-            &addr_types,
+    for d in dynamic {
+        let Dynamic::Affinity {
+            nodeport,
+            proto,
+            secs,
+        } = d
+        else {
+            continue;
+        };
+        let guard = if *nodeport {
+            vec![Selector::MetaL4proto, Selector::CtOriginalProtoDst]
+        } else {
             vec![
                 Selector::CtOriginalIpDaddr,
                 Selector::MetaL4proto,
                 Selector::CtOriginalProtoDst,
-            ],
-        ),
-        (
-            "nodeport-",
-            by_port,
-            &port_types,
-            vec![Selector::MetaL4proto, Selector::CtOriginalProtoDst],
-        ),
-    ] {
-        for (secs, keys) in &aff.by_timeout {
-            let set = format!("{prefix}affinity-t{secs}");
-            t.add_set(set_of(&set, types, keys));
-            for proto in aff.protos(types.len() - 2) {
-                record.rules.push(Rule::new(vec![
-                    Stmt::eq(Selector::MetaL4proto, proto),
-                    Stmt::Lookup {
-                        key: guard.clone(),
-                        set: SetRef::Named(set.clone()),
-                        negate: false,
-                    },
-                    Stmt::Dynset {
-                        op: DynsetOp::Update,
-                        key: REMEMBER_KEY.to_vec(),
-                        set: MAP.into(),
-                        timeout: Some(Duration::from_secs(*secs)),
-                        data: vec![Selector::IpDaddr, Selector::ThDport],
-                    },
-                ]));
-            }
-        }
+            ]
+        };
+        record.rules.push(Rule::new(vec![
+            Stmt::eq(Selector::MetaL4proto, Value::Proto(proto.number())),
+            Stmt::Lookup {
+                key: guard,
+                set: SetRef::Named(d.name()),
+                negate: false,
+            },
+            Stmt::Dynset {
+                op: DynsetOp::Update,
+                key: REMEMBER_KEY.to_vec(),
+                set: MAP.into(),
+                timeout: Some(Duration::from_secs(*secs)),
+                data: vec![Selector::IpDaddr, Selector::ThDport],
+            },
+        ]));
+    }
+    if record.rules.is_empty() {
+        return;
     }
     t.add_chain(record);
     for (name, hook) in [
@@ -149,45 +149,6 @@ pub fn install(t: &mut Table, by_addr: &Affinity, by_port: &Affinity) -> (Vec<Ru
             Stmt::jump("affinity-record"),
         ])));
     }
-
-    let lookup_rules = |aff: &Affinity, guard: &[Selector], set: &str, at: usize| {
-        aff.protos(at)
-            .into_iter()
-            .map(|proto| {
-                Rule::new(vec![
-                    Stmt::eq(Selector::MetaL4proto, proto),
-                    Stmt::Lookup {
-                        key: guard.to_vec(),
-                        set: SetRef::Named(set.into()),
-                        negate: false,
-                    },
-                    Stmt::DnatMap {
-                        key: vec![
-                            Selector::IpSaddr,
-                            Selector::IpDaddr,
-                            Selector::MetaL4proto,
-                            Selector::ThDport,
-                        ],
-                        map: SetRef::Named(MAP.into()),
-                    },
-                ])
-            })
-            .collect::<Vec<_>>()
-    };
-    (
-        lookup_rules(
-            by_addr,
-            &[Selector::IpDaddr, Selector::MetaL4proto, Selector::ThDport],
-            "affinity-services",
-            1,
-        ),
-        lookup_rules(
-            by_port,
-            &[Selector::MetaL4proto, Selector::ThDport],
-            "nodeport-affinity-services",
-            0,
-        ),
-    )
 }
 
 /// Remembered elements whose endpoint no longer serves their service (per `backends` and

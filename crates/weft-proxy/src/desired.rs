@@ -11,26 +11,29 @@
 //! services:
 //!     daddr.proto.dport @cluster-ips, saddr outside the cluster CIDR -> mark for masquerade
 //!     daddr.proto.dport @masq -> mark               (external traffic, Cluster policy)
-//!     daddr.proto.dport @endpoints-nK  dnat to daddr.proto.dport.(numgen mod K) map @backends
+//!     remembered clients (sessionAffinity, see affinity.rs)
+//!     daddr.proto.dport @endpoints-tcp-nK  dnat to daddr.proto.dport.(numgen mod K) map @backends
 //!     fib daddr local, not 127/8 -> jump nodeports (the same, keyed proto.dport)
 //! nat-postrouting: marked -> masquerade; saddr.daddr @hairpin -> masquerade
 //! ```
-//! One `endpoints-nK` set (and a rule per protocol) per endpoint count K in use: `numgen
-//! mod K` then picks each endpoint with exactly 1/K, with no chain per service or endpoint.
+//! One `endpoints-<proto>-nK` set and rule per protocol and endpoint count K in use:
+//! `numgen mod K` then picks each endpoint with exactly 1/K, with no chain per service or
+//! endpoint. Which of those sets exist is the table's only moving structure; everything a
+//! Service adds is elements ([`crate::contribution`]).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
-use std::time::Duration;
 
 use ipnet::Ipv4Net;
 use weft_nft::{
-    BaseChain, Chain, ChainType, CmpOp, DataType, Elem, Family, Hook, KeyType, Policy, Reject, Rhs,
-    Rule, Ruleset, Selector, Set, SetRef, Stmt, Table, Value,
+    BaseChain, Chain, ChainType, CmpOp, DataType, Family, Hook, KeyType, Policy, Reject, Rhs, Rule,
+    Ruleset, Selector, Set, SetRef, Stmt, Table, Value, Verdict,
 };
 
-use crate::affinity::{self, Affinity};
-use crate::endpoint::{targets, Endpoint, Endpoints, Targets};
-use crate::service::ServicePort;
+use crate::affinity;
+use crate::contribution::contributions;
+use crate::endpoint::Endpoints;
+use crate::service::{Protocol, ServicePort};
 
 pub const TABLE: &str = "weft-proxy";
 /// The packet mark asking nat-postrouting to masquerade (kube-proxy uses the same bit).
@@ -46,47 +49,82 @@ pub struct NodeContext {
     pub cluster_cidr: Option<Ipv4Net>,
 }
 
-const ADDR_KEY: [Selector; 3] = [Selector::IpDaddr, Selector::MetaL4proto, Selector::ThDport];
-const PORT_KEY: [Selector; 2] = [Selector::MetaL4proto, Selector::ThDport];
+pub const ADDR_KEY: [Selector; 3] = [Selector::IpDaddr, Selector::MetaL4proto, Selector::ThDport];
+pub const PORT_KEY: [Selector; 2] = [Selector::MetaL4proto, Selector::ThDport];
 
-/// Where one kind of traffic to one address (or node port) goes.
-#[derive(Default)]
-struct Dispatch {
-    /// Endpoint count -> keys with that many endpoints.
-    by_count: BTreeMap<usize, BTreeSet<Vec<Value>>>,
-    backends: BTreeMap<Vec<Value>, Elem>,
-    masq: BTreeSet<Vec<Value>>,
-    reject: BTreeSet<Vec<Value>>,
-    drop: BTreeSet<Vec<Value>>,
-    affinity: Affinity,
+/// A set that exists while it has elements, each read by a rule of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Dynamic {
+    /// Service keys of one protocol with `count` endpoints.
+    Endpoints {
+        nodeport: bool,
+        proto: Protocol,
+        count: u32,
+    },
+    /// Service keys of one protocol whose affinity lasts `secs`.
+    Affinity {
+        nodeport: bool,
+        proto: Protocol,
+        secs: u64,
+    },
 }
 
-impl Dispatch {
-    fn add(&mut self, key: Vec<Value>, to: &Targets, masquerade: bool, affinity: Option<Duration>) {
-        match to {
-            Targets::None => {
-                self.reject.insert(key);
+impl Dynamic {
+    pub fn nodeport(&self) -> bool {
+        match self {
+            Dynamic::Endpoints { nodeport, .. } | Dynamic::Affinity { nodeport, .. } => *nodeport,
+        }
+    }
+
+    pub fn name(&self) -> String {
+        let prefix = if self.nodeport() { "nodeport-" } else { "" };
+        match self {
+            Dynamic::Endpoints { proto, count, .. } => {
+                format!("{prefix}endpoints-{}-n{count}", proto.name())
             }
-            Targets::NoneLocal => {
-                self.drop.insert(key);
+            Dynamic::Affinity { proto, secs, .. } => {
+                format!("{prefix}affinity-{}-t{secs}", proto.name())
             }
-            Targets::Some(eps) => {
-                for (slot, ep) in eps.iter().enumerate() {
-                    let mut k = key.clone();
-                    k.push(Value::Integer(slot as u32));
-                    self.backends.insert(
-                        k,
-                        Elem::value(vec![Value::Ipv4(ep.ip), Value::Port(ep.port)]),
-                    );
-                }
-                if masquerade {
-                    self.masq.insert(key.clone());
-                }
-                if let Some(timeout) = affinity {
-                    self.affinity.add(key.clone(), timeout);
-                }
-                self.by_count.entry(eps.len()).or_default().insert(key);
-            }
+        }
+    }
+
+    pub fn key(&self) -> &'static [Selector] {
+        if self.nodeport() {
+            &PORT_KEY
+        } else {
+            &ADDR_KEY
+        }
+    }
+}
+
+/// Which set an element belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SetId {
+    /// A set every table has (see [`fixed_sets`]).
+    Fixed(&'static str),
+    Dynamic(Dynamic),
+}
+
+impl SetId {
+    /// A fixed set of the address family of traffic, or of the node port one.
+    pub fn fixed(nodeport: bool, name: &'static str) -> SetId {
+        if !nodeport {
+            return SetId::Fixed(name);
+        }
+        SetId::Fixed(match name {
+            "no-endpoints" => "nodeport-no-endpoints",
+            "no-local-endpoints" => "nodeport-no-local-endpoints",
+            "backends" => "nodeport-backends",
+            "masq" => "nodeport-masq",
+            "affinity-services" => "nodeport-affinity-services",
+            other => other,
+        })
+    }
+
+    pub fn name(&self) -> String {
+        match self {
+            SetId::Fixed(n) => (*n).to_string(),
+            SetId::Dynamic(d) => d.name(),
         }
     }
 }
@@ -95,15 +133,7 @@ fn key_types(sel: &[Selector]) -> Vec<KeyType> {
     sel.iter().map(|s| s.key_type()).collect()
 }
 
-fn set_of(name: &str, sel: &[Selector], keys: &BTreeSet<Vec<Value>>) -> Set {
-    let mut s = Set::new(name, key_types(sel));
-    for k in keys {
-        s.insert(k.clone(), Elem::default());
-    }
-    s
-}
-
-fn backends_map(name: &str, sel: &[Selector], elems: BTreeMap<Vec<Value>, Elem>) -> Set {
+fn backends_map(name: &str, sel: &[Selector]) -> Set {
     let mut key = sel.to_vec();
     key.push(Selector::NumgenRandom(1));
     let mut m = Set::map(
@@ -113,10 +143,43 @@ fn backends_map(name: &str, sel: &[Selector], elems: BTreeMap<Vec<Value>, Elem>)
     );
     // numgen's integer has no fixed-size nft type: nft needs the key spelled as typeof.
     m.typeof_key = Some(key);
-    for (k, e) in elems {
-        m.insert(k, e);
-    }
     m
+}
+
+/// The sets every table has, empty.
+pub fn fixed_sets() -> Vec<Set> {
+    let mut out = Vec::new();
+    for (prefix, sel) in [("", &ADDR_KEY[..]), ("nodeport-", &PORT_KEY[..])] {
+        for name in [
+            "masq",
+            "no-endpoints",
+            "no-local-endpoints",
+            "affinity-services",
+        ] {
+            out.push(Set::new(format!("{prefix}{name}"), key_types(sel)));
+        }
+        out.push(backends_map(&format!("{prefix}backends"), sel));
+    }
+    for name in ["cluster-ips", "firewall"] {
+        out.push(Set::new(name, key_types(&ADDR_KEY)));
+    }
+    let mut allow = Set::new(
+        "firewall-allow",
+        vec![
+            KeyType::Ipv4Addr,
+            KeyType::InetProto,
+            KeyType::InetService,
+            KeyType::Ipv4Addr,
+        ],
+    );
+    allow.flags.interval = true;
+    out.push(allow);
+    out.push(Set::new(
+        "hairpin",
+        vec![KeyType::Ipv4Addr, KeyType::Ipv4Addr],
+    ));
+    out.push(affinity::map());
+    out
 }
 
 fn lookup(sel: &[Selector], set: &str) -> Stmt {
@@ -157,158 +220,76 @@ fn base(name: &str, kind: ChainType, hook: Hook, priority: i32) -> Chain {
     )
 }
 
-/// The dispatch rules of one traffic class: a DNAT rule per endpoint count and protocol in
-/// use (a port taken from a map needs the protocol known, for nft's sake).
-fn dispatch_rules(d: &Dispatch, sel: &[Selector], prefix: &str, map: &str) -> Vec<Rule> {
-    let proto_at = sel
-        .iter()
-        .position(|s| *s == Selector::MetaL4proto)
-        .expect("dispatch keys carry the protocol");
-    let mut out = Vec::new();
-    for (k, keys) in &d.by_count {
-        let protos: BTreeSet<&Value> = keys.iter().map(|key| &key[proto_at]).collect();
-        for proto in protos {
-            let mut key = sel.to_vec();
-            key.push(Selector::NumgenRandom(*k as u32));
-            out.push(Rule::new(vec![
-                Stmt::eq(Selector::MetaL4proto, proto.clone()),
-                lookup(sel, &format!("{prefix}endpoints-n{k}")),
-                Stmt::DnatMap {
-                    key,
-                    map: SetRef::Named(map.into()),
-                },
-            ]));
-        }
-    }
-    out
+/// A DNAT rule per `endpoints-*` set: the protocol, so the port may come from a map.
+fn dispatch_rules<'a>(dynamic: impl Iterator<Item = &'a Dynamic>, map: &str) -> Vec<Rule> {
+    dynamic
+        .filter_map(|d| match d {
+            Dynamic::Endpoints { proto, count, .. } => {
+                let mut key = d.key().to_vec();
+                key.push(Selector::NumgenRandom(*count));
+                Some(Rule::new(vec![
+                    Stmt::eq(Selector::MetaL4proto, Value::Proto(proto.number())),
+                    lookup(d.key(), &d.name()),
+                    Stmt::DnatMap {
+                        key,
+                        map: SetRef::Named(map.into()),
+                    },
+                ]))
+            }
+            Dynamic::Affinity { .. } => None,
+        })
+        .collect()
 }
 
-/// The `ip weft-proxy` table for these Service ports and endpoints, seen from `node`.
-pub fn desired(ports: &[ServicePort], eps: &Endpoints, node: &NodeContext) -> Ruleset {
-    let mut by_addr = Dispatch::default();
-    let mut by_port = Dispatch::default();
-    let mut cluster_ips = BTreeSet::new();
-    let mut hairpin: BTreeSet<Ipv4Addr> = BTreeSet::new();
-    let mut firewall = BTreeSet::new();
-    let mut firewall_allow = Set::new(
-        "firewall-allow",
-        vec![
-            KeyType::Ipv4Addr,
-            KeyType::InetProto,
-            KeyType::InetService,
-            KeyType::Ipv4Addr,
-        ],
-    );
-    firewall_allow.flags.interval = true;
-    for sp in ports {
-        let all: &[Endpoint] = eps.of(sp);
-        hairpin.extend(all.iter().map(|e| e.ip));
-        let proto = Value::Proto(sp.protocol.number());
-        let port = Value::Port(sp.port);
-        let internal = targets(all, sp.internal_local, &node.node_name);
-        let external = targets(all, sp.external_local, &node.node_name);
-        // Local external policy keeps the client's address: no masquerade.
-        let masq_external = !sp.external_local;
-        if let Some(ip) = sp.cluster_ip {
-            let key = vec![Value::Ipv4(ip), proto.clone(), port.clone()];
-            cluster_ips.insert(key.clone());
-            by_addr.add(key, &internal, false, sp.affinity);
-        }
-        for ip in &sp.external_ips {
-            let key = vec![Value::Ipv4(*ip), proto.clone(), port.clone()];
-            by_addr.add(key, &external, masq_external, sp.affinity);
-        }
-        if !sp.source_ranges.is_empty() {
-            for ip in &sp.load_balancer_ips {
-                let key = vec![Value::Ipv4(*ip), proto.clone(), port.clone()];
-                for r in &sp.source_ranges {
-                    let mut from = key.clone();
-                    from.push(Value::Ipv4(r.network()));
-                    let mut to = key.clone();
-                    to.push(Value::Ipv4(r.broadcast()));
-                    firewall_allow.insert(from, Elem::interval(to));
-                }
-                firewall.insert(key);
-            }
-        }
-        if let Some(np) = sp.node_port {
-            by_port.add(
-                vec![proto.clone(), Value::Port(np)],
-                &external,
-                masq_external,
-                sp.affinity,
-            );
-        }
-    }
-
-    let mut t = Table::new(Family::Ip, TABLE);
-    for (prefix, sel, d) in [
-        ("", &ADDR_KEY[..], &mut by_addr),
-        ("nodeport-", &PORT_KEY[..], &mut by_port),
-    ] {
-        for (k, keys) in &d.by_count {
-            t.add_set(set_of(&format!("{prefix}endpoints-n{k}"), sel, keys));
-        }
-        t.add_set(set_of(&format!("{prefix}masq"), sel, &d.masq));
-        t.add_set(set_of(&format!("{prefix}no-endpoints"), sel, &d.reject));
-        t.add_set(set_of(&format!("{prefix}no-local-endpoints"), sel, &d.drop));
-        t.add_set(backends_map(
-            &format!("{prefix}backends"),
-            sel,
-            std::mem::take(&mut d.backends),
-        ));
-    }
-    t.add_set(set_of("cluster-ips", &ADDR_KEY, &cluster_ips));
-    t.add_set(set_of("firewall", &ADDR_KEY, &firewall));
-    t.add_set(firewall_allow);
-    let mut hp = Set::new("hairpin", vec![KeyType::Ipv4Addr, KeyType::Ipv4Addr]);
-    for ip in hairpin {
-        hp.insert(vec![Value::Ipv4(ip), Value::Ipv4(ip)], Elem::default());
-    }
-    t.add_set(hp);
-
-    // Refused or dropped before DNAT, so a Service without endpoints never times out.
-    let filter_rules = || {
-        let np = |set: &str, verdict: Stmt| {
-            let mut s = local_not_loopback().to_vec();
-            s.push(lookup(&PORT_KEY, set));
-            s.push(verdict);
-            Rule::new(s)
-        };
-        vec![
-            // loadBalancerSourceRanges: other clients never reach the load balancer IP.
-            Rule::new(vec![
-                lookup(&ADDR_KEY, "firewall"),
-                Stmt::Lookup {
-                    key: vec![
-                        Selector::IpDaddr,
-                        Selector::MetaL4proto,
-                        Selector::ThDport,
-                        Selector::IpSaddr,
-                    ],
-                    set: SetRef::Named("firewall-allow".into()),
-                    negate: true,
-                },
-                Stmt::Verdict(weft_nft::Verdict::Drop),
-            ]),
-            Rule::new(vec![
-                lookup(&ADDR_KEY, "no-endpoints"),
-                Stmt::Reject(Reject::PortUnreachable),
-            ]),
-            Rule::new(vec![
-                lookup(&ADDR_KEY, "no-local-endpoints"),
-                Stmt::Verdict(weft_nft::Verdict::Drop),
-            ]),
-            np(
-                "nodeport-no-endpoints",
-                Stmt::Reject(Reject::PortUnreachable),
-            ),
-            np(
-                "nodeport-no-local-endpoints",
-                Stmt::Verdict(weft_nft::Verdict::Drop),
-            ),
-        ]
+fn filter_rules() -> Vec<Rule> {
+    let np = |set: &str, verdict: Stmt| {
+        let mut s = local_not_loopback().to_vec();
+        s.push(lookup(&PORT_KEY, set));
+        s.push(verdict);
+        Rule::new(s)
     };
+    vec![
+        // loadBalancerSourceRanges: other clients never reach the load balancer IP.
+        Rule::new(vec![
+            lookup(&ADDR_KEY, "firewall"),
+            Stmt::Lookup {
+                key: vec![
+                    Selector::IpDaddr,
+                    Selector::MetaL4proto,
+                    Selector::ThDport,
+                    Selector::IpSaddr,
+                ],
+                set: SetRef::Named("firewall-allow".into()),
+                negate: true,
+            },
+            Stmt::Verdict(Verdict::Drop),
+        ]),
+        Rule::new(vec![
+            lookup(&ADDR_KEY, "no-endpoints"),
+            Stmt::Reject(Reject::PortUnreachable),
+        ]),
+        Rule::new(vec![
+            lookup(&ADDR_KEY, "no-local-endpoints"),
+            Stmt::Verdict(Verdict::Drop),
+        ]),
+        np(
+            "nodeport-no-endpoints",
+            Stmt::Reject(Reject::PortUnreachable),
+        ),
+        np("nodeport-no-local-endpoints", Stmt::Verdict(Verdict::Drop)),
+    ]
+}
+
+/// The table's chains and its sets, all empty, for the dynamic sets in use.
+pub fn skeleton(dynamic: &BTreeSet<Dynamic>, node: &NodeContext) -> Table {
+    let mut t = Table::new(Family::Ip, TABLE);
+    for s in fixed_sets() {
+        t.add_set(s);
+    }
+    for d in dynamic {
+        t.add_set(Set::new(d.name(), key_types(d.key())));
+    }
+    // Refused or dropped before DNAT, so a Service without endpoints never times out.
     for (name, hook) in [
         ("filter-prerouting", Hook::Prerouting),
         ("filter-output", Hook::Output),
@@ -326,6 +307,8 @@ pub fn desired(ports: &[ServicePort], eps: &Endpoints, node: &NodeContext) -> Ru
                 .with_rule(Rule::new(vec![Stmt::jump("services")])),
         );
     }
+    let (by_addr, by_port): (Vec<&Dynamic>, Vec<&Dynamic>) =
+        dynamic.iter().partition(|d| !d.nodeport());
 
     let mut services = Chain::regular("services");
     if let Some(cidr) = node.cluster_cidr {
@@ -342,11 +325,12 @@ pub fn desired(ports: &[ServicePort], eps: &Endpoints, node: &NodeContext) -> Ru
     services
         .rules
         .push(Rule::new(vec![lookup(&ADDR_KEY, "masq"), mark_masq()]));
-    let (sticky, nodeport_sticky) = affinity::install(&mut t, &by_addr.affinity, &by_port.affinity);
-    services.rules.extend(sticky);
     services
         .rules
-        .extend(dispatch_rules(&by_addr, &ADDR_KEY, "", "backends"));
+        .extend(affinity::lookup_rules(by_addr.iter().copied()));
+    services
+        .rules
+        .extend(dispatch_rules(by_addr.iter().copied(), "backends"));
     let mut to_nodeports = local_not_loopback().to_vec();
     to_nodeports.push(Stmt::jump("nodeports"));
     services.rules.push(Rule::new(to_nodeports));
@@ -357,14 +341,14 @@ pub fn desired(ports: &[ServicePort], eps: &Endpoints, node: &NodeContext) -> Ru
         lookup(&PORT_KEY, "nodeport-masq"),
         mark_masq(),
     ]));
-    nodeports.rules.extend(nodeport_sticky);
-    nodeports.rules.extend(dispatch_rules(
-        &by_port,
-        &PORT_KEY,
-        "nodeport-",
-        "nodeport-backends",
-    ));
+    nodeports
+        .rules
+        .extend(affinity::lookup_rules(by_port.iter().copied()));
+    nodeports
+        .rules
+        .extend(dispatch_rules(by_port.iter().copied(), "nodeport-backends"));
     t.add_chain(nodeports);
+    affinity::add_recording(&mut t, dynamic);
 
     t.add_chain(
         base("nat-postrouting", ChainType::Nat, Hook::Postrouting, 100)
@@ -388,7 +372,28 @@ pub fn desired(ports: &[ServicePort], eps: &Endpoints, node: &NodeContext) -> Ru
                 Stmt::Masquerade { fully_random: true },
             ])),
     );
+    t
+}
 
+/// The `ip weft-proxy` table for these Service ports and endpoints, seen from `node`.
+pub fn desired(ports: &[ServicePort], eps: &Endpoints, node: &NodeContext) -> Ruleset {
+    let elements: Vec<_> = ports
+        .iter()
+        .flat_map(|sp| contributions(sp, eps, node))
+        .collect();
+    let dynamic: BTreeSet<Dynamic> = elements
+        .iter()
+        .filter_map(|e| match e.set {
+            SetId::Dynamic(d) => Some(d),
+            SetId::Fixed(_) => None,
+        })
+        .collect();
+    let mut t = skeleton(&dynamic, node);
+    for e in elements {
+        if let Some(set) = t.set_mut(&e.set.name()) {
+            set.insert(e.key, e.elem);
+        }
+    }
     let mut rs = Ruleset::default();
     rs.add_table(t);
     rs

@@ -94,7 +94,7 @@ fn each_endpoint_gets_a_slot_of_its_service_key() {
         Value::Proto(6),
         Value::Port(80),
     ];
-    assert_eq!(keys(&rs, "endpoints-n2"), vec![vip(80), external]);
+    assert_eq!(keys(&rs, "endpoints-tcp-n2"), vec![vip(80), external]);
     let b = targets_of(&rs, "backends");
     // The cluster IP and the external IP, two slots each.
     assert_eq!(b.len(), 4);
@@ -135,7 +135,7 @@ fn no_endpoints_is_a_reject_for_every_address_and_the_node_port() {
         .unwrap()
         .sets
         .keys()
-        .any(|s| s.starts_with("endpoints-n")));
+        .any(|s| s.starts_with("endpoints-")));
 }
 
 #[test]
@@ -149,12 +149,12 @@ fn local_external_policy_uses_local_endpoints_keeps_the_source_or_drops() {
         ],
     )];
     let on1 = compile(&[web("NodePort", "Local")], &eps, "node-1");
-    assert_eq!(keys(&on1, "nodeport-endpoints-n1").len(), 1);
+    assert_eq!(keys(&on1, "nodeport-endpoints-tcp-n1").len(), 1);
     assert!(keys(&on1, "nodeport-masq").is_empty());
     // Cluster IP traffic still reaches all three.
-    assert_eq!(keys(&on1, "endpoints-n3"), vec![vip(80)]);
+    assert_eq!(keys(&on1, "endpoints-tcp-n3"), vec![vip(80)]);
     let on2 = compile(&[web("NodePort", "Local")], &eps, "node-2");
-    assert_eq!(keys(&on2, "nodeport-endpoints-n2").len(), 1);
+    assert_eq!(keys(&on2, "nodeport-endpoints-tcp-n2").len(), 1);
     let on3 = compile(&[web("NodePort", "Local")], &eps, "node-3");
     assert_eq!(keys(&on3, "nodeport-no-local-endpoints").len(), 1);
     assert_eq!(
@@ -164,7 +164,7 @@ fn local_external_policy_uses_local_endpoints_keeps_the_source_or_drops() {
     );
     let cluster = compile(&[web("NodePort", "Cluster")], &eps, "node-3");
     assert_eq!(keys(&cluster, "nodeport-masq").len(), 1);
-    assert_eq!(keys(&cluster, "nodeport-endpoints-n3").len(), 1);
+    assert_eq!(keys(&cluster, "nodeport-endpoints-tcp-n3").len(), 1);
 }
 
 #[test]

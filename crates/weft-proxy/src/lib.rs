@@ -14,6 +14,7 @@
 
 pub mod affinity;
 pub mod conntrack;
+pub mod contribution;
 pub mod desired;
 pub mod endpoint;
 pub mod error;
