@@ -19,6 +19,7 @@ pub mod desired;
 pub mod endpoint;
 pub mod error;
 pub mod health;
+pub mod model;
 pub mod proxier;
 pub mod service;
 
