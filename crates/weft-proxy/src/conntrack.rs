@@ -1,32 +1,57 @@
 //! UDP has no connection to end: conntrack keeps a flow's NAT decision for as long as
 //! packets keep coming. Two changes must therefore reach existing flows (kube-proxy does
-//! the same): an endpoint that left stops receiving its clients' flows, and a Service that
-//! gains its first endpoints stops being bypassed by flows that began while it had none.
+//! the same): an endpoint that left a Service stops receiving that Service's flows, and
+//! a Service that gains its first endpoints stops being bypassed by flows that began
+//! while it had none.
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
 use weft_nft::netlink::conntrack::Flow;
-use weft_nft::{ElemData, Family, Key, Ruleset, Value};
+use weft_nft::{Elem, ElemData, Family, Key, Ruleset, Value};
 
-use crate::desired::TABLE;
+use crate::desired::{SetId, TABLE};
+use crate::model::Delta;
 
 const UDP: u8 = 17;
 
-/// What a sync changed for UDP, as the flows to delete.
+/// A service address and port, or a node port (on any local address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Front {
+    Address(Ipv4Addr, u16),
+    NodePort(u16),
+}
+
+impl Front {
+    /// From a dispatch key (addr . proto . port, or proto . port), if it is UDP.
+    fn of_udp(key: &[Value]) -> Option<Front> {
+        match key {
+            [Value::Ipv4(ip), Value::Proto(UDP), Value::Port(p)] => Some(Front::Address(*ip, *p)),
+            [Value::Proto(UDP), Value::Port(p)] => Some(Front::NodePort(*p)),
+            _ => None,
+        }
+    }
+
+    fn matches(&self, f: &Flow) -> bool {
+        match self {
+            Front::Address(ip, p) => f.original.dst == *ip && f.original.dport == *p,
+            Front::NodePort(p) => f.original.dport == *p,
+        }
+    }
+}
+
+/// The UDP flows a sync leaves stale.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Stale {
-    /// Endpoints (address, port) no longer behind any UDP service port.
-    pub endpoints: BTreeSet<(Ipv4Addr, u16)>,
-    /// Service addresses and ports that had no endpoint and now have one.
-    pub served: BTreeSet<(Ipv4Addr, u16)>,
-    /// Node ports that had no endpoint and now have one.
-    pub node_ports: BTreeSet<u16>,
+    /// (service front, endpoint address, endpoint port) pairs that no longer hold.
+    pub gone: BTreeSet<(Front, Ipv4Addr, u16)>,
+    /// Fronts that had no endpoint and now have one.
+    pub served: BTreeSet<Front>,
 }
 
 impl Stale {
     pub fn is_empty(&self) -> bool {
-        self.endpoints.is_empty() && self.served.is_empty() && self.node_ports.is_empty()
+        self.gone.is_empty() && self.served.is_empty()
     }
 
     /// Whether `f` is one of the flows this change leaves stale.
@@ -35,57 +60,90 @@ impl Stale {
             return false;
         }
         let natted = f.reply.src != f.original.dst || f.reply.sport != f.original.dport;
-        self.endpoints.contains(&(f.reply.src, f.reply.sport))
-            || (!natted && self.served.contains(&(f.original.dst, f.original.dport)))
-            || (!natted && self.node_ports.contains(&f.original.dport))
+        self.gone.iter().any(|(front, ip, port)| {
+            front.matches(f) && f.reply.src == *ip && f.reply.sport == *port
+        }) || (!natted && self.served.iter().any(|front| front.matches(f)))
     }
 }
 
-/// UDP (service key, endpoint) pairs of one backends map.
-fn udp_backends(rs: &Ruleset, map: &str) -> BTreeSet<(Vec<Value>, (Ipv4Addr, u16))> {
-    let Some(set) = rs.table(Family::Ip, TABLE).and_then(|t| t.sets.get(map)) else {
-        return BTreeSet::new();
-    };
-    set.elements
-        .iter()
-        .filter_map(|(Key(k), e)| {
-            let (_, service) = k.split_last()?;
-            if !service.contains(&Value::Proto(UDP)) {
-                return None;
-            }
-            match e.data.as_ref()? {
-                ElemData::Value(d) => match d.as_slice() {
-                    [Value::Ipv4(ip), Value::Port(p)] => Some((service.to_vec(), (*ip, *p))),
-                    _ => None,
-                },
-                ElemData::Verdict(_) => None,
-            }
-        })
-        .collect()
+fn is_backends(set: &str) -> bool {
+    set == "backends" || set == "nodeport-backends"
 }
 
-/// The UDP flows that moving the kernel from `prev` to `desired` leaves stale.
-pub fn stale(prev: &Ruleset, desired: &Ruleset) -> Stale {
+fn is_no_endpoints(set: &str) -> bool {
+    set == "no-endpoints" || set == "nodeport-no-endpoints"
+}
+
+/// A backends element as (front, endpoint), if it is UDP.
+fn pair(key: &Key, elem: &Elem) -> Option<(Front, Ipv4Addr, u16)> {
+    let (_, service) = key.0.split_last()?;
+    let front = Front::of_udp(service)?;
+    match &elem.data {
+        Some(ElemData::Value(d)) => match d.as_slice() {
+            [Value::Ipv4(ip), Value::Port(p)] => Some((front, *ip, *p)),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// What a model delta leaves stale.
+pub fn from_delta(d: &Delta) -> Stale {
+    let name = |s: &SetId| s.name();
+    let added: BTreeSet<_> = d
+        .added
+        .iter()
+        .filter(|(s, _, _)| is_backends(&name(s)))
+        .filter_map(|(_, k, e)| pair(k, e))
+        .collect();
     let mut out = Stale::default();
-    for map in ["backends", "nodeport-backends"] {
-        let (old, new) = (udp_backends(prev, map), udp_backends(desired, map));
-        let endpoints = |s: &BTreeSet<(Vec<Value>, (Ipv4Addr, u16))>| -> BTreeSet<(Ipv4Addr, u16)> {
-            s.iter().map(|(_, ep)| *ep).collect()
-        };
-        out.endpoints
-            .extend(endpoints(&old).difference(&endpoints(&new)));
-        let services = |s: &BTreeSet<(Vec<Value>, (Ipv4Addr, u16))>| -> BTreeSet<Vec<Value>> {
-            s.iter().map(|(k, _)| k.clone()).collect()
-        };
-        for key in services(&new).difference(&services(&old)) {
-            match key.as_slice() {
-                [Value::Ipv4(ip), _, Value::Port(p)] => {
-                    out.served.insert((*ip, *p));
+    for (set, key, elem) in &d.removed {
+        let set = name(set);
+        if is_backends(&set) {
+            if let Some(p) = pair(key, elem).filter(|p| !added.contains(p)) {
+                out.gone.insert(p);
+            }
+        } else if is_no_endpoints(&set) {
+            if let Some(front) = Front::of_udp(&key.0) {
+                out.served.insert(front);
+            }
+        }
+    }
+    out
+}
+
+/// What moving the kernel from `prev` to `desired` (whole tables) leaves stale.
+pub fn between(prev: &Ruleset, desired: &Ruleset) -> Stale {
+    let elems = |rs: &Ruleset, set: &str| -> BTreeSet<(Key, Option<(Front, Ipv4Addr, u16)>)> {
+        rs.table(Family::Ip, TABLE)
+            .and_then(|t| t.sets.get(set))
+            .map(|s| {
+                s.elements
+                    .iter()
+                    .map(|(k, e)| (k.clone(), pair(k, e)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut out = Stale::default();
+    for set in ["backends", "nodeport-backends"] {
+        let new: BTreeSet<_> = elems(desired, set)
+            .into_iter()
+            .filter_map(|(_, p)| p)
+            .collect();
+        for (_, p) in elems(prev, set) {
+            if let Some(p) = p.filter(|p| !new.contains(p)) {
+                out.gone.insert(p);
+            }
+        }
+    }
+    for set in ["no-endpoints", "nodeport-no-endpoints"] {
+        let still: BTreeSet<Key> = elems(desired, set).into_iter().map(|(k, _)| k).collect();
+        for (k, _) in elems(prev, set) {
+            if !still.contains(&k) {
+                if let Some(front) = Front::of_udp(&k.0) {
+                    out.served.insert(front);
                 }
-                [_, Value::Port(p)] => {
-                    out.node_ports.insert(*p);
-                }
-                _ => {}
             }
         }
     }

@@ -22,7 +22,9 @@ pub mod health;
 pub mod model;
 pub mod proxier;
 pub mod service;
+mod transaction;
 
 pub use desired::{desired, NodeContext, TABLE};
 pub use error::{Error, Result};
+pub use model::Model;
 pub use proxier::Proxier;

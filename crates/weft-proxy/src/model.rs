@@ -40,7 +40,8 @@ pub struct Model {
 pub struct Delta {
     /// The table's structure (chains, set definitions) before and after, when it changed.
     pub structure: Option<(Table, Table)>,
-    pub removed: Vec<(SetId, Key)>,
+    /// Elements to delete, with what they were (an interval's end, a map's data).
+    pub removed: Vec<(SetId, Key, Elem)>,
     pub added: Vec<(SetId, Key, Elem)>,
 }
 
@@ -212,11 +213,11 @@ impl Model {
                 .and_then(|s| s.elements.get(&Key(key.1.clone())).cloned());
             match (was, now) {
                 (Some(a), Some(b)) if a == b => {}
-                (Some(_), Some(b)) => {
-                    d.removed.push((key.0.clone(), Key(key.1.clone())));
+                (Some(a), Some(b)) => {
+                    d.removed.push((key.0.clone(), Key(key.1.clone()), a));
                     d.added.push((key.0, Key(key.1), b));
                 }
-                (Some(_), None) => d.removed.push((key.0, Key(key.1))),
+                (Some(a), None) => d.removed.push((key.0, Key(key.1), a)),
                 (None, Some(b)) => d.added.push((key.0, Key(key.1), b)),
                 (None, None) => {}
             }

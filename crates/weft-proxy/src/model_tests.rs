@@ -99,7 +99,7 @@ fn apply(shadow: &mut Shadow, d: Delta) {
             shadow.entry(name.clone()).or_default();
         }
     }
-    for (set, key) in d.removed {
+    for (set, key, _) in d.removed {
         if let Some(s) = shadow.get_mut(&set.name()) {
             assert!(
                 s.remove(&key).is_some(),

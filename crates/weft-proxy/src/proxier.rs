@@ -7,7 +7,8 @@ use weft_nft::{Backend, Family, Ruleset};
 
 use crate::desired::TABLE;
 use crate::error::{Error, Result};
-use crate::{affinity, conntrack};
+use crate::model::Model;
+use crate::{affinity, conntrack, transaction};
 
 /// The proxy's table in one network namespace.
 pub struct Proxier {
@@ -17,6 +18,8 @@ pub struct Proxier {
     /// after a failed one: the next sync then reads the kernel's table again (a restarted
     /// agent adopts its predecessor's rules and changes only what differs).
     committed: Option<Ruleset>,
+    /// For [`Proxier::apply`]: the kernel holds what the model held at the last apply.
+    in_sync: bool,
 }
 
 impl Proxier {
@@ -38,6 +41,7 @@ impl Proxier {
             backend,
             netns,
             committed: None,
+            in_sync: false,
         })
     }
 
@@ -54,17 +58,69 @@ impl Proxier {
             Some(prev) => prev,
             None => self.backend.adopt(desired).map_err(self.nft())?,
         };
+        let sum = self.diff_and_send(&prev, desired)?;
+        self.committed = Some(desired.clone());
+        Ok(sum)
+    }
+
+    /// Sends what `model` changed since the last call, as one transaction whose size
+    /// follows the change, not the table. The first call, and the first after a failure,
+    /// syncs the whole table instead, adopting what the kernel holds.
+    pub fn apply(&mut self, model: &mut Model) -> Result<Summary> {
+        if !self.in_sync {
+            model.discard_delta();
+            let desired = model.ruleset();
+            let prev = self.backend.adopt(&desired).map_err(self.nft())?;
+            let sum = self.diff_and_send(&prev, &desired)?;
+            self.in_sync = true;
+            return Ok(sum);
+        }
+        let delta = model.take_delta();
+        if delta.is_empty() {
+            return Ok(Summary::default());
+        }
+        let desired = model.ruleset();
+        let Some(table) = desired.table(Family::Ip, TABLE) else {
+            return Ok(Summary::default());
+        };
+        let mut batch = self.backend.new_batch();
+        let sent = transaction::build(&mut batch, table, &delta)
+            .and_then(|sum| self.backend.send(batch).map(|()| sum));
+        let sum = match sent {
+            Ok(sum) => sum,
+            Err(e) => {
+                self.in_sync = false;
+                return Err(self.nft()(e));
+            }
+        };
+        let backends_changed = delta
+            .removed
+            .iter()
+            .any(|(s, _, _)| s.name().ends_with("backends"));
+        if backends_changed && uses_affinity(&desired) {
+            self.forget_stale_affinity(&desired)?;
+        }
+        drop(desired);
+        let stale = conntrack::from_delta(&delta);
+        if !stale.is_empty() {
+            self.delete_flows(&stale)?;
+        }
+        Ok(sum)
+    }
+
+    /// The whole-table path: diff `prev` against `desired`, send, then clean up what the
+    /// change left behind in conntrack and in remembered affinities.
+    fn diff_and_send(&mut self, prev: &Ruleset, desired: &Ruleset) -> Result<Summary> {
         let sum = self
             .backend
-            .apply_incremental(&prev, desired)
+            .apply_incremental(prev, desired)
             .map_err(self.nft())?;
-        let moved = backends_moved(&prev, desired);
-        self.committed = Some(desired.clone());
+        let moved = backends_moved(prev, desired);
         if moved && uses_affinity(desired) {
             self.forget_stale_affinity(desired)?;
         }
         if moved {
-            let stale = conntrack::stale(&prev, desired);
+            let stale = conntrack::between(prev, desired);
             if !stale.is_empty() {
                 self.delete_flows(&stale)?;
             }
@@ -135,6 +191,7 @@ impl Proxier {
     /// Removes the proxy's table (nothing else weft or others installed).
     pub fn remove(&mut self) -> Result<()> {
         self.committed = None;
+        self.in_sync = false;
         let present = self
             .backend
             .list_tables()

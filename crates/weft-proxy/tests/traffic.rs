@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::json;
+use weft_proxy::contribution::contributions;
 use weft_proxy::endpoint::Endpoints;
-use weft_proxy::{desired, service, NodeContext, Proxier};
+use weft_proxy::{desired, service, Model, NodeContext, Proxier};
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
@@ -158,6 +159,13 @@ impl World {
     fn proxier(&self) -> Proxier {
         Proxier::open_in(&self.node.path()).expect("proxier")
     }
+
+    fn driver(&self, mode: Mode) -> Driver {
+        match mode {
+            Mode::Full => Driver::Full(self.proxier()),
+            Mode::Incremental => Driver::Incremental(self.proxier(), Model::new(node())),
+        }
+    }
 }
 
 impl Drop for World {
@@ -213,21 +221,95 @@ fn slice(eps: &[(&str, &str)]) -> EndpointSlice {
     .unwrap()
 }
 
-fn table(svc: &Service, eps: &[(&str, &str)]) -> weft_nft::Ruleset {
-    let ports = service::ports(svc).expect("proxied");
-    let node = NodeContext {
+fn node() -> NodeContext {
+    NodeContext {
         node_name: "node-1".into(),
         cluster_cidr: Some("10.244.0.0/16".parse().unwrap()),
-    };
-    desired(&ports, &Endpoints::from_slices([&slice(eps)]), &node)
+    }
 }
+
+/// One Service and its endpoints: what a test wants the node to proxy.
+struct Want {
+    svc: Service,
+    slice: EndpointSlice,
+}
+
+impl Want {
+    fn ruleset(&self) -> weft_nft::Ruleset {
+        let ports = service::ports(&self.svc).expect("proxied");
+        desired(&ports, &Endpoints::from_slices([&self.slice]), &node())
+    }
+}
+
+fn table(svc: &Service, eps: &[(&str, &str)]) -> Want {
+    Want {
+        svc: svc.clone(),
+        slice: slice(eps),
+    }
+}
+
+/// The two ways to drive the kernel: a whole desired table diffed against the last one,
+/// or the model's per-Service delta. Every behaviour below holds for both.
+#[derive(Clone, Copy)]
+enum Mode {
+    Full,
+    Incremental,
+}
+
+enum Driver {
+    Full(Proxier),
+    Incremental(Proxier, Model),
+}
+
+impl Driver {
+    fn sync(&mut self, w: &Want) -> weft_proxy::Result<weft_nft::diff::Summary> {
+        match self {
+            Driver::Full(p) => p.sync(&w.ruleset()),
+            Driver::Incremental(p, model) => {
+                let eps = Endpoints::from_slices([&w.slice]);
+                let elements = service::ports(&w.svc)
+                    .expect("proxied")
+                    .iter()
+                    .flat_map(|sp| contributions(sp, &eps, &node()))
+                    .collect();
+                let id = (
+                    w.svc.metadata.namespace.clone().unwrap_or_default(),
+                    w.svc.metadata.name.clone().unwrap_or_default(),
+                );
+                model.set_service(id, elements);
+                p.apply(model)
+            }
+        }
+    }
+}
+
+/// Runs a test body once per mode.
+macro_rules! both_modes {
+    ($($name:ident),*) => {
+        mod full {
+            $(#[test] fn $name() { super::$name(super::Mode::Full) })*
+        }
+        mod incremental {
+            $(#[test] fn $name() { super::$name(super::Mode::Incremental) })*
+        }
+    };
+}
+
+both_modes!(
+    cluster_ip_balances_over_endpoints_and_masquerades_outside_clients,
+    node_port_keeps_the_client_address_only_with_local_policy,
+    no_endpoints_is_refused_at_once,
+    a_pod_reaches_itself_through_its_service,
+    client_ip_affinity_sticks_until_the_endpoint_leaves,
+    a_udp_flow_follows_its_endpoint_when_the_endpoint_leaves,
+    load_balancer_source_ranges_admit_only_their_clients
+);
 
 const SHORT: Duration = Duration::from_secs(2);
 
-#[test]
-fn cluster_ip_balances_over_endpoints_and_masquerades_outside_clients() {
+fn cluster_ip_balances_over_endpoints_and_masquerades_outside_clients(mode: Mode) {
     let w = World::new("cip");
-    let mut p = w.proxier();
+    let mut p = w.driver(mode);
     p.sync(&table(
         &web("ClusterIP", "Cluster"),
         &[(EP1, "node-1"), (EP2, "node-2")],
@@ -256,10 +338,9 @@ fn cluster_ip_balances_over_endpoints_and_masquerades_outside_clients() {
     }
 }
 
-#[test]
-fn node_port_keeps_the_client_address_only_with_local_policy() {
+fn node_port_keeps_the_client_address_only_with_local_policy(mode: Mode) {
     let w = World::new("np");
-    let mut p = w.proxier();
+    let mut p = w.driver(mode);
     p.sync(&table(&web("NodePort", "Cluster"), &[(EP1, "node-1")]))
         .expect("sync");
     let (_, peer) = fetch(&w.client, &format!("{NODE_IP}:30080"), SHORT).expect("node port");
@@ -290,10 +371,9 @@ fn node_port_keeps_the_client_address_only_with_local_policy() {
     fetch(&w.client, &format!("{VIP}:80"), SHORT).expect("cluster IP");
 }
 
-#[test]
-fn no_endpoints_is_refused_at_once() {
+fn no_endpoints_is_refused_at_once(mode: Mode) {
     let w = World::new("none");
-    let mut p = w.proxier();
+    let mut p = w.driver(mode);
     p.sync(&table(&web("NodePort", "Cluster"), &[]))
         .expect("sync");
     for to in [format!("{VIP}:80"), format!("{NODE_IP}:30080")] {
@@ -307,10 +387,9 @@ fn no_endpoints_is_refused_at_once() {
     assert_eq!(e.kind(), ErrorKind::ConnectionRefused, "{e}");
 }
 
-#[test]
-fn a_pod_reaches_itself_through_its_service() {
+fn a_pod_reaches_itself_through_its_service(mode: Mode) {
     let w = World::new("hp");
-    let mut p = w.proxier();
+    let mut p = w.driver(mode);
     p.sync(&table(&web("ClusterIP", "Cluster"), &[(EP1, "node-1")]))
         .expect("sync");
     let (ep, peer) = fetch(&w.pod, &format!("{VIP}:80"), SHORT).expect("hairpin");
@@ -329,9 +408,9 @@ fn a_restarted_proxier_adopts_the_table_and_remove_leaves_nothing() {
         &web("NodePort", "Cluster"),
         &[(EP1, "node-1"), (EP2, "node-1")],
     );
-    w.proxier().sync(&t).expect("sync");
+    w.proxier().sync(&t.ruleset()).expect("sync");
     let mut again = w.proxier();
-    let sum = again.sync(&t).expect("sync");
+    let sum = again.sync(&t.ruleset()).expect("sync");
     assert!(sum.is_empty(), "nothing to change after a restart: {sum:?}");
     fetch(&w.client, &format!("{NODE_IP}:30080"), SHORT).expect("node port");
     again.remove().expect("remove");
@@ -350,7 +429,7 @@ fn the_rendered_table_is_what_nft_accepts() {
         &web("LoadBalancer", "Cluster"),
         &[(EP1, "node-1"), (EP2, "node-2")],
     );
-    let text = weft_nft::render::ruleset(&t);
+    let text = weft_nft::render::ruleset(&t.ruleset());
     let mut child = Command::new("ip")
         .args(["netns", "exec", &w.node.0, "nft", "-c", "-f", "-"])
         .stdin(std::process::Stdio::piped())
@@ -371,10 +450,9 @@ fn the_rendered_table_is_what_nft_accepts() {
     );
 }
 
-#[test]
-fn client_ip_affinity_sticks_until_the_endpoint_leaves() {
+fn client_ip_affinity_sticks_until_the_endpoint_leaves(mode: Mode) {
     let w = World::new("aff");
-    let mut p = w.proxier();
+    let mut p = w.driver(mode);
     let both = [(EP1, "node-1"), (EP2, "node-1")];
     p.sync(&table(&sticky("NodePort"), &both)).expect("sync");
     for to in [format!("{VIP}:80"), format!("{NODE_IP}:30080")] {
@@ -403,10 +481,9 @@ fn client_ip_affinity_sticks_until_the_endpoint_leaves() {
     }
 }
 
-#[test]
-fn a_udp_flow_follows_its_endpoint_when_the_endpoint_leaves() {
+fn a_udp_flow_follows_its_endpoint_when_the_endpoint_leaves(mode: Mode) {
     let w = World::new("udp");
-    let mut p = w.proxier();
+    let mut p = w.driver(mode);
     let svc: Service = serde_json::from_value(json!({
         "metadata": {"name": "web", "namespace": "default"},
         "spec": {"clusterIP": VIP, "ports": [{"name": "dns", "port": 53, "targetPort": 8080, "protocol": "UDP"}]}
@@ -422,17 +499,11 @@ fn a_udp_flow_follows_its_endpoint_when_the_endpoint_leaves() {
         }))
         .unwrap()
     };
-    let node = NodeContext {
-        node_name: "node-1".into(),
-        cluster_cidr: Some("10.244.0.0/16".parse().unwrap()),
-    };
-    let ports = service::ports(&svc).expect("proxied");
-    let sync = |p: &mut Proxier, ep: &str| {
-        p.sync(&desired(
-            &ports,
-            &Endpoints::from_slices([&udp_slice(ep)]),
-            &node,
-        ))
+    let sync = |p: &mut Driver, ep: &str| {
+        p.sync(&Want {
+            svc: svc.clone(),
+            slice: udp_slice(ep),
+        })
         .expect("sync")
     };
     sync(&mut p, EP1);
@@ -460,10 +531,9 @@ fn a_udp_flow_follows_its_endpoint_when_the_endpoint_leaves() {
     assert_eq!(ask(), EP2, "the stale UDP flow was deleted");
 }
 
-#[test]
-fn load_balancer_source_ranges_admit_only_their_clients() {
+fn load_balancer_source_ranges_admit_only_their_clients(mode: Mode) {
     let w = World::new("fw");
-    let mut p = w.proxier();
+    let mut p = w.driver(mode);
     let lb = |ranges: serde_json::Value| -> Service {
         serde_json::from_value(json!({
             "metadata": {"name": "web", "namespace": "default"},
