@@ -44,7 +44,7 @@ impl Front {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Stale {
     /// (service front, endpoint address, endpoint port) pairs that no longer hold.
-    pub gone: BTreeSet<(Front, Ipv4Addr, u16)>,
+    pub gone: BTreeSet<Pair>,
     /// Fronts that had no endpoint and now have one.
     pub served: BTreeSet<Front>,
 }
@@ -74,8 +74,11 @@ fn is_no_endpoints(set: &str) -> bool {
     set == "no-endpoints" || set == "nodeport-no-endpoints"
 }
 
+/// A service front and one of its endpoints (address, port).
+type Pair = (Front, Ipv4Addr, u16);
+
 /// A backends element as (front, endpoint), if it is UDP.
-fn pair(key: &Key, elem: &Elem) -> Option<(Front, Ipv4Addr, u16)> {
+fn pair(key: &Key, elem: &Elem) -> Option<Pair> {
     let (_, service) = key.0.split_last()?;
     let front = Front::of_udp(service)?;
     match &elem.data {
@@ -114,7 +117,7 @@ pub fn from_delta(d: &Delta) -> Stale {
 
 /// What moving the kernel from `prev` to `desired` (whole tables) leaves stale.
 pub fn between(prev: &Ruleset, desired: &Ruleset) -> Stale {
-    let elems = |rs: &Ruleset, set: &str| -> BTreeSet<(Key, Option<(Front, Ipv4Addr, u16)>)> {
+    let elems = |rs: &Ruleset, set: &str| -> BTreeSet<(Key, Option<Pair>)> {
         rs.table(Family::Ip, TABLE)
             .and_then(|t| t.sets.get(set))
             .map(|s| {

@@ -35,44 +35,44 @@ impl Health {
     }
 }
 
-/// The health check ports this node serves, with what each reports.
-pub fn checks(services: &[&Service], eps: &Endpoints, node: &str) -> BTreeMap<u16, Health> {
-    let mut out = BTreeMap::new();
-    for svc in services {
-        let Some(spec) = &svc.spec else { continue };
-        let Some(port) = spec
-            .health_check_node_port
-            .and_then(|p| u16::try_from(p).ok())
-            .filter(|p| *p != 0)
-        else {
-            continue;
-        };
-        if spec.type_.as_deref() != Some("LoadBalancer")
-            || spec.external_traffic_policy.as_deref() != Some("Local")
-        {
-            continue;
-        }
-        let Ok(ports) = service::ports(svc) else {
-            continue;
-        };
-        // Endpoints are per port; a node counts an endpoint address once.
-        let mut local = std::collections::BTreeSet::new();
-        for sp in &ports {
-            let all = eps.of(sp);
-            for e in usable(all.iter().filter(|e| e.node.as_deref() == Some(node))) {
-                local.insert(e.ip);
-            }
-        }
-        out.insert(
-            port,
-            Health {
-                namespace: svc.metadata.namespace.clone().unwrap_or_default(),
-                name: svc.metadata.name.clone().unwrap_or_default(),
-                local_endpoints: local.len(),
-            },
-        );
+/// The health check port `svc` needs on this node, with what it reports; `None` for
+/// Services without one. `eps` must hold the Service's endpoints.
+pub fn check(svc: &Service, eps: &Endpoints, node: &str) -> Option<(u16, Health)> {
+    let spec = svc.spec.as_ref()?;
+    let port = spec
+        .health_check_node_port
+        .and_then(|p| u16::try_from(p).ok())
+        .filter(|p| *p != 0)?;
+    if spec.type_.as_deref() != Some("LoadBalancer")
+        || spec.external_traffic_policy.as_deref() != Some("Local")
+    {
+        return None;
     }
-    out
+    let ports = service::ports(svc).ok()?;
+    // Endpoints are per port; a node counts an endpoint address once.
+    let mut local = std::collections::BTreeSet::new();
+    for sp in &ports {
+        let all = eps.of(sp);
+        for e in usable(all.iter().filter(|e| e.node.as_deref() == Some(node))) {
+            local.insert(e.ip);
+        }
+    }
+    Some((
+        port,
+        Health {
+            namespace: svc.metadata.namespace.clone().unwrap_or_default(),
+            name: svc.metadata.name.clone().unwrap_or_default(),
+            local_endpoints: local.len(),
+        },
+    ))
+}
+
+/// [`check`] for every Service.
+pub fn checks(services: &[&Service], eps: &Endpoints, node: &str) -> BTreeMap<u16, Health> {
+    services
+        .iter()
+        .filter_map(|svc| check(svc, eps, node))
+        .collect()
 }
 
 #[cfg(test)]

@@ -163,7 +163,7 @@ impl World {
     fn driver(&self, mode: Mode) -> Driver {
         match mode {
             Mode::Full => Driver::Full(self.proxier()),
-            Mode::Incremental => Driver::Incremental(self.proxier(), Model::new(node())),
+            Mode::Incremental => Driver::Incremental(self.proxier(), Box::new(Model::new(node()))),
         }
     }
 }
@@ -258,7 +258,7 @@ enum Mode {
 
 enum Driver {
     Full(Proxier),
-    Incremental(Proxier, Model),
+    Incremental(Proxier, Box<Model>),
 }
 
 impl Driver {
