@@ -6,8 +6,9 @@
 //! (KEP-3866: a `service-ips` verdict map, a chain per service and one per endpoint, `numgen`
 //! over a vmap) and, for a change, its partial-sync transaction. Only that `nft -f` is
 //! timed for the peer: kube-proxy's own Go work is left out, in its favour. For weft the
-//! time is everything a sync does: Services and EndpointSlices (k8s-openapi objects)
-//! compiled to the desired table, diffed against the committed one, sent over netlink.
+//! time is everything its agent does after an event: one pass over all Services and
+//! EndpointSlices (k8s-openapi objects) to find what changed, those Services compiled
+//! into the model, and the model's delta sent over netlink as one transaction.
 //!
 //! Three paths per size: a full sync into an empty namespace, adding one Service, and
 //! moving one endpoint of an existing Service. Medians over the runs, the ratio peer/weft.
@@ -23,8 +24,8 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::json;
-use weft_proxy::endpoint::Endpoints;
-use weft_proxy::{desired, service, NodeContext, Proxier};
+use weft_proxy::controller::Controller;
+use weft_proxy::{Model, NodeContext, Proxier};
 
 const ENDPOINTS: usize = 5;
 
@@ -83,9 +84,18 @@ fn endpoint_ip(i: usize, j: usize, generation: usize) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 0)) + n % (1 << 22))
 }
 
+static VERSION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// A fresh resourceVersion, as the API server stamps every write.
+fn rv() -> String {
+    VERSION
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        .to_string()
+}
+
 fn k8s_service(i: usize) -> Service {
     serde_json::from_value(json!({
-        "metadata": {"name": format!("svc-{i}"), "namespace": "bench"},
+        "metadata": {"name": format!("svc-{i}"), "namespace": "bench", "resourceVersion": rv()},
         "spec": {"clusterIP": service_ip(i).to_string(),
                  "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
     }))
@@ -97,7 +107,7 @@ fn k8s_slice(i: usize, generation: &[usize]) -> EndpointSlice {
         .map(|j| json!({"addresses": [endpoint_ip(i, j, generation[j]).to_string()], "nodeName": "node-1"}))
         .collect();
     serde_json::from_value(json!({
-        "metadata": {"name": format!("svc-{i}-1"), "namespace": "bench",
+        "metadata": {"name": format!("svc-{i}-1"), "namespace": "bench", "resourceVersion": rv(),
                      "labels": {"kubernetes.io/service-name": format!("svc-{i}")}},
         "addressType": "IPv4",
         "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
@@ -119,16 +129,23 @@ impl Cluster {
         }
     }
 
-    /// What one weft sync does: compile everything, then diff and send.
-    fn sync(&self, p: &mut Proxier, node: &NodeContext) -> Duration {
+    /// What one pass of weft's agent does after a Service or EndpointSlice event: find
+    /// what changed (one pass over both lists), recompile those Services, send the delta.
+    fn sync(&self, c: &mut Controller, p: &mut Proxier) -> Duration {
         let t0 = Instant::now();
-        let ports: Vec<_> = self
-            .services
-            .iter()
-            .flat_map(|s| service::ports(s).unwrap_or_default())
-            .collect();
-        let want = desired(&ports, &Endpoints::from_slices(&self.slices), node);
-        p.sync(&want).expect("weft sync");
+        c.update(&self.services, &self.slices);
+        let t1 = t0.elapsed();
+        p.apply(&mut c.model).expect("weft sync");
+        if std::env::var_os("WEFT_BENCH_SPLIT").is_some() {
+            let t2 = Instant::now();
+            c.update(&self.services, &self.slices);
+            eprintln!(
+                "update {:?} apply {:?} idle update {:?}",
+                t1,
+                t0.elapsed() - t1,
+                t2.elapsed()
+            );
+        }
         t0.elapsed()
     }
 }
@@ -257,14 +274,16 @@ fn main() {
         for _ in 0..runs.min(3) {
             let ns = Netns::new("full");
             let mut p = Proxier::open_in(&ns.path()).expect("proxier");
-            wf.push(cluster.sync(&mut p, &node));
+            let mut c = Controller::new(Model::new(node.clone()));
+            wf.push(cluster.sync(&mut c, &mut p));
             let ns = Netns::new("kp");
             kf.push(ns.nft(&kube_proxy_full(n)));
         }
         // Incremental paths on one namespace each, as a running proxy sees them.
         let weft_ns = Netns::new("w");
         let mut p = Proxier::open_in(&weft_ns.path()).expect("proxier");
-        cluster.sync(&mut p, &node);
+        let mut c = Controller::new(Model::new(node.clone()));
+        cluster.sync(&mut c, &mut p);
         let kp_ns = Netns::new("k");
         kp_ns.nft(&kube_proxy_full(n));
         let (mut wa, mut ka, mut wm, mut km) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -274,7 +293,7 @@ fn main() {
             let i = n + r;
             cluster.services.push(k8s_service(i));
             cluster.slices.push(k8s_slice(i, &[0; ENDPOINTS]));
-            wa.push(cluster.sync(&mut p, &node));
+            wa.push(cluster.sync(&mut c, &mut p));
             let mut s = String::new();
             kube_proxy_service(i, &[0; ENDPOINTS], &mut s);
             ka.push(kp_ns.nft(&s));
@@ -282,7 +301,7 @@ fn main() {
             let (k, j) = (n / 2, r % ENDPOINTS);
             gens[j] += 1;
             cluster.slices[k] = k8s_slice(k, &gens);
-            wm.push(cluster.sync(&mut p, &node));
+            wm.push(cluster.sync(&mut c, &mut p));
             km.push(kp_ns.nft(&kube_proxy_move(k, j, &gens)));
         }
         let row = |w: Vec<Duration>, k: Vec<Duration>| {

@@ -15,6 +15,7 @@
 pub mod affinity;
 pub mod conntrack;
 pub mod contribution;
+pub mod controller;
 pub mod desired;
 pub mod endpoint;
 pub mod error;

@@ -3,35 +3,23 @@
 //! whose object or slices changed are compiled again, and the kernel receives only what
 //! they changed (weft_proxy::Model).
 
-use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use weft_proxy::contribution::contributions;
-use weft_proxy::endpoint::{Endpoints, SERVICE_NAME_LABEL};
-use weft_proxy::health::{self, Health};
-use weft_proxy::model::ServiceId;
-use weft_proxy::{service, Model, NodeContext, Proxier};
+use weft_proxy::controller::Controller;
+use weft_proxy::{Model, NodeContext, Proxier};
 
 use super::AgentConfig;
 
-/// What a Service's compiled elements depend on: its object and its slices, by version.
-type Fingerprint = (String, Vec<String>);
-
 pub struct ServiceSync {
     proxier: Proxier,
-    model: Model,
-    compiled: HashMap<ServiceId, Fingerprint>,
+    controller: Controller,
     health: super::health::HealthServers,
     /// Set by the Service and EndpointSlice watches.
     pub dirty: Arc<AtomicBool>,
-}
-
-fn version(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
-    meta.resource_version.clone().unwrap_or_default()
 }
 
 impl ServiceSync {
@@ -48,11 +36,10 @@ impl ServiceSync {
         };
         Ok(ServiceSync {
             proxier: Proxier::open()?,
-            model: Model::new(NodeContext {
+            controller: Controller::new(Model::new(NodeContext {
                 node_name: cfg.node_name.clone(),
                 cluster_cidr,
-            }),
-            compiled: HashMap::new(),
+            })),
             health: Default::default(),
             dirty: Arc::new(AtomicBool::new(true)),
         })
@@ -62,72 +49,15 @@ impl ServiceSync {
         if !self.dirty.swap(false, Ordering::SeqCst) {
             return;
         }
-        let mut by_service: HashMap<ServiceId, Vec<&EndpointSlice>> = HashMap::new();
-        for s in slices {
-            let Some(name) = s
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(SERVICE_NAME_LABEL))
-            else {
-                continue;
-            };
-            let ns = s.metadata.namespace.clone().unwrap_or_default();
-            by_service.entry((ns, name.clone())).or_default().push(s);
-        }
-        let node = self.model.node().node_name.clone();
-        let mut seen: HashMap<ServiceId, ()> = HashMap::with_capacity(services.len());
-        let mut checks: BTreeMap<u16, Health> = BTreeMap::new();
-        let mut recompiled = 0usize;
-        for svc in services {
-            let id: ServiceId = (
-                svc.metadata.namespace.clone().unwrap_or_default(),
-                svc.metadata.name.clone().unwrap_or_default(),
-            );
-            let mine = by_service.get(&id).map(Vec::as_slice).unwrap_or_default();
-            let mut slice_versions: Vec<String> =
-                mine.iter().map(|s| version(&s.metadata)).collect();
-            slice_versions.sort();
-            let fp = (version(&svc.metadata), slice_versions);
-            let changed = self.compiled.get(&id) != Some(&fp);
-            let is_health_checked = svc
-                .spec
-                .as_ref()
-                .is_some_and(|s| s.health_check_node_port.is_some());
-            if changed || is_health_checked {
-                let eps = Endpoints::from_slices(mine.iter().copied());
-                if let Some((port, h)) = health::check(svc, &eps, &node) {
-                    checks.insert(port, h);
-                }
-                if changed {
-                    let elements = service::ports(svc)
-                        .unwrap_or_default()
-                        .iter()
-                        .flat_map(|sp| contributions(sp, &eps, self.model.node()))
-                        .collect();
-                    self.model.set_service(id.clone(), elements);
-                    self.compiled.insert(id.clone(), fp);
-                    recompiled += 1;
-                }
-            }
-            seen.insert(id, ());
-        }
-        let gone: Vec<ServiceId> = self
-            .compiled
-            .keys()
-            .filter(|id| !seen.contains_key(*id))
-            .cloned()
-            .collect();
-        for id in &gone {
-            self.model.remove_service(id);
-            self.compiled.remove(id);
-        }
-        self.health.sync(checks);
-        match self.proxier.apply(&mut self.model) {
+        let pass = self
+            .controller
+            .update(services.iter().map(|s| &**s), slices.iter().map(|s| &**s));
+        self.health.sync(pass.health);
+        match self.proxier.apply(&mut self.controller.model) {
             Ok(sum) if !sum.is_empty() => tracing::info!(
                 services = services.len(),
-                recompiled,
-                removed = gone.len(),
+                recompiled = pass.recompiled,
+                removed = pass.removed,
                 elements_added = sum.elements_added,
                 elements_deleted = sum.elements_deleted,
                 chains = sum.chains_added + sum.chains_replaced + sum.chains_deleted,
