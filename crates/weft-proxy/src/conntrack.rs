@@ -100,6 +100,25 @@ pub fn from_delta(d: &Delta) -> Stale {
         .filter_map(|(_, k, e)| pair(k, e))
         .collect();
     let mut out = Stale::default();
+    let service_of = |k: &Key| k.0.split_last().map(|(_, s)| s.to_vec());
+    let had_backends: BTreeSet<Vec<Value>> = d
+        .removed
+        .iter()
+        .filter(|(s, _, _)| is_backends(&name(s)))
+        .filter_map(|(_, k, _)| service_of(k))
+        .collect();
+    // A Service front with endpoints now and none before (new, or out of no-endpoints):
+    // flows that began without NAT must not keep bypassing it.
+    for (set, key, _) in &d.added {
+        if !is_backends(&name(set)) || key.0.last() != Some(&Value::Integer(0)) {
+            continue;
+        }
+        if let Some(service) = service_of(key).filter(|s| !had_backends.contains(s)) {
+            if let Some(front) = Front::of_udp(&service) {
+                out.served.insert(front);
+            }
+        }
+    }
     for (set, key, elem) in &d.removed {
         let set = name(set);
         if is_backends(&set) {
@@ -134,11 +153,15 @@ pub fn between(prev: &Ruleset, desired: &Ruleset) -> Stale {
             .into_iter()
             .filter_map(|(_, p)| p)
             .collect();
-        for (_, p) in elems(prev, set) {
+        let old = elems(prev, set);
+        let old_fronts: BTreeSet<Front> = old.iter().filter_map(|(_, p)| p.map(|p| p.0)).collect();
+        for (_, p) in old {
             if let Some(p) = p.filter(|p| !new.contains(p)) {
                 out.gone.insert(p);
             }
         }
+        out.served
+            .extend(new.iter().map(|p| p.0).filter(|f| !old_fronts.contains(f)));
     }
     for set in ["no-endpoints", "nodeport-no-endpoints"] {
         let still: BTreeSet<Key> = elems(desired, set).into_iter().map(|(k, _)| k).collect();

@@ -103,6 +103,7 @@ pub fn contributions(sp: &ServicePort, eps: &Endpoints, node: &NodeContext) -> V
     let masq_external = !sp.external_local;
     if let Some(ip) = sp.cluster_ip {
         out.push(el(SetId::Fixed("cluster-ips"), addr_key(ip)));
+        out.push(el(SetId::Fixed("cluster-ip-addrs"), vec![Value::Ipv4(ip)]));
         Dispatch {
             nodeport: false,
             key: addr_key(ip),

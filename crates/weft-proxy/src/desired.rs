@@ -6,6 +6,8 @@
 //!     daddr.proto.dport @firewall, daddr.proto.dport.saddr not @firewall-allow  drop
 //!     daddr.proto.dport @no-endpoints reject         (none at all: connection refused)
 //!     daddr.proto.dport @no-local-endpoints drop     (Local policy, none on this node)
+//!     daddr @cluster-ip-addrs, daddr.proto.dport not @cluster-ips  reject  (no such port)
+//!     (all for new connections only)
 //!     same for node ports, keyed proto.dport, on local addresses
 //! nat-prerouting / nat-output: jump services
 //! services:
@@ -26,8 +28,8 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use weft_nft::{
-    BaseChain, Chain, ChainType, CmpOp, DataType, Family, Hook, KeyType, Policy, Reject, Rhs, Rule,
-    Ruleset, Selector, Set, SetRef, Stmt, Table, Value, Verdict,
+    BaseChain, Chain, ChainType, CmpOp, CtStates, DataType, Family, Hook, KeyType, Policy, Reject,
+    Rhs, Rule, Ruleset, Selector, Set, SetRef, Stmt, Table, Value, Verdict,
 };
 
 use crate::affinity;
@@ -163,6 +165,7 @@ pub fn fixed_sets() -> Vec<Set> {
     for name in ["cluster-ips", "firewall"] {
         out.push(Set::new(name, key_types(&ADDR_KEY)));
     }
+    out.push(Set::new("cluster-ip-addrs", vec![KeyType::Ipv4Addr]));
     let mut allow = Set::new(
         "firewall-allow",
         vec![
@@ -241,9 +244,13 @@ fn dispatch_rules<'a>(dynamic: impl Iterator<Item = &'a Dynamic>, map: &str) -> 
         .collect()
 }
 
+/// Checked for new connections only: an established flow outlives its Service losing
+/// endpoints for a moment (a failed readiness probe), as with kube-proxy.
 fn filter_rules() -> Vec<Rule> {
+    let new = || Stmt::CtState(CtStates::NEW);
     let np = |set: &str, verdict: Stmt| {
-        let mut s = local_not_loopback().to_vec();
+        let mut s = vec![new()];
+        s.extend(local_not_loopback());
         s.push(lookup(&PORT_KEY, set));
         s.push(verdict);
         Rule::new(s)
@@ -251,6 +258,7 @@ fn filter_rules() -> Vec<Rule> {
     vec![
         // loadBalancerSourceRanges: other clients never reach the load balancer IP.
         Rule::new(vec![
+            new(),
             lookup(&ADDR_KEY, "firewall"),
             Stmt::Lookup {
                 key: vec![
@@ -265,12 +273,25 @@ fn filter_rules() -> Vec<Rule> {
             Stmt::Verdict(Verdict::Drop),
         ]),
         Rule::new(vec![
+            new(),
             lookup(&ADDR_KEY, "no-endpoints"),
             Stmt::Reject(Reject::PortUnreachable),
         ]),
         Rule::new(vec![
+            new(),
             lookup(&ADDR_KEY, "no-local-endpoints"),
             Stmt::Verdict(Verdict::Drop),
+        ]),
+        // A cluster IP on a port no Service has: refused, not sent down the default route.
+        Rule::new(vec![
+            new(),
+            lookup(&[Selector::IpDaddr], "cluster-ip-addrs"),
+            Stmt::Lookup {
+                key: ADDR_KEY.to_vec(),
+                set: SetRef::Named("cluster-ips".into()),
+                negate: true,
+            },
+            Stmt::Reject(Reject::PortUnreachable),
         ]),
         np(
             "nodeport-no-endpoints",

@@ -80,7 +80,10 @@ impl Endpoints {
             }
         }
         for list in by_port.values_mut() {
-            list.sort();
+            // Ready (then serving) copies first, so dedup keeps the best of duplicates.
+            list.sort_by(|a, b| {
+                (a.ip, a.port, !a.ready, !a.serving).cmp(&(b.ip, b.port, !b.ready, !b.serving))
+            });
             // Two slices may list one address while a pod moves between them.
             list.dedup_by(|a, b| a.ip == b.ip && a.port == b.port);
         }

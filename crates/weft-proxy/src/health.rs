@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Service;
 
-use crate::endpoint::{usable, Endpoints};
+use crate::endpoint::Endpoints;
 use crate::service;
 
 /// What one health check port reports.
@@ -53,7 +53,12 @@ pub fn check(svc: &Service, eps: &Endpoints, node: &str) -> Option<(u16, Health)
     let mut local = std::collections::BTreeSet::new();
     for sp in &ports {
         let all = eps.of(sp);
-        for e in usable(all.iter().filter(|e| e.node.as_deref() == Some(node))) {
+        // Ready ones only: a node whose pods are all terminating answers 503, so the
+        // load balancer drains it.
+        for e in all
+            .iter()
+            .filter(|e| e.ready && e.node.as_deref() == Some(node))
+        {
             local.insert(e.ip);
         }
     }
@@ -92,13 +97,16 @@ mod tests {
         let slice: EndpointSlice = serde_json::from_value(json!({
             "metadata": {"name": "lb-1", "namespace": "a", "labels": {"kubernetes.io/service-name": "lb"}},
             "addressType": "IPv4", "ports": [{"name": "http", "port": 8080}],
-            "endpoints": [{"addresses": ["10.244.1.2"], "nodeName": "node-1"}]
+            "endpoints": [{"addresses": ["10.244.1.2"], "nodeName": "node-1"},
+                          {"addresses": ["10.244.2.2"], "nodeName": "node-2",
+                           "conditions": {"ready": false, "serving": true, "terminating": true}}]
         }))
         .unwrap();
         let eps = Endpoints::from_slices([&slice]);
         let on1 = checks(&[&svc], &eps, "node-1");
         assert_eq!(on1[&32000].status(), 200);
         assert!(on1[&32000].body().contains("\"localEndpoints\":1"));
+        // node-2's only pod is terminating: it drains.
         assert_eq!(checks(&[&svc], &eps, "node-2")[&32000].status(), 503);
     }
 }

@@ -93,17 +93,25 @@ impl Proxier {
                 return Err(self.nft()(e));
             }
         };
+        // Whether or not a Service still has affinity: a remembered endpoint that left
+        // must go before the Service (or a new one) sends clients through the map again.
         let backends_changed = delta
             .removed
             .iter()
             .any(|(s, _, _)| s.name().ends_with("backends"));
-        if backends_changed && uses_affinity(&desired) {
-            self.forget_stale_affinity(&desired)?;
+        // The table is committed: what follows is cleanup, so a failure is reported and
+        // does not undo the sync.
+        if backends_changed {
+            if let Err(e) = self.forget_stale_affinity(&desired) {
+                tracing::warn!("forgetting stale session affinity: {e}");
+            }
         }
         drop(desired);
         let stale = conntrack::from_delta(&delta);
         if !stale.is_empty() {
-            self.delete_flows(&stale)?;
+            if let Err(e) = self.delete_flows(&stale) {
+                tracing::warn!("removing stale UDP conntrack entries: {e}");
+            }
         }
         Ok(sum)
     }
@@ -115,14 +123,15 @@ impl Proxier {
             .backend
             .apply_incremental(prev, desired)
             .map_err(self.nft())?;
-        let moved = backends_moved(prev, desired);
-        if moved && uses_affinity(desired) {
-            self.forget_stale_affinity(desired)?;
-        }
-        if moved {
+        if backends_moved(prev, desired) {
+            if let Err(e) = self.forget_stale_affinity(desired) {
+                tracing::warn!("forgetting stale session affinity: {e}");
+            }
             let stale = conntrack::between(prev, desired);
             if !stale.is_empty() {
-                self.delete_flows(&stale)?;
+                if let Err(e) = self.delete_flows(&stale) {
+                    tracing::warn!("removing stale UDP conntrack entries: {e}");
+                }
             }
         }
         Ok(sum)
@@ -220,12 +229,4 @@ fn backends_moved(prev: &Ruleset, desired: &Ruleset) -> bool {
         })
     };
     sets(prev) != sets(desired)
-}
-
-fn uses_affinity(rs: &Ruleset) -> bool {
-    rs.table(Family::Ip, TABLE).is_some_and(|t| {
-        ["affinity-services", "nodeport-affinity-services"]
-            .iter()
-            .any(|s| t.sets.get(*s).is_some_and(|s| !s.elements.is_empty()))
-    })
 }

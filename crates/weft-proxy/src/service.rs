@@ -130,11 +130,15 @@ pub fn ports(svc: &Service) -> Result<Vec<ServicePort>, Skip> {
     if spec.type_.as_deref() == Some("ExternalName") {
         return Err(Skip::ExternalName);
     }
-    let cluster_ip = match spec.cluster_ip.as_deref() {
-        Some("None") => return Err(Skip::Headless),
-        Some(ip) => ip.parse::<Ipv4Addr>().ok(),
-        None => None,
-    };
+    if spec.cluster_ip.as_deref() == Some("None") {
+        return Err(Skip::Headless);
+    }
+    // Dual-stack Services list both families in clusterIPs, in either order.
+    let cluster_ip = spec
+        .cluster_ip
+        .iter()
+        .chain(spec.cluster_ips.iter().flatten())
+        .find_map(|ip| ip.parse::<Ipv4Addr>().ok());
     let Some(cluster_ip) = cluster_ip else {
         return Err(Skip::NoClusterIp);
     };
@@ -155,17 +159,23 @@ pub fn ports(svc: &Service) -> Result<Vec<ServicePort>, Skip> {
             ingress
                 .into_iter()
                 .flatten()
+                // ipMode Proxy: the load balancer delivers to the node itself, not to
+                // this address, so kube-proxy leaves it alone and so does weft.
+                .filter(|i| i.ip_mode.as_deref() != Some("Proxy"))
                 .filter_map(|i| i.ip.as_deref()?.parse::<Ipv4Addr>().ok()),
         );
         external_ips.extend(&load_balancer_ips);
     }
     // The API server validated the ranges; IPv6 ones do not apply to an IPv4 table.
-    let source_ranges: Vec<Ipv4Net> = spec
-        .load_balancer_source_ranges
-        .iter()
-        .flatten()
-        .filter_map(|r| r.trim().parse::<Ipv4Net>().ok().map(|n| n.trunc()))
-        .collect();
+    // Merged, because the kernel's interval sets refuse overlapping elements.
+    let source_ranges: Vec<Ipv4Net> = Ipv4Net::aggregate(
+        &spec
+            .load_balancer_source_ranges
+            .iter()
+            .flatten()
+            .filter_map(|r| r.trim().parse::<Ipv4Net>().ok().map(|n| n.trunc()))
+            .collect::<Vec<_>>(),
+    );
     external_ips.sort();
     external_ips.dedup();
     let node_ports = matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer"));
@@ -269,6 +279,24 @@ mod tests {
             ]
         );
         assert_eq!(p[0].affinity, Some(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn dual_stack_takes_the_ipv4_cluster_ip_and_ranges_merge() {
+        let s = svc(json!({
+            "metadata": {"name": "d", "namespace": "a"},
+            "spec": {"type": "LoadBalancer", "clusterIP": "fd00::5", "clusterIPs": ["fd00::5", "10.96.0.5"],
+                     "loadBalancerSourceRanges": ["10.0.0.0/8", "10.1.0.0/16", "fd00::/8"],
+                     "ports": [{"port": 80}]},
+            "status": {"loadBalancer": {"ingress": [{"ip": "192.168.2.1"}, {"ip": "192.168.2.2", "ipMode": "Proxy"}]}}
+        }));
+        let p = ports(&s).expect("proxied");
+        assert_eq!(p[0].cluster_ip, Some(Ipv4Addr::new(10, 96, 0, 5)));
+        assert_eq!(
+            p[0].source_ranges,
+            vec!["10.0.0.0/8".parse::<Ipv4Net>().unwrap()]
+        );
+        assert_eq!(p[0].load_balancer_ips, vec![Ipv4Addr::new(192, 168, 2, 1)]);
     }
 
     #[test]

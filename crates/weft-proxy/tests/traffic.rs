@@ -382,6 +382,14 @@ fn no_endpoints_is_refused_at_once(mode: Mode) {
         assert_eq!(e.kind(), ErrorKind::ConnectionRefused, "{to}: {e}");
         assert!(t0.elapsed() < Duration::from_secs(5));
     }
+    // A cluster IP on a port no Service has is refused too.
+    p.sync(&table(&web("NodePort", "Cluster"), &[(EP1, "node-1")]))
+        .expect("sync");
+    fetch(&w.client, &format!("{VIP}:80"), SHORT).expect("the Service's port");
+    let e = fetch(&w.client, &format!("{VIP}:81"), Duration::from_secs(5)).expect_err("no port 81");
+    assert_eq!(e.kind(), ErrorKind::ConnectionRefused, "{e}");
+    p.sync(&table(&web("NodePort", "Cluster"), &[]))
+        .expect("sync");
     // From the node itself too (the output hook).
     let e = fetch(&w.node, &format!("{VIP}:80"), Duration::from_secs(5)).expect_err("refused");
     assert_eq!(e.kind(), ErrorKind::ConnectionRefused, "{e}");
@@ -544,8 +552,14 @@ fn load_balancer_source_ranges_admit_only_their_clients(mode: Mode) {
         .unwrap()
     };
     let to = "192.168.78.10:80";
+    // Overlapping ranges are merged (the kernel refuses overlapping interval elements).
     p.sync(&table(
-        &lb(json!(["10.0.0.0/8", "192.168.77.0/30"])),
+        &lb(json!([
+            "10.0.0.0/8",
+            "10.1.0.0/16",
+            "192.168.77.0/30",
+            "192.168.77.0/24"
+        ])),
         &[(EP1, "node-1")],
     ))
     .expect("sync");

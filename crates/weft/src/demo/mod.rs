@@ -2,8 +2,11 @@
 //!
 //! Scenario 1: frontend-pod and backend-pod on node-1 talk across the bridge with no NAT.
 //! Scenario 2: backend-pod on node-2: the routes in the pod and on the node, and the
-//! packet crossing the VXLAN overlay. Each step prints what it did and what it saw; the
+//! packet crossing the VXLAN overlay. Step 4: a Service in front of backend-pod, by cluster
+//! IP, node port and load balancer address. Each step prints what it did and what it saw; the
 //! demo exits non-zero if any check fails, and removes its lab in every case.
+
+mod services;
 
 use crate::exec;
 use anyhow::{bail, Context, Result};
@@ -315,6 +318,8 @@ pub fn run() -> Result<()> {
         Some(&fip),
         "UDP crosses as well, without NAT",
     )?;
+
+    services::step(&mut n, &lab, &state, &rt, &client)?;
 
     n.step("Leaving the cluster: a pod reaches the external host from its node's IP (masquerade)");
     let ext = Netns::from_name(&state.topology.external.netns)?;
