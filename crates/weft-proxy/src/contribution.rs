@@ -31,6 +31,8 @@ fn el(set: SetId, key: Vec<Value>) -> Element {
 /// One kind of traffic (to an address, or to a node port) and where it may go.
 struct Dispatch<'a> {
     nodeport: bool,
+    /// The short-circuit for pods: only the endpoints and their set, nothing else.
+    from_pods: bool,
     key: Vec<Value>,
     proto: Protocol,
     to: Targets<'a>,
@@ -45,23 +47,29 @@ impl Dispatch<'_> {
 
     fn push(self, out: &mut Vec<Element>) {
         let eps = match &self.to {
+            Targets::Some(eps) => eps,
+            _ if self.from_pods => return,
             Targets::None => return out.push(el(self.fixed("no-endpoints"), self.key)),
             Targets::NoneLocal => return out.push(el(self.fixed("no-local-endpoints"), self.key)),
-            Targets::Some(eps) => eps,
+        };
+        let backends = if self.from_pods {
+            "from-pods-backends"
+        } else {
+            "backends"
         };
         for (slot, ep) in eps.iter().enumerate() {
             let mut k = self.key.clone();
             k.push(Value::Integer(slot as u32));
             out.push(Element {
-                set: self.fixed("backends"),
+                set: self.fixed(backends),
                 key: k,
                 elem: Elem::value(vec![Value::Ipv4(ep.ip), Value::Port(ep.port)]),
             });
         }
-        if self.masquerade {
+        if self.masquerade && !self.from_pods {
             out.push(el(self.fixed("masq"), self.key.clone()));
         }
-        if let Some(t) = self.affinity {
+        if let (Some(t), false) = (self.affinity, self.from_pods) {
             out.push(el(self.fixed("affinity-services"), self.key.clone()));
             let secs = t.as_secs().max(1);
             out.push(el(
@@ -76,6 +84,7 @@ impl Dispatch<'_> {
         out.push(el(
             SetId::Dynamic(Dynamic::Endpoints {
                 nodeport: self.nodeport,
+                from_pods: self.from_pods,
                 proto: self.proto,
                 count: eps.len() as u32,
             }),
@@ -101,11 +110,28 @@ pub fn contributions(sp: &ServicePort, eps: &Endpoints, node: &NodeContext) -> V
     let external = targets(all, sp.external_local, &node.node_name);
     // Local external policy keeps the client's address: no masquerade.
     let masq_external = !sp.external_local;
+    // Pods reaching a Local-policy external address (or node port) go cluster-wide, as if
+    // to the cluster IP: the policy is about clients from outside.
+    let short_circuit = |key: Vec<Value>, nodeport: bool, out: &mut Vec<Element>| {
+        if sp.external_local {
+            Dispatch {
+                nodeport,
+                from_pods: true,
+                key,
+                proto: sp.protocol,
+                to: targets(all, false, &node.node_name),
+                masquerade: false,
+                affinity: None,
+            }
+            .push(out);
+        }
+    };
     if let Some(ip) = sp.cluster_ip {
         out.push(el(SetId::Fixed("cluster-ips"), addr_key(ip)));
         out.push(el(SetId::Fixed("cluster-ip-addrs"), vec![Value::Ipv4(ip)]));
         Dispatch {
             nodeport: false,
+            from_pods: false,
             key: addr_key(ip),
             proto: sp.protocol,
             to: internal,
@@ -117,6 +143,7 @@ pub fn contributions(sp: &ServicePort, eps: &Endpoints, node: &NodeContext) -> V
     for ip in &sp.external_ips {
         Dispatch {
             nodeport: false,
+            from_pods: false,
             key: addr_key(*ip),
             proto: sp.protocol,
             to: external.clone(),
@@ -124,6 +151,7 @@ pub fn contributions(sp: &ServicePort, eps: &Endpoints, node: &NodeContext) -> V
             affinity: sp.affinity,
         }
         .push(&mut out);
+        short_circuit(addr_key(*ip), false, &mut out);
     }
     if !sp.source_ranges.is_empty() {
         for ip in &sp.load_balancer_ips {
@@ -144,6 +172,7 @@ pub fn contributions(sp: &ServicePort, eps: &Endpoints, node: &NodeContext) -> V
     if let Some(np) = sp.node_port {
         Dispatch {
             nodeport: true,
+            from_pods: false,
             key: vec![proto.clone(), Value::Port(np)],
             proto: sp.protocol,
             to: external,
@@ -151,6 +180,7 @@ pub fn contributions(sp: &ServicePort, eps: &Endpoints, node: &NodeContext) -> V
             affinity: sp.affinity,
         }
         .push(&mut out);
+        short_circuit(vec![proto.clone(), Value::Port(np)], true, &mut out);
     }
     out
 }

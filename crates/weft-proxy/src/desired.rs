@@ -57,9 +57,12 @@ pub const PORT_KEY: [Selector; 2] = [Selector::MetaL4proto, Selector::ThDport];
 /// A set that exists while it has elements, each read by a rule of its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Dynamic {
-    /// Service keys of one protocol with `count` endpoints.
+    /// Service keys of one protocol with `count` endpoints. `from_pods`: the cluster-wide
+    /// endpoints of an external address (or node port) with Local policy, which pods of the
+    /// cluster reach as if it were a cluster IP (kube-proxy's short-circuit).
     Endpoints {
         nodeport: bool,
+        from_pods: bool,
         proto: Protocol,
         count: u32,
     },
@@ -81,13 +84,29 @@ impl Dynamic {
     pub fn name(&self) -> String {
         let prefix = if self.nodeport() { "nodeport-" } else { "" };
         match self {
-            Dynamic::Endpoints { proto, count, .. } => {
-                format!("{prefix}endpoints-{}-n{count}", proto.name())
+            Dynamic::Endpoints {
+                proto,
+                count,
+                from_pods,
+                ..
+            } => {
+                let pods = if *from_pods { "from-pods-" } else { "" };
+                format!("{prefix}{pods}endpoints-{}-n{count}", proto.name())
             }
             Dynamic::Affinity { proto, secs, .. } => {
                 format!("{prefix}affinity-{}-t{secs}", proto.name())
             }
         }
+    }
+
+    pub fn from_pods(&self) -> bool {
+        matches!(
+            self,
+            Dynamic::Endpoints {
+                from_pods: true,
+                ..
+            }
+        )
     }
 
     pub fn key(&self) -> &'static [Selector] {
@@ -117,6 +136,7 @@ impl SetId {
             "no-endpoints" => "nodeport-no-endpoints",
             "no-local-endpoints" => "nodeport-no-local-endpoints",
             "backends" => "nodeport-backends",
+            "from-pods-backends" => "nodeport-from-pods-backends",
             "masq" => "nodeport-masq",
             "affinity-services" => "nodeport-affinity-services",
             other => other,
@@ -161,6 +181,7 @@ pub fn fixed_sets() -> Vec<Set> {
             out.push(Set::new(format!("{prefix}{name}"), key_types(sel)));
         }
         out.push(backends_map(&format!("{prefix}backends"), sel));
+        out.push(backends_map(&format!("{prefix}from-pods-backends"), sel));
     }
     for name in ["cluster-ips", "firewall"] {
         out.push(Set::new(name, key_types(&ADDR_KEY)));
@@ -224,33 +245,58 @@ fn base(name: &str, kind: ChainType, hook: Hook, priority: i32) -> Chain {
 }
 
 /// A DNAT rule per `endpoints-*` set: the protocol, so the port may come from a map.
-fn dispatch_rules<'a>(dynamic: impl Iterator<Item = &'a Dynamic>, map: &str) -> Vec<Rule> {
+/// `from_pods` picks the short-circuit sets (and their map), matched for pod sources only.
+fn dispatch_rules<'a>(
+    dynamic: impl Iterator<Item = &'a Dynamic>,
+    map: &str,
+    from_pods: Option<&Stmt>,
+) -> Vec<Rule> {
     dynamic
+        .filter(|d| d.from_pods() == from_pods.is_some())
         .filter_map(|d| match d {
             Dynamic::Endpoints { proto, count, .. } => {
                 let mut key = d.key().to_vec();
                 key.push(Selector::NumgenRandom(*count));
-                Some(Rule::new(vec![
-                    Stmt::eq(Selector::MetaL4proto, Value::Proto(proto.number())),
-                    lookup(d.key(), &d.name()),
-                    Stmt::DnatMap {
-                        key,
-                        map: SetRef::Named(map.into()),
-                    },
-                ]))
+                let mut stmts = vec![Stmt::eq(
+                    Selector::MetaL4proto,
+                    Value::Proto(proto.number()),
+                )];
+                stmts.extend(from_pods.cloned());
+                stmts.push(lookup(d.key(), &d.name()));
+                stmts.push(Stmt::DnatMap {
+                    key,
+                    map: SetRef::Named(map.into()),
+                });
+                Some(Rule::new(stmts))
             }
             Dynamic::Affinity { .. } => None,
         })
         .collect()
 }
 
+fn from_pods(cidr: Ipv4Net, op: CmpOp) -> Stmt {
+    Stmt::Match {
+        key: Selector::IpSaddr,
+        op,
+        rhs: Rhs::Prefix(Value::Ipv4(cidr.network()), cidr.prefix_len()),
+    }
+}
+
 /// Checked for new connections only: an established flow outlives its Service losing
 /// endpoints for a moment (a failed readiness probe), as with kube-proxy.
-fn filter_rules() -> Vec<Rule> {
+fn filter_rules(node: &NodeContext) -> Vec<Rule> {
     let new = || Stmt::CtState(CtStates::NEW);
-    let np = |set: &str, verdict: Stmt| {
+    // Local policy with no local endpoint drops clients from outside; pods are sent to
+    // the cluster-wide endpoints instead (the services chain's from-pods rules).
+    let not_pods: Vec<Stmt> = node
+        .cluster_cidr
+        .map(|c| from_pods(c, CmpOp::Ne))
+        .into_iter()
+        .collect();
+    let np = |set: &str, verdict: Stmt, extra: &[Stmt]| {
         let mut s = vec![new()];
         s.extend(local_not_loopback());
+        s.extend(extra.iter().cloned());
         s.push(lookup(&PORT_KEY, set));
         s.push(verdict);
         Rule::new(s)
@@ -277,11 +323,16 @@ fn filter_rules() -> Vec<Rule> {
             lookup(&ADDR_KEY, "no-endpoints"),
             Stmt::Reject(Reject::PortUnreachable),
         ]),
-        Rule::new(vec![
-            new(),
-            lookup(&ADDR_KEY, "no-local-endpoints"),
-            Stmt::Verdict(Verdict::Drop),
-        ]),
+        Rule::new(
+            [new()]
+                .into_iter()
+                .chain(not_pods.iter().cloned())
+                .chain([
+                    lookup(&ADDR_KEY, "no-local-endpoints"),
+                    Stmt::Verdict(Verdict::Drop),
+                ])
+                .collect(),
+        ),
         // A cluster IP on a port no Service has: refused, not sent down the default route.
         Rule::new(vec![
             new(),
@@ -296,8 +347,13 @@ fn filter_rules() -> Vec<Rule> {
         np(
             "nodeport-no-endpoints",
             Stmt::Reject(Reject::PortUnreachable),
+            &[],
         ),
-        np("nodeport-no-local-endpoints", Stmt::Verdict(Verdict::Drop)),
+        np(
+            "nodeport-no-local-endpoints",
+            Stmt::Verdict(Verdict::Drop),
+            &not_pods,
+        ),
     ]
 }
 
@@ -316,7 +372,7 @@ pub fn skeleton(dynamic: &BTreeSet<Dynamic>, node: &NodeContext) -> Table {
         ("filter-output", Hook::Output),
     ] {
         let mut c = base(name, ChainType::Filter, hook, -110);
-        c.rules = filter_rules();
+        c.rules = filter_rules(node);
         t.add_chain(c);
     }
     for (name, hook) in [
@@ -346,12 +402,20 @@ pub fn skeleton(dynamic: &BTreeSet<Dynamic>, node: &NodeContext) -> Table {
     services
         .rules
         .push(Rule::new(vec![lookup(&ADDR_KEY, "masq"), mark_masq()]));
+    let pods = node.cluster_cidr.map(|c| from_pods(c, CmpOp::Eq));
+    if let Some(p) = &pods {
+        services.rules.extend(dispatch_rules(
+            by_addr.iter().copied(),
+            "from-pods-backends",
+            Some(p),
+        ));
+    }
     services
         .rules
         .extend(affinity::lookup_rules(by_addr.iter().copied()));
     services
         .rules
-        .extend(dispatch_rules(by_addr.iter().copied(), "backends"));
+        .extend(dispatch_rules(by_addr.iter().copied(), "backends", None));
     let mut to_nodeports = local_not_loopback().to_vec();
     to_nodeports.push(Stmt::jump("nodeports"));
     services.rules.push(Rule::new(to_nodeports));
@@ -365,9 +429,18 @@ pub fn skeleton(dynamic: &BTreeSet<Dynamic>, node: &NodeContext) -> Table {
     nodeports
         .rules
         .extend(affinity::lookup_rules(by_port.iter().copied()));
-    nodeports
-        .rules
-        .extend(dispatch_rules(by_port.iter().copied(), "nodeport-backends"));
+    if let Some(p) = &pods {
+        nodeports.rules.extend(dispatch_rules(
+            by_port.iter().copied(),
+            "nodeport-from-pods-backends",
+            Some(p),
+        ));
+    }
+    nodeports.rules.extend(dispatch_rules(
+        by_port.iter().copied(),
+        "nodeport-backends",
+        None,
+    ));
     t.add_chain(nodeports);
     affinity::add_recording(&mut t, dynamic);
 

@@ -369,6 +369,10 @@ fn node_port_keeps_the_client_address_only_with_local_policy(mode: Mode) {
     .expect_err("dropped");
     assert_eq!(e.kind(), ErrorKind::TimedOut, "{e}");
     fetch(&w.client, &format!("{VIP}:80"), SHORT).expect("cluster IP");
+    // Pods are not outside clients: they reach the node port cluster-wide, as kube-proxy
+    // short-circuits them.
+    let (ep, _) = fetch(&w.pod, &format!("{NODE_IP}:30080"), SHORT).expect("from a pod");
+    assert_eq!(ep, EP1);
 }
 
 fn no_endpoints_is_refused_at_once(mode: Mode) {
