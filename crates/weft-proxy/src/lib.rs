@@ -23,6 +23,7 @@ pub mod health;
 pub mod model;
 pub mod proxier;
 pub mod service;
+pub mod trace;
 mod transaction;
 
 pub use desired::{desired, NodeContext, TABLE};

@@ -114,6 +114,21 @@ pub enum LabCommand {
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
     },
+    /// Explain where a pod's packet to IP:PORT goes: the pod's route, what the node's
+    /// Service table does with it (endpoints, masquerade, or why it is refused or dropped)
+    /// and the route to each place it may land, all read from the lab's kernel
+    Trace {
+        #[command(flatten)]
+        lab: LabName,
+        #[arg(short = 'n')]
+        namespace: Option<String>,
+        pod: String,
+        /// The destination, IPv4:PORT (a cluster IP, node port, load balancer or pod)
+        target: String,
+        /// UDP instead of TCP
+        #[arg(long)]
+        udp: bool,
+    },
     /// Print the path of the lab's kubeconfig
     Kubeconfig {
         #[command(flatten)]

@@ -11,6 +11,7 @@ mod lab;
 mod nsexec;
 mod probe;
 mod serve;
+mod trace;
 
 use clap::Parser;
 use cli::{Cli, Command, LabCommand};
@@ -113,6 +114,20 @@ fn run_lab(cmd: LabCommand) -> anyhow::Result<u8> {
             &pod,
             &cmd,
         ),
+        LabCommand::Trace {
+            lab,
+            namespace,
+            pod,
+            target,
+            udp,
+        } => trace::run(
+            &lab.name,
+            namespace.as_deref().unwrap_or("default"),
+            &pod,
+            &target,
+            udp,
+        )
+        .map(|_| 0),
         LabCommand::Demo => unreachable!("handled by main"),
     }
 }

@@ -155,8 +155,24 @@ fn services_in_a_two_node_lab() {
     );
     assert!(!who.is_empty(), "UDP through the cluster IP answered");
 
+    // `weft lab trace` reads the same answer from the kernel: both endpoints, their pods
+    // and nodes, and the way to each.
+    let trace = lab.lab_ok("trace", &["client", &format!("{web}:80")]);
+    for want in [
+        "matches a cluster IP",
+        "default/web-1 on node-1",
+        "default/web-2 on node-2",
+        "on this node's bridge",
+        "through the VXLAN overlay to node-2",
+        "source kept",
+    ] {
+        assert!(trace.contains(want), "trace lacks {want:?}:\n{trace}");
+    }
+
     // No endpoints: refused at once, not a timeout.
     let lonely = cluster_ip(&lab, "lonely");
+    let trace = lab.lab_ok("trace", &["client", &format!("{lonely}:80")]);
+    assert!(trace.contains("REJECTS"), "{trace}");
     let t0 = Instant::now();
     let (ok, out) = lab.exec_weft("client", &["probe", "tcp", &format!("{lonely}:80")]);
     assert!(!ok && out.contains("refused"), "lonely: {out}");
