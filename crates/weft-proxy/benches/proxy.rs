@@ -6,9 +6,10 @@
 //! (KEP-3866: a `service-ips` verdict map, a chain per service and one per endpoint, `numgen`
 //! over a vmap) and, for a change, its partial-sync transaction. Only that `nft -f` is
 //! timed for the peer: kube-proxy's own Go work is left out, in its favour. For weft the
-//! time is everything its agent does after an event: one pass over all Services and
-//! EndpointSlices (k8s-openapi objects) to find what changed, those Services compiled
-//! into the model, and the model's delta sent over netlink as one transaction.
+//! time is everything its agent does with the watch event(s) of a change: the objects
+//! handed to its controller, the Service they touch compiled into the model, and the
+//! model's delta sent over netlink as one transaction. A full sync lists and compiles
+//! every object (k8s-openapi Services and EndpointSlices).
 //!
 //! Three paths per size: a full sync into an empty namespace, adding one Service, and
 //! moving one endpoint of an existing Service. Medians over the runs, the ratio peer/weft.
@@ -129,27 +130,32 @@ impl Cluster {
         }
     }
 
-    /// What one pass of weft's agent does after a Service or EndpointSlice event: find
-    /// what changed (one pass over both lists), recompile those Services, send the delta.
+    /// A full sync: every object listed, compiled and sent (an agent's start).
     fn sync(&self, c: &mut Controller, p: &mut Proxier) -> Duration {
         let t0 = Instant::now();
         c.update(&self.services, &self.slices);
-        let t1 = t0.elapsed();
         p.apply(&mut c.model).expect("weft sync");
-        if std::env::var_os("WEFT_BENCH_SPLIT").is_some() {
-            let t2 = Instant::now();
-            c.update(&self.services, &self.slices);
-            eprintln!(
-                "update {:?} apply {:?} idle update {:?}",
-                t1,
-                t0.elapsed() - t1,
-                t2.elapsed()
-            );
-        }
         t0.elapsed()
     }
 }
 
+/// What weft's agent does with the watch events of one change: the objects handed to its
+/// controller, the Service they touch recompiled, the delta sent.
+fn on_event(
+    c: &mut Controller,
+    p: &mut Proxier,
+    svc: Option<&Service>,
+    slice: &EndpointSlice,
+) -> Duration {
+    let t0 = Instant::now();
+    if let Some(s) = svc {
+        c.apply_service(std::sync::Arc::new(s.clone()));
+    }
+    c.apply_slice(std::sync::Arc::new(slice.clone()));
+    c.flush();
+    p.apply(&mut c.model).expect("weft sync");
+    t0.elapsed()
+}
 /// kube-proxy's names: `service-<hash>-<ns>/<name>/tcp/<port>`, and
 /// `endpoint-<hash>-<ns>/<name>/tcp/<port>__<ip>/<port>` (the hash keeps them unique).
 fn svc_chain(i: usize) -> String {
@@ -291,9 +297,10 @@ fn main() {
         eprintln!("{n} services: incremental syncs");
         for r in 0..runs {
             let i = n + r;
-            cluster.services.push(k8s_service(i));
-            cluster.slices.push(k8s_slice(i, &[0; ENDPOINTS]));
-            wa.push(cluster.sync(&mut c, &mut p));
+            let (svc, slice) = (k8s_service(i), k8s_slice(i, &[0; ENDPOINTS]));
+            wa.push(on_event(&mut c, &mut p, Some(&svc), &slice));
+            cluster.services.push(svc);
+            cluster.slices.push(slice);
             let mut s = String::new();
             kube_proxy_service(i, &[0; ENDPOINTS], &mut s);
             ka.push(kp_ns.nft(&s));
@@ -301,7 +308,7 @@ fn main() {
             let (k, j) = (n / 2, r % ENDPOINTS);
             gens[j] += 1;
             cluster.slices[k] = k8s_slice(k, &gens);
-            wm.push(cluster.sync(&mut c, &mut p));
+            wm.push(on_event(&mut c, &mut p, None, &cluster.slices[k]));
             km.push(kp_ns.nft(&kube_proxy_move(k, j, &gens)));
         }
         let row = |w: Vec<Duration>, k: Vec<Duration>| {

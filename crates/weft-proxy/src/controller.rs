@@ -1,10 +1,13 @@
-//! From the API's Services and EndpointSlices to the model, recompiling only what changed.
-//! A Service's elements depend on its object and its slices; their resourceVersions say
-//! when either changed, so one pass over the lists finds the Services to recompile.
+//! From the API's Service and EndpointSlice events to the model, recompiling only the
+//! Services an event touched: the work of a change follows the change, not the cluster.
+//!
+//! The controller keeps the objects it was given (shared, not copied) and an index from
+//! each Service to its slices. A watch that re-lists (`relist_begin` .. `relist_end`)
+//! re-applies every object; those whose resourceVersion did not move cost a lookup, and
+//! those the re-list no longer has are deleted.
 
-use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::hash::{Hash, Hasher};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -16,128 +19,294 @@ use crate::health::{self, Health};
 use crate::model::{Model, ServiceId};
 use crate::service;
 
-/// What a Service's compiled elements depend on: its object and its slices, by version,
-/// hashed (the pass runs over every Service on every event, so it must not allocate).
-type Fingerprint = u64;
+/// (namespace, name) of an EndpointSlice.
+type SliceId = (String, String);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Service,
+    Slice,
+}
 
 pub struct Controller {
     pub model: Model,
-    /// Per Service (by the hash of its namespace and name, so the pass looks it up
-    /// without allocating): its id and the fingerprint it was compiled at.
-    compiled: HashMap<u64, (ServiceId, Fingerprint)>,
+    services: HashMap<ServiceId, Arc<Service>>,
+    slices: HashMap<SliceId, (Option<ServiceId>, Arc<EndpointSlice>)>,
+    slices_of: HashMap<ServiceId, BTreeSet<SliceId>>,
+    health: HashMap<ServiceId, (u16, Health)>,
+    dirty: HashSet<ServiceId>,
+    /// Objects seen since a re-list of that kind began.
+    relisting: HashMap<Kind, HashSet<(String, String)>>,
+    listed: HashSet<Kind>,
 }
 
-fn id_hash(ns: &str, name: &str) -> u64 {
-    let mut h = DefaultHasher::new();
-    (ns, name).hash(&mut h);
-    h.finish()
-}
-
-/// What one pass found.
+/// What one flush did.
 #[derive(Debug, Default)]
 pub struct Pass {
     pub recompiled: usize,
-    pub removed: usize,
     /// The health check ports this node serves, with what each reports.
     pub health: BTreeMap<u16, Health>,
 }
 
-fn version(meta: &ObjectMeta) -> &str {
-    meta.resource_version.as_deref().unwrap_or_default()
-}
-
-fn ns_name(meta: &ObjectMeta) -> (&str, &str) {
+fn id(meta: &ObjectMeta) -> (String, String) {
     (
-        meta.namespace.as_deref().unwrap_or_default(),
-        meta.name.as_deref().unwrap_or_default(),
+        meta.namespace.clone().unwrap_or_default(),
+        meta.name.clone().unwrap_or_default(),
     )
 }
 
-fn fingerprint(svc: &Service, slices: &[&EndpointSlice]) -> Fingerprint {
-    let mut h = DefaultHasher::new();
-    version(&svc.metadata).hash(&mut h);
-    // Slices in any order: combine their hashes commutatively.
-    let mut acc = 0u64;
-    for s in slices {
-        let mut hs = DefaultHasher::new();
-        version(&s.metadata).hash(&mut hs);
-        ns_name(&s.metadata).hash(&mut hs);
-        acc = acc.wrapping_add(hs.finish());
-    }
-    acc.hash(&mut h);
-    h.finish()
+fn same_version(a: &ObjectMeta, b: &ObjectMeta) -> bool {
+    a.resource_version.is_some() && a.resource_version == b.resource_version
+}
+
+fn service_of(slice: &EndpointSlice) -> Option<ServiceId> {
+    let name = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+    Some((
+        slice.metadata.namespace.clone().unwrap_or_default(),
+        name.clone(),
+    ))
 }
 
 impl Controller {
     pub fn new(model: Model) -> Controller {
         Controller {
             model,
-            compiled: HashMap::new(),
+            services: HashMap::new(),
+            slices: HashMap::new(),
+            slices_of: HashMap::new(),
+            health: HashMap::new(),
+            dirty: HashSet::new(),
+            relisting: HashMap::new(),
+            listed: HashSet::new(),
         }
     }
 
-    /// Brings the model up to date with these lists (all of the cluster's).
+    /// Both kinds have been listed once: until then a flush would install a table that
+    /// lacks Services the cluster has.
+    pub fn ready(&self) -> bool {
+        self.listed.contains(&Kind::Service) && self.listed.contains(&Kind::Slice)
+    }
+
+    pub fn apply_service(&mut self, svc: Arc<Service>) {
+        let key = id(&svc.metadata);
+        if let Some(seen) = self.relisting.get_mut(&Kind::Service) {
+            seen.insert(key.clone());
+        }
+        if self
+            .services
+            .get(&key)
+            .is_some_and(|old| same_version(&old.metadata, &svc.metadata))
+        {
+            return;
+        }
+        self.services.insert(key.clone(), svc);
+        self.dirty.insert(key);
+    }
+
+    pub fn delete_service(&mut self, namespace: &str, name: &str) {
+        let key = (namespace.to_string(), name.to_string());
+        if self.services.remove(&key).is_some() {
+            self.dirty.insert(key);
+        }
+    }
+
+    pub fn apply_slice(&mut self, slice: Arc<EndpointSlice>) {
+        let key = id(&slice.metadata);
+        if let Some(seen) = self.relisting.get_mut(&Kind::Slice) {
+            seen.insert(key.clone());
+        }
+        if self
+            .slices
+            .get(&key)
+            .is_some_and(|(_, old)| same_version(&old.metadata, &slice.metadata))
+        {
+            return;
+        }
+        self.delete_slice(&key.0, &key.1);
+        let owner = service_of(&slice);
+        if let Some(s) = &owner {
+            self.slices_of
+                .entry(s.clone())
+                .or_default()
+                .insert(key.clone());
+            self.dirty.insert(s.clone());
+        }
+        self.slices.insert(key, (owner, slice));
+    }
+
+    pub fn delete_slice(&mut self, namespace: &str, name: &str) {
+        let key = (namespace.to_string(), name.to_string());
+        if let Some((Some(owner), _)) = self.slices.remove(&key) {
+            if let Some(set) = self.slices_of.get_mut(&owner) {
+                set.remove(&key);
+                if set.is_empty() {
+                    self.slices_of.remove(&owner);
+                }
+            }
+            self.dirty.insert(owner);
+        }
+    }
+
+    /// A watch of `kind` starts listing everything again.
+    pub fn relist_begin(&mut self, kind: Kind) {
+        self.relisting.insert(kind, HashSet::new());
+    }
+
+    /// The list is complete: what it did not include is gone.
+    pub fn relist_end(&mut self, kind: Kind) {
+        let Some(seen) = self.relisting.remove(&kind) else {
+            return;
+        };
+        let gone: Vec<(String, String)> = match kind {
+            Kind::Service => self
+                .services
+                .keys()
+                .filter(|k| !seen.contains(*k))
+                .cloned()
+                .collect(),
+            Kind::Slice => self
+                .slices
+                .keys()
+                .filter(|k| !seen.contains(*k))
+                .cloned()
+                .collect(),
+        };
+        for (ns, name) in gone {
+            match kind {
+                Kind::Service => self.delete_service(&ns, &name),
+                Kind::Slice => self.delete_slice(&ns, &name),
+            }
+        }
+        self.listed.insert(kind);
+    }
+
+    /// Replaces everything with these lists, as one re-list of each kind.
     pub fn update<'a>(
         &mut self,
         services: impl IntoIterator<Item = &'a Service>,
         slices: impl IntoIterator<Item = &'a EndpointSlice>,
     ) -> Pass {
-        let mut by_service: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
+        self.relist_begin(Kind::Service);
+        for s in services {
+            self.apply_service(Arc::new(s.clone()));
+        }
+        self.relist_end(Kind::Service);
+        self.relist_begin(Kind::Slice);
         for s in slices {
-            if let Some(name) = s
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(SERVICE_NAME_LABEL))
-            {
-                let ns = s.metadata.namespace.as_deref().unwrap_or_default();
-                by_service.entry((ns, name.as_str())).or_default().push(s);
-            }
+            self.apply_slice(Arc::new(s.clone()));
         }
-        let node = self.model.node().clone();
+        self.relist_end(Kind::Slice);
+        self.flush()
+    }
+
+    /// Recompiles the Services touched since the last flush into the model.
+    pub fn flush(&mut self) -> Pass {
         let mut pass = Pass::default();
-        let mut seen: HashSet<u64> = HashSet::new();
-        for svc in services {
-            let key = ns_name(&svc.metadata);
-            let mine = by_service.get(&key).map(Vec::as_slice).unwrap_or_default();
-            let fp = fingerprint(svc, mine);
-            let h = id_hash(key.0, key.1);
-            let changed = self.compiled.get(&h).map(|(_, f)| *f) != Some(fp);
-            let checked = svc
-                .spec
-                .as_ref()
-                .is_some_and(|s| s.health_check_node_port.is_some());
-            if changed || checked {
-                let eps = Endpoints::from_slices(mine.iter().copied());
-                if let Some((port, h)) = health::check(svc, &eps, &node.node_name) {
-                    pass.health.insert(port, h);
-                }
-                if changed {
-                    let elements = service::ports(svc)
-                        .unwrap_or_default()
-                        .iter()
-                        .flat_map(|sp| contributions(sp, &eps, &node))
-                        .collect();
-                    let id: ServiceId = (key.0.to_string(), key.1.to_string());
-                    self.model.set_service(id.clone(), elements);
-                    self.compiled.insert(h, (id, fp));
-                    pass.recompiled += 1;
-                }
-            }
-            seen.insert(h);
+        let node = self.model.node().clone();
+        for key in std::mem::take(&mut self.dirty) {
+            let Some(svc) = self.services.get(&key).cloned() else {
+                self.model.remove_service(&key);
+                self.health.remove(&key);
+                pass.recompiled += 1;
+                continue;
+            };
+            let mine: Vec<&EndpointSlice> = self
+                .slices_of
+                .get(&key)
+                .into_iter()
+                .flatten()
+                .filter_map(|s| self.slices.get(s).map(|(_, e)| &**e))
+                .collect();
+            let eps = Endpoints::from_slices(mine);
+            match health::check(&svc, &eps, &node.node_name) {
+                Some(h) => self.health.insert(key.clone(), h),
+                None => self.health.remove(&key),
+            };
+            let elements = service::ports(&svc)
+                .unwrap_or_default()
+                .iter()
+                .flat_map(|sp| contributions(sp, &eps, &node))
+                .collect();
+            self.model.set_service(key, elements);
+            pass.recompiled += 1;
         }
-        let gone: Vec<u64> = self
-            .compiled
-            .keys()
-            .filter(|h| !seen.contains(*h))
-            .copied()
-            .collect();
-        for h in &gone {
-            if let Some((id, _)) = self.compiled.remove(h) {
-                self.model.remove_service(&id);
-            }
-        }
-        pass.removed = gone.len();
+        pass.health = self.health.values().cloned().collect();
         pass
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::NodeContext;
+    use serde_json::json;
+
+    fn svc(name: &str, rv: &str, ip: &str) -> Arc<Service> {
+        Arc::new(
+            serde_json::from_value(json!({
+                "metadata": {"name": name, "namespace": "a", "resourceVersion": rv},
+                "spec": {"clusterIP": ip, "ports": [{"port": 80}]}
+            }))
+            .unwrap(),
+        )
+    }
+
+    fn slice(name: &str, service: &str, rv: &str, ep: &str) -> Arc<EndpointSlice> {
+        Arc::new(
+            serde_json::from_value(json!({
+                "metadata": {"name": name, "namespace": "a", "resourceVersion": rv,
+                             "labels": {SERVICE_NAME_LABEL: service}},
+                "addressType": "IPv4", "ports": [{"port": 8080}],
+                "endpoints": [{"addresses": [ep]}]
+            }))
+            .unwrap(),
+        )
+    }
+
+    fn controller() -> Controller {
+        Controller::new(Model::new(NodeContext {
+            node_name: "n".into(),
+            cluster_cidr: None,
+        }))
+    }
+
+    fn backends(c: &Controller) -> usize {
+        c.model.ruleset().tables.values().next().unwrap().sets["backends"]
+            .elements
+            .len()
+    }
+
+    #[test]
+    fn events_recompile_only_what_they_touch_and_relists_delete_the_rest() {
+        let mut c = controller();
+        assert!(!c.ready());
+        c.relist_begin(Kind::Service);
+        c.apply_service(svc("s1", "1", "10.96.0.1"));
+        c.apply_service(svc("s2", "2", "10.96.0.2"));
+        c.relist_end(Kind::Service);
+        c.relist_begin(Kind::Slice);
+        c.apply_slice(slice("s1-x", "s1", "3", "10.244.1.2"));
+        c.relist_end(Kind::Slice);
+        assert!(c.ready());
+        assert_eq!(c.flush().recompiled, 2);
+        assert_eq!(backends(&c), 1);
+        // The same version again: nothing to do.
+        c.apply_service(svc("s1", "1", "10.96.0.1"));
+        assert_eq!(c.flush().recompiled, 0);
+        // A slice moving to s2 touches both Services.
+        c.apply_slice(slice("s1-x", "s2", "4", "10.244.1.2"));
+        assert_eq!(c.flush().recompiled, 2);
+        assert_eq!(backends(&c), 1);
+        // A re-list without s1 and the slice deletes them.
+        c.relist_begin(Kind::Service);
+        c.apply_service(svc("s2", "2", "10.96.0.2"));
+        c.relist_end(Kind::Service);
+        c.relist_begin(Kind::Slice);
+        c.relist_end(Kind::Slice);
+        assert_eq!(c.flush().recompiled, 2);
+        assert_eq!(backends(&c), 0);
+        let rs = c.model.ruleset();
+        let cluster_ips = &rs.tables.values().next().unwrap().sets["cluster-ips"];
+        assert_eq!(cluster_ips.elements.len(), 1, "s2 stays, without endpoints");
     }
 }

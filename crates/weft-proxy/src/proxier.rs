@@ -169,6 +169,9 @@ impl Proxier {
         else {
             return Ok(0);
         };
+        if remembered.elements.is_empty() {
+            return Ok(0);
+        }
         let stale = affinity::stale(&remembered, b, nb);
         if stale.is_empty() {
             return Ok(0);

@@ -21,7 +21,6 @@ use kube::runtime::{reflector, watcher, WatchStreamExt};
 use kube::{Api, Client};
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -149,48 +148,43 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         .default_backoff()
         .touched_objects();
     let mut service_sync = services::ServiceSync::new(&cfg)?;
-    let (services, service_writer) = reflector::store::<Service>();
-    let (slices, slice_writer) = reflector::store::<EndpointSlice>();
-    let service_stream = reflector(
-        service_writer,
-        watcher(
-            Api::<Service>::all(client.clone()),
-            watcher::Config::default(),
-        ),
+    // Service and EndpointSlice events go to the service controller as they are, so a
+    // change recompiles only the Service it touches.
+    let (events, mut service_events) = tokio::sync::mpsc::unbounded_channel();
+    let service_stream = watcher(
+        Api::<Service>::all(client.clone()),
+        watcher::Config::default(),
     )
     .default_backoff()
-    .touched_objects();
-    let slice_stream = reflector(
-        slice_writer,
-        watcher(
-            Api::<EndpointSlice>::all(client.clone()),
-            watcher::Config::default(),
-        ),
+    .map(|e| e.map(|e| services::Event::Service(Box::new(e))));
+    let slice_stream = watcher(
+        Api::<EndpointSlice>::all(client.clone()),
+        watcher::Config::default(),
     )
     .default_backoff()
-    .touched_objects();
-    // Services re-sync only after a Service or EndpointSlice event (or a failed sync).
-    let unflagged = Arc::new(AtomicBool::new(false));
-    for (stream, flag) in [
-        (node_stream.map(|_| ()).boxed(), unflagged.clone()),
-        (pod_stream.map(|_| ()).boxed(), unflagged.clone()),
-        (
-            service_stream.map(|_| ()).boxed(),
-            service_sync.dirty.clone(),
-        ),
-        (slice_stream.map(|_| ()).boxed(), service_sync.dirty.clone()),
+    .map(|e| e.map(|e| services::Event::Slice(Box::new(e))));
+    for stream in [service_stream.boxed(), slice_stream.boxed()] {
+        let (n, tx) = (notify.clone(), events.clone());
+        tokio::spawn(stream.for_each(move |e| {
+            if let Ok(e) = e {
+                let _ = tx.send(e);
+                n.notify_one();
+            }
+            futures::future::ready(())
+        }));
+    }
+    for stream in [
+        node_stream.map(|_| ()).boxed(),
+        pod_stream.map(|_| ()).boxed(),
     ] {
         let n = notify.clone();
         tokio::spawn(stream.for_each(move |_| {
-            flag.store(true, Ordering::SeqCst);
             n.notify_one();
             futures::future::ready(())
         }));
     }
     nodes.wait_until_ready().await.ok();
     pods.wait_until_ready().await.ok();
-    services.wait_until_ready().await.ok();
-    slices.wait_until_ready().await.ok();
 
     let mut runtime: Option<Arc<Mutex<Runtime>>> = None;
     let mut cni_written = false;
@@ -216,7 +210,10 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         if let Err(e) = router.sync(&all) {
             tracing::warn!("routing: {e}");
         }
-        service_sync.reconcile(&services.state(), &slices.state());
+        while let Ok(e) = service_events.try_recv() {
+            service_sync.event(e);
+        }
+        service_sync.reconcile();
         if !cfg.run_pods && runtime.is_none() && !cni_written {
             write_cni_config(&cfg, pod_cidr, backend)?;
             cni_written = true;

@@ -1,25 +1,37 @@
-//! Services on this node: every Service and EndpointSlice of the cluster compiled by
-//! weft-proxy into the node's `ip weft-proxy` table. After an event, only the Services
-//! whose object or slices changed are compiled again, and the kernel receives only what
-//! they changed (weft_proxy::Model).
+//! Services on this node: Service and EndpointSlice watch events go to weft-proxy's
+//! controller, which recompiles only the Services they touch into its model; the kernel
+//! then receives only what those changed (one nf_tables transaction).
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use weft_proxy::controller::Controller;
+use kube::runtime::watcher;
+use weft_proxy::controller::{Controller, Kind};
 use weft_proxy::{Model, NodeContext, Proxier};
 
 use super::AgentConfig;
+
+/// A watch event for the service controller (boxed: a Service is most of a kilobyte).
+pub enum Event {
+    Service(Box<watcher::Event<Service>>),
+    Slice(Box<watcher::Event<EndpointSlice>>),
+}
 
 pub struct ServiceSync {
     proxier: Proxier,
     controller: Controller,
     health: super::health::HealthServers,
-    /// Set by the Service and EndpointSlice watches.
-    pub dirty: Arc<AtomicBool>,
+    /// Events arrived (or the last sync failed) since the last sync.
+    pending: bool,
+}
+
+fn ns_name(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (&str, &str) {
+    (
+        meta.namespace.as_deref().unwrap_or_default(),
+        meta.name.as_deref().unwrap_or_default(),
+    )
 }
 
 impl ServiceSync {
@@ -41,23 +53,48 @@ impl ServiceSync {
                 cluster_cidr,
             })),
             health: Default::default(),
-            dirty: Arc::new(AtomicBool::new(true)),
+            pending: true,
         })
     }
 
-    pub fn reconcile(&mut self, services: &[Arc<Service>], slices: &[Arc<EndpointSlice>]) {
-        if !self.dirty.swap(false, Ordering::SeqCst) {
+    pub fn event(&mut self, e: Event) {
+        use watcher::Event as W;
+        let c = &mut self.controller;
+        match e {
+            Event::Service(e) => match *e {
+                W::Apply(s) | W::InitApply(s) => c.apply_service(Arc::new(s)),
+                W::Delete(s) => {
+                    let (ns, name) = ns_name(&s.metadata);
+                    c.delete_service(ns, name)
+                }
+                W::Init => c.relist_begin(Kind::Service),
+                W::InitDone => c.relist_end(Kind::Service),
+            },
+            Event::Slice(e) => match *e {
+                W::Apply(s) | W::InitApply(s) => c.apply_slice(Arc::new(s)),
+                W::Delete(s) => {
+                    let (ns, name) = ns_name(&s.metadata);
+                    c.delete_slice(ns, name)
+                }
+                W::Init => c.relist_begin(Kind::Slice),
+                W::InitDone => c.relist_end(Kind::Slice),
+            },
+        }
+        self.pending = true;
+    }
+
+    pub fn reconcile(&mut self) {
+        // Until both lists are complete, a sync would remove Services not seen yet (a
+        // restarted agent adopting its predecessor's table would cut them off).
+        if !self.pending || !self.controller.ready() {
             return;
         }
-        let pass = self
-            .controller
-            .update(services.iter().map(|s| &**s), slices.iter().map(|s| &**s));
+        self.pending = false;
+        let pass = self.controller.flush();
         self.health.sync(pass.health);
         match self.proxier.apply(&mut self.controller.model) {
             Ok(sum) if !sum.is_empty() => tracing::info!(
-                services = services.len(),
                 recompiled = pass.recompiled,
-                removed = pass.removed,
                 elements_added = sum.elements_added,
                 elements_deleted = sum.elements_deleted,
                 chains = sum.chains_added + sum.chains_replaced + sum.chains_deleted,
@@ -66,7 +103,7 @@ impl ServiceSync {
             Ok(_) => {}
             Err(e) => {
                 tracing::warn!("services: {e}; retrying with a full sync");
-                self.dirty.store(true, Ordering::SeqCst);
+                self.pending = true;
             }
         }
     }
