@@ -493,4 +493,48 @@ mod tests {
         let mut bad = Cursor::new(b"zz\r\n".to_vec());
         assert!(matches!(discard_chunked(&mut bad), Err(Malformed::Bad(_))));
     }
+
+    /// Whatever a client sends, the parser answers (a request or an error) and never
+    /// panics: truncations, byte flips, insertions and random bytes around a valid head.
+    #[test]
+    fn mutated_requests_never_panic_the_parser() {
+        let valid = b"POST /a/b?x=1 HTTP/1.1\r\nHost: web\r\nContent-Length: 5\r\nConnection: keep-alive\r\n\r\nhello";
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let check = |bytes: &[u8]| {
+            if let Ok(head) = std::str::from_utf8(bytes) {
+                if let Ok(req) = parse_head(head.trim_end_matches("\r\n\r\nhello")) {
+                    let _ = req.body_length();
+                    let _ = req.keep_alive();
+                }
+            }
+            let _ = sniff(bytes);
+            let _ = read_head(&mut Cursor::new(bytes.to_vec()));
+        };
+        for cut in 0..valid.len() {
+            check(&valid[..cut]);
+        }
+        for _ in 0..20_000 {
+            let mut b = valid.to_vec();
+            for _ in 0..1 + next(4) {
+                let at = next(b.len());
+                match next(3) {
+                    0 => b[at] = next(256) as u8,
+                    1 => b.insert(at, [b'\r', b'\n', b':', b' ', 0, 0xff][next(6)]),
+                    _ => {
+                        b.remove(at);
+                    }
+                }
+                if b.is_empty() {
+                    break;
+                }
+            }
+            check(&b);
+        }
+    }
 }
