@@ -100,8 +100,10 @@ pub enum Expr {
         dreg: u32,
         modulus: u32,
     },
+    /// The route type of the packet's destination, or with `saddr` of its source.
     FibAddrType {
         dreg: u32,
+        saddr: bool,
     },
     Nat {
         dnat: bool,

@@ -300,6 +300,8 @@ pub fn stmt(s: &Stmt, family: Family) -> String {
             format!("{sel} set {sel} or {bits:#010x}")
         }
         Stmt::FibDaddrLocal => "fib daddr type local".into(),
+        Stmt::FibSaddrLocal(CmpOp::Eq) => "fib saddr type local".into(),
+        Stmt::FibSaddrLocal(CmpOp::Ne) => "fib saddr type != local".into(),
         Stmt::Counter => "counter".into(),
         Stmt::Verdict(v) => verdict(v),
         Stmt::Vmap { key: k, map } => format!("{} vmap {}", key(k), set_ref(map)),

@@ -182,6 +182,8 @@ pub enum Stmt {
     },
     /// `fib daddr type local`.
     FibDaddrLocal,
+    /// `fib saddr type local` (or `!= local`): the packet comes from this host itself.
+    FibSaddrLocal(CmpOp),
     Counter,
     Verdict(Verdict),
     /// `KEY vmap @map` or `KEY vmap { ... }`.

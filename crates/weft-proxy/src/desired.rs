@@ -59,7 +59,8 @@ pub const PORT_KEY: [Selector; 2] = [Selector::MetaL4proto, Selector::ThDport];
 pub enum Dynamic {
     /// Service keys of one protocol with `count` endpoints. `from_pods`: the cluster-wide
     /// endpoints of an external address (or node port) with Local policy, which pods of the
-    /// cluster reach as if it were a cluster IP (kube-proxy's short-circuit).
+    /// cluster and the node itself reach as if it were a cluster IP (kube-proxy's
+    /// short-circuit: the policy is about clients from outside).
     Endpoints {
         nodeport: bool,
         from_pods: bool,
@@ -249,10 +250,11 @@ fn base(name: &str, kind: ChainType, hook: Hook, priority: i32) -> Chain {
 fn dispatch_rules<'a>(
     dynamic: impl Iterator<Item = &'a Dynamic>,
     map: &str,
-    from_pods: Option<&Stmt>,
+    short_circuit: Option<(&[Stmt], &[Stmt])>,
 ) -> Vec<Rule> {
+    let (matches, actions) = short_circuit.unwrap_or_default();
     dynamic
-        .filter(|d| d.from_pods() == from_pods.is_some())
+        .filter(|d| d.from_pods() == short_circuit.is_some())
         .filter_map(|d| match d {
             Dynamic::Endpoints { proto, count, .. } => {
                 let mut key = d.key().to_vec();
@@ -261,8 +263,9 @@ fn dispatch_rules<'a>(
                     Selector::MetaL4proto,
                     Value::Proto(proto.number()),
                 )];
-                stmts.extend(from_pods.cloned());
+                stmts.extend(matches.iter().cloned());
                 stmts.push(lookup(d.key(), &d.name()));
+                stmts.extend(actions.iter().cloned());
                 stmts.push(Stmt::DnatMap {
                     key,
                     map: SetRef::Named(map.into()),
@@ -288,10 +291,12 @@ fn filter_rules(node: &NodeContext) -> Vec<Rule> {
     let new = || Stmt::CtState(CtStates::NEW);
     // Local policy with no local endpoint drops clients from outside; pods are sent to
     // the cluster-wide endpoints instead (the services chain's from-pods rules).
+    // The node itself is no outside client either (kube-proxy sends it cluster-wide too).
     let not_pods: Vec<Stmt> = node
         .cluster_cidr
         .map(|c| from_pods(c, CmpOp::Ne))
         .into_iter()
+        .chain([Stmt::FibSaddrLocal(CmpOp::Ne)])
         .collect();
     let np = |set: &str, verdict: Stmt, extra: &[Stmt]| {
         let mut s = vec![new()];
@@ -402,12 +407,18 @@ pub fn skeleton(dynamic: &BTreeSet<Dynamic>, node: &NodeContext) -> Table {
     services
         .rules
         .push(Rule::new(vec![lookup(&ADDR_KEY, "masq"), mark_masq()]));
-    let pods = node.cluster_cidr.map(|c| from_pods(c, CmpOp::Eq));
-    if let Some(p) = &pods {
+    // The short-circuit of Local external policy: pods go cluster-wide as they are; the
+    // node itself too, masqueraded (its source may be the very address it targets).
+    let mut inside: Vec<(Vec<Stmt>, Vec<Stmt>)> =
+        vec![(vec![Stmt::FibSaddrLocal(CmpOp::Eq)], vec![mark_masq()])];
+    if let Some(c) = node.cluster_cidr {
+        inside.insert(0, (vec![from_pods(c, CmpOp::Eq)], vec![]));
+    }
+    for (m, a) in &inside {
         services.rules.extend(dispatch_rules(
             by_addr.iter().copied(),
             "from-pods-backends",
-            Some(p),
+            Some((m, a)),
         ));
     }
     services
@@ -429,11 +440,11 @@ pub fn skeleton(dynamic: &BTreeSet<Dynamic>, node: &NodeContext) -> Table {
     nodeports
         .rules
         .extend(affinity::lookup_rules(by_port.iter().copied()));
-    if let Some(p) = &pods {
+    for (m, a) in &inside {
         nodeports.rules.extend(dispatch_rules(
             by_port.iter().copied(),
             "nodeport-from-pods-backends",
-            Some(p),
+            Some((m, a)),
         ));
     }
     nodeports.rules.extend(dispatch_rules(

@@ -373,6 +373,9 @@ fn node_port_keeps_the_client_address_only_with_local_policy(mode: Mode) {
     // short-circuits them.
     let (ep, _) = fetch(&w.pod, &format!("{NODE_IP}:30080"), SHORT).expect("from a pod");
     assert_eq!(ep, EP1);
+    // Nor is the node itself.
+    let (ep, _) = fetch(&w.node, &format!("{NODE_IP}:30080"), SHORT).expect("from the node");
+    assert_eq!(ep, EP1);
 }
 
 fn no_endpoints_is_refused_at_once(mode: Mode) {

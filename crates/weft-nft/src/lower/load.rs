@@ -143,7 +143,11 @@ impl Lowerer {
 
     /// Loads `data` into the registers after those `key` took (a map element's data for
     /// dynset), returning its first register; `None` when there is no data.
-    pub(super) fn load_after(&mut self, key: &[Selector], data: &[Selector]) -> Result<Option<u32>> {
+    pub(super) fn load_after(
+        &mut self,
+        key: &[Selector],
+        data: &[Selector],
+    ) -> Result<Option<u32>> {
         if data.is_empty() {
             return Ok(None);
         }

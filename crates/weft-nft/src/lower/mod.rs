@@ -129,11 +129,25 @@ impl Lowerer {
                 });
             }
             Stmt::FibDaddrLocal => {
-                self.out.push(Expr::FibAddrType { dreg: REG_1 });
+                self.out.push(Expr::FibAddrType {
+                    dreg: REG_1,
+                    saddr: false,
+                });
                 // RTN_LOCAL, in host order like the rest of the route type.
                 self.out.push(Expr::Cmp {
                     sreg: REG_1,
                     op: 0,
+                    data: 2u32.to_ne_bytes().to_vec(),
+                });
+            }
+            Stmt::FibSaddrLocal(op) => {
+                self.out.push(Expr::FibAddrType {
+                    dreg: REG_1,
+                    saddr: true,
+                });
+                self.out.push(Expr::Cmp {
+                    sreg: REG_1,
+                    op: cmp_op(*op),
                     data: 2u32.to_ne_bytes().to_vec(),
                 });
             }

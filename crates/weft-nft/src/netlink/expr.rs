@@ -22,6 +22,7 @@ const NFT_RETURN: i32 = -5;
 
 const NUMGEN_RANDOM: u32 = 1;
 const FIB_RESULT_ADDRTYPE: u32 = 3;
+const FIB_F_SADDR: u32 = 1;
 const FIB_F_DADDR: u32 = 2;
 const LOOKUP_F_INV: u32 = 1;
 
@@ -195,10 +196,10 @@ fn put_expr(w: &mut Writer, e: &Expr, anon: &[(u32, String)]) {
             w.put_be32(3, NUMGEN_RANDOM);
             w.put_be32(4, 0);
         }
-        Expr::FibAddrType { dreg } => {
+        Expr::FibAddrType { dreg, saddr } => {
             w.put_be32(1, *dreg);
             w.put_be32(2, FIB_RESULT_ADDRTYPE);
-            w.put_be32(3, FIB_F_DADDR);
+            w.put_be32(3, if *saddr { FIB_F_SADDR } else { FIB_F_DADDR });
         }
         Expr::Nat {
             dnat,
@@ -354,6 +355,7 @@ fn decode_expr(name: &str, a: Attrs) -> Result<Expr> {
         },
         "fib" => Expr::FibAddrType {
             dreg: need(u(1), k, "dreg")?,
+            saddr: u(3).is_some_and(|f| f & FIB_F_SADDR != 0),
         },
         "nat" => Expr::Nat {
             dnat: need(u(1), k, "type")? == Expr::nat_type(true),

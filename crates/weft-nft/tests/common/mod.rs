@@ -301,6 +301,11 @@ pub mod fixture {
                     },
                 ])),
         );
+        t.add_chain(Chain::regular("from-self").with_rule(Rule::new(vec![
+            Stmt::FibSaddrLocal(CmpOp::Ne),
+            Stmt::FibSaddrLocal(CmpOp::Eq),
+            Stmt::Counter,
+        ])));
         t.add_chain(Chain::regular("remember").with_rule(Rule::new(vec![
             Stmt::eq(Selector::MetaL4proto, Value::Proto(6)),
             Stmt::Dynset {
