@@ -299,6 +299,10 @@ pub fn stmt(s: &Stmt, family: Family) -> String {
             let sel = if *ct { "ct mark" } else { "meta mark" };
             format!("{sel} set {sel} or {bits:#010x}")
         }
+        Stmt::MarkXor { ct, bits } => {
+            let sel = if *ct { "ct mark" } else { "meta mark" };
+            format!("{sel} set {sel} xor {bits:#010x}")
+        }
         Stmt::FibDaddrLocal => "fib daddr type local".into(),
         Stmt::FibSaddrLocal(CmpOp::Eq) => "fib saddr type local".into(),
         Stmt::FibSaddrLocal(CmpOp::Ne) => "fib saddr type != local".into(),

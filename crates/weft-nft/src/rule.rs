@@ -176,6 +176,11 @@ pub enum Stmt {
         op: CmpOp,
     },
     /// `meta mark set meta mark or BITS` (or `ct mark ...` with `ct`).
+    /// `meta mark set meta mark xor BITS`: flips them (clears a bit known to be set).
+    MarkXor {
+        ct: bool,
+        bits: u32,
+    },
     MarkOr {
         ct: bool,
         bits: u32,

@@ -464,6 +464,12 @@ pub fn skeleton(dynamic: &BTreeSet<Dynamic>, node: &NodeContext) -> Table {
                     value: MASQ_MARK,
                     op: CmpOp::Eq,
                 },
+                // Cleared once used, as kube-proxy does: a packet this one is encapsulated
+                // in (VXLAN) must not inherit it and be masqueraded again.
+                Stmt::MarkXor {
+                    ct: false,
+                    bits: MASQ_MARK,
+                },
                 Stmt::Masquerade { fully_random: true },
             ]))
             // A pod reaching itself through its Service: without the masquerade its reply

@@ -101,7 +101,13 @@ impl Lowerer {
                 );
                 self.masked_cmp(*mask, *value, *op);
             }
-            Stmt::MarkOr { ct, bits } => {
+            Stmt::MarkOr { ct, bits } | Stmt::MarkXor { ct, bits } => {
+                // or: keep the other bits, then set these; xor: keep all, then flip these.
+                let mask = if matches!(s, Stmt::MarkOr { .. }) {
+                    !bits
+                } else {
+                    u32::MAX
+                };
                 self.load(
                     if *ct {
                         Selector::CtMark
@@ -113,7 +119,7 @@ impl Lowerer {
                 self.out.push(Expr::Bitwise {
                     sreg: REG_1,
                     dreg: REG_1,
-                    mask: (!bits).to_ne_bytes().to_vec(),
+                    mask: mask.to_ne_bytes().to_vec(),
                     xor: bits.to_ne_bytes().to_vec(),
                 });
                 self.out.push(if *ct {

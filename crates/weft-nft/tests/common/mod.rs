@@ -304,6 +304,10 @@ pub mod fixture {
         t.add_chain(Chain::regular("from-self").with_rule(Rule::new(vec![
             Stmt::FibSaddrLocal(CmpOp::Ne),
             Stmt::FibSaddrLocal(CmpOp::Eq),
+            Stmt::MarkXor {
+                ct: false,
+                bits: 0x4000,
+            },
             Stmt::Counter,
         ])));
         t.add_chain(Chain::regular("remember").with_rule(Rule::new(vec![
