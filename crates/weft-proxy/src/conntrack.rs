@@ -66,8 +66,15 @@ impl Stale {
     }
 }
 
+const BACKENDS: [&str; 4] = [
+    "backends",
+    "nodeport-backends",
+    "from-pods-backends",
+    "nodeport-from-pods-backends",
+];
+
 fn is_backends(set: &str) -> bool {
-    set == "backends" || set == "nodeport-backends"
+    BACKENDS.contains(&set)
 }
 
 fn is_no_endpoints(set: &str) -> bool {
@@ -148,7 +155,7 @@ pub fn between(prev: &Ruleset, desired: &Ruleset) -> Stale {
             .unwrap_or_default()
     };
     let mut out = Stale::default();
-    for set in ["backends", "nodeport-backends"] {
+    for set in BACKENDS {
         let new: BTreeSet<_> = elems(desired, set)
             .into_iter()
             .filter_map(|(_, p)| p)

@@ -81,6 +81,7 @@ impl Proxier {
         }
         let desired = model.ruleset();
         let Some(table) = desired.table(Family::Ip, TABLE) else {
+            self.in_sync = false;
             return Ok(Summary::default());
         };
         let mut batch = self.backend.new_batch();
@@ -200,6 +201,13 @@ impl Proxier {
         }
     }
 
+    /// The next [`Proxier::apply`] re-reads the kernel's table and repairs whatever
+    /// differs from the model: anything else that edited or flushed it (an `nft -f`
+    /// reload, an operator) is undone. Agents call it periodically.
+    pub fn resync(&mut self) {
+        self.in_sync = false;
+    }
+
     /// Removes the proxy's table (nothing else weft or others installed).
     pub fn remove(&mut self) -> Result<()> {
         self.committed = None;
@@ -225,10 +233,13 @@ impl Proxier {
 fn backends_moved(prev: &Ruleset, desired: &Ruleset) -> bool {
     let sets = |rs: &Ruleset| {
         rs.table(Family::Ip, TABLE).map(|t| {
-            (
-                t.sets.get("backends").cloned(),
-                t.sets.get("nodeport-backends").cloned(),
-            )
+            [
+                "backends",
+                "nodeport-backends",
+                "from-pods-backends",
+                "nodeport-from-pods-backends",
+            ]
+            .map(|m| t.sets.get(m).cloned())
         })
     };
     sets(prev) != sets(desired)

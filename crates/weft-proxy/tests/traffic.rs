@@ -581,3 +581,32 @@ fn load_balancer_source_ranges_admit_only_their_clients(mode: Mode) {
         .expect("sync");
     fetch(&w.client, to, SHORT).expect("no ranges: everyone");
 }
+
+#[test]
+fn a_resync_repairs_what_someone_else_did_to_the_table() {
+    let w = World::new("resync");
+    let mut p = w.proxier();
+    let mut model = Model::new(node());
+    let want = table(&web("NodePort", "Cluster"), &[(EP1, "node-1")]);
+    let eps = Endpoints::from_slices([&want.slice]);
+    let elements = service::ports(&want.svc)
+        .expect("proxied")
+        .iter()
+        .flat_map(|sp| contributions(sp, &eps, &node()))
+        .collect();
+    model.set_service(("default".into(), "web".into()), elements);
+    p.apply(&mut model).expect("first sync");
+    fetch(&w.client, &format!("{VIP}:80"), SHORT).expect("cluster IP");
+    // An `nft -f` reload elsewhere flushes everything.
+    sh(
+        "ip",
+        &["netns", "exec", &w.node.0, "nft", "flush", "ruleset"],
+    );
+    assert!(fetch(&w.client, &format!("{VIP}:80"), Duration::from_millis(500)).is_err());
+    // Nothing changed in the model, so a plain apply sends nothing...
+    assert!(p.apply(&mut model).expect("apply").is_empty());
+    // ...and the periodic resync puts the table back.
+    p.resync();
+    p.apply(&mut model).expect("resync");
+    fetch(&w.client, &format!("{VIP}:80"), SHORT).expect("cluster IP again");
+}

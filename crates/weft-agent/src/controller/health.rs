@@ -16,7 +16,9 @@ pub struct HealthServers {
 
 impl HealthServers {
     /// Serves exactly `want`: new ports start, gone ones stop, the rest report anew.
-    pub fn sync(&mut self, want: BTreeMap<u16, Health>) {
+    /// Returns whether every wanted port is being served.
+    pub fn sync(&mut self, want: BTreeMap<u16, Health>) -> bool {
+        let mut all = true;
         self.running.retain(|port, (task, _)| {
             let keep = want.contains_key(port);
             if !keep {
@@ -40,10 +42,13 @@ impl HealthServers {
                     let task = tokio::spawn(serve(listener, state.clone()));
                     self.running.insert(port, (task, state));
                 }
-                // Retried at the next sync that changes services.
-                Err(e) => tracing::warn!(port, "health check port: {e}"),
+                Err(e) => {
+                    tracing::warn!(port, "health check port: {e}; retrying");
+                    all = false;
+                }
             }
         }
+        all
     }
 }
 
@@ -58,6 +63,8 @@ impl Drop for HealthServers {
 async fn serve(listener: tokio::net::TcpListener, state: Arc<RwLock<Health>>) {
     loop {
         let Ok((mut conn, _)) = listener.accept().await else {
+            // Out of file descriptors, say: wait instead of spinning.
+            tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
         let state = state.clone();

@@ -166,9 +166,13 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     for stream in [service_stream.boxed(), slice_stream.boxed()] {
         let (n, tx) = (notify.clone(), events.clone());
         tokio::spawn(stream.for_each(move |e| {
-            if let Ok(e) = e {
-                let _ = tx.send(e);
-                n.notify_one();
+            match e {
+                Ok(e) => {
+                    let _ = tx.send(e);
+                    n.notify_one();
+                }
+                // The watcher backs off and retries by itself; say why it has to.
+                Err(e) => tracing::warn!("watching Services/EndpointSlices: {e}"),
             }
             futures::future::ready(())
         }));

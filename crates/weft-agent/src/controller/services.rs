@@ -3,6 +3,7 @@
 //! then receives only what those changed (one nf_tables transaction).
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Service;
@@ -19,12 +20,21 @@ pub enum Event {
     Slice(Box<watcher::Event<EndpointSlice>>),
 }
 
+/// How often the kernel's table is read back and repaired, whatever happened: the
+/// deltas assume nobody else edits it, and this bounds how long an edit (an `nft -f`
+/// reload that flushed everything, say) can go unnoticed.
+const RESYNC: Duration = Duration::from_secs(300);
+
 pub struct ServiceSync {
     proxier: Proxier,
     controller: Controller,
     health: super::health::HealthServers,
-    /// Events arrived (or the last sync failed) since the last sync.
+    /// Events arrived (or the last sync failed, or a health port is not up yet) since
+    /// the last sync.
     pending: bool,
+    last_full: Instant,
+    started: Instant,
+    said_waiting: bool,
 }
 
 fn ns_name(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (&str, &str) {
@@ -54,6 +64,9 @@ impl ServiceSync {
             })),
             health: Default::default(),
             pending: true,
+            last_full: Instant::now(),
+            started: Instant::now(),
+            said_waiting: false,
         })
     }
 
@@ -86,12 +99,27 @@ impl ServiceSync {
     pub fn reconcile(&mut self) {
         // Until both lists are complete, a sync would remove Services not seen yet (a
         // restarted agent adopting its predecessor's table would cut them off).
-        if !self.pending || !self.controller.ready() {
+        if !self.controller.ready() {
+            if !self.said_waiting && self.started.elapsed() > Duration::from_secs(10) {
+                tracing::warn!("services: still waiting for the first list of Services and EndpointSlices (see the watch errors above)");
+                self.said_waiting = true;
+            }
+            return;
+        }
+        if self.last_full.elapsed() > RESYNC {
+            self.proxier.resync();
+            self.last_full = Instant::now();
+            self.pending = true;
+        }
+        if !self.pending {
             return;
         }
         self.pending = false;
         let pass = self.controller.flush();
-        self.health.sync(pass.health);
+        // A port that could not be bound yet (still in use) is tried again next pass.
+        if !self.health.sync(pass.health) {
+            self.pending = true;
+        }
         match self.proxier.apply(&mut self.controller.model) {
             Ok(sum) if !sum.is_empty() => tracing::info!(
                 recompiled = pass.recompiled,
