@@ -5,13 +5,14 @@
 //!  client 192.168.77.2 --- 192.168.77.1 node 10.244.1.1 --- 10.244.1.2, .3 pod
 //! ```
 
-use std::io::{ErrorKind, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::path::PathBuf;
+mod common;
+
+use std::io::{ErrorKind, Write};
+use std::net::{Ipv4Addr, UdpSocket};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use common::*;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -19,173 +20,6 @@ use serde_json::json;
 use weft_proxy::contribution::contributions;
 use weft_proxy::endpoint::Endpoints;
 use weft_proxy::{desired, service, Model, NodeContext, Proxier};
-
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
-
-/// A namespace of this test's own, removed on drop (on panic too).
-struct Netns(String);
-
-impl Netns {
-    fn new(tag: &str) -> Netns {
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let name = format!("weft-t-proxy-{tag}{n}-{}", std::process::id());
-        sh("ip", &["netns", "add", &name]);
-        let ns = Netns(name);
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns
-    }
-
-    fn path(&self) -> PathBuf {
-        PathBuf::from(format!("/run/netns/{}", self.0))
-    }
-
-    fn ip(&self, args: &[&str]) {
-        let mut a = vec!["netns", "exec", &self.0, "ip"];
-        a.extend_from_slice(args);
-        sh("ip", &a);
-    }
-
-    fn run_in<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let file = std::fs::File::open(self.path()).expect("open netns");
-        std::thread::spawn(move || {
-            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-            f()
-        })
-        .join()
-        .expect("thread in namespace")
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
-    }
-}
-
-fn sh(cmd: &str, args: &[&str]) {
-    let out = Command::new(cmd).args(args).output().expect("spawn");
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-struct World {
-    client: Netns,
-    node: Netns,
-    pod: Netns,
-    stop: Arc<AtomicBool>,
-}
-
-const VIP: &str = "10.96.0.20";
-const NODE_IP: &str = "192.168.77.1";
-const EP1: &str = "10.244.1.2";
-const EP2: &str = "10.244.1.3";
-
-impl World {
-    fn new(tag: &str) -> World {
-        let (client, node, pod) = (
-            Netns::new(&format!("{tag}c")),
-            Netns::new(&format!("{tag}n")),
-            Netns::new(&format!("{tag}p")),
-        );
-        for (from, ifname, peer, to) in [(&client, "c0", "n0", &node), (&pod, "p0", "n1", &node)] {
-            from.ip(&[
-                "link", "add", ifname, "type", "veth", "peer", "name", peer, "netns", &to.0,
-            ]);
-            from.ip(&["link", "set", ifname, "up"]);
-            to.ip(&["link", "set", peer, "up"]);
-        }
-        client.ip(&["addr", "add", "192.168.77.2/24", "dev", "c0"]);
-        client.ip(&["route", "add", "default", "via", NODE_IP]);
-        node.ip(&["addr", "add", "192.168.77.1/24", "dev", "n0"]);
-        node.ip(&["addr", "add", "10.244.1.1/24", "dev", "n1"]);
-        // As on a real node: the service range is routed somewhere (here, the client).
-        node.ip(&["route", "add", "default", "via", "192.168.77.2"]);
-        sh(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &node.0,
-                "sysctl",
-                "-qw",
-                "net.ipv4.ip_forward=1",
-            ],
-        );
-        pod.ip(&["addr", "add", &format!("{EP1}/24"), "dev", "p0"]);
-        pod.ip(&["addr", "add", &format!("{EP2}/24"), "dev", "p0"]);
-        pod.ip(&["route", "add", "default", "via", "10.244.1.1"]);
-        let stop = Arc::new(AtomicBool::new(false));
-        for ep in [EP1, EP2] {
-            let addr: SocketAddr = format!("{ep}:8080").parse().unwrap();
-            let l = pod.run_in(move || TcpListener::bind(addr).expect("bind"));
-            l.set_nonblocking(true).unwrap();
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    match l.accept() {
-                        Ok((mut s, peer)) => {
-                            let _ = s.write_all(format!("{ep} {}", peer.ip()).as_bytes());
-                        }
-                        Err(_) => std::thread::sleep(Duration::from_millis(2)),
-                    }
-                }
-            });
-        }
-        for ep in [EP1, EP2] {
-            let addr: SocketAddr = format!("{ep}:8080").parse().unwrap();
-            let u = pod.run_in(move || UdpSocket::bind(addr).expect("bind udp"));
-            u.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 64];
-                while !stop.load(Ordering::Relaxed) {
-                    if let Ok((_, peer)) = u.recv_from(&mut buf) {
-                        let _ = u.send_to(format!("{ep} {}", peer.ip()).as_bytes(), peer);
-                    }
-                }
-            });
-        }
-        World {
-            client,
-            node,
-            pod,
-            stop,
-        }
-    }
-
-    fn proxier(&self) -> Proxier {
-        Proxier::open_in(&self.node.path()).expect("proxier")
-    }
-
-    fn driver(&self, mode: Mode) -> Driver {
-        match mode {
-            Mode::Full => Driver::Full(self.proxier()),
-            Mode::Incremental => Driver::Incremental(self.proxier(), Box::new(Model::new(node()))),
-        }
-    }
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-/// (endpoint that answered, source address it saw), or the connect error.
-fn fetch(ns: &Netns, to: &str, timeout: Duration) -> std::io::Result<(String, Ipv4Addr)> {
-    let to: SocketAddr = to.parse().unwrap();
-    ns.run_in(move || {
-        let mut s = TcpStream::connect_timeout(&to, timeout)?;
-        s.set_read_timeout(Some(Duration::from_secs(2)))?;
-        let mut buf = String::new();
-        s.read_to_string(&mut buf)?;
-        let (ep, peer) = buf.split_once(' ').expect("reply");
-        Ok((ep.to_string(), peer.parse().expect("peer")))
-    })
-}
 
 fn web(kind: &str, etp: &str) -> Service {
     serde_json::from_value(json!({
@@ -259,6 +93,15 @@ enum Mode {
 enum Driver {
     Full(Proxier),
     Incremental(Proxier, Box<Model>),
+}
+
+impl World {
+    fn driver(&self, mode: Mode) -> Driver {
+        match mode {
+            Mode::Full => Driver::Full(self.proxier()),
+            Mode::Incremental => Driver::Incremental(self.proxier(), Box::new(Model::new(node()))),
+        }
+    }
 }
 
 impl Driver {
