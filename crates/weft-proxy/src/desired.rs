@@ -28,8 +28,8 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use weft_nft::{
-    BaseChain, Chain, ChainType, CmpOp, CtStates, DataType, Family, Hook, KeyType, Policy, Reject,
-    Rhs, Rule, Ruleset, Selector, Set, SetRef, Stmt, Table, Value, Verdict,
+    BaseChain, Chain, ChainType, CmpOp, CtStates, DataType, Family, Hook, Key, KeyType, Policy,
+    Reject, Rhs, Rule, Ruleset, Selector, Set, SetRef, Stmt, Table, Value, Verdict,
 };
 
 use crate::affinity;
@@ -502,7 +502,8 @@ pub fn desired(ports: &[ServicePort], eps: &Endpoints, node: &NodeContext) -> Ru
     let mut t = skeleton(&dynamic, node);
     for e in elements {
         if let Some(set) = t.set_mut(&e.set.name()) {
-            set.insert(e.key, e.elem);
+            // Two Services claiming one key: the first keeps it (as the model does).
+            set.elements.entry(Key(e.key)).or_insert(e.elem);
         }
     }
     let mut rs = Ruleset::default();

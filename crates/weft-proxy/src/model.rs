@@ -27,7 +27,10 @@ pub struct Model {
     dynamic: BTreeMap<Dynamic, usize>,
     /// How many Services hold each element (two Services may share an endpoint's hairpin
     /// element); the element goes when the last one lets go.
-    refs: HashMap<ElemKey, u32>,
+    /// Per element, each value Services want it to have with how many want it. Two
+    /// Services may claim one key with different values (the same external IP and
+    /// port): the oldest claim wins, and the next takes over when it goes.
+    refs: HashMap<ElemKey, Vec<(Elem, u32)>>,
     services: HashMap<ServiceId, Vec<Element>>,
     /// Since the last delta: each touched element's value before the first touch.
     before: HashMap<ElemKey, Option<Elem>>,
@@ -131,9 +134,16 @@ impl Model {
 
     fn acquire(&mut self, e: &Element) {
         let key = (e.set.clone(), e.key.clone());
-        let n = self.refs.entry(key.clone()).or_insert(0);
-        *n += 1;
-        let first = *n == 1;
+        let claims = self.refs.entry(key.clone()).or_default();
+        let first = claims.is_empty();
+        match claims.iter_mut().find(|(v, _)| *v == e.elem) {
+            Some((_, n)) => *n += 1,
+            None => claims.push((e.elem.clone(), 1)),
+        }
+        if !first {
+            // The winning value stays the oldest claim's.
+            return;
+        }
         if let (SetId::Dynamic(d), true) = (&e.set, first) {
             let d = *d;
             if !self.dynamic.contains_key(&d) {
@@ -157,11 +167,23 @@ impl Model {
 
     fn release(&mut self, e: &Element) {
         let key = (e.set.clone(), e.key.clone());
-        let Some(n) = self.refs.get_mut(&key) else {
+        let Some(claims) = self.refs.get_mut(&key) else {
             return;
         };
-        *n -= 1;
-        if *n > 0 {
+        let Some(at) = claims.iter().position(|(v, _)| *v == e.elem) else {
+            return;
+        };
+        claims[at].1 -= 1;
+        if claims[at].1 == 0 {
+            claims.remove(at);
+        }
+        if let Some((winner, _)) = claims.first() {
+            // Another Service still claims the element: it keeps, or takes over, the value.
+            let winner = winner.clone();
+            self.remember(&key);
+            if let Some(set) = self.table.set_mut(&e.set.name()) {
+                set.elements.insert(Key(e.key.clone()), winner);
+            }
             return;
         }
         self.refs.remove(&key);

@@ -167,3 +167,75 @@ fn an_unchanged_service_makes_no_delta() {
     model.set_service(id, elements(&svc, &slice));
     assert!(model.take_delta().is_empty());
 }
+
+#[test]
+fn two_services_claiming_one_key_the_oldest_wins_and_the_next_takes_over() {
+    let svc = |name: &str, ip: &str| -> Service {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "t"},
+            "spec": {"clusterIP": ip, "externalIPs": ["192.168.5.5"], "ports": [{"name": "p", "port": 80}]}
+        }))
+        .unwrap()
+    };
+    let slice = |name: &str, ep: &str| -> EndpointSlice {
+        serde_json::from_value(json!({
+            "metadata": {"name": format!("{name}-1"), "namespace": "t",
+                         "labels": {"kubernetes.io/service-name": name}},
+            "addressType": "IPv4", "ports": [{"name": "p", "port": 8080}],
+            "endpoints": [{"addresses": [ep]}]
+        }))
+        .unwrap()
+    };
+    let external_target = |m: &Model| -> Option<weft_nft::ElemData> {
+        let key = Key(vec![
+            Value::Ipv4([192, 168, 5, 5].into()),
+            Value::Proto(6),
+            Value::Port(80),
+            Value::Integer(0),
+        ]);
+        let rs = m.ruleset();
+        let t = rs.table(Family::Ip, crate::TABLE).unwrap();
+        t.sets["backends"]
+            .elements
+            .get(&key)
+            .and_then(|e| e.data.clone())
+    };
+    let to = |ip: [u8; 4]| {
+        Some(weft_nft::ElemData::Value(vec![
+            Value::Ipv4(ip.into()),
+            Value::Port(8080),
+        ]))
+    };
+    let mut model = Model::new(node());
+    let (a, b) = (
+        ("t".to_string(), "a".to_string()),
+        ("t".to_string(), "b".to_string()),
+    );
+    model.set_service(
+        a.clone(),
+        elements(&svc("a", "10.96.0.1"), &slice("a", "10.244.1.1")),
+    );
+    model.set_service(
+        b.clone(),
+        elements(&svc("b", "10.96.0.2"), &slice("b", "10.244.2.2")),
+    );
+    assert_eq!(
+        external_target(&model),
+        to([10, 244, 1, 1]),
+        "the first claim holds"
+    );
+    let _ = model.take_delta();
+    model.remove_service(&a);
+    assert_eq!(
+        external_target(&model),
+        to([10, 244, 2, 2]),
+        "the next takes over"
+    );
+    let d = model.take_delta();
+    assert!(d
+        .added
+        .iter()
+        .any(|(s, k, _)| s.name() == "backends" && k.0[0] == Value::Ipv4([192, 168, 5, 5].into())));
+    model.remove_service(&b);
+    assert_eq!(external_target(&model), None);
+}

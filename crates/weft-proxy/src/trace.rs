@@ -28,8 +28,8 @@ pub enum Decision {
     Dropped(String),
     /// DNAT to one of `endpoints`, each equally likely.
     Balanced {
-        /// What matched: "cluster IP", "external address", "node port", and whether the
-        /// pods' short-circuit applied.
+        /// What matched: "a cluster IP", "an external address", "a node port", and
+        /// whether the pods' short-circuit applied.
         matched: String,
         endpoints: Vec<(Ipv4Addr, u16)>,
         /// A client the table remembers goes back to the endpoint it had.
@@ -121,13 +121,13 @@ pub fn decide(sets: &BTreeMap<String, Set>, cluster_cidr: Option<Ipv4Net>, p: &P
         masquerade = Some("the client is outside the cluster CIDR".to_string());
     }
     let addr_kind = if has(sets, "cluster-ips", &addr) {
-        "cluster IP"
+        "a cluster IP"
     } else {
-        "external address (LoadBalancer or externalIP)"
+        "an external address (LoadBalancer or externalIP)"
     };
     for (prefix, key, what) in [
         ("", &addr[..], addr_kind),
-        ("nodeport-", &port[..], "node port"),
+        ("nodeport-", &port[..], "a node port"),
     ] {
         if prefix == "nodeport-" && !nodeport {
             break;
@@ -239,7 +239,7 @@ mod tests {
                 masquerade,
                 ..
             } => {
-                assert_eq!(matched, "cluster IP");
+                assert_eq!(matched, "a cluster IP");
                 assert_eq!(endpoints, vec![(Ipv4Addr::new(10, 244, 2, 5), 8080)]);
                 assert_eq!(masquerade, None);
             }

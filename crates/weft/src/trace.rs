@@ -111,7 +111,7 @@ fn on_node(
             } => {
                 let share = 100.0 / endpoints.len() as f64;
                 println!(
-                "{label} on {name}: weft-proxy matches a {matched}; DNAT to one of {} endpoint(s), {share:.0}% each{}",
+                "{label} on {name}: weft-proxy matches {matched}; DNAT to one of {} endpoint(s), {share:.0}% each{}",
                 endpoints.len(),
                 if affinity { " (ClientIP affinity: a remembered client keeps its endpoint)" } else { "" }
             );
