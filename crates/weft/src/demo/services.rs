@@ -143,6 +143,8 @@ pub fn step(
         ok && line.contains("pod=scenario2/backend-pod"),
         "any node's port reaches the pod, wherever it runs",
     );
+    n.saw("(client= is node-1's address on the path to node-2: with externalTrafficPolicy Cluster");
+    n.saw(" the node masquerades, so the reply comes back through it to be un-NATed)");
     let (ok, line) = until_ok(|| from_external(&ext, &["tcp", &format!("{lb}:80")]))?;
     n.saw(format!(
         "from the external host, the load balancer address {lb}:80:"
