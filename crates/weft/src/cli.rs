@@ -30,7 +30,7 @@ pub enum Command {
     Serve(ServeArgs),
     /// Run as a CNI plugin (also when invoked as `weft-cni` or with CNI_COMMAND set)
     Cni,
-    /// The node agent: watches the API and runs networking (pods, routes) for one node
+    /// The node agent: watches the API and runs networking (pods, routes, Services) for one node
     Agent(AgentArgs),
     /// The lab's Kubernetes-compatible API server and controllers
     ControlPlane(PassThrough),
@@ -61,7 +61,8 @@ pub enum LabCommand {
         /// How pod traffic crosses nodes: a VXLAN overlay or direct routes (one L2 segment)
         #[arg(long, default_value = "vxlan", value_parser = ["vxlan", "host-gw"])]
         backend: String,
-        /// A lab file (YAML keys: nodes, backend, underlay, clusterCIDR, serviceCIDR)
+        /// A lab file (YAML keys: nodes, backend, underlay, clusterCIDR, serviceCIDR,
+        /// loadBalancerCIDR)
         #[arg(short = 'f')]
         file: Option<String>,
     },
@@ -114,9 +115,11 @@ pub enum LabCommand {
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
     },
-    /// Explain where a pod's packet to IP:PORT goes: the pod's route, what the node's
-    /// Service table does with it (endpoints, masquerade, or why it is refused or dropped)
-    /// and the route to each place it may land, all read from the lab's kernel
+    /// Explain where a pod's packet to IP:PORT goes, read from the lab's kernel
+    ///
+    /// The pod's route, what its node's Service table does with the first packet
+    /// (endpoints and their pods, masquerade, or why it is refused or dropped), and the
+    /// route to each place it may land.
     Trace {
         #[command(flatten)]
         lab: LabName,
