@@ -1,6 +1,6 @@
 //! The thin applier: keeps what it last committed and sends the kernel only the difference.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use weft_nft::diff::Summary;
 use weft_nft::{Backend, Family, Ruleset};
@@ -223,10 +223,6 @@ impl Proxier {
                 .map_err(self.nft())?;
         }
         Ok(())
-    }
-
-    pub fn netns(&self) -> PathBuf {
-        PathBuf::from(&self.netns)
     }
 }
 
