@@ -10,7 +10,7 @@ use std::net::Ipv4Addr;
 use weft_nft::netlink::conntrack::Flow;
 use weft_nft::{Elem, ElemData, Family, Key, Ruleset, Value};
 
-use crate::desired::{SetId, TABLE};
+use crate::desired::{SetId, BACKEND_MAPS, TABLE};
 use crate::model::Delta;
 
 const UDP: u8 = 17;
@@ -66,15 +66,8 @@ impl Stale {
     }
 }
 
-const BACKENDS: [&str; 4] = [
-    "backends",
-    "nodeport-backends",
-    "from-pods-backends",
-    "nodeport-from-pods-backends",
-];
-
 fn is_backends(set: &str) -> bool {
-    BACKENDS.contains(&set)
+    BACKEND_MAPS.contains(&set)
 }
 
 fn is_no_endpoints(set: &str) -> bool {
@@ -155,7 +148,7 @@ pub fn between(prev: &Ruleset, desired: &Ruleset) -> Stale {
             .unwrap_or_default()
     };
     let mut out = Stale::default();
-    for set in BACKENDS {
+    for set in BACKEND_MAPS {
         let new: BTreeSet<_> = elems(desired, set)
             .into_iter()
             .filter_map(|(_, p)| p)

@@ -51,6 +51,14 @@ pub struct NodeContext {
     pub cluster_cidr: Option<Ipv4Net>,
 }
 
+/// Every map of service keys to endpoints: where an endpoint change shows.
+pub const BACKEND_MAPS: [&str; 4] = [
+    "backends",
+    "nodeport-backends",
+    "from-pods-backends",
+    "nodeport-from-pods-backends",
+];
+
 pub const ADDR_KEY: [Selector; 3] = [Selector::IpDaddr, Selector::MetaL4proto, Selector::ThDport];
 pub const PORT_KEY: [Selector; 2] = [Selector::MetaL4proto, Selector::ThDport];
 

@@ -5,7 +5,7 @@ use std::path::Path;
 use weft_nft::diff::Summary;
 use weft_nft::{Backend, Family, Ruleset};
 
-use crate::desired::TABLE;
+use crate::desired::{BACKEND_MAPS, TABLE};
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::{affinity, conntrack, transaction};
@@ -99,7 +99,7 @@ impl Proxier {
         let backends_changed = delta
             .removed
             .iter()
-            .any(|(s, _, _)| s.name().ends_with("backends"));
+            .any(|(s, _, _)| BACKEND_MAPS.contains(&s.name().as_str()));
         // The table is committed: what follows is cleanup, so a failure is reported and
         // does not undo the sync.
         if backends_changed {
@@ -228,15 +228,8 @@ impl Proxier {
 
 fn backends_moved(prev: &Ruleset, desired: &Ruleset) -> bool {
     let sets = |rs: &Ruleset| {
-        rs.table(Family::Ip, TABLE).map(|t| {
-            [
-                "backends",
-                "nodeport-backends",
-                "from-pods-backends",
-                "nodeport-from-pods-backends",
-            ]
-            .map(|m| t.sets.get(m).cloned())
-        })
+        rs.table(Family::Ip, TABLE)
+            .map(|t| BACKEND_MAPS.map(|m| t.sets.get(m).cloned()))
     };
     sets(prev) != sets(desired)
 }

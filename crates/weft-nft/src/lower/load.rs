@@ -130,15 +130,19 @@ impl Lowerer {
             self.load(key[0], REG_1);
             return Ok(REG_1);
         }
-        let mut slot = 0u32;
-        for s in key {
-            self.load(*s, reg32(slot));
-            slot += (pad4(s.key_type().size()) / 4) as u32;
-        }
-        if slot > 16 {
+        if slots(key) > 16 {
             return Err(invalid("concatenated key longer than 64 bytes".into()));
         }
+        self.load_from(key, 0);
         Ok(REG_1)
+    }
+
+    /// Loads `sel` field after field into consecutive 32-bit registers from `slot`.
+    fn load_from(&mut self, sel: &[Selector], mut slot: u32) {
+        for s in sel {
+            self.load(*s, reg32(slot));
+            slot += slots(std::slice::from_ref(s));
+        }
     }
 
     /// Loads `data` into the registers after those `key` took (a map element's data for
@@ -151,11 +155,6 @@ impl Lowerer {
         if data.is_empty() {
             return Ok(None);
         }
-        let slots = |sel: &[Selector]| -> u32 {
-            sel.iter()
-                .map(|s| (pad4(s.key_type().size()) / 4) as u32)
-                .sum()
-        };
         let first = slots(key).max(1);
         if first + slots(data) > 16 {
             return Err(invalid("key and data longer than 64 bytes".into()));
@@ -163,11 +162,14 @@ impl Lowerer {
         for s in data {
             self.deps(*s)?;
         }
-        let mut slot = first;
-        for s in data {
-            self.load(*s, reg32(slot));
-            slot += (pad4(s.key_type().size()) / 4) as u32;
-        }
+        self.load_from(data, first);
         Ok(Some(reg32(first)))
     }
+}
+
+/// 32-bit register slots the fields take, each padded to 4 bytes.
+fn slots(sel: &[Selector]) -> u32 {
+    sel.iter()
+        .map(|s| (pad4(s.key_type().size()) / 4) as u32)
+        .sum()
 }
