@@ -1,0 +1,1 @@
+//! NetworkPolicy (work in progress).
