@@ -110,6 +110,9 @@ impl Prepared {
             ] {
                 libc::signal(sig, libc::SIG_DFL);
             }
+            // The agent writes its state private (umask 077); a container starts with the
+            // usual 022, as runtimes give it.
+            libc::umask(0o022);
             if self.new_session {
                 check(libc::setsid())?;
             }

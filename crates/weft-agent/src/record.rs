@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use std::fs::{self, File};
 use std::io::Write;
 use std::net::IpAddr;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -120,7 +121,13 @@ pub fn write_durable(path: &Path, bytes: &[u8]) -> Result<()> {
     fs::create_dir_all(dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
     let tmp = path.with_extension("tmp");
     let op = || format!("write {}", path.display());
-    let mut f = File::create(&tmp).map_err(|e| Error::io(op(), e))?;
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| Error::io(op(), e))?;
     f.write_all(bytes).map_err(|e| Error::io(op(), e))?;
     f.sync_all().map_err(|e| Error::io(op(), e))?;
     fs::rename(&tmp, path).map_err(|e| Error::io(op(), e))?;

@@ -36,12 +36,24 @@ fn write_private(path: &Path, content: &str) -> Result<(), Error> {
         .map_err(|e| Error::io(format!("writing {}", path.display()), e))
 }
 
+/// Creates `dir` (and its parents) and makes it the owner's alone (0700), also when it was
+/// there before: it holds the CA key, the admin token and the store (Secrets included).
+pub(crate) fn private_dir(dir: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| Error::io(format!("making {} private (0700)", dir.display()), e))
+}
+
 /// Loads the credentials under `dir`, generating whatever is missing. `ips` are the
 /// addresses the serving certificate must be valid for (besides 127.0.0.1).
 pub fn ensure(dir: &Path, ips: &[IpAddr]) -> Result<Credentials, Error> {
     let pki = dir.join("pki");
-    std::fs::create_dir_all(&pki)
-        .map_err(|e| Error::io(format!("creating {}", pki.display()), e))?;
+    private_dir(&pki)?;
     let ca_crt = pki.join("ca.crt");
     let cert_path = pki.join("apiserver.crt");
     let key_path = pki.join("apiserver.key");
@@ -175,8 +187,11 @@ preferences: {{}}
     );
     if let Some(parent) = path.parent() {
         if !parent.as_os_str().is_empty() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
+            // A directory of the caller's choosing: created private when missing, left as
+            // it is when it exists (the file itself is 0600 either way).
+            if !parent.exists() {
+                private_dir(parent)?;
+            }
         }
     }
     // Written to a temporary name and renamed, so a reader never sees half a file.

@@ -59,8 +59,7 @@ impl Server {
 
 pub async fn start(cfg: Config) -> Result<Server, Error> {
     cfg.check()?;
-    std::fs::create_dir_all(&cfg.data_dir)
-        .map_err(|e| Error::io(format!("creating data dir {}", cfg.data_dir.display()), e))?;
+    credentials::private_dir(&cfg.data_dir)?;
     let creds = credentials::ensure(&cfg.data_dir, &[cfg.listen.ip()])?;
     let store = Store::open(&cfg.data_dir, cfg.watch_history.max(100))?;
     let listener = TcpListener::bind(cfg.listen)

@@ -2,6 +2,7 @@
 //! `/var/lib/weft`): `lab.json` records the spec and the topology, so `down` removes exactly
 //! what `up` made even after a crash.
 
+use crate::access::{self, Owner};
 use crate::error::{Error, Result};
 use crate::topology::{plan, validate_name, LabSpec, Topology};
 use crate::world;
@@ -13,6 +14,10 @@ use weft_netlink::Netns;
 pub struct LabState {
     pub spec: LabSpec,
     pub topology: Topology,
+    /// Who the lab's kubeconfig is handed to (see `access`); labs recorded before this
+    /// existed hand it to root.
+    #[serde(default)]
+    pub owner: Option<Owner>,
 }
 
 pub fn state_root() -> PathBuf {
@@ -50,9 +55,7 @@ fn save(dir: &Path, state: &LabState) -> Result<()> {
         path: dir.display().to_string(),
         problem: e.to_string(),
     })?;
-    let tmp = dir.join("lab.json.tmp");
-    std::fs::write(&tmp, bytes).map_err(Error::io(format!("write {}", tmp.display())))?;
-    std::fs::rename(&tmp, dir.join("lab.json")).map_err(Error::io("save lab.json"))
+    access::write_private(&dir.join("lab.json"), &bytes, None)
 }
 
 /// Builds the lab's network and records it. Refuses a name in use, by a recorded lab or by
@@ -67,10 +70,12 @@ pub fn up(spec: &LabSpec, progress: &mut dyn FnMut(&str)) -> Result<LabState> {
     if dir.join("lab.json").exists() || taken {
         return Err(Error::Exists(spec.name.clone()));
     }
-    std::fs::create_dir_all(&dir).map_err(Error::io(format!("create {}", dir.display())))?;
+    let owner = Owner::invoking();
+    access::create_lab_dir(&dir, owner)?;
     let state = LabState {
         spec: spec.clone(),
         topology,
+        owner: Some(owner),
     };
     // Recorded before building, so a crash half-way is still cleaned up by `down`.
     save(&dir, &state)?;

@@ -6,6 +6,7 @@
 //! live in namespaces named after their node (`weft-N-node-K.<ns>-<pod>`). Nothing is added
 //! to the machine's own network.
 
+pub mod access;
 pub mod error;
 pub mod forward;
 pub mod lab;

@@ -5,6 +5,7 @@
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -60,6 +61,7 @@ fn spawn(spec: &ProcSpec, logs: &Path) -> Result<Child> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(&log_path)
         .map_err(Error::io(format!("open {}", log_path.display())))?;
     let err = log.try_clone().map_err(Error::io("dup log"))?;
@@ -99,10 +101,7 @@ fn write_status(path: &Path, procs: &[Running]) {
         procs: procs.iter().map(|r| r.status.clone()).collect(),
     };
     if let Ok(bytes) = serde_json::to_vec_pretty(&status) {
-        let tmp = path.with_extension("tmp");
-        if std::fs::write(&tmp, bytes).is_ok() {
-            let _ = std::fs::rename(&tmp, path);
-        }
+        let _ = crate::access::write_private(path, &bytes, None);
     }
 }
 
@@ -115,7 +114,11 @@ pub fn run(specs: Vec<ProcSpec>, lab_dir: &Path) -> Result<()> {
         libc::signal(libc::SIGINT, on_term as *const () as libc::sighandler_t);
     }
     let logs = lab_dir.join("logs");
-    std::fs::create_dir_all(&logs).map_err(Error::io(format!("create {}", logs.display())))?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&logs)
+        .map_err(Error::io(format!("create {}", logs.display())))?;
     let status_path = lab_dir.join("status.json");
     let mut procs: Vec<Running> = specs
         .into_iter()

@@ -3,6 +3,7 @@
 //! after `lab up` returns and `lab down` stops it.
 
 use anyhow::{bail, Context, Result};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -92,8 +93,15 @@ pub fn up(name: &str, nodes: u32, backend: &str, file: Option<&str>) -> Result<(
     let dir = weft_lab::lab_dir(name);
     let weft = std::env::current_exe().context("find the weft binary")?;
     let logs = dir.join("logs");
-    std::fs::create_dir_all(&logs)?;
-    let log = std::fs::File::create(logs.join("supervisor.log"))?;
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&logs)
+        .with_context(|| format!("create {}", logs.display()))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(logs.join("supervisor.log"))?;
     let mut cmd = std::process::Command::new(&weft);
     cmd.args(["lab", "supervise", "--name", name])
         .stdin(Stdio::null())
@@ -101,7 +109,11 @@ pub fn up(name: &str, nodes: u32, backend: &str, file: Option<&str>) -> Result<(
         .stderr(log)
         .process_group(0);
     let child = cmd.spawn().context("start the lab supervisor")?;
-    std::fs::write(supervise::pid_file(&dir), child.id().to_string())?;
+    weft_lab::access::write_private(
+        &supervise::pid_file(&dir),
+        child.id().to_string().as_bytes(),
+        None,
+    )?;
     progress(&format!(
         "supervisor pid {} (logs in {})",
         child.id(),
@@ -199,14 +211,16 @@ pub fn supervise(name: &str) -> Result<()> {
     let target = std::net::SocketAddr::new(state.topology.gateway.addr().into(), API_PORT);
     weft_lab::forward::spawn(listener, root, target)?;
     let (internal, host) = (internal_kubeconfig(&dir), kubeconfig_path(name));
+    let owner = state.owner;
     std::thread::spawn(move || {
-        // Once the control plane wrote its kubeconfig, publish the host's copy.
+        // Once the control plane wrote its kubeconfig, publish the host's copy: it holds
+        // the admin token, so it is 0600 and belongs to the user who ran `lab up`.
         for _ in 0..6000 {
             if let Ok(text) = std::fs::read_to_string(&internal) {
                 let rewritten = text.replace(&target.to_string(), &format!("127.0.0.1:{port}"));
-                let tmp = host.with_extension("tmp");
-                if std::fs::write(&tmp, rewritten).is_ok() && std::fs::rename(&tmp, &host).is_ok() {
-                    return;
+                match weft_lab::access::write_private(&host, rewritten.as_bytes(), owner) {
+                    Ok(()) => return,
+                    Err(e) => eprintln!("weft lab supervise: publishing the kubeconfig: {e}"),
                 }
             }
             std::thread::sleep(Duration::from_millis(50));

@@ -17,6 +17,17 @@ use clap::Parser;
 use cli::{Cli, Command, LabCommand};
 use std::process::ExitCode;
 
+/// The lab, the control plane, the agent and the CNI plugin write credentials, the store
+/// and node state as root: whatever they create is their owner's alone (0600 files, 0700
+/// directories) unless it says otherwise. Pods get the usual 022 back (weft-agent's
+/// process isolation).
+fn private_files() {
+    // SAFETY: umask(2) cannot fail.
+    unsafe {
+        libc::umask(0o077);
+    }
+}
+
 fn invoked_as_cni() -> bool {
     let argv0 = std::env::args_os().next().unwrap_or_default();
     let base = std::path::Path::new(&argv0)
@@ -28,9 +39,13 @@ fn invoked_as_cni() -> bool {
 
 fn main() -> ExitCode {
     if invoked_as_cni() {
+        private_files();
         return ExitCode::from(weft_cni::plugin::main_from_env());
     }
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Probe(_) | Command::Serve(_)) {
+        private_files();
+    }
     match cli.command {
         Command::Cni => ExitCode::from(weft_cni::plugin::main_from_env()),
         Command::Probe(p) => ExitCode::from(probe::run(p)),

@@ -20,6 +20,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::{reflector, watcher, WatchStreamExt};
 use kube::{Api, Client};
 use std::net::IpAddr;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -263,10 +264,15 @@ fn write_cni_config(
     pod_cidr: IpNet,
     backend: Backend,
 ) -> Result<std::path::PathBuf> {
-    std::fs::create_dir_all(&cfg.state_dir).map_err(|e| AgentError::Io {
-        op: format!("create {}", cfg.state_dir.display()),
-        source: e,
-    })?;
+    // The node's state (CNI config, IPAM, pods' records) is root's alone.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&cfg.state_dir)
+        .map_err(|e| AgentError::Io {
+            op: format!("create {}", cfg.state_dir.display()),
+            source: e,
+        })?;
     let mtu = match backend {
         Backend::Vxlan { .. } => 1450,
         Backend::HostGw => 1500,

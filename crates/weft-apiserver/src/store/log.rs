@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -141,7 +142,12 @@ impl Log {
     pub fn rewrite(&mut self, records: &[Record]) -> Result<(), Error> {
         let tmp = self.path.with_extension("compact");
         {
-            let mut f = File::create(&tmp)
+            let mut f = OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
                 .map_err(|e| Error::io(format!("creating {}", tmp.display()), e))?;
             let mut buf = Vec::new();
             for r in records {
@@ -168,9 +174,11 @@ impl Log {
 
 fn open_append(path: &Path) -> Result<File, Error> {
     let existed = path.exists();
+    // The store holds every object, Secrets included: the owner's alone.
     let f = OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(path)
         .map_err(|e| Error::io(format!("opening store log {}", path.display()), e))?;
     if !existed {

@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::ErrorKind;
 use std::net::IpAddr;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -91,7 +91,11 @@ impl Store {
     /// Opens (creating if needed) `<data_dir>/<network>`.
     pub fn open(data_dir: &Path, network: &str) -> Result<Store> {
         let dir = data_dir.join(network);
-        fs::create_dir_all(&dir)
+        // Root's alone: it names every container on the node.
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
             .map_err(|e| Error::io(format!("create IPAM directory {}", dir.display()), e))?;
         Ok(Store { dir })
     }
@@ -106,6 +110,7 @@ impl Store {
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(0o600)
             .open(&path)
             .map_err(|e| Error::io(format!("open {}", path.display()), e))?;
         Flock::lock(f, arg).map_err(|(_, errno)| {
@@ -185,6 +190,7 @@ impl Store {
                 .create(true)
                 .truncate(false)
                 .write(true)
+                .mode(0o600)
                 .open(&path)?;
             f.write_all_at(&bytes, 0)?;
             if durability == Durability::Synced {

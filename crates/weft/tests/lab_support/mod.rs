@@ -65,6 +65,11 @@ pub struct Lab {
 impl Lab {
     /// `weft lab up`; the guard exists before `up` runs, so a half-built lab is removed too.
     pub fn up(nodes: u32, backend: &str) -> Lab {
+        Lab::up_env(nodes, backend, &[])
+    }
+
+    /// `weft lab up` with extra environment (e.g. sudo's `SUDO_UID`).
+    pub fn up_env(nodes: u32, backend: &str, env: &[(&str, &str)]) -> Lab {
         let lab = Lab {
             name: unique_name(),
             state: tempfile::tempdir().expect("temp state dir"),
@@ -81,6 +86,7 @@ impl Lab {
                 "--backend",
                 backend,
             ])
+            .envs(env.iter().copied())
             .output()
             .expect("spawn weft lab up");
         assert!(
