@@ -115,6 +115,7 @@ pub enum Expr {
     Masq {
         flags: u32,
     },
+    Notrack,
     Reject {
         kind: u32,
         code: Option<u8>,
@@ -167,6 +168,7 @@ impl Expr {
             Expr::FibAddrType { .. } => "fib",
             Expr::Nat { .. } => "nat",
             Expr::Masq { .. } => "masq",
+            Expr::Notrack => "notrack",
             Expr::Reject { .. } => "reject",
             Expr::Dynset { .. } => "dynset",
             Expr::Log { .. } => "log",

@@ -324,6 +324,7 @@ pub fn stmt(s: &Stmt, family: Family) -> String {
             let fam = if v6 { "ip6" } else { "ip" };
             format!("dnat {fam} to {} map {}", key(k), set_ref(map))
         }
+        Stmt::Notrack => "notrack".into(),
         Stmt::Masquerade { fully_random } => {
             if *fully_random {
                 "masquerade fully-random".into()

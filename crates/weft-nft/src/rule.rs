@@ -212,6 +212,9 @@ pub enum Stmt {
     Masquerade {
         fully_random: bool,
     },
+    /// `notrack`: conntrack skips the packet (in a raw-priority chain), so no NAT or
+    /// state applies to it, and no conntrack insert can race.
+    Notrack,
     Reject(Reject),
     /// `update @set { KEY timeout T }`, or for a map `update @map { KEY timeout T : DATA }`:
     /// session affinity and rate tracking.

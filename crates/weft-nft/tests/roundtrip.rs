@@ -173,3 +173,37 @@ fn every_feature_reads_back_equal_through_weft_and_nft() {
         assert!(text.contains(needle), "nft list lacks `{needle}`:\n{text}");
     }
 }
+
+#[test]
+fn notrack_in_a_raw_chain_round_trips_and_nft_reads_it() {
+    let ns = Netns::new("nt");
+    let mut be = ns.backend();
+    let mut t = Table::new(Family::Ip, "weft-raw");
+    t.add_chain(
+        Chain::base(
+            "prerouting",
+            BaseChain {
+                kind: ChainType::Filter,
+                hook: Hook::Prerouting,
+                priority: -300,
+                policy: Policy::Accept,
+            },
+        )
+        .with_rule(Rule::new(vec![
+            Stmt::eq(Selector::IpDaddr, ip([10, 96, 0, 10])),
+            Stmt::eq(Selector::UdpDport, Value::Port(53)),
+            Stmt::Notrack,
+        ])),
+    );
+    let mut rs = Ruleset::default();
+    rs.add_table(t);
+    be.apply_full(&rs).expect("apply");
+    let back = be
+        .read_table(Family::Ip, "weft-raw")
+        .expect("read")
+        .expect("table exists");
+    let want = kernel_view(rs.table(Family::Ip, "weft-raw").unwrap()).unwrap();
+    assert_eq!(back, want);
+    let text = ns.nft_json().to_string();
+    assert!(text.contains("\"notrack\""), "{text}");
+}

@@ -127,10 +127,8 @@ pub fn up(name: &str, nodes: u32, backend: &str, file: Option<&str>) -> Result<(
         "lab {name} is up in {:.1}s",
         started.elapsed().as_secs_f64()
     );
-    println!(
-        "  kubectl --kubeconfig {} get nodes -o wide",
-        kubeconfig_path(name).display()
-    );
+    println!("  export KUBECONFIG={}", kubeconfig_path(name).display());
+    println!("  kubectl get nodes -o wide");
     Ok(())
 }
 

@@ -183,6 +183,7 @@ impl Lowerer {
                 self.nat_to(false, *addr, *port)
             }
             Stmt::DnatMap { key, map } => self.dnat_map(key, map)?,
+            Stmt::Notrack => self.out.push(Expr::Notrack),
             Stmt::Masquerade { fully_random } => self.out.push(Expr::Masq {
                 flags: if *fully_random {
                     NAT_RANGE_PROTO_RANDOM_FULLY

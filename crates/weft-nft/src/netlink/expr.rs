@@ -225,6 +225,7 @@ fn put_expr(w: &mut Writer, e: &Expr, anon: &[(u32, String)]) {
                 w.put_be32(1, *flags);
             }
         }
+        Expr::Notrack => {}
         Expr::Reject { kind, code } => {
             w.put_be32(1, *kind);
             if let Some(c) = code {
@@ -349,6 +350,7 @@ fn decode_expr(name: &str, a: Attrs) -> Result<Expr> {
             }
         }
         "counter" => Expr::Counter,
+        "notrack" => Expr::Notrack,
         "numgen" => Expr::Numgen {
             dreg: need(u(1), k, "dreg")?,
             modulus: need(u(2), k, "modulus")?,
