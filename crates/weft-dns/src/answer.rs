@@ -1,0 +1,165 @@
+//! Replies to parsed queries: errors, REFUSED, and the zone's answers, written into the
+//! caller's buffer. This is the hot path: one hash lookup under a read lock, and copies of
+//! bytes encoded when the records changed.
+
+use std::net::IpAddr;
+
+use crate::acl::Acl;
+use crate::model::Model;
+use crate::wire::{
+    parse, put_header, put_opt, reply_flags, set_count, Edns, Parsed, Query, CLASS_IN, FLAG_TC,
+    RCODE_BADVERS, RCODE_NOERROR, RCODE_NXDOMAIN, RCODE_REFUSED,
+};
+use crate::zone::{Lookup, Zone};
+
+/// What became of a request.
+#[derive(Debug)]
+pub enum Decision<'a> {
+    /// `out` holds the reply.
+    Reply,
+    /// Send nothing.
+    Drop,
+    /// Not in the zone: the forwarder answers. The lowercase name is in the caller's buffer.
+    Forward(Query<'a>),
+}
+
+/// Answer one request from `src`. `udp_limit` is `Some` for UDP (the reply is truncated
+/// to what the client takes) and `None` for TCP.
+pub fn respond<'a>(
+    model: &Model,
+    acl: &Acl,
+    src: IpAddr,
+    msg: &'a [u8],
+    udp: bool,
+    out: &mut Vec<u8>,
+    lower: &mut [u8; 255],
+) -> Decision<'a> {
+    out.clear();
+    let allowed = acl.allows(src, model);
+    match parse(msg, lower) {
+        Parsed::Drop => Decision::Drop,
+        // A stranger's garbage gets nothing: only well-formed questions earn a REFUSED.
+        Parsed::Error { .. } if !allowed => Decision::Drop,
+        Parsed::Error {
+            id,
+            flags,
+            rcode,
+            question,
+            edns,
+        } => {
+            error_reply(out, id, flags, rcode as u16, question, edns);
+            Decision::Reply
+        }
+        Parsed::Query(q) if !allowed => {
+            error_reply(
+                out,
+                q.id,
+                q.flags,
+                RCODE_REFUSED as u16,
+                Some(q.question),
+                q.edns,
+            );
+            Decision::Reply
+        }
+        Parsed::Query(q) => {
+            if q.edns.is_some_and(|e| e.version > 0) {
+                error_reply(out, q.id, q.flags, RCODE_BADVERS, Some(q.question), q.edns);
+                return Decision::Reply;
+            }
+            if q.qclass != CLASS_IN {
+                error_reply(
+                    out,
+                    q.id,
+                    q.flags,
+                    RCODE_REFUSED as u16,
+                    Some(q.question),
+                    q.edns,
+                );
+                return Decision::Reply;
+            }
+            let zone = model.zone();
+            let qname = &lower[..q.qname_len];
+            let lookup = zone.lookup(qname, q.qtype);
+            if matches!(lookup, Lookup::NotOurs) {
+                return Decision::Forward(q);
+            }
+            zone_reply(out, &q, &zone, lookup);
+            drop(zone);
+            if udp {
+                truncate_to(out, q.question.len(), q.edns, q.udp_limit());
+            }
+            Decision::Reply
+        }
+    }
+}
+
+/// A reply carrying only an rcode (and the question and an OPT when the request had them).
+pub fn error_reply(
+    out: &mut Vec<u8>,
+    id: u16,
+    req_flags: u16,
+    rcode: u16,
+    question: Option<&[u8]>,
+    edns: Option<Edns>,
+) {
+    out.clear();
+    let counts = [question.is_some() as u16, 0, 0, edns.is_some() as u16];
+    put_header(out, id, reply_flags(req_flags, rcode, false), counts);
+    out.extend(question.unwrap_or(&[]));
+    if let Some(e) = edns {
+        put_opt(out, rcode, e.dnssec_ok);
+    }
+}
+
+fn zone_reply(out: &mut Vec<u8>, q: &Query, zone: &Zone, lookup: Lookup) {
+    match lookup {
+        Lookup::Answer(n, wire) => write_zone(out, q, zone, RCODE_NOERROR, &[(n, wire)]),
+        Lookup::Many(sets) => write_zone(out, q, zone, RCODE_NOERROR, &sets),
+        Lookup::NoData => write_zone(out, q, zone, RCODE_NOERROR, &[]),
+        Lookup::NxDomain => write_zone(out, q, zone, RCODE_NXDOMAIN, &[]),
+        Lookup::NotOurs => {}
+    }
+}
+
+/// An authoritative reply; no answers means a negative one, with the SOA as authority.
+fn write_zone(out: &mut Vec<u8>, q: &Query, zone: &Zone, rcode: u8, answers: &[(u16, &[u8])]) {
+    let an: u32 = answers.iter().map(|(n, _)| *n as u32).sum();
+    let negative = answers.is_empty();
+    let counts = [
+        1,
+        an.min(u16::MAX as u32) as u16,
+        negative as u16,
+        q.edns.is_some() as u16,
+    ];
+    put_header(out, q.id, reply_flags(q.flags, rcode as u16, true), counts);
+    out.extend(q.question);
+    for (_, wire) in answers {
+        out.extend(*wire);
+    }
+    if negative {
+        // The SOA's owner is the apex, which ends the question's name: point at it.
+        let at = 12 + q.qname_len - zone.apex().len();
+        out.extend((0xC000 | at as u16).to_be_bytes());
+        out.extend(zone.soa_tail());
+    }
+    if let Some(e) = q.edns {
+        put_opt(out, 0, e.dnssec_ok);
+    }
+}
+
+/// Over UDP a reply larger than the client takes goes out as header and question with TC
+/// set; the client asks again over TCP (RFC 2181 9: no partial RRsets).
+pub fn truncate_to(out: &mut Vec<u8>, question_len: usize, edns: Option<Edns>, limit: usize) {
+    if out.len() <= limit {
+        return;
+    }
+    out.truncate(12 + question_len);
+    set_count(out, 1, 0);
+    set_count(out, 2, 0);
+    set_count(out, 3, edns.is_some() as u16);
+    let flags = u16::from_be_bytes([out[2], out[3]]) | FLAG_TC;
+    out[2..4].copy_from_slice(&flags.to_be_bytes());
+    if let Some(e) = edns {
+        put_opt(out, 0, e.dnssec_ok);
+    }
+}

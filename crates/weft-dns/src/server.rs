@@ -1,0 +1,344 @@
+//! The serving loops: per listen address one UDP socket and one TCP listener on tokio.
+//!
+//! UDP is answered in the receiving task when the zone or the cache has the answer (no
+//! allocation, no task); only a question that has to go upstream gets a task of its own.
+//! TCP connections carry any number of length-framed queries, answered in order, and are
+//! closed after `tcp_idle_timeout` without a complete query; at most
+//! `max_tcp_connections` are open, further ones wait in the listen backlog.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::acl::Acl;
+use crate::answer::{error_reply, respond, truncate_to, Decision};
+use crate::cache;
+use crate::config::{ServerConfig, Upstreams};
+use crate::error::{Error, Result};
+use crate::forward::{read_resolv_conf, without_self, Forwarder};
+use crate::model::Model;
+use crate::wire::{parse, Parsed, RCODE_SERVFAIL};
+
+/// Counters since the server started.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub queries: AtomicU64,
+    pub forwarded: AtomicU64,
+    pub cache_hits: AtomicU64,
+    pub servfail: AtomicU64,
+    pub dropped: AtomicU64,
+}
+
+struct Shared {
+    model: Model,
+    acl: Acl,
+    fwd: Forwarder,
+    idle: Duration,
+    conns: Arc<Semaphore>,
+    stats: Stats,
+}
+
+pub struct Server {
+    udp: Vec<Arc<UdpSocket>>,
+    tcp: Vec<TcpListener>,
+    shared: Arc<Shared>,
+}
+
+/// Bind every listen address and serve until an error stops a loop.
+pub async fn serve(cfg: ServerConfig, model: Model) -> Result<()> {
+    Server::bind(cfg, model).await?.run().await
+}
+
+impl Server {
+    /// Bind UDP and TCP on each listen address (port 0: one free port for both) and read
+    /// the upstreams.
+    pub async fn bind(cfg: ServerConfig, model: Model) -> Result<Server> {
+        if cfg.listen.is_empty() {
+            return Err(Error::Config("no listen address".into()));
+        }
+        let mut udp = Vec::new();
+        let mut tcp = Vec::new();
+        let mut bound = Vec::new();
+        for &addr in &cfg.listen {
+            let u = UdpSocket::bind(addr).await.map_err(|source| Error::Bind {
+                proto: "udp",
+                addr,
+                source,
+            })?;
+            let at = u.local_addr().map_err(|source| Error::Bind {
+                proto: "udp",
+                addr,
+                source,
+            })?;
+            let t = TcpListener::bind(at).await.map_err(|source| Error::Bind {
+                proto: "tcp",
+                addr: at,
+                source,
+            })?;
+            udp.push(Arc::new(u));
+            tcp.push(t);
+            bound.push(at);
+        }
+        let upstreams = match &cfg.upstreams {
+            Upstreams::List(l) => l.clone(),
+            Upstreams::ResolvConf(path) => read_resolv_conf(path).unwrap_or_else(|e| {
+                tracing::warn!("{e}: names outside the cluster zone will get SERVFAIL");
+                Vec::new()
+            }),
+        };
+        let upstreams = without_self(upstreams, &bound);
+        if upstreams.is_empty() {
+            tracing::warn!(
+                "no upstream resolver: names outside the cluster zone will get SERVFAIL"
+            );
+        }
+        let shared = Shared {
+            acl: Acl::new(&cfg.allowed, &bound),
+            fwd: Forwarder::new(
+                upstreams,
+                cfg.upstream_timeout,
+                cfg.cache_size,
+                cfg.max_cache_ttl,
+            ),
+            model,
+            idle: cfg.tcp_idle_timeout,
+            conns: Arc::new(Semaphore::new(cfg.max_tcp_connections.max(1))),
+            stats: Stats::default(),
+        };
+        Ok(Server {
+            udp,
+            tcp,
+            shared: Arc::new(shared),
+        })
+    }
+
+    /// The bound addresses (UDP and TCP share each), in `listen` order.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.udp
+            .iter()
+            .filter_map(|u| u.local_addr().ok())
+            .collect()
+    }
+
+    pub fn upstreams(&self) -> &[SocketAddr] {
+        self.shared.fwd.upstreams()
+    }
+
+    /// A handle on the counters, valid while the server runs.
+    pub fn stats(&self) -> StatsHandle {
+        StatsHandle(self.shared.clone())
+    }
+
+    pub async fn run(self) -> Result<()> {
+        let mut set = JoinSet::new();
+        for u in self.udp {
+            set.spawn(udp_loop(u, self.shared.clone()));
+        }
+        for t in self.tcp {
+            set.spawn(tcp_loop(t, self.shared.clone()));
+        }
+        while let Some(r) = set.join_next().await {
+            if let Err(e) = r {
+                tracing::error!("DNS serving loop ended: {e}");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Read access to a running server's counters.
+#[derive(Clone)]
+pub struct StatsHandle(Arc<Shared>);
+
+impl StatsHandle {
+    pub fn get(&self) -> &Stats {
+        &self.0.stats
+    }
+
+    /// Queries sent to upstreams (each try counts).
+    pub fn upstream_queries(&self) -> u64 {
+        self.0.fwd.upstream_queries()
+    }
+
+    pub fn cached_entries(&self) -> usize {
+        self.0.fwd.cache().len()
+    }
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+async fn udp_loop(sock: Arc<UdpSocket>, sh: Arc<Shared>) {
+    let mut buf = vec![0u8; 65535];
+    let mut out = Vec::with_capacity(4096);
+    let mut lower = [0u8; 255];
+    loop {
+        let (n, src) = match sock.recv_from(&mut buf).await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::debug!("udp receive: {e}");
+                continue;
+            }
+        };
+        bump(&sh.stats.queries);
+        let msg = &buf[..n];
+        match respond(
+            &sh.model,
+            &sh.acl,
+            src.ip(),
+            msg,
+            true,
+            &mut out,
+            &mut lower,
+        ) {
+            Decision::Reply => {}
+            Decision::Drop => {
+                bump(&sh.stats.dropped);
+                continue;
+            }
+            Decision::Forward(q) => {
+                let key = cache::key(&lower[..q.qname_len], q.qtype, q.qclass);
+                if let Some(e) = sh.fwd.cached(&key) {
+                    bump(&sh.stats.cache_hits);
+                    e.write_reply(&mut out, &q, Instant::now());
+                    truncate_to(&mut out, q.question.len(), q.edns, q.udp_limit());
+                } else {
+                    let (sock, sh, msg) = (sock.clone(), sh.clone(), msg.to_vec());
+                    tokio::spawn(async move {
+                        let mut out = Vec::new();
+                        forwarded(&sh, &msg, &key, true, &mut out).await;
+                        if !out.is_empty() {
+                            let _ = sock.send_to(&out, src).await;
+                        }
+                    });
+                    continue;
+                }
+            }
+        }
+        if let Err(e) = sock.send_to(&out, src).await {
+            tracing::debug!("udp send to {src}: {e}");
+        }
+    }
+}
+
+/// The reply to a question that was not the zone's: from upstream (or cache), SERVFAIL
+/// when no upstream answered.
+async fn forwarded(sh: &Shared, msg: &[u8], key: &[u8], udp: bool, out: &mut Vec<u8>) {
+    let mut lower = [0u8; 255];
+    let Parsed::Query(q) = parse(msg, &mut lower) else {
+        return;
+    };
+    bump(&sh.stats.forwarded);
+    match sh.fwd.resolve(key).await {
+        Some(e) => e.write_reply(out, &q, Instant::now()),
+        None => {
+            bump(&sh.stats.servfail);
+            error_reply(
+                out,
+                q.id,
+                q.flags,
+                RCODE_SERVFAIL as u16,
+                Some(q.question),
+                q.edns,
+            );
+        }
+    }
+    let limit = if udp {
+        q.udp_limit()
+    } else {
+        u16::MAX as usize
+    };
+    truncate_to(out, q.question.len(), q.edns, limit);
+}
+
+async fn tcp_loop(listener: TcpListener, sh: Arc<Shared>) {
+    loop {
+        let Ok(permit) = sh.conns.clone().acquire_owned().await else {
+            return;
+        };
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                tokio::spawn(tcp_conn(stream, peer, sh.clone(), permit));
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!("tcp accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn tcp_conn(
+    mut s: TcpStream,
+    peer: SocketAddr,
+    sh: Arc<Shared>,
+    _permit: OwnedSemaphorePermit,
+) {
+    let _ = s.set_nodelay(true);
+    let mut msg = Vec::with_capacity(512);
+    let mut out = Vec::with_capacity(4096);
+    let mut lower = [0u8; 255];
+    loop {
+        let read = async {
+            let len = s.read_u16().await?;
+            msg.resize(len as usize, 0);
+            s.read_exact(&mut msg).await?;
+            std::io::Result::Ok(())
+        };
+        match tokio::time::timeout(sh.idle, read).await {
+            Ok(Ok(())) => {}
+            _ => return,
+        }
+        bump(&sh.stats.queries);
+        match respond(
+            &sh.model,
+            &sh.acl,
+            peer.ip(),
+            &msg,
+            false,
+            &mut out,
+            &mut lower,
+        ) {
+            Decision::Reply if out.len() > u16::MAX as usize => {
+                truncate_to(&mut out, question_len(&msg), None, u16::MAX as usize)
+            }
+            Decision::Reply => {}
+            Decision::Drop => {
+                bump(&sh.stats.dropped);
+                return;
+            }
+            Decision::Forward(q) => {
+                let key = cache::key(&lower[..q.qname_len], q.qtype, q.qclass);
+                forwarded(&sh, &msg, &key, false, &mut out).await;
+            }
+        }
+        if out.is_empty() {
+            return;
+        }
+        let mut frame = Vec::with_capacity(out.len() + 2);
+        frame.extend((out.len() as u16).to_be_bytes());
+        frame.extend(&out);
+        if s.write_all(&frame).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The question section's length of a request that parsed (for cutting a reply too big
+/// for TCP's 64 KiB frame).
+fn question_len(msg: &[u8]) -> usize {
+    let mut lower = [0u8; 255];
+    match parse(msg, &mut lower) {
+        Parsed::Query(q) => q.question.len(),
+        Parsed::Error { question, .. } => question.map_or(0, <[u8]>::len),
+        Parsed::Drop => 0,
+    }
+}
