@@ -1,5 +1,6 @@
 //! weft-policy: NetworkPolicy and ClusterNetworkPolicy (doc in progress).
 
+pub mod cases;
 pub mod cluster_policy;
 pub mod cnp;
 pub mod error;

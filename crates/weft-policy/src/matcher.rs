@@ -158,6 +158,8 @@ pub enum Reason {
     NotAPod,
     /// Traffic between a pod and its own node is always allowed.
     OwnNode,
+    /// A pod talking to itself: the packets never leave its network namespace.
+    Loopback,
     /// No policy decided and none isolates the pod: allowed by default. `passed`: the
     /// Pass rules that skipped a tier on the way.
     Default { passed: Vec<RuleRef> },
@@ -202,6 +204,7 @@ impl fmt::Display for Verdict {
         let passed = match &self.reason {
             Reason::NotAPod => return f.write_str(": not a pod, nothing to enforce"),
             Reason::OwnNode => return f.write_str(": between a pod and its own node"),
+            Reason::Loopback => return f.write_str(": a pod to itself, never leaves it"),
             Reason::Default { passed } => {
                 f.write_str(": no policy decides or isolates")?;
                 passed
@@ -258,6 +261,16 @@ pub fn check(
 ) -> Result<Decision> {
     let s = cluster.resolve(src)?;
     let d = cluster.resolve(dst)?;
+    if let (Some(a), Some(b)) = (s.pod, d.pod) {
+        if std::ptr::eq(a, b) {
+            let v = Verdict::allow(Reason::Loopback);
+            return Ok(Decision {
+                allowed: true,
+                egress: v.clone(),
+                ingress: v,
+            });
+        }
+    }
     let one = |dir: Direction, subject: Remote, remote: Remote| match subject.pod {
         Some(pod) => decide(
             cluster,

@@ -1,0 +1,57 @@
+//! Loading the truth-table world and cases for tests.
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use weft_policy::cases::{Case, Matrix, Service, Step, World};
+
+pub fn cases_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/cases")
+}
+
+pub fn world() -> World {
+    World::load(&cases_dir().join("world.yaml")).expect("tests/cases/world.yaml")
+}
+
+/// Every case file but the world, by file name.
+pub fn cases(world: &World) -> Vec<(String, Case)> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(cases_dir())
+        .expect("tests/cases")
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .filter(|p| p.file_name().is_some_and(|n| n != "world.yaml"))
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            let case = Case::load(&p, world).unwrap_or_else(|e| panic!("{name}: {e}"));
+            (name, case)
+        })
+        .collect()
+}
+
+/// A step's matrices per served port; each must be stated exactly once and be complete.
+pub fn expectations(world: &World, step: &Step, at: &str) -> Vec<(Service, Matrix)> {
+    let pods = world.pod_names();
+    let mut out = Vec::new();
+    let mut seen = BTreeSet::new();
+    for e in &step.expect {
+        let m = e.matrix().unwrap_or_else(|err| panic!("{at}: {err}"));
+        assert_eq!(
+            m.len(),
+            pods.len() * pods.len(),
+            "{at}: the grid must cover every pair"
+        );
+        for s in e.services().unwrap_or_else(|err| panic!("{at}: {err}")) {
+            assert!(seen.insert(s), "{at}: {s} stated twice");
+            out.push((s, m.clone()));
+        }
+    }
+    for s in world.services().expect("world serves") {
+        assert!(seen.contains(&s), "{at}: no matrix for {s}");
+    }
+    out
+}
