@@ -6,6 +6,8 @@ pub mod cache;
 pub mod client;
 pub mod config;
 pub mod error;
+#[doc(hidden)]
+pub mod fixtures;
 pub mod forward;
 pub mod model;
 pub mod name;
@@ -19,3 +21,6 @@ pub use config::{ServerConfig, Upstreams, ZoneConfig};
 pub use error::{Error, Result};
 pub use model::Model;
 pub use server::{serve, Server};
+
+#[cfg(test)]
+mod answer_tests;
