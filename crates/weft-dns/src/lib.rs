@@ -24,3 +24,7 @@ pub use server::{serve, Server};
 
 #[cfg(test)]
 mod answer_tests;
+#[cfg(test)]
+mod fuzz_tests;
+#[cfg(test)]
+mod model_tests;

@@ -326,6 +326,25 @@ impl Zone {
         Lookup::NoData
     }
 
+    /// Every name that exists with its sets (type, answer bytes), the SOA left out (its
+    /// serial is a clock): two zones with the same records compare equal.
+    pub fn snapshot(&self) -> std::collections::BTreeMap<String, Vec<(u16, Vec<u8>)>> {
+        self.names
+            .iter()
+            .filter(|(_, n)| n.exists())
+            .map(|(k, n)| {
+                let mut sets: Vec<(u16, Vec<u8>)> = n
+                    .sets
+                    .iter()
+                    .filter(|(t, _)| *t != TYPE_SOA)
+                    .map(|(t, s)| (*t, s.wire.clone()))
+                    .collect();
+                sets.sort();
+                (crate::name::to_dotted(k), sets)
+            })
+            .collect()
+    }
+
     /// How many names the table holds (for metrics and tests).
     pub fn len(&self) -> usize {
         self.names.len()
