@@ -1,13 +1,16 @@
 //! weft-policy: NetworkPolicy and ClusterNetworkPolicy (doc in progress).
 
 pub mod cases;
+pub mod cells;
 pub mod cluster_policy;
 pub mod cnp;
+pub mod desired;
 pub mod error;
 pub mod matcher;
 pub mod model;
 pub mod netpol;
 pub mod selector;
+pub mod table_eval;
 pub mod view;
 
 pub use error::{Error, Result};

@@ -350,6 +350,11 @@ pub fn decide(
     proto: Protocol,
 ) -> Verdict {
     let pod = a.pod;
+    // Also covers a pod reaching itself through a Service (hairpin), which does cross the
+    // node's forward hook.
+    if remote.pod.is_some_and(|r| std::ptr::eq(r, pod)) {
+        return Verdict::allow(Reason::Loopback);
+    }
     if remote
         .node
         .is_some_and(|n| pod.node.as_deref() == Some(n.name.as_str()))

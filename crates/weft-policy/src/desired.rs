@@ -1,0 +1,233 @@
+//! The pure half of enforcement: the cluster view in, the node's `inet weft-policy` table
+//! out. Policy is data: the chains are the same whatever the number of pods and policies,
+//! and everything policies, pods and labels decide lives in two interval maps.
+//!
+//! ```text
+//! table inet weft-policy
+//!   map egress  { ipv4_addr . ipv4_addr . inet_proto . inet_service : verdict; interval }
+//!                 local pod . peer address range . protocol range . port range : goto egress-<tier>
+//!   map ingress { same, keyed local pod . peer ... }
+//!   chain forward { type filter hook forward priority filter; policy accept
+//!     ct state established,related accept     replies, and what was allowed when it began
+//!     ip saddr . ip daddr . meta l4proto . th dport vmap @egress    at the client's node
+//!     ip daddr . ip saddr . meta l4proto . th dport vmap @ingress   at the server's node
+//!   }
+//!   chain egress-admin / egress-netpol / egress-baseline / ingress-... {
+//!     counter [log prefix "weft-policy ingress NetworkPolicy " group N] drop
+//!   }
+//! ```
+//!
+//! Only denials are elements; a lookup that misses lets the packet on (to the other
+//! direction's check, then the rest of the node's rules). The elements are the answers of
+//! [`crate::matcher::decide`] over [`crate::cells::Cells`], merged where neighbours agree:
+//! the compiler does not restate a single policy rule, so it cannot disagree with the
+//! matcher. Keys hold only this node's pods, so each node checks the egress of its
+//! clients and the ingress of its servers, and a pod pair on one node is checked once
+//! each way in one pass.
+//!
+//! Why the forward hook alone: pod traffic crosses it both when routed and when bridged
+//! on `cbr0` (the agent sets `bridge-nf-call-iptables`), after prerouting's Service DNAT,
+//! so the keys hold real pod addresses. Traffic between a pod and its own node (input and
+//! output hooks) is always allowed by the API, so those hooks have nothing to check; a
+//! node's traffic to a pod elsewhere is checked by that pod's node, in its forward hook.
+//!
+//! IPv4 only: IPv6 pod addresses get no elements (the matcher answers for them).
+
+use std::net::Ipv4Addr;
+
+use weft_nft::{
+    BaseChain, Chain, ChainType, CtStates, DataType, Elem, Family, Hook, Key, KeyType, Policy,
+    Rule, Ruleset, Selector, Set, SetRef, Stmt, Table, Value, Verdict,
+};
+
+use crate::cells::{AddrRange, Cells, PortRange, OTHER_PROTOCOLS, PORT_PROTOCOLS};
+use crate::matcher::{decide, Applicable};
+use crate::model::{Direction, Protocol, Tier};
+use crate::view::{Cluster, Pod};
+
+pub const TABLE: &str = "weft-policy";
+pub const FAMILY: Family = Family::Inet;
+pub const FORWARD: &str = "forward";
+
+/// What the table depends on besides the cluster view.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeContext {
+    /// Pods of this node get elements.
+    pub node_name: String,
+    /// Log denied packets to this nflog group, prefixed with direction and tier.
+    pub log_group: Option<u16>,
+}
+
+pub fn map_name(dir: Direction) -> &'static str {
+    dir.as_str()
+}
+
+/// The chain a denial in `dir` by `tier` jumps to: a counter per direction and tier.
+pub fn deny_chain(dir: Direction, tier: Tier) -> String {
+    let t = match tier {
+        Tier::Admin => "admin",
+        Tier::NetworkPolicy => "netpol",
+        Tier::Baseline => "baseline",
+    };
+    format!("{}-{t}", dir.as_str())
+}
+
+pub const DIRECTIONS: [Direction; 2] = [Direction::Egress, Direction::Ingress];
+pub const TIERS: [Tier; 3] = [Tier::Admin, Tier::NetworkPolicy, Tier::Baseline];
+
+/// The key each direction's map is looked up with: the local pod first.
+pub fn key(dir: Direction) -> [Selector; 4] {
+    match dir {
+        Direction::Egress => [
+            Selector::IpSaddr,
+            Selector::IpDaddr,
+            Selector::MetaL4proto,
+            Selector::ThDport,
+        ],
+        Direction::Ingress => [
+            Selector::IpDaddr,
+            Selector::IpSaddr,
+            Selector::MetaL4proto,
+            Selector::ThDport,
+        ],
+    }
+}
+
+const KEY_TYPES: [KeyType; 4] = [
+    KeyType::Ipv4Addr,
+    KeyType::Ipv4Addr,
+    KeyType::InetProto,
+    KeyType::InetService,
+];
+
+/// The node's policy table.
+pub fn desired(cluster: &Cluster, ctx: &NodeContext) -> Ruleset {
+    let mut t = Table::new(FAMILY, TABLE);
+    let mut forward = Chain::base(
+        FORWARD,
+        BaseChain {
+            kind: ChainType::Filter,
+            hook: Hook::Forward,
+            priority: 0,
+            policy: Policy::Accept,
+        },
+    )
+    .with_rule(Rule::new(vec![
+        Stmt::CtState(CtStates::ESTABLISHED.union(CtStates::RELATED)),
+        Stmt::Verdict(Verdict::Accept),
+    ]));
+    let cells = Cells::new(cluster);
+    for dir in DIRECTIONS {
+        forward.rules.push(Rule::new(vec![Stmt::Vmap {
+            key: key(dir).to_vec(),
+            map: SetRef::Named(map_name(dir).into()),
+        }]));
+        let mut map = Set::map(map_name(dir), KEY_TYPES.to_vec(), DataType::Verdict);
+        map.flags.interval = true;
+        for pod in local_pods(cluster, &ctx.node_name) {
+            add_pod(&mut map, cluster, &cells, dir, pod);
+        }
+        t.add_set(map);
+        for tier in TIERS {
+            let mut stmts = vec![Stmt::Counter];
+            if let Some(g) = ctx.log_group {
+                stmts.push(Stmt::Log {
+                    prefix: Some(format!("weft-policy {} {}: ", dir.as_str(), tier.as_str())),
+                    group: Some(g),
+                });
+            }
+            stmts.push(Stmt::Verdict(Verdict::Drop));
+            t.add_chain(Chain::regular(deny_chain(dir, tier)).with_rule(Rule::new(stmts)));
+        }
+    }
+    t.add_chain(forward);
+    let mut rs = Ruleset::default();
+    rs.add_table(t);
+    rs
+}
+
+/// This node's pods with an IPv4 address and their own network namespace.
+pub fn local_pods<'a>(cluster: &'a Cluster, node: &'a str) -> impl Iterator<Item = &'a Pod> {
+    cluster
+        .pods
+        .values()
+        .filter(move |p| !p.host_network && p.node.as_deref() == Some(node))
+        .filter(|p| p.ips.iter().any(|a| a.is_ipv4()))
+}
+
+/// One region of protocols and ports: `(protocols, ports)`, both inclusive.
+type Service = ((u8, u8), PortRange);
+
+/// The denied regions for one pod and direction, merged.
+fn add_pod(map: &mut Set, cluster: &Cluster, cells: &Cells, dir: Direction, pod: &Pod) {
+    let a = Applicable::new(cluster, dir, pod);
+    if a.is_empty() {
+        return;
+    }
+    // Per peer region: the denied (service region, tier) list, merged along ports.
+    let mut rows: Vec<(AddrRange, Vec<(Service, Tier)>)> = Vec::new();
+    for (range, remote) in &cells.peers {
+        let mut row: Vec<(Service, Tier)> = Vec::new();
+        for proto in PORT_PROTOCOLS {
+            let n = proto.number();
+            for &(lo, hi) in &cells.ports[&proto] {
+                let v = decide(cluster, &a, *remote, lo, proto);
+                if let Some(tier) = v.denying_tier() {
+                    match row.last_mut() {
+                        Some((((p, _), (_, end)), t))
+                            if *p == n && *t == tier && *end + 1 == lo =>
+                        {
+                            *end = hi
+                        }
+                        _ => row.push((((n, n), (lo, hi)), tier)),
+                    }
+                }
+            }
+        }
+        if let Some(tier) = decide(cluster, &a, *remote, 0, Protocol::Other(1)).denying_tier() {
+            for p in OTHER_PROTOCOLS {
+                row.push(((p, (0, u16::MAX)), tier));
+            }
+        }
+        match rows.last_mut() {
+            Some(((_, end), prev)) if *prev == row && end.checked_add(1) == Some(range.0) => {
+                *end = range.1
+            }
+            _ => rows.push((*range, row)),
+        }
+    }
+    let addr = pod
+        .ips
+        .iter()
+        .find_map(|a| match a {
+            std::net::IpAddr::V4(a) => Some(*a),
+            _ => None,
+        })
+        .unwrap_or(Ipv4Addr::UNSPECIFIED);
+    for ((plo, phi), row) in rows {
+        for (((qlo, qhi), (lo, hi)), tier) in row {
+            let start = vec![
+                Value::Ipv4(addr),
+                Value::Ipv4(Ipv4Addr::from(plo)),
+                Value::Proto(qlo),
+                Value::Port(lo),
+            ];
+            let end = vec![
+                Value::Ipv4(addr),
+                Value::Ipv4(Ipv4Addr::from(phi)),
+                Value::Proto(qhi),
+                Value::Port(hi),
+            ];
+            map.elements.insert(
+                Key(start),
+                Elem {
+                    end: Some(Key(end)),
+                    data: Some(weft_nft::ElemData::Verdict(Verdict::Goto(deny_chain(
+                        dir, tier,
+                    )))),
+                    timeout: None,
+                },
+            );
+        }
+    }
+}
