@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs what the tests use besides cargo (Debian 12, as root): nftables to check rulesets
 # independently, podman + runc + busybox-static for the real-runtime CNI test. Benchmarks
-# also use containernetworking-plugins (the reference plugins) and iperf3.
+# also use containernetworking-plugins (the reference plugins) and iperf3. The DNS tests ask with
+# dig (dnsutils).
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 need=()
-for pkg in iproute2 nftables podman runc busybox-static containernetworking-plugins iperf3; do
+for pkg in iproute2 nftables podman runc busybox-static containernetworking-plugins iperf3 dnsutils; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -25,6 +25,10 @@ pub struct LabSpec {
     /// at once (ECMP), as a router fed by BGP from the nodes would.
     #[serde(default = "default_load_balancer_cidr")]
     pub load_balancer_cidr: Ipv4Net,
+    /// Where the nodes' DNS servers send names outside the cluster zone; empty: the
+    /// machine's /etc/resolv.conf (whose servers a lab usually cannot reach).
+    #[serde(default)]
+    pub dns_upstreams: Vec<std::net::SocketAddr>,
 }
 
 fn default_load_balancer_cidr() -> Ipv4Net {
@@ -43,6 +47,7 @@ impl LabSpec {
             cluster_dns: Ipv4Addr::new(10, 96, 0, 10),
             domain: "cluster.local".to_string(),
             load_balancer_cidr: default_load_balancer_cidr(),
+            dns_upstreams: Vec::new(),
         }
     }
 }

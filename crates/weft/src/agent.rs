@@ -23,6 +23,11 @@ pub fn main(a: crate::cli::AgentArgs) -> anyhow::Result<()> {
         cluster_dns: a.cluster_dns,
         cluster_domain: a.cluster_domain,
         run_pods: !a.no_pods,
+        serve_dns: a.serve_dns,
+        dns_upstreams: match a.dns_upstream.is_empty() {
+            true => weft_dns::Upstreams::ResolvConf(a.dns_resolv_conf),
+            false => weft_dns::Upstreams::List(a.dns_upstream),
+        },
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -170,13 +170,17 @@ pub enum ProbeCommand {
         #[command(flatten)]
         opts: ProbeOpts,
     },
-    /// Resolve a name [not built yet]
+    /// Ask a DNS server one question (no search list): A, AAAA, SRV, PTR, TXT, CNAME, ...
     Dns {
         name: String,
         #[arg(long = "type", default_value = "A")]
         qtype: String,
+        /// IP or IP:PORT (default: the first nameserver of /etc/resolv.conf)
         #[arg(long)]
         server: Option<String>,
+        /// Over TCP (a UDP reply with TC set is asked again over TCP anyway)
+        #[arg(long)]
+        tcp: bool,
         #[command(flatten)]
         opts: ProbeOpts,
     },
@@ -239,4 +243,13 @@ pub struct AgentArgs {
     /// Leave pods to the kubelet (a real cluster): only route and masquerade
     #[arg(long)]
     pub no_pods: bool,
+    /// Serve the cluster DNS zone on this node at --cluster-dns (in place of CoreDNS)
+    #[arg(long, requires = "cluster_dns")]
+    pub serve_dns: bool,
+    /// Names outside the cluster zone go to the nameservers of this file
+    #[arg(long, default_value = "/etc/resolv.conf")]
+    pub dns_resolv_conf: std::path::PathBuf,
+    /// ... or to these servers (IP:PORT, repeatable), in order of preference
+    #[arg(long)]
+    pub dns_upstream: Vec<std::net::SocketAddr>,
 }

@@ -73,7 +73,17 @@ pub fn programs(state: &LabState, weft: &Path) -> Vec<ProcSpec> {
                 state.spec.cluster_cidr.to_string(),
                 "--cluster-dns".into(),
                 state.spec.cluster_dns.to_string(),
-            ],
+                "--serve-dns".into(),
+            ]
+            .into_iter()
+            .chain(
+                state
+                    .spec
+                    .dns_upstreams
+                    .iter()
+                    .flat_map(|u| ["--dns-upstream".to_string(), u.to_string()]),
+            )
+            .collect(),
         });
     }
     v
@@ -145,10 +155,12 @@ fn read_spec(file: &str, mut spec: LabSpec) -> Result<LabSpec> {
         service_cidr: Option<String>,
         #[serde(rename = "loadBalancerCIDR")]
         load_balancer_cidr: Option<String>,
+        #[serde(rename = "dnsUpstreams")]
+        dns_upstreams: Option<Vec<String>>,
     }
     let text = std::fs::read_to_string(file).with_context(|| format!("read {file}"))?;
     let f: LabFile = serde_yaml::from_str(&text).with_context(|| {
-        format!("{file}: not a lab file (keys: nodes, backend, underlay, clusterCIDR, serviceCIDR, loadBalancerCIDR)")
+        format!("{file}: not a lab file (keys: nodes, backend, underlay, clusterCIDR, serviceCIDR, loadBalancerCIDR, dnsUpstreams)")
     })?;
     let cidr = |field: &str, v: &str| -> Result<ipnet::Ipv4Net> {
         v.parse()
@@ -168,6 +180,19 @@ fn read_spec(file: &str, mut spec: LabSpec) -> Result<LabSpec> {
     }
     if let Some(s) = f.service_cidr {
         spec.service_cidr = cidr("serviceCIDR", &s)?;
+        // The control plane puts kube-dns at the range's tenth address.
+        spec.cluster_dns = (u32::from(spec.service_cidr.network()) + 10).into();
+    }
+    for u in f.dns_upstreams.into_iter().flatten() {
+        let addr = match u.parse::<std::net::SocketAddr>() {
+            Ok(a) => a,
+            Err(_) => std::net::SocketAddr::new(
+                u.parse()
+                    .with_context(|| format!("{file}: dnsUpstreams: {u:?} is not IP or IP:PORT"))?,
+                53,
+            ),
+        };
+        spec.dns_upstreams.push(addr);
     }
     if let Some(l) = f.load_balancer_cidr {
         spec.load_balancer_cidr = cidr("loadBalancerCIDR", &l)?;

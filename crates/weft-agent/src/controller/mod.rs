@@ -6,6 +6,7 @@
 //! the reflector caches; a pass does only what differs from the last one.
 
 mod cniconf;
+mod dns;
 mod health;
 mod masq;
 mod node;
@@ -15,7 +16,7 @@ mod services;
 use crate::{Runtime, RuntimeConfig};
 use futures::StreamExt;
 use ipnet::IpNet;
-use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::{reflector, watcher, WatchStreamExt};
 use kube::{Api, Client};
@@ -43,6 +44,10 @@ pub struct AgentConfig {
     /// Run this node's pods (the lab). On a real cluster the kubelet and the container
     /// runtime do, and the agent only routes and masquerades.
     pub run_pods: bool,
+    /// Answer the cluster zone at `cluster_dns` on this node (in place of CoreDNS).
+    pub serve_dns: bool,
+    /// Where the DNS server sends names outside the cluster zone.
+    pub dns_upstreams: weft_dns::Upstreams,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +68,8 @@ pub enum AgentError {
     Nft(#[from] weft_nft::Error),
     #[error("services: {0}")]
     Proxy(#[from] weft_proxy::Error),
+    #[error("cluster DNS: {0}")]
+    Dns(#[from] weft_dns::Error),
     #[error("pod runtime: {0}")]
     Runtime(#[from] crate::Error),
     #[error("{op}: {source}")]
@@ -164,11 +171,25 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     )
     .default_backoff()
     .map(|e| e.map(|e| services::Event::Slice(Box::new(e))));
+    let dns_events = match (cfg.serve_dns, cfg.cluster_dns) {
+        (true, Some(ip)) => Some(start_dns(&client, &cfg, ip).await?),
+        (true, None) => {
+            tracing::warn!("--serve-dns without --cluster-dns: no address to serve; DNS is off");
+            None
+        }
+        (false, _) => None,
+    };
     for stream in [service_stream.boxed(), slice_stream.boxed()] {
-        let (n, tx) = (notify.clone(), events.clone());
+        let (n, tx, dns_tx) = (notify.clone(), events.clone(), dns_events.clone());
         tokio::spawn(stream.for_each(move |e| {
             match e {
                 Ok(e) => {
+                    if let Some(d) = &dns_tx {
+                        let _ = d.send(match &e {
+                            services::Event::Service(s) => dns::Event::Service(s.clone()),
+                            services::Event::Slice(s) => dns::Event::Slice(s.clone()),
+                        });
+                    }
                     let _ = tx.send(e);
                     n.notify_one();
                 }
@@ -255,6 +276,57 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
             last_heartbeat = std::time::Instant::now();
         }
     }
+}
+
+/// Starts this node's DNS server and the watches that feed it (Services and slices come
+/// from the service watches); returns where those send their events.
+async fn start_dns(
+    client: &Client,
+    cfg: &AgentConfig,
+    ip: IpAddr,
+) -> Result<tokio::sync::mpsc::UnboundedSender<dns::Event>> {
+    let mut server = dns::DnsServer::start(cfg, ip).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    fn feed<K, F>(api: Api<K>, tx: tokio::sync::mpsc::UnboundedSender<dns::Event>, wrap: F)
+    where
+        K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+        K::DynamicType: Default,
+        F: Fn(watcher::Event<K>) -> dns::Event + Send + 'static,
+    {
+        let what = std::any::type_name::<K>()
+            .rsplit("::")
+            .next()
+            .unwrap_or("objects");
+        tokio::spawn(
+            watcher(api, watcher::Config::default())
+                .default_backoff()
+                .for_each(move |e| {
+                    match e {
+                        Ok(e) => {
+                            let _ = tx.send(wrap(e));
+                        }
+                        Err(e) => tracing::warn!("DNS: watching {what}: {e}"),
+                    }
+                    futures::future::ready(())
+                }),
+        );
+    }
+    feed(Api::<Pod>::all(client.clone()), tx.clone(), |e| {
+        dns::Event::Pod(Box::new(e))
+    });
+    feed(Api::<Namespace>::all(client.clone()), tx.clone(), |e| {
+        dns::Event::Namespace(Box::new(e))
+    });
+    feed(Api::<Node>::all(client.clone()), tx.clone(), |e| {
+        dns::Event::Node(Box::new(e))
+    });
+    // Its own task: an answer follows its objects without waiting on a reconcile pass.
+    tokio::spawn(async move {
+        while let Some(e) = rx.recv().await {
+            server.event(e);
+        }
+    });
+    Ok(tx)
 }
 
 /// Writes the node's CNI network config (`<state_dir>/cni.json`) for its pod subnet: what

@@ -1,5 +1,6 @@
 //! Objects every cluster starts with: the default namespaces, the `kubernetes` Service at
-//! the service range's first address, and its EndpointSlice pointing at this server.
+//! the service range's first address and its EndpointSlice pointing at this server, and
+//! the `kube-dns` Service at the tenth.
 
 use crate::api::crud;
 use crate::error::ApiError;
@@ -26,6 +27,24 @@ pub fn bootstrap(state: &AppState) -> Result<(), ApiError> {
                     "labels": {"component": "apiserver", "provider": "kubernetes"}},
                 "spec": {"type": "ClusterIP", "ports": [
                     {"name": "https", "port": 443, "protocol": "TCP", "targetPort": ep.port()}]}
+            });
+            crud::create_in(tx, state, SERVICES, svc, false)?;
+        }
+        // Cluster DNS at the range's tenth address, as kubeadm puts it. Every weft agent
+        // answers that address on its own node (no query crosses the network), so
+        // proxies leave it alone: the service-proxy-name label is how a Service opts
+        // out of kube-proxy and weft-proxy alike.
+        let dns_key = store::key(SERVICES, "kube-system", "kube-dns");
+        if tx.get(SERVICES, &dns_key).is_none() {
+            let ip = std::net::Ipv4Addr::from(u32::from(state.net.service_cidr.network()) + 10);
+            let svc = json!({
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "kube-dns", "namespace": "kube-system",
+                    "labels": {"k8s-app": "kube-dns", "kubernetes.io/name": "CoreDNS",
+                        "service.kubernetes.io/service-proxy-name": "weft-dns"}},
+                "spec": {"type": "ClusterIP", "clusterIP": ip.to_string(), "ports": [
+                    {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+                    {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53}]}
             });
             crud::create_in(tx, state, SERVICES, svc, false)?;
         }

@@ -16,6 +16,7 @@
 //! ```
 
 mod connect;
+mod dns;
 mod http;
 mod icmp;
 mod report;
@@ -78,10 +79,13 @@ fn probe(cmd: ProbeCommand) -> Result<Report, Usage> {
                 Err(e) => unresolved("http", &url, &e),
             })
         }
-        ProbeCommand::Dns { .. } => Err(Usage(
-            "`weft probe dns` is not built yet: it comes with the cluster DNS server (weft-dns)"
-                .into(),
-        )),
+        ProbeCommand::Dns {
+            name,
+            qtype,
+            server,
+            tcp,
+            opts,
+        } => dns::probe(&name, &qtype, server.as_deref(), tcp, timeout(&opts)?),
     }
 }
 

@@ -70,22 +70,38 @@ impl Lab {
 
     /// `weft lab up` with extra environment (e.g. sudo's `SUDO_UID`).
     pub fn up_env(nodes: u32, backend: &str, env: &[(&str, &str)]) -> Lab {
+        Lab::up_with(nodes, backend, env, None)
+    }
+
+    /// `weft lab up -f FILE` with `lab_yaml` as the lab file.
+    pub fn up_file(nodes: u32, backend: &str, lab_yaml: &str) -> Lab {
+        Lab::up_with(nodes, backend, &[], Some(lab_yaml))
+    }
+
+    fn up_with(nodes: u32, backend: &str, env: &[(&str, &str)], lab_yaml: Option<&str>) -> Lab {
         let lab = Lab {
             name: unique_name(),
             state: tempfile::tempdir().expect("temp state dir"),
             down: false,
         };
+        let file = lab.state.path().join("lab.yaml");
+        let mut args = vec![
+            "lab".to_string(),
+            "up".into(),
+            "--name".into(),
+            lab.name.clone(),
+            "--nodes".into(),
+            nodes.to_string(),
+            "--backend".into(),
+            backend.into(),
+        ];
+        if let Some(y) = lab_yaml {
+            std::fs::write(&file, y).expect("write lab file");
+            args.extend(["-f".to_string(), file.display().to_string()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = lab
-            .weft_cmd(&[
-                "lab",
-                "up",
-                "--name",
-                &lab.name,
-                "--nodes",
-                &nodes.to_string(),
-                "--backend",
-                backend,
-            ])
+            .weft_cmd(&args)
             .envs(env.iter().copied())
             .output()
             .expect("spawn weft lab up");
