@@ -189,6 +189,7 @@ fn add_pod(map: &mut Set, cluster: &Cluster, cells: &Cells, dir: Direction, pod:
                 row.push(((p, (0, u16::MAX)), tier));
             }
         }
+        let row = merge_protocols(row);
         match rows.last_mut() {
             Some(((_, end), prev)) if *prev == row && end.checked_add(1) == Some(range.0) => {
                 *end = range.1
@@ -229,5 +230,50 @@ fn add_pod(map: &mut Set, cluster: &Cluster, cells: &Cells, dir: Direction, pod:
                 },
             );
         }
+    }
+}
+
+/// Joins neighbouring protocols denied on every port by the same tier, so a peer denied
+/// everything is one element rather than seven.
+fn merge_protocols(mut row: Vec<(Service, Tier)>) -> Vec<(Service, Tier)> {
+    const ALL_PORTS: PortRange = (0, u16::MAX);
+    row.sort();
+    let mut out: Vec<(Service, Tier)> = Vec::with_capacity(row.len());
+    for (((lo, hi), ports), tier) in row {
+        match out.last_mut() {
+            Some((((_, phi), pports), ptier))
+                if ports == ALL_PORTS
+                    && *pports == ALL_PORTS
+                    && *ptier == tier
+                    && phi.checked_add(1) == Some(lo) =>
+            {
+                *phi = hi
+            }
+            _ => out.push((((lo, hi), ports), tier)),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protocols_denied_on_every_port_join() {
+        let all = (0, u16::MAX);
+        let row = vec![
+            (((6, 6), all), Tier::NetworkPolicy),
+            (((17, 17), (0, 79)), Tier::NetworkPolicy),
+            (((0, 5), all), Tier::NetworkPolicy),
+            (((7, 16), all), Tier::NetworkPolicy),
+        ];
+        assert_eq!(
+            merge_protocols(row),
+            vec![
+                (((0, 16), all), Tier::NetworkPolicy),
+                (((17, 17), (0, 79)), Tier::NetworkPolicy),
+            ]
+        );
     }
 }

@@ -5,6 +5,7 @@ pub mod cells;
 pub mod cluster_policy;
 pub mod cnp;
 pub mod desired;
+pub mod enforcer;
 pub mod error;
 pub mod matcher;
 pub mod model;
