@@ -100,17 +100,27 @@ pub fn query(
         });
     }
     Ok(Response {
-        rcode: reply
-            .metadata
-            .response_code
-            .to_string()
-            .to_ascii_uppercase(),
+        rcode: rcode_name(u16::from(reply.metadata.response_code)),
         authoritative: reply.metadata.authoritative,
         truncated,
         answers: reply.answers.iter().map(format_record).collect(),
         authority: reply.authorities.iter().map(format_record).collect(),
         additional: reply.additionals.iter().map(format_record).collect(),
     })
+}
+
+/// dig's names for response codes.
+pub fn rcode_name(code: u16) -> String {
+    match code {
+        0 => "NOERROR".into(),
+        1 => "FORMERR".into(),
+        2 => "SERVFAIL".into(),
+        3 => "NXDOMAIN".into(),
+        4 => "NOTIMP".into(),
+        5 => "REFUSED".into(),
+        16 => "BADVERS".into(),
+        n => format!("RCODE{n}"),
+    }
 }
 
 fn io(what: &'static str, server: SocketAddr) -> impl Fn(std::io::Error) -> Error {

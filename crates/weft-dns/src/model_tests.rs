@@ -64,7 +64,7 @@ fn random_slice(r: &mut Rng, ns: &str, name: &str) -> EndpointSlice {
 fn incremental_equals_from_scratch() {
     let cfg = ZoneConfig::default();
     let model = Model::new(cfg.clone()).unwrap();
-    let mut r = Rng(0x5EED_D45);
+    let mut r = Rng(0x05EE_DD45);
     let mut services: BTreeMap<(String, String), Service> = BTreeMap::new();
     let mut slices: BTreeMap<(String, String), EndpointSlice> = BTreeMap::new();
     let mut pods: BTreeMap<(String, String), Pod> = BTreeMap::new();
