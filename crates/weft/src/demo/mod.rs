@@ -6,6 +6,7 @@
 //! IP, node port and load balancer address. Each step prints what it did and what it saw; the
 //! demo exits non-zero if any check fails, and removes its lab in every case.
 
+mod dns;
 mod services;
 
 use crate::exec;
@@ -320,6 +321,7 @@ pub fn run() -> Result<()> {
     )?;
 
     services::step(&mut n, &lab, &state, &rt, &client)?;
+    dns::step(&mut n, &lab)?;
 
     n.step("Leaving the cluster: a pod reaches the external host from its node's IP (masquerade)");
     let ext = Netns::from_name(&state.topology.external.netns)?;

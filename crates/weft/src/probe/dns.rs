@@ -45,7 +45,7 @@ pub fn probe(
     let started = Instant::now();
     let report = match weft_dns::client::query(server, name, qtype, tcp, timeout) {
         Ok(r) => {
-            let verdict = if r.rcode == "NOERROR" {
+            let verdict = if r.rcode.replace(' ', "") == "NOERROR" {
                 Verdict::Answered
             } else {
                 Verdict::Unresolved
