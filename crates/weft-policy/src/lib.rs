@@ -18,3 +18,6 @@ pub use error::{Error, Result};
 pub use matcher::{check, Decision, Endpoint, Reason, RuleRef, Verdict};
 pub use model::{Direction, Protocol, Tier};
 pub use view::Cluster;
+
+#[cfg(test)]
+mod matcher_tests;
