@@ -1,4 +1,48 @@
-//! weft-policy: NetworkPolicy and ClusterNetworkPolicy (doc in progress).
+//! weft-policy: Kubernetes NetworkPolicy (networking.k8s.io/v1) and ClusterNetworkPolicy
+//! (policy.networking.k8s.io v1beta1 / v1alpha2) for weft, as pure functions from objects
+//! to decisions and to an nf_tables table, plus a thin applier.
+//!
+//! Layers:
+//! - [`view::Cluster`] is what policy reads: pods (labels, addresses, node, named ports),
+//!   namespaces, nodes, and the policies compiled by [`netpol`] and [`cluster_policy`]
+//!   into the normalised [`model`] (API defaults applied; invalid objects refused with an
+//!   [`Error`] naming the field and value).
+//! - [`matcher`] is the one implementation of decisions: [`check`] says whether a
+//!   connection is allowed, at the client's egress and the server's ingress, and which
+//!   rules decided (policy, tier, rule index and name).
+//! - [`desired`] compiles the view into this node's `inet weft-policy` table. Policy is
+//!   data: a constant set of chains, and two interval verdict maps keyed
+//!   `local pod . peer . protocol . port` whose elements are the matcher's answers over
+//!   [`cells`], the regions in which answers are constant. A new pod, a label change or a
+//!   policy edit changes elements only.
+//! - [`enforcer::Enforcer`] sends the kernel the difference from what it last committed,
+//!   in one transaction.
+//! - [`cases`] reads the truth-table suite (`tests/cases`), which the tests run through
+//!   the matcher and through the compiled tables ([`table_eval`]), and which a lab can run
+//!   as real probes.
+//!
+//! Semantics worth knowing (the crate README has the full list):
+//! - an ipBlock (and a ClusterNetworkPolicy `networks` peer) matches pod addresses too:
+//!   the packet carries only an address, and most implementations do the same;
+//! - traffic between a pod and its own node, and a pod to itself, is always allowed;
+//! - replies of allowed connections pass by conntrack; a policy change does not cut
+//!   established connections;
+//! - `domainNames` peers are modelled and not enforced (an Accept on them matches nothing);
+//! - IPv4 only in the table (the matcher answers for IPv6 too).
+//!
+//! For the agent:
+//! ```no_run
+//! use weft_policy::{desired, enforcer::Enforcer, Cluster, NodeContext};
+//! # fn events() -> Vec<k8s_openapi::api::core::v1::Pod> { vec![] }
+//! let mut cluster = Cluster::default();
+//! for pod in events() {
+//!     cluster.apply_pod(&pod); // and apply_namespace, apply_node, apply_network_policy,
+//!                              // apply_cluster_network_policy, delete_* on deletes
+//! }
+//! let ctx = NodeContext { node_name: "node-1".into(), log_group: None };
+//! let mut enforcer = Enforcer::open().unwrap();
+//! enforcer.sync(&desired(&cluster, &ctx)).unwrap(); // after each batch of events
+//! ```
 
 pub mod cases;
 pub mod cells;
@@ -14,6 +58,8 @@ pub mod selector;
 pub mod table_eval;
 pub mod view;
 
+pub use desired::{desired, NodeContext, TABLE};
+pub use enforcer::Enforcer;
 pub use error::{Error, Result};
 pub use matcher::{check, Decision, Endpoint, Reason, RuleRef, Verdict};
 pub use model::{Direction, Protocol, Tier};

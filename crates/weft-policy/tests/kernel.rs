@@ -189,6 +189,13 @@ spec:
     let sum = enforcer.sync(&desired(&c, &ctx)).expect("update");
     assert_eq!(sum.chains_added + sum.chains_replaced, 0, "{sum:?}");
     assert!(sum.elements_added > 0, "{sum:?}");
+    // A restarted agent adopts the kernel's table: nothing to send when it matches.
+    enforcer.resync();
+    let again = enforcer.sync(&desired(&c, &ctx)).expect("adopting");
+    assert!(
+        again.is_empty(),
+        "adopting an identical table sends nothing: {again:?}"
+    );
     assert!(!connects(&pa, 80), "after the update tcp/80 is refused");
     assert!(connects(&pa, 81), "and tcp/81 allowed");
     let counters = node.exec(&[
