@@ -68,6 +68,8 @@ pub enum AgentError {
     Nft(#[from] weft_nft::Error),
     #[error("services: {0}")]
     Proxy(#[from] weft_proxy::Error),
+    #[error("watching {what}: {problem}")]
+    Watch { what: &'static str, problem: String },
     #[error("cluster DNS: {0}")]
     Dns(#[from] weft_dns::Error),
     #[error("pod runtime: {0}")]
@@ -179,9 +181,16 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         }
         (false, _) => None,
     };
-    for stream in [service_stream.boxed(), slice_stream.boxed()] {
+    // A watch whose stream ends leaves its cache frozen: the agent stops rather than act
+    // on a world it no longer sees (its supervisor or init system restarts it).
+    let (ended, mut watch_ended) = tokio::sync::mpsc::unbounded_channel::<&'static str>();
+    for (what, stream) in [
+        ("Services", service_stream.boxed()),
+        ("EndpointSlices", slice_stream.boxed()),
+    ] {
         let (n, tx, dns_tx) = (notify.clone(), events.clone(), dns_events.clone());
-        tokio::spawn(stream.for_each(move |e| {
+        let ended = ended.clone();
+        let watch = stream.for_each(move |e| {
             match e {
                 Ok(e) => {
                     if let Some(d) = &dns_tx {
@@ -194,23 +203,42 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
                     n.notify_one();
                 }
                 // The watcher backs off and retries by itself; say why it has to.
-                Err(e) => tracing::warn!("watching Services/EndpointSlices: {e}"),
+                Err(e) => tracing::warn!("watching {what}: {e}"),
             }
             futures::future::ready(())
-        }));
+        });
+        tokio::spawn(async move {
+            watch.await;
+            let _ = ended.send(what);
+        });
     }
-    for stream in [
-        node_stream.map(|_| ()).boxed(),
-        pod_stream.map(|_| ()).boxed(),
+    for (what, stream) in [
+        ("Nodes", node_stream.map(|_| ()).boxed()),
+        ("this node's Pods", pod_stream.map(|_| ()).boxed()),
     ] {
-        let n = notify.clone();
-        tokio::spawn(stream.for_each(move |_| {
+        let (n, ended) = (notify.clone(), ended.clone());
+        let watch = stream.for_each(move |_| {
             n.notify_one();
             futures::future::ready(())
-        }));
+        });
+        tokio::spawn(async move {
+            watch.await;
+            let _ = ended.send(what);
+        });
     }
-    nodes.wait_until_ready().await.ok();
-    pods.wait_until_ready().await.ok();
+    // Nothing is reconciled before both caches hold a complete list: an empty cache would
+    // read as "no pods", and the pod loop would stop every running pod.
+    let unlisted = |what| AgentError::Watch {
+        what,
+        problem: "the watch ended before its first list completed".into(),
+    };
+    nodes
+        .wait_until_ready()
+        .await
+        .map_err(|_| unlisted("Nodes"))?;
+    pods.wait_until_ready()
+        .await
+        .map_err(|_| unlisted("this node's Pods"))?;
 
     let mut runtime: Option<Arc<Mutex<Runtime>>> = None;
     let mut cni_written = false;
@@ -220,6 +248,12 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         tokio::select! {
             _ = notify.notified() => {}
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            Some(what) = watch_ended.recv() => {
+                return Err(AgentError::Watch {
+                    what,
+                    problem: "the watch stream ended; stopping rather than reconcile from a frozen cache".into(),
+                });
+            }
         }
         // Oldest first: on a conflict (two nodes claiming one podCIDR) the first one wins.
         let mut node_objs = nodes.state();
