@@ -76,6 +76,9 @@ pub struct ServerConfig {
     pub tcp_idle_timeout: Duration,
     /// Open TCP connections at most; further ones wait in the kernel's backlog.
     pub max_tcp_connections: usize,
+    /// UDP questions waiting on an upstream at most; past that a question that misses the
+    /// cache gets SERVFAIL at once (bounds tasks and sockets under a flood of new names).
+    pub max_forwards: usize,
 }
 
 impl Default for ServerConfig {
@@ -89,6 +92,7 @@ impl Default for ServerConfig {
             upstream_timeout: Duration::from_secs(2),
             tcp_idle_timeout: Duration::from_secs(10),
             max_tcp_connections: 256,
+            max_forwards: 1024,
         }
     }
 }

@@ -41,6 +41,7 @@ struct Shared {
     fwd: Forwarder,
     idle: Duration,
     conns: Arc<Semaphore>,
+    forwards: Arc<Semaphore>,
     stats: Stats,
 }
 
@@ -109,6 +110,7 @@ impl Server {
             model,
             idle: cfg.tcp_idle_timeout,
             conns: Arc::new(Semaphore::new(cfg.max_tcp_connections.max(1))),
+            forwards: Arc::new(Semaphore::new(cfg.max_forwards.max(1))),
             stats: Stats::default(),
         };
         Ok(Server {
@@ -209,9 +211,10 @@ async fn udp_loop(sock: Arc<UdpSocket>, sh: Arc<Shared>) {
                     bump(&sh.stats.cache_hits);
                     e.write_reply(&mut out, &q, Instant::now());
                     truncate_to(&mut out, q.question.len(), q.edns, q.udp_limit());
-                } else {
+                } else if let Ok(permit) = sh.forwards.clone().try_acquire_owned() {
                     let (sock, sh, msg) = (sock.clone(), sh.clone(), msg.to_vec());
                     tokio::spawn(async move {
+                        let _permit = permit;
                         let mut out = Vec::new();
                         forwarded(&sh, &msg, &key, true, &mut out).await;
                         if !out.is_empty() {
@@ -219,6 +222,10 @@ async fn udp_loop(sock: Arc<UdpSocket>, sh: Arc<Shared>) {
                         }
                     });
                     continue;
+                } else {
+                    bump(&sh.stats.servfail);
+                    let rcode = RCODE_SERVFAIL as u16;
+                    error_reply(&mut out, q.id, q.flags, rcode, Some(q.question), q.edns);
                 }
             }
         }
