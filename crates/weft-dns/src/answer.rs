@@ -6,6 +6,7 @@ use std::net::IpAddr;
 
 use crate::acl::Acl;
 use crate::model::Model;
+use crate::records::{TYPE_AXFR, TYPE_IXFR};
 use crate::wire::{
     parse, put_header, put_opt, reply_flags, set_count, Edns, Parsed, Query, CLASS_IN, FLAG_TC,
     RCODE_BADVERS, RCODE_NOERROR, RCODE_NXDOMAIN, RCODE_REFUSED,
@@ -66,7 +67,8 @@ pub fn respond<'a>(
                 error_reply(out, q.id, q.flags, RCODE_BADVERS, Some(q.question), q.edns);
                 return Decision::Reply;
             }
-            if q.qclass != CLASS_IN {
+            // Zone transfers are not offered, and not forwarded either.
+            if q.qclass != CLASS_IN || matches!(q.qtype, TYPE_IXFR | TYPE_AXFR) {
                 error_reply(
                     out,
                     q.id,

@@ -163,11 +163,16 @@ fn headless_service() {
         vec!["A 10.244.3.5"]
     );
 
-    // No endpoints: the Service's name still exists, without addresses.
-    md.delete_slice("db", "pg-abc");
-    let m = ask(&md, "pg.db.svc.cluster.local.", "A");
+    // Only IPv4 endpoints: AAAA is NODATA.
+    let m = ask(&md, "pg.db.svc.cluster.local.", "AAAA");
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);
     assert!(m.answers.is_empty());
+    assert_eq!(m.authorities.len(), 1);
+
+    // No ready endpoints: NXDOMAIN, as the specification says it should be.
+    md.delete_slice("db", "pg-abc");
+    let m = ask(&md, "pg.db.svc.cluster.local.", "A");
+    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
     assert_eq!(m.authorities.len(), 1);
     assert_eq!(
         ask(&md, "pg-0.pg.db.svc.cluster.local.", "A")
@@ -432,6 +437,11 @@ fn header_errors() {
     // 16 is both BADVERS and BADSIG; hickory names it the latter.
     assert_eq!(u16::from(out.metadata.response_code), 16);
     assert_eq!(reply(&good).unwrap().answers.len(), 1);
+    // No zone transfers, ours or anyone's.
+    for name in ["cluster.local.", "example.com."] {
+        let m = reply(&query_bytes(name, "AXFR", None)).unwrap();
+        assert_eq!(m.metadata.response_code, ResponseCode::Refused, "{name}");
+    }
 }
 
 #[test]

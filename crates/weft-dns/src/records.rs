@@ -4,9 +4,10 @@
 //!
 //! Choices where the specification leaves room, all as CoreDNS's kubernetes plugin does
 //! them unless said otherwise:
-//! - every Service's own name exists even with no address records (a headless Service
-//!   without ready endpoints answers NODATA, not NXDOMAIN: the name is there, and a
-//!   negative answer cached as NXDOMAIN would also deny the names below it, RFC 8020);
+//! - a Service's own name exists while it has records, and a ClusterIP or ExternalName
+//!   Service's name always does (NODATA for the other address family); a headless
+//!   Service without ready endpoints has no name at all, NXDOMAIN, as the specification
+//!   says it should be;
 //! - a headless endpoint without `hostname` is named by its dashed address
 //!   (`10-244-1-3`, `fd00--1`), and gets a PTR like one with a hostname;
 //! - `<hostname>.<subdomain>.<ns>.svc` names for pods come only from the endpoints of the
@@ -37,6 +38,8 @@ pub const TYPE_TXT: u16 = 16;
 pub const TYPE_AAAA: u16 = 28;
 pub const TYPE_SRV: u16 = 33;
 pub const TYPE_OPT: u16 = 41;
+pub const TYPE_IXFR: u16 = 251;
+pub const TYPE_AXFR: u16 = 252;
 pub const TYPE_ANY: u16 = 255;
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -164,7 +167,10 @@ pub fn service_records(zone: &str, svc: &Service, slices: &[&EndpointSlice]) -> 
     };
     let Some(spec) = &svc.spec else { return out };
     let base = format!("{name}.{ns}.svc.{zone}");
-    out.insert(rec(&base, RData::Exists));
+    let headless = is_headless(svc);
+    if !headless {
+        out.insert(rec(&base, RData::Exists));
+    }
 
     if spec.type_.as_deref() == Some("ExternalName") {
         if let Some(target) = spec.external_name.as_deref() {
@@ -179,7 +185,7 @@ pub fn service_records(zone: &str, svc: &Service, slices: &[&EndpointSlice]) -> 
         return out;
     }
 
-    if is_headless(svc) {
+    if headless {
         let publish_not_ready = spec.publish_not_ready_addresses.unwrap_or(false);
         for slice in slices {
             if slice.metadata.namespace.as_deref() != svc.metadata.namespace.as_deref()

@@ -333,8 +333,10 @@ async fn tcp_conn(
         let mut frame = Vec::with_capacity(out.len() + 2);
         frame.extend((out.len() as u16).to_be_bytes());
         frame.extend(&out);
-        if s.write_all(&frame).await.is_err() {
-            return;
+        // A client that stops reading must not keep its connection slot for ever.
+        match tokio::time::timeout(sh.idle, s.write_all(&frame)).await {
+            Ok(Ok(())) => {}
+            _ => return,
         }
     }
 }

@@ -380,3 +380,34 @@ fn failover_when_an_upstream_is_silent() {
         drop(silent);
     });
 }
+
+#[test]
+fn tcp_connections_are_bounded() {
+    in_netns(&[], || async {
+        let cfg = ServerConfig {
+            listen: vec!["127.0.0.1:0".parse().unwrap()],
+            upstreams: Upstreams::List(vec![]),
+            max_tcp_connections: 1,
+            tcp_idle_timeout: Duration::from_millis(400),
+            ..ServerConfig::default()
+        };
+        let server = Server::bind(cfg, model()).await.unwrap();
+        let addr = server.local_addrs()[0];
+        tokio::spawn(server.run());
+        let q = raw_query("web.default.svc.cluster.local.", "A", None);
+        let mut first = TcpStream::connect(addr).await.unwrap();
+        tcp_send(&mut first, &q).await;
+        assert_eq!(tcp_read(&mut first).await.unwrap().answers.len(), 1);
+        // The second waits in the backlog until the first is closed (here: idle).
+        let started = std::time::Instant::now();
+        let mut second = TcpStream::connect(addr).await.unwrap();
+        tcp_send(&mut second, &q).await;
+        assert_eq!(tcp_read(&mut second).await.unwrap().answers.len(), 1);
+        assert!(
+            started.elapsed() >= Duration::from_millis(300),
+            "{:?}",
+            started.elapsed()
+        );
+        drop(first);
+    });
+}
