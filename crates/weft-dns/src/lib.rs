@@ -96,3 +96,5 @@ fn serve_is_send(cfg: ServerConfig, model: Model) {
     fn send<T: Send>(_: &T) {}
     send(&serve(cfg, model));
 }
+#[cfg(test)]
+mod cache_tests;
