@@ -1,14 +1,14 @@
 //! The regions in which policy answers are constant, so the nft compiler can ask the
 //! matcher once per region instead of once per address and port.
 //!
-//! Peer addresses (IPv4) are cut at every pod and node address (each its own one-address
+//! Peer addresses (per family) are cut at every pod and node address (each its own one-address
 //! region, since labels make each one different) and at every CIDR boundary a policy
 //! names; between cuts only CIDRs matter and none starts or ends inside. Ports are cut per
 //! protocol at every port, range end and named container port in the cluster. Protocols
 //! without ports form one region.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
 
@@ -16,8 +16,40 @@ use crate::matcher::Remote;
 use crate::model::{PeerMatch, PortMatch, Protocol};
 use crate::view::Cluster;
 
-/// An inclusive range of IPv4 addresses, as integers.
-pub type AddrRange = (u32, u32);
+/// An inclusive range of addresses of one family, as integers.
+pub type AddrRange = (u128, u128);
+
+/// An address family of the table's maps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AddrFamily {
+    V4,
+    V6,
+}
+
+impl AddrFamily {
+    pub const ALL: [AddrFamily; 2] = [AddrFamily::V4, AddrFamily::V6];
+
+    pub fn max(self) -> u128 {
+        match self {
+            AddrFamily::V4 => u128::from(u32::MAX),
+            AddrFamily::V6 => u128::MAX,
+        }
+    }
+
+    pub fn of(ip: &IpAddr) -> (AddrFamily, u128) {
+        match ip {
+            IpAddr::V4(a) => (AddrFamily::V4, u128::from(u32::from(*a))),
+            IpAddr::V6(a) => (AddrFamily::V6, u128::from(*a)),
+        }
+    }
+
+    pub fn ip(self, n: u128) -> IpAddr {
+        match self {
+            AddrFamily::V4 => IpAddr::V4(Ipv4Addr::from(n as u32)),
+            AddrFamily::V6 => IpAddr::V6(Ipv6Addr::from(n)),
+        }
+    }
+}
 /// An inclusive range of ports.
 pub type PortRange = (u16, u16);
 
@@ -29,29 +61,21 @@ pub const PORT_PROTOCOLS: [Protocol; 3] = [Protocol::Tcp, Protocol::Udp, Protoco
 pub const OTHER_PROTOCOLS: [(u8, u8); 4] = [(0, 5), (7, 16), (18, 131), (133, 255)];
 
 pub struct Cells<'a> {
-    /// Address regions with what holds the region's addresses (a pod or node holds a
-    /// one-address region).
-    pub peers: Vec<(AddrRange, Remote<'a>)>,
+    /// Address regions per family with what holds the region's addresses (a pod or node
+    /// holds a one-address region).
+    pub peers: BTreeMap<AddrFamily, Vec<(AddrRange, Remote<'a>)>>,
     /// Port regions per protocol with ports.
     pub ports: BTreeMap<Protocol, Vec<PortRange>>,
 }
 
-fn v4(ip: &IpAddr) -> Option<u32> {
-    match ip {
-        IpAddr::V4(a) => Some(u32::from(*a)),
-        IpAddr::V6(_) => None,
-    }
-}
-
-fn net_range(n: &IpNet) -> Option<AddrRange> {
-    match n {
-        IpNet::V4(n) => Some((u32::from(n.network()), u32::from(n.broadcast()))),
-        IpNet::V6(_) => None,
-    }
+fn net_range(n: &IpNet) -> (AddrFamily, AddrRange) {
+    let (f, lo) = AddrFamily::of(&n.network());
+    let (_, hi) = AddrFamily::of(&n.broadcast());
+    (f, (lo, hi))
 }
 
 /// Closes sorted cut points into inclusive ranges covering `0..=max`.
-fn ranges(cuts: &BTreeSet<u64>, max: u64) -> Vec<(u64, u64)> {
+fn ranges(cuts: &BTreeSet<u128>, max: u128) -> Vec<(u128, u128)> {
     let mut out = Vec::with_capacity(cuts.len());
     let mut it = cuts.iter().copied().filter(|c| *c <= max).peekable();
     while let Some(start) = it.next() {
@@ -63,43 +87,50 @@ fn ranges(cuts: &BTreeSet<u64>, max: u64) -> Vec<(u64, u64)> {
 
 impl<'a> Cells<'a> {
     pub fn new(cluster: &'a Cluster) -> Cells<'a> {
-        let mut owners: BTreeMap<u32, Remote<'a>> = BTreeMap::new();
+        let mut owners: BTreeMap<(AddrFamily, u128), Remote<'a>> = BTreeMap::new();
         for n in cluster.nodes.values() {
             for ip in &n.ips {
-                if let Some(a) = v4(ip) {
-                    owners.insert(
-                        a,
-                        Remote {
-                            ip: Some(*ip),
-                            pod: None,
-                            node: Some(n),
-                        },
-                    );
-                }
+                let remote = Remote {
+                    ip: Some(*ip),
+                    pod: None,
+                    node: Some(n),
+                };
+                owners.insert(AddrFamily::of(ip), remote);
             }
         }
         // Pods after nodes: an address both hold is the pod's, as `Cluster::owner` says.
         for p in cluster.pods.values().filter(|p| !p.host_network) {
             for ip in &p.ips {
-                if let Some(a) = v4(ip) {
-                    owners.insert(
-                        a,
-                        Remote {
-                            ip: Some(*ip),
-                            pod: Some(p),
-                            node: None,
-                        },
-                    );
-                }
+                let remote = Remote {
+                    ip: Some(*ip),
+                    pod: Some(p),
+                    node: None,
+                };
+                owners.insert(AddrFamily::of(ip), remote);
             }
         }
-        let mut cuts: BTreeSet<u64> = [0].into();
-        for a in owners.keys() {
-            cuts.insert(u64::from(*a));
-            cuts.insert(u64::from(*a) + 1);
+        let mut cuts: BTreeMap<AddrFamily, BTreeSet<u128>> = AddrFamily::ALL
+            .iter()
+            .map(|f| (*f, [0u128].into()))
+            .collect();
+        let mut cut = |f: AddrFamily, (lo, hi): AddrRange| {
+            let c = cuts.entry(f).or_default();
+            c.insert(lo);
+            c.extend(hi.checked_add(1));
+        };
+        for (f, a) in owners.keys() {
+            cut(*f, (*a, *a));
         }
-        let mut port_cuts: BTreeMap<Protocol, BTreeSet<u64>> =
-            PORT_PROTOCOLS.iter().map(|p| (*p, [0u64].into())).collect();
+        let mut port_cuts: BTreeMap<Protocol, BTreeSet<u128>> = PORT_PROTOCOLS
+            .iter()
+            .map(|p| (*p, [0u128].into()))
+            .collect();
+        let mut port_cut = |proto: Protocol, lo: u16, hi: u16| {
+            if let Some(c) = port_cuts.get_mut(&proto) {
+                c.insert(u128::from(lo));
+                c.insert(u128::from(hi) + 1);
+            }
+        };
         for pol in cluster.policies.values() {
             for r in pol.ingress.iter().chain(pol.egress.iter()).flatten() {
                 for peer in &r.peers {
@@ -110,17 +141,14 @@ impl<'a> Cells<'a> {
                         PeerMatch::Networks(n) => n.iter().collect(),
                         _ => Vec::new(),
                     };
-                    for (s, e) in nets.into_iter().filter_map(net_range) {
-                        cuts.insert(u64::from(s));
-                        cuts.insert(u64::from(e) + 1);
+                    for n in nets {
+                        let (f, range) = net_range(n);
+                        cut(f, range);
                     }
                 }
                 for pr in &r.ports {
                     if let (Some(proto), PortMatch::Range(a, b)) = (pr.protocol, &pr.port) {
-                        if let Some(c) = port_cuts.get_mut(&proto) {
-                            c.insert(u64::from(*a));
-                            c.insert(u64::from(*b) + 1);
-                        }
+                        port_cut(proto, *a, *b);
                     }
                 }
             }
@@ -128,31 +156,33 @@ impl<'a> Cells<'a> {
         // Named ports can resolve to any container port.
         for p in cluster.pods.values() {
             for cp in &p.ports {
-                if let Some(c) = port_cuts.get_mut(&cp.protocol) {
-                    c.insert(u64::from(cp.port));
-                    c.insert(u64::from(cp.port) + 1);
-                }
+                port_cut(cp.protocol, cp.port, cp.port);
             }
         }
-        let peers = ranges(&cuts, u64::from(u32::MAX))
+        let peers = cuts
             .into_iter()
-            .map(|(s, e)| {
-                let (s, e) = (s as u32, e as u32);
-                let remote = match owners.get(&s) {
-                    Some(r) if s == e => *r,
-                    _ => Remote {
-                        ip: Some(IpAddr::V4(Ipv4Addr::from(s))),
-                        pod: None,
-                        node: None,
-                    },
-                };
-                ((s, e), remote)
+            .map(|(f, c)| {
+                let regions = ranges(&c, f.max())
+                    .into_iter()
+                    .map(|(s, e)| {
+                        let remote = match owners.get(&(f, s)) {
+                            Some(r) if s == e => *r,
+                            _ => Remote {
+                                ip: Some(f.ip(s)),
+                                pod: None,
+                                node: None,
+                            },
+                        };
+                        ((s, e), remote)
+                    })
+                    .collect();
+                (f, regions)
             })
             .collect();
         let ports = port_cuts
             .into_iter()
             .map(|(p, c)| {
-                let r = ranges(&c, u64::from(u16::MAX))
+                let r = ranges(&c, u128::from(u16::MAX))
                     .into_iter()
                     .map(|(s, e)| (s as u16, e as u16))
                     .collect();
@@ -169,9 +199,14 @@ mod tests {
 
     #[test]
     fn ranges_cover_everything_once() {
-        let cuts: BTreeSet<u64> = [0, 5, 6, 10].into();
+        let cuts: BTreeSet<u128> = [0, 5, 6, 10].into();
         assert_eq!(ranges(&cuts, 20), vec![(0, 4), (5, 5), (6, 9), (10, 20)]);
-        let cuts: BTreeSet<u64> = [0, 21].into();
+        let cuts: BTreeSet<u128> = [0, 21].into();
         assert_eq!(ranges(&cuts, 20), vec![(0, 20)]);
+        let cuts: BTreeSet<u128> = [0, u128::MAX].into();
+        assert_eq!(
+            ranges(&cuts, u128::MAX),
+            vec![(0, u128::MAX - 1), (u128::MAX, u128::MAX)]
+        );
     }
 }

@@ -7,10 +7,12 @@
 //!   map egress  { ipv4_addr . ipv4_addr . inet_proto . inet_service : verdict; interval }
 //!                 local pod . peer address range . protocol range . port range : goto egress-<tier>
 //!   map ingress { same, keyed local pod . peer ... }
+//!   map egress6, ingress6 { the same for IPv6: ipv6_addr . ipv6_addr . inet_proto . inet_service }
 //!   chain forward { type filter hook forward priority filter; policy accept
 //!     ct state established,related accept     replies, and what was allowed when it began
 //!     ip saddr . ip daddr . meta l4proto . th dport vmap @egress    at the client's node
 //!     ip daddr . ip saddr . meta l4proto . th dport vmap @ingress   at the server's node
+//!     ip6 ... vmap @egress6, ip6 ... vmap @ingress6
 //!   }
 //!   chain egress-admin / egress-netpol / egress-baseline / ingress-... {
 //!     counter [log prefix "weft-policy ingress NetworkPolicy " group N] drop
@@ -31,16 +33,15 @@
 //! output hooks) is always allowed by the API, so those hooks have nothing to check; a
 //! node's traffic to a pod elsewhere is checked by that pod's node, in its forward hook.
 //!
-//! IPv4 only: IPv6 pod addresses get no elements (the matcher answers for them).
-
-use std::net::Ipv4Addr;
+//! Both families live in the one `inet` table: IPv4 and IPv6 addresses are separate maps
+//! (a key's fields have fixed types), read by rules that load only their family.
 
 use weft_nft::{
     BaseChain, Chain, ChainType, CtStates, DataType, Elem, Family, Hook, Key, KeyType, Policy,
     Rule, Ruleset, Selector, Set, SetRef, Stmt, Table, Value, Verdict,
 };
 
-use crate::cells::{AddrRange, Cells, PortRange, OTHER_PROTOCOLS, PORT_PROTOCOLS};
+use crate::cells::{AddrFamily, AddrRange, Cells, PortRange, OTHER_PROTOCOLS, PORT_PROTOCOLS};
 use crate::matcher::{decide, Applicable};
 use crate::model::{Direction, Protocol, Tier};
 use crate::view::{Cluster, Pod};
@@ -58,8 +59,11 @@ pub struct NodeContext {
     pub log_group: Option<u16>,
 }
 
-pub fn map_name(dir: Direction) -> &'static str {
-    dir.as_str()
+pub fn map_name(dir: Direction, fam: AddrFamily) -> String {
+    match fam {
+        AddrFamily::V4 => dir.as_str().to_owned(),
+        AddrFamily::V6 => format!("{}6", dir.as_str()),
+    }
 }
 
 /// The chain a denial in `dir` by `tier` jumps to: a counter per direction and tier.
@@ -76,29 +80,32 @@ pub const DIRECTIONS: [Direction; 2] = [Direction::Egress, Direction::Ingress];
 pub const TIERS: [Tier; 3] = [Tier::Admin, Tier::NetworkPolicy, Tier::Baseline];
 
 /// The key each direction's map is looked up with: the local pod first.
-pub fn key(dir: Direction) -> [Selector; 4] {
-    match dir {
-        Direction::Egress => [
-            Selector::IpSaddr,
-            Selector::IpDaddr,
-            Selector::MetaL4proto,
-            Selector::ThDport,
-        ],
-        Direction::Ingress => [
-            Selector::IpDaddr,
-            Selector::IpSaddr,
-            Selector::MetaL4proto,
-            Selector::ThDport,
-        ],
-    }
+pub fn key(dir: Direction, fam: AddrFamily) -> [Selector; 4] {
+    let (saddr, daddr) = match fam {
+        AddrFamily::V4 => (Selector::IpSaddr, Selector::IpDaddr),
+        AddrFamily::V6 => (Selector::Ip6Saddr, Selector::Ip6Daddr),
+    };
+    let (pod, peer) = match dir {
+        Direction::Egress => (saddr, daddr),
+        Direction::Ingress => (daddr, saddr),
+    };
+    [pod, peer, Selector::MetaL4proto, Selector::ThDport]
 }
 
-const KEY_TYPES: [KeyType; 4] = [
-    KeyType::Ipv4Addr,
-    KeyType::Ipv4Addr,
-    KeyType::InetProto,
-    KeyType::InetService,
-];
+fn key_types(fam: AddrFamily) -> Vec<KeyType> {
+    let addr = match fam {
+        AddrFamily::V4 => KeyType::Ipv4Addr,
+        AddrFamily::V6 => KeyType::Ipv6Addr,
+    };
+    vec![addr, addr, KeyType::InetProto, KeyType::InetService]
+}
+
+fn addr_value(fam: AddrFamily, n: u128) -> Value {
+    match fam.ip(n) {
+        std::net::IpAddr::V4(a) => Value::Ipv4(a),
+        std::net::IpAddr::V6(a) => Value::Ipv6(a),
+    }
+}
 
 /// The node's policy table.
 pub fn desired(cluster: &Cluster, ctx: &NodeContext) -> Ruleset {
@@ -117,17 +124,21 @@ pub fn desired(cluster: &Cluster, ctx: &NodeContext) -> Ruleset {
         Stmt::Verdict(Verdict::Accept),
     ]));
     let cells = Cells::new(cluster);
-    for dir in DIRECTIONS {
-        forward.rules.push(Rule::new(vec![Stmt::Vmap {
-            key: key(dir).to_vec(),
-            map: SetRef::Named(map_name(dir).into()),
-        }]));
-        let mut map = Set::map(map_name(dir), KEY_TYPES.to_vec(), DataType::Verdict);
-        map.flags.interval = true;
-        for pod in local_pods(cluster, &ctx.node_name) {
-            add_pod(&mut map, cluster, &cells, dir, pod);
+    for fam in AddrFamily::ALL {
+        for dir in DIRECTIONS {
+            forward.rules.push(Rule::new(vec![Stmt::Vmap {
+                key: key(dir, fam).to_vec(),
+                map: SetRef::Named(map_name(dir, fam)),
+            }]));
+            let mut map = Set::map(map_name(dir, fam), key_types(fam), DataType::Verdict);
+            map.flags.interval = true;
+            for pod in local_pods(cluster, &ctx.node_name) {
+                add_pod(&mut map, cluster, &cells, dir, fam, pod);
+            }
+            t.add_set(map);
         }
-        t.add_set(map);
+    }
+    for dir in DIRECTIONS {
         for tier in TIERS {
             let mut stmts = vec![Stmt::Counter];
             if let Some(g) = ctx.log_group {
@@ -146,27 +157,43 @@ pub fn desired(cluster: &Cluster, ctx: &NodeContext) -> Ruleset {
     rs
 }
 
-/// This node's pods with an IPv4 address and their own network namespace.
+/// This node's pods with their own network namespace.
 pub fn local_pods<'a>(cluster: &'a Cluster, node: &'a str) -> impl Iterator<Item = &'a Pod> {
     cluster
         .pods
         .values()
         .filter(move |p| !p.host_network && p.node.as_deref() == Some(node))
-        .filter(|p| p.ips.iter().any(|a| a.is_ipv4()))
 }
 
 /// One region of protocols and ports: `(protocols, ports)`, both inclusive.
 type Service = ((u8, u8), PortRange);
 
 /// The denied regions for one pod and direction, merged.
-fn add_pod(map: &mut Set, cluster: &Cluster, cells: &Cells, dir: Direction, pod: &Pod) {
+fn add_pod(
+    map: &mut Set,
+    cluster: &Cluster,
+    cells: &Cells,
+    dir: Direction,
+    fam: AddrFamily,
+    pod: &Pod,
+) {
+    let addrs: Vec<u128> = pod
+        .ips
+        .iter()
+        .map(AddrFamily::of)
+        .filter(|(f, _)| *f == fam)
+        .map(|(_, a)| a)
+        .collect();
+    if addrs.is_empty() {
+        return;
+    }
     let a = Applicable::new(cluster, dir, pod);
     if a.is_empty() {
         return;
     }
     // Per peer region: the denied (service region, tier) list, merged along ports.
     let mut rows: Vec<(AddrRange, Vec<(Service, Tier)>)> = Vec::new();
-    for (range, remote) in &cells.peers {
+    for (range, remote) in &cells.peers[&fam] {
         let mut row: Vec<(Service, Tier)> = Vec::new();
         for proto in PORT_PROTOCOLS {
             let n = proto.number();
@@ -197,38 +224,31 @@ fn add_pod(map: &mut Set, cluster: &Cluster, cells: &Cells, dir: Direction, pod:
             _ => rows.push((*range, row)),
         }
     }
-    let addr = pod
-        .ips
-        .iter()
-        .find_map(|a| match a {
-            std::net::IpAddr::V4(a) => Some(*a),
-            _ => None,
-        })
-        .unwrap_or(Ipv4Addr::UNSPECIFIED);
-    for ((plo, phi), row) in rows {
-        for (((qlo, qhi), (lo, hi)), tier) in row {
-            let start = vec![
-                Value::Ipv4(addr),
-                Value::Ipv4(Ipv4Addr::from(plo)),
-                Value::Proto(qlo),
-                Value::Port(lo),
-            ];
-            let end = vec![
-                Value::Ipv4(addr),
-                Value::Ipv4(Ipv4Addr::from(phi)),
-                Value::Proto(qhi),
-                Value::Port(hi),
-            ];
-            map.elements.insert(
-                Key(start),
-                Elem {
-                    end: Some(Key(end)),
-                    data: Some(weft_nft::ElemData::Verdict(Verdict::Goto(deny_chain(
-                        dir, tier,
-                    )))),
-                    timeout: None,
-                },
-            );
+    for addr in addrs {
+        for ((plo, phi), row) in &rows {
+            for (((qlo, qhi), (lo, hi)), tier) in row {
+                let start = vec![
+                    addr_value(fam, addr),
+                    addr_value(fam, *plo),
+                    Value::Proto(*qlo),
+                    Value::Port(*lo),
+                ];
+                let end = vec![
+                    addr_value(fam, addr),
+                    addr_value(fam, *phi),
+                    Value::Proto(*qhi),
+                    Value::Port(*hi),
+                ];
+                let goto = Verdict::Goto(deny_chain(dir, *tier));
+                map.elements.insert(
+                    Key(start),
+                    Elem {
+                        end: Some(Key(end)),
+                        data: Some(weft_nft::ElemData::Verdict(goto)),
+                        timeout: None,
+                    },
+                );
+            }
         }
     }
 }

@@ -11,7 +11,8 @@
 //!   connection is allowed, at the client's egress and the server's ingress, and which
 //!   rules decided (policy, tier, rule index and name).
 //! - [`desired`] compiles the view into this node's `inet weft-policy` table. Policy is
-//!   data: a constant set of chains, and two interval verdict maps keyed
+//!   data: a constant set of chains, and interval verdict maps (per direction and address
+//!   family) keyed
 //!   `local pod . peer . protocol . port` whose elements are the matcher's answers over
 //!   [`cells`], the regions in which answers are constant. A new pod, a label change or a
 //!   policy edit changes elements only.
@@ -28,7 +29,6 @@
 //! - replies of allowed connections pass by conntrack; a policy change does not cut
 //!   established connections;
 //! - `domainNames` peers are modelled and not enforced (an Accept on them matches nothing);
-//! - IPv4 only in the table (the matcher answers for IPv6 too).
 //!
 //! For the agent:
 //! ```no_run

@@ -2,7 +2,7 @@
 //! would, for the statements this crate writes. Tests use it to hold the compiled data
 //! against the matcher; `weft lab` can use it to say which element dropped a packet.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use weft_nft::{ElemData, Selector, Set, SetRef, Stmt, Table, Value, Verdict};
 
@@ -12,8 +12,8 @@ use crate::model::Protocol;
 /// The packet: a connection's first packet (conntrack state new).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Packet {
-    pub saddr: Ipv4Addr,
-    pub daddr: Ipv4Addr,
+    pub saddr: IpAddr,
+    pub daddr: IpAddr,
     pub proto: Protocol,
     pub dport: u16,
 }
@@ -27,9 +27,18 @@ pub enum Outcome {
 
 impl Packet {
     fn load(&self, s: Selector) -> Option<Value> {
+        // An address selector loads only from its family's packets (nft's implicit
+        // `meta nfproto` check).
+        let addr = |a: IpAddr, v6: bool| match (a, v6) {
+            (IpAddr::V4(a), false) => Some(Value::Ipv4(a)),
+            (IpAddr::V6(a), true) => Some(Value::Ipv6(a)),
+            _ => None,
+        };
         Some(match s {
-            Selector::IpSaddr => Value::Ipv4(self.saddr),
-            Selector::IpDaddr => Value::Ipv4(self.daddr),
+            Selector::IpSaddr => addr(self.saddr, false)?,
+            Selector::IpDaddr => addr(self.daddr, false)?,
+            Selector::Ip6Saddr => addr(self.saddr, true)?,
+            Selector::Ip6Daddr => addr(self.daddr, true)?,
             Selector::MetaL4proto => Value::Proto(self.proto.number()),
             // What a port-less protocol holds there does not matter: its elements
             // cover every value.

@@ -1,7 +1,8 @@
 //! Every truth-table case, step after step, through the kernel: each node's table is
 //! synced incrementally into its own fresh network namespace (interval maps replaced
 //! element by element, as the agent would), and after each step a fresh Enforcer adopts
-//! the kernel's table and must find nothing to change, i.e. the kernel holds exactly the
+//! the kernel's table and must find nothing to change (pods are dual-stack here, so both
+//! families' maps are loaded), i.e. the kernel holds exactly the
 //! model (no element refused as overlapping, none lost).
 
 mod common;
@@ -55,6 +56,8 @@ fn every_case_step_loads_and_reads_back_exactly() {
         let mut cluster = world.cluster().unwrap();
         for (i, step) in case.steps.iter().enumerate() {
             step.apply_to(&mut cluster).unwrap();
+            // Dual stack: the IPv6 maps get elements too.
+            common::dual_stack(&mut cluster);
             for ((node, ns), enf) in nodes.iter().zip(&spaces).zip(&mut enforcers) {
                 let ctx = NodeContext {
                     node_name: node.clone(),

@@ -16,30 +16,43 @@ use weft_policy::{check, Cluster, Endpoint, Protocol};
 
 const OUTSIDE: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 7);
 
-/// An endpoint with its address and the node it sits on.
-fn endpoints(c: &Cluster) -> Vec<(Endpoint, Ipv4Addr, Option<String>)> {
-    let v4 = |ips: &[IpAddr]| {
-        ips.iter().find_map(|a| match a {
-            IpAddr::V4(a) => Some(*a),
-            _ => None,
-        })
+/// Whether this is the kind of endpoint whose traffic the pod's node filters.
+fn is_pod(e: &Endpoint) -> bool {
+    matches!(e, Endpoint::Pod { .. })
+}
+
+/// Endpoints (as named, as asked of the matcher) with their address of the family and
+/// the node they sit on. In the IPv6 run pods are asked about by address, so the matcher
+/// sees their IPv6 one.
+type Ep = (Endpoint, Endpoint, IpAddr, Option<String>);
+
+fn endpoints(c: &Cluster, v6: bool) -> Vec<Ep> {
+    let pick = |ips: &[IpAddr]| {
+        ips.iter()
+            .copied()
+            .find(|a| a.is_ipv6() == v6)
+            .expect("an address of the family")
     };
     let mut out = Vec::new();
     for p in c.pods.values() {
-        out.push((
-            Endpoint::pod(&p.namespace, &p.name),
-            v4(&p.ips).unwrap(),
-            p.node.clone(),
-        ));
+        let a = pick(&p.ips);
+        let named = Endpoint::pod(&p.namespace, &p.name);
+        let asked = if v6 { Endpoint::Ip(a) } else { named.clone() };
+        out.push((named, asked, a, p.node.clone()));
     }
     for n in c.nodes.values() {
-        out.push((
-            Endpoint::Node(n.name.clone()),
-            v4(&n.ips).unwrap(),
-            Some(n.name.clone()),
-        ));
+        let a = pick(&n.ips);
+        let named = Endpoint::Node(n.name.clone());
+        let asked = if v6 { Endpoint::Ip(a) } else { named.clone() };
+        out.push((named, asked, a, Some(n.name.clone())));
     }
-    out.push((Endpoint::Ip(IpAddr::V4(OUTSIDE)), OUTSIDE, None));
+    let outside = if v6 {
+        common::six(OUTSIDE)
+    } else {
+        IpAddr::V4(OUTSIDE)
+    };
+    let e = Endpoint::Ip(outside);
+    out.push((e.clone(), e, outside, None));
     out
 }
 
@@ -57,10 +70,17 @@ fn compiled_tables_agree_with_the_matcher() {
     });
     let mut failures = Vec::new();
     let mut checked = 0usize;
-    for (file, case) in common::cases(&world) {
+    let mut dropped6 = 0usize;
+    for ((file, case), v6) in common::cases(&world)
+        .into_iter()
+        .flat_map(|c| [(c.clone(), false), (c, true)])
+    {
         let mut cluster = world.cluster().unwrap();
         for (i, step) in case.steps.iter().enumerate() {
             step.apply_to(&mut cluster).unwrap();
+            if v6 {
+                common::dual_stack(&mut cluster);
+            }
             let tables: BTreeMap<String, weft_nft::Table> = cluster
                 .nodes
                 .keys()
@@ -73,10 +93,10 @@ fn compiled_tables_agree_with_the_matcher() {
                     (n.clone(), rs.table(FAMILY, TABLE).unwrap().clone())
                 })
                 .collect();
-            let eps = endpoints(&cluster);
-            for (s, sip, snode) in &eps {
-                for (d, dip, dnode) in &eps {
-                    let pod = |e: &Endpoint| matches!(e, Endpoint::Pod { .. });
+            let eps = endpoints(&cluster, v6);
+            for (s, s_asked, sip, snode) in &eps {
+                for (d, d_asked, dip, dnode) in &eps {
+                    let pod = is_pod;
                     if s == d || (!pod(s) && !pod(d)) {
                         continue;
                     }
@@ -98,7 +118,7 @@ fn compiled_tables_agree_with_the_matcher() {
                         hops.clear();
                     }
                     for svc in &services {
-                        let want = check(&cluster, s, d, svc.port, svc.protocol)
+                        let want = check(&cluster, s_asked, d_asked, svc.port, svc.protocol)
                             .unwrap()
                             .allowed;
                         let pkt = Packet {
@@ -117,8 +137,12 @@ fn compiled_tables_agree_with_the_matcher() {
                             }
                         }
                         checked += 1;
+                        if v6 && !got {
+                            dropped6 += 1;
+                        }
                         if got != want {
-                            let dec = check(&cluster, s, d, svc.port, svc.protocol).unwrap();
+                            let dec =
+                                check(&cluster, s_asked, d_asked, svc.port, svc.protocol).unwrap();
                             failures.push(format!(
                                 "{file} step {i}: {s} -> {d} {svc}: table {} {by}, matcher {dec}",
                                 if got { "accepts" } else { "drops" },
@@ -129,7 +153,11 @@ fn compiled_tables_agree_with_the_matcher() {
             }
         }
     }
-    assert!(checked > 10_000, "only {checked} packets checked");
+    assert!(checked > 20_000, "only {checked} packets checked");
+    assert!(
+        dropped6 > 1_000,
+        "the IPv6 maps dropped only {dropped6} packets"
+    );
     assert!(
         failures.is_empty(),
         "{} disagreements:\n{}",

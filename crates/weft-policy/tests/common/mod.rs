@@ -2,9 +2,11 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 use weft_policy::cases::{Case, Matrix, Service, Step, World};
+use weft_policy::Cluster;
 
 pub fn cases_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/cases")
@@ -54,4 +56,22 @@ pub fn expectations(world: &World, step: &Step, at: &str) -> Vec<(Service, Matri
         assert!(seen.contains(&s), "{at}: no matrix for {s}");
     }
     out
+}
+
+/// The IPv6 twin of an IPv4 address, for dual-stack runs.
+pub fn six(a: Ipv4Addr) -> IpAddr {
+    IpAddr::V6(Ipv6Addr::from(
+        (0xfd00u128 << 112) | u128::from(u32::from(a)),
+    ))
+}
+
+/// Gives every pod and node that has one IPv4 address its IPv6 twin as well.
+pub fn dual_stack(c: &mut Cluster) {
+    let add = |ips: &mut Vec<IpAddr>| {
+        if let [IpAddr::V4(a)] = ips[..] {
+            ips.push(six(a));
+        }
+    };
+    c.pods.values_mut().for_each(|p| add(&mut p.ips));
+    c.nodes.values_mut().for_each(|n| add(&mut n.ips));
 }
