@@ -61,7 +61,7 @@ pub mod view;
 pub use desired::{desired, NodeContext, TABLE};
 pub use enforcer::Enforcer;
 pub use error::{Error, Result};
-pub use matcher::{check, Decision, Endpoint, Reason, RuleRef, Verdict};
+pub use matcher::{check, parse_port, Decision, Endpoint, Reason, RuleRef, Verdict};
 pub use model::{Direction, Protocol, Tier};
 pub use view::Cluster;
 

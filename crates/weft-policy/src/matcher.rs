@@ -44,12 +44,52 @@ impl Endpoint {
     }
 }
 
+/// `ns/name` for a pod, an address, or `node/NAME` (the CLI's spelling).
+impl std::str::FromStr for Endpoint {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Endpoint> {
+        if let Ok(ip) = s.parse::<IpAddr>() {
+            return Ok(Endpoint::Ip(ip));
+        }
+        match s.split_once('/') {
+            Some(("node", n)) if !n.is_empty() => Ok(Endpoint::Node(n.to_owned())),
+            Some((ns, n)) if !ns.is_empty() && !n.is_empty() && !n.contains('/') => {
+                Ok(Endpoint::pod(ns, n))
+            }
+            _ => Err(Error::Invalid {
+                object: "endpoint".into(),
+                field: String::new(),
+                value: s.to_owned(),
+                problem: "write NAMESPACE/POD, an address, or node/NAME".into(),
+            }),
+        }
+    }
+}
+
+/// `PORT/PROTO` (`80/tcp`, `53/udp`) or a protocol without ports (`icmp`), the CLI's
+/// spelling of what a connection is to.
+pub fn parse_port(s: &str) -> Result<(u16, Protocol)> {
+    let bad = || Error::Invalid {
+        object: "port".into(),
+        field: String::new(),
+        value: s.to_owned(),
+        problem: "write PORT/PROTO such as 80/tcp, 53/udp, 9/sctp, or icmp".into(),
+    };
+    if s.eq_ignore_ascii_case("icmp") {
+        return Ok((0, Protocol::Other(1)));
+    }
+    let (port, proto) = s.split_once('/').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    Ok((port, Protocol::parse(proto).ok_or_else(bad)?))
+}
+
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Endpoint::Pod { namespace, name } => write!(f, "{namespace}/{name}"),
             Endpoint::Ip(ip) => write!(f, "{ip}"),
-            Endpoint::Node(n) => write!(f, "node {n}"),
+            Endpoint::Node(n) => write!(f, "node/{n}"),
         }
     }
 }

@@ -482,3 +482,25 @@ fn invalid_cluster_network_policies_name_field_and_value() {
         assert!(e.contains(want), "{spec}: {e}");
     }
 }
+
+#[test]
+fn cli_spellings() {
+    use crate::matcher::parse_port;
+    assert_eq!("x/a".parse::<Endpoint>().unwrap(), Endpoint::pod("x", "a"));
+    assert_eq!(
+        "node/n1".parse::<Endpoint>().unwrap(),
+        Endpoint::Node("n1".into())
+    );
+    assert_eq!(
+        "10.0.0.1".parse::<Endpoint>().unwrap(),
+        Endpoint::Ip(ip("10.0.0.1"))
+    );
+    assert!("x/a/b".parse::<Endpoint>().is_err());
+    assert_eq!(parse_port("80/tcp").unwrap(), (80, Protocol::Tcp));
+    assert_eq!(parse_port("53/UDP").unwrap(), (53, Protocol::Udp));
+    assert_eq!(parse_port("icmp").unwrap(), (0, Protocol::Other(1)));
+    assert!(parse_port("80")
+        .unwrap_err()
+        .to_string()
+        .contains("PORT/PROTO"));
+}
