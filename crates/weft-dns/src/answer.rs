@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use crate::acl::Acl;
 use crate::model::Model;
-use crate::records::{TYPE_AXFR, TYPE_IXFR};
+use crate::records::{TYPE_A, TYPE_AAAA, TYPE_AXFR, TYPE_IXFR, TYPE_SRV};
 use crate::wire::{
     parse, put_header, put_opt, reply_flags, set_count, Edns, Parsed, Query, CLASS_IN, FLAG_TC,
     RCODE_BADVERS, RCODE_NOERROR, RCODE_NXDOMAIN, RCODE_REFUSED,
@@ -85,9 +85,17 @@ pub fn respond<'a>(
             if matches!(lookup, Lookup::NotOurs) {
                 return Decision::Forward(q);
             }
-            zone_reply(out, &q, &zone, lookup);
+            let additional = zone_reply(out, &q, &zone, lookup);
             drop(zone);
-            if udp {
+            if udp && out.len() > q.udp_limit() {
+                // Additional records are a courtesy: drop them before truncating (RFC 2181 9).
+                if let Some(at) = additional {
+                    out.truncate(at);
+                    set_count(out, 3, q.edns.is_some() as u16);
+                    if let Some(e) = q.edns {
+                        put_opt(out, 0, e.dnssec_ok);
+                    }
+                }
                 truncate_to(out, q.question.len(), q.edns, q.udp_limit());
             }
             Decision::Reply
@@ -113,18 +121,25 @@ pub fn error_reply(
     }
 }
 
-fn zone_reply(out: &mut Vec<u8>, q: &Query, zone: &Zone, lookup: Lookup) {
+/// Returns where the additional section starts when it holds more than the OPT.
+fn zone_reply(out: &mut Vec<u8>, q: &Query, zone: &Zone, lookup: Lookup) -> Option<usize> {
     match lookup {
         Lookup::Answer(n, wire) => write_zone(out, q, zone, RCODE_NOERROR, &[(n, wire)]),
         Lookup::Many(sets) => write_zone(out, q, zone, RCODE_NOERROR, &sets),
         Lookup::NoData => write_zone(out, q, zone, RCODE_NOERROR, &[]),
         Lookup::NxDomain => write_zone(out, q, zone, RCODE_NXDOMAIN, &[]),
-        Lookup::NotOurs => {}
+        Lookup::NotOurs => None,
     }
 }
 
 /// An authoritative reply; no answers means a negative one, with the SOA as authority.
-fn write_zone(out: &mut Vec<u8>, q: &Query, zone: &Zone, rcode: u8, answers: &[(u16, &[u8])]) {
+fn write_zone(
+    out: &mut Vec<u8>,
+    q: &Query,
+    zone: &Zone,
+    rcode: u8,
+    answers: &[(u16, &[u8])],
+) -> Option<usize> {
     let an: u32 = answers.iter().map(|(n, _)| *n as u32).sum();
     let negative = answers.is_empty();
     let counts = [
@@ -135,6 +150,7 @@ fn write_zone(out: &mut Vec<u8>, q: &Query, zone: &Zone, rcode: u8, answers: &[(
     ];
     put_header(out, q.id, reply_flags(q.flags, rcode as u16, true), counts);
     out.extend(q.question);
+    let answers_at = out.len();
     for (_, wire) in answers {
         out.extend(*wire);
     }
@@ -144,9 +160,62 @@ fn write_zone(out: &mut Vec<u8>, q: &Query, zone: &Zone, rcode: u8, answers: &[(
         out.extend((0xC000 | at as u16).to_be_bytes());
         out.extend(zone.soa_tail());
     }
+    let additional_at = out.len();
+    let extra = if q.qtype == TYPE_SRV {
+        srv_targets(out, answers_at, zone)
+    } else {
+        0
+    };
+    set_count(out, 3, extra + q.edns.is_some() as u16);
     if let Some(e) = q.edns {
         put_opt(out, 0, e.dnssec_ok);
     }
+    (extra > 0).then_some(additional_at)
+}
+
+/// The addresses of SRV targets in the zone, as additional records (the specification's
+/// "may"; it saves clients a query per target). Each owner is a pointer to the target
+/// name inside its SRV record already in the reply. Returns how many were added.
+fn srv_targets(out: &mut Vec<u8>, answers_at: usize, zone: &Zone) -> u16 {
+    let end = out.len();
+    let mut added = 0u16;
+    let mut seen: Vec<(usize, usize)> = Vec::new();
+    let mut p = answers_at;
+    while p + 12 <= end {
+        let rtype = u16::from_be_bytes([out[p + 2], out[p + 3]]);
+        let rdlen = u16::from_be_bytes([out[p + 10], out[p + 11]]) as usize;
+        let (target, next) = (p + 18, p + 12 + rdlen);
+        p = next;
+        if rtype != TYPE_SRV || next > end || target >= next || target > 0x3FFF {
+            continue;
+        }
+        let name = (target, next);
+        if seen.iter().any(|&(a, b)| out[a..b] == out[name.0..name.1]) {
+            continue;
+        }
+        seen.push(name);
+        let mut lower = [0u8; 255];
+        let Some(n) = lower.get_mut(..next - target) else {
+            continue;
+        };
+        n.copy_from_slice(&out[target..next]);
+        let n = next - target;
+        for t in [TYPE_A, TYPE_AAAA] {
+            let Some(wire) = zone.rrset(&lower[..n], t) else {
+                continue;
+            };
+            // Each record: owner pointer (2), type .. rdata; swap the owner.
+            let mut r = 0;
+            while r + 12 <= wire.len() {
+                let len = 12 + u16::from_be_bytes([wire[r + 10], wire[r + 11]]) as usize;
+                out.extend((0xC000 | target as u16).to_be_bytes());
+                out.extend(&wire[r + 2..(r + len).min(wire.len())]);
+                added = added.saturating_add(1);
+                r += len;
+            }
+        }
+    }
+    added
 }
 
 /// Over UDP a reply larger than the client takes goes out as header and question with TC

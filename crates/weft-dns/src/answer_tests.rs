@@ -95,6 +95,20 @@ fn cluster_ip_service() {
         )),
         vec!["SRV 0 100 80 web.default.svc.cluster.local."]
     );
+    // The target's addresses come along, once however many SRV records name it.
+    let m = ask(&md, "_http._tcp.web.default.svc.cluster.local.", "SRV");
+    let extra: Vec<String> = m
+        .additionals
+        .iter()
+        .map(|r| format!("{} {} {}", r.name, r.record_type(), r.data))
+        .collect();
+    assert_eq!(
+        extra,
+        vec![
+            "web.default.svc.cluster.local. A 10.96.0.20",
+            "web.default.svc.cluster.local. AAAA fd00:96::20"
+        ]
+    );
     assert_eq!(
         data(&ask(&md, "_dns._udp.web.default.svc.cluster.local.", "SRV")),
         vec!["SRV 0 100 53 web.default.svc.cluster.local."]
@@ -154,6 +168,20 @@ fn headless_service() {
     assert_eq!(
         data(&ask(&md, "3.1.244.10.in-addr.arpa.", "PTR")),
         vec!["PTR pg-0.pg.db.svc.cluster.local."]
+    );
+    let m = ask(&md, "_pg._tcp.pg.db.svc.cluster.local.", "SRV");
+    let mut extra: Vec<String> = m
+        .additionals
+        .iter()
+        .map(|r| format!("{} {}", r.name, r.data))
+        .collect();
+    extra.sort();
+    assert_eq!(
+        extra,
+        vec![
+            "10-244-2-4.pg.db.svc.cluster.local. 10.244.2.4",
+            "pg-0.pg.db.svc.cluster.local. 10.244.1.3"
+        ]
     );
 
     // publishNotReadyAddresses: the not-ready endpoint counts.
@@ -383,6 +411,32 @@ fn udp_truncation_and_edns() {
     assert!(m.edns.is_some());
     let (_, m) = run(None, false);
     assert_eq!(m.answers.len(), 60);
+
+    // SRV: 10 records fit in 700 bytes with their targets' addresses dropped, not cut.
+    md.upsert_service(&headless("default", "srv", &[("p", 1, "TCP")], false));
+    let eps: Vec<String> = (0..10).map(|i| format!("10.244.1.{i}")).collect();
+    let eps: Vec<Ep> = eps.iter().map(|a| (a.as_str(), None, None)).collect();
+    md.upsert_slice(&slice(
+        "default",
+        "srv-1",
+        "srv",
+        "IPv4",
+        &eps,
+        &[("p", 1, "TCP")],
+    ));
+    let q = query_bytes("_p._tcp.srv.default.svc.cluster.local.", "SRV", Some(1232));
+    let (mut out, mut lower) = (Vec::new(), [0u8; 255]);
+    let src = "127.0.0.1".parse().unwrap();
+    respond(&md, &acl, src, &q, true, &mut out, &mut lower);
+    let m = Message::from_vec(&out).unwrap();
+    assert!(!m.metadata.truncation);
+    assert_eq!((m.answers.len(), m.additionals.len()), (10, 10));
+    let q = query_bytes("_p._tcp.srv.default.svc.cluster.local.", "SRV", Some(700));
+    respond(&md, &acl, src, &q, true, &mut out, &mut lower);
+    let m = Message::from_vec(&out).unwrap();
+    assert!(out.len() <= 700 && !m.metadata.truncation, "{}", out.len());
+    assert_eq!((m.answers.len(), m.additionals.len()), (10, 0));
+    assert!(m.edns.is_some());
 }
 
 #[test]

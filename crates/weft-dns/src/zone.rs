@@ -326,6 +326,12 @@ impl Zone {
         Lookup::NoData
     }
 
+    /// The encoded records of one type at a name (owner `0xC00C`), if any.
+    pub fn rrset(&self, name: &[u8], rtype: u16) -> Option<&[u8]> {
+        let set = self.names.get(name)?.set(rtype)?;
+        Some(&set.wire)
+    }
+
     /// Every name that exists with its sets (type, answer bytes), the SOA left out (its
     /// serial is a clock): two zones with the same records compare equal.
     pub fn snapshot(&self) -> std::collections::BTreeMap<String, Vec<(u16, Vec<u8>)>> {
