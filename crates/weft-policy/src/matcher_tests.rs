@@ -504,3 +504,36 @@ fn cli_spellings() {
         .to_string()
         .contains("PORT/PROTO"));
 }
+
+#[test]
+fn a_node_is_also_its_pod_gateway() {
+    let n: k8s_openapi::api::core::v1::Node = serde_yaml::from_str(
+        "metadata: {name: n1}
+spec: {podCIDR: 10.244.1.0/24, podCIDRs: [10.244.1.0/24, 'fd00:1::/64']}
+status: {addresses: [{type: InternalIP, address: 172.18.0.1}, {type: Hostname, address: n1}]}",
+    )
+    .unwrap();
+    let node = Node::from_api(&n);
+    assert_eq!(
+        node.ips,
+        vec![ip("172.18.0.1"), ip("10.244.1.1"), ip("fd00:1::1")]
+    );
+    let mut c = world();
+    c.apply_node(&n);
+    np(&mut c, DENY_ALL_X);
+    // The node's bridge address talking to its own pod, both ways.
+    assert!(allowed(
+        &c,
+        &Endpoint::Ip(ip("10.244.1.1")),
+        &pod("x/a"),
+        80,
+        Protocol::Tcp
+    ));
+    assert!(allowed(
+        &c,
+        &pod("x/a"),
+        &Endpoint::Ip(ip("10.244.1.1")),
+        53,
+        Protocol::Udp
+    ));
+}

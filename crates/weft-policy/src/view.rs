@@ -110,8 +110,12 @@ pub struct Node {
 }
 
 impl Node {
+    /// A node's addresses are its InternalIP and ExternalIP addresses and the pod
+    /// gateway on its bridge, the first address of each pod CIDR (weft's CNI puts it on
+    /// `cbr0`): a node talking to its own pods uses that one as source, and pods reach the
+    /// node there, so policy must know it as the node's.
     pub fn from_api(n: &core::Node) -> Node {
-        let ips = n
+        let mut ips: Vec<IpAddr> = n
             .status
             .as_ref()
             .and_then(|s| s.addresses.as_ref())
@@ -120,11 +124,38 @@ impl Node {
             .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
             .filter_map(|a| a.address.parse().ok())
             .collect();
+        let spec = n.spec.as_ref();
+        let cidrs = spec
+            .and_then(|s| s.pod_cidrs.clone())
+            .filter(|c| !c.is_empty())
+            .or_else(|| spec.and_then(|s| s.pod_cidr.clone()).map(|c| vec![c]))
+            .unwrap_or_default();
+        for c in cidrs {
+            if let Some(gw) = c.parse::<ipnet::IpNet>().ok().and_then(first_address) {
+                if !ips.contains(&gw) {
+                    ips.push(gw);
+                }
+            }
+        }
         Node {
             name: n.metadata.name.clone().unwrap_or_default(),
             labels: n.metadata.labels.clone().unwrap_or_default(),
             ips,
         }
+    }
+}
+
+/// The address after a network's own (`10.244.1.1` of `10.244.1.0/24`), if the network
+/// has one.
+fn first_address(net: ipnet::IpNet) -> Option<IpAddr> {
+    match net {
+        ipnet::IpNet::V4(n) if n.prefix_len() < 32 => {
+            Some(IpAddr::V4((u32::from(n.network()) + 1).into()))
+        }
+        ipnet::IpNet::V6(n) if n.prefix_len() < 128 => {
+            Some(IpAddr::V6((u128::from(n.network()) + 1).into()))
+        }
+        _ => None,
     }
 }
 
