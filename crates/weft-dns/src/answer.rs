@@ -6,7 +6,8 @@ use std::net::IpAddr;
 
 use crate::acl::Acl;
 use crate::model::Model;
-use crate::records::{TYPE_A, TYPE_AAAA, TYPE_AXFR, TYPE_IXFR, TYPE_SRV};
+use crate::name::in_zone;
+use crate::records::{TYPE_A, TYPE_AAAA, TYPE_ANY, TYPE_AXFR, TYPE_CNAME, TYPE_IXFR, TYPE_SRV};
 use crate::wire::{
     parse, put_header, put_opt, reply_flags, set_count, Edns, Parsed, Query, CLASS_IN, FLAG_TC,
     RCODE_BADVERS, RCODE_NOERROR, RCODE_NXDOMAIN, RCODE_REFUSED,
@@ -22,6 +23,9 @@ pub enum Decision<'a> {
     Drop,
     /// Not in the zone: the forwarder answers. The lowercase name is in the caller's buffer.
     Forward(Query<'a>),
+    /// The name is an alias (ExternalName) of a name outside the zone, here in wire
+    /// format, with the alias's TTL: [`crate::chase`] answers.
+    Chase(Query<'a>, Vec<u8>, u32),
 }
 
 /// Answer one request from `src`. `udp_limit` is `Some` for UDP (the reply is truncated
@@ -85,6 +89,11 @@ pub fn respond<'a>(
             if matches!(lookup, Lookup::NotOurs) {
                 return Decision::Forward(q);
             }
+            if let Some(target) = alias_of(&lookup, q.qtype) {
+                if !in_zone(target, zone.apex()) {
+                    return Decision::Chase(q, target.to_vec(), zone.ttl());
+                }
+            }
             let additional = zone_reply(out, &q, &zone, lookup);
             drop(zone);
             if udp && out.len() > q.udp_limit() {
@@ -121,6 +130,58 @@ pub fn error_reply(
     }
 }
 
+/// The target of a CNAME answer to a question for another type.
+fn alias_of<'z>(lookup: &Lookup<'z>, qtype: u16) -> Option<&'z [u8]> {
+    let Lookup::Answer(_, wire) = lookup else {
+        return None;
+    };
+    if matches!(qtype, TYPE_CNAME | TYPE_ANY) || wire.get(2..4)? != TYPE_CNAME.to_be_bytes() {
+        return None;
+    }
+    let rdlen = u16::from_be_bytes([*wire.get(10)?, *wire.get(11)?]) as usize;
+    wire.get(12..12 + rdlen)
+}
+
+/// Follow CNAMEs inside the zone from the answer at `at`, appending each target's records
+/// (owner: a pointer to the target name in the record before). Returns how many.
+fn chase_in_zone(out: &mut Vec<u8>, mut at: usize, zone: &Zone, qtype: u16) -> u16 {
+    let mut added = 0u16;
+    // A loop of aliases ends here rather than filling the reply.
+    for _ in 0..8 {
+        let Some(tail) = out.get(at..) else { break };
+        let Some(target) = alias_of(&Lookup::Answer(1, tail), qtype) else {
+            break;
+        };
+        let mut name = [0u8; 255];
+        let Some(n) = name.get_mut(..target.len()) else {
+            break;
+        };
+        n.copy_from_slice(target);
+        let name = &name[..target.len()];
+        let owner = at + 12;
+        if !in_zone(name, zone.apex()) || owner > 0x3FFF {
+            break;
+        }
+        let Some(wire) = zone
+            .rrset(name, qtype)
+            .or_else(|| zone.rrset(name, TYPE_CNAME))
+        else {
+            break;
+        };
+        let next = out.len();
+        let mut r = 0;
+        while r + 12 <= wire.len() {
+            let len = 12 + u16::from_be_bytes([wire[r + 10], wire[r + 11]]) as usize;
+            out.extend((0xC000 | owner as u16).to_be_bytes());
+            out.extend(&wire[r + 2..(r + len).min(wire.len())]);
+            added = added.saturating_add(1);
+            r += len;
+        }
+        at = next;
+    }
+    added
+}
+
 /// Returns where the additional section starts when it holds more than the OPT.
 fn zone_reply(out: &mut Vec<u8>, q: &Query, zone: &Zone, lookup: Lookup) -> Option<usize> {
     match lookup {
@@ -153,6 +214,10 @@ fn write_zone(
     let answers_at = out.len();
     for (_, wire) in answers {
         out.extend(*wire);
+    }
+    if answers.len() == 1 {
+        let chased = chase_in_zone(out, answers_at, zone, q.qtype);
+        set_count(out, 1, (an as u16).saturating_add(chased));
     }
     if negative {
         // The SOA's owner is the apex, which ends the question's name: point at it.

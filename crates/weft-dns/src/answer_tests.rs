@@ -48,7 +48,7 @@ fn ask_from(model: &Model, name: &str, t: &str, src: &str, udp: bool) -> Option<
         &mut lower,
     ) {
         Decision::Reply => Some(Message::from_vec(&out).unwrap()),
-        Decision::Drop | Decision::Forward(_) => None,
+        Decision::Drop | Decision::Forward(_) | Decision::Chase(..) => None,
     }
 }
 
@@ -240,10 +240,61 @@ fn external_name() {
         "ext",
         "www.example.com.",
     ));
-    for t in ["A", "CNAME", "AAAA"] {
-        let m = ask(&md, "ext.default.svc.cluster.local.", t);
-        assert_eq!(data(&m), vec!["CNAME www.example.com."], "{t}");
+    let m = ask(&md, "ext.default.svc.cluster.local.", "CNAME");
+    assert_eq!(data(&m), vec!["CNAME www.example.com."]);
+    // Other types: the target is resolved upstream (see chase.rs), not answered here.
+    let q = query_bytes("ext.default.svc.cluster.local.", "A", None);
+    let (mut out, mut lower) = (Vec::new(), [0u8; 255]);
+    let acl = Acl::new(&[], &[]);
+    match respond(
+        &md,
+        &acl,
+        "127.0.0.1".parse().unwrap(),
+        &q,
+        true,
+        &mut out,
+        &mut lower,
+    ) {
+        Decision::Chase(_, target, ttl) => {
+            assert_eq!(crate::name::to_dotted(&target), "www.example.com");
+            assert_eq!(ttl, 30);
+        }
+        other => panic!("{other:?}"),
     }
+    // A target inside the zone is followed here, aliases of aliases too.
+    md.upsert_service(&service("default", "web", &["10.96.0.20"], &[]));
+    md.upsert_service(&crate::fixtures::external_name(
+        "default",
+        "in",
+        "web.default.svc.cluster.local",
+    ));
+    md.upsert_service(&crate::fixtures::external_name(
+        "default",
+        "in2",
+        "IN.default.svc.cluster.local",
+    ));
+    let m = ask(&md, "in2.default.svc.cluster.local.", "A");
+    let chain: Vec<String> = m
+        .answers
+        .iter()
+        .map(|r| format!("{} {}", r.name, r.data))
+        .collect();
+    assert_eq!(
+        chain,
+        vec![
+            "in2.default.svc.cluster.local. in.default.svc.cluster.local.",
+            "in.default.svc.cluster.local. web.default.svc.cluster.local.",
+            "web.default.svc.cluster.local. 10.96.0.20",
+        ]
+    );
+    // An alias loop ends.
+    md.upsert_service(&crate::fixtures::external_name(
+        "default",
+        "loop",
+        "loop.default.svc.cluster.local",
+    ));
+    let m = ask(&md, "loop.default.svc.cluster.local.", "A");
+    assert!(m.answers.len() <= 9);
 }
 
 #[test]

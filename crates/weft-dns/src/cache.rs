@@ -116,6 +116,21 @@ impl Entry {
         self.elapsed(now) < self.keep
     }
 
+    /// The reply decoded, TTLs aged: for the rare paths that rebuild a message.
+    pub fn message(&self, now: Instant) -> Option<hickory_proto::op::Message> {
+        let mut m = hickory_proto::op::Message::from_vec(&self.msg).ok()?;
+        let age = self.elapsed(now);
+        for r in m
+            .answers
+            .iter_mut()
+            .chain(&mut m.authorities)
+            .chain(&mut m.additionals)
+        {
+            r.ttl = r.ttl.saturating_sub(age);
+        }
+        Some(m)
+    }
+
     pub fn rcode(&self) -> u8 {
         self.msg[3] & 0xF
     }

@@ -55,6 +55,7 @@
 pub mod acl;
 pub mod answer;
 pub mod cache;
+pub mod chase;
 pub mod client;
 pub mod config;
 pub mod error;

@@ -19,11 +19,12 @@ use tokio::task::JoinSet;
 use crate::acl::Acl;
 use crate::answer::{error_reply, respond, truncate_to, Decision};
 use crate::cache;
+use crate::chase;
 use crate::config::{ServerConfig, Upstreams};
 use crate::error::{Error, Result};
 use crate::forward::{read_resolv_conf, without_self, Forwarder};
 use crate::model::Model;
-use crate::wire::{parse, Parsed, RCODE_SERVFAIL};
+use crate::wire::{parse, Parsed, Query, RCODE_SERVFAIL};
 
 /// Counters since the server started.
 #[derive(Debug, Default)]
@@ -211,22 +212,17 @@ async fn udp_loop(sock: Arc<UdpSocket>, sh: Arc<Shared>) {
                     bump(&sh.stats.cache_hits);
                     e.write_reply(&mut out, &q, Instant::now());
                     truncate_to(&mut out, q.question.len(), q.edns, q.udp_limit());
-                } else if let Ok(permit) = sh.forwards.clone().try_acquire_owned() {
-                    let (sock, sh, msg) = (sock.clone(), sh.clone(), msg.to_vec());
-                    tokio::spawn(async move {
-                        let _permit = permit;
-                        let mut out = Vec::new();
-                        forwarded(&sh, &msg, &key, true, &mut out).await;
-                        if !out.is_empty() {
-                            let _ = sock.send_to(&out, src).await;
-                        }
-                    });
+                } else if spawn_upstream(&sock, &sh, msg, None, src) {
                     continue;
                 } else {
-                    bump(&sh.stats.servfail);
-                    let rcode = RCODE_SERVFAIL as u16;
-                    error_reply(&mut out, q.id, q.flags, rcode, Some(q.question), q.edns);
+                    too_busy(&sh, &q, &mut out);
                 }
+            }
+            Decision::Chase(q, target, ttl) => {
+                if spawn_upstream(&sock, &sh, msg, Some((target, ttl)), src) {
+                    continue;
+                }
+                too_busy(&sh, &q, &mut out);
             }
         }
         if let Err(e) = sock.send_to(&out, src).await {
@@ -235,27 +231,77 @@ async fn udp_loop(sock: Arc<UdpSocket>, sh: Arc<Shared>) {
     }
 }
 
-/// The reply to a question that was not the zone's: from upstream (or cache), SERVFAIL
-/// when no upstream answered.
-async fn forwarded(sh: &Shared, msg: &[u8], key: &[u8], udp: bool, out: &mut Vec<u8>) {
+/// Answer over UDP from a task of its own once the upstream has replied; `false` when
+/// `max_forwards` questions are already waiting.
+fn spawn_upstream(
+    sock: &Arc<UdpSocket>,
+    sh: &Arc<Shared>,
+    msg: &[u8],
+    alias: Option<(Vec<u8>, u32)>,
+    src: SocketAddr,
+) -> bool {
+    let Ok(permit) = sh.forwards.clone().try_acquire_owned() else {
+        return false;
+    };
+    let (sock, sh, msg) = (sock.clone(), sh.clone(), msg.to_vec());
+    tokio::spawn(async move {
+        let _permit = permit;
+        let mut out = Vec::new();
+        forwarded(&sh, &msg, alias, true, &mut out).await;
+        if !out.is_empty() {
+            let _ = sock.send_to(&out, src).await;
+        }
+    });
+    true
+}
+
+fn too_busy(sh: &Shared, q: &Query, out: &mut Vec<u8>) {
+    bump(&sh.stats.servfail);
+    error_reply(
+        out,
+        q.id,
+        q.flags,
+        RCODE_SERVFAIL as u16,
+        Some(q.question),
+        q.edns,
+    );
+}
+
+/// The reply to a question that needs an upstream: for its own name, or (`alias`) for the
+/// target of the ExternalName it names. SERVFAIL when no upstream answered.
+async fn forwarded(
+    sh: &Shared,
+    msg: &[u8],
+    alias: Option<(Vec<u8>, u32)>,
+    udp: bool,
+    out: &mut Vec<u8>,
+) {
     let mut lower = [0u8; 255];
     let Parsed::Query(q) = parse(msg, &mut lower) else {
         return;
     };
     bump(&sh.stats.forwarded);
-    match sh.fwd.resolve(key).await {
-        Some(e) => e.write_reply(out, &q, Instant::now()),
-        None => {
-            bump(&sh.stats.servfail);
-            error_reply(
-                out,
-                q.id,
-                q.flags,
-                RCODE_SERVFAIL as u16,
-                Some(q.question),
-                q.edns,
-            );
+    let name = alias
+        .as_ref()
+        .map_or(&lower[..q.qname_len], |(t, _)| t.as_slice());
+    let key = cache::key(name, q.qtype, q.qclass);
+    let entry = sh.fwd.resolve(&key).await;
+    if entry.is_none() {
+        bump(&sh.stats.servfail);
+    }
+    match (&alias, entry) {
+        (Some((target, ttl)), e) => {
+            chase::reply(out, &q, *ttl, target, e.as_deref(), Instant::now())
         }
+        (None, Some(e)) => e.write_reply(out, &q, Instant::now()),
+        (None, None) => error_reply(
+            out,
+            q.id,
+            q.flags,
+            RCODE_SERVFAIL as u16,
+            Some(q.question),
+            q.edns,
+        ),
     }
     let limit = if udp {
         q.udp_limit()
@@ -322,9 +368,9 @@ async fn tcp_conn(
                 bump(&sh.stats.dropped);
                 return;
             }
-            Decision::Forward(q) => {
-                let key = cache::key(&lower[..q.qname_len], q.qtype, q.qclass);
-                forwarded(&sh, &msg, &key, false, &mut out).await;
+            Decision::Forward(_) => forwarded(&sh, &msg, None, false, &mut out).await,
+            Decision::Chase(_, target, ttl) => {
+                forwarded(&sh, &msg, Some((target, ttl)), false, &mut out).await
             }
         }
         if out.is_empty() {

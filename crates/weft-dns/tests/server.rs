@@ -28,6 +28,7 @@ fn model() -> Model {
     let eps: Vec<String> = (0..100).map(|i| format!("10.244.0.{i}")).collect();
     let eps: Vec<Ep> = eps.iter().map(|a| (a.as_str(), None, None)).collect();
     md.upsert_slice(&slice("default", "big-1", "big", "IPv4", &eps, &[]));
+    md.upsert_service(&external_name("default", "ext", "www.example.net"));
     md
 }
 
@@ -311,6 +312,24 @@ fn forwarding_with_cache_negative_cache_failover_and_coalescing() {
         assert_eq!(r.rcode, "SERVFAIL");
         let _ = ask("fail.example.com").await.unwrap();
         assert_eq!(up.count("fail.example.com.", "udp"), 2);
+
+        // An ExternalName Service's target is resolved upstream, once.
+        for _ in 0..2 {
+            let r = ask("ext.default.svc.cluster.local").await.unwrap();
+            assert_eq!(r.rcode, "NOERROR");
+            assert_eq!(
+                r.answers,
+                vec![
+                    "ext.default.svc.cluster.local. 30 IN CNAME www.example.net.",
+                    "www.example.net. 300 IN A 192.0.2.1"
+                ]
+            );
+        }
+        assert_eq!(up.count("www.example.net.", "udp"), 1);
+        let r = blocking(move || query(addr, "ext.default.svc.cluster.local", "A", true, T))
+            .await
+            .unwrap();
+        assert_eq!(r.answers.len(), 2);
 
         // Names in the zone never go upstream, the search-list expansions included.
         let before = up.total();
