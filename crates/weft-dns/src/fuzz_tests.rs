@@ -190,6 +190,9 @@ fn mutated_upstream_replies_never_panic() {
             parsed += 1;
             if let Parsed::Query(q) = parse(&client, &mut lower) {
                 e.write_reply(&mut out, &q, Instant::now());
+                let target = b"\x03www\x07example\x03net\x00";
+                crate::chase::reply(&mut out, &q, 30, target, Some(&e), Instant::now());
+                assert!(out.len() >= 12);
             }
         }
     }
