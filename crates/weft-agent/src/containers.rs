@@ -35,7 +35,25 @@ impl Runtime {
     /// Start one container; returns its PID and start time.
     pub(crate) fn spawn(&self, p: &PodState, c: &ContainerPlan) -> Result<(u32, u64)> {
         let mut cmd = self.pod_command(p, &c.argv, &c.env, true)?;
-        let (out, err) = process::log_file(&p.dir.log(&c.name))?;
+        let log = p.dir.log(&c.name);
+        // The last instance's log is what `kubectl logs --previous` shows.
+        if log.exists() {
+            let previous = p.dir.previous_log(&c.name);
+            let _ = std::fs::rename(
+                crate::logwriter::rotated(&log),
+                crate::logwriter::rotated(&previous),
+            );
+            let _ = std::fs::remove_file(crate::logwriter::rotated(&log));
+            let _ = std::fs::rename(&log, &previous);
+        }
+        let (out, err) = match process::log_writer(&self.cfg.weft_bin, &log) {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Output kept as it is written rather than lost.
+                tracing::warn!(container = %c.name, error = %e, "no log writer; raw log");
+                process::log_file(&log)?
+            }
+        };
         cmd.current_dir(c.working_dir.as_deref().unwrap_or("/"))
             .stdin(Stdio::null())
             .stdout(out)

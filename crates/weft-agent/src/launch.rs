@@ -108,6 +108,35 @@ impl Launcher {
     }
 }
 
+/// A running pod found in the records under a runtime's state directory.
+pub(crate) struct Recorded {
+    pub dir: PodDir,
+    pub rec: record::PodRecord,
+    pub plan: PodPlan,
+}
+
+/// The running pod `namespace/name` recorded under `state_dir` (no lock taken, nothing
+/// changed); None if no such pod runs there.
+pub(crate) fn find_recorded(
+    state_dir: &Path,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<Recorded>> {
+    for uid in record::list(state_dir)? {
+        let dir = PodDir::new(state_dir, &uid);
+        let Ok(rec) = record::load(&dir.record()) else {
+            continue;
+        };
+        let Ok(plan) = spec::plan(&rec.pod) else {
+            continue;
+        };
+        if plan.namespace == namespace && plan.name == name && rec.phase == Phase::Running {
+            return Ok(Some(Recorded { dir, rec, plan }));
+        }
+    }
+    Ok(None)
+}
+
 /// `exec` into a pod from its records alone, for a process that is not the agent (the
 /// agent holds the state directory's lock; this needs no lock and changes nothing). The
 /// pod is found by namespace and name among the running pods recorded under `state_dir`.
@@ -118,34 +147,48 @@ pub fn exec_recorded(
     name: &str,
     argv: &[String],
 ) -> Result<Command> {
+    exec_in_container(state_dir, weft_bin, namespace, name, None, argv, false)
+}
+
+/// [`exec_recorded`] with a container's environment (`None`: the first container's, as
+/// `kubectl exec` without `-c`); `new_session` starts the command in a session of its own
+/// (what a terminal needs to become its controlling terminal). A container the pod does
+/// not have is an [`Error::InvalidPod`] naming the ones it has.
+pub fn exec_in_container(
+    state_dir: &Path,
+    weft_bin: &Path,
+    namespace: &str,
+    name: &str,
+    container: Option<&str>,
+    argv: &[String],
+    new_session: bool,
+) -> Result<Command> {
     let who = format!("{namespace}/{name}");
     if argv.is_empty() {
         return Err(Error::invalid_pod(&who, "exec", "no command given"));
     }
-    for uid in record::list(state_dir)? {
-        let dir = PodDir::new(state_dir, &uid);
-        let Ok(rec) = record::load(&dir.record()) else {
-            continue;
-        };
-        let Ok(plan) = spec::plan(&rec.pod) else {
-            continue;
-        };
-        if plan.namespace != namespace || plan.name != name || rec.phase != Phase::Running {
-            continue;
-        }
-        let netns = Netns::from_name(&rec.netns_name)
-            .ok()
-            .filter(|ns| rec.netns_inode.is_some() && ns.inode().ok() == rec.netns_inode)
-            .ok_or_else(|| {
-                Error::invalid_pod(&who, "exec", "the pod's network namespace is gone")
-            })?;
-        let launcher = Launcher::new(state_dir, &rec.node_name, weft_bin);
-        let env = plan
-            .containers
-            .first()
-            .map(|c| c.env.as_slice())
-            .unwrap_or_default();
-        return launcher.command(&plan, &dir, &netns, &rec.ips, argv, env, false);
+    let Some(Recorded { dir, rec, plan }) = find_recorded(state_dir, namespace, name)? else {
+        return Err(Error::UnknownPod(who));
+    };
+    let env = match container {
+        None => plan.containers.first().map(|c| c.env.as_slice()),
+        Some(c) => match plan.containers.iter().find(|p| p.name == c) {
+            Some(p) => Some(p.env.as_slice()),
+            None => {
+                let names: Vec<&str> = plan.containers.iter().map(|c| c.name.as_str()).collect();
+                return Err(Error::invalid_pod(
+                    &who,
+                    "container",
+                    format!("container {c} is not valid for pod {name} (it has {names:?})"),
+                ));
+            }
+        },
     }
-    Err(Error::UnknownPod(who))
+    .unwrap_or_default();
+    let netns = Netns::from_name(&rec.netns_name)
+        .ok()
+        .filter(|ns| rec.netns_inode.is_some() && ns.inode().ok() == rec.netns_inode)
+        .ok_or_else(|| Error::invalid_pod(&who, "exec", "the pod's network namespace is gone"))?;
+    let launcher = Launcher::new(state_dir, &rec.node_name, weft_bin);
+    launcher.command(&plan, &dir, &netns, &rec.ips, argv, env, new_session)
 }

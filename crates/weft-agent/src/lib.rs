@@ -120,7 +120,9 @@ mod error;
 mod kube_status;
 mod launch;
 mod lifecycle;
+pub mod logwriter;
 mod names;
+pub mod nodeapi;
 mod podfiles;
 mod prober;
 mod process;
@@ -131,7 +133,7 @@ mod status;
 
 pub use config::RuntimeConfig;
 pub use error::{Error, Result};
-pub use launch::exec_recorded;
+pub use launch::{exec_in_container, exec_recorded};
 pub use names::netns_name;
 pub use runtime::{HookError, Runtime};
 pub use spec::{plan, PodPlan, RestartPolicy};

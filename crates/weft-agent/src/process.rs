@@ -156,6 +156,48 @@ pub fn log_file(path: &Path) -> Result<(Stdio, Stdio)> {
     Ok((Stdio::from(f), Stdio::from(g)))
 }
 
+/// Start `weft log-writer PATH` (see [`crate::logwriter`]) in a session of its own and
+/// return the container's stdout and stderr: the write ends of the pipes it reads. It ends
+/// by itself once every writer is gone; a thread of ours collects it.
+pub fn log_writer(weft_bin: &Path, path: &Path) -> Result<(Stdio, Stdio)> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let op = || format!("start the log writer for {}", path.display());
+    let pipe = || nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| Error::nix(op(), e));
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    // Above 4, so that moving them to 3 and 4 in the child cannot overwrite one another.
+    let high = |fd: &std::os::fd::OwnedFd| -> Result<std::os::fd::OwnedFd> {
+        let n = fcntl(fd, FcntlArg::F_DUPFD_CLOEXEC(10)).map_err(|e| Error::nix(op(), e))?;
+        // SAFETY: a new descriptor that nothing else owns.
+        Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(n) })
+    };
+    let (o, e) = (high(&out_r)?, high(&err_r)?);
+    drop((out_r, err_r));
+    let (o_raw, e_raw) = (o.as_raw_fd(), e.as_raw_fd());
+    let mut cmd = Command::new(weft_bin);
+    cmd.arg("log-writer")
+        .arg(path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: between fork and exec: setsid and dup2 on descriptors owned by this call.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::setsid();
+            if libc::dup2(o_raw, 3) < 0 || libc::dup2(e_raw, 4) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(|e| Error::io(op(), e))?;
+    drop((o, e));
+    std::thread::spawn(move || {
+        let _ = child.wait();
+    });
+    Ok((Stdio::from(out_w), Stdio::from(err_w)))
+}
+
 /// Find `program` the way a shell does: a path is taken as is, a bare name is searched in
 /// the `PATH` the process will get.
 pub fn resolve_program(program: &str, path_var: &str) -> Option<PathBuf> {

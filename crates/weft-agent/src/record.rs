@@ -90,6 +90,10 @@ impl PodDir {
     pub fn log(&self, container: &str) -> PathBuf {
         self.0.join(format!("{container}.log"))
     }
+    /// The log of the container's instance before the current one.
+    pub fn previous_log(&self, container: &str) -> PathBuf {
+        self.0.join(format!("{container}.previous.log"))
+    }
 }
 
 pub fn pods_dir(state_dir: &Path) -> PathBuf {

@@ -34,6 +34,10 @@ pub enum Command {
     Agent(AgentArgs),
     /// The lab's Kubernetes-compatible API server and controllers
     ControlPlane(PassThrough),
+    /// Copy a container's stdout (fd 3) and stderr (fd 4) into a CRI log file (started by
+    /// the agent for each container)
+    #[command(hide = true)]
+    LogWriter(PassThrough),
 }
 
 #[derive(Args, Debug)]

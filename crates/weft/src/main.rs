@@ -66,6 +66,7 @@ fn main() -> ExitCode {
             Err(e) => fail(&e),
         },
         Command::ControlPlane(a) => ExitCode::from(weft_apiserver::run_cli(a.args)),
+        Command::LogWriter(a) => ExitCode::from(weft_agent::logwriter::main(&a.args)),
     }
 }
 

@@ -10,6 +10,7 @@ mod dns;
 mod health;
 mod masq;
 mod node;
+mod node_api;
 mod pods;
 mod services;
 
@@ -239,6 +240,9 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     pods.wait_until_ready()
         .await
         .map_err(|_| unlisted("this node's Pods"))?;
+    if cfg.run_pods {
+        node_api::start(&client, &cfg).await;
+    }
 
     let mut runtime: Option<Arc<Mutex<Runtime>>> = None;
     let mut cni_written = false;

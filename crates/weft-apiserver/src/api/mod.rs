@@ -4,6 +4,7 @@
 pub(crate) mod crud;
 pub(crate) mod delete;
 mod discovery;
+pub mod node_proxy;
 mod openapi;
 mod patch;
 mod protobuf;
@@ -21,7 +22,7 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{any, get};
 use axum::Router;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -41,6 +42,22 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/openapi/v3", get(openapi::root))
         .route("/openapi/v3/api/{version}", get(openapi::core))
         .route("/openapi/v3/apis/{group}/{version}", get(openapi::group))
+        .route(
+            "/api/v1/namespaces/{namespace}/pods/{name}/exec",
+            any(node_proxy::exec),
+        )
+        .route(
+            "/api/v1/namespaces/{namespace}/pods/{name}/log",
+            get(node_proxy::log),
+        )
+        .route(
+            "/api/v1/namespaces/{namespace}/pods/{name}/attach",
+            any(node_proxy::attach),
+        )
+        .route(
+            "/api/v1/namespaces/{namespace}/pods/{name}/portforward",
+            any(node_proxy::portforward),
+        )
         .fallback(resource_request)
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .with_state(state)

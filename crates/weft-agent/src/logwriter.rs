@@ -1,0 +1,150 @@
+//! Container logs in the CRI format kubelet reads (`<RFC3339Nano> <stdout|stderr> <P|F>
+//! <text>`, one line each; `P` is a piece of a longer line, `F` ends one), written by a
+//! small process of its own per container (`weft log-writer`), as conmon or containerd's
+//! shim do: containers outlive the agent, so their output cannot go through it.
+//!
+//! The writer reads the container's stdout on descriptor 3 and its stderr on 4 until both
+//! end, and appends to `<pod dir>/<container>.log` (0600); a file past the size limit is
+//! renamed to `<container>.log.1` (replacing the older one) and a new one begun. When a
+//! container is started again its last log becomes `<container>.previous.log`, which is
+//! what `kubectl logs --previous` reads.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// Where a log goes when it passes the limit.
+pub fn rotated(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".1");
+    PathBuf::from(s)
+}
+
+/// The default size limit of one log file.
+pub const MAX_BYTES: u64 = 10 * 1024 * 1024;
+
+/// The longest line written as one entry; longer ones are cut into `P` pieces.
+const MAX_LINE: usize = 16 * 1024;
+
+pub fn now_rfc3339() -> String {
+    let ts = k8s_openapi::jiff::Timestamp::now();
+    // Always nine digits: lines sort and compare as text too.
+    format!("{ts:.9}")
+}
+
+struct Out {
+    path: PathBuf,
+    file: File,
+    size: u64,
+    max: u64,
+}
+
+fn open(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+}
+
+impl Out {
+    fn write_entry(&mut self, stream: &str, tag: char, text: &[u8]) {
+        let mut line = format!("{} {stream} {tag} ", now_rfc3339()).into_bytes();
+        line.extend_from_slice(text);
+        line.push(b'\n');
+        if self.file.write_all(&line).is_ok() {
+            self.size += line.len() as u64;
+        }
+        if self.size >= self.max {
+            let _ = std::fs::rename(&self.path, rotated(&self.path));
+            if let Ok(f) = open(&self.path) {
+                self.file = f;
+                self.size = 0;
+            }
+        }
+    }
+}
+
+fn copy(mut input: File, stream: &'static str, out: Arc<Mutex<Out>>) {
+    let mut pending: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        let n = match input.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        pending.extend_from_slice(&buf[..n]);
+        let Ok(mut o) = out.lock() else { return };
+        let mut start = 0;
+        while let Some(i) = pending[start..].iter().position(|b| *b == b'\n') {
+            let line = &pending[start..start + i];
+            for (k, piece) in line.chunks(MAX_LINE).enumerate() {
+                let last = (k + 1) * MAX_LINE >= line.len();
+                o.write_entry(stream, if last { 'F' } else { 'P' }, piece);
+            }
+            if line.is_empty() {
+                o.write_entry(stream, 'F', b"");
+            }
+            start += i + 1;
+        }
+        pending.drain(..start);
+        while pending.len() >= MAX_LINE {
+            o.write_entry(stream, 'P', &pending[..MAX_LINE]);
+            pending.drain(..MAX_LINE);
+        }
+    }
+    if !pending.is_empty() {
+        if let Ok(mut o) = out.lock() {
+            // The output ended inside a line: a piece, so no newline is added on reading.
+            o.write_entry(stream, 'P', &pending);
+        }
+    }
+}
+
+/// `weft log-writer [--max-bytes N] PATH`: copies descriptors 3 (stdout) and 4 (stderr)
+/// into PATH until both end. Returns the exit code.
+pub fn main(args: &[String]) -> u8 {
+    let mut max = MAX_BYTES;
+    let mut path = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--max-bytes" => match it.next().and_then(|v| v.parse().ok()) {
+                Some(v) => max = v,
+                None => return 2,
+            },
+            p => path = Some(PathBuf::from(p)),
+        }
+    }
+    let Some(path) = path else {
+        eprintln!("usage: weft log-writer [--max-bytes N] PATH (stdout on fd 3, stderr on fd 4)");
+        return 2;
+    };
+    let file = match open(&path) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("weft log-writer: {}: {e}", path.display());
+            return 1;
+        }
+    };
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let out = Arc::new(Mutex::new(Out {
+        path,
+        file,
+        size,
+        max: max.max(1024),
+    }));
+    // SAFETY: descriptors 3 and 4 were handed to this process for exactly this; nothing
+    // else in it owns them.
+    let (o, e) = unsafe { (File::from_raw_fd(3 as RawFd), File::from_raw_fd(4 as RawFd)) };
+    let out2 = out.clone();
+    let t = std::thread::spawn(move || copy(e, "stderr", out2));
+    copy(o, "stdout", out);
+    let _ = t.join();
+    0
+}
