@@ -1,5 +1,6 @@
 //! Names outside the zone go to the upstream resolvers: over UDP, again over TCP when the
 //! reply is truncated, to the next upstream on timeout or failure, SERVFAIL when all fail.
+//! The upstream that answered last is asked first.
 //! Replies are cached ([`crate::cache`]), and identical questions asked while one is on
 //! its way share it: the first asker queries, the others wait for its reply.
 
@@ -8,7 +9,7 @@ use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -65,6 +66,7 @@ pub struct Forwarder {
     inflight: Mutex<HashMap<Vec<u8>, Waiters>>,
     ids: (RandomState, AtomicU64),
     upstream_queries: AtomicU64,
+    preferred: AtomicUsize,
 }
 
 /// Removes the in-flight slot even when the asking task is dropped mid-query, so that
@@ -108,6 +110,7 @@ impl Forwarder {
             inflight: Mutex::new(HashMap::new()),
             ids: (RandomState::new(), AtomicU64::new(0)),
             upstream_queries: AtomicU64::new(0),
+            preferred: AtomicUsize::new(0),
         }
     }
 
@@ -176,7 +179,12 @@ impl Forwarder {
 
     async fn fetch(&self, key: &[u8]) -> Option<Entry> {
         let qlen = key.len().checked_sub(4)?;
-        for &up in &self.upstreams {
+        // Start at the upstream that answered last: one that is down costs a timeout once,
+        // not on every question.
+        let n = self.upstreams.len();
+        let first = self.preferred.load(Ordering::Relaxed) % n.max(1);
+        for i in (first..n).chain(0..first) {
+            let up = self.upstreams[i];
             let id = self.next_id();
             let query = build_query(id, key);
             self.upstream_queries.fetch_add(1, Ordering::Relaxed);
@@ -197,7 +205,10 @@ impl Forwarder {
                 continue;
             }
             match Entry::from_reply(&reply, self.max_ttl) {
-                Some(e) => return Some(e),
+                Some(e) => {
+                    self.preferred.store(i, Ordering::Relaxed);
+                    return Some(e);
+                }
                 None => tracing::debug!("upstream {up}: reply does not parse"),
             }
         }

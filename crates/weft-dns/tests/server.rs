@@ -396,6 +396,14 @@ fn failover_when_an_upstream_is_silent() {
         assert!(started.elapsed() >= Duration::from_millis(500));
         assert_eq!(up.count("www.example.org.", "udp"), 1);
         assert_eq!(stats.upstream_queries(), 2);
+        // The next question goes straight to the upstream that answered.
+        let started = std::time::Instant::now();
+        let r = blocking(move || query(addr, "mail.example.org", "A", false, T))
+            .await
+            .unwrap();
+        assert_eq!(r.answers.len(), 1);
+        assert!(started.elapsed() < Duration::from_millis(400));
+        assert_eq!(stats.upstream_queries(), 3);
         drop(silent);
     });
 }
