@@ -28,8 +28,8 @@ pub enum Decision<'a> {
     Chase(Query<'a>, Vec<u8>, u32),
 }
 
-/// Answer one request from `src`. `udp_limit` is `Some` for UDP (the reply is truncated
-/// to what the client takes) and `None` for TCP.
+/// Answer one request from `src`, into `out`. Over UDP (`udp`) the reply is cut to what
+/// the client takes; `lower` receives the question's name in lowercase.
 pub fn respond<'a>(
     model: &Model,
     acl: &Acl,

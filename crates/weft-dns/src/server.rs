@@ -1,7 +1,7 @@
 //! The serving loops: per listen address one UDP socket and one TCP listener on tokio.
 //!
-//! UDP is answered in the receiving task when the zone or the cache has the answer (no
-//! allocation, no task); only a question that has to go upstream gets a task of its own.
+//! UDP is answered in the receiving task when the zone (without allocating) or the cache
+//! has the answer; only a question that has to go upstream gets a task of its own.
 //! TCP connections carry any number of length-framed queries, answered in order, and are
 //! closed after `tcp_idle_timeout` without a complete query; at most
 //! `max_tcp_connections` are open, further ones wait in the listen backlog.

@@ -203,9 +203,14 @@ pub fn put_header(out: &mut Vec<u8>, id: u16, flags: u16, counts: [u16; 4]) {
 }
 
 /// The reply flags for a request: QR, its opcode, RD and CD copied, RA (we recurse for
-/// names outside the zone), and the rcode's low 4 bits.
+/// names outside the zone, though not for whom we refuse), and the rcode's low 4 bits.
 pub fn reply_flags(req_flags: u16, rcode: u16, authoritative: bool) -> u16 {
-    let mut f = FLAG_QR | FLAG_RA | (req_flags & (0x7800 | FLAG_RD | FLAG_CD)) | (rcode & 0xF);
+    let ra = if rcode == RCODE_REFUSED as u16 {
+        0
+    } else {
+        FLAG_RA
+    };
+    let mut f = FLAG_QR | ra | (req_flags & (0x7800 | FLAG_RD | FLAG_CD)) | (rcode & 0xF);
     if authoritative {
         f |= FLAG_AA;
     }
