@@ -159,6 +159,7 @@ fn cases_hold_for_real_packets() {
             .collect(),
     );
     let mut enforcer = Enforcer::open_in(std::path::Path::new(&node.path())).unwrap();
+    let mut conntrack = weft_nft::Backend::open_in(std::path::Path::new(&node.path())).unwrap();
     let ctx = NodeContext {
         node_name: "node-1".into(),
         log_group: None,
@@ -173,6 +174,11 @@ fn cases_hold_for_real_packets() {
                 p.node = Some("node-1".into());
             }
             enforcer.sync(&desired(&placed, &ctx)).unwrap();
+            // Flows of earlier steps stay established (policy changes do not cut them); a
+            // probe reusing a source port would ride on one, so start each step clean.
+            for f in conntrack.flows_v4().unwrap() {
+                let _ = conntrack.delete_flow(&f.original);
+            }
             let at = format!("{file} step {i}");
             // All ports at once: a denied probe costs a timeout, so wait for them together.
             let mut running = Vec::new();
