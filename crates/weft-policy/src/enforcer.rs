@@ -8,6 +8,8 @@ use weft_nft::{Backend, Ruleset};
 
 use crate::desired::{FAMILY, TABLE};
 use crate::error::{Error, Result};
+use crate::model::Protocol;
+use crate::table_eval::{forward, Outcome, Packet};
 
 /// The policy table in one network namespace.
 pub struct Enforcer {
@@ -63,6 +65,39 @@ impl Enforcer {
             .map_err(self.nft())?;
         self.committed = Some(desired.clone());
         Ok(sum)
+    }
+
+    /// Deletes the conntrack entries (IPv4) of flows the committed table would now drop
+    /// at their first packet, so a policy change also ends connections it no longer
+    /// allows; without this they keep going as established. Returns how many went.
+    /// Optional: Kubernetes leaves existing connections to the implementation.
+    pub fn cut_denied_flows(&mut self) -> Result<usize> {
+        let Some(table) = self
+            .committed
+            .as_ref()
+            .and_then(|rs| rs.table(FAMILY, TABLE))
+            .cloned()
+        else {
+            return Ok(0);
+        };
+        let flows = self.backend.flows_v4().map_err(self.nft())?;
+        let mut cut = 0;
+        for f in flows {
+            // What the forward hook saw: the client's address, and the server after DNAT
+            // (the reply's source).
+            let first = Packet {
+                saddr: f.original.src.into(),
+                daddr: f.reply.src.into(),
+                proto: Protocol::from_number(f.original.proto),
+                dport: f.reply.sport,
+            };
+            if matches!(forward(&table, &first), Outcome::Dropped { .. })
+                && self.backend.delete_flow(&f.original).is_ok()
+            {
+                cut += 1;
+            }
+        }
+        Ok(cut)
     }
 
     /// The next sync re-reads the kernel's table and repairs whatever differs (an `nft`

@@ -211,6 +211,38 @@ spec:
         "the denial was counted:\n{counters}"
     );
 
+    // A UDP flow allowed now keeps going as established after a policy denies it, until
+    // the enforcer cuts denied flows.
+    let udp_echo = |port: u16| {
+        let s = pb.run_in(move || std::net::UdpSocket::bind(("0.0.0.0", port)).unwrap());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 16];
+            while let Ok((n, from)) = s.recv_from(&mut buf) {
+                let _ = s.send_to(&buf[..n], from);
+            }
+        });
+    };
+    udp_echo(5353);
+    let client = pa.run_in(|| {
+        let s = std::net::UdpSocket::bind(("0.0.0.0", 40000)).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(700)))
+            .unwrap();
+        s.connect((B, 5353)).unwrap();
+        s
+    });
+    let echo = |s: &std::net::UdpSocket| s.send(b"x").is_ok() && s.recv(&mut [0u8; 4]).is_ok();
+    c.delete_network_policy("y", "web");
+    enforcer.sync(&desired(&c, &ctx)).unwrap();
+    assert!(echo(&client), "no policy: the UDP flow is open");
+    c.apply_network_policy(&np("metadata: {namespace: y, name: deny}
+spec: {podSelector: {}, policyTypes: [Ingress]}"))
+        .unwrap();
+    enforcer.sync(&desired(&c, &ctx)).unwrap();
+    assert!(echo(&client), "established flows outlive a policy change");
+    assert!(enforcer.cut_denied_flows().unwrap() >= 1);
+    assert!(!echo(&client), "cut: the flow is new again, and denied");
+    c.delete_network_policy("y", "deny");
+
     c.delete_network_policy("y", "web");
     enforcer.sync(&desired(&c, &ctx)).expect("delete");
     assert!(
