@@ -1,0 +1,281 @@
+#!/usr/bin/env bash
+# Cluster DNS benchmark (as root): weft-dns against Knot DNS on the same records and against
+# Unbound as a forwarding cache, measured with dnsperf. Also: cargo bench -p weft-dns --bench dnsperf
+#
+# Everything runs inside a network namespace created here (weft-bench-dns-<pid>) and deleted
+# on exit, failure included; only its loopback is used. The servers under test (weft, knotd
+# for cluster.local, unbound) are started the same way in that namespace and pinned to one
+# core (taskset -c 1); dnsperf and the upstream knotd (example.org, for the forwarded mix) run
+# on core 0. Runs alternate between the servers (weft first on odd runs, the peer first on
+# even ones); the tables give medians over the runs.
+#
+# Knobs: WEFT_DNS_BENCH_RUNS (5), WEFT_DNS_BENCH_SECONDS (10, per dnsperf run),
+# WEFT_DNS_BENCH_LATENCY_QPS (20000, the fixed rate of the latency runs),
+# WEFT_DNS_BENCH_CLIENTS (4, dnsperf -c), WEFT_DNS_BENCH_OUTSTANDING (100, dnsperf -q),
+# WEFT_DNS_BENCH_KEEP=1 keeps the work directory.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+[ "$(id -u)" = 0 ] || { echo "bench-dns: run as root (network namespaces)" >&2; exit 1; }
+cd "$(dirname "$0")/.."
+
+RUNS=${WEFT_DNS_BENCH_RUNS:-5}
+DUR=${WEFT_DNS_BENCH_SECONDS:-10}
+LAT_QPS=${WEFT_DNS_BENCH_LATENCY_QPS:-20000}
+CLIENTS=${WEFT_DNS_BENCH_CLIENTS:-4}
+OUTSTANDING=${WEFT_DNS_BENCH_OUTSTANDING:-100}
+SERVER_CPU=1
+CLIENT_CPU=0
+
+# Benchmark-only tools, installed the way scripts/test-deps.sh installs the test tools.
+need=()
+for pkg in iproute2 util-linux dnsperf knot unbound dnsutils jq; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing ${need[*]}"
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+BIN=${WEFT_DNS_BENCH_BIN:-}
+if [ -z "$BIN" ]; then
+  BIN=$(cargo bench -p weft-dns --bench dnsperf --no-run --message-format=json 2>/dev/null |
+    jq -r 'select(.reason == "compiler-artifact" and .target.name == "dnsperf") | .executable' |
+    tail -1)
+fi
+[ -x "$BIN" ] || { echo "bench-dns: no bench binary ($BIN)" >&2; exit 1; }
+
+NS=weft-bench-dns-$$
+DIR=$(mktemp -d /tmp/weft-bench-dns.XXXXXX)
+PIDS=()
+cleanup() {
+  local rc=$?
+  for p in "${PIDS[@]}"; do kill -INT "$p" 2>/dev/null || true; done
+  for _ in 1 2 3 4 5 6 7 8 9 10; do
+    alive=0
+    for p in "${PIDS[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+    [ $alive = 0 ] && break
+    sleep 0.2
+  done
+  for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+  ip netns del "$NS" 2>/dev/null || true
+  if [ "${WEFT_DNS_BENCH_KEEP:-0}" = 1 ]; then echo "kept $DIR"; else rm -rf "$DIR"; fi
+  exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+ip netns add "$NS"
+ip -n "$NS" link set lo up
+nsx() { ip netns exec "$NS" "$@"; }
+# Background servers: exec, so that $! is the server itself (ip netns exec and taskset exec too).
+nsx_bg() { exec ip netns exec "$NS" "$@" </dev/null >/dev/null; }
+
+WEFT=127.0.0.10
+KNOT=127.0.0.11
+UNBOUND=127.0.0.12
+UPSTREAM=127.0.0.20
+
+echo "== generating the cluster (10k Services, 50k pods), zone files and query files"
+"$BIN" gen "$DIR" | tee "$DIR/gen.txt"
+
+knot_conf() { # name listen zones...
+  local name=$1 listen=$2; shift 2
+  mkdir -p "$DIR/$name"
+  {
+    echo "server:"
+    echo "    rundir: \"$DIR/$name\""
+    echo "    listen: $listen@53"
+    echo "    udp-workers: 1"
+    echo "    tcp-workers: 1"
+    echo "    background-workers: 1"
+    echo "log:"
+    echo "  - target: stderr"
+    echo "    any: warning"
+    echo "database:"
+    echo "    storage: \"$DIR/$name/db\""
+    echo "template:"
+    echo "  - id: default"
+    echo "    storage: \"$DIR\""
+    echo "    zonefile-sync: -1"
+    echo "    zonefile-load: whole"
+    echo "    journal-content: none"
+    echo "zone:"
+    for z in "$@"; do
+      echo "  - domain: $z"
+      echo "    file: $z.zone"
+    done
+  } >"$DIR/$name/knot.conf"
+}
+knot_conf knot-cluster $KNOT cluster.local 10.in-addr.arpa
+knot_conf knot-upstream $UPSTREAM example.org
+
+cat >"$DIR/unbound.conf" <<EOF
+server:
+    interface: $UNBOUND
+    port: 53
+    num-threads: 1
+    do-ip6: no
+    do-daemonize: no
+    username: ""
+    chroot: ""
+    directory: "$DIR"
+    pidfile: "$DIR/unbound.pid"
+    use-syslog: no
+    logfile: ""
+    verbosity: 0
+    module-config: "iterator"
+    do-not-query-localhost: no
+    access-control: 127.0.0.0/8 allow
+    prefetch: no
+forward-zone:
+    name: "."
+    forward-addr: $UPSTREAM@53
+EOF
+
+echo "== starting servers in netns $NS (servers under test on core $SERVER_CPU)"
+nsx_bg taskset -c $CLIENT_CPU knotd -c "$DIR/knot-upstream/knot.conf" 2>"$DIR/knot-upstream.log" &
+PIDS+=($!)
+nsx_bg taskset -c $SERVER_CPU knotd -c "$DIR/knot-cluster/knot.conf" 2>"$DIR/knot-cluster.log" &
+KNOT_PID=$!
+PIDS+=($KNOT_PID)
+nsx_bg taskset -c $SERVER_CPU unbound -d -c "$DIR/unbound.conf" 2>"$DIR/unbound.log" &
+UNBOUND_PID=$!
+PIDS+=($UNBOUND_PID)
+nsx_bg taskset -c $SERVER_CPU "$BIN" serve $WEFT:53 $UPSTREAM:53 2>"$DIR/weft.log" &
+WEFT_PID=$!
+PIDS+=($WEFT_PID)
+
+wait_for() { # addr name type
+  for _ in $(seq 1 300); do
+    if nsx dig +time=1 +tries=1 @"$1" "$2" "$3" 2>/dev/null | grep -q 'status: NOERROR'; then return 0; fi
+    sleep 0.1
+  done
+  echo "bench-dns: $1 does not answer $2 $3" >&2
+  tail -5 "$DIR"/*.log >&2
+  return 1
+}
+wait_for $UPSTREAM host-0000.example.org A
+wait_for $KNOT svc-001.ns-099.svc.cluster.local A
+wait_for $KNOT 1.0.244.10.in-addr.arpa PTR
+wait_for $WEFT svc-001.ns-099.svc.cluster.local A
+wait_for $UNBOUND host-0000.example.org A
+cat "$DIR/weft.log"
+
+# --- the same answers from both ----------------------------------------------------------
+# dig each question of a sample as dnsperf asks it (no EDNS, RD set); per question: rcode
+# and the answer section, records sorted (servers may order an RRset differently).
+SAMPLE=${WEFT_DNS_BENCH_SAMPLE:-400}
+normalize() { # drop-ttl
+  awk -v dropttl="$1" '
+    /->>HEADER<<-/ { q++; match($0, /status: [A-Z]+/); print q, substr($0, RSTART, RLENGTH); next }
+    /MSG SIZE/ { size += $NF; n++; next }
+    /^;/ || NF == 0 { next }
+    { if (dropttl) $2 = ""; print q, $0 }
+    END { printf "size %.1f\n", size / n > "/dev/stderr" }' | sort -k1,1n -k2
+}
+ask() { # server file n drop-ttl
+  head -n "$3" "$2" | sed "s/^/@$1 +noedns +nocookie +time=2 +tries=1 +noall +comments +answer +stats /" >"$DIR/dig.in"
+  nsx dig -f "$DIR/dig.in" 2>/dev/null | normalize "$4"
+}
+ask $WEFT "$DIR/queries-cluster.txt" "$SAMPLE" 0 >"$DIR/check-weft.txt" 2>"$DIR/size-weft.txt"
+ask $KNOT "$DIR/queries-cluster.txt" "$SAMPLE" 0 >"$DIR/check-knot.txt" 2>"$DIR/size-knot.txt"
+ask $WEFT "$DIR/queries-forward.txt" 200 1 >"$DIR/check-weft-fwd.txt" 2>/dev/null
+ask $UNBOUND "$DIR/queries-forward.txt" 200 1 >"$DIR/check-unbound-fwd.txt" 2>/dev/null
+diff_cluster=$(diff "$DIR/check-weft.txt" "$DIR/check-knot.txt" | grep -c '^[<>]' || true)
+diff_fwd=$(diff "$DIR/check-weft-fwd.txt" "$DIR/check-unbound-fwd.txt" | grep -c '^[<>]' || true)
+rcodes=$(awk '$2 == "status:" { c[$3]++ } END { for (k in c) printf "%s %d, ", k, c[k] }' "$DIR/check-weft.txt")
+echo "== same answers: cluster sample of $SAMPLE questions: $diff_cluster differing lines (weft rcodes: ${rcodes%, }); forwarded sample of 200: $diff_fwd differing lines"
+echo "   mean reply size without EDNS: weft $(cut -d' ' -f2 "$DIR/size-weft.txt") B, knot $(cut -d' ' -f2 "$DIR/size-knot.txt") B"
+if [ "$diff_cluster" != 0 ] || [ "$diff_fwd" != 0 ]; then
+  diff "$DIR/check-weft.txt" "$DIR/check-knot.txt" | head -20 || true
+  diff "$DIR/check-weft-fwd.txt" "$DIR/check-unbound-fwd.txt" | head -20 || true
+fi
+
+# --- dnsperf -------------------------------------------------------------------------------
+perf() { # addr file out [extra dnsperf args]
+  local addr=$1 file=$2 out=$3; shift 3
+  nsx taskset -c $CLIENT_CPU dnsperf -s "$addr" -d "$file" -l "$DUR" -c "$CLIENTS" \
+    -q "$OUTSTANDING" -t 2 "$@" >"$out" 2>&1
+}
+qps_of() { awk '/Queries per second:/ { print $4 }' "$1"; }
+lost_of() { awk '/Queries lost:/ { print $3 }' "$1"; }
+avg_of() { awk '/Average Latency/ { printf "%.3f", $4 * 1000 }' "$1"; }
+# dnsperf -v prints one line per reply, its latency (s) last; percentiles are nearest-rank
+# over every reply of the run, in ms.
+pct_of() { # file p
+  grep -E '^> [A-Z]+ ' "$1" | awk '{ print $NF }' | sort -g |
+    awk -v p="$2" '{ v[NR] = $1 } END { i = int(NR * p / 100); if (i < NR * p / 100) i++; if (i < 1) i = 1; printf "%.3f", v[i] * 1000 }'
+}
+median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+# One round: throughput (as fast as dnsperf goes with $OUTSTANDING in flight), then latency at
+# a fixed $LAT_QPS with -v. Output: <qps> <lost> <avg ms at full load> <p50> <p99> (latency run).
+round() { # tag addr file run
+  local tag=$1 addr=$2 file=$3 run=$4
+  perf "$addr" "$file" "$DIR/$tag-$run-tput.txt"
+  perf "$addr" "$file" "$DIR/$tag-$run-lat.txt" -Q "$LAT_QPS" -v
+  echo "$(qps_of "$DIR/$tag-$run-tput.txt") $(lost_of "$DIR/$tag-$run-tput.txt") $(avg_of "$DIR/$tag-$run-tput.txt") $(pct_of "$DIR/$tag-$run-lat.txt" 50) $(pct_of "$DIR/$tag-$run-lat.txt" 99) $(lost_of "$DIR/$tag-$run-lat.txt")" >>"$DIR/$tag.res"
+  echo "   $tag run $run: $(tail -1 "$DIR/$tag.res")"
+}
+
+series() { # tagA addrA tagB addrB file
+  local a=$1 aa=$2 b=$3 ba=$4 file=$5
+  # warm-up, untimed (fills forwarding caches, pages in the zone)
+  nsx taskset -c $CLIENT_CPU dnsperf -s "$aa" -d "$file" -n 1 -l 10 -c "$CLIENTS" -q "$OUTSTANDING" >/dev/null 2>&1
+  nsx taskset -c $CLIENT_CPU dnsperf -s "$ba" -d "$file" -n 1 -l 10 -c "$CLIENTS" -q "$OUTSTANDING" >/dev/null 2>&1
+  : >"$DIR/$a.res"; : >"$DIR/$b.res"
+  for run in $(seq 1 "$RUNS"); do
+    if [ $((run % 2)) = 1 ]; then
+      round "$a" "$aa" "$file" "$run"; round "$b" "$ba" "$file" "$run"
+    else
+      round "$b" "$ba" "$file" "$run"; round "$a" "$aa" "$file" "$run"
+    fi
+  done
+}
+
+echo "== cluster mix: weft vs knot, $RUNS runs x ${DUR}s each (throughput, then latency at $LAT_QPS qps)"
+echo "   columns: qps lost avg-ms(full load) p50-ms p99-ms(at $LAT_QPS qps) lost(latency run)"
+series weft "$WEFT" knot "$KNOT" "$DIR/queries-cluster.txt"
+echo "== forwarded mix (1000 example.org names, cache hits): weft vs unbound"
+series weft-fwd "$WEFT" unbound "$UNBOUND" "$DIR/queries-forward.txt"
+
+rss() { awk -v k="$2:" '$1 == k { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
+WEFT_RSS=$(rss $WEFT_PID VmRSS); WEFT_HWM=$(rss $WEFT_PID VmHWM)
+KNOT_RSS=$(rss $KNOT_PID VmRSS); KNOT_HWM=$(rss $KNOT_PID VmHWM)
+UNBOUND_RSS=$(rss $UNBOUND_PID VmRSS)
+
+col() { awk -v c="$2" '{ print $c }' "$DIR/$1.res" | median; }
+list() { awk -v c="$2" '{ printf "%s%s", (NR > 1 ? " / " : ""), $c }' "$DIR/$1.res"; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+row() { # label tag peer-tag
+  local t=$2 p=$3
+  echo "| $1 | $(col "$t" 1 | xargs printf '%.0f') | $(col "$p" 1 | xargs printf '%.0f') | **$(ratio "$(col "$t" 1)" "$(col "$p" 1)")** | $(col "$t" 4) | $(col "$p" 4) | $(col "$t" 5) | $(col "$p" 5) | $(ratio "$(col "$t" 5)" "$(col "$p" 5)") | $(col "$t" 3) | $(col "$p" 3) |"
+}
+
+{
+  echo
+  echo "Machine: nproc $(nproc), $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo), kernel $(uname -r); $(date -u '+%Y-%m-%d %H:%M UTC'); weft at $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+  echo "$RUNS runs x ${DUR} s per server and kind, alternating; dnsperf -c $CLIENTS -q $OUTSTANDING on core $CLIENT_CPU, servers on core $SERVER_CPU; latency runs at -Q $LAT_QPS"
+  echo
+  echo "| mix | weft QPS | peer QPS | weft/peer QPS | weft p50 | peer p50 | weft p99 | peer p99 | weft/peer p99 | weft avg at full load | peer avg at full load |"
+  echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+  row "cluster names, peer Knot $(knotd -V | awk '{ print $NF }')" weft knot
+  row "forwarded, cache hits, peer Unbound $(unbound -V | awk '/^Version/ { print $2 }')" weft-fwd unbound
+  echo
+  echo "(latencies in ms; medians over the runs)"
+  echo
+  echo "Per run (QPS): weft $(list weft 1); knot $(list knot 1); weft forwarded $(list weft-fwd 1); unbound $(list unbound 1)"
+  echo "Per run (p99 ms): weft $(list weft 5); knot $(list knot 5); weft forwarded $(list weft-fwd 5); unbound $(list unbound 5)"
+  echo "Queries lost (throughput runs): weft $(list weft 2); knot $(list knot 2); weft forwarded $(list weft-fwd 2); unbound $(list unbound 2)"
+  echo
+  echo "| server | RSS after the runs (MiB) | peak RSS (MiB) |"
+  echo "| --- | ---: | ---: |"
+  echo "| weft-dns (bench process: model + server) | $WEFT_RSS | $WEFT_HWM |"
+  echo "| knotd (cluster.local + 10.in-addr.arpa) | $KNOT_RSS | $KNOT_HWM |"
+  echo "| unbound (1000 names cached) | $UNBOUND_RSS | - |"
+} | tee "$DIR/summary.md"
+kill -INT $WEFT_PID 2>/dev/null || true
+sleep 0.5
+echo
+grep 'weft-dns stats' "$DIR/weft.log" || true
