@@ -14,7 +14,7 @@
 //!   answer encoded, owner pointing at the question (`0xC00C`);
 //! - [`server`] reads datagrams and TCP frames; [`answer`] parses the header and the
 //!   question by hand ([`wire`]), checks [`acl`], and copies the encoded answer: about
-//!   130 ns per query, no allocation;
+//!   100 ns per query, no allocation;
 //! - names outside the zone go to [`forward`], which caches in [`cache`] (TTL aged on
 //!   serve, RFC 2308 negative caching) and sends identical questions upstream once;
 //! - [`client::query`] is a blocking dig for `weft probe dns`.
