@@ -1,0 +1,326 @@
+//! The real kubectl (/usr/bin/kubectl, 1.30+) against a lab: `exec` over WebSocket
+//! (v5.channel.k8s.io) through the API server to the agent's node API, `-i` with stdin
+//! piped in, `-it` under a pseudo-terminal, exit codes carried back; `logs` with `--tail`,
+//! `-f`, `--timestamps`, `--previous` and `-c`; the node API refusing callers without the
+//! token.
+
+mod lab_support;
+
+use lab_support::*;
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const POD_WAIT: Duration = Duration::from_secs(60);
+
+fn kubectl_available() -> bool {
+    Command::new("kubectl")
+        .args(["version", "--client"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn kubectl(lab: &Lab, args: &[&str]) -> Command {
+    let mut c = Command::new("kubectl");
+    c.arg("--kubeconfig").arg(lab.kubeconfig()).args(args);
+    c
+}
+
+fn run(mut c: Command) -> Output {
+    c.stdin(Stdio::null()).output().expect("spawn kubectl")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn examples() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/pods.yaml")
+        .display()
+        .to_string()
+}
+
+#[test]
+fn kubectl_exec_through_the_node_api() {
+    if !kubectl_available() {
+        eprintln!("skipped: no kubectl");
+        return;
+    }
+    let lab = Lab::up(2, "vxlan");
+    lab.lab_ok("apply", &["-f", &examples()]);
+    lab.apply(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: done}\nspec:\n  nodeName: node-2\n  restartPolicy: Never\n  containers:\n  - {name: c, image: sh, command: [sh, -c, 'echo bye']}\n",
+    );
+    let pods = lab.wait_running(&["frontend-pod", "backend-pod", "backend-remote"], POD_WAIT);
+
+    // The documents' command, verbatim.
+    let o = lab.kubectl(&["exec", "frontend-pod", "--", "ip", "route"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        stdout(&o).contains("default via 10.244.1.1 dev eth0"),
+        "{}",
+        text(&o)
+    );
+
+    // A probe from the pod on node-1 to the pod on node-2, through kubectl.
+    let remote = &pods["backend-remote"].ip;
+    let o = lab.kubectl(&[
+        "exec",
+        "frontend-pod",
+        "--",
+        "weft",
+        "probe",
+        "icmp",
+        remote,
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+
+    // stdout and stderr apart; the exit code is kubectl's.
+    let o = lab.kubectl(&[
+        "exec",
+        "backend-remote",
+        "--",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 3",
+    ]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert_eq!(stdout(&o), "out\n");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("err\n"),
+        "{}",
+        text(&o)
+    );
+
+    // stdin piped in, to its end.
+    let mut c = kubectl(
+        &lab,
+        &["exec", "-i", "backend-pod", "--", "sh", "-c", "wc -l; cat"],
+    );
+    let mut child = c
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"one\ntwo\nthree\n")
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(stdout(&o).trim(), "3", "{}", text(&o));
+
+    // -it under a pseudo-terminal (script from util-linux): a terminal of the set size,
+    // an interactive shell, its exit code.
+    let kc = lab.kubeconfig().display().to_string();
+    let script =
+        format!("stty cols 91 rows 27; kubectl --kubeconfig {kc} exec -it frontend-pod -- sh");
+    let mut child = Command::new("script")
+        .args(["-qec", &script, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    input
+        .write_all(b"tty; stty size; echo $((6*7))-$HOSTNAME\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    input.write_all(b"exit 4\n").unwrap();
+    let o = child.wait_with_output().unwrap();
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(4), "{out}");
+    assert!(out.contains("/dev/pts/"), "{out}");
+    assert!(out.contains("27 91"), "{out}");
+    assert!(out.contains("42-frontend-pod"), "{out}");
+
+    // Clear errors.
+    let o = lab.kubectl(&["exec", "frontend-pod", "-c", "nope", "--", "true"]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("container nope is not valid for pod frontend-pod"),
+        "{}",
+        text(&o)
+    );
+    let o = lab.kubectl(&["exec", "no-such-pod", "--", "true"]);
+    assert!(text(&o).contains("not found"), "{}", text(&o));
+    wait_for(POD_WAIT, || {
+        lab.pods()
+            .get("done")
+            .is_some_and(|p| p.phase == "Succeeded")
+            .then_some(())
+    })
+    .expect("pod done Succeeded");
+    let o = lab.kubectl(&["exec", "done", "--", "true"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("completed pod"), "{}", text(&o));
+
+    // The node API answers nobody without the token, from anywhere on the underlay.
+    let root = format!("weft-{}", lab.name);
+    for (auth, what) in [
+        (None, "no token"),
+        (Some("Authorization: Bearer not-the-token"), "a wrong token"),
+    ] {
+        for path in [
+            "/exec/default/frontend-pod/app?command=id&stdout=true",
+            "/containerLogs/default/frontend-pod/app",
+            "/healthz",
+        ] {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", &root, "curl", "-sk", "-o", "/dev/null"])
+                .args(["-w", "%{http_code}"]);
+            if let Some(h) = auth {
+                c.args(["-H", h]);
+            }
+            let o = c
+                .arg(format!("https://192.168.1.2:10250{path}"))
+                .output()
+                .unwrap();
+            assert_eq!(stdout(&o), "401", "{path} with {what}: {}", text(&o));
+        }
+    }
+}
+
+/// `kubectl logs -f` until `want` shows up; the lines seen.
+fn follow_until(lab: &Lab, args: &[&str], want: &str, limit: Duration) -> Vec<String> {
+    let mut full = vec!["logs", "-f"];
+    full.extend_from_slice(args);
+    let mut child = kubectl(lab, &full)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = Instant::now() + limit;
+    let mut seen = Vec::new();
+    while Instant::now() < deadline {
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(200)) {
+            let done = l.contains(want);
+            seen.push(l);
+            if done {
+                break;
+            }
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    seen
+}
+
+#[test]
+fn kubectl_logs_tail_follow_timestamps_previous() {
+    if !kubectl_available() {
+        eprintln!("skipped: no kubectl");
+        return;
+    }
+    let lab = Lab::up(2, "host-gw");
+    // Counts once a second on stdout and stderr; the second container's first instance
+    // ends after three lines, so that it is restarted and has a previous log.
+    let marker = format!("/tmp/weft-once-{}", lab.name);
+    let _ = std::fs::remove_file(&marker);
+    lab.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: talker}}\nspec:\n  nodeName: node-2\n  containers:\n  - name: count\n    image: sh\n    command: [sh, -c, 'i=0; while true; do i=$((i+1)); echo line $i; echo err $i >&2; sleep 1; done']\n  - name: once\n    image: sh\n    command: [sh, -c, 'if [ -e /tmp/weft-once-{lab} ]; then echo second run; sleep 1000; else touch /tmp/weft-once-{lab}; echo first run; exit 1; fi']\n",
+        lab = lab.name
+    ));
+    lab.wait_running(&["talker"], POD_WAIT);
+    std::thread::sleep(Duration::from_secs(4));
+
+    let o = run(kubectl(
+        &lab,
+        &["logs", "talker", "-c", "count", "--tail", "2"],
+    ));
+    assert!(o.status.success(), "{}", text(&o));
+    let lines: Vec<String> = stdout(&o).lines().map(String::from).collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+
+    // Both streams, in order, each line with its time.
+    let o = run(kubectl(
+        &lab,
+        &["logs", "talker", "-c", "count", "--timestamps"],
+    ));
+    let all = stdout(&o);
+    assert!(all.contains("line 1\n") && all.contains("err 1\n"), "{all}");
+    for l in all.lines() {
+        let (ts, _) = l.split_once(' ').unwrap();
+        assert!(ts.ends_with('Z') && ts.contains('T'), "{l}");
+    }
+
+    // --since leaves the old lines out.
+    let o = run(kubectl(
+        &lab,
+        &["logs", "talker", "-c", "count", "--since", "2s"],
+    ));
+    assert!(!stdout(&o).contains("line 1\n"), "{}", stdout(&o));
+
+    // -f follows lines written after it started.
+    let last: u32 = lines
+        .iter()
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .max()
+        .unwrap();
+    let want = format!("line {}", last + 3);
+    let seen = follow_until(
+        &lab,
+        &["talker", "-c", "count", "--tail", "1"],
+        &want,
+        Duration::from_secs(20),
+    );
+    assert!(seen.iter().any(|l| l == &want), "followed: {seen:?}");
+
+    // The restarted container: its log now, and the one before.
+    let prev = wait_for(Duration::from_secs(30), || {
+        let o = run(kubectl(
+            &lab,
+            &["logs", "talker", "-c", "once", "--previous"],
+        ));
+        o.status.success().then(|| stdout(&o))
+    })
+    .unwrap_or_else(|| panic!("no previous log\n{}", lab.logs()));
+    assert_eq!(prev, "first run\n");
+    let now = wait_for(Duration::from_secs(10), || {
+        let o = run(kubectl(&lab, &["logs", "talker", "-c", "once"]));
+        let s = stdout(&o);
+        s.contains("second run").then_some(s)
+    })
+    .expect("the current instance's log");
+    assert_eq!(now, "second run\n");
+    let o = run(kubectl(
+        &lab,
+        &["logs", "talker", "-c", "count", "--previous"],
+    ));
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("previous terminated container"),
+        "{}",
+        text(&o)
+    );
+    let _ = std::fs::remove_file(&marker);
+
+    // The files are root's alone, in the CRI format.
+    let dir = lab.dir().join("nodes/node-2/pods/pods");
+    let uid = &lab.pods()["talker"].uid;
+    let f = dir.join(uid).join("count.log");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "{}", f.display());
+    let body = std::fs::read_to_string(&f).unwrap();
+    let first = body.lines().next().unwrap();
+    let parts: Vec<&str> = first.splitn(4, ' ').collect();
+    assert_eq!(&parts[1..], ["stdout", "F", "line 1"], "{first}");
+}
