@@ -202,7 +202,7 @@ fn add_pod(
                 if let Some(tier) = v.denying_tier() {
                     match row.last_mut() {
                         Some((((p, _), (_, end)), t))
-                            if *p == n && *t == tier && *end + 1 == lo =>
+                            if *p == n && *t == tier && end.checked_add(1) == Some(lo) =>
                         {
                             *end = hi
                         }
