@@ -134,9 +134,7 @@ impl Model {
         st.slices.insert(k.clone(), slice);
         if let Some(old) = old_svc.as_ref().filter(|o| Some(*o) != new_svc.as_ref()) {
             let sk = (k.0.clone(), old.clone());
-            if let Some(set) = st.by_service.get_mut(&sk) {
-                set.remove(&k.1);
-            }
+            Self::unlink_slice(&mut st, &sk, &k.1);
             self.recompile_service(&mut st, &sk);
         }
         if let Some(new) = new_svc {
@@ -157,13 +155,17 @@ impl Model {
         };
         if let Some(svc) = records::slice_service(&old) {
             let sk = (k.0.clone(), svc.to_string());
-            if let Some(set) = st.by_service.get_mut(&sk) {
-                set.remove(&k.1);
-                if set.is_empty() {
-                    st.by_service.remove(&sk);
-                }
-            }
+            Self::unlink_slice(&mut st, &sk, &k.1);
             self.recompile_service(&mut st, &sk);
+        }
+    }
+
+    fn unlink_slice(st: &mut State, service: &Key, slice: &str) {
+        if let Some(set) = st.by_service.get_mut(service) {
+            set.remove(slice);
+            if set.is_empty() {
+                st.by_service.remove(service);
+            }
         }
     }
 
