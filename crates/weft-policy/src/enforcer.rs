@@ -64,6 +64,15 @@ impl Enforcer {
             .apply_incremental(&prev, desired)
             .map_err(self.nft())?;
         self.committed = Some(desired.clone());
+        if !sum.is_empty() {
+            tracing::debug!(
+                netns = %self.netns,
+                added = sum.elements_added,
+                deleted = sum.elements_deleted,
+                chains = sum.chains_added + sum.chains_replaced,
+                "policy table synced"
+            );
+        }
         Ok(sum)
     }
 
@@ -96,6 +105,9 @@ impl Enforcer {
             {
                 cut += 1;
             }
+        }
+        if cut > 0 {
+            tracing::info!(netns = %self.netns, cut, "flows the policy now denies were cut");
         }
         Ok(cut)
     }
