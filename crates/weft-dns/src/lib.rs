@@ -62,6 +62,7 @@ pub mod error;
 #[doc(hidden)]
 pub mod fixtures;
 pub mod forward;
+mod mmsg;
 pub mod model;
 pub mod name;
 pub mod records;

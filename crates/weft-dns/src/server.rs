@@ -1,17 +1,19 @@
 //! The serving loops: per listen address one UDP socket and one TCP listener on tokio.
 //!
-//! UDP is answered in the receiving task when the zone (without allocating) or the cache
-//! has the answer; only a question that has to go upstream gets a task of its own.
+//! UDP is read and written in batches ([`crate::mmsg`]) and answered in the receiving
+//! task when the zone (without allocating) or the cache has the answer; only a question
+//! that has to go upstream gets a task of its own.
 //! TCP connections carry any number of length-framed queries, answered in order, and are
 //! closed after `tcp_idle_timeout` without a complete query; at most
 //! `max_tcp_connections` are open, further ones wait in the listen backlog.
 
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -23,6 +25,7 @@ use crate::chase;
 use crate::config::{ServerConfig, Upstreams};
 use crate::error::{Error, Result};
 use crate::forward::{read_resolv_conf, without_self, Forwarder};
+use crate::mmsg::{Batch, BATCH};
 use crate::model::Model;
 use crate::wire::{parse, Parsed, Query, RCODE_SERVFAIL};
 
@@ -179,54 +182,90 @@ fn bump(c: &AtomicU64) {
 }
 
 async fn udp_loop(sock: Arc<UdpSocket>, sh: Arc<Shared>) {
-    let mut buf = vec![0u8; 65535];
-    let mut out = Vec::with_capacity(4096);
+    let fd = sock.as_raw_fd();
+    let mut batch = Batch::default();
+    let mut outs: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(1500)).collect();
     let mut lower = [0u8; 255];
+    let mut ready = Vec::with_capacity(BATCH);
     loop {
-        let (n, src) = match sock.recv_from(&mut buf).await {
-            Ok(x) => x,
+        if let Err(e) = sock.readable().await {
+            tracing::warn!("udp socket: {e}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        }
+        let n = match sock.try_io(Interest::READABLE, || batch.recv(fd)) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(e) => {
                 tracing::debug!("udp receive: {e}");
+                tokio::time::sleep(Duration::from_millis(1)).await;
                 continue;
             }
         };
-        bump(&sh.stats.queries);
-        let msg = &buf[..n];
-        match respond(
-            &sh.model,
-            &sh.acl,
-            src.ip(),
-            msg,
-            true,
-            &mut out,
-            &mut lower,
-        ) {
-            Decision::Reply => {}
-            Decision::Drop => {
+        ready.clear();
+        for (i, out) in outs.iter_mut().enumerate().take(n) {
+            bump(&sh.stats.queries);
+            let Some((msg, src)) = batch.get(i) else {
                 bump(&sh.stats.dropped);
                 continue;
-            }
-            Decision::Forward(q) => {
-                let key = cache::key(&lower[..q.qname_len], q.qtype, q.qclass);
-                if let Some(e) = sh.fwd.cached(&key) {
-                    bump(&sh.stats.cache_hits);
-                    e.write_reply(&mut out, &q, Instant::now());
-                    truncate_to(&mut out, q.question.len(), q.edns, q.udp_limit());
-                } else if spawn_upstream(&sock, &sh, msg, None, src) {
-                    continue;
-                } else {
-                    too_busy(&sh, &q, &mut out);
-                }
-            }
-            Decision::Chase(q, target, ttl) => {
-                if spawn_upstream(&sock, &sh, msg, Some((target, ttl)), src) {
-                    continue;
-                }
-                too_busy(&sh, &q, &mut out);
+            };
+            if datagram(&sock, &sh, msg, src, out, &mut lower) {
+                ready.push(i);
             }
         }
-        if let Err(e) = sock.send_to(&out, src).await {
-            tracing::debug!("udp send to {src}: {e}");
+        let sent = match batch.send(fd, &ready, &mut outs) {
+            Ok(k) => k,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+            Err(e) => {
+                tracing::debug!("udp send: {e}");
+                ready.len()
+            }
+        };
+        // The socket's send buffer was full: wait for room for the rest.
+        for &i in ready.iter().skip(sent) {
+            if let Some((_, src)) = batch.get(i) {
+                let _ = sock.send_to(&outs[i], src).await;
+            }
+        }
+    }
+}
+
+/// Handle one datagram: `true` when `out` holds the reply to send now (the zone's or the
+/// cache's); a question for upstream is answered later from a task of its own.
+fn datagram(
+    sock: &Arc<UdpSocket>,
+    sh: &Arc<Shared>,
+    msg: &[u8],
+    src: SocketAddr,
+    out: &mut Vec<u8>,
+    lower: &mut [u8; 255],
+) -> bool {
+    match respond(&sh.model, &sh.acl, src.ip(), msg, true, out, lower) {
+        Decision::Reply => true,
+        Decision::Drop => {
+            bump(&sh.stats.dropped);
+            false
+        }
+        Decision::Forward(q) => {
+            let key = cache::key(&lower[..q.qname_len], q.qtype, q.qclass);
+            if let Some(e) = sh.fwd.cached(&key) {
+                bump(&sh.stats.cache_hits);
+                e.write_reply(out, &q, Instant::now());
+                truncate_to(out, q.question.len(), q.edns, q.udp_limit());
+                true
+            } else if spawn_upstream(sock, sh, msg, None, src) {
+                false
+            } else {
+                too_busy(sh, &q, out);
+                true
+            }
+        }
+        Decision::Chase(q, target, ttl) => {
+            if spawn_upstream(sock, sh, msg, Some((target, ttl)), src) {
+                return false;
+            }
+            too_busy(sh, &q, out);
+            true
         }
     }
 }
