@@ -184,6 +184,31 @@ fn malformed_datagrams_and_streams_then_answers() {
         assert_eq!(r.metadata.response_code, ResponseCode::NotImp);
         let r = Message::from_vec(&udp_ask(addr, &good).await.unwrap()).unwrap();
         assert_eq!(r.answers.len(), 1);
+        // Over 4 KiB: dropped.
+        let mut huge = good.clone();
+        huge.resize(5000, 0);
+        assert!(udp_ask(addr, &huge).await.is_none());
+
+        // A burst larger than one batch, good and bad mixed: every good one is answered.
+        let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        for i in 0..70u16 {
+            let mut q = good.clone();
+            q[..2].copy_from_slice(&i.to_be_bytes());
+            let q = if i % 7 == 3 { q[..6].to_vec() } else { q };
+            s.send_to(&q, addr).await.unwrap();
+        }
+        let mut ids = Vec::new();
+        let mut buf = vec![0u8; 1500];
+        while let Ok(Ok((n, _))) =
+            tokio::time::timeout(Duration::from_millis(300), s.recv_from(&mut buf)).await
+        {
+            let m = Message::from_vec(&buf[..n]).unwrap();
+            assert_eq!(m.answers.len(), 1);
+            ids.push(m.metadata.id);
+        }
+        ids.sort();
+        let want: Vec<u16> = (0..70).filter(|i| i % 7 != 3).collect();
+        assert_eq!(ids, want);
 
         // TCP: a FORMERR, then two queries in one write, answered in order on the same
         // connection.
