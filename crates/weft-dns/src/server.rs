@@ -1,6 +1,6 @@
 //! The serving loops: per listen address one UDP socket and one TCP listener on tokio.
 //!
-//! UDP is read and written in batches ([`crate::mmsg`]) and answered in the receiving
+//! UDP is read and written in batches (`recvmmsg`/`sendmmsg`) and answered in the receiving
 //! task when the zone (without allocating) or the cache has the answer; only a question
 //! that has to go upstream gets a task of its own.
 //! TCP connections carry any number of length-framed queries, answered in order, and are
