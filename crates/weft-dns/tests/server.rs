@@ -463,3 +463,25 @@ fn tcp_connections_are_bounded() {
         drop(first);
     });
 }
+
+#[test]
+fn ipv6_and_several_listen_addresses() {
+    in_netns(&[], || async {
+        let cfg = ServerConfig {
+            listen: vec!["127.0.0.1:0".parse().unwrap(), "[::1]:0".parse().unwrap()],
+            upstreams: Upstreams::List(vec![]),
+            ..ServerConfig::default()
+        };
+        let server = Server::bind(cfg, model()).await.unwrap();
+        let addrs = server.local_addrs();
+        tokio::spawn(server.run());
+        for addr in addrs {
+            for tcp in [false, true] {
+                let r = blocking(move || query(addr, "web.default.svc.cluster.local", "A", tcp, T))
+                    .await
+                    .unwrap();
+                assert_eq!(r.answers.len(), 1, "{addr} tcp={tcp}");
+            }
+        }
+    });
+}
