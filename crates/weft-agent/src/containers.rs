@@ -9,7 +9,7 @@ use crate::prober;
 use crate::process::{self, Liveness};
 use crate::record;
 use crate::runtime::{backoff, PodState, Runtime, MAX_BACKOFF};
-use crate::spec::{ContainerPlan, EnvSource};
+use crate::spec::{ContainerPlan, EnvSource, ProbeAction};
 
 impl Runtime {
     /// A command that runs `argv` inside the pod. `new_session` detaches it (containers);
@@ -118,6 +118,17 @@ impl Runtime {
                         s.crashes + 1
                     };
                     s.restart_at = Some(now + backoff(s.crashes));
+                    if s.crashes >= 2 && p.plan.restart.restarts(code) {
+                        crate::events::warning(
+                            &p.plan,
+                            "BackOff",
+                            format!(
+                                "Back-off restarting failed container {} (exit code {})",
+                                p.plan.containers[i].name,
+                                code.map(|c| c.to_string()).unwrap_or("unknown".into())
+                            ),
+                        );
+                    }
                 }
             }
             let c = &p.rec.containers[i];
@@ -134,6 +145,11 @@ impl Runtime {
                         c.started_at = Some(record::unix_now());
                         p.probes[i] = p.probes[i].restarted(now, &plan);
                         changed = true;
+                        crate::events::normal(
+                            &p.plan,
+                            "Started",
+                            format!("Started container {}", plan.name),
+                        );
                     }
                     Err(e) => {
                         // Not every pass: a program that vanished is retried with back-off.
@@ -172,8 +188,24 @@ impl Runtime {
         let s = &mut p.probes[i];
         s.live_next = Instant::now() + plan.period;
         s.live_failures = if ok { 0 } else { s.live_failures + 1 };
+        let name = &p.plan.containers[i].name;
+        if !ok {
+            crate::events::warning(
+                &p.plan,
+                "Unhealthy",
+                format!(
+                    "Liveness probe of container {name} failed ({})",
+                    describe(&plan.action)
+                ),
+            );
+        }
         if s.live_failures >= plan.failure_threshold {
             s.live_failures = 0;
+            crate::events::normal(
+                &p.plan,
+                "Killing",
+                format!("Container {name} failed liveness probe, will be restarted"),
+            );
             tracing::warn!(pod = %p.plan.uid, container = %p.plan.containers[i].name, "liveness probe failed; killing the container");
             // The PID was checked to be ours in this same pass (tend), just before.
             process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
@@ -200,6 +232,17 @@ impl Runtime {
             &p.netns,
             |argv| self.pod_command(p, argv, &[], false).ok(),
         );
+        if !ok {
+            crate::events::warning(
+                &p.plan,
+                "Unhealthy",
+                format!(
+                    "Readiness probe of container {} failed ({})",
+                    p.plan.containers[i].name,
+                    describe(&plan.action)
+                ),
+            );
+        }
         let s = &mut p.probes[i];
         s.next = Instant::now() + plan.period;
         if ok {
@@ -216,5 +259,21 @@ impl Runtime {
             c.ready = false;
         }
         c.ready != was
+    }
+}
+
+/// A probe as `kubectl describe` names it.
+fn describe(a: &ProbeAction) -> String {
+    match a {
+        ProbeAction::Tcp { host, port } => {
+            format!("tcp-socket {}:{port}", host.as_deref().unwrap_or(""))
+        }
+        ProbeAction::Http {
+            host, port, path, ..
+        } => format!(
+            "http-get http://{}:{port}{path}",
+            host.as_deref().unwrap_or("")
+        ),
+        ProbeAction::Exec { argv } => format!("exec {argv:?}"),
     }
 }

@@ -117,6 +117,7 @@ mod config;
 mod containers;
 pub mod controller;
 mod error;
+pub mod events;
 mod kube_status;
 mod launch;
 mod lifecycle;

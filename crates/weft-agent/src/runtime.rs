@@ -213,6 +213,11 @@ impl Runtime {
                 self.status(&uid).ok_or(Error::UnknownPod(uid))
             }
             Err(e) => {
+                crate::events::warning(
+                    &plan,
+                    "FailedCreatePodSandBox",
+                    format!("Failed to create pod sandbox: {e}"),
+                );
                 // Nothing ran long enough to deserve a grace period.
                 if let Err(undo) = self.teardown(&dir, &rec, Some(Duration::ZERO)) {
                     tracing::warn!(pod = %plan.uid, error = %undo, "cleanup after a failed start");
@@ -266,6 +271,17 @@ impl Runtime {
             },
         )?;
         record::save(dir, rec)?;
+        let ips: Vec<String> = rec.ips.iter().map(|ip| ip.to_string()).collect();
+        crate::events::normal(
+            plan,
+            "AddedInterface",
+            format!(
+                "Add eth0 [{}] on {}'s bridge (network namespace {})",
+                ips.join(", "),
+                self.cfg.node_name,
+                rec.netns_name
+            ),
+        );
 
         if let Some(resolv) = podfiles::resolv_conf(
             &plan.dns,
@@ -300,6 +316,7 @@ impl Runtime {
         let now = Instant::now();
         for c in &plan.containers {
             let (pid, start_time) = self.spawn(&state, c)?;
+            crate::events::normal(plan, "Started", format!("Started container {}", c.name));
             state.rec.containers.push(ContainerRecord {
                 name: c.name.clone(),
                 pid: Some(pid),
@@ -386,6 +403,13 @@ impl Runtime {
             };
         };
         let grace = state.plan.grace;
+        for c in state.rec.containers.iter().filter(|c| c.running) {
+            crate::events::normal(
+                &state.plan,
+                "Killing",
+                format!("Stopping container {}", c.name),
+            );
+        }
         match self.teardown(&state.dir, &state.rec, Some(grace)) {
             Ok(()) => Ok(()),
             Err(e) => {

@@ -324,3 +324,71 @@ fn kubectl_logs_tail_follow_timestamps_previous() {
     let parts: Vec<&str> = first.splitn(4, ' ').collect();
     assert_eq!(&parts[1..], ["stdout", "F", "line 1"], "{first}");
 }
+
+#[test]
+fn kubectl_describe_tells_the_story_with_events() {
+    if !kubectl_available() {
+        eprintln!("skipped: no kubectl");
+        return;
+    }
+    let lab = Lab::up(2, "vxlan");
+    // Scheduled by the control plane; its readiness probe fails (nothing on 9999).
+    lab.apply(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: story, labels: {app: story}}\nspec:\n  containers:\n  - name: app\n    image: weft/serve\n    ports: [{containerPort: 8080}]\n    readinessProbe: {tcpSocket: {port: 9999}, periodSeconds: 1}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: story}\nspec:\n  type: LoadBalancer\n  selector: {app: story}\n  ports: [{port: 80, targetPort: 8080}]\n",
+    );
+    let describe = |what: &[&str], want: &[&str]| -> String {
+        let mut args = vec!["describe"];
+        args.extend_from_slice(what);
+        wait_for(Duration::from_secs(30), || {
+            let o = run(kubectl(&lab, &args));
+            let s = stdout(&o);
+            want.iter().all(|w| s.contains(w)).then_some(s)
+        })
+        .unwrap_or_else(|| {
+            let o = run(kubectl(&lab, &args));
+            panic!("describe {what:?} lacks {want:?}:\n{}", text(&o))
+        })
+    };
+    let pod = describe(
+        &["pod", "story"],
+        &["Scheduled", "AddedInterface", "Started", "Unhealthy"],
+    );
+    let info = lab.pods()["story"].clone();
+    assert!(
+        pod.contains(&format!(
+            "Successfully assigned default/story to {}",
+            info.node
+        )),
+        "{pod}"
+    );
+    assert!(pod.contains(&format!("Add eth0 [{}]", info.ip)), "{pod}");
+    assert!(
+        pod.contains("Readiness probe of container app failed"),
+        "{pod}"
+    );
+    let svc = describe(&["svc", "story"], &["IPAllocated"]);
+    assert!(svc.contains("Assigned IP [\"192.168.2."), "{svc}");
+
+    // Repeats are counted, not multiplied.
+    let o = run(kubectl(&lab, &["get", "events", "-o", "json"]));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let unhealthy: Vec<&serde_json::Value> = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["reason"] == "Unhealthy")
+        .collect();
+    assert_eq!(unhealthy.len(), 1, "{unhealthy:?}");
+
+    // Deleting the pod: the kubelet's Killing.
+    let o = run(kubectl(&lab, &["delete", "pod", "story", "--wait=false"]));
+    assert!(o.status.success(), "{}", text(&o));
+    let events = wait_for(Duration::from_secs(30), || {
+        let o = run(kubectl(&lab, &["get", "events"]));
+        let s = stdout(&o);
+        s.contains("Killing").then_some(s)
+    })
+    .expect("a Killing event");
+    assert!(events.contains("pod/story"), "{events}");
+    assert!(events.contains("RegisteredNode"), "{events}");
+}

@@ -7,6 +7,7 @@
 
 mod cniconf;
 mod dns;
+mod events;
 mod health;
 mod masq;
 mod node;
@@ -241,6 +242,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         .await
         .map_err(|_| unlisted("this node's Pods"))?;
     if cfg.run_pods {
+        events::start(&client, &cfg);
         node_api::start(&client, &cfg).await;
     }
 

@@ -111,8 +111,44 @@ fn columns(res: &Resource) -> Vec<(&'static str, &'static str, u8)> {
             ("Available", "integer", 0),
             ("Age", "string", 0),
         ],
+        "Event" => vec![
+            ("Last Seen", "string", 0),
+            ("Type", "string", 0),
+            ("Reason", "string", 0),
+            ("Object", "string", 0),
+            ("Message", "string", 0),
+            ("Source", "string", 1),
+            ("Count", "integer", 1),
+        ],
         _ => vec![("Age", "string", 0)],
     }
+}
+
+fn event_cells(o: &Value, now: u64) -> Vec<Value> {
+    let last = ["lastTimestamp", "eventTime"]
+        .iter()
+        .find_map(|k| o[*k].as_str().and_then(crate::meta::parse_rfc3339))
+        .map(|t| human_age(now.saturating_sub(t)))
+        .unwrap_or_else(|| age(o, now));
+    let inv = &o["involvedObject"];
+    let object = format!(
+        "{}/{}",
+        s(&inv["kind"]).to_ascii_lowercase(),
+        s(&inv["name"])
+    );
+    let source = match (s(&o["source"]["component"]), s(&o["source"]["host"])) {
+        (c, h) if h.is_empty() => c,
+        (c, h) => format!("{c}, {h}"),
+    };
+    vec![
+        json!(last),
+        json!(s(&o["type"])),
+        json!(s(&o["reason"])),
+        json!(object),
+        json!(s(&o["message"])),
+        json!(source),
+        json!(o["count"].as_i64().unwrap_or(1)),
+    ]
 }
 
 fn pod_cells(o: &Value, now: u64) -> Vec<Value> {
@@ -256,6 +292,7 @@ fn cells(res: &Resource, o: &Value, now: u64) -> Vec<Value> {
     };
     c.extend(match res.kind {
         "Pod" => pod_cells(o, now),
+        "Event" => event_cells(o, now),
         "Service" => service_cells(o, now),
         "Node" => node_cells(o, now),
         "EndpointSlice" => slice_cells(o, now),

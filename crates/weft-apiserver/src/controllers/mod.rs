@@ -5,6 +5,7 @@
 mod bootstrap;
 pub mod deployment;
 pub mod endpointslice;
+pub mod events;
 mod lifecycle;
 pub mod scheduler;
 
@@ -68,6 +69,12 @@ pub fn spawn_all(state: Arc<AppState>, stop: watch::Receiver<bool>) {
         stop.clone(),
         None,
         deployment::Controller,
+    ));
+    tokio::spawn(run(
+        state.clone(),
+        stop.clone(),
+        Some(Duration::from_secs(30)),
+        events::Controller,
     ));
     tokio::spawn(run(
         state,
