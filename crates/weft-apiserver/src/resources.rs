@@ -132,9 +132,11 @@ pub static RESOURCES: &[Resource] = &[
         &[],
         false,
     ),
+    // v1beta1 is network-policy-api's storage version now, so it comes first (the
+    // preferred version); v1alpha2 (appended below) shares its storage.
     res(
         "policy.networking.k8s.io",
-        "v1alpha2",
+        "v1beta1",
         "clusternetworkpolicies",
         "clusternetworkpolicy",
         "ClusterNetworkPolicy",
@@ -170,6 +172,16 @@ pub static RESOURCES: &[Resource] = &[
         "Deployment",
         true,
         &["deploy"],
+        true,
+    ),
+    res(
+        "policy.networking.k8s.io",
+        "v1alpha2",
+        "clusternetworkpolicies",
+        "clusternetworkpolicy",
+        "ClusterNetworkPolicy",
+        false,
+        &["cnp"],
         true,
     ),
 ];

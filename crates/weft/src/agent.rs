@@ -24,6 +24,7 @@ pub fn main(a: crate::cli::AgentArgs) -> anyhow::Result<()> {
         cluster_domain: a.cluster_domain,
         run_pods: !a.no_pods,
         serve_dns: a.serve_dns,
+        network_policy: !a.no_network_policy,
         dns_upstreams: match a.dns_upstream.is_empty() {
             true => weft_dns::Upstreams::ResolvConf(a.dns_resolv_conf),
             false => weft_dns::Upstreams::List(a.dns_upstream),

@@ -54,6 +54,20 @@ pub struct LabName {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum PolicyCommand {
+    /// SRC and DST: NAMESPACE/POD, POD (default namespace), node/NAME or an IP; exit 0
+    /// when allowed, 1 when denied
+    Check {
+        #[command(flatten)]
+        lab: LabName,
+        src: String,
+        dst: String,
+        /// PORT or PORT/PROTO (tcp, udp, sctp; default tcp)
+        port: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum LabCommand {
     /// Build a lab: underlay, nodes, control plane, agents
     Up {
@@ -124,6 +138,9 @@ pub enum LabCommand {
     /// The pod's route, what its node's Service table does with the first packet
     /// (endpoints and their pods, masquerade, or why it is refused or dropped), and the
     /// route to each place it may land.
+    /// NetworkPolicy: may SRC reach DST on PORT[/PROTO], and which rules decide
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     Trace {
         #[command(flatten)]
         lab: LabName,
@@ -247,6 +264,9 @@ pub struct AgentArgs {
     /// Leave pods to the kubelet (a real cluster): only route and masquerade
     #[arg(long)]
     pub no_pods: bool,
+    /// Leave NetworkPolicy unenforced on this node (another component enforces it)
+    #[arg(long)]
+    pub no_network_policy: bool,
     /// Serve the cluster DNS zone on this node at --cluster-dns (in place of CoreDNS)
     #[arg(long, requires = "cluster_dns")]
     pub serve_dns: bool,

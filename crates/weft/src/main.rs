@@ -9,6 +9,7 @@ mod exec;
 mod kube;
 mod lab;
 mod nsexec;
+mod policy;
 mod probe;
 mod serve;
 mod trace;
@@ -130,6 +131,12 @@ fn run_lab(cmd: LabCommand) -> anyhow::Result<u8> {
             &pod,
             &cmd,
         ),
+        LabCommand::Policy(cli::PolicyCommand::Check {
+            lab,
+            src,
+            dst,
+            port,
+        }) => policy::check_cmd(&lab.name, &src, &dst, &port),
         LabCommand::Trace {
             lab,
             namespace,

@@ -10,19 +10,19 @@
 //! 56903). The `kube-dns` Service carries `service.kubernetes.io/service-proxy-name`, so
 //! weft-proxy leaves the address alone.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::watcher;
 use weft_nft::{
     Backend, BaseChain, Chain, ChainType, CmpOp, Family, Hook, Policy, Rhs, Rule, Ruleset,
     Selector, Stmt, Table, Value,
 };
 
+use super::relist::{Change, Seen};
 use super::{AgentConfig, Result};
 
 pub const TABLE: &str = "weft-dns";
@@ -108,15 +108,6 @@ pub fn own_address(ip: IpAddr) -> Result<()> {
     Ok(())
 }
 
-/// The objects one watch has handed the model, so that a relist can drop those it no
-/// longer names (deleted while the watch was down): a relist is a new world, not an
-/// addition to the old one.
-#[derive(Default)]
-struct Seen {
-    known: HashSet<(String, String)>,
-    relist: Option<HashSet<(String, String)>>,
-}
-
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 enum Kind {
     Service,
@@ -130,13 +121,6 @@ enum Kind {
 pub struct DnsServer {
     model: weft_dns::Model,
     seen: HashMap<Kind, Seen>,
-}
-
-fn key(meta: &ObjectMeta) -> (String, String) {
-    (
-        meta.namespace.clone().unwrap_or_default(),
-        meta.name.clone().unwrap_or_default(),
-    )
 }
 
 impl DnsServer {
@@ -168,39 +152,19 @@ impl DnsServer {
 
     pub fn event(&mut self, e: Event) {
         match e {
-            Event::Service(e) => self.handle(Kind::Service, *e),
-            Event::Slice(e) => self.handle(Kind::Slice, *e),
-            Event::Pod(e) => self.handle(Kind::Pod, *e),
-            Event::Namespace(e) => self.handle(Kind::Namespace, *e),
-            Event::Node(e) => self.handle(Kind::Node, *e),
+            Event::Service(e) => self.handle(Kind::Service, &e),
+            Event::Slice(e) => self.handle(Kind::Slice, &e),
+            Event::Pod(e) => self.handle(Kind::Pod, &e),
+            Event::Namespace(e) => self.handle(Kind::Namespace, &e),
+            Event::Node(e) => self.handle(Kind::Node, &e),
         }
     }
 
-    fn handle<K: Object>(&mut self, kind: Kind, e: watcher::Event<K>) {
-        use watcher::Event as W;
-        let seen = self.seen.entry(kind).or_default();
-        match e {
-            W::Apply(o) | W::InitApply(o) => {
-                let k = key(o.meta());
-                if let Some(r) = &mut seen.relist {
-                    r.insert(k.clone());
-                }
-                seen.known.insert(k);
-                o.upsert(&self.model);
-            }
-            W::Delete(o) => {
-                let k = key(o.meta());
-                seen.known.remove(&k);
-                K::delete(&self.model, &k.0, &k.1);
-            }
-            W::Init => seen.relist = Some(HashSet::new()),
-            W::InitDone => {
-                let listed = seen.relist.take().unwrap_or_default();
-                let gone: Vec<_> = seen.known.difference(&listed).cloned().collect();
-                for k in gone {
-                    seen.known.remove(&k);
-                    K::delete(&self.model, &k.0, &k.1);
-                }
+    fn handle<K: Object>(&mut self, kind: Kind, e: &watcher::Event<K>) {
+        for c in self.seen.entry(kind).or_default().changes(e) {
+            match c {
+                Change::Upsert(o) => o.upsert(&self.model),
+                Change::Delete((ns, name)) => K::delete(&self.model, &ns, &name),
             }
         }
     }

@@ -13,12 +13,15 @@ mod masq;
 mod node;
 mod node_api;
 mod pods;
+mod policy;
+mod relist;
 mod services;
+mod watches;
 
 use crate::{Runtime, RuntimeConfig};
 use futures::StreamExt;
 use ipnet::IpNet;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::{reflector, watcher, WatchStreamExt};
 use kube::{Api, Client};
@@ -50,6 +53,8 @@ pub struct AgentConfig {
     pub serve_dns: bool,
     /// Where the DNS server sends names outside the cluster zone.
     pub dns_upstreams: weft_dns::Upstreams,
+    /// Enforce NetworkPolicy and ClusterNetworkPolicy on this node.
+    pub network_policy: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +77,8 @@ pub enum AgentError {
     Proxy(#[from] weft_proxy::Error),
     #[error("watching {what}: {problem}")]
     Watch { what: &'static str, problem: String },
+    #[error("network policy: {0}")]
+    Policy(#[from] weft_policy::Error),
     #[error("cluster DNS: {0}")]
     Dns(#[from] weft_dns::Error),
     #[error("pod runtime: {0}")]
@@ -176,16 +183,25 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     .default_backoff()
     .map(|e| e.map(|e| services::Event::Slice(Box::new(e))));
     let dns_events = match (cfg.serve_dns, cfg.cluster_dns) {
-        (true, Some(ip)) => Some(start_dns(&client, &cfg, ip).await?),
+        (true, Some(ip)) => Some(start_dns(&cfg, ip).await?),
         (true, None) => {
             tracing::warn!("--serve-dns without --cluster-dns: no address to serve; DNS is off");
             None
         }
         (false, _) => None,
     };
+    let policy_events = match cfg.network_policy {
+        true => Some(policy::start(&cfg.node_name)?),
+        false => None,
+    };
     // A watch whose stream ends leaves its cache frozen: the agent stops rather than act
     // on a world it no longer sees (its supervisor or init system restarts it).
     let (ended, mut watch_ended) = tokio::sync::mpsc::unbounded_channel::<&'static str>();
+    let sinks = watches::Sinks {
+        dns: dns_events.clone(),
+        policy: policy_events.clone(),
+    };
+    watches::spawn(&client, sinks, &ended).await;
     for (what, stream) in [
         ("Services", service_stream.boxed()),
         ("EndpointSlices", slice_stream.boxed()),
@@ -306,7 +322,13 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         }
         if let Some(rt) = &runtime {
             pod_sync
-                .reconcile(&client, rt.clone(), &cfg, pods.state())
+                .reconcile(
+                    &client,
+                    rt.clone(),
+                    &cfg,
+                    pods.state(),
+                    policy_events.as_ref(),
+                )
                 .await;
         }
         if last_heartbeat.elapsed() > Duration::from_secs(10) {
@@ -318,48 +340,14 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     }
 }
 
-/// Starts this node's DNS server and the watches that feed it (Services and slices come
-/// from the service watches); returns where those send their events.
+/// Starts this node's DNS server; returns where its watch events go (Services and slices
+/// come from the service watches, the rest from `watches`).
 async fn start_dns(
-    client: &Client,
     cfg: &AgentConfig,
     ip: IpAddr,
 ) -> Result<tokio::sync::mpsc::UnboundedSender<dns::Event>> {
     let mut server = dns::DnsServer::start(cfg, ip).await?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    fn feed<K, F>(api: Api<K>, tx: tokio::sync::mpsc::UnboundedSender<dns::Event>, wrap: F)
-    where
-        K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
-        K::DynamicType: Default,
-        F: Fn(watcher::Event<K>) -> dns::Event + Send + 'static,
-    {
-        let what = std::any::type_name::<K>()
-            .rsplit("::")
-            .next()
-            .unwrap_or("objects");
-        tokio::spawn(
-            watcher(api, watcher::Config::default())
-                .default_backoff()
-                .for_each(move |e| {
-                    match e {
-                        Ok(e) => {
-                            let _ = tx.send(wrap(e));
-                        }
-                        Err(e) => tracing::warn!("DNS: watching {what}: {e}"),
-                    }
-                    futures::future::ready(())
-                }),
-        );
-    }
-    feed(Api::<Pod>::all(client.clone()), tx.clone(), |e| {
-        dns::Event::Pod(Box::new(e))
-    });
-    feed(Api::<Namespace>::all(client.clone()), tx.clone(), |e| {
-        dns::Event::Namespace(Box::new(e))
-    });
-    feed(Api::<Node>::all(client.clone()), tx.clone(), |e| {
-        dns::Event::Node(Box::new(e))
-    });
     // Its own task: an answer follows its objects without waiting on a reconcile pass.
     tokio::spawn(async move {
         while let Some(e) = rx.recv().await {

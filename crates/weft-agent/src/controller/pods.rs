@@ -32,6 +32,7 @@ impl PodSync {
         rt: Arc<Mutex<Runtime>>,
         cfg: &AgentConfig,
         pods: Vec<Arc<Pod>>,
+        policy: Option<&std::sync::mpsc::Sender<super::policy::Event>>,
     ) {
         let mut want: HashMap<String, Arc<Pod>> = HashMap::new();
         let mut deleting: HashMap<String, Arc<Pod>> = HashMap::new();
@@ -98,8 +99,16 @@ impl PodSync {
             let uid = p.metadata.uid.clone().unwrap_or_default();
             let r = rt.clone();
             let pod = (*p).clone();
+            let policy = policy.cloned();
             let res = tokio::task::spawn_blocking(move || {
-                r.lock().ok().map(|mut r| r.start(&pod).map(|_| ()))
+                r.lock().ok().map(|mut r| {
+                    r.start_with(&pod, |st| match &policy {
+                        // The pod's policy is in the kernel before its process runs.
+                        Some(tx) => super::policy::before_start(tx, &pod, st.ips.clone()),
+                        None => Ok(()),
+                    })
+                    .map(|_| ())
+                })
             })
             .await;
             match res {

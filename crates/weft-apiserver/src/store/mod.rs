@@ -49,10 +49,13 @@ pub fn key(res: &Resource, namespace: &str, name: &str) -> String {
     }
 }
 
+/// The storage slot of a resource: every served version of one kind (same group and
+/// plural) shares the first one's, so an object written through one version is read and
+/// watched through the others.
 fn res_index(res: &Resource) -> usize {
     RESOURCES
         .iter()
-        .position(|r| std::ptr::eq(r, res) || r == res)
+        .position(|r| r.group == res.group && r.plural == res.plural)
         .unwrap_or(0)
 }
 

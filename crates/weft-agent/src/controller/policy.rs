@@ -1,0 +1,303 @@
+//! NetworkPolicy and ClusterNetworkPolicy on this node: watch events feed weft-policy's
+//! view of the cluster, and a thread of its own moves the node's `inet weft-policy` table
+//! to what the view implies, one transaction per batch of events (a burst of changes is
+//! coalesced into one commit, every 50 ms at most).
+//!
+//! Nothing is enforced from a partial view: the table is first written once every watch
+//! (Pods, Namespaces, Nodes, NetworkPolicies, ClusterNetworkPolicies) has listed. A pod
+//! this node starts is entered into the view with its address and the table committed
+//! *before* its process runs (the runtime's `start_with` hook), so a new pod is never
+//! reachable, nor able to reach out, outside its policies.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::DynamicObject;
+use kube::runtime::watcher;
+use weft_policy::cnp::ClusterNetworkPolicy;
+use weft_policy::{Cluster, Enforcer, NodeContext};
+
+use super::relist::{key, Change, Key, Seen};
+
+/// How often the table is read back from the kernel and repaired, whatever happened.
+const RESYNC: Duration = Duration::from_secs(300);
+/// Events arriving within this window are committed together.
+const BATCH: Duration = Duration::from_millis(50);
+
+pub enum Event {
+    Pod(Box<watcher::Event<Pod>>),
+    Namespace(Box<watcher::Event<Namespace>>),
+    Node(Box<watcher::Event<Node>>),
+    NetworkPolicy(Box<watcher::Event<NetworkPolicy>>),
+    ClusterNetworkPolicy(Box<watcher::Event<DynamicObject>>),
+    /// This node is about to start `pod` with `ips`: commit its policy, then answer.
+    Starting {
+        pod: Box<Pod>,
+        ips: Vec<IpAddr>,
+        done: Sender<Result<(), String>>,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum Kind {
+    Pod,
+    Namespace,
+    Node,
+    NetworkPolicy,
+    ClusterNetworkPolicy,
+}
+
+const KINDS: [Kind; 5] = [
+    Kind::Pod,
+    Kind::Namespace,
+    Kind::Node,
+    Kind::NetworkPolicy,
+    Kind::ClusterNetworkPolicy,
+];
+
+struct PolicySync {
+    cluster: Cluster,
+    ctx: NodeContext,
+    enforcer: Enforcer,
+    seen: HashMap<Kind, Seen>,
+    /// Addresses of this node's pods as the runtime gave them, before the API's pod
+    /// status says so: a watch event from before the status update must not take a
+    /// running pod out of its policies.
+    local_ips: HashMap<Key, Vec<IpAddr>>,
+    dirty: bool,
+    last_full: Instant,
+}
+
+/// Starts the policy thread; events go to the returned sender.
+pub fn start(node_name: &str) -> super::Result<Sender<Event>> {
+    let mut sync = PolicySync {
+        cluster: Cluster::default(),
+        ctx: NodeContext {
+            node_name: node_name.to_string(),
+            log_group: None,
+        },
+        enforcer: Enforcer::open()?,
+        seen: HashMap::new(),
+        local_ips: HashMap::new(),
+        dirty: true,
+        last_full: Instant::now(),
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("network-policy".into())
+        .spawn(move || sync.run(rx))
+        .map_err(|source| super::AgentError::Io {
+            op: "start the network-policy thread".into(),
+            source,
+        })?;
+    Ok(tx)
+}
+
+impl PolicySync {
+    fn run(&mut self, rx: Receiver<Event>) {
+        let mut said_waiting = false;
+        let started = Instant::now();
+        loop {
+            // Block for the first event, then take whatever else arrives within BATCH.
+            let first = match rx.recv_timeout(Duration::from_secs(1)) {
+                Ok(e) => Some(e),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+            let mut waiting = Vec::new();
+            let deadline = Instant::now() + BATCH;
+            let mut next = first;
+            while let Some(e) = next {
+                if let Some(w) = self.event(e) {
+                    waiting.push(w);
+                }
+                next = rx
+                    .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                    .ok();
+            }
+            if self.last_full.elapsed() > RESYNC {
+                self.enforcer.resync();
+                self.last_full = Instant::now();
+                self.dirty = true;
+            }
+            let result = if !self.listed() {
+                if !said_waiting && started.elapsed() > Duration::from_secs(10) {
+                    tracing::warn!("network policy: still waiting for the first list of every watched kind (see the watch errors above)");
+                    said_waiting = true;
+                }
+                Err("network policy is not in force yet: the agent has not listed every kind it watches".to_string())
+            } else if self.dirty {
+                self.commit()
+            } else {
+                Ok(())
+            };
+            for done in waiting {
+                let _ = done.send(result.clone());
+            }
+        }
+    }
+
+    fn listed(&self) -> bool {
+        KINDS
+            .iter()
+            .all(|k| self.seen.get(k).is_some_and(Seen::listed))
+    }
+
+    fn commit(&mut self) -> Result<(), String> {
+        let desired = weft_policy::desired(&self.cluster, &self.ctx);
+        match self.enforcer.sync(&desired) {
+            Ok(sum) => {
+                self.dirty = false;
+                tracing::debug!(?sum, "network policy synced");
+                // A connection the policy no longer allows ends now rather than living on
+                // as established (a UDP flow would otherwise outlast any change); the
+                // standard leaves this to the implementation.
+                if let Err(e) = self.enforcer.cut_denied_flows() {
+                    tracing::warn!("network policy: cutting denied flows: {e}");
+                }
+                Ok(())
+            }
+            Err(e) => {
+                // The next batch (or the one-second tick) tries again from the kernel's
+                // own state.
+                tracing::warn!("network policy: {e}");
+                Err(e.to_string())
+            }
+        }
+    }
+
+    /// Applies one event to the view; a pod about to start returns who waits for the
+    /// commit.
+    fn event(&mut self, e: Event) -> Option<Sender<Result<(), String>>> {
+        match e {
+            Event::Pod(e) => {
+                for c in self.seen.entry(Kind::Pod).or_default().changes(&e) {
+                    match c {
+                        Change::Upsert(p) => self.apply_pod(p, None),
+                        Change::Delete(k) => {
+                            self.local_ips.remove(&k);
+                            self.cluster.delete_pod(&k.0, &k.1);
+                        }
+                    }
+                }
+                self.dirty = true;
+            }
+            Event::Namespace(e) => self.handle(
+                Kind::Namespace,
+                &e,
+                |c, n| c.apply_namespace(n),
+                |c, k| c.delete_namespace(&k.1),
+            ),
+            Event::Node(e) => self.handle(
+                Kind::Node,
+                &e,
+                |c, n| c.apply_node(n),
+                |c, k| c.delete_node(&k.1),
+            ),
+            Event::NetworkPolicy(e) => self.handle(
+                Kind::NetworkPolicy,
+                &e,
+                |c, np| {
+                    if let Err(err) = c.apply_network_policy(np) {
+                        tracing::warn!("NetworkPolicy {}: {err}", name_of(&np.metadata));
+                    }
+                },
+                |c, k| c.delete_network_policy(&k.0, &k.1),
+            ),
+            Event::ClusterNetworkPolicy(e) => self.handle(
+                Kind::ClusterNetworkPolicy,
+                &e,
+                |c, obj| {
+                    let parsed = serde_json::to_value(obj)
+                        .and_then(serde_json::from_value::<ClusterNetworkPolicy>);
+                    let res = match parsed {
+                        Ok(cnp) => c
+                            .apply_cluster_network_policy(&cnp)
+                            .map_err(|e| e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    if let Err(err) = res {
+                        tracing::warn!("ClusterNetworkPolicy {}: {err}", name_of(&obj.metadata));
+                    }
+                },
+                |c, k| c.delete_cluster_network_policy(&k.1),
+            ),
+            Event::Starting { pod, ips, done } => {
+                self.apply_pod(&pod, Some(ips));
+                self.dirty = true;
+                return Some(done);
+            }
+        }
+        None
+    }
+
+    /// A pod into the view, with the runtime's addresses while its status has none.
+    fn apply_pod(&mut self, pod: &Pod, runtime_ips: Option<Vec<IpAddr>>) {
+        let k = key(&pod.metadata);
+        if let Some(ips) = runtime_ips {
+            self.local_ips.insert(k.clone(), ips);
+        }
+        match weft_policy::view::Pod::from_api(pod) {
+            Some(mut p) => {
+                if p.ips.is_empty() {
+                    if let Some(ips) = self.local_ips.get(&k) {
+                        p.ips = ips.clone();
+                    }
+                }
+                self.cluster.upsert_pod(p);
+            }
+            None => self.cluster.apply_pod(pod),
+        }
+    }
+
+    fn handle<K: kube::Resource>(
+        &mut self,
+        kind: Kind,
+        e: &watcher::Event<K>,
+        upsert: impl Fn(&mut Cluster, &K),
+        delete: impl Fn(&mut Cluster, &Key),
+    ) {
+        for c in self.seen.entry(kind).or_default().changes(e) {
+            match c {
+                Change::Upsert(o) => upsert(&mut self.cluster, o),
+                Change::Delete(k) => delete(&mut self.cluster, &k),
+            }
+            self.dirty = true;
+        }
+        if matches!(e, watcher::Event::InitDone) {
+            self.dirty = true;
+        }
+    }
+}
+
+fn name_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
+    match &meta.namespace {
+        Some(ns) => format!("{ns}/{}", meta.name.as_deref().unwrap_or_default()),
+        None => meta.name.clone().unwrap_or_default(),
+    }
+}
+
+/// The runtime's hook for a pod about to start: its policy is in the kernel when this
+/// returns Ok. An Err undoes the start; the pod loop tries again on its next pass.
+pub fn before_start(
+    tx: &Sender<Event>,
+    pod: &Pod,
+    ips: Vec<IpAddr>,
+) -> std::result::Result<(), crate::HookError> {
+    let (done, wait) = std::sync::mpsc::channel();
+    tx.send(Event::Starting {
+        pod: Box::new(pod.clone()),
+        ips,
+        done,
+    })
+    .map_err(|_| "the network-policy thread has stopped")?;
+    match wait.recv_timeout(Duration::from_secs(10)) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => Err("network policy did not commit within 10 s".into()),
+    }
+}
