@@ -76,6 +76,7 @@ KNOT=127.0.0.11
 UNBOUND=127.0.0.12
 UPSTREAM=127.0.0.20
 
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 echo "== generating the cluster (10k Services, 50k pods), zone files and query files"
 "$BIN" gen "$DIR" | tee "$DIR/gen.txt"
 
@@ -210,35 +211,46 @@ pct_of() { # file p
 median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 # One round: throughput (as fast as dnsperf goes with $OUTSTANDING in flight), then latency at
-# a fixed $LAT_QPS with -v. Output: <qps> <lost> <avg ms at full load> <p50> <p99> (latency run).
-round() { # tag addr file run
-  local tag=$1 addr=$2 file=$3 run=$4
+# a fixed $LAT_QPS with -v. Output: <qps> <lost> <avg ms at full load> <p50> <p99> (latency
+# run) <lost (latency run)> <server CPU use during the throughput run, cores> <answers per
+# server CPU-second>. CPU use is the server process's utime+stime (all threads) from
+# /proc/<pid>/stat over dnsperf's run time.
+ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+round() { # tag addr file run pid
+  local tag=$1 addr=$2 file=$3 run=$4 pid=$5 t0 t1
+  t0=$(ticks "$pid")
   perf "$addr" "$file" "$DIR/$tag-$run-tput.txt"
+  t1=$(ticks "$pid")
   perf "$addr" "$file" "$DIR/$tag-$run-lat.txt" -Q "$LAT_QPS" -v
-  echo "$(qps_of "$DIR/$tag-$run-tput.txt") $(lost_of "$DIR/$tag-$run-tput.txt") $(avg_of "$DIR/$tag-$run-tput.txt") $(pct_of "$DIR/$tag-$run-lat.txt" 50) $(pct_of "$DIR/$tag-$run-lat.txt" 99) $(lost_of "$DIR/$tag-$run-lat.txt")" >>"$DIR/$tag.res"
+  local f=$DIR/$tag-$run-tput.txt
+  local secs cpu
+  secs=$(awk '/Run time/ { print $4 }' "$f")
+  cpu=$(awk -v d=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" -v s="$secs" 'BEGIN { printf "%.2f", d / hz / s }')
+  echo "$(qps_of "$f") $(lost_of "$f") $(avg_of "$f") $(pct_of "$DIR/$tag-$run-lat.txt" 50) $(pct_of "$DIR/$tag-$run-lat.txt" 99) $(lost_of "$DIR/$tag-$run-lat.txt") $cpu $(awk -v q="$(qps_of "$f")" -v c="$cpu" 'BEGIN { printf "%.0f", (c > 0 ? q / c : 0) }')" >>"$DIR/$tag.res"
+  awk '/Average packet size/ { print $NF }' "$f" >"$DIR/$tag.size"
   echo "   $tag run $run: $(tail -1 "$DIR/$tag.res")"
 }
 
-series() { # tagA addrA tagB addrB file
-  local a=$1 aa=$2 b=$3 ba=$4 file=$5
+series() { # tagA addrA pidA tagB addrB pidB file
+  local a=$1 aa=$2 ap=$3 b=$4 ba=$5 bp=$6 file=$7
   # warm-up, untimed (fills forwarding caches, pages in the zone)
   nsx taskset -c $CLIENT_CPU dnsperf -s "$aa" -d "$file" -n 1 -l 10 -c "$CLIENTS" -q "$OUTSTANDING" >/dev/null 2>&1
   nsx taskset -c $CLIENT_CPU dnsperf -s "$ba" -d "$file" -n 1 -l 10 -c "$CLIENTS" -q "$OUTSTANDING" >/dev/null 2>&1
   : >"$DIR/$a.res"; : >"$DIR/$b.res"
   for run in $(seq 1 "$RUNS"); do
     if [ $((run % 2)) = 1 ]; then
-      round "$a" "$aa" "$file" "$run"; round "$b" "$ba" "$file" "$run"
+      round "$a" "$aa" "$file" "$run" "$ap"; round "$b" "$ba" "$file" "$run" "$bp"
     else
-      round "$b" "$ba" "$file" "$run"; round "$a" "$aa" "$file" "$run"
+      round "$b" "$ba" "$file" "$run" "$bp"; round "$a" "$aa" "$file" "$run" "$ap"
     fi
   done
 }
 
 echo "== cluster mix: weft vs knot, $RUNS runs x ${DUR}s each (throughput, then latency at $LAT_QPS qps)"
-echo "   columns: qps lost avg-ms(full load) p50-ms p99-ms(at $LAT_QPS qps) lost(latency run)"
-series weft "$WEFT" knot "$KNOT" "$DIR/queries-cluster.txt"
+echo "   columns: qps lost avg-ms(full load) p50-ms p99-ms(at $LAT_QPS qps) lost(latency run) server-cores answers/cpu-s"
+series weft "$WEFT" "$WEFT_PID" knot "$KNOT" "$KNOT_PID" "$DIR/queries-cluster.txt"
 echo "== forwarded mix (1000 example.org names, cache hits): weft vs unbound"
-series weft-fwd "$WEFT" unbound "$UNBOUND" "$DIR/queries-forward.txt"
+series weft-fwd "$WEFT" "$WEFT_PID" unbound "$UNBOUND" "$UNBOUND_PID" "$DIR/queries-forward.txt"
 
 rss() { awk -v k="$2:" '$1 == k { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
 WEFT_RSS=$(rss $WEFT_PID VmRSS); WEFT_HWM=$(rss $WEFT_PID VmHWM)
@@ -250,16 +262,17 @@ list() { awk -v c="$2" '{ printf "%s%s", (NR > 1 ? " / " : ""), $c }' "$DIR/$1.r
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 row() { # label tag peer-tag
   local t=$2 p=$3
-  echo "| $1 | $(col "$t" 1 | xargs printf '%.0f') | $(col "$p" 1 | xargs printf '%.0f') | **$(ratio "$(col "$t" 1)" "$(col "$p" 1)")** | $(col "$t" 4) | $(col "$p" 4) | $(col "$t" 5) | $(col "$p" 5) | $(ratio "$(col "$t" 5)" "$(col "$p" 5)") | $(col "$t" 3) | $(col "$p" 3) |"
+  echo "| $1 | $(col "$t" 1 | xargs printf '%.0f') | $(col "$p" 1 | xargs printf '%.0f') | **$(ratio "$(col "$t" 1)" "$(col "$p" 1)")** | $(col "$t" 4) | $(col "$p" 4) | $(col "$t" 5) | $(col "$p" 5) | $(ratio "$(col "$t" 5)" "$(col "$p" 5)") | $(col "$t" 3) | $(col "$p" 3) | $(col "$t" 7) | $(col "$p" 7) | $(col "$t" 8) | $(col "$p" 8) | $(ratio "$(col "$t" 8)" "$(col "$p" 8)") |"
 }
 
 {
   echo
   echo "Machine: nproc $(nproc), $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo), kernel $(uname -r); $(date -u '+%Y-%m-%d %H:%M UTC'); weft at $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+  echo "Load average (1/5/15 min) at start: $LOAD_START, at end: $(cut -d' ' -f1-3 /proc/loadavg); weft runtime workers: ${WEFT_DNS_BENCH_WORKERS:-2}"
   echo "$RUNS runs x ${DUR} s per server and kind, alternating; dnsperf -c $CLIENTS -q $OUTSTANDING on core $CLIENT_CPU, servers on core $SERVER_CPU; latency runs at -Q $LAT_QPS"
   echo
-  echo "| mix | weft QPS | peer QPS | weft/peer QPS | weft p50 | peer p50 | weft p99 | peer p99 | weft/peer p99 | weft avg at full load | peer avg at full load |"
-  echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+  echo "| mix | weft QPS | peer QPS | weft/peer QPS | weft p50 | peer p50 | weft p99 | peer p99 | weft/peer p99 | weft avg at full load | peer avg at full load | weft server cores used | peer server cores used | weft answers per CPU-s | peer answers per CPU-s | weft/peer per CPU-s |"
+  echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
   row "cluster names, peer Knot $(knotd -V | awk '{ print $NF }')" weft knot
   row "forwarded, cache hits, peer Unbound $(unbound -V | awk '/^Version/ { print $2 }')" weft-fwd unbound
   echo
@@ -267,6 +280,8 @@ row() { # label tag peer-tag
   echo
   echo "Per run (QPS): weft $(list weft 1); knot $(list knot 1); weft forwarded $(list weft-fwd 1); unbound $(list unbound 1)"
   echo "Per run (p99 ms): weft $(list weft 5); knot $(list knot 5); weft forwarded $(list weft-fwd 5); unbound $(list unbound 5)"
+  echo "Per run (answers per server CPU-second): weft $(list weft 8); knot $(list knot 8); weft forwarded $(list weft-fwd 8); unbound $(list unbound 8)"
+  echo "Mean response size over the mix (dnsperf, bytes): weft $(cat "$DIR/weft.size"), knot $(cat "$DIR/knot.size"); forwarded: weft $(cat "$DIR/weft-fwd.size"), unbound $(cat "$DIR/unbound.size")"
   echo "Queries lost (throughput runs): weft $(list weft 2); knot $(list knot 2); weft forwarded $(list weft-fwd 2); unbound $(list unbound 2)"
   echo
   echo "| server | RSS after the runs (MiB) | peak RSS (MiB) |"
