@@ -392,3 +392,116 @@ fn kubectl_describe_tells_the_story_with_events() {
     assert!(events.contains("pod/story"), "{events}");
     assert!(events.contains("RegisteredNode"), "{events}");
 }
+
+/// A free port on the machine's loopback for kubectl to listen on.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `kubectl port-forward TARGET LOCAL:REMOTE` until it says it forwards; the child.
+fn port_forward(lab: &Lab, target: &str, remote: u16) -> (std::process::Child, u16) {
+    let local = free_port();
+    let mut child = kubectl(lab, &["port-forward", target, &format!("{local}:{remote}")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().and_then(Result::ok).unwrap_or_default();
+    assert!(
+        first.starts_with("Forwarding from"),
+        "port-forward {target}: {first:?}"
+    );
+    std::thread::spawn(move || for _ in lines {});
+    (child, local)
+}
+
+#[test]
+fn kubectl_port_forward_pod_and_service() {
+    if !kubectl_available() {
+        eprintln!("skipped: no kubectl");
+        return;
+    }
+    let lab = Lab::up(2, "vxlan");
+    lab.apply(&echo_pod("echo", "node-2"));
+    lab.apply(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: web, labels: {app: web}}\nspec:\n  nodeName: node-1\n  containers:\n  - name: app\n    image: weft/serve\n    ports: [{containerPort: 8000, name: http}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  selector: {app: web}\n  ports: [{port: 80, targetPort: 8000}]\n",
+    );
+    lab.wait_running(&["echo", "web"], POD_WAIT);
+
+    // pod/NAME: several connections at once, each echoed by the pod, which sees them
+    // come from its own loopback.
+    let (mut pf, local) = port_forward(&lab, "pod/echo", 8080);
+    let weft = lab_support::weft();
+    let probes: Vec<std::process::Child> = (0..6)
+        .map(|_| {
+            Command::new(weft)
+                .args(["probe", "tcp", &format!("127.0.0.1:{local}")])
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for p in probes {
+        let o = p.wait_with_output().unwrap();
+        let line = stdout(&o);
+        assert!(o.status.success(), "{line}");
+        assert_eq!(field(&line, "server"), Some("echo"), "{line}");
+        assert_eq!(field(&line, "pod"), Some("default/echo"), "{line}");
+    }
+    // A bigger exchange, both ways, through one connection.
+    {
+        use std::io::Read;
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", local)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let line = format!("{}\n", "x".repeat(200_000));
+        c.write_all(line.as_bytes()).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 65536];
+        while !got.ends_with(b"\n") {
+            let n = c.read(&mut buf).unwrap();
+            assert!(n > 0, "closed after {} bytes", got.len());
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert!(got.len() >= 200_000, "{}", got.len());
+    }
+    let _ = pf.kill();
+    let _ = pf.wait();
+
+    // svc/NAME: kubectl picks a pod behind the Service and its target port; HTTP through.
+    let (mut pf, local) = port_forward(&lab, "svc/web", 80);
+    let o = Command::new(weft)
+        .args([
+            "probe",
+            "http",
+            &format!("http://127.0.0.1:{local}/through"),
+        ])
+        .output()
+        .unwrap();
+    let line = stdout(&o);
+    assert!(o.status.success(), "{line}");
+    assert_eq!(field(&line, "status"), Some("200"), "{line}");
+    assert_eq!(field(&line, "path"), Some("/through"), "{line}");
+    let _ = pf.kill();
+    let _ = pf.wait();
+
+    // A port nothing listens on: kubectl reports the pod's refusal.
+    let (pf, local) = port_forward(&lab, "pod/echo", 9999);
+    let _ = std::net::TcpStream::connect(("127.0.0.1", local));
+    let o = {
+        let mut pf = pf;
+        std::thread::sleep(Duration::from_secs(2));
+        let _ = pf.kill();
+        pf.wait_with_output().unwrap()
+    };
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("error forwarding port 9999 to pod default/echo") && err.contains("refused"),
+        "{err}"
+    );
+}

@@ -14,6 +14,8 @@
 
 pub mod exec;
 pub mod logs;
+pub mod portforward;
+pub mod spdy;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -134,6 +136,7 @@ fn router(shared: Arc<Shared>) -> Router {
             "/containerLogs/{namespace}/{pod}/{container}",
             get(logs::handle),
         )
+        .route("/portForward/{namespace}/{pod}", get(portforward::handle))
         .layer(middleware::from_fn_with_state(shared.clone(), authenticate))
         .with_state(shared)
 }

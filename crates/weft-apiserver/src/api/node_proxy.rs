@@ -59,6 +59,8 @@ fn resolve(
         .filter_map(|c| c["name"].as_str())
         .collect();
     let container = match query_get(uri, "container").filter(|c| !c.is_empty()) {
+        // Ports belong to the pod, not to one of its containers.
+        _ if sub == "portforward" => String::new(),
         Some(c) if containers.contains(&c.as_str()) => c,
         Some(c) => {
             return Err(ApiError::bad_request(format!(
@@ -118,9 +120,10 @@ fn resolve(
     let path = match sub {
         "exec" => format!("/exec/{ns}/{name}/{container}{query}"),
         "log" => format!("/containerLogs/{ns}/{name}/{container}{query}"),
+        "portforward" => format!("/portForward/{ns}/{name}{query}"),
         other => {
             return Err(ApiError::bad_request(format!(
-                "pods/{other} is not supported by weft's node agent (exec and log are)"
+                "pods/{other} is not supported by weft's node agent (exec, log and portforward are)"
             )))
         }
     };
