@@ -71,8 +71,9 @@ async fn cluster(client: kube::Client) -> Result<Cluster> {
     Ok(c)
 }
 
-/// Prints the decision; exit 0 when allowed, 1 when denied.
-pub fn check_cmd(lab: &str, src: &str, dst: &str, port: &str) -> Result<u8> {
+/// The decision for one connection in a lab, as `SRC -> DST PORT/PROTO: ALLOWED ...`
+/// lines, and whether it is allowed.
+pub fn explain(lab: &str, src: &str, dst: &str, port: &str) -> Result<(bool, String)> {
     weft_lab::load(lab)?;
     let (port, proto) = port_proto(port)?;
     let (src, dst) = (endpoint(src), endpoint(dst));
@@ -87,6 +88,12 @@ pub fn check_cmd(lab: &str, src: &str, dst: &str, port: &str) -> Result<u8> {
         Ok(d) => d,
         Err(e) => bail!("{e}"),
     };
-    println!("{src} -> {dst} {port}/{proto}: {d}");
-    Ok(if d.allowed { 0 } else { 1 })
+    Ok((d.allowed, format!("{src} -> {dst} {port}/{proto}: {d}")))
+}
+
+/// Prints the decision; exit 0 when allowed, 1 when denied.
+pub fn check_cmd(lab: &str, src: &str, dst: &str, port: &str) -> Result<u8> {
+    let (allowed, text) = explain(lab, src, dst, port)?;
+    println!("{text}");
+    Ok(if allowed { 0 } else { 1 })
 }

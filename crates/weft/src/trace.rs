@@ -68,15 +68,15 @@ impl Cluster {
     }
 }
 
-/// What `node`'s weft-proxy table does with `packet`, printed; the addresses it may land
-/// on, or `None` when it stops there (refused or dropped).
+/// What `node`'s weft-proxy table does with `packet`, printed; the addresses and ports it
+/// may land on, or `None` when it stops there (refused or dropped).
 fn on_node(
     state: &weft_lab::LabState,
     cluster: &Cluster,
     node: &weft_lab::topology::Host,
     mut packet: Packet,
     label: &str,
-) -> Result<Option<Vec<Ipv4Addr>>> {
+) -> Result<Option<Vec<(Ipv4Addr, u16)>>> {
     let name = &node.name;
     let ns = Netns::from_name(&node.netns)?;
     let mut h = Handle::in_netns(&ns)?;
@@ -93,7 +93,7 @@ fn on_node(
         match decide(&sets, Some(state.spec.cluster_cidr), &packet) {
             Decision::NotAService => {
                 println!("{label} on {name}: weft-proxy: not a Service address and port; routed as it is");
-                Some(vec![packet.dst])
+                Some(vec![(packet.dst, packet.dport)])
             }
             Decision::Rejected(why) => {
                 println!("{label} on {name}: weft-proxy REJECTS it (the client sees 'connection refused'): {why}");
@@ -123,7 +123,7 @@ fn on_node(
                     Some(why) => println!("      source rewritten to the node's address: {why}"),
                     None => println!("      source kept: the endpoint sees {}", packet.src),
                 }
-                Some(endpoints.iter().map(|(ip, _)| *ip).collect())
+                Some(endpoints.clone())
             }
         },
     )
@@ -204,7 +204,8 @@ pub fn run(lab: &str, namespace: &str, pod: &str, target: &str, udp: bool) -> Re
     let node_ns = Netns::from_name(&host.netns)?;
     let mut nh = Handle::in_netns(&node_ns)?;
     // 3. From the node to wherever the packet lands.
-    for ip in landing {
+    let mut pods_reached = Vec::new();
+    for (ip, port) in landing {
         if let Some(next) = state
             .topology
             .nodes
@@ -244,6 +245,23 @@ pub fn run(lab: &str, namespace: &str, pod: &str, target: &str, udp: bool) -> Re
             }
         };
         println!("[3] {node_name} -> {ip}: {place}");
+        if cluster.pod_at(ip).is_some() {
+            pods_reached.push((ip, port));
+        }
+    }
+    // 4. NetworkPolicy on both sides, from the same model every node's table is built from.
+    for (ip, port) in pods_reached {
+        let (_, why) = crate::policy::explain(
+            lab,
+            &format!("{namespace}/{pod}"),
+            &ip.to_string(),
+            &format!("{port}/{proto_name}"),
+        )?;
+        let mut lines = why.lines();
+        println!("[policy] {}", lines.next().unwrap_or_default());
+        for l in lines {
+            println!("      {}", l.trim());
+        }
     }
     Ok(())
 }

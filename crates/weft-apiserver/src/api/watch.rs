@@ -38,7 +38,8 @@ impl Scope {
     /// How a store event looks through this watch's selectors (a MODIFIED event that
     /// moves an object into or out of the selection becomes ADDED or DELETED).
     fn translate<'a>(&self, ev: &'a Event) -> Option<(EventType, &'a Value)> {
-        if !std::ptr::eq(ev.res, self.res) && ev.res != self.res {
+        // Every served version of a kind sees its events (they share one storage slot).
+        if ev.res.group != self.res.group || ev.res.plural != self.res.plural {
             return None;
         }
         let now = self.matches(&ev.object);
