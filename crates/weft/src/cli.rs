@@ -123,13 +123,18 @@ pub enum LabCommand {
         #[arg(short = 'o')]
         output: Option<String>,
     },
-    /// Run a command in a pod's namespaces
+    /// Run a command in a pod's namespaces, or on one of the lab's hosts (--host)
     Exec {
         #[command(flatten)]
         lab: LabName,
         #[arg(short = 'n')]
         namespace: Option<String>,
-        pod: String,
+        #[arg(required_unless_present = "host")]
+        pod: Option<String>,
+        /// Run on a host instead: external, node-K or control-plane (its network
+        /// namespace; the file system is the machine's)
+        #[arg(long, conflicts_with_all = ["pod", "namespace"])]
+        host: Option<String>,
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
     },

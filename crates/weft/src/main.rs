@@ -124,13 +124,18 @@ fn run_lab(cmd: LabCommand) -> anyhow::Result<u8> {
             lab,
             namespace,
             pod,
+            host,
             cmd,
-        } => exec::run(
-            &lab.name,
-            namespace.as_deref().unwrap_or("default"),
-            &pod,
-            &cmd,
-        ),
+        } => match (host, pod) {
+            (Some(host), _) => exec::run_host(&lab.name, &host, &cmd),
+            (None, Some(pod)) => exec::run(
+                &lab.name,
+                namespace.as_deref().unwrap_or("default"),
+                &pod,
+                &cmd,
+            ),
+            (None, None) => anyhow::bail!("lab exec needs a POD or --host HOST"),
+        },
         LabCommand::Policy(cli::PolicyCommand::Check {
             lab,
             src,

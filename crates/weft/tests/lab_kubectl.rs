@@ -162,6 +162,33 @@ fn kubectl_exec_through_the_node_api() {
     assert!(!o.status.success());
     assert!(text(&o).contains("completed pod"), "{}", text(&o));
 
+    // `weft lab exec --host`: the lab's hosts, by name.
+    let o = lab.lab(
+        "exec",
+        &[
+            "--host",
+            "external",
+            "--",
+            "weft",
+            "probe",
+            "tcp",
+            "192.168.1.1:6443",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("local=192.168.1.254:"), "{}", text(&o));
+    for (host, addr) in [
+        ("node-2", "192.168.1.3/24"),
+        ("control-plane", "192.168.1.1/24"),
+    ] {
+        let o = lab.lab("exec", &["--host", host, "--", "ip", "-4", "-o", "addr"]);
+        assert!(text(&o).contains(addr), "{host}: {}", text(&o));
+    }
+    let o = lab.lab("exec", &["--host", "node-1", "--", "sh", "-c", "exit 7"]);
+    assert_eq!(o.status.code(), Some(7), "{}", text(&o));
+    let o = lab.lab("exec", &["--host", "node-9", "--", "true"]);
+    assert!(text(&o).contains("has no host \"node-9\""), "{}", text(&o));
+
     // The node API answers nobody without the token, from anywhere on the underlay.
     let root = format!("weft-{}", lab.name);
     for (auth, what) in [

@@ -1,10 +1,12 @@
 //! The node API: what a kubelet serves on port 10250 for the pods of its node, and what
-//! the API server forwards `kubectl exec` and `kubectl logs` to.
+//! the API server forwards `kubectl exec`, `logs` and `port-forward` to.
 //!
 //! - `GET /exec/{namespace}/{pod}/{container}?command=...&stdin=&stdout=&stderr=&tty=`,
 //!   a WebSocket speaking `v5.channel.k8s.io` (see [`exec`]);
 //! - `GET /containerLogs/{namespace}/{pod}/{container}?follow=&tailLines=&sinceSeconds=&
-//!   sinceTime=&timestamps=&previous=&limitBytes=` (see [`logs`]).
+//!   sinceTime=&timestamps=&previous=&limitBytes=` (see [`logs`]);
+//! - `GET /portForward/{namespace}/{pod}`, a WebSocket speaking
+//!   `SPDY/3.1+portforward.k8s.io` (see [`portforward`]).
 //!
 //! HTTPS with a serving certificate generated at each start and kept in memory only (its
 //! private key is never written); the agent publishes the certificate on its Node
