@@ -148,3 +148,70 @@ pub fn main(args: &[String]) -> u8 {
     let _ = t.join();
     0
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_through(input: &[u8], max: u64, dir: &Path) -> PathBuf {
+        let path = dir.join("c.log");
+        let out = Arc::new(Mutex::new(Out {
+            path: path.clone(),
+            file: open(&path).unwrap(),
+            size: 0,
+            max,
+        }));
+        let (r, mut w) = std::io::pipe().unwrap();
+        w.write_all(input).unwrap();
+        drop(w);
+        copy(File::from(std::os::fd::OwnedFd::from(r)), "stdout", out);
+        path
+    }
+
+    #[test]
+    fn lines_pieces_and_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let long = "y".repeat(MAX_LINE + 10);
+        let input = format!("one\n\n{long}\nend without newline");
+        let path = write_through(input.as_bytes(), 1 << 20, dir.path());
+        let text = std::fs::read_to_string(&path).unwrap();
+        let rows: Vec<Vec<&str>> = text.lines().map(|l| l.splitn(4, ' ').collect()).collect();
+        let tags: Vec<(&str, &str)> = rows.iter().map(|r| (r[1], r[2])).collect();
+        assert_eq!(
+            tags,
+            [
+                ("stdout", "F"),
+                ("stdout", "F"),
+                ("stdout", "P"),
+                ("stdout", "F"),
+                ("stdout", "P")
+            ]
+        );
+        assert_eq!(rows[0][3], "one");
+        assert_eq!(rows[1].get(3).copied().unwrap_or(""), "");
+        assert_eq!(rows[2][3].len() + rows[3][3].len(), long.len());
+        assert_eq!(rows[4][3], "end without newline");
+        assert!(
+            rows[0][0].ends_with('Z') && rows[0][0].len() == 30,
+            "{}",
+            rows[0][0]
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+
+        // Past the limit the file moves to .1 and a new one begins.
+        let dir = tempfile::tempdir().unwrap();
+        let many: String = (0..200).map(|i| format!("line {i}\n")).collect();
+        let path = write_through(many.as_bytes(), 2048, dir.path());
+        let old = std::fs::read_to_string(rotated(&path)).unwrap();
+        let new = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            old.len() >= 2048 && new.len() < 2048 + 64,
+            "{} {}",
+            old.len(),
+            new.len()
+        );
+        assert!(new.ends_with("stdout F line 199\n"), "{new}");
+    }
+}
