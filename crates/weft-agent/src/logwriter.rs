@@ -161,10 +161,11 @@ mod tests {
             size: 0,
             max,
         }));
-        let (r, mut w) = std::io::pipe().unwrap();
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let mut w = File::from(w);
         w.write_all(input).unwrap();
         drop(w);
-        copy(File::from(std::os::fd::OwnedFd::from(r)), "stdout", out);
+        copy(File::from(r), "stdout", out);
         path
     }
 
