@@ -396,3 +396,116 @@ fn every_truth_table_case_holds_for_real_packets() {
     println!("{} cases, {cells} cells probed", files.len());
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
+
+/// A probe from the lab's external host.
+fn from_external(lab: &Lab, target: &str) -> (bool, String) {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &format!("weft-{}-external", lab.name)])
+        .args([weft(), "probe", "tcp", target, "--timeout-ms", "1000"])
+        .output()
+        .expect("spawn probe");
+    (out.status.success(), text(&out))
+}
+
+/// Polls `probe` until it gives `want` (policy reaches the nodes within a second).
+fn settles(want: bool, mut probe: impl FnMut() -> (bool, String)) -> (bool, String) {
+    let mut last = (false, String::new());
+    for _ in 0..20 {
+        last = probe();
+        if last.0 == want {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    last
+}
+
+/// Policy applies to the connection as the endpoint receives it: through a cluster IP
+/// (after DNAT, from the client pod's own address) and through a node port with
+/// externalTrafficPolicy Local (from the outside client's address).
+#[test]
+fn services_are_allowed_or_refused_as_the_endpoint_policy_says() {
+    let lab = Lab::up(2, "host-gw");
+    lab.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: web, labels: {app: web}}
+spec:
+  nodeName: node-2
+  containers:
+  - {name: app, image: weft/serve, ports: [{containerPort: 8080}], readinessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: frontend, labels: {app: frontend}}
+spec:
+  nodeName: node-1
+  containers: [{name: app, image: weft/serve, ports: [{containerPort: 8080}]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: other, labels: {app: other}}
+spec:
+  nodeName: node-1
+  containers: [{name: app, image: weft/serve, ports: [{containerPort: 8080}]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  type: NodePort
+  externalTrafficPolicy: Local
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 8080, nodePort: 30080}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-from-frontend}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress: [{from: [{podSelector: {matchLabels: {app: frontend}}}], ports: [{port: 8080}]}]
+"#,
+    );
+    lab.wait_running(&["web", "frontend", "other"], Duration::from_secs(60));
+    let out = lab.kubectl(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"]);
+    let vip = format!("{}:80", String::from_utf8_lossy(&out.stdout).trim());
+    let node_port = "192.168.1.3:30080"; // node-2, where the endpoint runs
+
+    let probe = |pod: &str| {
+        let (ok, line) = lab.exec_weft(pod, &["probe", "tcp", &vip, "--timeout-ms", "1000"]);
+        (ok, line)
+    };
+    let (ok, line) = settles(true, || probe("frontend"));
+    assert!(ok, "frontend through the cluster IP: {line}");
+    let (ok, line) = settles(false, || probe("other"));
+    assert!(!ok, "other through the cluster IP must be refused: {line}");
+    let (ok, line) = settles(false, || from_external(&lab, node_port));
+    assert!(
+        !ok,
+        "the outside through the node port must be refused: {line}"
+    );
+
+    // Admitting the outside client's address opens the node port to it, and only that.
+    lab.apply(
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-from-outside}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress: [{from: [{ipBlock: {cidr: 192.168.1.254/32}}]}]
+"#,
+    );
+    let (ok, line) = settles(true, || from_external(&lab, node_port));
+    assert!(
+        ok,
+        "the admitted outside client through the node port: {line}"
+    );
+    assert!(
+        line.contains("client=192.168.1.254"),
+        "Local keeps the client's address, which the policy saw: {line}"
+    );
+    let (ok, line) = settles(false, || probe("other"));
+    assert!(!ok, "other is still refused: {line}");
+}
