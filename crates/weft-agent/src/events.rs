@@ -48,3 +48,22 @@ pub(crate) fn normal(plan: &PodPlan, reason: &'static str, message: String) {
 pub(crate) fn warning(plan: &PodPlan, reason: &'static str, message: String) {
     emit(plan, "Warning", reason, message)
 }
+
+/// A report about a pod the runtime could not even plan (its spec is refused).
+pub(crate) fn warning_for(
+    pod: &k8s_openapi::api::core::v1::Pod,
+    reason: &'static str,
+    message: String,
+) {
+    if let Some(tx) = SINK.get() {
+        let m = &pod.metadata;
+        let _ = tx.send(PodEvent {
+            uid: m.uid.clone().unwrap_or_default(),
+            namespace: m.namespace.clone().unwrap_or_else(|| "default".into()),
+            name: m.name.clone().unwrap_or_default(),
+            type_: "Warning",
+            reason,
+            message,
+        });
+    }
+}

@@ -179,7 +179,9 @@ impl Runtime {
         pod: &Pod,
         before_containers: impl FnOnce(&PodRuntimeStatus) -> std::result::Result<(), HookError>,
     ) -> Result<PodRuntimeStatus> {
-        let plan = spec::plan(pod)?;
+        let plan = spec::plan(pod).inspect_err(|e| {
+            crate::events::warning_for(pod, "FailedCreatePodSandBox", e.to_string())
+        })?;
         if self.pods.contains_key(&plan.uid) {
             return self.status(&plan.uid).ok_or(Error::UnknownPod(plan.uid));
         }

@@ -347,9 +347,15 @@ fn kubectl_logs_tail_follow_timestamps_previous() {
     let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "{}", f.display());
     let body = std::fs::read_to_string(&f).unwrap();
-    let first = body.lines().next().unwrap();
-    let parts: Vec<&str> = first.splitn(4, ' ').collect();
-    assert_eq!(&parts[1..], ["stdout", "F", "line 1"], "{first}");
+    // Each stream in its order (the two streams' lines may interleave either way).
+    for (stream, text) in [("stdout", "line 1"), ("stderr", "err 1")] {
+        let first = body
+            .lines()
+            .find(|l| l.split(' ').nth(1) == Some(stream))
+            .unwrap();
+        let parts: Vec<&str> = first.splitn(4, ' ').collect();
+        assert_eq!(&parts[1..], [stream, "F", text], "{first}");
+    }
 }
 
 #[test]
@@ -395,6 +401,20 @@ fn kubectl_describe_tells_the_story_with_events() {
     );
     let svc = describe(&["svc", "story"], &["IPAllocated"]);
     assert!(svc.contains("Assigned IP [\"192.168.2."), "{svc}");
+
+    // A pod its node refuses: the reason in its events, and exec says it does not run.
+    lab.apply(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: refused}\nspec:\n  nodeName: node-1\n  hostNetwork: true\n  containers:\n  - {name: c, image: sh, command: [sleep, '100']}\n",
+    );
+    let refused = describe(&["pod", "refused"], &["FailedCreatePodSandBox"]);
+    assert!(refused.contains("spec.hostNetwork"), "{refused}");
+    let o = run(kubectl(&lab, &["exec", "refused", "--", "true"]));
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("pod default/refused is not running on this node"),
+        "{}",
+        text(&o)
+    );
 
     // Repeats are counted, not multiplied.
     let o = run(kubectl(&lab, &["get", "events", "-o", "json"]));

@@ -27,7 +27,7 @@ use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{any, get};
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
@@ -133,12 +133,12 @@ fn cert_err(e: rcgen::Error) -> Error {
 fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .route("/exec/{namespace}/{pod}/{container}", get(exec::handle))
+        .route("/exec/{namespace}/{pod}/{container}", any(exec::handle))
         .route(
             "/containerLogs/{namespace}/{pod}/{container}",
             get(logs::handle),
         )
-        .route("/portForward/{namespace}/{pod}", get(portforward::handle))
+        .route("/portForward/{namespace}/{pod}", any(portforward::handle))
         .layer(middleware::from_fn_with_state(shared.clone(), authenticate))
         .with_state(shared)
 }
