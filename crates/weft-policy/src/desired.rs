@@ -36,15 +36,18 @@
 //! Both families live in the one `inet` table: IPv4 and IPv6 addresses are separate maps
 //! (a key's fields have fixed types), read by rules that load only their family.
 
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
 use weft_nft::{
     BaseChain, Chain, ChainType, CtStates, DataType, Elem, Family, Hook, Key, KeyType, Policy,
     Rule, Ruleset, Selector, Set, SetRef, Stmt, Table, Value, Verdict,
 };
 
 use crate::cells::{AddrFamily, AddrRange, Cells, PortRange, OTHER_PROTOCOLS, PORT_PROTOCOLS};
-use crate::matcher::{decide, Applicable};
-use crate::model::{Direction, Protocol, Tier};
-use crate::view::{Cluster, Pod};
+use crate::matcher::{decide, rule_peers_match, selects, Applicable, Remote};
+use crate::model::{Direction, Policy as NetPolicy, PolicyId, Protocol, Tier};
+use crate::view::{Cluster, ContainerPort, Namespace, Node, Pod};
 
 pub const TABLE: &str = "weft-policy";
 pub const FAMILY: Family = Family::Inet;
@@ -124,6 +127,7 @@ pub fn desired(cluster: &Cluster, ctx: &NodeContext) -> Ruleset {
         Stmt::Verdict(Verdict::Accept),
     ]));
     let cells = Cells::new(cluster);
+    let mut maps: BTreeMap<String, Set> = BTreeMap::new();
     for fam in AddrFamily::ALL {
         for dir in DIRECTIONS {
             forward.rules.push(Rule::new(vec![Stmt::Vmap {
@@ -132,11 +136,17 @@ pub fn desired(cluster: &Cluster, ctx: &NodeContext) -> Ruleset {
             }]));
             let mut map = Set::map(map_name(dir, fam), key_types(fam), DataType::Verdict);
             map.flags.interval = true;
-            for pod in local_pods(cluster, &ctx.node_name) {
-                add_pod(&mut map, cluster, &cells, dir, fam, pod);
-            }
-            t.add_set(map);
+            maps.insert(map_name(dir, fam), map);
         }
+    }
+    for pod in local_pods(cluster, &ctx.node_name) {
+        for (name, elems) in pod_elements(cluster, &cells, pod) {
+            let map = maps.get_mut(&name).expect("every map is declared");
+            map.elements.extend(elems);
+        }
+    }
+    for map in maps.into_values() {
+        t.add_set(map);
     }
     for dir in DIRECTIONS {
         for tier in TIERS {
@@ -157,6 +167,142 @@ pub fn desired(cluster: &Cluster, ctx: &NodeContext) -> Ruleset {
     rs
 }
 
+/// [`desired`] for a caller that compiles again after every batch of changes (the agent):
+/// it keeps each local pod's elements and, when only policies changed since the last
+/// call, recomputes only the pods a changed policy selects (before or after the change),
+/// editing the previous table in place. Any change to pods, namespaces, nodes or the
+/// context recomputes everything. The result always equals [`desired`]'s (tests compare
+/// them after every step of the truth-table cases).
+#[derive(Debug, Default)]
+pub struct Incremental {
+    last: Option<Last>,
+    /// Local pods compiled by the last call (for figures and tests).
+    pub recompiled: usize,
+}
+
+#[derive(Debug)]
+struct Last {
+    ctx: NodeContext,
+    namespaces: BTreeMap<String, Namespace>,
+    pods: BTreeMap<(String, String), Pod>,
+    nodes: BTreeMap<String, Node>,
+    policies: BTreeMap<PolicyId, NetPolicy>,
+    /// Per local pod, the elements it put in each map.
+    elements: BTreeMap<(String, String), Vec<(String, Vec<(Key, Elem)>)>>,
+    ruleset: Ruleset,
+}
+
+impl Incremental {
+    pub fn desired(&mut self, cluster: &Cluster, ctx: &NodeContext) -> Ruleset {
+        let reuse = self.last.as_ref().is_some_and(|l| {
+            l.ctx == *ctx
+                && l.pods == cluster.pods
+                && l.namespaces == cluster.namespaces
+                && l.nodes == cluster.nodes
+        });
+        if !reuse {
+            return self.full(cluster, ctx);
+        }
+        let last = self.last.as_mut().expect("checked");
+        // The policies that differ, in their old and new versions.
+        let mut changed: Vec<PolicyId> = Vec::new();
+        let ids: BTreeSet<&PolicyId> = last
+            .policies
+            .keys()
+            .chain(cluster.policies.keys())
+            .collect();
+        for id in ids {
+            if last.policies.get(id) != cluster.policies.get(id) {
+                changed.push(id.clone());
+            }
+        }
+        self.recompiled = 0;
+        if changed.is_empty() {
+            return last.ruleset.clone();
+        }
+        let versions: Vec<&NetPolicy> = changed
+            .iter()
+            .flat_map(|id| [last.policies.get(id), cluster.policies.get(id)])
+            .flatten()
+            .collect();
+        let touched: Vec<&Pod> = local_pods(cluster, &ctx.node_name)
+            .filter(|pod| {
+                versions.iter().any(|p| {
+                    (p.ingress.is_some() || p.egress.is_some()) && selects(cluster, &p.subject, pod)
+                })
+            })
+            .collect();
+        if !touched.is_empty() {
+            let cells = Cells::new(cluster);
+            let table = last
+                .ruleset
+                .tables
+                .get_mut(&(FAMILY, TABLE.to_owned()))
+                .expect("the table");
+            for pod in touched {
+                let k = (pod.namespace.clone(), pod.name.clone());
+                for (name, elems) in last.elements.remove(&k).unwrap_or_default() {
+                    if let Some(set) = table.sets.get_mut(&name) {
+                        let set = Arc::make_mut(set);
+                        for (key, _) in elems {
+                            set.elements.remove(&key);
+                        }
+                    }
+                }
+                let new = pod_elements(cluster, &cells, pod);
+                for (name, elems) in &new {
+                    if let Some(set) = table.sets.get_mut(name) {
+                        Arc::make_mut(set).elements.extend(elems.iter().cloned());
+                    }
+                }
+                last.elements.insert(k, new);
+                self.recompiled += 1;
+            }
+        }
+        for id in changed {
+            match cluster.policies.get(&id) {
+                Some(p) => last.policies.insert(id, p.clone()),
+                None => last.policies.remove(&id),
+            };
+        }
+        last.ruleset.clone()
+    }
+
+    fn full(&mut self, cluster: &Cluster, ctx: &NodeContext) -> Ruleset {
+        self.last = None;
+        let ruleset = desired(cluster, ctx);
+        self.recompiled = local_pods(cluster, &ctx.node_name).count();
+        // Per-pod elements can be taken back out of the maps only when no two local pods
+        // share an address (their keys would collide); otherwise every call is a full one.
+        let mut seen = BTreeSet::new();
+        if !local_pods(cluster, &ctx.node_name)
+            .flat_map(|p| p.ips.iter())
+            .all(|ip| seen.insert(*ip))
+        {
+            return ruleset;
+        }
+        let cells = Cells::new(cluster);
+        let elements = local_pods(cluster, &ctx.node_name)
+            .map(|p| {
+                (
+                    (p.namespace.clone(), p.name.clone()),
+                    pod_elements(cluster, &cells, p),
+                )
+            })
+            .collect();
+        self.last = Some(Last {
+            ctx: ctx.clone(),
+            namespaces: cluster.namespaces.clone(),
+            pods: cluster.pods.clone(),
+            nodes: cluster.nodes.clone(),
+            policies: cluster.policies.clone(),
+            elements,
+            ruleset: ruleset.clone(),
+        });
+        ruleset
+    }
+}
+
 /// This node's pods with their own network namespace.
 pub fn local_pods<'a>(cluster: &'a Cluster, node: &'a str) -> impl Iterator<Item = &'a Pod> {
     cluster
@@ -168,15 +314,41 @@ pub fn local_pods<'a>(cluster: &'a Cluster, node: &'a str) -> impl Iterator<Item
 /// One region of protocols and ports: `(protocols, ports)`, both inclusive.
 type Service = ((u8, u8), PortRange);
 
+/// One pod's elements: per map name, the denied regions of each direction and family.
+fn pod_elements(cluster: &Cluster, cells: &Cells, pod: &Pod) -> Vec<(String, Vec<(Key, Elem)>)> {
+    let mut out = Vec::new();
+    for fam in AddrFamily::ALL {
+        for dir in DIRECTIONS {
+            let elems = pod_map_elements(cluster, cells, dir, fam, pod);
+            if !elems.is_empty() {
+                out.push((map_name(dir, fam), elems));
+            }
+        }
+    }
+    out
+}
+
+/// Everything [`decide`] reads of the other end, for one pod and direction: whether it is
+/// the pod itself or the pod's node, whether each applicable rule's peers hold it, and
+/// (egress) its named ports. Peers of one kind get the same answers on every port, so
+/// the matcher is asked once per kind rather than once per peer region.
+#[derive(PartialEq, Eq, Hash)]
+struct PeerKind<'a> {
+    loopback: bool,
+    own_node: bool,
+    rules: Vec<bool>,
+    ports: Option<&'a [ContainerPort]>,
+}
+
 /// The denied regions for one pod and direction, merged.
-fn add_pod(
-    map: &mut Set,
+fn pod_map_elements(
     cluster: &Cluster,
     cells: &Cells,
     dir: Direction,
     fam: AddrFamily,
     pod: &Pod,
-) {
+) -> Vec<(Key, Elem)> {
+    let mut out = Vec::new();
     let addrs: Vec<u128> = pod
         .ips
         .iter()
@@ -185,43 +357,42 @@ fn add_pod(
         .map(|(_, a)| a)
         .collect();
     if addrs.is_empty() {
-        return;
+        return out;
     }
     let a = Applicable::new(cluster, dir, pod);
     if a.is_empty() {
-        return;
+        return out;
     }
+    let rules: Vec<&crate::model::Rule> = a
+        .all()
+        .flat_map(|p| p.rules(dir).unwrap_or_default())
+        .collect();
+    let mut memo: HashMap<PeerKind, Vec<(Service, Tier)>> = HashMap::new();
     // Per peer region: the denied (service region, tier) list, merged along ports.
     let mut rows: Vec<(AddrRange, Vec<(Service, Tier)>)> = Vec::new();
     for (range, remote) in &cells.peers[&fam] {
-        let mut row: Vec<(Service, Tier)> = Vec::new();
-        for proto in PORT_PROTOCOLS {
-            let n = proto.number();
-            for &(lo, hi) in &cells.ports[&proto] {
-                let v = decide(cluster, &a, *remote, lo, proto);
-                if let Some(tier) = v.denying_tier() {
-                    match row.last_mut() {
-                        Some((((p, _), (_, end)), t))
-                            if *p == n && *t == tier && end.checked_add(1) == Some(lo) =>
-                        {
-                            *end = hi
-                        }
-                        _ => row.push((((n, n), (lo, hi)), tier)),
-                    }
-                }
-            }
-        }
-        if let Some(tier) = decide(cluster, &a, *remote, 0, Protocol::Other(1)).denying_tier() {
-            for p in OTHER_PROTOCOLS {
-                row.push(((p, (0, u16::MAX)), tier));
-            }
-        }
-        let row = merge_protocols(row);
+        let kind = PeerKind {
+            loopback: remote.pod.is_some_and(|r| std::ptr::eq(r, pod)),
+            own_node: remote
+                .node
+                .is_some_and(|n| pod.node.as_deref() == Some(n.name.as_str())),
+            rules: rules
+                .iter()
+                .map(|r| rule_peers_match(cluster, dir, pod, *remote, r))
+                .collect(),
+            ports: match dir {
+                Direction::Egress => remote.pod.map(|p| p.ports.as_slice()),
+                Direction::Ingress => None,
+            },
+        };
+        let row = memo
+            .entry(kind)
+            .or_insert_with(|| peer_row(cluster, cells, &a, *remote));
         match rows.last_mut() {
-            Some(((_, end), prev)) if *prev == row && end.checked_add(1) == Some(range.0) => {
+            Some(((_, end), prev)) if prev == row && end.checked_add(1) == Some(range.0) => {
                 *end = range.1
             }
-            _ => rows.push((*range, row)),
+            _ => rows.push((*range, row.clone())),
         }
     }
     for addr in addrs {
@@ -240,17 +411,50 @@ fn add_pod(
                     Value::Port(*hi),
                 ];
                 let goto = Verdict::Goto(deny_chain(dir, *tier));
-                map.elements.insert(
+                out.push((
                     Key(start),
                     Elem {
                         end: Some(Key(end)),
                         data: Some(weft_nft::ElemData::Verdict(goto)),
                         timeout: None,
                     },
-                );
+                ));
             }
         }
     }
+    out
+}
+
+/// The denied (service region, tier) list for one peer, merged along ports.
+fn peer_row(
+    cluster: &Cluster,
+    cells: &Cells,
+    a: &Applicable,
+    remote: Remote,
+) -> Vec<(Service, Tier)> {
+    let mut row: Vec<(Service, Tier)> = Vec::new();
+    for proto in PORT_PROTOCOLS {
+        let n = proto.number();
+        for &(lo, hi) in &cells.ports[&proto] {
+            let v = decide(cluster, a, remote, lo, proto);
+            if let Some(tier) = v.denying_tier() {
+                match row.last_mut() {
+                    Some((((p, _), (_, end)), t))
+                        if *p == n && *t == tier && end.checked_add(1) == Some(lo) =>
+                    {
+                        *end = hi
+                    }
+                    _ => row.push((((n, n), (lo, hi)), tier)),
+                }
+            }
+        }
+    }
+    if let Some(tier) = decide(cluster, a, remote, 0, Protocol::Other(1)).denying_tier() {
+        for p in OTHER_PROTOCOLS {
+            row.push(((p, (0, u16::MAX)), tier));
+        }
+    }
+    merge_protocols(row)
 }
 
 /// Joins neighbouring protocols denied on every port by the same tier, so a peer denied

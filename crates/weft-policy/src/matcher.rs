@@ -171,6 +171,29 @@ pub fn decide(
     Verdict::allow(Reason::Default { passed })
 }
 
+/// Whether any peer of `r` holds `remote`, for `pod` in `dir`: the part of a rule that
+/// depends on the other end (its ports are the other part). With the loopback and own-node
+/// tests, the named ports of the destination and these answers for every rule that applies
+/// to the pod, it is all [`decide`] reads of `remote`; the nft compiler uses it to ask
+/// `decide` once per kind of peer rather than once per peer.
+pub(crate) fn rule_peers_match(
+    cluster: &Cluster,
+    dir: Direction,
+    pod: &Pod,
+    remote: Remote,
+    r: &Rule,
+) -> bool {
+    let m = Match {
+        cluster,
+        dir,
+        pod,
+        remote,
+        port: 0,
+        proto: Protocol::Tcp,
+    };
+    r.peers.iter().any(|p| m.peer(p, r.action))
+}
+
 /// Whether a policy's subject holds `pod`.
 pub fn selects(cluster: &Cluster, s: &Subject, pod: &Pod) -> bool {
     !pod.host_network

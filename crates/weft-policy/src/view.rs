@@ -13,7 +13,7 @@ use crate::error::Result;
 use crate::model::{Policy, PolicyId, Protocol};
 use crate::selector::Labels;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ContainerPort {
     pub name: String,
     pub port: u16,

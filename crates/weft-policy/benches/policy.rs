@@ -1,0 +1,602 @@
+//! NetworkPolicy at scale: new-connection rate through the policy table, time from a
+//! policy change to enforcement, and a full sync. Run as root:
+//!
+//! ```text
+//! cargo bench -p weft-policy --bench policy
+//! WEFT_BENCH_RUNS=N       rounds of the connection-rate measurement (default 9)
+//! WEFT_BENCH_CONNECTS=N   connections per sample (default 3000)
+//! ```
+//!
+//! The world: one node `n1` with pod CIDR 10.244.0.0/22 and 1000 pods on it (50 namespaces
+//! of 20 pods, addresses handed out in creation order so namespaces interleave), two
+//! other nodes. Policies are 20 per namespace (namespace and pod selectors, named and
+//! numbered ports, ipBlocks with except, egress for some, one default-deny ingress per
+//! namespace); the 100-policy configuration is the first 2 of each namespace.
+//!
+//! Every configuration gets its own node namespace holding the table and two pod
+//! namespaces (client = pod 0, server = pod 1 of the view, both entered by `setns` from a
+//! thread) wired to it by veth pairs; so configurations alternate within one run without
+//! reloading tables. Every namespace is removed on exit and on panic (RAII guards).
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use weft_policy::desired::{desired, Incremental, NodeContext, FAMILY, TABLE};
+use weft_policy::enforcer::Enforcer;
+use weft_policy::view::{ContainerPort, Namespace, Node, Pod};
+use weft_policy::{check, Cluster, Endpoint, Protocol};
+
+const PODS: u32 = 1000;
+const NAMESPACES: u32 = 50;
+const POLICIES_PER_NS: u32 = 20;
+const PORT: u16 = 8080;
+
+// ---------------------------------------------------------------------------------------
+// Namespaces, removed on drop.
+
+struct Netns(String);
+
+impl Netns {
+    fn new(tag: &str) -> Netns {
+        let name = format!("weft-b-pol-{tag}-{}", std::process::id());
+        run("ip", &["netns", "add", &name]);
+        let ns = Netns(name);
+        ns.exec(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/run/netns/{}", self.0))
+    }
+
+    fn exec(&self, args: &[&str]) -> String {
+        let mut a = vec!["netns", "exec", &self.0];
+        a.extend_from_slice(args);
+        run("ip", &a)
+    }
+
+    /// Runs `f` on a new thread inside the namespace and waits for it.
+    fn run_in<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        self.spawn_in(f).join().expect("netns thread")
+    }
+
+    fn spawn_in<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
+        let file = std::fs::File::open(self.path()).expect("opening the netns");
+        std::thread::spawn(move || {
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            f()
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn run(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd).args(args).output().expect("spawning");
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+// ---------------------------------------------------------------------------------------
+// The cluster view.
+
+fn pod_ip(i: u32) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 244, 0, 0)) + 10 + i)
+}
+
+fn ns_name(k: u32) -> String {
+    format!("ns{k:02}")
+}
+
+fn world() -> Cluster {
+    let mut c = Cluster::default();
+    for (n, gw) in [(1u8, "10.244.0.1"), (2, "10.244.4.1"), (3, "10.244.8.1")] {
+        c.upsert_node(Node {
+            name: format!("n{n}"),
+            labels: [("kubernetes.io/hostname".to_string(), format!("n{n}"))].into(),
+            ips: vec![
+                IpAddr::V4(Ipv4Addr::new(172, 18, 0, n)),
+                gw.parse().unwrap(),
+            ],
+        });
+    }
+    for k in 0..NAMESPACES {
+        let name = ns_name(k);
+        c.upsert_namespace(Namespace {
+            name: name.clone(),
+            labels: [
+                ("kubernetes.io/metadata.name".to_string(), name.clone()),
+                ("team".to_string(), format!("t{}", k % 5)),
+                (
+                    "env".to_string(),
+                    if k % 2 == 0 { "prod" } else { "dev" }.to_string(),
+                ),
+            ]
+            .into(),
+        });
+    }
+    for i in 0..PODS {
+        let (k, p) = (i % NAMESPACES, i / NAMESPACES);
+        let mut ports = vec![ContainerPort {
+            name: "http".into(),
+            port: PORT,
+            protocol: Protocol::Tcp,
+        }];
+        if p.is_multiple_of(2) {
+            ports.push(ContainerPort {
+                name: "metrics".into(),
+                port: 9090,
+                protocol: Protocol::Tcp,
+            });
+        }
+        if p.is_multiple_of(7) {
+            ports.push(ContainerPort {
+                name: "dns".into(),
+                port: 53,
+                protocol: Protocol::Udp,
+            });
+        }
+        c.upsert_pod(Pod {
+            namespace: ns_name(k),
+            name: format!("p{p:02}"),
+            labels: [
+                ("app".to_string(), format!("a{}", p % 5)),
+                (
+                    "tier".to_string(),
+                    if p < 10 { "web" } else { "db" }.to_string(),
+                ),
+            ]
+            .into(),
+            ips: vec![IpAddr::V4(pod_ip(i))],
+            node: Some("n1".into()),
+            host_network: false,
+            ports,
+        });
+    }
+    c
+}
+
+/// Policy `j` of namespace `k`; `variant` changes its ports (the change being timed).
+fn policy_yaml(k: u32, j: u32, variant: bool) -> String {
+    let ns = ns_name(k);
+    if j == POLICIES_PER_NS - 1 {
+        return format!(
+            "metadata: {{namespace: {ns}, name: default-deny}}
+spec: {{podSelector: {{}}, policyTypes: [Ingress]}}"
+        );
+    }
+    let app = j % 5;
+    let from_team = (k + 4 + j / 5) % 5;
+    let from_app = (j + j / 5) % 5;
+    let ports = if variant {
+        "[{port: 443}, {port: 8443}]"
+    } else {
+        "[{port: http}, {port: 443}]"
+    };
+    let mut y = format!(
+        "metadata: {{namespace: {ns}, name: p{j:02}}}
+spec:
+  podSelector: {{matchLabels: {{app: a{app}}}}}
+  ingress:
+    - from:
+        - namespaceSelector: {{matchLabels: {{team: t{from_team}}}}}
+          podSelector: {{matchLabels: {{app: a{from_app}}}}}
+        - podSelector: {{matchExpressions: [{{key: tier, operator: In, values: [web]}}]}}
+      ports: {ports}
+    - from: [{{podSelector: {{}}}}]
+      ports: [{{port: metrics}}, {{port: 9100, endPort: 9110}}]
+"
+    );
+    if j % 4 == 1 {
+        y += &format!(
+            "    - from: [{{ipBlock: {{cidr: 10.{k}.0.0/16, except: [10.{k}.{j}.0/24]}}}}]
+      ports: [{{port: 443}}]
+"
+        );
+    }
+    if j % 7 == 2 {
+        y += &format!(
+            "    - from: [{{ipBlock: {{cidr: 10.244.{}.{}/28}}}}]
+",
+            k % 4,
+            (j * 16) % 256
+        );
+    }
+    if j.is_multiple_of(3) {
+        y += &format!(
+            "  egress:
+    - to:
+        - namespaceSelector: {{}}
+          podSelector: {{matchLabels: {{app: a{app}}}}}
+      ports: [{{port: {PORT}}}]
+    - to: [{{namespaceSelector: {{matchLabels: {{env: prod}}}}}}]
+      ports: [{{port: dns, protocol: UDP}}, {{port: 53, protocol: TCP}}]
+    - to: [{{ipBlock: {{cidr: 192.168.{j}.0/24}}}}]
+  policyTypes: [Ingress, Egress]
+"
+        );
+    }
+    y
+}
+
+fn np(yaml: &str) -> NetworkPolicy {
+    serde_yaml::from_str(yaml).unwrap_or_else(|e| panic!("{e}: {yaml}"))
+}
+
+/// The world with the first `per_ns` policies of every namespace (the default-deny last).
+fn with_policies(per_ns: u32) -> Cluster {
+    let mut c = world();
+    for k in 0..NAMESPACES {
+        for j in 0..per_ns {
+            let j = if j + 1 == per_ns && per_ns > 2 {
+                POLICIES_PER_NS - 1
+            } else {
+                j
+            };
+            c.apply_network_policy(&np(&policy_yaml(k, j, false)))
+                .unwrap();
+        }
+    }
+    c
+}
+
+fn ctx() -> NodeContext {
+    NodeContext {
+        node_name: "n1".into(),
+        log_group: None,
+    }
+}
+
+fn elements(rs: &weft_nft::Ruleset) -> usize {
+    rs.table(FAMILY, TABLE)
+        .unwrap()
+        .sets
+        .values()
+        .map(|s| s.elements.len())
+        .sum()
+}
+
+// ---------------------------------------------------------------------------------------
+// One node namespace with a client and a server pod namespace.
+
+struct Lab {
+    node: Netns,
+    client: Netns,
+    _server: Netns,
+}
+
+const CLIENT: u32 = 0;
+const SERVER: u32 = 1;
+
+impl Lab {
+    fn new(tag: &str) -> Lab {
+        let node = Netns::new(&format!("{tag}-n"));
+        let client = Netns::new(&format!("{tag}-c"));
+        let server = Netns::new(&format!("{tag}-s"));
+        for (pod, node_if, i) in [(&client, "vc", CLIENT), (&server, "vs", SERVER)] {
+            let addr = pod_ip(i).to_string();
+            node.exec(&[
+                "ip", "link", "add", node_if, "type", "veth", "peer", "name", "eth0",
+            ]);
+            node.exec(&["ip", "link", "set", "eth0", "netns", &pod.0]);
+            node.exec(&["ip", "addr", "add", "10.244.0.1/32", "dev", node_if]);
+            node.exec(&["ip", "link", "set", node_if, "up"]);
+            node.exec(&["ip", "route", "add", &format!("{addr}/32"), "dev", node_if]);
+            pod.exec(&["ip", "addr", "add", &format!("{addr}/32"), "dev", "eth0"]);
+            pod.exec(&["ip", "link", "set", "eth0", "up"]);
+            pod.exec(&["ip", "route", "add", "10.244.0.1/32", "dev", "eth0"]);
+            pod.exec(&["ip", "route", "add", "default", "via", "10.244.0.1"]);
+        }
+        node.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        let l = server.run_in(|| TcpListener::bind(("0.0.0.0", PORT)).expect("bind"));
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                drop(s);
+            }
+        });
+        Lab {
+            node,
+            client,
+            _server: server,
+        }
+    }
+
+    /// `n` connects (closed with RST, so no TIME_WAIT piles up): connections per second.
+    fn rate(&self, n: u32) -> f64 {
+        self.client.run_in(move || {
+            let to = SocketAddr::from((pod_ip(SERVER), PORT));
+            let t0 = Instant::now();
+            for _ in 0..n {
+                let s = TcpStream::connect_timeout(&to, Duration::from_secs(2)).expect("connect");
+                let rst = nix::libc::linger {
+                    l_onoff: 1,
+                    l_linger: 0,
+                };
+                nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::Linger, &rst).unwrap();
+            }
+            f64::from(n) / t0.elapsed().as_secs_f64()
+        })
+    }
+
+    fn connects(&self) -> bool {
+        self.client.run_in(|| {
+            TcpStream::connect_timeout(
+                &SocketAddr::from((pod_ip(SERVER), PORT)),
+                Duration::from_millis(300),
+            )
+            .is_ok()
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn env(name: &str, default: u32) -> u32 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn say(s: &str) {
+    eprintln!("{s}");
+    let _ = std::io::stderr().flush();
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("policy bench: needs root (network namespaces); skipped");
+        return;
+    }
+    let runs = env("WEFT_BENCH_RUNS", 9);
+    let per_sample = env("WEFT_BENCH_CONNECTS", 3000);
+    let changes = env("WEFT_BENCH_CHANGES", 11);
+    let ctx = ctx();
+    let client = Endpoint::Ip(IpAddr::V4(pod_ip(CLIENT)));
+    let server = Endpoint::Ip(IpAddr::V4(pod_ip(SERVER)));
+
+    // --- the configurations: their views, tables and labs.
+    struct Config {
+        name: &'static str,
+        policies: usize,
+        lab: Lab,
+        elements: usize,
+        rates: Vec<f64>,
+    }
+    let mut configs: Vec<Config> = Vec::new();
+    let mut big: Option<(Cluster, Enforcer)> = None;
+    let mut full_desired = Vec::new();
+    let mut full_sync = Vec::new();
+    for (name, per_ns) in [
+        ("no table", None),
+        ("0 policies", Some(0)),
+        ("100 policies", Some(2)),
+        ("1000 policies", Some(POLICIES_PER_NS)),
+    ] {
+        let tag = format!("c{}", configs.len());
+        let lab = Lab::new(&tag);
+        let mut elements = 0;
+        let mut policies = 0;
+        if let Some(per_ns) = per_ns {
+            let c = with_policies(per_ns);
+            policies = c.policies.len();
+            let d = check(&c, &client, &server, PORT, Protocol::Tcp).unwrap();
+            assert!(
+                d.allowed,
+                "{name}: the measured connection must be allowed:\n{d}"
+            );
+            let mut e = Enforcer::open_in(&lab.node.path()).expect("nf_tables");
+            let t0 = Instant::now();
+            let rs = desired(&c, &ctx);
+            let t1 = Instant::now();
+            e.sync(&rs).expect("first sync");
+            let t2 = Instant::now();
+            elements = elements_of(&rs);
+            say(&format!(
+                "{name}: {policies} policies, {elements} elements; desired {:.1} ms, sync {:.1} ms",
+                ms(t1 - t0),
+                ms(t2 - t1)
+            ));
+            if per_ns == POLICIES_PER_NS {
+                full_desired.push(ms(t1 - t0));
+                full_sync.push(ms(t2 - t1));
+                big = Some((c, e));
+            }
+        }
+        assert!(lab.connects(), "{name}: client reaches server");
+        configs.push(Config {
+            name,
+            policies,
+            lab,
+            elements,
+            rates: Vec::new(),
+        });
+    }
+
+    // --- 1. new-connection rate, configurations alternating (order rotated each round).
+    for c in &configs {
+        c.lab.rate(per_sample / 3); // warm-up
+    }
+    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
+    for round in 0..runs as usize {
+        let mut got = vec![0.0; configs.len()];
+        for k in 0..configs.len() {
+            let i = (round + k) % configs.len();
+            got[i] = configs[i].lab.rate(per_sample);
+        }
+        for (i, r) in got.iter().enumerate() {
+            configs[i].rates.push(*r);
+            ratios[i].push(r / got[1]);
+        }
+        say(&format!("round {round}: {got:.0?}"));
+    }
+
+    // --- 2. a policy change to enforcement, at 1000 policies x 1000 pods.
+    let (mut cluster, mut enforcer) = big.expect("the 1000-policy configuration");
+    let lab = &configs[3].lab;
+    let (k, j) = (SERVER % NAMESPACES, 0); // the server's namespace, its first policy
+    let versions = [np(&policy_yaml(k, j, true)), np(&policy_yaml(k, j, false))];
+    let mut apply_t = Vec::new();
+    let mut desired_t = Vec::new();
+    let mut sync_t = Vec::new();
+    let mut total_t = Vec::new();
+    let mut changed_elems = Vec::new();
+    let mut inc = Incremental::default();
+    let _ = inc.desired(&cluster, &ctx);
+    let mut inc_t = Vec::new();
+    let mut inc_sync_t = Vec::new();
+    let mut inc_total_t = Vec::new();
+    for step in 0..(2 * changes as usize) {
+        let v = &versions[step % 2];
+        let open = step % 2 == 1;
+        let incremental = step >= changes as usize;
+        let t0 = Instant::now();
+        cluster.apply_network_policy(v).unwrap();
+        let t1 = Instant::now();
+        let rs = if incremental {
+            inc.desired(&cluster, &ctx)
+        } else {
+            desired(&cluster, &ctx)
+        };
+        let t2 = Instant::now();
+        let sum = enforcer.sync(&rs).expect("sync");
+        let t3 = Instant::now();
+        assert_eq!(lab.connects(), open, "step {step}: enforced");
+        changed_elems.push((sum.elements_added + sum.elements_deleted) as f64);
+        if incremental {
+            inc_t.push(ms(t2 - t1));
+            inc_sync_t.push(ms(t3 - t2));
+            inc_total_t.push(ms(t3 - t0));
+        } else {
+            apply_t.push(ms(t1 - t0));
+            desired_t.push(ms(t2 - t1));
+            sync_t.push(ms(t3 - t2));
+            total_t.push(ms(t3 - t0));
+        }
+        say(&format!(
+            "change {step} ({}): apply {:.3} ms, desired {:.1} ms, sync {:.1} ms ({} elements changed)",
+            if incremental { "incremental" } else { "desired()" },
+            ms(t1 - t0),
+            ms(t2 - t1),
+            ms(t3 - t2),
+            sum.elements_added + sum.elements_deleted
+        ));
+    }
+
+    // --- 3. full sync: an empty namespace's table to the full 1000-policy one.
+    let fresh = Netns::new("full");
+    for _ in 0..3 {
+        let mut e = Enforcer::open_in(&fresh.path()).expect("nf_tables");
+        let t0 = Instant::now();
+        let rs = desired(&cluster, &ctx);
+        let t1 = Instant::now();
+        e.sync(&rs).expect("full sync");
+        let t2 = Instant::now();
+        full_desired.push(ms(t1 - t0));
+        full_sync.push(ms(t2 - t1));
+        say(&format!(
+            "full: desired {:.1} ms, sync {:.1} ms",
+            ms(t1 - t0),
+            ms(t2 - t1)
+        ));
+        e.remove().expect("remove");
+    }
+
+    // --- the report.
+    println!();
+    println!("### New connections (TCP connect + RST), client pod 0 -> server pod 1:{PORT}");
+    println!();
+    println!(
+        "{runs} rounds x {per_sample} connects per configuration, configurations alternating; medians."
+    );
+    println!();
+    println!("| configuration | policies | map elements | connects/s (median) | ratio to 0 policies (median of per-round ratios) | min..max ratio |");
+    println!("| --- | ---: | ---: | ---: | ---: | --- |");
+    for (i, c) in configs.iter_mut().enumerate() {
+        let mut r = ratios[i].clone();
+        let (lo, hi) = (
+            r.iter().cloned().fold(f64::MAX, f64::min),
+            r.iter().cloned().fold(0.0, f64::max),
+        );
+        println!(
+            "| {} | {} | {} | {:.0} | {:.3} | {lo:.3}..{hi:.3} |",
+            c.name,
+            c.policies,
+            c.elements,
+            median(&mut c.rates),
+            median(&mut r)
+        );
+    }
+    println!();
+    println!("### One NetworkPolicy change to enforcement, 1000 policies x 1000 pods");
+    println!();
+    println!("{changes} changes per path (the server namespace's policy p00 toggling its ports; each one verified by a probe); medians in ms.");
+    println!();
+    println!("| path | apply to Cluster | desired | Enforcer::sync | total | elements changed |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+    println!(
+        "| `desired()` (full recompute) | {:.3} | {:.1} | {:.1} | {:.1} | {:.0} |",
+        median(&mut apply_t),
+        median(&mut desired_t),
+        median(&mut sync_t),
+        median(&mut total_t),
+        median(&mut changed_elems.clone())
+    );
+    println!(
+        "| `Incremental::desired()` | (same) | {:.2} | {:.1} | {:.1} | |",
+        median(&mut inc_t),
+        median(&mut inc_sync_t),
+        median(&mut inc_total_t)
+    );
+    println!();
+    println!("### Full sync, empty table to 1000 policies x 1000 pods");
+    println!();
+    println!(
+        "| desired() | Enforcer::sync (one transaction) | samples |\n| ---: | ---: | ---: |\n| {:.0} ms | {:.0} ms | {} |",
+        median(&mut full_desired.clone()),
+        median(&mut full_sync.clone()),
+        full_sync.len()
+    );
+}
+
+fn elements_of(rs: &weft_nft::Ruleset) -> usize {
+    elements(rs)
+}
+
+#[allow(dead_code)]
+fn labels(p: &[(&str, &str)]) -> BTreeMap<String, String> {
+    p.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect()
+}
