@@ -310,6 +310,41 @@ fn kubectl_logs_tail_follow_timestamps_previous() {
     );
     assert!(seen.iter().any(|l| l == &want), "followed: {seen:?}");
 
+    // attach: the container's output as it is written (from now on), both streams.
+    let mut child = kubectl(&lab, &["attach", "talker", "-c", "count"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut attached = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while attached.len() < 2 && Instant::now() < deadline {
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(200)) {
+            attached.push(l);
+        }
+    }
+    let _ = child.kill();
+    let o = child.wait_with_output().unwrap();
+    assert!(
+        attached.len() == 2 && attached.iter().all(|l| l.starts_with("line ")),
+        "attached: {attached:?} {}",
+        text(&o)
+    );
+    let n: u32 = attached[0][5..].parse().unwrap();
+    assert!(n > last, "attach starts at the current end: {attached:?}");
+    let o = run(kubectl(&lab, &["attach", "-i", "talker", "-c", "count"]));
+    assert!(text(&o).contains("runs with stdin closed"), "{}", text(&o));
+
     // The restarted container: its log now, and the one before.
     let prev = wait_for(Duration::from_secs(30), || {
         let o = run(kubectl(

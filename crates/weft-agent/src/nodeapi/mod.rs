@@ -5,6 +5,8 @@
 //!   a WebSocket speaking `v5.channel.k8s.io` (see [`exec`]);
 //! - `GET /containerLogs/{namespace}/{pod}/{container}?follow=&tailLines=&sinceSeconds=&
 //!   sinceTime=&timestamps=&previous=&limitBytes=` (see [`logs`]);
+//! - `GET /attach/{namespace}/{pod}/{container}?stdout=&stderr=`, the container's output
+//!   as it is written, over the same protocol (see [`attach`]);
 //! - `GET /portForward/{namespace}/{pod}`, a WebSocket speaking
 //!   `SPDY/3.1+portforward.k8s.io` (see [`portforward`]).
 //!
@@ -14,6 +16,7 @@
 //! node. Every request needs the cluster's bearer token (the one in the agent's
 //! kubeconfig): nothing answers an unauthenticated caller.
 
+pub mod attach;
 pub mod exec;
 pub mod logs;
 pub mod portforward;
@@ -134,6 +137,7 @@ fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/exec/{namespace}/{pod}/{container}", any(exec::handle))
+        .route("/attach/{namespace}/{pod}/{container}", any(attach::handle))
         .route(
             "/containerLogs/{namespace}/{pod}/{container}",
             get(logs::handle),

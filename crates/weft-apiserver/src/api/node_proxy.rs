@@ -1,4 +1,4 @@
-//! `pods/exec`, `pods/log` (and the refusals for `pods/attach`, `pods/portforward`):
+//! `pods/exec`, `pods/attach`, `pods/log` and `pods/portforward`:
 //! forwarded to the node API of the pod's node, as kube-apiserver forwards them to the
 //! kubelet. The node is reached at its InternalIP and the port its status names
 //! (`daemonEndpoints.kubeletEndpoint`), over TLS that trusts exactly the certificate the
@@ -121,9 +121,10 @@ fn resolve(
         "exec" => format!("/exec/{ns}/{name}/{container}{query}"),
         "log" => format!("/containerLogs/{ns}/{name}/{container}{query}"),
         "portforward" => format!("/portForward/{ns}/{name}{query}"),
+        "attach" => format!("/attach/{ns}/{name}/{container}{query}"),
         other => {
             return Err(ApiError::bad_request(format!(
-                "pods/{other} is not supported by weft's node agent (exec, log and portforward are)"
+                "pods/{other} is not supported by weft's node agent (exec, attach, log and portforward are)"
             )))
         }
     };
