@@ -188,7 +188,7 @@ struct Last {
     nodes: BTreeMap<String, Node>,
     policies: BTreeMap<PolicyId, NetPolicy>,
     /// Per local pod, the elements it put in each map.
-    elements: BTreeMap<(String, String), Vec<(String, Vec<(Key, Elem)>)>>,
+    elements: BTreeMap<(String, String), PodElements>,
     ruleset: Ruleset,
 }
 
@@ -314,8 +314,11 @@ pub fn local_pods<'a>(cluster: &'a Cluster, node: &'a str) -> impl Iterator<Item
 /// One region of protocols and ports: `(protocols, ports)`, both inclusive.
 type Service = ((u8, u8), PortRange);
 
+/// A pod's elements per map name.
+type PodElements = Vec<(String, Vec<(Key, Elem)>)>;
+
 /// One pod's elements: per map name, the denied regions of each direction and family.
-fn pod_elements(cluster: &Cluster, cells: &Cells, pod: &Pod) -> Vec<(String, Vec<(Key, Elem)>)> {
+fn pod_elements(cluster: &Cluster, cells: &Cells, pod: &Pod) -> PodElements {
     let mut out = Vec::new();
     for fam in AddrFamily::ALL {
         for dir in DIRECTIONS {
