@@ -83,13 +83,15 @@ struct Target {
 #[derive(Default)]
 struct Pending {
     error: Option<u32>,
-    data: Option<(u32, mpsc::UnboundedReceiver<Option<Vec<u8>>>)>,
+    data: Option<(u32, mpsc::Receiver<Option<Vec<u8>>>)>,
     port: u16,
 }
 
 async fn session(socket: WebSocket, target: Arc<Target>) {
     let (mut sink, mut incoming) = socket.split();
-    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    // Bounded both ways: a slow reader on either side slows its sender down instead of
+    // growing a queue (SPDY here has no flow control of its own).
+    let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(256);
     let writer = tokio::spawn(async move {
         while let Some(bytes) = out_rx.recv().await {
             if sink.send(Message::Binary(bytes.into())).await.is_err() {
@@ -112,7 +114,7 @@ async fn session(socket: WebSocket, target: Arc<Target>) {
     let mut enc = spdy::HeaderEncoder::default();
     let mut dec = spdy::HeaderDecoder::default();
     let mut pending: HashMap<String, Pending> = HashMap::new();
-    let mut to_pod: HashMap<u32, mpsc::UnboundedSender<Option<Vec<u8>>>> = HashMap::new();
+    let mut to_pod: HashMap<u32, mpsc::Sender<Option<Vec<u8>>>> = HashMap::new();
     loop {
         let frame = match spdy::read_frame(&mut reader).await {
             Ok(Some(f)) => f,
@@ -144,11 +146,11 @@ async fn session(socket: WebSocket, target: Arc<Target>) {
                         .map(|(_, v)| v.clone())
                         .unwrap_or_default()
                 };
-                let _ = out_tx.send(enc.syn_reply(id));
+                let _ = out_tx.send(enc.syn_reply(id)).await;
                 let port: u16 = match get("port").parse() {
                     Ok(p) => p,
                     Err(_) => {
-                        let _ = out_tx.send(spdy::rst_stream(id, 1));
+                        let _ = out_tx.send(spdy::rst_stream(id, 1)).await;
                         continue;
                     }
                 };
@@ -158,12 +160,12 @@ async fn session(socket: WebSocket, target: Arc<Target>) {
                 match get("streamtype").as_str() {
                     "error" => p.error = Some(id),
                     "data" => {
-                        let (tx, rx) = mpsc::unbounded_channel();
+                        let (tx, rx) = mpsc::channel(64);
                         to_pod.insert(id, tx);
                         p.data = Some((id, rx));
                     }
                     _ => {
-                        let _ = out_tx.send(spdy::rst_stream(id, 1));
+                        let _ = out_tx.send(spdy::rst_stream(id, 1)).await;
                         continue;
                     }
                 }
@@ -190,7 +192,9 @@ async fn session(socket: WebSocket, target: Arc<Target>) {
                 flags,
                 payload,
             } => {
-                let _ = out_tx.send(spdy::control(spdy::PING, flags, &payload));
+                let _ = out_tx
+                    .send(spdy::control(spdy::PING, flags, &payload))
+                    .await;
             }
             Frame::Control {
                 kind: spdy::RST_STREAM,
@@ -212,10 +216,10 @@ async fn session(socket: WebSocket, target: Arc<Target>) {
             } => {
                 if let Some(tx) = to_pod.get(&stream) {
                     if !data.is_empty() {
-                        let _ = tx.send(Some(data));
+                        let _ = tx.send(Some(data)).await;
                     }
                     if flags & spdy::FLAG_FIN != 0 {
-                        let _ = tx.send(None);
+                        let _ = tx.send(None).await;
                         to_pod.remove(&stream);
                     }
                 }
@@ -261,16 +265,16 @@ async fn forward(
     port: u16,
     error: u32,
     data: u32,
-    mut from_client: mpsc::UnboundedReceiver<Option<Vec<u8>>>,
-    out: mpsc::UnboundedSender<Vec<u8>>,
+    mut from_client: mpsc::Receiver<Option<Vec<u8>>>,
+    out: mpsc::Sender<Vec<u8>>,
 ) {
     let tcp = match connect(&target, port).await {
         Ok(t) => t,
         Err(e) => {
             let msg = format!("error forwarding port {port} to pod {}: {e}", target.who);
-            let _ = out.send(spdy::data(error, false, msg.as_bytes()));
-            let _ = out.send(spdy::data(error, true, &[]));
-            let _ = out.send(spdy::data(data, true, &[]));
+            let _ = out.send(spdy::data(error, false, msg.as_bytes())).await;
+            let _ = out.send(spdy::data(error, true, &[])).await;
+            let _ = out.send(spdy::data(data, true, &[])).await;
             return;
         }
     };
@@ -294,14 +298,14 @@ async fn forward(
         match rd.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
-                if out.send(spdy::data(data, false, &buf[..n])).is_err() {
+                if out.send(spdy::data(data, false, &buf[..n])).await.is_err() {
                     up.abort();
                     return;
                 }
             }
         }
     }
-    let _ = out.send(spdy::data(data, true, &[]));
-    let _ = out.send(spdy::data(error, true, &[]));
+    let _ = out.send(spdy::data(data, true, &[])).await;
+    let _ = out.send(spdy::data(error, true, &[])).await;
     up.abort();
 }
