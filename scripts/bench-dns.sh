@@ -267,7 +267,7 @@ row() { # label tag peer-tag
 
 {
   echo
-  echo "Machine: nproc $(nproc), $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo), kernel $(uname -r); $(date -u '+%Y-%m-%d %H:%M UTC'); weft at $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+  echo "Machine: nproc $(nproc), $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo), kernel $(uname -r); $(date -u '+%Y-%m-%d %H:%M UTC'); repo at $(git rev-parse --short HEAD 2>/dev/null || echo '?'), crates/weft-dns/src last changed in $(git log -1 --format=%h -- crates/weft-dns/src 2>/dev/null || echo '?')$(git diff --quiet HEAD -- crates/weft-dns/src 2>/dev/null || echo ' (plus uncommitted changes)')"
   echo "Load average (1/5/15 min) at start: $LOAD_START, at end: $(cut -d' ' -f1-3 /proc/loadavg); weft runtime workers: ${WEFT_DNS_BENCH_WORKERS:-2}"
   echo "$RUNS runs x ${DUR} s per server and kind, alternating; dnsperf -c $CLIENTS -q $OUTSTANDING on core $CLIENT_CPU, servers on core $SERVER_CPU; latency runs at -Q $LAT_QPS"
   echo
