@@ -44,7 +44,7 @@ fn ns_name(n: usize) -> String {
 }
 
 fn svc_name(s: usize) -> String {
-    if s % HEADLESS_EVERY == 0 {
+    if s.is_multiple_of(HEADLESS_EVERY) {
         format!("hl-{s:03}")
     } else {
         format!("svc-{s:03}")
@@ -70,7 +70,7 @@ fn endpoint_pods(s: usize) -> impl Iterator<Item = usize> {
 }
 
 fn ports_of(s: usize) -> Vec<fixtures::Port<'static>> {
-    if s % 3 == 0 {
+    if s.is_multiple_of(3) {
         vec![("http", 80, "TCP"), ("grpc", 9090, "TCP")]
     } else {
         vec![("http", 80, "TCP")]
@@ -99,7 +99,7 @@ fn build() -> Model {
         for s in 0..SERVICES_PER_NS {
             let name = svc_name(s);
             let ports = ports_of(s);
-            if s % HEADLESS_EVERY == 0 {
+            if s.is_multiple_of(HEADLESS_EVERY) {
                 model.upsert_service(&fixtures::headless(&ns, &name, &ports, false));
                 let ips: Vec<String> = endpoint_pods(s).map(|k| pod_ip(n, k).to_string()).collect();
                 let eps: Vec<fixtures::Ep> = ips
@@ -240,7 +240,7 @@ fn query(rng: &mut Rng, kind: usize) -> String {
     let ns = ns_name(n);
     let clusterip = |rng: &mut Rng| loop {
         let s = rng.below(SERVICES_PER_NS);
-        if s % HEADLESS_EVERY != 0 {
+        if !s.is_multiple_of(HEADLESS_EVERY) {
             return s;
         }
     };
@@ -266,7 +266,7 @@ fn query(rng: &mut Rng, kind: usize) -> String {
         }
         4 => {
             let s = rng.below(SERVICES_PER_NS);
-            let ip = if s % HEADLESS_EVERY == 0 {
+            let ip = if s.is_multiple_of(HEADLESS_EVERY) {
                 let k: Vec<usize> = endpoint_pods(s).collect();
                 pod_ip(n, k[rng.below(k.len())])
             } else {
