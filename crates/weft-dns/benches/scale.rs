@@ -1,5 +1,7 @@
-//! Sizes from the issue: 10k Services and 50k pods. Run with
-//! `cargo test -p weft-dns --release --test scale -- --ignored --nocapture`.
+//! Sizes from the issue: 10k Services and 50k pods: the model's update and lookup cost,
+//! and queries per second over real UDP inside a network namespace of its own. Figures,
+//! not assertions (a measurement, not a test). Run as root with
+//! `cargo bench -p weft-dns --bench scale`.
 
 use std::time::Instant;
 
@@ -34,8 +36,6 @@ fn big_model() -> Model {
     md
 }
 
-#[test]
-#[ignore]
 fn update_and_lookup_cost_at_scale() {
     let md = big_model();
     let n = 2_000u32;
@@ -97,12 +97,11 @@ fn update_and_lookup_cost_at_scale() {
     );
 }
 
+#[path = "../tests/common/mod.rs"]
 mod common;
 
 /// Queries per second over real UDP: the server on one current-thread runtime (one
 /// core), the load from another thread keeping 64 queries in flight.
-#[test]
-#[ignore]
 fn udp_queries_per_second() {
     common::in_netns(&[], || async {
         let md = big_model();
@@ -170,4 +169,9 @@ fn thread_cpu_secs() -> f64 {
     let f: Vec<&str> = rest.split(' ').collect();
     let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
     ticks / 100.0
+}
+
+fn main() {
+    update_and_lookup_cost_at_scale();
+    udp_queries_per_second();
 }
