@@ -92,12 +92,16 @@ async fn cluster_ips_are_unique_in_range_and_released_on_delete() {
         assert_ne!(ip, Ipv4Addr::new(10, 96, 0, 10));
         assert!(ips.insert(ip), "{ip} handed out twice");
     }
-    // .10 is kept for DNS, and given when asked for.
-    let dns = svcs
-        .create(&pp, &mk("kube-dns", Some("10.96.0.10")))
-        .await
-        .expect("dns");
+    // .10 is kept for DNS: the control plane gives it to kube-system/kube-dns, and nobody
+    // else gets it.
+    let system: Api<Service> = Api::namespaced(s.client().await, "kube-system");
+    let dns = system.get("kube-dns").await.expect("kube-system/kube-dns");
     assert_eq!(cluster_ip(&dns), "10.96.0.10");
+    let e = svcs
+        .create(&pp, &mk("dns-again", Some("10.96.0.10")))
+        .await
+        .expect_err(".10 is kube-dns's");
+    assert_eq!(api_status(&e).map(|s| s.code), Some(422));
     let taken = ips.iter().next().copied().expect("one ip").to_string();
     let e = svcs
         .create(&pp, &mk("dup", Some(&taken)))

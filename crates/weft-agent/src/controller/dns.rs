@@ -62,7 +62,7 @@ pub fn ruleset(ip: IpAddr) -> Ruleset {
     let rule = |addr: &Selector, port: Selector| {
         Rule::new(vec![
             Stmt::Match {
-                key: addr.clone(),
+                key: *addr,
                 op: CmpOp::Eq,
                 rhs: Rhs::Value(v.clone()),
             },

@@ -101,12 +101,15 @@ mod tests {
             s.changes(&e);
         }
         assert!(!s.listed(), "not listed before InitDone");
-        assert!(deleted(s.changes(&W::InitDone)).is_empty());
+        assert!(deleted(s.changes(&W::<Pod>::InitDone)).is_empty());
         assert!(s.listed());
         // The watch restarts; b was deleted meanwhile.
-        s.changes(&W::Init);
+        s.changes(&W::<Pod>::Init);
         s.changes(&W::InitApply(pod("a")));
-        assert_eq!(deleted(s.changes(&W::InitDone)), vec!["b".to_string()]);
+        assert_eq!(
+            deleted(s.changes(&W::<Pod>::InitDone)),
+            vec!["b".to_string()]
+        );
         // Apply and Delete pass through.
         assert_eq!(s.changes(&W::Apply(pod("c"))).len(), 1);
         assert_eq!(
