@@ -15,7 +15,8 @@
 //!   family) keyed
 //!   `local pod . peer . protocol . port` whose elements are the matcher's answers over
 //!   [`cells`], the regions in which answers are constant. A new pod, a label change or a
-//!   policy edit changes elements only.
+//!   policy edit changes elements only. [`desired::Incremental`] gives the same table
+//!   and, when only policies changed, recompiles only the pods they select.
 //! - [`enforcer::Enforcer`] sends the kernel the difference from what it last committed,
 //!   in one transaction.
 //! - [`cases`] reads the truth-table suite (`tests/cases`), which the tests run through
