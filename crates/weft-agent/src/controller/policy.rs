@@ -62,6 +62,8 @@ const KINDS: [Kind; 5] = [
 struct PolicySync {
     cluster: Cluster,
     ctx: NodeContext,
+    /// Recompiles only the pods a policy change selects (the same table as `desired`).
+    compiler: weft_policy::desired::Incremental,
     enforcer: Enforcer,
     seen: HashMap<Kind, Seen>,
     /// Addresses of this node's pods as the runtime gave them, before the API's pod
@@ -76,6 +78,7 @@ struct PolicySync {
 pub fn start(node_name: &str) -> super::Result<Sender<Event>> {
     let mut sync = PolicySync {
         cluster: Cluster::default(),
+        compiler: Default::default(),
         ctx: NodeContext {
             node_name: node_name.to_string(),
             log_group: None,
@@ -148,7 +151,7 @@ impl PolicySync {
     }
 
     fn commit(&mut self) -> Result<(), String> {
-        let desired = weft_policy::desired(&self.cluster, &self.ctx);
+        let desired = self.compiler.desired(&self.cluster, &self.ctx);
         match self.enforcer.sync(&desired) {
             Ok(sum) => {
                 self.dirty = false;
