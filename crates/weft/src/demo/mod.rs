@@ -264,7 +264,15 @@ pub fn run() -> Result<()> {
     let out = std::process::Command::new("kubectl")
         .arg("--kubeconfig")
         .arg(crate::lab::kubeconfig_path(&lab))
-        .args(["exec", "-n", "scenario2", "frontend-pod", "--", "ip", "route"])
+        .args([
+            "exec",
+            "-n",
+            "scenario2",
+            "frontend-pod",
+            "--",
+            "ip",
+            "route",
+        ])
         .output()
         .context("run kubectl (is it installed?)")?;
     let routes = String::from_utf8_lossy(&out.stdout).into_owned();
