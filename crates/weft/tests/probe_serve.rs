@@ -392,7 +392,8 @@ fn usage_errors_exit_2() {
         &["http", "https://example.com/"],
         &["tcp", "10.0.0.1:80", "--timeout-ms", "0"],
         &["udp", "10.0.0.1:80", "--timeout-ms", "18446744073709551615"],
-        &["dns", "kubernetes.default"],
+        &["dns", "kubernetes.default", "--type", "NOSUCHTYPE"],
+        &["dns", "kubernetes.default", "--server", "not-an-address"],
     ] {
         let out = ns
             .exec(weft())
