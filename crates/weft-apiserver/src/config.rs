@@ -39,6 +39,19 @@ pub struct Config {
     /// Watch events kept for resourceVersion resumes; older resumes get 410 Gone.
     #[arg(long, default_value_t = 20_000)]
     pub watch_history: usize,
+    /// Largest request body accepted; bigger ones get 413 (kube-apiserver's limit is 3 MiB).
+    #[arg(long, default_value_t = 3 * 1024 * 1024)]
+    pub max_request_body_bytes: usize,
+    /// Concurrent watches one client (token and source IP address) may hold; more get 429.
+    #[arg(long, default_value_t = 1000)]
+    pub max_watches_per_client: usize,
+    /// Concurrent non-watch requests; more get 429 (kube-apiserver's --max-requests-inflight).
+    #[arg(long, default_value_t = 400)]
+    pub max_requests_inflight: usize,
+    /// Milliseconds a new connection has to finish its TLS handshake, and a client to send a
+    /// request's complete headers; slower connections are closed.
+    #[arg(long, default_value_t = 10_000)]
+    pub header_read_timeout_ms: u64,
 }
 
 impl Config {
@@ -82,6 +95,22 @@ impl Config {
             )));
         }
         self.node_port_range()?;
+        for (flag, v) in [
+            (
+                "--max-request-body-bytes",
+                self.max_request_body_bytes as u64,
+            ),
+            (
+                "--max-watches-per-client",
+                self.max_watches_per_client as u64,
+            ),
+            ("--max-requests-inflight", self.max_requests_inflight as u64),
+            ("--header-read-timeout-ms", self.header_read_timeout_ms),
+        ] {
+            if v == 0 {
+                return Err(Error::Config(format!("{flag} must be at least 1")));
+            }
+        }
         Ok(())
     }
 }

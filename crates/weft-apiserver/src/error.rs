@@ -97,6 +97,8 @@ pub struct Details {
     pub name: Option<String>,
     pub group: Option<String>,
     pub causes: Vec<Cause>,
+    /// For 429: also sent as the `Retry-After` header.
+    pub retry_after_seconds: Option<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -247,6 +249,9 @@ impl ApiError {
         if let Some(k) = &self.details.kind {
             details.insert("kind".into(), json!(k));
         }
+        if let Some(s) = self.details.retry_after_seconds {
+            details.insert("retryAfterSeconds".into(), json!(s));
+        }
         if !self.details.causes.is_empty() {
             let causes: Vec<Value> = self
                 .details
@@ -281,11 +286,16 @@ impl From<Error> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = self.to_status().to_string();
-        (
+        let mut r = (
             self.code,
             [(axum::http::header::CONTENT_TYPE, "application/json")],
             body,
         )
-            .into_response()
+            .into_response();
+        if let Some(s) = self.details.retry_after_seconds {
+            r.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, s.into());
+        }
+        r
     }
 }

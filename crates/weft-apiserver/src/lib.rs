@@ -11,6 +11,7 @@ pub mod config;
 pub mod controllers;
 pub mod credentials;
 pub mod error;
+pub mod limits;
 pub mod meta;
 pub mod resources;
 pub mod server;

@@ -3,23 +3,32 @@
 use crate::config::Config;
 use crate::credentials;
 use crate::error::Error;
+use crate::limits::{Limits, Peer};
 use crate::store::Store;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use axum::http::Request;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use ipnet::Ipv4Net;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
+use tower::ServiceExt;
 
 /// What request handlers and controllers share.
 pub struct AppState {
     pub store: Arc<Store>,
     pub token: String,
     pub net: NetConfig,
+    pub limits: Arc<Limits>,
 }
 
 #[derive(Debug, Clone)]
@@ -91,7 +100,9 @@ pub async fn start(cfg: Config) -> Result<Server, Error> {
             load_balancer_cidr: cfg.load_balancer_cidr,
             api_endpoint: SocketAddr::new(client_ip, addr.port()),
         },
+        limits: Limits::new(&cfg),
     });
+    let header_timeout = state.limits.header_read_timeout;
     crate::controllers::bootstrap(&state).map_err(|e| Error::Config(e.message))?;
     let (shutdown_tx, mut shutdown_rx) = oneshot::channel::<()>();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -106,7 +117,7 @@ pub async fn start(cfg: Config) -> Result<Server, Error> {
                 r = listener.accept() => r,
                 _ = &mut shutdown_rx => break,
             };
-            let (tcp, _) = match accepted {
+            let (tcp, peer) = match accepted {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!("accept failed: {e}");
@@ -118,12 +129,38 @@ pub async fn start(cfg: Config) -> Result<Server, Error> {
             let app = app.clone();
             let mut conn_stop = conn_stop_rx.clone();
             tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
+                // A client that trickles its TLS handshake is cut off like one that
+                // trickles its request headers.
+                let Ok(Ok(tls)) = tokio::time::timeout(header_timeout, acceptor.accept(tcp)).await
+                else {
                     return;
                 };
-                let svc = TowerToHyperService::new(app);
-                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
+                // ALPN decides the protocol, so hyper never waits (without a timeout) for
+                // the first bytes to guess it.
+                let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                let svc = TowerToHyperService::new(app.map_request(move |mut req: Request<_>| {
+                    req.extensions_mut().insert(Peer(peer));
+                    req
+                }));
+                let mut builder =
+                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                builder
+                    .http1()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(header_timeout);
+                builder
+                    .http2()
+                    .timer(TokioTimer::new())
+                    .keep_alive_interval(Some(Duration::from_secs(30)));
+                let builder = if h2 {
+                    builder.http2_only()
+                } else {
+                    builder.http1_only()
+                };
+                // hyper's header timer starts at a request's first byte; a connection that
+                // never sends one is closed by this deadline instead.
+                let io = FirstByteDeadline::new(tls, header_timeout);
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
                 // On shutdown open connections (long watches above all) are dropped, as
                 // a stopped process would drop them.
                 tokio::select! {
@@ -163,4 +200,77 @@ fn tls_config(creds: &credentials::Credentials) -> Result<rustls::ServerConfig, 
         .map_err(|e| Error::Tls(e.to_string()))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
+}
+
+/// A connection that must deliver its first byte before a deadline: reads after it fail
+/// with `TimedOut` until one arrives. Once a byte has arrived it is a plain stream.
+struct FirstByteDeadline<S> {
+    inner: S,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> FirstByteDeadline<S> {
+    fn new(inner: S, within: Duration) -> Self {
+        FirstByteDeadline {
+            inner,
+            deadline: Some(Box::pin(tokio::time::sleep(within))),
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for FirstByteDeadline<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    this.deadline = None;
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => {
+                let expired = this
+                    .deadline
+                    .as_mut()
+                    .is_some_and(|d| d.as_mut().poll(cx).is_ready());
+                if expired {
+                    let e = std::io::Error::new(std::io::ErrorKind::TimedOut, "no request");
+                    return Poll::Ready(Err(e));
+                }
+                Poll::Pending
+            }
+            other => other,
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for FirstByteDeadline<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
 }

@@ -15,6 +15,7 @@ pub mod table;
 mod watch;
 
 use crate::error::ApiError;
+use crate::limits::Peer;
 use crate::resources::{self, Resource};
 use crate::server::AppState;
 use axum::body::Bytes;
@@ -60,6 +61,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .fallback(resource_request)
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .layer(middleware::from_fn_with_state(
+            state.limits.clone(),
+            crate::limits::inflight,
+        ))
         .with_state(state)
 }
 
@@ -196,6 +201,7 @@ pub fn decode_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> 
     let value: Value = if ct.contains("yaml") {
         let s = std::str::from_utf8(body)
             .map_err(|_| ApiError::bad_request("request body is not valid UTF-8"))?;
+        crate::limits::check_yaml_depth(s.as_bytes())?;
         serde_yaml::from_str(s)
             .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?
     } else if ct == "application/vnd.kubernetes.protobuf" {
@@ -236,14 +242,15 @@ pub fn json_response(code: StatusCode, v: &Value) -> Response {
         .into_response()
 }
 
-async fn resource_request(
-    State(state): State<Arc<AppState>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let response = match dispatch(&state, &method, &uri, &headers, &body).await {
+async fn resource_request(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let peer = parts.extensions.get::<Peer>().copied();
+    let body = match crate::limits::read_body(&parts.headers, body, state.limits.max_body).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    let (method, uri, headers) = (parts.method, parts.uri, parts.headers);
+    let response = match dispatch(&state, peer, &method, &uri, &headers, &body).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     };
@@ -255,6 +262,7 @@ async fn resource_request(
 
 async fn dispatch(
     state: &Arc<AppState>,
+    peer: Option<Peer>,
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
@@ -272,14 +280,16 @@ async fn dispatch(
     }
     match (method.clone(), t.name.is_some()) {
         (Method::GET, false) if t.watch_path || is_true(&q, "watch") => {
-            watch::watch(state.clone(), &t, &q, headers)
+            let slot = state.limits.watch_slot(peer)?;
+            watch::watch(state.clone(), &t, &q, headers, slot)
         }
         (Method::GET, true) if t.watch_path || is_true(&q, "watch") => {
             let mut q = q.clone();
             let name = t.name.clone().unwrap_or_default();
             q.insert("fieldSelector".into(), format!("metadata.name={name}"));
             let t = Target { name: None, ..t };
-            watch::watch(state.clone(), &t, &q, headers)
+            let slot = state.limits.watch_slot(peer)?;
+            watch::watch(state.clone(), &t, &q, headers, slot)
         }
         (Method::GET, false) => crud::list(state, &t, &q, headers),
         (Method::GET, true) => crud::get(state, &t, &q, headers),

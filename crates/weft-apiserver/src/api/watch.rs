@@ -3,6 +3,7 @@
 use super::selector::Filter;
 use super::{is_true, Query, Target};
 use crate::error::ApiError;
+use crate::limits::WatchSlot;
 use crate::resources::Resource;
 use crate::server::AppState;
 use crate::store::{Event, EventType};
@@ -90,6 +91,7 @@ pub fn watch(
     t: &Target,
     q: &Query,
     headers: &axum::http::HeaderMap,
+    slot: WatchSlot,
 ) -> Result<Response, ApiError> {
     let accept = headers
         .get(header::ACCEPT)
@@ -120,6 +122,8 @@ pub fn watch(
     let (tx, rx) = mpsc::channel::<Bytes>(16);
     let store = state.store.clone();
     tokio::spawn(async move {
+        // The client's watch slot is held while this stream runs.
+        let _slot = slot;
         let mut notify = store.subscribe();
         let mut buf = Vec::with_capacity(CHUNK);
         // Where the event stream starts, and the synthetic ADDED events before it.

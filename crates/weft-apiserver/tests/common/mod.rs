@@ -45,6 +45,26 @@ pub async fn start_with_history(history: usize) -> TestServer {
     }
 }
 
+/// A server on 127.0.0.1 with extra `weft control-plane` arguments (e.g. tighter limits).
+pub async fn start_with_args(extra: &[&str]) -> TestServer {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut args: Vec<String> = vec![
+        "--data-dir".into(),
+        dir.path().display().to_string(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--kubeconfig-out".into(),
+        dir.path().join("kubeconfig").display().to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let cfg = weft_apiserver::Config::from_args(&args).expect("test arguments parse");
+    let server = weft_apiserver::start(cfg).await.expect("server starts");
+    TestServer {
+        server: Some(server),
+        dir,
+    }
+}
+
 impl TestServer {
     pub fn kubeconfig(&self) -> PathBuf {
         self.dir.path().join("kubeconfig")
