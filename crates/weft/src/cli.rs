@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
     about = "Kubernetes node networking on the Linux kernel",
     long_about = "weft gives every pod its own IP (a CNI plugin with IPAM, a bridge and veth \
                   pairs), routes pod traffic between nodes, implements Services in nf_tables, \
-                  serves cluster DNS, enforces NetworkPolicy and runs an Ingress proxy. \
+                  serves cluster DNS and enforces NetworkPolicy (an Ingress proxy is planned). \
                   `weft lab` builds a whole cluster inside network namespaces on one machine."
 )]
 pub struct Cli {
