@@ -1,7 +1,7 @@
 //! Service sync: weft-proxy against kube-proxy's nftables mode, same Services, same
 //! namespace, same run.
 //!
-//! kube-proxy (Go) cannot be built here, and SEMANTICS.md notes its sync time is mostly the
+//! kube-proxy (Go) cannot be built here, and its sync time is mostly the
 //! `nft` CLI. So the peer is what kube-proxy's nftables mode hands to `nft -f`: its table
 //! (KEP-3866: a `service-ips` verdict map, a chain per service and one per endpoint, `numgen`
 //! over a vmap) and, for a change, its partial-sync transaction. Only that `nft -f` is

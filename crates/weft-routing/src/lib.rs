@@ -1,5 +1,5 @@
 //! weft-routing: pod traffic between nodes without NAT, by one of two backends (flannel's,
-//! see SEMANTICS.md "Cross-node routing"):
+//! as flannel does them):
 //!
 //! - **host-gw**: a route to each remote node's pod subnet via that node's underlay IP;
 //! - **vxlan**: device `weft.<vni>` (UDP 8472, learning off) holding `<own subnet>.0/32`,

@@ -1,4 +1,4 @@
-//! The command line: the contract of DESIGN.md. Users and tests script against these
+//! The command line: weft's contract with its users. Users and tests script against these
 //! names, so they change only by addition.
 
 use clap::{Args, Parser, Subcommand};
