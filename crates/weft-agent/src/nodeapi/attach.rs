@@ -14,7 +14,7 @@ use std::time::Duration;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use futures::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
@@ -63,12 +63,7 @@ pub(crate) async fn handle(
             &format!("container {container} runs with stdin closed and no terminal: attach shows its output only (drop -i and -t)"),
         );
     }
-    let offered = headers
-        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|p| p.trim() == PROTOCOL);
+    let offered = super::offers_subprotocol(&headers, PROTOCOL);
     let (Ok(ws), true) = (ws, offered) else {
         return status_response(
             StatusCode::BAD_REQUEST,

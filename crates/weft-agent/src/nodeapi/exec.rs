@@ -22,7 +22,7 @@ use std::time::Duration;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
@@ -110,12 +110,7 @@ pub(crate) async fn handle(
             "exec is a WebSocket upgrade speaking v5.channel.k8s.io (kubectl 1.30 or later); SPDY is not served",
         );
     };
-    let offered = headers
-        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|p| p.trim() == PROTOCOL);
+    let offered = super::offers_subprotocol(&headers, PROTOCOL);
     if !offered {
         return status_response(
             StatusCode::BAD_REQUEST,

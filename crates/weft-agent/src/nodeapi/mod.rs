@@ -178,6 +178,16 @@ pub(crate) fn status_response(code: StatusCode, reason: &str, message: &str) -> 
         .into_response()
 }
 
+/// Whether the client's WebSocket upgrade offers `protocol` among its subprotocols.
+pub(crate) fn offers_subprotocol(headers: &axum::http::HeaderMap, protocol: &str) -> bool {
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim() == protocol)
+}
+
 /// The query string's pairs, repeated keys kept in order (`command=sh&command=-c`).
 pub(crate) fn query_pairs(q: Option<&str>) -> Vec<(String, String)> {
     q.unwrap_or("")

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -50,12 +50,7 @@ pub(crate) async fn handle(
             &format!("pod {namespace}/{pod} is not running on this node"),
         );
     };
-    let offered = headers
-        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|p| p.trim() == PROTOCOL);
+    let offered = super::offers_subprotocol(&headers, PROTOCOL);
     let (Ok(ws), true) = (ws, offered) else {
         return status_response(
             StatusCode::BAD_REQUEST,
