@@ -1,0 +1,255 @@
+//! One request through the proxy: route it, refuse what must be refused, send it to an
+//! endpoint (another one if the connect fails and the request can be replayed), pass
+//! upgrades through, and log one line.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full, Limited};
+use hyper::body::{Body as _, Incoming};
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode, Version};
+use hyper_util::rt::TokioIo;
+
+use super::headers;
+use super::{Body, BoxError, Shared};
+use crate::table::{Decision, Route};
+
+/// Who is asking, and over what.
+#[derive(Debug, Clone, Copy)]
+pub struct Conn {
+    pub client: SocketAddr,
+    pub scheme: &'static str,
+}
+
+/// What the access log says about a request.
+struct Outcome {
+    status: StatusCode,
+    route: String,
+    endpoint: Option<SocketAddr>,
+}
+
+pub async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+    conn: Conn,
+) -> Result<Response<Body>, Infallible> {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let host = request_host(&req);
+    let target = req
+        .uri()
+        .path_and_query()
+        .map_or("/".to_string(), |p| p.as_str().to_string());
+    let (resp, outcome) = route(&shared, req, conn, &host).await;
+    tracing::info!(
+        target: "weft::ingress::access",
+        "{} \"{method} {}://{host}{target}\" {} route={} endpoint={} {:.1}ms",
+        conn.client.ip(),
+        conn.scheme,
+        outcome.status.as_u16(),
+        outcome.route,
+        outcome.endpoint.map_or("-".to_string(), |e| e.to_string()),
+        start.elapsed().as_secs_f64() * 1000.0,
+    );
+    Ok(resp)
+}
+
+/// The host a request is for: the URI's authority (HTTP/2, absolute-form), else `Host`.
+fn request_host(req: &Request<Incoming>) -> String {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(String::from)
+        })
+        .unwrap_or_default()
+}
+
+fn local(status: StatusCode, msg: &str) -> Response<Body> {
+    let mut r = Response::new(
+        Full::new(Bytes::from(format!("{msg}\n")))
+            .map_err(|e| match e {})
+            .boxed_unsync(),
+    );
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    r
+}
+
+fn refuse(status: StatusCode, msg: &str, route: &str) -> (Response<Body>, Outcome) {
+    (
+        local(status, msg),
+        Outcome {
+            status,
+            route: route.to_string(),
+            endpoint: None,
+        },
+    )
+}
+
+fn idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+async fn route(
+    shared: &Shared,
+    mut req: Request<Incoming>,
+    conn: Conn,
+    host: &str,
+) -> (Response<Body>, Outcome) {
+    if let Some(why) = headers::framing_problem(req.headers()) {
+        return refuse(StatusCode::BAD_REQUEST, &format!("refused: {why}"), "-");
+    }
+    let declared = req.body().size_hint().exact();
+    if declared.is_some_and(|n| n > shared.limits.max_body) {
+        return refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("request body over {} bytes", shared.limits.max_body),
+            "-",
+        );
+    }
+    let table = shared.table();
+    let path = req.uri().path().to_string();
+    let route: Route = match table.decide(host, &path) {
+        Decision::Route(r) => r.clone(),
+        Decision::NotFound => return refuse(StatusCode::NOT_FOUND, "no route", "-"),
+    };
+    drop(table);
+    let route_name = format!("{}:{}", route.source, route.backend.name());
+    let order = shared.balancer.order(&route.backend.endpoints);
+    if order.is_empty() {
+        let msg = format!("no ready endpoint for {}", route.backend.name());
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, &msg, &route_name);
+    }
+    let upgrade = match req.version() {
+        Version::HTTP_11 => headers::upgrade_protocol(req.headers()),
+        _ => None,
+    };
+    let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+    let (parts, body) = req.into_parts();
+    // A request never sent can go to another endpoint; one whose body is already on its
+    // way cannot be replayed, so only empty-bodied ones are retried.
+    let replayable = body.is_end_stream();
+    let mut head = parts.headers;
+    headers::strip_hop_by_hop(&mut head, upgrade.as_ref());
+    headers::add_forwarded(&mut head, conn.client.ip(), host, conn.scheme);
+    if let Ok(h) = HeaderValue::from_str(host) {
+        head.insert(header::HOST, h);
+    }
+    let max_body = shared.limits.max_body;
+    let mut body = Some(
+        Limited::new(body, usize::try_from(max_body).unwrap_or(usize::MAX))
+            .map_err(BoxError::from)
+            .boxed_unsync(),
+    );
+    let target = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    let mut last_status = StatusCode::BAD_GATEWAY;
+    for ep in order.iter().copied() {
+        let this_body = match body.take() {
+            Some(b) => b,
+            None if replayable => Empty::new().map_err(|e| match e {}).boxed_unsync(),
+            None => break,
+        };
+        let mut up = Request::new(this_body);
+        *up.method_mut() = parts.method.clone();
+        *up.headers_mut() = head.clone();
+        *up.version_mut() = Version::HTTP_11;
+        match format!("http://{ep}{target}").parse() {
+            Ok(uri) => *up.uri_mut() = uri,
+            Err(_) => return refuse(StatusCode::BAD_REQUEST, "bad request target", &route_name),
+        }
+        let sent = tokio::time::timeout(shared.limits.upstream_timeout, shared.client.request(up));
+        match sent.await {
+            Ok(Ok(mut resp)) => {
+                shared.balancer.succeeded(ep);
+                let status = resp.status();
+                if status == StatusCode::SWITCHING_PROTOCOLS {
+                    if let Some(client_side) = client_upgrade {
+                        let server_side = hyper::upgrade::on(&mut resp);
+                        tokio::spawn(splice(client_side, server_side, ep));
+                    }
+                } else {
+                    headers::strip_hop_by_hop(resp.headers_mut(), None);
+                }
+                let resp = resp.map(|b| b.map_err(BoxError::from).boxed_unsync());
+                let outcome = Outcome {
+                    status,
+                    route: route_name,
+                    endpoint: Some(ep),
+                };
+                return (resp, outcome);
+            }
+            Ok(Err(e)) => {
+                let connect = e.is_connect();
+                if shared.balancer.failed(ep, connect) {
+                    tracing::warn!(
+                        "ingress: endpoint {ep} of {} ejected: {e}",
+                        route.backend.name()
+                    );
+                }
+                if is_body_limit(&e) {
+                    let msg = format!("request body over {max_body} bytes");
+                    return refuse(StatusCode::PAYLOAD_TOO_LARGE, &msg, &route_name);
+                }
+                // A failed connect sent nothing, so any method may go elsewhere; a request
+                // that broke on the way only when repeating it is safe.
+                if !(replayable && (connect || idempotent(&parts.method))) {
+                    break;
+                }
+            }
+            Err(_) => {
+                shared.balancer.failed(ep, false);
+                last_status = StatusCode::GATEWAY_TIMEOUT;
+                break;
+            }
+        }
+    }
+    let msg = format!("no endpoint of {} answered", route.backend.name());
+    refuse(last_status, &msg, &route_name)
+}
+
+fn is_body_limit(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = src {
+        if s.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        src = s.source();
+    }
+    false
+}
+
+/// Joins the client's and the endpoint's upgraded connections (a WebSocket, h2c) until
+/// either side closes.
+async fn splice(
+    client: hyper::upgrade::OnUpgrade,
+    server: hyper::upgrade::OnUpgrade,
+    ep: SocketAddr,
+) {
+    let (c, s) = match tokio::try_join!(client, server) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::warn!("ingress: upgrade to {ep} failed: {e}");
+            return;
+        }
+    };
+    let (mut c, mut s) = (TokioIo::new(c), TokioIo::new(s));
+    if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut s).await {
+        tracing::debug!("ingress: upgraded connection to {ep} ended: {e}");
+    }
+}

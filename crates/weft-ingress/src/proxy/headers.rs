@@ -1,0 +1,165 @@
+//! What a proxy must do to headers: refuse ambiguous framing, drop hop-by-hop headers,
+//! and say who the client was (X-Forwarded-*, Forwarded).
+
+use std::net::IpAddr;
+
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Headers that describe one connection, never forwarded (RFC 9110 7.6.1).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+];
+
+/// A request whose length two parts of a chain could read differently is a smuggling
+/// attempt: refused rather than normalised (RFC 9112 6.3 allows either; refusing keeps
+/// every hop in agreement). hyper's parser already refuses obs-fold, bare CR and
+/// disagreeing Content-Length values.
+pub fn framing_problem(h: &HeaderMap) -> Option<&'static str> {
+    if h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH) {
+        return Some("both Transfer-Encoding and Content-Length");
+    }
+    if h.get_all(header::CONTENT_LENGTH).iter().count() > 1 {
+        return Some("more than one Content-Length");
+    }
+    if h.get_all(header::TRANSFER_ENCODING).iter().count() > 1 {
+        return Some("more than one Transfer-Encoding");
+    }
+    None
+}
+
+/// The protocol a request asks to switch to, when it is an HTTP/1.1 upgrade.
+pub fn upgrade_protocol(h: &HeaderMap) -> Option<HeaderValue> {
+    let asks = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    asks.then(|| h.get(header::UPGRADE).cloned()).flatten()
+}
+
+/// Removes hop-by-hop headers, including any the Connection header names; an upgrade
+/// keeps `Connection: upgrade` and its `Upgrade`.
+pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: Option<&HeaderValue>) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    for n in HOP_BY_HOP {
+        h.remove(n);
+    }
+    h.remove(header::UPGRADE);
+    if let Some(proto) = upgrade {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        h.insert(header::UPGRADE, proto.clone());
+    }
+}
+
+/// Appends the client to X-Forwarded-For and Forwarded, and records the original host
+/// and scheme, as an edge proxy does: clients cannot choose what the backend is told
+/// about the hop they made to weft.
+pub fn add_forwarded(h: &mut HeaderMap, client: IpAddr, host: &str, proto: &str) {
+    let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {client}"),
+        _ => client.to_string(),
+    };
+    let node = match client {
+        IpAddr::V4(a) => a.to_string(),
+        IpAddr::V6(a) => format!("\"[{a}]\""),
+    };
+    let quoted_host = host.replace(['"', '\\'], "");
+    let fwd = format!("for={node};host=\"{quoted_host}\";proto={proto}");
+    let fwd = match h.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {fwd}"),
+        _ => fwd,
+    };
+    let set = |h: &mut HeaderMap, name: &'static str, v: &str| {
+        if let Ok(v) = HeaderValue::from_str(v) {
+            h.insert(name, v);
+        }
+    };
+    set(h, "x-forwarded-for", &xff);
+    set(h, "x-forwarded-proto", proto);
+    set(h, "x-forwarded-host", host);
+    set(h, "forwarded", &fwd);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn framing() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
+        assert_eq!(framing_problem(&h), None);
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        assert!(framing_problem(&h).is_some());
+    }
+
+    #[test]
+    fn hop_by_hop_and_named() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, None);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn upgrade_survives() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        let up = upgrade_protocol(&h);
+        assert_eq!(up.as_ref().map(|v| v.as_bytes()), Some(&b"websocket"[..]));
+        strip_hop_by_hop(&mut h, up.as_ref());
+        assert_eq!(
+            h.get(header::UPGRADE).map(|v| v.as_bytes()),
+            Some(&b"websocket"[..])
+        );
+    }
+
+    #[test]
+    fn forwarded_appends() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("1.1.1.1"));
+        add_forwarded(
+            &mut h,
+            "10.0.0.1".parse().expect("ip"),
+            "a.example",
+            "https",
+        );
+        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 10.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(
+            h["forwarded"],
+            "for=10.0.0.1;host=\"a.example\";proto=https"
+        );
+    }
+}

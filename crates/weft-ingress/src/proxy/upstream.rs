@@ -1,0 +1,112 @@
+//! Endpoints: which one takes the next request (round robin over the healthy ones), and
+//! passive ejection of those that fail (a refused connect, a broken response), so a dead
+//! pod stops costing requests before the EndpointSlice says it is gone.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How long an endpoint sits out after failing.
+const EJECT_FOR: Duration = Duration::from_secs(5);
+/// Failed responses (not connects) in a row before an endpoint is ejected: one broken
+/// response can be the request's fault, a refused connect never is.
+const RESPONSE_FAILURES: u32 = 3;
+
+#[derive(Debug, Default)]
+struct Health {
+    failures: u32,
+    ejected_until: Option<Instant>,
+}
+
+#[derive(Debug, Default)]
+pub struct Balancer {
+    next: AtomicUsize,
+    health: Mutex<HashMap<SocketAddr, Health>>,
+}
+
+impl Balancer {
+    /// The endpoints to try for one request, in order: healthy ones from the round-robin
+    /// position on, then the ejected ones (better a likely failure than none at all).
+    pub fn order(&self, endpoints: &[SocketAddr]) -> Vec<SocketAddr> {
+        if endpoints.is_empty() {
+            return Vec::new();
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % endpoints.len();
+        let now = Instant::now();
+        let health = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        let ejected = |a: &SocketAddr| {
+            health
+                .get(a)
+                .and_then(|h| h.ejected_until)
+                .is_some_and(|t| t > now)
+        };
+        let rotated = endpoints[start..].iter().chain(&endpoints[..start]);
+        let (mut good, bad): (Vec<SocketAddr>, Vec<SocketAddr>) =
+            rotated.partition(|a| !ejected(a));
+        good.extend(bad);
+        good
+    }
+
+    pub fn succeeded(&self, ep: SocketAddr) {
+        let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(h) = health.get_mut(&ep) {
+            h.failures = 0;
+            h.ejected_until = None;
+        }
+    }
+
+    /// Records a failure; returns true when the endpoint was ejected by it.
+    pub fn failed(&self, ep: SocketAddr, connect: bool) -> bool {
+        let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        let h = health.entry(ep).or_default();
+        h.failures += 1;
+        if connect || h.failures >= RESPONSE_FAILURES {
+            h.ejected_until = Some(Instant::now() + EJECT_FOR);
+            return true;
+        }
+        false
+    }
+
+    /// Forgets endpoints that are no longer anyone's (a table swap calls this).
+    pub fn retain(&self, live: &std::collections::HashSet<SocketAddr>) {
+        let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        health.retain(|a, _| live.contains(a));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn eps(n: u8) -> Vec<SocketAddr> {
+        (1..=n)
+            .map(|i| SocketAddr::from(([10, 0, 0, i], 80)))
+            .collect()
+    }
+
+    #[test]
+    fn round_robin_covers_everyone() {
+        let b = Balancer::default();
+        let e = eps(3);
+        let firsts: std::collections::HashSet<_> = (0..3).map(|_| b.order(&e)[0]).collect();
+        assert_eq!(firsts.len(), 3);
+    }
+
+    #[test]
+    fn ejected_go_last_and_come_back_on_success() {
+        let b = Balancer::default();
+        let e = eps(2);
+        assert!(b.failed(e[0], true));
+        for _ in 0..4 {
+            assert_eq!(b.order(&e), vec![e[1], e[0]]);
+        }
+        b.succeeded(e[0]);
+        let firsts: std::collections::HashSet<_> = (0..2).map(|_| b.order(&e)[0]).collect();
+        assert_eq!(firsts.len(), 2);
+        assert!(!b.failed(e[1], false));
+        assert!(!b.failed(e[1], false));
+        assert!(b.failed(e[1], false));
+    }
+}

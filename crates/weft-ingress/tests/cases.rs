@@ -1,0 +1,119 @@
+//! The routing cases against the compiled table, without a network: every request of
+//! every case in `tests/cases` must be routed to the Service (or answered with the status)
+//! the case says, and over https with the certificate it says. The lab test sends the
+//! same requests through a real proxy.
+
+use std::path::Path;
+
+use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use serde_json::{json, Value};
+use weft_ingress::cases::{default_class, qualified, Case, Expect};
+use weft_ingress::{compile, Cluster, Decision};
+
+fn service(ns: &str, name: &str) -> Service {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"selector": {"app": name}, "ports": [
+            {"name": "http", "port": 80, "targetPort": "web"},
+            {"name": "alt", "port": 8081, "targetPort": "web"},
+        ]}
+    }))
+    .expect("service")
+}
+
+fn slice(ns: &str, name: &str, i: usize) -> EndpointSlice {
+    serde_json::from_value(json!({
+        "metadata": {"name": format!("{name}-1"), "namespace": ns,
+                     "labels": {"kubernetes.io/service-name": name}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080}, {"name": "alt", "port": 8080}],
+        "endpoints": [{"addresses": [format!("10.1.{i}.1")], "conditions": {"ready": true}}],
+    }))
+    .expect("slice")
+}
+
+/// The case's world as a compiler input; objects get creation times in written order.
+fn cluster(case: &Case) -> Cluster {
+    let mut c = Cluster::default();
+    for (i, s) in case.services.iter().enumerate() {
+        let (ns, name) = qualified(s);
+        c.services.push(service(&ns, &name));
+        c.slices.push(slice(&ns, &name, i));
+    }
+    c.classes
+        .push(serde_json::from_value(default_class()).expect("class"));
+    for t in &case.tls_secrets {
+        let s: Secret =
+            serde_json::from_value(t.generate().expect("generate").object).expect("secret");
+        c.secrets.push(s);
+    }
+    let objects = case.object_values().expect("objects");
+    for (i, mut v) in objects.into_iter().enumerate() {
+        v["metadata"]["creationTimestamp"] = Value::from(format!("2026-01-01T00:00:{i:02}Z"));
+        if v["metadata"]["namespace"].is_null() {
+            v["metadata"]["namespace"] = "default".into();
+        }
+        match v["kind"].as_str() {
+            Some("Ingress") => c
+                .ingresses
+                .push(serde_json::from_value(v).expect("ingress")),
+            Some("IngressClass") => c.classes.push(serde_json::from_value(v).expect("class")),
+            Some("Service") => c.services.push(serde_json::from_value(v).expect("service")),
+            other => panic!(
+                "case {}: objects of kind {other:?} are not part of the format",
+                case.name
+            ),
+        }
+    }
+    c
+}
+
+#[test]
+fn every_case_routes_as_written() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cases");
+    let cases = Case::load_dir(&dir).expect("cases");
+    assert!(cases.len() >= 8, "cases went missing: {}", cases.len());
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for (file, case) in &cases {
+        let compiled = compile(&cluster(case));
+        for r in &case.requests {
+            let (scheme, host, path) = r.parts().expect("url");
+            checked += 1;
+            let got = match compiled.table.decide(host, path) {
+                Decision::NotFound => Expect::Status(404),
+                Decision::Route(route) if route.backend.endpoints.is_empty() => Expect::Status(503),
+                Decision::Route(route) => {
+                    let b = &route.backend;
+                    Expect::Service(if b.namespace == "default" {
+                        b.service.clone()
+                    } else {
+                        format!("{}/{}", b.namespace, b.service)
+                    })
+                }
+            };
+            if got != r.expect {
+                failures.push(format!(
+                    "{file}: {} {}: got {got:?}, want {:?}",
+                    r.method, r.url, r.expect
+                ));
+            }
+            if let (Some(want), "https") = (&r.certificate, scheme) {
+                let got = compiled
+                    .certs
+                    .find(Some(host))
+                    .map_or("default".to_string(), |c| c.source.clone());
+                if got != *want {
+                    failures.push(format!("{file}: {}: certificate {got}, want {want}", r.url));
+                }
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {checked} requests wrong:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
