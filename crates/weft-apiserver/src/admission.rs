@@ -2,9 +2,10 @@
 //! defaults, status resets, and allocation of ClusterIPs, NodePorts and node pod CIDRs.
 
 mod alloc;
+mod service;
 
 use crate::error::{ApiError, Cause};
-use crate::resources::{Resource, NODES, SERVICES};
+use crate::resources::{Resource, NODES};
 use crate::server::NetConfig;
 use crate::store::Tx;
 use k8s_openapi::api::{
@@ -14,7 +15,6 @@ use k8s_openapi::api::{
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Value};
-use std::net::Ipv4Addr;
 
 pub use alloc::{node_cidr, node_index_hint};
 
@@ -97,8 +97,8 @@ pub fn on_create(
         "Service" => {
             obj["status"] = json!({"loadBalancer": {}});
             service_defaults(obj);
-            allocate_service(tx, net, obj, None)?;
-            allocate_load_balancer(tx, net, obj);
+            service::allocate_service(tx, net, obj, None)?;
+            service::allocate_load_balancer(tx, obj, None);
         }
         "Node" => allocate_node(tx, net, obj, None)?,
         "Ingress" => obj["status"] = json!({"loadBalancer": {}}),
@@ -125,8 +125,8 @@ pub fn on_update(
         "Service" => {
             drop_type_dependent_fields(old, obj);
             service_defaults(obj);
-            allocate_service(tx, net, obj, Some(old))?;
-            allocate_load_balancer(tx, net, obj);
+            service::allocate_service(tx, net, obj, Some(old))?;
+            service::allocate_load_balancer(tx, obj, Some(old));
         }
         "Node" => allocate_node(tx, net, obj, Some(old))?,
         _ => {}
@@ -209,8 +209,19 @@ fn pod_defaults(obj: &mut Value) {
 }
 
 /// As the real API server does when a Service stops being a NodePort/LoadBalancer:
-/// node ports and the external traffic policy the user did not change are dropped.
+/// node ports and the external traffic policy the user did not change are dropped; when
+/// it becomes an ExternalName, so are the ClusterIPs and IP families it had (which
+/// releases them).
 fn drop_type_dependent_fields(old: &Value, obj: &mut Value) {
+    if obj["spec"]["type"] == "ExternalName" && old["spec"]["type"] != "ExternalName" {
+        for f in ["clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"] {
+            if obj["spec"][f] == old["spec"][f] {
+                if let Some(m) = obj["spec"].as_object_mut() {
+                    m.remove(f);
+                }
+            }
+        }
+    }
     let external = |v: &Value| {
         matches!(
             v["spec"]["type"].as_str(),
@@ -276,53 +287,6 @@ fn service_defaults(obj: &mut Value) {
     }
 }
 
-/// LoadBalancer Services get an ingress IP from `--load-balancer-cidr` (honouring
-/// `spec.loadBalancerIP` when it is in the pool and free), in `status.loadBalancer`;
-/// a Service that stops being a LoadBalancer gives its address back.
-fn allocate_load_balancer(tx: &Tx, net: &NetConfig, obj: &mut Value) {
-    let Some(pool) = net.load_balancer_cidr else {
-        return;
-    };
-    let is_lb = obj["spec"]["type"] == "LoadBalancer";
-    let current: Option<Ipv4Addr> = obj["status"]["loadBalancer"]["ingress"][0]["ip"]
-        .as_str()
-        .and_then(|s| s.parse().ok());
-    if !is_lb {
-        if current.is_some_and(|ip| pool.contains(&ip)) {
-            obj["status"]["loadBalancer"] = json!({});
-        }
-        return;
-    }
-    if current.is_some() {
-        return;
-    }
-    let name = crate::meta::name(obj).to_string();
-    let ns = crate::meta::namespace(obj).to_string();
-    let used: Vec<Ipv4Addr> = tx
-        .list(SERVICES, None)
-        .iter()
-        .filter(|s| !(crate::meta::name(s) == name && crate::meta::namespace(s) == ns))
-        .filter_map(|s| {
-            s["status"]["loadBalancer"]["ingress"][0]["ip"]
-                .as_str()?
-                .parse()
-                .ok()
-        })
-        .collect();
-    let asked: Option<Ipv4Addr> = obj["spec"]["loadBalancerIP"]
-        .as_str()
-        .and_then(|s| s.parse().ok())
-        .filter(|ip| pool.contains(ip) && !used.contains(ip));
-    let ip = asked.or_else(|| pool.hosts().find(|ip| !used.contains(ip)));
-    match ip {
-        Some(ip) => {
-            obj["status"]["loadBalancer"] =
-                json!({"ingress": [{"ip": ip.to_string(), "ipMode": "VIP"}]})
-        }
-        None => tracing::warn!("no LoadBalancer address left in {pool} for {ns}/{name}"),
-    }
-}
-
 fn allocate_node(
     tx: &Tx,
     net: &NetConfig,
@@ -366,231 +330,5 @@ fn allocate_node(
     };
     obj["spec"]["podCIDR"] = json!(cidr);
     obj["spec"]["podCIDRs"] = json!([cidr]);
-    Ok(())
-}
-
-fn allocate_service(
-    tx: &Tx,
-    net: &NetConfig,
-    obj: &mut Value,
-    old: Option<&Value>,
-) -> Result<(), ApiError> {
-    let name = crate::meta::name(obj).to_string();
-    let ns = crate::meta::namespace(obj).to_string();
-    let invalid = |c: Cause| ApiError::invalid("Service", &name, vec![c]);
-    let others: Vec<_> = tx
-        .list(SERVICES, None)
-        .into_iter()
-        .filter(|s| !(crate::meta::name(s) == name && crate::meta::namespace(s) == ns))
-        .collect();
-    let spec = &mut obj["spec"];
-    let ty = spec["type"].as_str().unwrap_or("ClusterIP").to_string();
-    if ty == "ExternalName" {
-        return Ok(());
-    }
-    // ClusterIP: immutable once set; "None" means headless.
-    let old_ip = old
-        .and_then(|o| o["spec"]["clusterIP"].as_str())
-        .filter(|s| !s.is_empty())
-        .map(String::from);
-    let asked = spec["clusterIP"]
-        .as_str()
-        .filter(|s| !s.is_empty())
-        .map(String::from);
-    let ip = match (&old_ip, asked) {
-        (Some(o), None) => o.clone(),
-        (Some(o), Some(a)) if *o == a => a,
-        (Some(o), Some(a)) => {
-            return Err(invalid(Cause::invalid(
-                "spec.clusterIPs[0]",
-                a,
-                &format!("may not change once set (was {o})"),
-            )))
-        }
-        (None, Some(a)) if a == "None" => a,
-        (None, Some(a)) => {
-            let parsed: Ipv4Addr = a.parse().map_err(|_| {
-                invalid(Cause::invalid(
-                    "spec.clusterIPs[0]",
-                    &a,
-                    "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
-                ))
-            })?;
-            if !net.service_cidr.contains(&parsed) {
-                return Err(invalid(Cause::invalid(
-                    "spec.clusterIPs",
-                    &a,
-                    &format!("failed to allocate IP {a}: provided IP is not in the valid range. The range of valid IPs is {}", net.service_cidr),
-                )));
-            }
-            if others
-                .iter()
-                .any(|s| s["spec"]["clusterIP"].as_str() == Some(a.as_str()))
-            {
-                return Err(invalid(Cause::invalid(
-                    "spec.clusterIPs",
-                    &a,
-                    &format!("failed to allocate IP {a}: provided IP is already allocated"),
-                )));
-            }
-            a
-        }
-        (None, None) => {
-            let used: Vec<Ipv4Addr> = others
-                .iter()
-                .filter_map(|s| s["spec"]["clusterIP"].as_str()?.parse().ok())
-                .collect();
-            let is_kubernetes = ns == "default" && name == "kubernetes";
-            alloc::cluster_ip(net.service_cidr, &used, is_kubernetes)
-                .ok_or_else(|| {
-                    ApiError::new(
-                        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                        "InternalError",
-                        format!(
-                            "failed to allocate a serviceIP: range {} is full",
-                            net.service_cidr
-                        ),
-                    )
-                })?
-                .to_string()
-        }
-    };
-    spec["clusterIP"] = json!(ip);
-    spec["clusterIPs"] = json!([ip]);
-    if ip != "None" {
-        spec["ipFamilies"] = json!(["IPv4"]);
-        default_str(spec, "ipFamilyPolicy", "SingleStack");
-    }
-    // NodePorts.
-    let wants_node_ports = ty == "NodePort" || ty == "LoadBalancer";
-    let used: Vec<u16> = others
-        .iter()
-        .flat_map(|s| s["spec"]["ports"].as_array().cloned().unwrap_or_default())
-        .filter_map(|p| p["nodePort"].as_u64().map(|n| n as u16))
-        .collect();
-    let old_ports: Vec<Value> = old
-        .and_then(|o| o["spec"]["ports"].as_array().cloned())
-        .unwrap_or_default();
-    let Some(ports) = spec["ports"].as_array_mut() else {
-        return Ok(());
-    };
-    // NodePorts of this Service so far, with protocols: one number may serve TCP and UDP.
-    let mut mine: Vec<(u16, String)> = Vec::new();
-    for (i, p) in ports.iter_mut().enumerate() {
-        let asked = p["nodePort"].as_u64().filter(|n| *n > 0);
-        let proto = p["protocol"].as_str().unwrap_or("TCP").to_string();
-        if !wants_node_ports {
-            continue;
-        }
-        let port = match asked {
-            Some(n) => {
-                let n = n as u16;
-                let (lo, hi) = net.node_port_range;
-                if n < lo || n > hi {
-                    return Err(invalid(Cause::invalid(
-                        format!("spec.ports[{i}].nodePort"),
-                        n,
-                        &format!("provided port is not in the valid range. The range of valid ports is {lo}-{hi}"),
-                    )));
-                }
-                if used.contains(&n) {
-                    return Err(invalid(Cause::invalid(
-                        format!("spec.ports[{i}].nodePort"),
-                        n,
-                        "provided port is already allocated",
-                    )));
-                }
-                if mine.iter().any(|(m, pr)| *m == n && *pr == proto) {
-                    return Err(invalid(Cause::duplicate(
-                        format!("spec.ports[{i}].nodePort"),
-                        n,
-                    )));
-                }
-                n
-            }
-            None => {
-                let kept = old_ports
-                    .iter()
-                    .find(|o| o["port"] == p["port"] && o["protocol"] == p["protocol"])
-                    .and_then(|o| o["nodePort"].as_u64())
-                    .map(|n| n as u16)
-                    .filter(|n| !used.contains(n) && !mine.iter().any(|(m, _)| m == n));
-                match kept.or_else(|| {
-                    let mut all = used.clone();
-                    all.extend(mine.iter().map(|(m, _)| *m));
-                    alloc::node_port(net.node_port_range, &all)
-                }) {
-                    Some(n) => n,
-                    None => {
-                        return Err(ApiError::internal(
-                            "failed to allocate a nodePort: range is full",
-                        ))
-                    }
-                }
-            }
-        };
-        p["nodePort"] = json!(port);
-        mine.push((port, proto));
-    }
-    let health_used: Vec<u16> = others
-        .iter()
-        .filter_map(|s| s["spec"]["healthCheckNodePort"].as_u64().map(|n| n as u16))
-        .chain(used.iter().copied())
-        .chain(mine.iter().map(|(m, _)| *m))
-        .collect();
-    let old_health = old.and_then(|o| o["spec"]["healthCheckNodePort"].as_u64());
-    allocate_health_check_port(net, spec, ty == "LoadBalancer", old_health, &health_used)
-        .map_err(invalid)
-}
-
-/// A LoadBalancer Service with `externalTrafficPolicy: Local` gets `healthCheckNodePort`:
-/// where each node tells the load balancer whether it has local endpoints.
-fn allocate_health_check_port(
-    net: &NetConfig,
-    spec: &mut Value,
-    load_balancer: bool,
-    old: Option<u64>,
-    used: &[u16],
-) -> Result<(), Cause> {
-    let wanted = load_balancer && spec["externalTrafficPolicy"] == "Local";
-    let Some(m) = spec.as_object_mut() else {
-        return Ok(());
-    };
-    if !wanted {
-        m.remove("healthCheckNodePort");
-        return Ok(());
-    }
-    let (lo, hi) = net.node_port_range;
-    let port = match m
-        .get("healthCheckNodePort")
-        .and_then(Value::as_u64)
-        .filter(|n| *n > 0)
-    {
-        Some(n) => {
-            if n < lo as u64 || n > hi as u64 || used.contains(&(n as u16)) {
-                return Err(Cause::invalid(
-                    "spec.healthCheckNodePort",
-                    n,
-                    &format!("must be a free port in {lo}-{hi}"),
-                ));
-            }
-            n as u16
-        }
-        None => match old
-            .map(|n| n as u16)
-            .filter(|n| !used.contains(n))
-            .or_else(|| alloc::node_port(net.node_port_range, used))
-        {
-            Some(n) => n,
-            None => {
-                return Err(Cause::invalid(
-                    "spec.healthCheckNodePort",
-                    0,
-                    "no free port left in the NodePort range",
-                ))
-            }
-        },
-    };
-    m.insert("healthCheckNodePort".into(), json!(port));
     Ok(())
 }

@@ -2,9 +2,52 @@
 
 use crate::error::Error;
 use clap::Parser;
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::str::FromStr;
+
+/// `--service-cidr`: an IPv4 range, optionally followed by an IPv6 one for dual-stack
+/// Services (`10.96.0.0/12,fd00:10:96::/108`), as kube-apiserver's
+/// `--service-cluster-ip-range` takes them. IPv4 comes first: the cluster's DNS address
+/// and the `kubernetes` Service are IPv4.
+#[derive(Debug, Clone, Copy)]
+pub struct ServiceCidrs {
+    pub v4: Ipv4Net,
+    pub v6: Option<Ipv6Net>,
+}
+
+impl FromStr for ServiceCidrs {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut parts = s.split(',').map(str::trim);
+        let v4 = parts
+            .next()
+            .unwrap_or("")
+            .parse()
+            .map_err(|_| format!("{s:?}: the first range must be an IPv4 CIDR"))?;
+        let v6 = match parts.next() {
+            None => None,
+            Some(p) => Some(
+                p.parse()
+                    .map_err(|_| format!("{s:?}: the second range must be an IPv6 CIDR"))?,
+            ),
+        };
+        if parts.next().is_some() {
+            return Err(format!("{s:?}: at most two ranges, one per IP family"));
+        }
+        Ok(ServiceCidrs { v4, v6 })
+    }
+}
+
+impl std::fmt::Display for ServiceCidrs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.v6 {
+            Some(v6) => write!(f, "{},{v6}", self.v4),
+            None => write!(f, "{}", self.v4),
+        }
+    }
+}
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -18,9 +61,9 @@ pub struct Config {
     /// Address to serve HTTPS on (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:6443")]
     pub listen: SocketAddr,
-    /// Service ClusterIP range.
+    /// Service ClusterIP range: IPv4, or IPv4,IPv6 for dual-stack Services.
     #[arg(long, default_value = "10.96.0.0/12")]
-    pub service_cidr: Ipv4Net,
+    pub service_cidr: ServiceCidrs,
     /// Pod network; each node gets a slice of it as spec.podCIDR.
     #[arg(long, default_value = "10.244.0.0/16")]
     pub cluster_cidr: Ipv4Net,
@@ -88,9 +131,15 @@ impl Config {
                 self.cluster_cidr.prefix_len()
             )));
         }
-        if self.service_cidr.prefix_len() > 28 {
+        if self.service_cidr.v4.prefix_len() > 28 {
             return Err(Error::Config(format!(
                 "--service-cidr {} is too small: need at least a /28",
+                self.service_cidr.v4
+            )));
+        }
+        if self.service_cidr.v6.is_some_and(|c| c.prefix_len() > 124) {
+            return Err(Error::Config(format!(
+                "--service-cidr {}: the IPv6 range is too small: need at least a /124",
                 self.service_cidr
             )));
         }

@@ -6,6 +6,7 @@
 //! ([`controllers`]) do what kube-controller-manager and the scheduler would.
 
 pub mod admission;
+pub mod allocator;
 pub mod api;
 pub mod config;
 pub mod controllers;

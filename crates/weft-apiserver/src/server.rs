@@ -1,5 +1,6 @@
 //! Start-up: credentials, store, controllers, and the HTTPS accept loop.
 
+use crate::allocator::Allocators;
 use crate::config::Config;
 use crate::credentials;
 use crate::error::Error;
@@ -8,7 +9,7 @@ use crate::store::Store;
 use axum::http::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::future::Future;
@@ -34,6 +35,8 @@ pub struct AppState {
 #[derive(Debug, Clone)]
 pub struct NetConfig {
     pub service_cidr: Ipv4Net,
+    /// The IPv6 service range of a dual-stack cluster.
+    pub service_cidr_v6: Option<Ipv6Net>,
     pub cluster_cidr: Ipv4Net,
     pub node_cidr_size: u8,
     pub node_port_range: (u16, u16),
@@ -70,7 +73,6 @@ pub async fn start(cfg: Config) -> Result<Server, Error> {
     cfg.check()?;
     credentials::private_dir(&cfg.data_dir)?;
     let creds = credentials::ensure(&cfg.data_dir, &[cfg.listen.ip()])?;
-    let store = Store::open(&cfg.data_dir, cfg.watch_history.max(100))?;
     let listener = TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| Error::io(format!("listening on {}", cfg.listen), e))?;
@@ -89,17 +91,25 @@ pub async fn start(cfg: Config) -> Result<Server, Error> {
     let server_url = format!("https://{}", SocketAddr::new(client_ip, addr.port()));
     credentials::write_kubeconfig(&kubeconfig, &server_url, &creds)?;
 
+    let net = NetConfig {
+        service_cidr: cfg.service_cidr.v4,
+        service_cidr_v6: cfg.service_cidr.v6,
+        cluster_cidr: cfg.cluster_cidr,
+        node_cidr_size: cfg.node_cidr_size,
+        node_port_range: cfg.node_port_range()?,
+        load_balancer_cidr: cfg.load_balancer_cidr,
+        api_endpoint: SocketAddr::new(client_ip, addr.port()),
+    };
+    // The allocators are rebuilt from the stored Services as the store opens.
+    let store = Store::open(
+        &cfg.data_dir,
+        cfg.watch_history.max(100),
+        Allocators::new(&net),
+    )?;
     let state = Arc::new(AppState {
         store,
         token: creds.token.clone(),
-        net: NetConfig {
-            service_cidr: cfg.service_cidr,
-            cluster_cidr: cfg.cluster_cidr,
-            node_cidr_size: cfg.node_cidr_size,
-            node_port_range: cfg.node_port_range()?,
-            load_balancer_cidr: cfg.load_balancer_cidr,
-            api_endpoint: SocketAddr::new(client_ip, addr.port()),
-        },
+        net,
         limits: Limits::new(&cfg),
     });
     let header_timeout = state.limits.header_read_timeout;

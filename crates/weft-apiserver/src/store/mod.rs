@@ -1,11 +1,16 @@
 //! The embedded store: every object in memory, every write in an fsynced append-only log,
 //! one global resourceVersion counter and a ring of recent watch events for resumes.
 
+mod index;
 mod log;
 mod sync;
 
+pub use index::selects;
+
+use crate::allocator::{Allocators, Delta};
 use crate::error::{ApiError, Error};
 use crate::resources::{Resource, RESOURCES};
+use index::Indexes;
 use log::{Log, Op, Record};
 use serde_json::Value;
 use std::collections::{BTreeMap, VecDeque};
@@ -67,6 +72,7 @@ pub struct State {
     /// Events with rv <= floor are no longer in `history`.
     floor: u64,
     log: Log,
+    indexes: Indexes,
 }
 
 impl State {
@@ -145,6 +151,8 @@ impl State {
 pub struct Tx<'a> {
     state: &'a State,
     pending: Vec<(&'static Resource, String, Option<Value>)>,
+    /// What the pending Service writes take from and give back to the allocators.
+    alloc_delta: Delta,
 }
 
 impl Tx<'_> {
@@ -185,9 +193,11 @@ impl Tx<'_> {
         items
     }
     pub fn put(&mut self, res: &'static Resource, key: String, obj: Value) {
+        self.track(res, &key, Some(&obj));
         self.pending.push((res, key, Some(obj)));
     }
     pub fn delete(&mut self, res: &'static Resource, key: String) {
+        self.track(res, &key, None);
         self.pending.push((res, key, None));
     }
     pub fn current_rv(&self) -> u64 {
@@ -214,7 +224,8 @@ impl Drop for Store {
 }
 
 impl Store {
-    pub fn open(dir: &Path, history_cap: usize) -> Result<Arc<Store>, Error> {
+    /// Opens the log at `dir/store.log`; `alloc` (empty) is filled from the stored Services.
+    pub fn open(dir: &Path, history_cap: usize, alloc: Allocators) -> Result<Arc<Store>, Error> {
         let path = dir.join("store.log");
         let (mut log, records) = Log::open(&path)?;
         let mut state_objects: Vec<BTreeMap<String, Arc<Value>>> =
@@ -290,6 +301,12 @@ impl Store {
             history.clear();
             floor = rv;
         }
+        let mut indexes = Indexes::new(alloc);
+        for (i, map) in state_objects.iter().enumerate() {
+            for (k, v) in map {
+                indexes.apply(&RESOURCES[i], k, None, Some(v));
+            }
+        }
         let syncer = sync::Syncer::start(log.sync_handle()?, rv, path.clone());
         Ok(Arc::new(Store {
             syncer,
@@ -300,6 +317,7 @@ impl Store {
                 history_cap,
                 floor,
                 log,
+                indexes,
             }),
         }))
     }
@@ -338,6 +356,7 @@ impl Store {
             let mut tx = Tx {
                 state: &guard,
                 pending: Vec::new(),
+                alloc_delta: Delta::default(),
             };
             let out = f(&mut tx)?;
             (out, tx.pending)
@@ -383,7 +402,7 @@ impl Store {
             let obj = Arc::new(obj);
             let (ty, prev) = match op {
                 Op::Put => {
-                    let prev = state.objects[idx].insert(key, obj.clone());
+                    let prev = state.objects[idx].insert(key.clone(), obj.clone());
                     let ty = if prev.is_some() {
                         EventType::Modified
                     } else {
@@ -393,6 +412,10 @@ impl Store {
                 }
                 _ => (EventType::Deleted, state.objects[idx].remove(&key)),
             };
+            // The indexes (allocators among them) change with the objects, under the
+            // same lock and only after the log append succeeded.
+            let new = (op == Op::Put).then_some(&*obj);
+            state.indexes.apply(res, &key, prev.as_deref(), new);
             state.push_event(Event {
                 rv,
                 ty,
