@@ -17,12 +17,13 @@ use crate::table::{Backend, Route, RouteTable, ServicePort, VirtualHost};
 
 /// The objects a compilation reads.
 #[derive(Debug, Clone, Default)]
+/// Shared, as a watch cache hands them out: compiling clones no object.
 pub struct Cluster {
-    pub ingresses: Vec<Ingress>,
-    pub classes: Vec<IngressClass>,
-    pub services: Vec<Service>,
-    pub slices: Vec<EndpointSlice>,
-    pub secrets: Vec<Secret>,
+    pub ingresses: Vec<Arc<Ingress>>,
+    pub classes: Vec<Arc<IngressClass>>,
+    pub services: Vec<Arc<Service>>,
+    pub slices: Vec<Arc<EndpointSlice>>,
+    pub secrets: Vec<Arc<Secret>>,
 }
 
 /// Something in an Ingress weft cannot serve as written; the rest of it is served.
@@ -43,10 +44,11 @@ pub struct Compiled {
 }
 
 pub fn compile(cluster: &Cluster) -> Compiled {
-    let classes = Classes::from_objects(&cluster.classes);
+    let classes = Classes::from_objects(cluster.classes.iter().map(|c| &**c));
     let mut ours: Vec<&Ingress> = cluster
         .ingresses
         .iter()
+        .map(|i| &**i)
         .filter(|i| classes.serves(i))
         .collect();
     // Oldest first: where two Ingresses claim one host and path, the older keeps it.
@@ -93,20 +95,20 @@ impl<'a> Compiler<'a> {
                 .and_then(|l| l.get("kubernetes.io/service-name"));
             if let Some(svc) = owner {
                 let ns = s.metadata.namespace.as_deref().unwrap_or("default");
-                slices.entry((ns, svc.as_str())).or_default().push(s);
+                slices.entry((ns, svc.as_str())).or_default().push(&**s);
             }
         }
         Compiler {
             services: cluster
                 .services
                 .iter()
-                .map(|s| (ns_name(&s.metadata), s))
+                .map(|s| (ns_name(&s.metadata), &**s))
                 .collect(),
             slices,
             secrets: cluster
                 .secrets
                 .iter()
-                .map(|s| (ns_name(&s.metadata), s))
+                .map(|s| (ns_name(&s.metadata), &**s))
                 .collect(),
             backends: HashMap::new(),
             certs: HashMap::new(),

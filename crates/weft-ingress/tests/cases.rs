@@ -4,6 +4,7 @@
 //! same requests through a real proxy.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -33,20 +34,24 @@ fn slice(ns: &str, name: &str, i: usize) -> EndpointSlice {
     .expect("slice")
 }
 
+fn obj<T: serde::de::DeserializeOwned>(v: Value) -> Arc<T> {
+    let what = v["kind"].to_string();
+    Arc::new(serde_json::from_value(v).unwrap_or_else(|e| panic!("{what}: {e}")))
+}
+
 /// The case's world as a compiler input; objects get creation times in written order.
 fn cluster(case: &Case) -> Cluster {
     let mut c = Cluster::default();
     for (i, s) in case.services.iter().enumerate() {
         let (ns, name) = qualified(s);
-        c.services.push(service(&ns, &name));
-        c.slices.push(slice(&ns, &name, i));
+        c.services.push(Arc::new(service(&ns, &name)));
+        c.slices.push(Arc::new(slice(&ns, &name, i)));
     }
-    c.classes
-        .push(serde_json::from_value(default_class()).expect("class"));
+    c.classes.push(obj(default_class()));
     for t in &case.tls_secrets {
         let s: Secret =
             serde_json::from_value(t.generate().expect("generate").object).expect("secret");
-        c.secrets.push(s);
+        c.secrets.push(Arc::new(s));
     }
     let objects = case.object_values().expect("objects");
     for (i, mut v) in objects.into_iter().enumerate() {
@@ -55,11 +60,9 @@ fn cluster(case: &Case) -> Cluster {
             v["metadata"]["namespace"] = "default".into();
         }
         match v["kind"].as_str() {
-            Some("Ingress") => c
-                .ingresses
-                .push(serde_json::from_value(v).expect("ingress")),
-            Some("IngressClass") => c.classes.push(serde_json::from_value(v).expect("class")),
-            Some("Service") => c.services.push(serde_json::from_value(v).expect("service")),
+            Some("Ingress") => c.ingresses.push(obj(v)),
+            Some("IngressClass") => c.classes.push(obj(v)),
+            Some("Service") => c.services.push(obj(v)),
             other => panic!(
                 "case {}: objects of kind {other:?} are not part of the format",
                 case.name

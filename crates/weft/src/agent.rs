@@ -1,5 +1,6 @@
 //! `weft agent`: parses the command line and runs weft-agent's control loop.
 
+use weft_agent::controller::ingress::IngressConfig;
 use weft_agent::controller::{run, AgentConfig};
 
 pub fn main(a: crate::cli::AgentArgs) -> anyhow::Result<()> {
@@ -25,6 +26,10 @@ pub fn main(a: crate::cli::AgentArgs) -> anyhow::Result<()> {
         run_pods: !a.no_pods,
         serve_dns: a.serve_dns,
         network_policy: !a.no_network_policy,
+        ingress: a.ingress.then_some(IngressConfig {
+            http: a.ingress_http,
+            https: a.ingress_https,
+        }),
         dns_upstreams: match a.dns_upstream.is_empty() {
             true => weft_dns::Upstreams::ResolvConf(a.dns_resolv_conf),
             false => weft_dns::Upstreams::List(a.dns_upstream),

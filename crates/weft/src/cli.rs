@@ -187,12 +187,26 @@ pub enum ProbeCommand {
         #[command(flatten)]
         opts: ProbeOpts,
     },
-    /// GET a URL and print the status
+    /// Send one request to an http:// or https:// URL and print the status
     Http {
         url: String,
         /// Exit 0 only for this HTTP status (default: any response)
         #[arg(long)]
         expect_status: Option<u16>,
+        #[arg(long, default_value = "GET")]
+        method: String,
+        /// Send this Host (and, over https, this SNI name) instead of the URL's host
+        #[arg(long)]
+        host: Option<String>,
+        /// HOST:PORT:ADDR: connect to ADDR for the URL's HOST:PORT, as curl --resolve
+        #[arg(long)]
+        resolve: Vec<String>,
+        /// Trust only these PEM certificates (a self-signed server certificate is its own CA)
+        #[arg(long)]
+        cacert: Option<std::path::PathBuf>,
+        /// Accept any server certificate
+        #[arg(long, conflicts_with = "cacert")]
+        insecure: bool,
         #[command(flatten)]
         opts: ProbeOpts,
     },
@@ -281,4 +295,13 @@ pub struct AgentArgs {
     /// ... or to these servers (IP:PORT, repeatable), in order of preference
     #[arg(long)]
     pub dns_upstream: Vec<std::net::SocketAddr>,
+    /// Serve Ingresses of weft's class (controller weft.dev/ingress) on this node
+    #[arg(long)]
+    pub ingress: bool,
+    /// Where the Ingress proxy takes plain HTTP
+    #[arg(long, default_value = "0.0.0.0:80", requires = "ingress")]
+    pub ingress_http: std::net::SocketAddr,
+    /// Where the Ingress proxy takes HTTPS
+    #[arg(long, default_value = "0.0.0.0:443", requires = "ingress")]
+    pub ingress_https: std::net::SocketAddr,
 }

@@ -74,6 +74,7 @@ pub fn programs(state: &LabState, weft: &Path) -> Vec<ProcSpec> {
                 "--cluster-dns".into(),
                 state.spec.cluster_dns.to_string(),
                 "--serve-dns".into(),
+                "--ingress".into(),
             ]
             .into_iter()
             .chain(

@@ -9,6 +9,7 @@ mod cniconf;
 mod dns;
 mod events;
 mod health;
+pub mod ingress;
 mod masq;
 mod node;
 mod node_api;
@@ -55,6 +56,8 @@ pub struct AgentConfig {
     pub dns_upstreams: weft_dns::Upstreams,
     /// Enforce NetworkPolicy and ClusterNetworkPolicy on this node.
     pub network_policy: bool,
+    /// Serve Ingresses on this node (the L7 proxy on ports 80 and 443).
+    pub ingress: Option<ingress::IngressConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +84,8 @@ pub enum AgentError {
     Policy(#[from] weft_policy::Error),
     #[error("cluster DNS: {0}")]
     Dns(#[from] weft_dns::Error),
+    #[error("ingress: {0}")]
+    Ingress(#[from] weft_ingress::Error),
     #[error("pod runtime: {0}")]
     Runtime(#[from] crate::Error),
     #[error("{op}: {source}")]
@@ -202,6 +207,9 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         policy: policy_events.clone(),
     };
     watches::spawn(&client, sinks, &ended).await;
+    if let Some(ic) = &cfg.ingress {
+        ingress::start(&client, &cfg, ic, &ended).await?;
+    }
     for (what, stream) in [
         ("Services", service_stream.boxed()),
         ("EndpointSlices", slice_stream.boxed()),

@@ -165,6 +165,11 @@ impl Proxy {
         let graceful = GracefulShutdown::new();
         let acceptor = tls.then(|| self.tls_acceptor());
         let scheme = if tls { "https" } else { "http" };
+        let stopped = async move {
+            // Err: the sender is gone, which also means stop.
+            let _ = stop.wait_for(|s| *s).await.map(|_| ());
+        };
+        tokio::pin!(stopped);
         loop {
             let (stream, client) = tokio::select! {
                 r = listener.accept() => match r {
@@ -176,7 +181,7 @@ impl Proxy {
                         continue;
                     }
                 },
-                _ = stop.wait_for(|s| *s) => break,
+                _ = &mut stopped => break,
             };
             let _ = stream.set_nodelay(true);
             let conn = Conn { client, scheme };

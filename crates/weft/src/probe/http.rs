@@ -1,9 +1,10 @@
-//! HTTP probe: one GET over a plain TCP connection. Any HTTP response counts as answered
-//! (the line shows its status) unless a specific status is expected.
+//! HTTP probe: one request over a plain TCP or a TLS connection. Any HTTP response counts
+//! as answered (the line shows its status) unless a specific status is expected.
 
 use super::connect::{self, ConnectError};
 use super::report::{summary, Report, Verdict};
 use super::target::HttpUrl;
+use super::tls::{self, Conn, Trust};
 use nix::sys::socket::SockProtocol;
 use std::io::{ErrorKind, Read, Write};
 use std::net::SocketAddr;
@@ -12,25 +13,56 @@ use std::time::Instant;
 /// The most of a response kept; enough for any echo answer and a summary of the rest.
 const MAX_RESPONSE: usize = 256 * 1024;
 
+/// How to ask: the method, the Host (and SNI) to present, whom to trust over TLS.
+#[derive(Debug, Clone)]
+pub struct Ask {
+    pub method: String,
+    /// Overrides the URL's host in `Host` and in the TLS SNI.
+    pub host: Option<String>,
+    pub trust: Trust,
+    pub expect_status: Option<u16>,
+}
+
 pub fn probe(
     target: &str,
     url: &HttpUrl,
     addr: SocketAddr,
     deadline: Instant,
-    expect_status: Option<u16>,
+    ask: &Ask,
 ) -> Report {
+    let expect_status = ask.expect_status;
     let start = Instant::now();
-    let mut stream = match connect::stream(addr, SockProtocol::Tcp, deadline) {
+    let tcp = match connect::stream(addr, SockProtocol::Tcp, deadline) {
         Ok(s) => s,
         Err(ConnectError::Io(e)) => return Report::from_error("http", target, &e),
         Err(ConnectError::NoProtocol(e)) => {
             return Report::from_error("http", target, &std::io::Error::from(e))
         }
     };
-    let local = stream.local_addr().ok();
+    let local = tcp.local_addr().ok();
+    let authority = ask.host.clone().unwrap_or_else(|| url.authority.clone());
+    let mut stream = if url.tls {
+        let sni = ask.host.as_deref().map_or(url.host.as_str(), |h| {
+            h.rsplit_once(':').map_or(h, |(name, _)| name)
+        });
+        let cfg = match tls::config(&ask.trust) {
+            Ok(c) => c,
+            Err(e) => {
+                return Report::new("http", target, Verdict::Failed).with("error", e);
+            }
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        let _ = tcp.set_read_timeout(Some(left.max(std::time::Duration::from_millis(1))));
+        match tls::connect(cfg, sni, tcp) {
+            Ok(c) => c,
+            Err(e) => return Report::from_error("http", target, &e),
+        }
+    } else {
+        Conn::Plain(tcp)
+    };
     let request = format!(
-        "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: weft-probe\r\nAccept: */*\r\nConnection: close\r\n\r\n",
-        url.path, url.authority
+        "{} {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: weft-probe\r\nAccept: */*\r\nConnection: close\r\n\r\n",
+        ask.method, url.path, authority
     );
     if let Err(e) = stream.write_all(request.as_bytes()) {
         return Report::from_error("http", target, &e);
@@ -40,7 +72,7 @@ pub fn probe(
     let mut failure = None;
     while !complete(&got) && got.len() < MAX_RESPONSE {
         let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+        if left.is_zero() || stream.tcp().set_read_timeout(Some(left)).is_err() {
             failure = Some(std::io::Error::from(ErrorKind::TimedOut));
             break;
         }
@@ -54,8 +86,16 @@ pub fn probe(
             }
         }
     }
+    let tls_version = stream.describe();
     match parse(&got) {
-        Some(resp) => describe(target, &resp, expect_status, local).with_time(start.elapsed()),
+        Some(resp) => {
+            let r = describe(target, &resp, expect_status, local);
+            let r = match tls_version {
+                Some(v) => r.with("tls", v),
+                None => r,
+            };
+            r.with_time(start.elapsed())
+        }
         None => match failure {
             Some(e) => Report::from_error("http", target, &e),
             None if got.is_empty() => Report::new("http", target, Verdict::Failed)

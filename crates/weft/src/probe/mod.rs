@@ -22,6 +22,7 @@ mod icmp;
 mod report;
 mod stream;
 mod target;
+mod tls;
 mod udp;
 
 use crate::cli::{ProbeCommand, ProbeOpts, ProbeTarget};
@@ -70,12 +71,39 @@ fn probe(cmd: ProbeCommand) -> Result<Report, Usage> {
         ProbeCommand::Http {
             url,
             expect_status,
+            method,
+            host,
+            resolve,
+            cacert,
+            insecure,
             opts,
         } => {
             let deadline = Instant::now() + timeout(&opts)?;
             let u = target::http_url(&url).map_err(Usage)?;
-            Ok(match target::resolve(&u.host, u.port) {
-                Ok(addr) => http::probe(&url, &u, addr, deadline, expect_status),
+            let trust = match (cacert, insecure) {
+                (Some(f), _) => tls::Trust::CaFile(f),
+                (None, true) => tls::Trust::Insecure,
+                (None, false) => tls::Trust::System,
+            };
+            let ask = http::Ask {
+                method,
+                host,
+                trust,
+                expect_status,
+            };
+            let pinned = resolve
+                .iter()
+                .map(|r| target::resolve_rule(r).map_err(Usage))
+                .collect::<Result<Vec<_>, _>>()?
+                .into_iter()
+                .find(|(h, p, _)| h.eq_ignore_ascii_case(&u.host) && *p == u.port)
+                .map(|(_, _, addr)| addr);
+            let addr = match pinned {
+                Some(a) => Ok(a),
+                None => target::resolve(&u.host, u.port),
+            };
+            Ok(match addr {
+                Ok(addr) => http::probe(&url, &u, addr, deadline, &ask),
                 Err(e) => unresolved("http", &url, &e),
             })
         }

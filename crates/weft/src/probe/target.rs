@@ -75,6 +75,8 @@ pub fn resolve(host: &str, port: u16) -> io::Result<SocketAddr> {
 /// An `http://` URL, split for a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpUrl {
+    /// `https://`: the exchange runs over TLS.
+    pub tls: bool,
     pub host: String,
     pub port: u16,
     /// `host[:port]` as written, for the Host header.
@@ -83,19 +85,37 @@ pub struct HttpUrl {
     pub path: String,
 }
 
+/// curl's `--resolve HOST:PORT:ADDR`: connect to ADDR when the URL names HOST:PORT.
+pub fn resolve_rule(s: &str) -> Result<(String, u16, SocketAddr), String> {
+    let bad =
+        || format!("--resolve {s:?}: want HOST:PORT:ADDR, e.g. shop.example:443:192.168.1.11");
+    let (host, rest) = s.split_once(':').ok_or_else(bad)?;
+    let (port, addr) = rest.split_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    let ip: std::net::IpAddr = addr
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .map_err(|_| bad())?;
+    if host.is_empty() || port == 0 {
+        return Err(bad());
+    }
+    Ok((host.to_string(), port, SocketAddr::new(ip, port)))
+}
+
 pub fn http_url(s: &str) -> Result<HttpUrl, String> {
-    let rest = if let Some(r) = s.strip_prefix("http://") {
-        r
-    } else if s.starts_with("https://") {
-        return Err(
-            "https is not supported yet: probe the port with `weft probe tcp` or use http://"
-                .into(),
-        );
+    let (tls, rest) = if let Some(r) = s.strip_prefix("http://") {
+        (false, r)
+    } else if let Some(r) = s.strip_prefix("https://") {
+        (true, r)
     } else if s.contains("://") {
-        return Err(format!("{s:?}: only http:// URLs are supported"));
+        return Err(format!(
+            "{s:?}: only http:// and https:// URLs are supported"
+        ));
     } else {
-        s
+        (false, s)
     };
+    let default_port = if tls { 443 } else { 80 };
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(end);
     let tail = tail.split('#').next().unwrap_or_default();
@@ -118,7 +138,7 @@ pub fn http_url(s: &str) -> Result<HttpUrl, String> {
             .ok_or_else(|| format!("{s:?}: unclosed '['"))?;
         let port = match after.strip_prefix(':') {
             Some(p) => p.parse().map_err(|_| format!("{s:?}: bad port"))?,
-            None if after.is_empty() => 80,
+            None if after.is_empty() => default_port,
             None => return Err(format!("{s:?}: bad authority")),
         };
         (h.to_string(), port)
@@ -128,13 +148,14 @@ pub fn http_url(s: &str) -> Result<HttpUrl, String> {
                 h.to_string(),
                 p.parse().map_err(|_| format!("{s:?}: bad port"))?,
             ),
-            None => (authority.to_string(), 80),
+            None => (authority.to_string(), default_port),
         }
     };
     if host.is_empty() || port == 0 {
         return Err(format!("{s:?}: needs a host (and a port from 1 to 65535)"));
     }
     Ok(HttpUrl {
+        tls,
         host,
         port,
         authority: authority.to_string(),
@@ -181,8 +202,10 @@ mod tests {
         assert_eq!((u.host.as_str(), u.port), ("::1", 80));
         let u = http_url("http://h?q=1").unwrap();
         assert_eq!(u.path, "/?q=1");
+        let u = http_url("https://secure.example/p").unwrap();
+        assert!(u.tls);
+        assert_eq!((u.host.as_str(), u.port), ("secure.example", 443));
         for bad in [
-            "https://x/",
             "ftp://x",
             "http://",
             "http://h:0/",

@@ -35,6 +35,14 @@ impl Request {
             .any(|t| t.trim().eq_ignore_ascii_case(token))
     }
 
+    /// The protocol an HTTP/1.1 request asks to switch to (`Connection: upgrade`).
+    fn upgrade(&self) -> Option<String> {
+        if self.version != "HTTP/1.1" || !self.has_token("connection", "upgrade") {
+            return None;
+        }
+        self.header("upgrade").map(str::to_string)
+    }
+
     /// HTTP/1.1 keeps the connection unless told to close; 1.0 only when asked to keep it.
     pub fn keep_alive(&self) -> bool {
         if self.version == "HTTP/1.0" {
@@ -228,6 +236,10 @@ pub fn serve_after(stream: TcpStream, identity: &Identity, first: Vec<u8>) -> io
                 Err(Malformed::Bad(why)) => return respond_error(&mut out, 400, &why),
             },
         };
+        if let Some(protocol) = req.upgrade() {
+            let key = req.header("sec-websocket-key").map(str::to_string);
+            return super::upgrade::switch(&mut reader, &mut out, &protocol, key.as_deref());
+        }
         let keep = req.keep_alive();
         let mut body = describe(&req, identity, &client, body_bytes).to_string();
         body.push('\n');

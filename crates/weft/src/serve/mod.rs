@@ -20,6 +20,7 @@ mod listen;
 mod slots;
 mod stream;
 mod udp;
+mod upgrade;
 
 use crate::cli::ServeArgs;
 use anyhow::{bail, Context, Result};
