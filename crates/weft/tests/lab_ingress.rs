@@ -271,3 +271,200 @@ fn check_status(lab: &Lab, file: &str, objects: &[serde_json::Value]) {
         );
     }
 }
+
+fn ingress_for(name: &str, host: &str, svc: &str, extra_paths: &str) -> String {
+    format!(
+        "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: {name}}}\nspec:\n  rules:\n  - host: {host}\n    http:\n      paths:\n      - {{path: /stable, pathType: Prefix, backend: {{service: {{name: {svc}, port: {{number: 80}}}}}}}}\n{extra_paths}"
+    )
+}
+
+/// Runs a script of `ingress_support` with python3 on the external host.
+fn python(lab: &Lab, script: &str, args: &[&str]) -> std::process::Child {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/ingress_support")
+        .join(script);
+    let path = path.display().to_string();
+    let mut full = vec![
+        "exec",
+        "--name",
+        lab.name.as_str(),
+        "--host",
+        "external",
+        "--",
+        "python3",
+        &path,
+    ];
+    full.extend_from_slice(args);
+    lab.weft_cmd(&["lab"])
+        .args(&full)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn python3")
+}
+
+fn json_output(child: std::process::Child) -> serde_json::Value {
+    let out = child.wait_with_output().expect("python3");
+    assert!(out.status.success(), "script failed: {}", text(&out));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)))
+}
+
+#[test]
+fn ten_replicas_share_traffic_and_a_killed_endpoint_fails_no_request() {
+    let lab = lab_with_class();
+    lab.apply(&echo_service("default", "ten", 10));
+    lab.apply(&ingress_for("ten", "ten.example", "ten", ""));
+    let names: Vec<String> = (1..=10).map(|i| format!("ten-{i}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    lab.wait_running(&names, Duration::from_secs(120));
+    let seen = wait_for(Duration::from_secs(30), || {
+        let mut seen = BTreeSet::new();
+        for i in 0..60 {
+            let a = request(
+                &lab,
+                "http://ten.example/stable",
+                NODE_IPS[i % 2],
+                "GET",
+                &[],
+            );
+            seen.extend(a.pod);
+        }
+        (seen.len() == 10).then_some(seen)
+    });
+    assert!(
+        seen.is_some(),
+        "not every replica got traffic\n{}",
+        lab.logs()
+    );
+    // A pod killed outright (no graceful shutdown) while requests flow: connects to it
+    // are refused until its endpoint goes, and the proxy sends those requests elsewhere.
+    let kill = {
+        let kubeconfig = lab.kubeconfig();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(500));
+            std::process::Command::new("kubectl")
+                .arg("--kubeconfig")
+                .arg(kubeconfig)
+                .args([
+                    "delete",
+                    "pod",
+                    "ten-3",
+                    "--grace-period=0",
+                    "--force",
+                    "--wait=false",
+                ])
+                .output()
+                .expect("kubectl delete")
+        })
+    };
+    let mut failed = Vec::new();
+    for i in 0..120 {
+        let a = request(
+            &lab,
+            "http://ten.example/stable",
+            NODE_IPS[i % 2],
+            "GET",
+            &[],
+        );
+        if a.status != Some(200) {
+            failed.push(a.line);
+        }
+    }
+    let out = kill.join().expect("kill thread");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        failed.is_empty(),
+        "{} of 120 requests failed:\n{}",
+        failed.len(),
+        failed.join("\n")
+    );
+}
+
+#[test]
+fn hostile_and_slow_clients_get_the_right_status() {
+    let lab = lab_with_class();
+    lab.apply(&echo_service("default", "web", 1));
+    lab.apply(&ingress_for("web", "web.example", "web", ""));
+    lab.wait_running(&["web-1"], Duration::from_secs(60));
+    let ready = wait_for(Duration::from_secs(15), || {
+        let a = request(&lab, "http://web.example/stable", NODE_IPS[0], "GET", &[]);
+        (a.status == Some(200)).then_some(())
+    });
+    assert!(ready.is_some(), "route never served\n{}", lab.logs());
+    let r = json_output(python(&lab, "hostile.py", &[NODE_IPS[0], "web.example"]));
+    let status = |k: &str| r[k].as_i64().unwrap_or(-2);
+    // The plain request goes to the only route's prefix (/stable) or 404s: either way
+    // weft answered; the hostile ones are refused before any backend sees them.
+    assert_eq!(status("normal"), 404, "{r}");
+    assert_eq!(
+        r["cl_and_te_responses"], 1,
+        "a smuggled request was answered: {r}"
+    );
+    for k in ["two_lengths", "obs_fold", "bare_cr", "te_not_chunked"] {
+        assert_eq!(status(k), 400, "{k}: {r}");
+    }
+    assert_eq!(status("huge_header"), 431, "{r}");
+    assert_eq!(status("huge_body_declared"), 413, "{r}");
+    assert_eq!(
+        status("served_while_slow"),
+        404,
+        "others wait on a slow client: {r}"
+    );
+    let closed_after = r["slow_closed_after_s"].as_f64().unwrap_or(99.0);
+    assert!(
+        status("slow_client") != 200 && closed_after < 20.0,
+        "slow client not cut off: {r}"
+    );
+}
+
+#[test]
+fn two_hundred_reconfigurations_under_load_fail_nothing() {
+    let lab = lab_with_class();
+    lab.apply(&echo_service("default", "steady", 2));
+    lab.apply(&echo_service("default", "other", 1));
+    lab.apply(&ingress_for("steady", "steady.example", "steady", ""));
+    lab.wait_running(
+        &["steady-1", "steady-2", "other-1"],
+        Duration::from_secs(60),
+    );
+    let ready = wait_for(Duration::from_secs(15), || {
+        let a = request(
+            &lab,
+            "http://steady.example/stable",
+            NODE_IPS[0],
+            "GET",
+            &[],
+        );
+        (a.status == Some(200)).then_some(())
+    });
+    assert!(ready.is_some(), "route never served\n{}", lab.logs());
+    let stop = lab.state.path().join("stop-load");
+    let load = python(
+        &lab,
+        "load.py",
+        &[NODE_IPS[1], "steady.example", &stop.display().to_string()],
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    // 200 updates of the same host: a path added, moved and removed each time, and a
+    // second Ingress churned beside it.
+    for i in 0..200 {
+        let extra = format!(
+            "      - {{path: /v{i}, pathType: Prefix, backend: {{service: {{name: other, port: {{number: 80}}}}}}}}\n"
+        );
+        let f = write(
+            &lab,
+            "churn.yaml",
+            &ingress_for("steady", "steady.example", "steady", &extra),
+        );
+        kubectl_ok(&lab, &["apply", "-f", &f.display().to_string()]);
+    }
+    std::fs::write(&stop, "").expect("stop file");
+    let r = json_output(load);
+    assert_eq!(r["failures"], serde_json::json!([]), "{r}\n{}", lab.logs());
+    for k in ["keepalive_ok", "fresh_ok", "ws_echoes"] {
+        assert!(r[k].as_u64().unwrap_or(0) > 20, "{k} too low: {r}");
+    }
+    // The last update is what is served.
+    let a = request(&lab, "http://steady.example/v199", NODE_IPS[0], "GET", &[]);
+    assert_eq!(a.pod.as_deref(), Some("default/other-1"), "{}", a.line);
+}

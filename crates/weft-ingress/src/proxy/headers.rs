@@ -18,9 +18,13 @@ const HOP_BY_HOP: [&str; 8] = [
 ];
 
 /// A request whose length two parts of a chain could read differently is a smuggling
-/// attempt: refused rather than normalised (RFC 9112 6.3 allows either; refusing keeps
-/// every hop in agreement). hyper's parser already refuses obs-fold, bare CR and
-/// disagreeing Content-Length values.
+/// attempt, refused here. hyper's HTTP/1 parser does most of it before this runs: it
+/// refuses obs-fold, bare CR, disagreeing Content-Length values and a Transfer-Encoding
+/// that does not end in chunked, and when both Transfer-Encoding and Content-Length
+/// come it drops the length, reads chunked and closes the connection after the answer
+/// (RFC 9112 6.3), so bytes after the chunked body are never read as a request. This
+/// catches what reaches the handler anyway (HTTP/2 requests, which carry no
+/// Transfer-Encoding, and repeated headers).
 pub fn framing_problem(h: &HeaderMap) -> Option<&'static str> {
     if h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH) {
         return Some("both Transfer-Encoding and Content-Length");

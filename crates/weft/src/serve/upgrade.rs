@@ -70,7 +70,7 @@ mod tests {
     fn rfc6455_example() {
         assert_eq!(
             accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
-            "s3pPLMBiTxaQ9kZxcq9ETUc2UWc="
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
         assert_eq!(base64(b"f"), "Zg==");
         assert_eq!(base64(b"fo"), "Zm8=");

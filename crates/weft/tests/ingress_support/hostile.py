@@ -37,9 +37,32 @@ def req(head, body=b""):
 
 results = {}
 results["normal"] = exchange(req(f"GET / HTTP/1.1\nHost: {HOST}\nConnection: close\n\n"))
-results["cl_and_te"] = exchange(req(
-    f"POST / HTTP/1.1\nHost: {HOST}\nContent-Length: 4\nTransfer-Encoding: chunked\n\n",
-    b"0\r\n\r\n"))
+
+
+def responses(raw, timeout=5.0):
+    """How many responses come back before the proxy closes the connection."""
+    s = socket.create_connection((ADDR, 80), timeout=timeout)
+    got = b""
+    try:
+        s.sendall(raw)
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+    except (ConnectionResetError, socket.timeout):
+        pass
+    finally:
+        s.close()
+    return got.count(b"HTTP/1.1 ")
+
+
+# Content-Length and Transfer-Encoding together: a front end honouring the length would
+# read the trailing bytes as a second request (a smuggled GET). RFC 9112 6.3: chunked
+# wins and the connection closes after the answer, so no second request is ever read.
+results["cl_and_te_responses"] = responses(req(
+    f"POST /stable HTTP/1.1\nHost: {HOST}\nContent-Length: 6\nTransfer-Encoding: chunked\n\n",
+    b"0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: " + HOST.encode() + b"\r\n\r\n"))
 results["two_lengths"] = exchange(req(
     f"POST / HTTP/1.1\nHost: {HOST}\nContent-Length: 4\nContent-Length: 5\n\n", b"abcde"))
 results["obs_fold"] = exchange(req(f"GET / HTTP/1.1\nHost: {HOST}\nX-A: 1\n folded\n\n"))

@@ -71,7 +71,7 @@ def websocket():
             note("ws", "closed during the handshake")
             return
         head += chunk
-    if not head.startswith(b"HTTP/1.1 101") or b"s3pPLMBiTxaQ9kZxcq9ETUc2UWc=" not in head:
+    if not head.startswith(b"HTTP/1.1 101") or b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" not in head:
         note("ws", head.split(b"\r\n")[0].decode(errors="replace"))
         return
     extra = head.split(b"\r\n\r\n", 1)[1]
