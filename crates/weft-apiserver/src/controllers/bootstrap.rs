@@ -1,6 +1,7 @@
 //! Objects every cluster starts with: the default namespaces, the `kubernetes` Service at
 //! the service range's first address and its EndpointSlice pointing at this server, and
-//! the `kube-dns` Service at the tenth.
+//! the `kube-dns` Service at the tenth, and the IngressClass `weft` as the default class
+//! (every agent serves Ingresses of it).
 
 use crate::api::crud;
 use crate::error::ApiError;
@@ -47,6 +48,18 @@ pub fn bootstrap(state: &AppState) -> Result<(), ApiError> {
                     {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53}]}
             });
             crud::create_in(tx, state, SERVICES, svc, false)?;
+        }
+        // Made once: a user who deletes the class or takes its default away keeps that.
+        if let Some(classes) = crate::resources::find("networking.k8s.io", "v1", "ingressclasses") {
+            if tx.get(classes, "weft").is_none() && tx.list(classes, None).is_empty() {
+                let class = json!({
+                    "apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
+                    "metadata": {"name": "weft", "annotations":
+                        {"ingressclass.kubernetes.io/is-default-class": "true"}},
+                    "spec": {"controller": "weft.dev/ingress"}
+                });
+                crud::create_in(tx, state, classes, class, false)?;
+            }
         }
         let slice = json!({
             "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",

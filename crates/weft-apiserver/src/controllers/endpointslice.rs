@@ -1,13 +1,19 @@
 //! EndpointSlices for Services with selectors: a pure function from a Service and its
 //! namespace's pods to the desired slices, and an applier that writes the difference.
+//!
+//! A batch of store events touches only the Services it names, the Services whose
+//! selector picks a changed pod (before or after the change, found through the store's
+//! selector index), and the owners of managed slices someone deleted; each is
+//! recomputed from the pods its selector picks (the store's label index). Only a full
+//! resync (start-up, falling out of the event ring) walks whole namespaces.
 
 use super::Reconcile;
 use crate::api::crud;
 use crate::resources::{ENDPOINTSLICES, PODS, SERVICES};
 use crate::server::AppState;
 use crate::store::{self, Event, Tx};
-use serde_json::{json, Value};
-use std::collections::BTreeMap;
+use serde_json::{json, Map, Value};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 pub const MANAGED_BY: &str = "endpointslice-controller.k8s.io";
@@ -28,9 +34,8 @@ fn pod_ready(pod: &Value) -> bool {
     })
 }
 
-fn selects(selector: &serde_json::Map<String, Value>, pod: &Value) -> bool {
-    let labels = &pod["metadata"]["labels"];
-    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+fn selects(selector: &Map<String, Value>, pod: &Value) -> bool {
+    store::selects(selector, &pod["metadata"]["labels"])
 }
 
 /// Resolves a Service port against one pod: numeric targetPorts as they are, named ones
@@ -161,25 +166,15 @@ fn managed_by_us(slice: &Value) -> bool {
     slice["metadata"]["labels"][MANAGED_BY_LABEL] == MANAGED_BY
 }
 
-/// Brings one namespace's managed slices to the desired state.
-fn reconcile_namespace(
+/// Writes the difference between a set of managed slices and the desired ones.
+fn apply_diff(
     tx: &mut Tx,
     state: &AppState,
     ns: &str,
+    existing: &[Arc<Value>],
+    mut desired: BTreeMap<String, Value>,
 ) -> Result<(), crate::error::ApiError> {
-    let pods = tx.list(PODS, Some(ns));
-    let mut desired: BTreeMap<String, Value> = BTreeMap::new();
-    for svc in tx.list(SERVICES, Some(ns)) {
-        for s in desired_slices(&svc, &pods) {
-            desired.insert(crate::meta::name(&s).to_string(), s);
-        }
-    }
-    let existing: Vec<Arc<Value>> = tx
-        .list(ENDPOINTSLICES, Some(ns))
-        .into_iter()
-        .filter(|s| managed_by_us(s))
-        .collect();
-    for old in &existing {
+    for old in existing {
         let name = crate::meta::name(old).to_string();
         let key = store::key(ENDPOINTSLICES, ns, &name);
         match desired.remove(&name) {
@@ -209,29 +204,122 @@ fn reconcile_namespace(
     Ok(())
 }
 
+fn by_name(slices: Vec<Value>) -> BTreeMap<String, Value> {
+    slices
+        .into_iter()
+        .map(|s| (crate::meta::name(&s).to_string(), s))
+        .collect()
+}
+
+/// Brings one namespace's managed slices to the desired state (full resyncs).
+fn reconcile_namespace(
+    tx: &mut Tx,
+    state: &AppState,
+    ns: &str,
+) -> Result<(), crate::error::ApiError> {
+    let pods = tx.list(PODS, Some(ns));
+    let mut desired = BTreeMap::new();
+    for svc in tx.list(SERVICES, Some(ns)) {
+        desired.extend(by_name(desired_slices(&svc, &pods)));
+    }
+    let existing: Vec<Arc<Value>> = tx
+        .list(ENDPOINTSLICES, Some(ns))
+        .into_iter()
+        .filter(|s| managed_by_us(s))
+        .collect();
+    apply_diff(tx, state, ns, &existing, desired)
+}
+
+/// Brings one Service's managed slices to the desired state; a Service that is gone
+/// (or has no selector) keeps none.
+fn reconcile_service(
+    tx: &mut Tx,
+    state: &AppState,
+    ns: &str,
+    name: &str,
+) -> Result<(), crate::error::ApiError> {
+    let desired = match tx.get(SERVICES, &store::key(SERVICES, ns, name)) {
+        Some(svc) => {
+            let pods = match svc["spec"]["selector"].as_object() {
+                Some(sel) if !sel.is_empty() => tx.select(PODS, ns, sel),
+                _ => Vec::new(),
+            };
+            by_name(desired_slices(&svc, &pods))
+        }
+        None => BTreeMap::new(),
+    };
+    let mut mine = Map::new();
+    mine.insert(SERVICE_NAME_LABEL.into(), json!(name));
+    mine.insert(MANAGED_BY_LABEL.into(), json!(MANAGED_BY));
+    let existing = tx.select(ENDPOINTSLICES, ns, &mine);
+    apply_diff(tx, state, ns, &existing, desired)
+}
+
+/// The Services (namespace, name) a batch of events may change the slices of.
+fn affected(tx: &Tx, events: &[Arc<Event>]) -> BTreeSet<(String, String)> {
+    let mut out = BTreeSet::new();
+    for e in events {
+        let ns = crate::meta::namespace(&e.object);
+        if std::ptr::eq(e.res, SERVICES) {
+            out.insert((ns.to_string(), crate::meta::name(&e.object).to_string()));
+        } else if std::ptr::eq(e.res, PODS) {
+            // The Services that picked the pod before the change and those that pick it now.
+            for pod in std::iter::once(&e.object).chain(e.prev.as_ref()) {
+                for svc in tx.services_selecting(ns, &pod["metadata"]["labels"]) {
+                    out.insert((ns.to_string(), crate::meta::name(&svc).to_string()));
+                }
+            }
+        } else if std::ptr::eq(e.res, ENDPOINTSLICES)
+            && e.ty == crate::store::EventType::Deleted
+            && managed_by_us(&e.object)
+        {
+            if let Some(svc) = e.object["metadata"]["labels"][SERVICE_NAME_LABEL].as_str() {
+                out.insert((ns.to_string(), svc.to_string()));
+            }
+        }
+    }
+    out
+}
+
 #[derive(Default)]
 pub struct Controller;
 
 impl Reconcile for Controller {
     fn reconcile(&mut self, state: &AppState, events: Option<&[Arc<Event>]>) {
-        let namespaces = super::namespaces_to_sync(
-            state,
-            events,
-            |e| {
-                std::ptr::eq(e.res, PODS)
-                    || std::ptr::eq(e.res, SERVICES)
-                    || (std::ptr::eq(e.res, ENDPOINTSLICES)
-                        && e.ty == crate::store::EventType::Deleted
-                        && managed_by_us(&e.object))
-            },
-            SERVICES,
-            ENDPOINTSLICES,
-            managed_by_us,
-        );
-        for ns in namespaces {
-            let r = state.store.write(|tx| reconcile_namespace(tx, state, &ns));
+        let Some(events) = events else {
+            let namespaces = super::namespaces_to_sync(
+                state,
+                None,
+                |_| true,
+                SERVICES,
+                ENDPOINTSLICES,
+                managed_by_us,
+            );
+            for ns in namespaces {
+                let r = state.store.write(|tx| reconcile_namespace(tx, state, &ns));
+                if let Err(e) = r {
+                    tracing::warn!("endpointslice controller, namespace {ns}: {}", e.message);
+                }
+            }
+            return;
+        };
+        // A transaction that writes nothing: a consistent read of the indexes.
+        let services = match state.store.write(|tx| Ok(affected(tx, events))) {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::warn!("endpointslice controller: {}", e.message);
+                return;
+            }
+        };
+        for (ns, name) in services {
+            let r = state
+                .store
+                .write(|tx| reconcile_service(tx, state, &ns, &name));
             if let Err(e) = r {
-                tracing::warn!("endpointslice controller, namespace {ns}: {}", e.message);
+                tracing::warn!(
+                    "endpointslice controller, service {ns}/{name}: {}",
+                    e.message
+                );
             }
         }
     }
