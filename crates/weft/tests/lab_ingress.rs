@@ -36,9 +36,18 @@ fn echo_service(ns: &str, name: &str, replicas: u32) -> String {
     y
 }
 
+/// A two-node lab; its control plane made `weft` the default IngressClass, exactly as
+/// the cases' `default_class` describes it.
 fn lab_with_class() -> Lab {
     let lab = Lab::up(2, "vxlan");
-    lab.apply(&serde_json::to_string(&default_class()).expect("class"));
+    let got = kubectl_ok(&lab, &["get", "ingressclass", "weft", "-o", "json"]);
+    let got: serde_json::Value = serde_json::from_str(&got).expect("class json");
+    let want = default_class();
+    assert_eq!(got["spec"], want["spec"], "{got}");
+    assert_eq!(
+        got["metadata"]["annotations"], want["metadata"]["annotations"],
+        "{got}"
+    );
     lab
 }
 

@@ -49,7 +49,8 @@ pub fn bootstrap(state: &AppState) -> Result<(), ApiError> {
             });
             crud::create_in(tx, state, SERVICES, svc, false)?;
         }
-        // Made once: a user who deletes the class or takes its default away keeps that.
+        // Only into a cluster without IngressClasses: a user's own classes, or a default
+        // taken away, stay as they are across restarts.
         if let Some(classes) = crate::resources::find("networking.k8s.io", "v1", "ingressclasses") {
             if tx.get(classes, "weft").is_none() && tx.list(classes, None).is_empty() {
                 let class = json!({
