@@ -16,15 +16,17 @@ use std::sync::Arc;
 
 const HASH_LABEL: &str = "pod-template-hash";
 
-fn owner_uid(pod: &Value) -> Option<&str> {
+/// The name and uid of a pod's owning Deployment.
+fn owner(pod: &Value) -> Option<(&str, &str)> {
     pod["metadata"]["ownerReferences"]
         .as_array()?
         .iter()
-        .find_map(|o| {
-            (o["kind"] == "Deployment" && o["apiVersion"] == "apps/v1")
-                .then(|| o["uid"].as_str())
-                .flatten()
-        })
+        .find(|o| o["kind"] == "Deployment" && o["apiVersion"] == "apps/v1")
+        .and_then(|o| Some((o["name"].as_str().unwrap_or(""), o["uid"].as_str()?)))
+}
+
+fn owner_uid(pod: &Value) -> Option<&str> {
+    owner(pod).map(|(_, uid)| uid)
 }
 
 fn ready(pod: &Value) -> bool {
@@ -191,6 +193,47 @@ fn merge_status(old: &Value, mut new: Value) -> Value {
     new
 }
 
+/// Creates and deletes one live Deployment's pods as its plan says, and updates its status.
+fn sync_deployment(
+    tx: &mut Tx,
+    state: &AppState,
+    d: &Arc<Value>,
+    owned: &[Arc<Value>],
+) -> Result<(), ApiError> {
+    let ns = crate::meta::namespace(d).to_string();
+    let p = plan(d, owned);
+    let hash = template_hash(d);
+    for _ in 0..p.create {
+        crud::create_in(tx, state, PODS, pod_from_template(d, &hash), false)?;
+    }
+    for name in &p.delete {
+        let key = store::key(PODS, &ns, name);
+        if let Some(old) = tx.get(PODS, &key) {
+            delete::delete_in(tx, PODS, &key, &old, None, false)?;
+        }
+    }
+    let status = merge_status(&d["status"], p.status);
+    if status != d["status"] {
+        let key = store::object_key(DEPLOYMENTS, d);
+        let mut new = (**d).clone();
+        new["status"] = status;
+        crud::update_in(tx, state, DEPLOYMENTS, &key, d, new, Some("status"), false)?;
+    }
+    Ok(())
+}
+
+/// Garbage collection: deletes pods whose Deployment is gone.
+fn collect(tx: &mut Tx, pods: &[Arc<Value>]) -> Result<(), ApiError> {
+    for p in pods {
+        if p["metadata"]["deletionTimestamp"].is_null() {
+            let key = store::object_key(PODS, p);
+            delete::delete_in(tx, PODS, &key, p, None, false)?;
+        }
+    }
+    Ok(())
+}
+
+/// Full resyncs: every Deployment of a namespace, and pods whose Deployment is gone.
 fn reconcile_namespace(tx: &mut Tx, state: &AppState, ns: &str) -> Result<(), ApiError> {
     let deployments = tx.list(DEPLOYMENTS, Some(ns));
     let pods = tx.list(PODS, Some(ns));
@@ -199,15 +242,12 @@ fn reconcile_namespace(tx: &mut Tx, state: &AppState, ns: &str) -> Result<(), Ap
         .filter(|d| d["metadata"]["deletionTimestamp"].is_null())
         .filter_map(|d| d["metadata"]["uid"].as_str())
         .collect();
-    // Garbage collection: pods whose Deployment is gone.
-    for p in &pods {
-        if let Some(uid) = owner_uid(p) {
-            if !uids.contains(uid) && p["metadata"]["deletionTimestamp"].is_null() {
-                let key = store::object_key(PODS, p);
-                delete::delete_in(tx, PODS, &key, p, None, false)?;
-            }
-        }
-    }
+    let orphans: Vec<Arc<Value>> = pods
+        .iter()
+        .filter(|p| owner_uid(p).is_some_and(|uid| !uids.contains(uid)))
+        .cloned()
+        .collect();
+    collect(tx, &orphans)?;
     for d in &deployments {
         if d["metadata"]["deletionTimestamp"].is_string() {
             continue;
@@ -218,46 +258,83 @@ fn reconcile_namespace(tx: &mut Tx, state: &AppState, ns: &str) -> Result<(), Ap
             .filter(|p| owner_uid(p) == Some(uid))
             .cloned()
             .collect();
-        let p = plan(d, &owned);
-        let hash = template_hash(d);
-        for _ in 0..p.create {
-            crud::create_in(tx, state, PODS, pod_from_template(d, &hash), false)?;
-        }
-        for name in &p.delete {
-            let key = store::key(PODS, ns, name);
-            if let Some(old) = tx.get(PODS, &key) {
-                delete::delete_in(tx, PODS, &key, &old, None, false)?;
-            }
-        }
-        let status = merge_status(&d["status"], p.status);
-        if status != d["status"] {
-            let key = store::object_key(DEPLOYMENTS, d);
-            let mut new = (**d).clone();
-            new["status"] = status;
-            crud::update_in(tx, state, DEPLOYMENTS, &key, d, new, Some("status"), false)?;
-        }
+        sync_deployment(tx, state, d, &owned)?;
     }
     Ok(())
+}
+
+/// One Deployment named by an event (`ns/name` with the uid the event saw): synced if it
+/// is live with that uid; otherwise the pods that uid owns are collected.
+fn reconcile_one(
+    tx: &mut Tx,
+    state: &AppState,
+    ns: &str,
+    name: &str,
+    uid: &str,
+) -> Result<(), ApiError> {
+    // Found through the store's owner index, not by listing the namespace's pods.
+    let owned: Vec<Arc<Value>> = tx
+        .pods_owned_by(uid)
+        .into_iter()
+        .filter(|p| owner_uid(p) == Some(uid))
+        .collect();
+    match tx.get(DEPLOYMENTS, &store::key(DEPLOYMENTS, ns, name)) {
+        Some(d)
+            if d["metadata"]["uid"].as_str() == Some(uid)
+                && d["metadata"]["deletionTimestamp"].is_null() =>
+        {
+            sync_deployment(tx, state, &d, &owned)
+        }
+        _ => collect(tx, &owned),
+    }
+}
+
+/// The Deployments (namespace, name, uid) a batch of events concerns: those it names,
+/// and the owners of the pods it names.
+fn affected(events: &[Arc<Event>]) -> BTreeSet<(String, String, String)> {
+    let mut out = BTreeSet::new();
+    for e in events {
+        let o = &e.object;
+        let ns = crate::meta::namespace(o).to_string();
+        if std::ptr::eq(e.res, DEPLOYMENTS) {
+            if let Some(uid) = o["metadata"]["uid"].as_str() {
+                out.insert((ns, crate::meta::name(o).to_string(), uid.to_string()));
+            }
+        } else if std::ptr::eq(e.res, PODS) {
+            if let Some((name, uid)) = owner(o) {
+                out.insert((ns, name.to_string(), uid.to_string()));
+            }
+        }
+    }
+    out
 }
 
 pub struct Controller;
 
 impl Reconcile for Controller {
     fn reconcile(&mut self, state: &AppState, events: Option<&[Arc<Event>]>) {
-        let namespaces = super::namespaces_to_sync(
-            state,
-            events,
-            |e| {
-                std::ptr::eq(e.res, DEPLOYMENTS)
-                    || (std::ptr::eq(e.res, PODS) && owner_uid(&e.object).is_some())
-            },
-            DEPLOYMENTS,
-            PODS,
-            |p| owner_uid(p).is_some(),
-        );
-        for ns in namespaces {
-            if let Err(e) = state.store.write(|tx| reconcile_namespace(tx, state, &ns)) {
-                tracing::warn!("deployment controller, namespace {ns}: {}", e.message);
+        let Some(events) = events else {
+            let namespaces = super::namespaces_to_sync(
+                state,
+                None,
+                |_| true,
+                DEPLOYMENTS,
+                PODS,
+                |p| owner_uid(p).is_some(),
+            );
+            for ns in namespaces {
+                if let Err(e) = state.store.write(|tx| reconcile_namespace(tx, state, &ns)) {
+                    tracing::warn!("deployment controller, namespace {ns}: {}", e.message);
+                }
+            }
+            return;
+        };
+        for (ns, name, uid) in affected(events) {
+            if let Err(e) = state
+                .store
+                .write(|tx| reconcile_one(tx, state, &ns, &name, &uid))
+            {
+                tracing::warn!("deployment controller, {ns}/{name}: {}", e.message);
             }
         }
     }

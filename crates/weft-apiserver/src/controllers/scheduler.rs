@@ -1,12 +1,16 @@
 //! Binds pods without `spec.nodeName` to Ready, schedulable nodes, spreading them (the
 //! node with the fewest pods wins, ties by name).
+//!
+//! A batch of events looks only at the unscheduled pods it names; a node change (or a
+//! resync) retries every unbound pod. Both come from the store's indexes, as do the
+//! per-node pod counts: no pass lists every pod.
 
 use super::Reconcile;
 use crate::resources::{NODES, PODS};
 use crate::server::AppState;
 use crate::store::{self, Event};
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 fn node_ready(node: &Value) -> bool {
@@ -56,24 +60,21 @@ fn unscheduled(pod: &Value) -> bool {
             .is_none_or(|s| s == "default-scheduler")
 }
 
-/// Pure placement: which node each pending pod goes to.
+/// Pure placement: which node each pending pod goes to, given how many pods each node
+/// has (`pods_on`).
 pub fn place(
     pending: &[Arc<Value>],
     nodes: &[Arc<Value>],
-    all_pods: &[Arc<Value>],
+    pods_on: impl Fn(&str) -> usize,
 ) -> Vec<(String, String)> {
     let mut load: BTreeMap<String, usize> = nodes
         .iter()
         .filter(|n| node_ready(n))
-        .map(|n| (crate::meta::name(n).to_string(), 0))
+        .map(|n| {
+            let name = crate::meta::name(n);
+            (name.to_string(), pods_on(name))
+        })
         .collect();
-    for p in all_pods {
-        if let Some(n) = p["spec"]["nodeName"].as_str() {
-            if let Some(c) = load.get_mut(n) {
-                *c += 1;
-            }
-        }
-    }
     let mut out = Vec::new();
     for pod in pending {
         let best = nodes
@@ -97,22 +98,27 @@ pub struct Controller;
 impl Reconcile for Controller {
     fn reconcile(&mut self, state: &AppState, events: Option<&[Arc<Event>]>) {
         let full = events.is_none_or(|evs| evs.iter().any(|e| std::ptr::eq(e.res, NODES)));
-        let has_pending = events.is_none_or(|evs| {
-            evs.iter()
-                .any(|e| std::ptr::eq(e.res, PODS) && unscheduled(&e.object))
-        });
-        if !full && !has_pending {
+        let named: BTreeSet<String> = events
+            .unwrap_or_default()
+            .iter()
+            .filter(|e| std::ptr::eq(e.res, PODS) && unscheduled(&e.object))
+            .map(|e| store::object_key(PODS, &e.object))
+            .collect();
+        if !full && named.is_empty() {
             return;
         }
         let r = state.store.write(|tx| {
-            let pods = tx.list(PODS, None);
-            let pending: Vec<Arc<Value>> =
-                pods.iter().filter(|p| unscheduled(p)).cloned().collect();
+            let pending: Vec<Arc<Value>> = if full {
+                tx.unbound_pods()
+            } else {
+                named.iter().filter_map(|k| tx.get(PODS, k)).collect()
+            };
+            let pending: Vec<Arc<Value>> = pending.into_iter().filter(|p| unscheduled(p)).collect();
             if pending.is_empty() {
                 return Ok(());
             }
             let nodes = tx.list(NODES, None);
-            for (key, node) in place(&pending, &nodes, &pods) {
+            for (key, node) in place(&pending, &nodes, |n| tx.pods_on_node(n)) {
                 let Some(old) = tx.get(PODS, &key) else {
                     continue;
                 };
@@ -165,7 +171,7 @@ mod tests {
                 )
             })
             .collect();
-        let placed = place(&pending, &nodes, &pending);
+        let placed = place(&pending, &nodes, |_| 0);
         let on = |n: &str| placed.iter().filter(|(_, x)| x == n).count();
         assert_eq!((on("node-1"), on("node-2"), on("node-3")), (2, 2, 0));
     }

@@ -336,11 +336,28 @@ mod tests {
             // All these Services hold node port 30000 (written directly, as a log from
             // before the allocators might have them): it stays taken until the last goes.
             assert!(tx.allocations().taken_by_other(Pool::NodePort, 0, &[]));
+            // Per-node counts and the owner index, pending and committed alike.
+            let bound = json!({"metadata": {"name": "q", "namespace": "ns",
+                "ownerReferences": [{"uid": "d1"}]}, "spec": {"nodeName": "n1"}});
+            tx.put(PODS, "ns/q".into(), bound);
+            assert_eq!(tx.pods_on_node("n1"), 1);
+            assert_eq!(tx.pods_owned_by("d1").len(), 1);
+            Ok(())
+        });
+        assert!(r.is_ok());
+        let r = store.write(|tx| {
+            assert_eq!(tx.pods_on_node("n1"), 1);
+            assert_eq!(tx.unbound_pods().len(), 1);
+            tx.delete(PODS, "ns/q".into());
+            assert_eq!(
+                (tx.pods_on_node("n1"), tx.pods_owned_by("d1").len()),
+                (0, 0)
+            );
             Ok(())
         });
         assert!(r.is_ok());
         let st = store.read();
-        assert_eq!(st.indexes.per_node.len(), 0);
+        assert_eq!((st.indexes.per_node.len(), st.indexes.owners.len()), (0, 0));
         assert_eq!(st.indexes.unbound.len(), 1);
     }
 }
