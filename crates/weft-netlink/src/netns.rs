@@ -225,6 +225,31 @@ impl Netns {
             }
         })
     }
+
+    /// Run `f` on a short-lived thread in a new, unnamed network namespace with `lo` up,
+    /// and return its result. The namespace goes when the thread and every socket made in
+    /// it are gone: nothing to clean up, nothing seen from the host. Threads `f` starts
+    /// inherit it (a tokio runtime built inside `f` runs entirely there). Tests use it to
+    /// run servers and clients without touching the host's network.
+    pub fn run_in_new<T: Send>(f: impl FnOnce() -> T + Send) -> Result<T> {
+        thread::scope(|scope| {
+            let worker = thread::Builder::new()
+                .name("weft-netns-new".into())
+                .spawn_scoped(scope, move || -> Result<T> {
+                    unshare(CloneFlags::CLONE_NEWNET)
+                        .map_err(|e| Error::nix("unshare a network namespace", e))?;
+                    let mut h = crate::Handle::new()?;
+                    let lo = h.link_index("lo")?;
+                    h.set_up(lo)?;
+                    Ok(f())
+                })
+                .map_err(|e| Error::io("spawn a thread for a new network namespace", e))?;
+            match worker.join() {
+                Ok(result) => result,
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        })
+    }
 }
 
 impl AsFd for Netns {

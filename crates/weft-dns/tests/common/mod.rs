@@ -12,7 +12,6 @@ use std::time::Duration;
 use hickory_proto::op::{Message, MessageType, ResponseCode};
 use hickory_proto::rr::rdata::{A, SOA};
 use hickory_proto::rr::{Name, RData, Record};
-use nix::sched::{unshare, CloneFlags};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 
@@ -24,11 +23,9 @@ where
     Fut: Future<Output = ()>,
 {
     let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-    let t = std::thread::spawn(move || {
-        unshare(CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET): the tests need root");
+    weft_netlink::Netns::run_in_new(move || {
         let mut h = weft_netlink::Handle::new().expect("netlink in the new netns");
         let lo = h.link_index("lo").expect("lo");
-        h.set_up(lo).expect("lo up");
         for a in &extra {
             h.add_addr(lo, a.parse().expect("address"))
                 .expect("address on lo");
@@ -38,10 +35,8 @@ where
             .build()
             .expect("runtime");
         rt.block_on(f());
-    });
-    if let Err(p) = t.join() {
-        std::panic::resume_unwind(p);
-    }
+    })
+    .expect("a network namespace of its own: the tests need root");
 }
 
 /// A blocking call (the probe client) off the runtime's only thread.
