@@ -362,6 +362,13 @@ async fn dual_stack_secondary_addresses_come_and_go_with_the_policy() {
     assert_eq!(now.len(), 2);
     assert_eq!(now[0], ips[0]);
     assert_ne!(now[1], ips[1]);
+    // A write naming only the primary keeps the secondary.
+    let patch = json!({"spec": {"clusterIPs": [now[0].clone()]}});
+    let kept = api
+        .patch("dual", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("primary only");
+    assert_eq!(cluster_ips(&kept), now);
     // A single-stack cluster refuses RequireDualStack, naming the field.
     let dir2 = tempfile::tempdir().expect("tempdir");
     let s2 = server(dir2.path(), &[]).await;

@@ -508,3 +508,36 @@ async fn pods_of_a_deleted_node_are_deleted() {
         "a pod waiting for its node to register must stay: {left:?}"
     );
 }
+
+/// The lifecycle controller finds pods whose grace period ran out through the store's
+/// index of terminating pods (it no longer walks every pod on each tick).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_grace_period_deletes_the_pod() {
+    let s = start().await;
+    let c = s.client().await;
+    let pp = PostParams::default();
+    Api::<Node>::all(c.clone())
+        .create(&pp, &ready_node("node-1", true))
+        .await
+        .expect("node");
+    let pods: Api<Pod> = Api::namespaced(c, "default");
+    let pod: Pod = obj(json!({"metadata": {"name": "p"},
+        "spec": {"nodeName": "node-1", "containers": [{"name": "c", "image": "x"}]}}));
+    pods.create(&pp, &pod).await.expect("pod");
+    let dp = DeleteParams {
+        grace_period_seconds: Some(1),
+        ..Default::default()
+    };
+    pods.delete("p", &dp).await.expect("graceful delete");
+    let p = pods.get("p").await.expect("still there, terminating");
+    assert!(p.metadata.deletion_timestamp.is_some());
+    eventually("deleted once its grace period ran out", || async {
+        pods.get_opt("p")
+            .await
+            .ok()
+            .flatten()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+}

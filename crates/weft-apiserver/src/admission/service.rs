@@ -270,6 +270,14 @@ fn cluster_ips(
                     return Err(Cause::invalid("spec.clusterIPs", ip, &detail).into());
                 }
             }
+            // A write that names only the primary keeps the secondary the Service has.
+            None if old_ips
+                .get(i)
+                .and_then(|o| o.parse::<IpAddr>().ok())
+                .is_some_and(|o| o.is_ipv4() == (*fam == V4)) =>
+            {
+                ips.push(old_ips[i].clone());
+            }
             None => {
                 // .1 is the `kubernetes` Service's, .10 cluster DNS's: handed out only
                 // when asked for.

@@ -171,7 +171,7 @@ impl Reconcile for Controller {
         if let Err(e) = r {
             tracing::warn!("recording events: {}", e.message);
         }
-        if state.store.read().list(core, None).len() > MAX_EVENTS {
+        if state.store.read().count(core) > MAX_EVENTS {
             prune(state);
         }
     }

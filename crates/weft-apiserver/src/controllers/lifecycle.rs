@@ -11,7 +11,7 @@ use crate::resources::{NAMESPACES, NODES, PODS, RESOURCES};
 use crate::server::AppState;
 use crate::store::{self, Event, EventType};
 use serde_json::{json, Value};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -55,24 +55,31 @@ impl Reconcile for Controller {
         let mut still_orphaned = HashSet::new();
         let now = crate::meta::now_secs();
         let r = state.store.write(|tx| {
-            let nodes: HashSet<String> = tx
+            // The store indexes pods by node and by deletionTimestamp: a tick costs the
+            // nodes, the orphans and the terminating pods, not every pod.
+            let nodes: BTreeSet<String> = tx
                 .list(NODES, None)
                 .iter()
                 .map(|n| crate::meta::name(n).to_string())
                 .collect();
-            for pod in tx.list(PODS, None) {
-                let key = store::object_key(PODS, &pod);
-                let node = pod["spec"]["nodeName"].as_str().unwrap_or("");
-                let orphan_due = if node.is_empty() || nodes.contains(node) {
-                    false
-                } else {
+            let mut doomed = BTreeSet::new();
+            for (node, pods) in tx.pods_on_other_nodes(&nodes) {
+                for pod in pods {
+                    let key = store::object_key(PODS, &pod);
                     still_orphaned.insert(key.clone());
                     let since = *orphans.entry(key.clone()).or_insert_with(Instant::now);
-                    deleted_nodes.contains(node) || since.elapsed() >= ORPHAN_GRACE
-                };
-                if grace_expired(&pod, now) || orphan_due {
-                    tx.delete(PODS, key);
+                    if deleted_nodes.contains(&node) || since.elapsed() >= ORPHAN_GRACE {
+                        doomed.insert(key);
+                    }
                 }
+            }
+            for pod in tx.terminating_pods() {
+                if grace_expired(&pod, now) {
+                    doomed.insert(store::object_key(PODS, &pod));
+                }
+            }
+            for key in doomed {
+                tx.delete(PODS, key);
             }
             for ns in tx.list(NAMESPACES, None) {
                 if ns["metadata"]["deletionTimestamp"].is_null() {

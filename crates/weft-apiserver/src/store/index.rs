@@ -1,6 +1,7 @@
 //! Indexes the store keeps in step with its objects, so that admission and controllers
 //! find what a change touches without listing a whole kind: the allocators, pods and
-//! EndpointSlices by label, Services by selector, pods by owner, by node, and unbound.
+//! EndpointSlices by label, Services by selector, pods by owner, by node, unbound and
+//! terminating.
 //!
 //! Like the allocators they are derived state: updated under the store lock as each
 //! committed write is applied, rebuilt from the objects when the store opens. Queries
@@ -12,7 +13,7 @@ use super::{res_index, Tx};
 use crate::allocator::{Allocators, View};
 use crate::resources::{Resource, ENDPOINTSLICES, PODS, SERVICES};
 use serde_json::{Map, Value};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 /// (kind's storage slot, namespace, label key, label value).
@@ -26,9 +27,11 @@ pub struct Indexes {
     /// Pods by the uid of each of their owners.
     owners: HashMap<String, BTreeSet<String>>,
     /// Pods bound to each node.
-    per_node: HashMap<String, usize>,
+    on_node: HashMap<String, BTreeSet<String>>,
     /// Pods without `spec.nodeName`.
     unbound: BTreeSet<String>,
+    /// Pods with a `deletionTimestamp`.
+    terminating: BTreeSet<String>,
 }
 
 fn is(res: &Resource, kind: &Resource) -> bool {
@@ -76,8 +79,9 @@ impl Indexes {
             labels: HashMap::new(),
             selectors: HashMap::new(),
             owners: HashMap::new(),
-            per_node: HashMap::new(),
+            on_node: HashMap::new(),
             unbound: BTreeSet::new(),
+            terminating: BTreeSet::new(),
         }
     }
 
@@ -96,8 +100,8 @@ impl Indexes {
             }
         }
         if labelled(res) {
-            let labels = |o: Option<&Value>| o.map(|o| o["metadata"]["labels"].clone());
-            if labels(prev) != labels(new) {
+            let before = prev.map(|o| &o["metadata"]["labels"]);
+            if before != new.map(|o| &o["metadata"]["labels"]) {
                 let slot = res_index(res);
                 let pairs = |o: &Value| -> Vec<LabelKey> {
                     let ns = crate::meta::namespace(o).to_string();
@@ -119,29 +123,25 @@ impl Indexes {
                     remove(&mut self.owners, uid.to_string(), key);
                 }
                 match node_of(p) {
-                    Some(n) => {
-                        if let Some(c) = self.per_node.get_mut(n) {
-                            *c -= 1;
-                            if *c == 0 {
-                                self.per_node.remove(n);
-                            }
-                        }
-                    }
+                    Some(n) => remove(&mut self.on_node, n.to_string(), key),
                     None => {
                         self.unbound.remove(key);
                     }
                 }
+                self.terminating.remove(key);
             }
             if let Some(p) = new {
                 for uid in owner_uids(p) {
                     let e = self.owners.entry(uid.to_string()).or_default();
                     e.insert(key.to_string());
                 }
-                match node_of(p) {
-                    Some(n) => *self.per_node.entry(n.to_string()).or_insert(0) += 1,
-                    None => {
-                        self.unbound.insert(key.to_string());
-                    }
+                let set = match node_of(p) {
+                    Some(n) => self.on_node.entry(n.to_string()).or_default(),
+                    None => &mut self.unbound,
+                };
+                set.insert(key.to_string());
+                if p["metadata"]["deletionTimestamp"].is_string() {
+                    self.terminating.insert(key.to_string());
                 }
             }
         }
@@ -251,9 +251,42 @@ impl Tx<'_> {
         self.resolve(PODS, candidates, |p| node_of(p).is_none())
     }
 
+    /// Pods with a `deletionTimestamp`.
+    pub fn terminating_pods(&self) -> Vec<Arc<Value>> {
+        let candidates = self.state.indexes.terminating.iter();
+        self.resolve(PODS, candidates, |p| {
+            p["metadata"]["deletionTimestamp"].is_string()
+        })
+    }
+
+    /// Pods bound to a node not in `nodes`, by node.
+    pub fn pods_on_other_nodes(
+        &self,
+        nodes: &BTreeSet<String>,
+    ) -> BTreeMap<String, Vec<Arc<Value>>> {
+        let idx = &self.state.indexes.on_node;
+        let candidates = idx
+            .iter()
+            .filter(|(n, _)| !nodes.contains(*n))
+            .flat_map(|(_, keys)| keys);
+        let mut out: BTreeMap<String, Vec<Arc<Value>>> = BTreeMap::new();
+        for p in self.resolve(PODS, candidates, |p| {
+            node_of(p).is_some_and(|n| !nodes.contains(n))
+        }) {
+            let node = node_of(&p).unwrap_or_default().to_string();
+            out.entry(node).or_default().push(p);
+        }
+        out
+    }
+
     /// How many pods are bound to `node`.
     pub fn pods_on_node(&self, node: &str) -> usize {
-        let committed = self.state.indexes.per_node.get(node).copied().unwrap_or(0);
+        let committed = self
+            .state
+            .indexes
+            .on_node
+            .get(node)
+            .map_or(0, BTreeSet::len);
         let pending: BTreeSet<&String> = self
             .pending
             .iter()
@@ -348,6 +381,14 @@ mod tests {
         let r = store.write(|tx| {
             assert_eq!(tx.pods_on_node("n1"), 1);
             assert_eq!(tx.unbound_pods().len(), 1);
+            let mut nodes = BTreeSet::new();
+            assert_eq!(
+                tx.pods_on_other_nodes(&nodes).get("n1").map(Vec::len),
+                Some(1)
+            );
+            nodes.insert("n1".to_string());
+            assert!(tx.pods_on_other_nodes(&nodes).is_empty());
+            assert!(tx.terminating_pods().is_empty());
             tx.delete(PODS, "ns/q".into());
             assert_eq!(
                 (tx.pods_on_node("n1"), tx.pods_owned_by("d1").len()),
@@ -357,7 +398,7 @@ mod tests {
         });
         assert!(r.is_ok());
         let st = store.read();
-        assert_eq!((st.indexes.per_node.len(), st.indexes.owners.len()), (0, 0));
+        assert_eq!((st.indexes.on_node.len(), st.indexes.owners.len()), (0, 0));
         assert_eq!(st.indexes.unbound.len(), 1);
     }
 }

@@ -82,6 +82,10 @@ impl State {
     pub fn get(&self, res: &Resource, key: &str) -> Option<Arc<Value>> {
         self.objects[res_index(res)].get(key).cloned()
     }
+    /// How many objects of a kind there are.
+    pub fn count(&self, res: &Resource) -> usize {
+        self.objects[res_index(res)].len()
+    }
     /// Objects of a kind, optionally in one namespace, in key order.
     pub fn list(&self, res: &Resource, namespace: Option<&str>) -> Vec<Arc<Value>> {
         let map = &self.objects[res_index(res)];
