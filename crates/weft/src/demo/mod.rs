@@ -3,11 +3,13 @@
 //! Scenario 1: frontend-pod and backend-pod on node-1 talk across the bridge with no NAT.
 //! Scenario 2: backend-pod on node-2: the routes in the pod and on the node, and the
 //! packet crossing the VXLAN overlay. Step 4: a Service in front of backend-pod, by cluster
-//! IP, node port and load balancer address. Cluster DNS: backend by name. NetworkPolicy: a
+//! IP, node port and load balancer address. Cluster DNS: backend by name. Ingress: two
+//! hosts and two paths from outside, one over TLS. NetworkPolicy: a
 //! default-deny, then an allow for frontend-pod only. Each step prints what it did and what it saw; the
 //! demo exits non-zero if any check fails, and removes its lab in every case.
 
 mod dns;
+mod ingress;
 mod policy;
 mod services;
 
@@ -341,6 +343,7 @@ pub fn run() -> Result<()> {
 
     services::step(&mut n, &lab, &state, &rt, &client)?;
     dns::step(&mut n, &lab)?;
+    ingress::step(&mut n, &state, &weft_lab::lab_dir(&lab), &rt, &client)?;
     policy::step(&mut n, &lab, &rt, &client, &bip)?;
 
     n.step("Leaving the cluster: a pod reaches the external host from its node's IP (masquerade)");

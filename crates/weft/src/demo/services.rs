@@ -26,7 +26,9 @@ spec:
 "#;
 
 /// Retries a probe (the Service's endpoints reach the nodes within a second or so).
-fn until_ok(mut probe: impl FnMut() -> Result<(bool, String)>) -> Result<(bool, String)> {
+pub(super) fn until_ok(
+    mut probe: impl FnMut() -> Result<(bool, String)>,
+) -> Result<(bool, String)> {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let (ok, line) = probe()?;
@@ -37,7 +39,7 @@ fn until_ok(mut probe: impl FnMut() -> Result<(bool, String)>) -> Result<(bool, 
     }
 }
 
-fn from_external(ext: &Netns, args: &[&str]) -> Result<(bool, String)> {
+pub(super) fn from_external(ext: &Netns, args: &[&str]) -> Result<(bool, String)> {
     let out = crate::nsexec::command_in(ext, std::env::current_exe()?)
         .arg("probe")
         .args(args)
