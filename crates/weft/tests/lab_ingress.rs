@@ -1,6 +1,6 @@
 //! Ingress in a lab, from the lab's external host, through the proxy every node runs:
-//! the routing cases of weft-ingress (`crates/weft-ingress/tests/cases`) sent for real
-//! over HTTP and HTTPS (certificates checked against the hostname, SNI choosing between
+//! the routing cases of weft-ingress (`crates/weft-ingress/tests/cases`) sent for real,
+//! to each node's address and to the load balancer address, over HTTP and HTTPS (certificates checked against the hostname, SNI choosing between
 //! them), ten replicas sharing the traffic and an endpoint killed mid-run, hostile and
 //! slow clients, and 200 reconfigurations under load with a WebSocket held open.
 
@@ -34,6 +34,30 @@ fn echo_service(ns: &str, name: &str, replicas: u32) -> String {
          spec:\n  selector: {{app: {name}}}\n  ports:\n  - {{name: http, port: 80, targetPort: web}}\n  - {{name: alt, port: 8081, targetPort: web}}\n---\n"
     ));
     y
+}
+
+/// The load balancer address the agents' published Service `kube-system/weft-ingress`
+/// got: it reaches the proxies as the node addresses do.
+fn published_address(lab: &Lab) -> String {
+    let got = wait_for(Duration::from_secs(20), || {
+        let out = lab.kubectl(&[
+            "get",
+            "service",
+            "-n",
+            "kube-system",
+            "weft-ingress",
+            "-o",
+            "jsonpath={.status.loadBalancer.ingress[0].ip}",
+        ]);
+        let ip = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        (!ip.is_empty()).then_some(ip)
+    });
+    got.unwrap_or_else(|| {
+        panic!(
+            "no load balancer address for kube-system/weft-ingress\n{}",
+            lab.logs()
+        )
+    })
 }
 
 /// A two-node lab; its control plane made `weft` the default IngressClass, exactly as
@@ -143,6 +167,9 @@ fn routing_cases_through_the_proxy() {
         .map(|(n, _)| *n)
         .collect();
     lab.wait_running(&default_pods, Duration::from_secs(90));
+    // Requests go in turn to each node and to the load balancer address.
+    let lb = published_address(&lab);
+    let entries: Vec<&str> = vec![NODE_IPS[0], NODE_IPS[1], lb.as_str()];
     let mut checked = 0;
     for (file, case) in &cases {
         let mut objects: Vec<serde_json::Value> = case.object_values().expect("objects");
@@ -168,7 +195,7 @@ fn routing_cases_through_the_proxy() {
         let settled = wait_for(Duration::from_secs(15), || {
             last.clear();
             for (i, r) in case.requests.iter().enumerate() {
-                let node = NODE_IPS[i % NODE_IPS.len()];
+                let node = entries[i % entries.len()];
                 let (scheme, _, _) = r.parts().expect("url");
                 let tls: Vec<String> = match (scheme, &r.certificate) {
                     ("https", Some(c)) if c != "default" => {
@@ -221,7 +248,7 @@ fn routing_cases_through_the_proxy() {
                 );
             }
         }
-        check_status(&lab, file, &objects);
+        check_status(&lab, file, &objects, &lb);
         for f in files.iter().rev() {
             kubectl_ok(
                 &lab,
@@ -232,9 +259,9 @@ fn routing_cases_through_the_proxy() {
     assert!(checked >= 40, "only {checked} requests checked");
 }
 
-/// Served Ingresses carry every node's address in `status.loadBalancer`; Ingresses of
-/// another class carry none.
-fn check_status(lab: &Lab, file: &str, objects: &[serde_json::Value]) {
+/// Served Ingresses carry the published load balancer address in `status.loadBalancer`;
+/// Ingresses of another class carry none.
+fn check_status(lab: &Lab, file: &str, objects: &[serde_json::Value], lb: &str) {
     let mut classes = vec![default_class()];
     classes.extend(
         objects
@@ -257,7 +284,7 @@ fn check_status(lab: &Lab, file: &str, objects: &[serde_json::Value]) {
             .clone()
             .unwrap_or_else(|| "default".into());
         let want = if classes.serves(&ing) {
-            NODE_IPS.join(" ")
+            lb.to_string()
         } else {
             String::new()
         };

@@ -3,8 +3,14 @@
 //! proxy listening on this node's ports 80 and 443. Every node runs one, so any node
 //! address (and the LoadBalancer addresses routed to the nodes) reaches it.
 //!
-//! Status: each agent writes the same `status.loadBalancer` (every node's address,
-//! sorted) on the Ingresses weft serves, so agents agree and never flap.
+//! Outside the nodes, the proxies are published as one Service, `kube-system/weft-ingress`
+//! (type LoadBalancer, externalTrafficPolicy Local, no selector): each agent keeps an
+//! EndpointSlice naming its own node, so a load balancer address delivers to the proxy of
+//! whichever node the packet reaches, with the client's address kept.
+//!
+//! Status: each agent writes the same `status.loadBalancer` on the Ingresses weft
+//! serves (that Service's load balancer addresses, or every node's address until it has
+//! one), so agents agree and never flap.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,7 +20,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
-use kube::api::{Patch, PatchParams};
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client};
@@ -143,6 +149,10 @@ pub async fn start(
         nodes: reflect(Api::all(c), "Nodes", changed.clone(), ended.clone()),
     };
     tracing::info!(http = %ic.http, https = %ic.https, "ingress proxy listening");
+    if let Err(e) = publish(client, cfg, ic).await {
+        // Node addresses still reach the proxy; only the load balancer address waits.
+        tracing::warn!("ingress: publishing {PUBLISHED}: {e}");
+    }
     let client = client.clone();
     tokio::spawn(async move {
         if let Err(e) = run(client, stores, proxy, changed).await {
@@ -218,7 +228,91 @@ async fn run(client: Client, s: Stores, proxy: Proxy, changed: Arc<Notify>) -> R
     }
 }
 
-/// Every node's InternalIP, sorted: the addresses a served Ingress is reachable on.
+/// The Service that publishes the node proxies (in `kube-system`).
+pub const PUBLISHED: &str = "weft-ingress";
+
+fn published_service() -> Service {
+    let v = serde_json::json!({
+        "metadata": {"name": PUBLISHED, "namespace": "kube-system",
+                     "labels": {"app.kubernetes.io/name": "weft-ingress"}},
+        "spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Local", "ports": [
+            {"name": "http", "port": 80, "protocol": "TCP"},
+            {"name": "https", "port": 443, "protocol": "TCP"}]}
+    });
+    serde_json::from_value(v).unwrap_or_default()
+}
+
+fn node_slice(cfg: &AgentConfig, ic: &IngressConfig) -> EndpointSlice {
+    let v = serde_json::json!({
+        "metadata": {"name": format!("{PUBLISHED}-{}", cfg.node_name), "namespace": "kube-system",
+                     "labels": {"kubernetes.io/service-name": PUBLISHED,
+                                "endpointslice.kubernetes.io/managed-by": "weft-agent"}},
+        "addressType": if cfg.node_ip.is_ipv4() { "IPv4" } else { "IPv6" },
+        "endpoints": [{"addresses": [cfg.node_ip.to_string()], "nodeName": cfg.node_name,
+                       "conditions": {"ready": true, "serving": true, "terminating": false}}],
+        "ports": [{"name": "http", "port": ic.http.port(), "protocol": "TCP"},
+                  {"name": "https", "port": ic.https.port(), "protocol": "TCP"}]
+    });
+    serde_json::from_value(v).unwrap_or_default()
+}
+
+/// Creates the published Service if nobody has, and this node's EndpointSlice of it.
+async fn publish(client: &Client, cfg: &AgentConfig, ic: &IngressConfig) -> Result<()> {
+    let pp = PostParams::default();
+    let services: Api<Service> = Api::namespaced(client.clone(), "kube-system");
+    match services.create(&pp, &published_service()).await {
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        r => {
+            r.map_err(AgentError::api("create Service kube-system/weft-ingress"))?;
+        }
+    }
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "kube-system");
+    let mut want = node_slice(cfg, ic);
+    let name = want.metadata.name.clone().unwrap_or_default();
+    match slices
+        .get_opt(&name)
+        .await
+        .map_err(AgentError::api("read this node's ingress slice"))?
+    {
+        None => {
+            slices
+                .create(&pp, &want)
+                .await
+                .map_err(AgentError::api("create this node's ingress slice"))?;
+        }
+        Some(have) if have.endpoints != want.endpoints || have.ports != want.ports => {
+            want.metadata.resource_version = have.metadata.resource_version;
+            slices
+                .replace(&name, &pp, &want)
+                .await
+                .map_err(AgentError::api("update this node's ingress slice"))?;
+        }
+        Some(_) => {}
+    }
+    Ok(())
+}
+
+/// Where served Ingresses are reachable: the published Service's load balancer
+/// addresses, else every node's InternalIP; sorted.
+fn reachable_at(services: &Store<Service>, nodes: &Store<Node>) -> Vec<String> {
+    let key = kube::runtime::reflector::ObjectRef::new(PUBLISHED).within("kube-system");
+    let mut lb: Vec<String> = services
+        .get(&key)
+        .and_then(|s| s.status.clone())
+        .and_then(|s| s.load_balancer)
+        .and_then(|l| l.ingress)
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.ip)
+        .collect();
+    if lb.is_empty() {
+        return node_addresses(nodes);
+    }
+    lb.sort();
+    lb
+}
+
+/// Every node's InternalIP, sorted.
 fn node_addresses(nodes: &Store<Node>) -> Vec<String> {
     let mut ips: Vec<String> = nodes
         .state()
@@ -245,7 +339,7 @@ fn status_ips(ing: &Ingress) -> Vec<String> {
 /// Ingresses; nothing on the others (an Ingress that moved to another class loses the
 /// status weft wrote, and only that).
 async fn write_status(client: &Client, s: &Stores, served: &[String]) {
-    let ips = node_addresses(&s.nodes);
+    let ips = reachable_at(&s.services, &s.nodes);
     for ing in s.ingresses.state() {
         let ns = ing.metadata.namespace.clone().unwrap_or_default();
         let name = ing.metadata.name.clone().unwrap_or_default();
