@@ -383,3 +383,96 @@ fn fuzzed_requests_get_a_status_and_never_disturb_other_clients() {
         let _ = r.stop.send(true);
     });
 }
+
+/// The leaf certificate a TLS handshake with `sni` presents (no verification).
+async fn presented(addr: SocketAddr, sni: &str) -> Vec<u8> {
+    #[derive(Debug)]
+    struct Any(Arc<rustls::crypto::CryptoProvider>);
+    impl rustls::client::danger::ServerCertVerifier for Any {
+        fn verify_server_cert(
+            &self,
+            _: &rustls::pki_types::CertificateDer<'_>,
+            _: &[rustls::pki_types::CertificateDer<'_>],
+            _: &rustls::pki_types::ServerName<'_>,
+            _: &[u8],
+            _: rustls::pki_types::UnixTime,
+        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            m: &[u8],
+            c: &rustls::pki_types::CertificateDer<'_>,
+            d: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(
+                m,
+                c,
+                d,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn verify_tls13_signature(
+            &self,
+            m: &[u8],
+            c: &rustls::pki_types::CertificateDer<'_>,
+            d: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(
+                m,
+                c,
+                d,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Any(provider)))
+        .with_no_client_auth();
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from(sni.to_string()).expect("name");
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .expect("handshake");
+    let certs = tls.get_ref().1.peer_certificates().expect("certificates");
+    certs[0].to_vec()
+}
+
+fn der(pem: &str) -> Vec<u8> {
+    rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+        .expect("pem")
+        .to_vec()
+}
+
+#[test]
+fn a_changed_secret_serves_from_the_next_handshake() {
+    in_netns(|| async {
+        let r = start().await;
+        assert_eq!(presented(r.https, "a.test").await, der(&r.cert_pem));
+        let other = presented(r.https, "b.test").await;
+        assert_ne!(
+            other,
+            der(&r.cert_pem),
+            "b.test has no Secret: the default answers"
+        );
+        // The Secret is rotated: the same name, a new certificate, no restart.
+        let rotated = TlsSecret {
+            name: "a-tls".into(),
+            hosts: vec!["a.test".into()],
+        }
+        .generate()
+        .expect("secret");
+        let secret: Secret = serde_json::from_value(rotated.object).expect("secret");
+        assert!(r.proxy.update(compile(&cluster(r.backend, &secret, true))));
+        assert_eq!(presented(r.https, "a.test").await, der(&rotated.cert_pem));
+        let _ = r.stop.send(true);
+    });
+}
