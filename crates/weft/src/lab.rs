@@ -327,6 +327,10 @@ pub fn status(name: &str) -> Result<()> {
         None => println!("\nsupervisor: no status yet"),
     }
     println!("\nkubeconfig: {}", kubeconfig_path(name).display());
+    println!(
+        "logs:       {}/ (agent-node-K.log: routes, Services, DNS, policy, the Ingress access log)",
+        weft_lab::lab_dir(name).join("logs").display()
+    );
     Ok(())
 }
 
