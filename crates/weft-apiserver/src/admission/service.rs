@@ -229,7 +229,7 @@ fn cluster_ips(
         spec["clusterIPs"] = json!(["None"]);
         return Ok(());
     }
-    let (fams, policy) = families(net, spec, old.map(|o| o as &Value), &ips)?;
+    let (fams, policy) = families(net, spec, old, &ips)?;
     if old.is_none() && given.len() > fams.len() {
         let i = fams.len();
         let detail = format!("only {i} address(es) for ipFamilyPolicy {policy}");
