@@ -158,10 +158,16 @@ pub enum LabCommand {
         #[arg(long)]
         udp: bool,
     },
-    /// Print the path of the lab's kubeconfig
+    /// Print the path of the lab's kubeconfig, or merge it into yours as context weft-NAME
     Kubeconfig {
         #[command(flatten)]
         lab: LabName,
+        /// Add the lab to your kubeconfig (`lab down` takes it out again)
+        #[arg(long)]
+        merge: bool,
+        /// The kubeconfig to merge into (default: $KUBECONFIG's first file, else ~/.kube/config)
+        #[arg(long, requires = "merge")]
+        file: Option<std::path::PathBuf>,
     },
     /// Walk through the documents' scenarios end to end on a fresh lab, with a report
     Demo,

@@ -257,6 +257,7 @@ pub fn supervise(name: &str) -> Result<()> {
 pub fn down(name: &str) -> Result<()> {
     let dir = weft_lab::lab_dir(name);
     weft_lab::load(name)?;
+    unmerge(name);
     if let Some(pid) = std::fs::read_to_string(supervise::pid_file(&dir))
         .ok()
         .and_then(|s| s.trim().parse::<i32>().ok())
@@ -334,10 +335,85 @@ pub fn status(name: &str) -> Result<()> {
     Ok(())
 }
 
-pub fn kubeconfig(name: &str) -> Result<()> {
+pub fn kubeconfig(name: &str, merge: bool, file: Option<PathBuf>) -> Result<()> {
     weft_lab::load(name)?;
-    println!("{}", kubeconfig_path(name).display());
+    if !merge {
+        println!("{}", kubeconfig_path(name).display());
+        return Ok(());
+    }
+    let target = match file {
+        Some(f) => f,
+        None => crate::kubeconfig::default_target()?,
+    };
+    let lab = std::fs::read_to_string(kubeconfig_path(name))
+        .with_context(|| format!("read {}", kubeconfig_path(name).display()))?;
+    let context = crate::kubeconfig::context_name(name);
+    let merged = crate::kubeconfig::merge(&read_or_empty(&target)?, &lab, &context)
+        .with_context(|| format!("merge into {}", target.display()))?;
+    write_user_file(&target, &merged)?;
+    let dir = weft_lab::lab_dir(name);
+    weft_lab::access::write_private(
+        &crate::kubeconfig::record_path(&dir),
+        target.display().to_string().as_bytes(),
+        None,
+    )?;
+    println!("lab {name} is context {context} in {}", target.display());
+    println!("  kubectl --context {context} get nodes");
     Ok(())
+}
+
+fn read_or_empty(path: &Path) -> Result<String> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => Ok(s),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+        Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
+    }
+}
+
+/// Writes a file of the user's (0600): it keeps its owner, and a new one (and a new
+/// `~/.kube`) belongs to the user who ran weft, through sudo or not.
+fn write_user_file(path: &Path, body: &str) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let owner = match std::fs::metadata(path) {
+        Ok(m) => weft_lab::access::Owner {
+            uid: m.uid(),
+            gid: m.gid(),
+        },
+        Err(_) => weft_lab::access::Owner::invoking(),
+    };
+    if let Some(parent) = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty() && !p.exists())
+    {
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(parent)
+            .with_context(|| format!("create {}", parent.display()))?;
+        std::os::unix::fs::chown(parent, Some(owner.uid), Some(owner.gid))
+            .with_context(|| format!("chown {}", parent.display()))?;
+    }
+    weft_lab::access::write_private(path, body.as_bytes(), Some(owner))?;
+    Ok(())
+}
+
+/// Takes the lab's context out of the kubeconfig it was merged into, if it was.
+fn unmerge(name: &str) {
+    let record = crate::kubeconfig::record_path(&weft_lab::lab_dir(name));
+    let Ok(target) = std::fs::read_to_string(&record) else {
+        return;
+    };
+    let target = PathBuf::from(target.trim());
+    let context = crate::kubeconfig::context_name(name);
+    let done = read_or_empty(&target)
+        .and_then(|cur| crate::kubeconfig::remove(&cur, &context))
+        .and_then(|body| write_user_file(&target, &body));
+    match done {
+        Ok(()) => println!("  removed context {context} from {}", target.display()),
+        Err(e) => eprintln!(
+            "weft lab down: removing context {context} from {}: {e:#}",
+            target.display()
+        ),
+    }
 }
 
 /// `lab apply/get/delete` hand the work to kubectl against the lab's kubeconfig: the lab is

@@ -7,6 +7,7 @@ mod cli;
 mod demo;
 mod exec;
 mod kube;
+mod kubeconfig;
 mod lab;
 mod nsexec;
 mod policy;
@@ -82,7 +83,9 @@ fn run_lab(cmd: LabCommand) -> anyhow::Result<u8> {
         } => lab::up(&lab.name, nodes, &backend, file.as_deref()).map(|_| 0),
         LabCommand::Down { lab } => lab::down(&lab.name).map(|_| 0),
         LabCommand::Status { lab } => lab::status(&lab.name).map(|_| 0),
-        LabCommand::Kubeconfig { lab } => lab::kubeconfig(&lab.name).map(|_| 0),
+        LabCommand::Kubeconfig { lab, merge, file } => {
+            lab::kubeconfig(&lab.name, merge, file).map(|_| 0)
+        }
         LabCommand::Supervise { lab } => lab::supervise(&lab.name).map(|_| 0),
         LabCommand::Apply { lab, file } => {
             lab::kubectl(&lab.name, &["apply".into(), "-f".into(), file])

@@ -197,3 +197,46 @@ fn two_labs_side_by_side_and_down_leaves_nothing() {
     second.down();
     assert_nothing_left(&second, &pids);
 }
+
+#[test]
+fn kubeconfig_merge_adds_a_context_and_down_takes_it_out() {
+    let mut lab = Lab::up(1, "host-gw");
+    let mine = lab.state.path().join("my-kubeconfig");
+    let existing = "apiVersion: v1\nkind: Config\nclusters:\n- name: prod\n  cluster: {server: 'https://prod.invalid'}\nusers:\n- name: me\n  user: {token: x}\ncontexts:\n- name: prod\n  context: {cluster: prod, user: me}\ncurrent-context: prod\n";
+    std::fs::write(&mine, existing).expect("write kubeconfig");
+    let file = mine.display().to_string();
+    let out = lab.lab_ok("kubeconfig", &["--merge", "--file", &file]);
+    let context = format!("weft-{}", lab.name);
+    assert!(out.contains(&context), "{out}");
+    let got = std::process::Command::new("kubectl")
+        .args([
+            "--kubeconfig",
+            &file,
+            "--context",
+            &context,
+            "get",
+            "nodes",
+            "-o",
+            "name",
+        ])
+        .output()
+        .expect("kubectl");
+    assert!(got.status.success(), "{}", text(&got));
+    assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "node/node-1");
+    let current = std::process::Command::new("kubectl")
+        .args(["--kubeconfig", &file, "config", "current-context"])
+        .output()
+        .expect("kubectl");
+    assert_eq!(
+        String::from_utf8_lossy(&current.stdout).trim(),
+        "prod",
+        "the current context is the user's"
+    );
+    lab.down();
+    let after = std::fs::read_to_string(&mine).expect("read kubeconfig");
+    assert!(!after.contains(&context), "context left behind:\n{after}");
+    assert!(
+        after.contains("prod.invalid"),
+        "the user's own entries went:\n{after}"
+    );
+}
