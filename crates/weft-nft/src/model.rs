@@ -323,8 +323,9 @@ pub struct SetFlags {
 pub struct Set {
     pub name: String,
     /// How nft should declare the key (`typeof ...`), needed when a field has no
-    /// fixed-size nft type, like the integer `numgen` produces. Rendering only: the
-    /// kernel does not keep it, so it takes no part in equality.
+    /// fixed-size nft type, like the integer `numgen` produces. Rendered, and written into
+    /// the set's userdata for nft to list it; weft does not read it back, so it takes no
+    /// part in equality.
     pub typeof_key: Option<Vec<crate::rule::Selector>>,
     pub key: Vec<KeyType>,
     pub data: Option<DataType>,

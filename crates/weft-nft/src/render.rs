@@ -66,19 +66,12 @@ fn type_list(fields: &[KeyType]) -> String {
         .join(" . ")
 }
 
-/// Each type as an expression of that type, for a map declared with `typeof`.
+/// Each type as an expression of that type, for a map declared with `typeof`; the same
+/// expressions weft writes into the set's userdata.
 fn typeof_list(fields: &[KeyType]) -> Option<String> {
-    let exprs: Option<Vec<&str>> = fields
+    let exprs: Option<Vec<String>> = fields
         .iter()
-        .map(|f| match f {
-            KeyType::Ipv4Addr => Some("ip daddr"),
-            KeyType::Ipv6Addr => Some("ip6 daddr"),
-            KeyType::InetProto => Some("meta l4proto"),
-            KeyType::InetService => Some("tcp dport"),
-            KeyType::Mark => Some("meta mark"),
-            KeyType::Ifname => Some("meta iifname"),
-            KeyType::Integer => None,
-        })
+        .map(|f| crate::netlink::udata::typeof_for_type(*f).map(|s| s.nft_syntax()))
         .collect();
     exprs.map(|e| e.join(" . "))
 }

@@ -58,6 +58,11 @@ impl Lowerer {
                 let mut s = (**s).clone();
                 s.name = "__set%d".into();
                 s.flags.constant = true;
+                // As nft does, the rule's key goes into the set's userdata as `typeof`:
+                // nft needs it to list a concatenation with a `numgen` field.
+                if s.typeof_key.is_none() {
+                    s.typeof_key = Some(key.to_vec());
+                }
                 self.anon.push(s);
                 Ok(SetName::Anon(self.anon.len() - 1))
             }

@@ -9,6 +9,7 @@ pub mod decode;
 pub mod expr;
 pub mod msg;
 pub mod socket;
+pub mod udata;
 
 pub use batch::Batch;
 pub use socket::NftSocket;

@@ -366,26 +366,9 @@ pub(crate) fn increment(b: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
-/// nft keeps the byte order of set keys in userdata; without it `nft list` prints
-/// host-order integers byte-swapped.
+/// What nft keeps in a set's userdata to print it (byte orders, `typeof` expressions).
 fn put_set_udata(w: &mut Writer, set: &Set) {
-    let order = |fields: &[KeyType]| -> Option<u32> {
-        match fields {
-            [one] => Some(if one.host_order() { 1 } else { 2 }),
-            _ => None,
-        }
-    };
-    let mut ud = Vec::new();
-    if let Some(o) = order(&set.key) {
-        ud.extend_from_slice(&[0, 4]);
-        ud.extend_from_slice(&o.to_ne_bytes());
-    }
-    if let Some(DataType::Value(d)) = &set.data {
-        if let Some(o) = order(d) {
-            ud.extend_from_slice(&[1, 4]);
-            ud.extend_from_slice(&o.to_ne_bytes());
-        }
-    }
+    let ud = super::udata::set_udata(set);
     if !ud.is_empty() {
         w.put(13, &ud);
     }

@@ -282,7 +282,7 @@ fn nft_add_service(i: usize) -> String {
                 format!("{} : {v}", keys.join(" . "))
             })
             .collect();
-        // Declared again so nft knows the key layout (weft keeps no typeof userdata).
+        // Declared again (a no-op when the map exists) so the script stands on its own.
         s.push_str(&format!(
             "add map ip {TABLE} service-endpoints {{ typeof ip daddr . meta l4proto . th dport . numgen random mod {ENDPOINTS} : verdict; }}\n"
         ));
