@@ -55,6 +55,75 @@ pub fn normalize(res: &Resource, v: Value) -> Result<Value, ApiError> {
     }
 }
 
+fn typed_copy<T: DeserializeOwned + Serialize>(v: &Value) -> Option<Value> {
+    let typed: T = serde_json::from_value(v.clone()).ok()?;
+    serde_json::to_value(typed).ok()
+}
+
+/// The fields of a request body that the kind does not have, as kube-apiserver's strict
+/// decoder names them (`spec.containers[0].bogus`). Found by comparing the body with its
+/// typed round trip: a key the round trip dropped is unknown. Null values and empty
+/// lists or maps are not reported (the typed form may omit them). A body that does not
+/// decode yields none: `normalize` reports it. ClusterNetworkPolicy has no typed form.
+pub fn unknown_fields(res: &Resource, v: &Value) -> Vec<String> {
+    let typed = match res.kind {
+        "Namespace" => typed_copy::<core::Namespace>(v),
+        "Node" => typed_copy::<core::Node>(v),
+        "Pod" => typed_copy::<core::Pod>(v),
+        "Service" => typed_copy::<core::Service>(v),
+        "Secret" => typed_copy::<core::Secret>(v),
+        "ConfigMap" => typed_copy::<core::ConfigMap>(v),
+        "Event" if res.group == "events.k8s.io" => typed_copy::<events::Event>(v),
+        "Event" => typed_copy::<core::Event>(v),
+        "Lease" => typed_copy::<coord::Lease>(v),
+        "Deployment" => typed_copy::<apps::Deployment>(v),
+        "EndpointSlice" => typed_copy::<disc::EndpointSlice>(v),
+        "NetworkPolicy" => typed_copy::<net::NetworkPolicy>(v),
+        "Ingress" => typed_copy::<net::Ingress>(v),
+        "IngressClass" => typed_copy::<net::IngressClass>(v),
+        _ => None,
+    };
+    let mut out = Vec::new();
+    if let Some(t) = typed {
+        dropped(v, &t, "", &mut out);
+    }
+    out
+}
+
+fn dropped(orig: &Value, kept: &Value, path: &str, out: &mut Vec<String>) {
+    match (orig, kept) {
+        (Value::Object(o), Value::Object(k)) => {
+            for (key, val) in o {
+                let p = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                match k.get(key) {
+                    Some(kv) => dropped(val, kv, &p, out),
+                    None => {
+                        let empty = match val {
+                            Value::Null => true,
+                            Value::Array(a) => a.is_empty(),
+                            Value::Object(m) => m.is_empty(),
+                            _ => false,
+                        };
+                        if !empty {
+                            out.push(p);
+                        }
+                    }
+                }
+            }
+        }
+        (Value::Array(o), Value::Array(k)) => {
+            for (i, (ov, kv)) in o.iter().zip(k).enumerate() {
+                dropped(ov, kv, &format!("{path}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
 fn default_str(v: &mut Value, key: &str, val: &str) {
     if v[key].as_str().is_none_or(str::is_empty) {
         v[key] = json!(val);

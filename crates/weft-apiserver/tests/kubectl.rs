@@ -303,3 +303,91 @@ async fn kubectl_create_commands_send_protobuf_and_are_understood() {
     assert_eq!(path["backend"]["service"]["name"], "web", "{ing}");
     assert_eq!(path["backend"]["service"]["port"]["number"], 80, "{ing}");
 }
+
+/// `kind: List` (what `kubectl get -o yaml` writes) goes through kubectl's client-side
+/// validation (`/openapi/v2`), and `fieldValidation=Strict` still refuses unknown fields,
+/// in a single object and in a List item alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_apply_and_create_of_a_list_validate_strictly() {
+    let s = start().await;
+    let kc = s.kubeconfig();
+    let write = |name: &str, text: &str| {
+        let f = s.dir.path().join(name);
+        std::fs::write(&f, text).expect("write manifest");
+        f.display().to_string()
+    };
+    let run = |args: &[&str]| kubectl(&kc, args).expect("kubectl is not installed");
+
+    let list = write(
+        "list.yaml",
+        "apiVersion: v1\nkind: List\nitems:\n\
+         - apiVersion: v1\n  kind: ConfigMap\n  metadata: {name: c1, namespace: default}\n  data: {a: b}\n\
+         - apiVersion: v1\n  kind: Pod\n  metadata: {name: p1, namespace: default}\n  spec:\n    containers: [{name: c, image: weft}]\n",
+    );
+    let (ok, out) = run(&["apply", "-f", &list]);
+    assert!(ok, "apply of a List failed: {out}");
+    assert!(
+        out.contains("configmap/c1 created") && out.contains("pod/p1 created"),
+        "{out}"
+    );
+    let (ok, out) = run(&["apply", "-f", &list]);
+    assert!(ok && out.contains("configmap/c1 unchanged"), "{out}");
+
+    // What `kubectl get -o yaml` writes applies back, and creates anew once deleted.
+    let (ok, dump) = run(&["get", "pods,configmaps", "-n", "default", "-o", "yaml"]);
+    assert!(ok && dump.contains("kind: List"), "{dump}");
+    let dumped = write("dump.yaml", &dump);
+    let (ok, out) = run(&["apply", "-f", &dumped]);
+    assert!(ok, "apply of get -o yaml failed: {out}");
+    let (ok, out) = run(&["delete", "-f", &list, "--wait=false"]);
+    assert!(ok, "{out}");
+    eventually("the pod gone", || async {
+        let (_, out) = run(&["get", "pods", "-n", "default", "-o", "name"]);
+        (!out.contains("p1")).then_some(())
+    })
+    .await;
+    let (ok, out) = run(&["create", "-f", &list]);
+    assert!(
+        ok && out.contains("configmap/c1 created") && out.contains("pod/p1 created"),
+        "create of a List failed: {out}"
+    );
+
+    // Unknown fields: refused under the default --validate=strict, in an object and in a
+    // List item; nothing of the refused object is stored.
+    let bad = write(
+        "bad.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: bad, namespace: default}\n\
+         spec:\n  containers: [{name: c, image: weft, bogusField: 3}]\n",
+    );
+    for verb in ["create", "apply"] {
+        let (ok, out) = run(&[verb, "-f", &bad]);
+        assert!(
+            !ok && out.contains(
+                r#"strict decoding error: unknown field "spec.containers[0].bogusField""#
+            ),
+            "{verb}: {out}"
+        );
+    }
+    let bad_list = write(
+        "bad-list.yaml",
+        "apiVersion: v1\nkind: List\nitems:\n\
+         - apiVersion: v1\n  kind: ConfigMap\n  metadata: {name: c2, namespace: default}\n  data: {a: b}\n  bogus: 1\n",
+    );
+    for verb in ["create", "apply"] {
+        let (ok, out) = run(&[verb, "-f", &bad_list]);
+        assert!(
+            !ok && out.contains(r#"unknown field "bogus""#),
+            "{verb}: {out}"
+        );
+    }
+    let (ok, _) = run(&["get", "configmap", "c2", "-n", "default"]);
+    assert!(!ok, "a refused ConfigMap was stored");
+    // --validate=warn stores it and says what was dropped; --validate=false drops silently.
+    let (ok, out) = run(&["apply", "--validate=warn", "-f", &bad_list]);
+    assert!(
+        ok && out.contains(r#"Warning: unknown field "bogus""#),
+        "{out}"
+    );
+    let (ok, out) = run(&["get", "configmap", "c2", "-n", "default", "-o", "json"]);
+    assert!(ok && !out.contains("\"bogus\": 1"), "{out}");
+}

@@ -197,6 +197,50 @@ fn check_namespace(t: &Target, obj: &mut Value) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// `fieldValidation` on a write: `Strict` refuses a body with fields its kind does not
+/// have (400, as kube-apiserver's strict decoder words it), `Warn` (the default) names
+/// them in `Warning` headers, `Ignore` drops them silently. Returns the warnings.
+pub(crate) fn field_validation(
+    q: &Query,
+    res: &Resource,
+    obj: &Value,
+) -> Result<Vec<String>, ApiError> {
+    let directive = q.get("fieldValidation").map(String::as_str).unwrap_or("");
+    if !matches!(directive, "" | "Strict" | "Warn" | "Ignore") {
+        return Err(ApiError::bad_request(format!(
+            "fieldValidation parameter unsupported: {directive} (Ignore, Warn or Strict)"
+        )));
+    }
+    if directive == "Ignore" {
+        return Ok(Vec::new());
+    }
+    let unknown: Vec<String> = admission::unknown_fields(res, obj)
+        .into_iter()
+        .map(|f| format!("unknown field \"{f}\""))
+        .collect();
+    if directive == "Strict" && !unknown.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "{kind} in version \"{ver}\" cannot be handled as a {kind}: strict decoding error: {}",
+            unknown.join(", "),
+            kind = res.kind,
+            ver = res.version
+        )));
+    }
+    Ok(unknown)
+}
+
+/// A JSON response carrying `Warning: 299 - "..."` headers.
+fn warned(code: StatusCode, v: &Value, warnings: &[String]) -> Response {
+    let mut r = json_response(code, v);
+    for w in warnings {
+        let text = format!("299 - {}", Value::String(w.clone()));
+        if let Ok(h) = axum::http::HeaderValue::from_str(&text) {
+            r.headers_mut().append(header::WARNING, h);
+        }
+    }
+    r
+}
+
 pub(crate) fn dry_run(q: &Query) -> bool {
     q.get("dryRun").is_some_and(|v| v == "All")
 }
@@ -214,8 +258,9 @@ pub fn create(
     let mut obj = decode_body(headers, body)?;
     check_kind(t.res, &mut obj)?;
     check_namespace(t, &mut obj)?;
+    let warnings = field_validation(q, t.res, &obj)?;
     let obj = create_object(state, t.res, obj, dry_run(q))?;
-    Ok(json_response(StatusCode::CREATED, &obj))
+    Ok(warned(StatusCode::CREATED, &obj, &warnings))
 }
 
 /// Creates a decoded object (shared by POST and server-side apply of a new object).
@@ -314,15 +359,17 @@ pub fn update(
             )))
         }
     }
+    let warnings = field_validation(q, t.res, &obj)?;
     let key = target_key(t);
     let dry = dry_run(q);
     let (out, written) = state.store.write(|tx| {
         let old = tx.get(t.res, &key).ok_or_else(|| not_found(t))?;
         update_in(tx, state, t.res, &key, &old, obj, t.sub.as_deref(), dry)
     })?;
-    Ok(json_response(
+    Ok(warned(
         StatusCode::OK,
         written.first().map(|o| &**o).unwrap_or(&out),
+        &warnings,
     ))
 }
 
@@ -448,6 +495,7 @@ pub fn patch(
         let mut applied = super::decode_body(headers, body)?;
         check_kind(t.res, &mut applied)?;
         check_namespace(t, &mut applied)?;
+        let warnings = field_validation(q, t.res, &applied)?;
         let name = t.name.clone().unwrap_or_default();
         if meta::name(&applied) != name {
             return Err(ApiError::bad_request(format!(
@@ -474,14 +522,15 @@ pub fn patch(
         } else {
             StatusCode::OK
         };
-        return Ok(json_response(
+        return Ok(warned(
             code,
             written.first().map(|o| &**o).unwrap_or(&out),
+            &warnings,
         ));
     }
     let patch_doc: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
-    let (out, written) = state.store.write(|tx| {
+    let ((warnings, out), written) = state.store.write(|tx| {
         let old = tx.get(t.res, &key).ok_or_else(|| not_found(t))?;
         let mut new = match ct.as_str() {
             "application/merge-patch+json" => patch::merge(&old, &patch_doc),
@@ -498,10 +547,13 @@ pub fn patch(
                 "a patch may not change metadata.name or metadata.namespace",
             ));
         }
-        update_in(tx, state, t.res, &key, &old, new, t.sub.as_deref(), dry)
+        let warnings = field_validation(q, t.res, &new)?;
+        let out = update_in(tx, state, t.res, &key, &old, new, t.sub.as_deref(), dry)?;
+        Ok((warnings, out))
     })?;
-    Ok(json_response(
+    Ok(warned(
         StatusCode::OK,
         written.first().map(|o| &**o).unwrap_or(&out),
+        &warnings,
     ))
 }
