@@ -66,6 +66,8 @@ fn columns(res: &Resource) -> Vec<(&'static str, &'static str, u8)> {
             ("Age", "string", 0),
             ("IP", "string", 1),
             ("Node", "string", 1),
+            ("Nominated Node", "string", 1),
+            ("Readiness Gates", "string", 1),
         ],
         "Service" => vec![
             ("Type", "string", 0),
@@ -80,9 +82,13 @@ fn columns(res: &Resource) -> Vec<(&'static str, &'static str, u8)> {
             ("Roles", "string", 0),
             ("Age", "string", 0),
             ("Version", "string", 0),
-            ("Pod-CIDR", "string", 1),
             ("Internal-IP", "string", 1),
+            ("External-IP", "string", 1),
+            ("OS-Image", "string", 1),
+            ("Kernel-Version", "string", 1),
+            ("Container-Runtime", "string", 1),
         ],
+        "Endpoints" => vec![("Endpoints", "string", 0), ("Age", "string", 0)],
         "Namespace" => vec![("Status", "string", 0), ("Age", "string", 0)],
         "EndpointSlice" => vec![
             ("AddressType", "string", 0),
@@ -151,67 +157,171 @@ fn event_cells(o: &Value, now: u64) -> Vec<Value> {
     ]
 }
 
+fn has_condition(o: &Value, ty: &str) -> bool {
+    o["status"]["conditions"]
+        .as_array()
+        .is_some_and(|cs| cs.iter().any(|c| c["type"] == ty && c["status"] == "True"))
+}
+
+/// kube-apiserver's printPod: READY counts running ready containers; STATUS is the
+/// phase, overridden by the pod's reason, a container's waiting or terminated reason,
+/// and Terminating while a deletion is pending.
 fn pod_cells(o: &Value, now: u64) -> Vec<Value> {
     let total = o["spec"]["containers"].as_array().map_or(0, Vec::len);
-    let statuses = o["status"]["containerStatuses"]
+    let st = &o["status"];
+    let mut reason = s(&st["phase"]);
+    if let Some(r) = st["reason"].as_str().filter(|r| !r.is_empty()) {
+        reason = r.to_string();
+    }
+    if st["conditions"].as_array().is_some_and(|cs| {
+        cs.iter()
+            .any(|c| c["type"] == "PodScheduled" && c["reason"] == "SchedulingGated")
+    }) {
+        reason = "SchedulingGated".into();
+    }
+    let statuses = st["containerStatuses"]
         .as_array()
         .cloned()
         .unwrap_or_default();
-    let ready = statuses
-        .iter()
-        .filter(|c| c["ready"] == json!(true))
-        .count();
-    let restarts: i64 = statuses
-        .iter()
-        .filter_map(|c| c["restartCount"].as_i64())
-        .sum();
-    let status = if o["metadata"]["deletionTimestamp"].is_string() {
-        "Terminating".to_string()
-    } else {
-        s(&o["status"]["phase"])
+    let (mut ready, mut restarts, mut has_running) = (0, 0i64, false);
+    let mut last_restart: Option<u64> = None;
+    for c in statuses.iter().rev() {
+        restarts += c["restartCount"].as_i64().unwrap_or(0);
+        if let Some(t) = c["lastState"]["terminated"]["finishedAt"]
+            .as_str()
+            .and_then(crate::meta::parse_rfc3339)
+        {
+            last_restart = Some(last_restart.map_or(t, |l| l.max(t)));
+        }
+        let state = &c["state"];
+        let text = |v: &Value| v.as_str().filter(|r| !r.is_empty()).map(String::from);
+        if let Some(r) = text(&state["waiting"]["reason"]) {
+            reason = r;
+        } else if let Some(r) = text(&state["terminated"]["reason"]) {
+            reason = r;
+        } else if state["terminated"].is_object() {
+            let t = &state["terminated"];
+            reason = match t["signal"].as_i64().filter(|&n| n != 0) {
+                Some(sig) => format!("Signal:{sig}"),
+                None => format!("ExitCode:{}", t["exitCode"].as_i64().unwrap_or(0)),
+            };
+        } else if c["ready"] == json!(true) && state["running"].is_object() {
+            has_running = true;
+            ready += 1;
+        }
+    }
+    if reason == "Completed" && has_running {
+        reason = if has_condition(o, "Ready") {
+            "Running".into()
+        } else {
+            "NotReady".into()
+        };
+    }
+    if o["metadata"]["deletionTimestamp"].is_string() {
+        if st["reason"] == "NodeLost" {
+            reason = "Unknown".into();
+        } else if !matches!(st["phase"].as_str(), Some("Succeeded" | "Failed")) {
+            reason = "Terminating".into();
+        }
+    }
+    let restarts = match last_restart {
+        Some(t) if restarts != 0 => {
+            format!("{restarts} ({} ago)", human_age(now.saturating_sub(t)))
+        }
+        _ => restarts.to_string(),
     };
+    let gates = o["spec"]["readinessGates"]
+        .as_array()
+        .filter(|g| !g.is_empty())
+        .map(|g| {
+            let met = g
+                .iter()
+                .filter(|x| {
+                    x["conditionType"]
+                        .as_str()
+                        .is_some_and(|t| has_condition(o, t))
+                })
+                .count();
+            format!("{met}/{}", g.len())
+        })
+        .unwrap_or_default();
     vec![
         json!(format!("{ready}/{total}")),
-        json!(status),
-        json!(restarts.to_string()),
+        json!(reason),
+        json!(restarts),
         json!(age(o, now)),
-        json!(or_none(s(&o["status"]["podIP"]))),
+        json!(or_none(s(&st["podIP"]))),
         json!(or_none(s(&o["spec"]["nodeName"]))),
+        json!(or_none(s(&st["nominatedNodeName"]))),
+        json!(or_none(gates)),
     ]
 }
 
+/// Load-balancer ingress points, IP or else hostname, comma-separated.
+fn lb_string(lb: &Value) -> String {
+    lb["ingress"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|i| {
+                    let ip = s(&i["ip"]);
+                    if ip.is_empty() {
+                        s(&i["hostname"])
+                    } else {
+                        ip
+                    }
+                })
+                .filter(|x| !x.is_empty())
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default()
+}
+
+/// kube-apiserver's printService (wide: SELECTOR).
 fn service_cells(o: &Value, now: u64) -> Vec<Value> {
     let spec = &o["spec"];
     let ports: Vec<String> = spec["ports"]
         .as_array()
         .map(|ps| {
             ps.iter()
-                .map(|p| {
-                    let np = p["nodePort"]
-                        .as_i64()
-                        .map(|n| format!(":{n}"))
-                        .unwrap_or_default();
-                    format!("{}{np}/{}", s(&p["port"]), s(&p["protocol"]))
+                .map(|p| match p["nodePort"].as_i64().filter(|&n| n > 0) {
+                    Some(np) => format!("{}:{np}/{}", s(&p["port"]), s(&p["protocol"])),
+                    None => format!("{}/{}", s(&p["port"]), s(&p["protocol"])),
                 })
                 .collect()
         })
         .unwrap_or_default();
-    let mut external: Vec<String> = spec["externalIPs"]
+    let external_ips: Vec<String> = spec["externalIPs"]
         .as_array()
         .map(|a| a.iter().map(s).collect())
         .unwrap_or_default();
-    if let Some(ing) = o["status"]["loadBalancer"]["ingress"].as_array() {
-        external.extend(ing.iter().map(|i| s(&i["ip"])));
-    }
-    let ext = match (spec["type"].as_str(), external.is_empty()) {
-        (Some("ExternalName"), _) => s(&spec["externalName"]),
-        (Some("LoadBalancer"), true) => "<pending>".into(),
-        (_, true) => "<none>".into(),
-        _ => external.join(","),
+    let ext = match spec["type"].as_str().unwrap_or("ClusterIP") {
+        "ClusterIP" | "NodePort" if !external_ips.is_empty() => external_ips.join(","),
+        "ClusterIP" | "NodePort" => "<none>".into(),
+        "LoadBalancer" => {
+            let mut all: Vec<String> = Vec::new();
+            let lb = lb_string(&o["status"]["loadBalancer"]);
+            if !lb.is_empty() {
+                all.extend(lb.split(',').map(String::from));
+            }
+            all.extend(external_ips);
+            if all.is_empty() {
+                "<pending>".into()
+            } else {
+                all.join(",")
+            }
+        }
+        "ExternalName" => s(&spec["externalName"]),
+        _ => "<unknown>".into(),
     };
+    let cluster_ip = spec["clusterIPs"][0]
+        .as_str()
+        .map(String::from)
+        .unwrap_or_else(|| or_none(s(&spec["clusterIP"])));
     vec![
         json!(s(&spec["type"])),
-        json!(or_none(s(&spec["clusterIP"]))),
+        json!(cluster_ip),
         json!(ext),
         json!(or_none(ports.join(","))),
         json!(age(o, now)),
@@ -232,29 +342,53 @@ fn node_cells(o: &Value, now: u64) -> Vec<Value> {
         })
         .unwrap_or("Unknown");
     let mut status = ready.to_string();
+    // kube-apiserver's printNode: roles from node-role.kubernetes.io/ROLE labels and the
+    // legacy kubernetes.io/role label, sorted; wide columns from status.nodeInfo, with
+    // <unknown> for what the node agent did not report.
     if o["spec"]["unschedulable"] == json!(true) {
         status.push_str(",SchedulingDisabled");
     }
-    let roles: Vec<String> = o["metadata"]["labels"]
+    let mut roles: Vec<String> = o["metadata"]["labels"]
         .as_object()
         .map(|m| {
-            m.keys()
-                .filter_map(|k| k.strip_prefix("node-role.kubernetes.io/").map(String::from))
+            m.iter()
+                .filter_map(|(k, v)| match k.strip_prefix("node-role.kubernetes.io/") {
+                    Some(r) => Some(r.to_string()),
+                    None if k == "kubernetes.io/role" => Some(s(v)),
+                    None => None,
+                })
+                .filter(|r| !r.is_empty())
                 .collect()
         })
         .unwrap_or_default();
-    let internal = o["status"]["addresses"]
-        .as_array()
-        .and_then(|a| a.iter().find(|x| x["type"] == "InternalIP"))
-        .map(|x| s(&x["address"]))
-        .unwrap_or_default();
+    roles.sort();
+    roles.dedup();
+    let address = |ty: &str| {
+        o["status"]["addresses"]
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x["type"] == ty))
+            .map(|x| s(&x["address"]))
+            .unwrap_or_default()
+    };
+    let info = &o["status"]["nodeInfo"];
+    let unknown = |v: &Value| {
+        let x = s(v);
+        if x.is_empty() {
+            "<unknown>".to_string()
+        } else {
+            x
+        }
+    };
     vec![
         json!(status),
         json!(or_none(roles.join(","))),
         json!(age(o, now)),
-        json!(s(&o["status"]["nodeInfo"]["kubeletVersion"])),
-        json!(or_none(s(&o["spec"]["podCIDR"]))),
-        json!(or_none(internal)),
+        json!(s(&info["kubeletVersion"])),
+        json!(or_none(address("InternalIP"))),
+        json!(or_none(address("ExternalIP"))),
+        json!(unknown(&info["osImage"])),
+        json!(unknown(&info["kernelVersion"])),
+        json!(unknown(&info["containerRuntimeVersion"])),
     ]
 }
 
@@ -284,6 +418,51 @@ fn slice_cells(o: &Value, now: u64) -> Vec<Value> {
     ]
 }
 
+/// kube-apiserver's formatEndpoints: up to three IP:PORT (IP alone for a subset without
+/// ports), then "+ N more...", `<none>` without subsets.
+fn endpoints_string(o: &Value) -> String {
+    let Some(subsets) = o["subsets"].as_array().filter(|s| !s.is_empty()) else {
+        return "<none>".into();
+    };
+    const MAX: usize = 3;
+    let (mut list, mut count) = (Vec::new(), 0usize);
+    for ss in subsets {
+        let addrs: Vec<String> = ss["addresses"]
+            .as_array()
+            .map(|a| a.iter().map(|x| s(&x["ip"])).collect())
+            .unwrap_or_default();
+        let ports = ss["ports"].as_array().cloned().unwrap_or_default();
+        if ports.is_empty() {
+            count += addrs.len();
+            for ip in &addrs {
+                if list.len() < MAX {
+                    list.push(ip.clone());
+                }
+            }
+            continue;
+        }
+        for p in &ports {
+            count += addrs.len();
+            for ip in &addrs {
+                if list.len() < MAX {
+                    let port = s(&p["port"]);
+                    list.push(if ip.contains(':') {
+                        format!("[{ip}]:{port}")
+                    } else {
+                        format!("{ip}:{port}")
+                    });
+                }
+            }
+        }
+    }
+    let ret = list.join(",");
+    if count > MAX {
+        format!("{ret} + {} more...", count - MAX)
+    } else {
+        ret
+    }
+}
+
 fn cells(res: &Resource, o: &Value, now: u64) -> Vec<Value> {
     let mut c = vec![json!(crate::meta::name(o))];
     let data_count = |o: &Value| {
@@ -304,16 +483,22 @@ fn cells(res: &Resource, o: &Value, now: u64) -> Vec<Value> {
                 json!(age(o, now)),
             ]
         }
+        "Endpoints" => vec![json!(endpoints_string(o)), json!(age(o, now))],
         "Ingress" => {
-            let hosts: Vec<String> = o["spec"]["rules"]
-                .as_array()
-                .map(|r| {
-                    r.iter()
-                        .map(|x| s(&x["host"]))
-                        .filter(|h| !h.is_empty())
-                        .collect()
-                })
-                .unwrap_or_default();
+            // kube-apiserver's formatHosts: at most three, then "+ N more...".
+            let rules = o["spec"]["rules"].as_array().cloned().unwrap_or_default();
+            let hosts: Vec<String> = rules
+                .iter()
+                .take(3)
+                .map(|x| s(&x["host"]))
+                .filter(|h| !h.is_empty())
+                .collect();
+            let mut hosts = hosts.join(",");
+            if hosts.is_empty() {
+                hosts = "*".into();
+            } else if rules.len() > 3 {
+                hosts = format!("{hosts} + {} more...", rules.len() - 3);
+            }
             let ports = if o["spec"]["tls"].is_array() {
                 "80, 443"
             } else {
@@ -321,12 +506,8 @@ fn cells(res: &Resource, o: &Value, now: u64) -> Vec<Value> {
             };
             vec![
                 json!(or_none(s(&o["spec"]["ingressClassName"]))),
-                json!(if hosts.is_empty() {
-                    "*".into()
-                } else {
-                    hosts.join(",")
-                }),
-                json!(s(&o["status"]["loadBalancer"]["ingress"][0]["ip"])),
+                json!(hosts),
+                json!(lb_string(&o["status"]["loadBalancer"])),
                 json!(ports),
                 json!(age(o, now)),
             ]
