@@ -184,6 +184,18 @@ pub static RESOURCES: &[Resource] = &[
         &["cnp"],
         true,
     ),
+    // v1 Endpoints, kept by the EndpointSlice controller from the slices it writes (for
+    // tools that still read them, e.g. `kubectl describe service`).
+    res(
+        "",
+        "v1",
+        "endpoints",
+        "endpoints",
+        "Endpoints",
+        true,
+        &["ep"],
+        false,
+    ),
 ];
 
 pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Resource> {
@@ -213,3 +225,4 @@ pub static PODS: &Resource = &RESOURCES[2];
 pub static SERVICES: &Resource = &RESOURCES[3];
 pub static ENDPOINTSLICES: &Resource = &RESOURCES[7];
 pub static DEPLOYMENTS: &Resource = &RESOURCES[14];
+pub static ENDPOINTS: &Resource = &RESOURCES[16];

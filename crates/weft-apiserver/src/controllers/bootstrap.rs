@@ -5,7 +5,7 @@
 
 use crate::api::crud;
 use crate::error::ApiError;
-use crate::resources::{ENDPOINTSLICES, NAMESPACES, SERVICES};
+use crate::resources::{ENDPOINTS, ENDPOINTSLICES, NAMESPACES, SERVICES};
 use crate::server::AppState;
 use crate::store;
 use serde_json::json;
@@ -83,6 +83,27 @@ pub fn bootstrap(state: &AppState) -> Result<(), ApiError> {
                 new["endpoints"] = slice["endpoints"].clone();
                 new["ports"] = slice["ports"].clone();
                 crud::update_in(tx, state, ENDPOINTSLICES, &key, &old, new, None, false)?;
+            }
+            Some(_) => {}
+        }
+        // Its v1 Endpoints too, as kube-apiserver's endpoint reconciler keeps them.
+        let subsets = json!([{"addresses": [{"ip": ep.ip().to_string()}],
+            "ports": [{"name": "https", "port": ep.port(), "protocol": "TCP"}]}]);
+        let key = store::key(ENDPOINTS, "default", "kubernetes");
+        match tx.get(ENDPOINTS, &key) {
+            None => {
+                let eps = json!({
+                    "apiVersion": "v1", "kind": "Endpoints",
+                    "metadata": {"name": "kubernetes", "namespace": "default",
+                        "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
+                    "subsets": subsets,
+                });
+                crud::create_in(tx, state, ENDPOINTS, eps, false)?;
+            }
+            Some(old) if old["subsets"] != subsets => {
+                let mut new = (*old).clone();
+                new["subsets"] = subsets;
+                crud::update_in(tx, state, ENDPOINTS, &key, &old, new, None, false)?;
             }
             Some(_) => {}
         }

@@ -6,10 +6,18 @@
 //! selector index), and the owners of managed slices someone deleted; each is
 //! recomputed from the pods its selector picks (the store's label index). Only a full
 //! resync (start-up, falling out of the event ring) walks whole namespaces.
+//!
+//! The same pass keeps each selector Service's v1 Endpoints, mirrored from its desired
+//! slices as kube-controller-manager's endpoints controller would write them: ready
+//! endpoints in `addresses`, not-ready ones in `notReadyAddresses`, terminating ones left
+//! out (all in `addresses` with publishNotReadyAddresses), one subset per port list.
+//! Endpoints carry `endpointslice.kubernetes.io/skip-mirror` as upstream's do; only those
+//! are deleted with their Service, so hand-written Endpoints of selector-less Services
+//! stay the user's.
 
 use super::Reconcile;
 use crate::api::crud;
-use crate::resources::{ENDPOINTSLICES, PODS, SERVICES};
+use crate::resources::{ENDPOINTS, ENDPOINTSLICES, PODS, SERVICES};
 use crate::server::AppState;
 use crate::store::{self, Event, Tx};
 use serde_json::{json, Map, Value};
@@ -19,6 +27,8 @@ use std::sync::Arc;
 pub const MANAGED_BY: &str = "endpointslice-controller.k8s.io";
 const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+const SKIP_MIRROR_LABEL: &str = "endpointslice.kubernetes.io/skip-mirror";
+const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
 
 fn pod_ip(pod: &Value) -> Option<&str> {
     pod["status"]["podIP"]
@@ -162,6 +172,132 @@ pub fn desired_slices(svc: &Value, pods: &[Arc<Value>]) -> Vec<Value> {
         .collect()
 }
 
+/// The v1 Endpoints mirroring a Service's desired slices.
+pub fn desired_endpoints(svc: &Value, slices: &[Value]) -> Value {
+    let publish_not_ready = svc["spec"]["publishNotReadyAddresses"] == json!(true);
+    let mut subsets = Vec::new();
+    for slice in slices {
+        let (mut ready, mut not_ready) = (Vec::new(), Vec::new());
+        for ep in slice["endpoints"].as_array().into_iter().flatten() {
+            let Some(ip) = ep["addresses"][0].as_str() else {
+                continue;
+            };
+            let mut a = json!({"ip": ip});
+            for k in ["hostname", "nodeName", "targetRef"] {
+                if !ep[k].is_null() {
+                    a[k] = ep[k].clone();
+                }
+            }
+            let c = &ep["conditions"];
+            if publish_not_ready || c["ready"] == json!(true) {
+                ready.push(a);
+            } else if c["terminating"] != json!(true) {
+                not_ready.push(a);
+            }
+        }
+        if ready.is_empty() && not_ready.is_empty() {
+            continue;
+        }
+        let by_ip = |a: &Value, b: &Value| a["ip"].as_str().cmp(&b["ip"].as_str());
+        ready.sort_by(by_ip);
+        not_ready.sort_by(by_ip);
+        let mut subset = Map::new();
+        if !ready.is_empty() {
+            subset.insert("addresses".into(), Value::Array(ready));
+        }
+        if !not_ready.is_empty() {
+            subset.insert("notReadyAddresses".into(), Value::Array(not_ready));
+        }
+        let ports = slice["ports"].as_array().cloned().unwrap_or_default();
+        if !ports.is_empty() {
+            let ports: Vec<Value> = ports
+                .into_iter()
+                .map(|mut p| {
+                    if p["name"] == "" {
+                        if let Some(m) = p.as_object_mut() {
+                            m.remove("name");
+                        }
+                    }
+                    p
+                })
+                .collect();
+            subset.insert("ports".into(), Value::Array(ports));
+        }
+        subsets.push(Value::Object(subset));
+    }
+    let mut labels = svc["metadata"]["labels"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    labels.insert(SKIP_MIRROR_LABEL.into(), json!("true"));
+    if svc["spec"]["clusterIP"] == "None" {
+        labels.insert(HEADLESS_LABEL.into(), json!(""));
+    }
+    let mut ep = json!({
+        "apiVersion": "v1",
+        "kind": "Endpoints",
+        "metadata": {
+            "name": crate::meta::name(svc),
+            "namespace": crate::meta::namespace(svc),
+            "labels": labels,
+        },
+    });
+    if !subsets.is_empty() {
+        ep["subsets"] = Value::Array(subsets);
+    }
+    ep
+}
+
+fn endpoints_managed(ep: &Value) -> bool {
+    ep["metadata"]["labels"][SKIP_MIRROR_LABEL] == "true"
+}
+
+/// Brings a Service's Endpoints to `want`; None deletes them if this controller made
+/// them. A Service without a selector is not passed here: its Endpoints are the user's.
+fn apply_endpoints(
+    tx: &mut Tx,
+    state: &AppState,
+    ns: &str,
+    name: &str,
+    want: Option<Value>,
+) -> Result<(), crate::error::ApiError> {
+    let key = store::key(ENDPOINTS, ns, name);
+    match (tx.get(ENDPOINTS, &key), want) {
+        (None, Some(want)) => {
+            crud::create_in(tx, state, ENDPOINTS, want, false)?;
+        }
+        (Some(old), Some(want))
+            if old.get("subsets") != want.get("subsets")
+                || old["metadata"]["labels"] != want["metadata"]["labels"] =>
+        {
+            let mut new = (*old).clone();
+            match want.get("subsets") {
+                Some(s) => new["subsets"] = s.clone(),
+                None => {
+                    if let Some(m) = new.as_object_mut() {
+                        m.remove("subsets");
+                    }
+                }
+            }
+            new["metadata"]["labels"] = want["metadata"]["labels"].clone();
+            crud::update_in(tx, state, ENDPOINTS, &key, &old, new, None, false)?;
+        }
+        (Some(old), None) if endpoints_managed(&old) => {
+            crate::api::delete::delete_in(tx, ENDPOINTS, &key, &old, None, false)?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Whether a Service gets Endpoints from this controller (a selector, not ExternalName).
+fn mirrors(svc: &Value) -> bool {
+    svc["spec"]["selector"]
+        .as_object()
+        .is_some_and(|s| !s.is_empty())
+        && svc["spec"]["type"] != "ExternalName"
+}
+
 fn managed_by_us(slice: &Value) -> bool {
     slice["metadata"]["labels"][MANAGED_BY_LABEL] == MANAGED_BY
 }
@@ -219,15 +355,38 @@ fn reconcile_namespace(
 ) -> Result<(), crate::error::ApiError> {
     let pods = tx.list(PODS, Some(ns));
     let mut desired = BTreeMap::new();
+    let mut endpoints = BTreeMap::new();
     for svc in tx.list(SERVICES, Some(ns)) {
-        desired.extend(by_name(desired_slices(&svc, &pods)));
+        let slices = desired_slices(&svc, &pods);
+        if mirrors(&svc) {
+            endpoints.insert(
+                crate::meta::name(&svc).to_string(),
+                Some(desired_endpoints(&svc, &slices)),
+            );
+        } else {
+            endpoints.insert(crate::meta::name(&svc).to_string(), None);
+        }
+        desired.extend(by_name(slices));
     }
     let existing: Vec<Arc<Value>> = tx
         .list(ENDPOINTSLICES, Some(ns))
         .into_iter()
         .filter(|s| managed_by_us(s))
         .collect();
-    apply_diff(tx, state, ns, &existing, desired)
+    apply_diff(tx, state, ns, &existing, desired)?;
+    // Endpoints this controller made for Services that are gone.
+    for ep in tx.list(ENDPOINTS, Some(ns)) {
+        let name = crate::meta::name(&ep);
+        if !endpoints.contains_key(name) && endpoints_managed(&ep) {
+            apply_endpoints(tx, state, ns, name, None)?;
+        }
+    }
+    for (name, want) in endpoints {
+        if let Some(want) = want {
+            apply_endpoints(tx, state, ns, &name, Some(want))?;
+        }
+    }
+    Ok(())
 }
 
 /// Brings one Service's managed slices to the desired state; a Service that is gone
@@ -238,21 +397,31 @@ fn reconcile_service(
     ns: &str,
     name: &str,
 ) -> Result<(), crate::error::ApiError> {
-    let desired = match tx.get(SERVICES, &store::key(SERVICES, ns, name)) {
+    let (desired, endpoints) = match tx.get(SERVICES, &store::key(SERVICES, ns, name)) {
         Some(svc) => {
             let pods = match svc["spec"]["selector"].as_object() {
                 Some(sel) if !sel.is_empty() => tx.select(PODS, ns, sel),
                 _ => Vec::new(),
             };
-            by_name(desired_slices(&svc, &pods))
+            let slices = desired_slices(&svc, &pods);
+            // Some(None): a selector-less Service, whose Endpoints are left alone.
+            let ep = mirrors(&svc).then(|| desired_endpoints(&svc, &slices));
+            (by_name(slices), Some(ep))
         }
-        None => BTreeMap::new(),
+        None => (BTreeMap::new(), Some(None)),
     };
     let mut mine = Map::new();
     mine.insert(SERVICE_NAME_LABEL.into(), json!(name));
     mine.insert(MANAGED_BY_LABEL.into(), json!(MANAGED_BY));
     let existing = tx.select(ENDPOINTSLICES, ns, &mine);
-    apply_diff(tx, state, ns, &existing, desired)
+    apply_diff(tx, state, ns, &existing, desired)?;
+    match endpoints {
+        Some(Some(want)) => apply_endpoints(tx, state, ns, name, Some(want)),
+        Some(None) if tx.get(SERVICES, &store::key(SERVICES, ns, name)).is_none() => {
+            apply_endpoints(tx, state, ns, name, None)
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The Services (namespace, name) a batch of events may change the slices of.
@@ -276,6 +445,11 @@ fn affected(tx: &Tx, events: &[Arc<Event>]) -> BTreeSet<(String, String)> {
             if let Some(svc) = e.object["metadata"]["labels"][SERVICE_NAME_LABEL].as_str() {
                 out.insert((ns.to_string(), svc.to_string()));
             }
+        } else if std::ptr::eq(e.res, ENDPOINTS)
+            && e.ty == crate::store::EventType::Deleted
+            && endpoints_managed(&e.object)
+        {
+            out.insert((ns.to_string(), crate::meta::name(&e.object).to_string()));
         }
     }
     out
@@ -294,6 +468,17 @@ impl Reconcile for Controller {
                 SERVICES,
                 ENDPOINTSLICES,
                 managed_by_us,
+            );
+            // Namespaces holding only Endpoints this controller made (their Service gone).
+            let mut namespaces = namespaces;
+            namespaces.extend(
+                state
+                    .store
+                    .read()
+                    .list(ENDPOINTS, None)
+                    .iter()
+                    .filter(|e| endpoints_managed(e))
+                    .map(|e| crate::meta::namespace(e).to_string()),
             );
             for ns in namespaces {
                 let r = state.store.write(|tx| reconcile_namespace(tx, state, &ns));
