@@ -124,11 +124,11 @@ impl<'a> Compiler<'a> {
         if let Some(b) = &spec.default_backend {
             if self.out.table.default_backend.is_none() {
                 if let Some(backend) = self.backend(ns, &source, b) {
-                    self.out.table.default_backend = Some(Route {
+                    self.out.table.default_backend = Some(Arc::new(Route {
                         path: PathMatch::prefix("/"),
                         backend,
                         source: source.clone(),
-                    });
+                    }));
                 }
             }
         }
@@ -235,12 +235,7 @@ impl<'a> Compiler<'a> {
         if let Some(p) = problem {
             self.problem(source, p);
         }
-        let backend = Arc::new(Backend {
-            namespace: ns.to_string(),
-            service: svc.name.clone(),
-            port,
-            endpoints,
-        });
+        let backend = Arc::new(Backend::new(ns, &svc.name, port, endpoints));
         self.backends.insert(key, backend.clone());
         Some(backend)
     }

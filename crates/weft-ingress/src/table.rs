@@ -9,6 +9,8 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+
+use hyper::http::uri::Authority;
 use std::sync::Arc;
 
 use crate::path::PathMatch;
@@ -38,9 +40,30 @@ pub struct Backend {
     pub port: ServicePort,
     /// Sorted, so two compilations of one world compare equal.
     pub endpoints: Vec<SocketAddr>,
+    /// Each endpoint as a URI authority, made once here rather than per request.
+    pub authorities: Vec<Authority>,
 }
 
 impl Backend {
+    pub fn new(
+        namespace: &str,
+        service: &str,
+        port: ServicePort,
+        endpoints: Vec<SocketAddr>,
+    ) -> Backend {
+        let authorities = endpoints
+            .iter()
+            .filter_map(|e| Authority::try_from(e.to_string().as_str()).ok())
+            .collect();
+        Backend {
+            namespace: namespace.to_string(),
+            service: service.to_string(),
+            port,
+            endpoints,
+            authorities,
+        }
+    }
+
     /// `namespace/service:port`, as logs and errors show it.
     pub fn name(&self) -> String {
         format!("{}/{}:{}", self.namespace, self.service, self.port)
@@ -59,7 +82,8 @@ pub struct Route {
 /// The routes of one host, best first.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VirtualHost {
-    routes: Vec<Route>,
+    /// Shared, so a request takes its route with a reference count, not a copy.
+    routes: Vec<Arc<Route>>,
 }
 
 impl VirtualHost {
@@ -73,15 +97,15 @@ impl VirtualHost {
         let at = self
             .routes
             .partition_point(|r| PathMatch::precedence(&r.path, &route.path).is_le());
-        self.routes.insert(at, route);
+        self.routes.insert(at, Arc::new(route));
         true
     }
 
-    pub fn route(&self, path: &str) -> Option<&Route> {
+    pub fn route(&self, path: &str) -> Option<&Arc<Route>> {
         self.routes.iter().find(|r| r.path.matches(path))
     }
 
-    pub fn routes(&self) -> &[Route] {
+    pub fn routes(&self) -> &[Arc<Route>] {
         &self.routes
     }
 }
@@ -102,13 +126,13 @@ pub struct RouteTable {
     pub wildcards: BTreeMap<String, VirtualHost>,
     /// Rules without a host.
     pub any: VirtualHost,
-    pub default_backend: Option<Route>,
+    pub default_backend: Option<Arc<Route>>,
 }
 
 /// What the table decided for one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision<'a> {
-    Route(&'a Route),
+    Route(&'a Arc<Route>),
     NotFound,
 }
 
@@ -198,12 +222,12 @@ mod tests {
     fn route(path: PathMatch, svc: &str) -> Route {
         Route {
             path,
-            backend: Arc::new(Backend {
-                namespace: "default".into(),
-                service: svc.into(),
-                port: ServicePort::Number(80),
-                endpoints: vec![],
-            }),
+            backend: Arc::new(Backend::new(
+                "default",
+                svc,
+                ServicePort::Number(80),
+                vec![],
+            )),
             source: "default/ing".into(),
         }
     }
@@ -233,7 +257,7 @@ mod tests {
         assert_eq!(picked(&t, "bar.example", "/api"), Some("wild"));
         assert_eq!(picked(&t, "a.bar.example", "/"), None);
         assert_eq!(picked(&t, "example", "/"), None);
-        t.default_backend = Some(route(PathMatch::prefix("/"), "default"));
+        t.default_backend = Some(Arc::new(route(PathMatch::prefix("/"), "default")));
         assert_eq!(picked(&t, "other", "/"), Some("default"));
     }
 

@@ -207,16 +207,28 @@ async fn run(client: Client, s: Stores, proxy: Proxy, changed: Arc<Notify>) -> R
             services: s.services.state(),
             slices: s.slices.state(),
         };
-        let compiled = compile(&cluster);
-        if compiled.problems != last_problems {
-            for p in &compiled.problems {
+        // Compiling thousands of Ingresses takes milliseconds: off the runtime's workers,
+        // which serve requests meanwhile.
+        let p = proxy.clone();
+        let (problems, served, routes, swapped) = tokio::task::spawn_blocking(move || {
+            let compiled = compile(&cluster);
+            let problems = compiled.problems.clone();
+            let served = compiled.served.clone();
+            let routes = compiled.table.route_count();
+            (problems, served, routes, p.update(compiled))
+        })
+        .await
+        .map_err(|e| AgentError::Watch {
+            what: "Ingresses",
+            problem: format!("compiling the routes failed: {e}"),
+        })?;
+        if problems != last_problems {
+            for p in &problems {
                 tracing::warn!("ingress {}: {}", p.ingress, p.message);
             }
-            last_problems = compiled.problems.clone();
+            last_problems = problems;
         }
-        let served = compiled.served.clone();
-        let routes = compiled.table.route_count();
-        if proxy.update(compiled) {
+        if swapped {
             tracing::info!(ingresses = served.len(), routes, "ingress routes updated");
         }
         write_status(&client, &s, &served).await;

@@ -11,7 +11,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full, Limited};
 use hyper::body::{Body as _, Incoming};
 use hyper::header::{self, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode, Version};
+use hyper::http::uri::{PathAndQuery, Scheme};
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
 
 use super::headers;
@@ -25,11 +26,27 @@ pub struct Conn {
     pub scheme: &'static str,
 }
 
-/// What the access log says about a request.
+/// What the access log says about a request (formatted only when it is written).
 struct Outcome {
     status: StatusCode,
-    route: String,
+    route: Option<Arc<Route>>,
     endpoint: Option<SocketAddr>,
+}
+
+/// `ingress:service:port` for the log, `-` without a route.
+struct RouteName<'a>(&'a Option<Arc<Route>>);
+
+impl std::fmt::Display for RouteName<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(r) => write!(
+                f,
+                "{}:{}/{}:{}",
+                r.source, r.backend.namespace, r.backend.service, r.backend.port
+            ),
+            None => f.write_str("-"),
+        }
+    }
 }
 
 pub async fn handle(
@@ -40,21 +57,25 @@ pub async fn handle(
     let start = Instant::now();
     let method = req.method().clone();
     let host = request_host(&req);
-    let target = req
-        .uri()
-        .path_and_query()
-        .map_or("/".to_string(), |p| p.as_str().to_string());
-    let (resp, outcome) = route(&shared, req, conn, &host).await;
-    tracing::info!(
-        target: "weft::ingress::access",
-        "{} \"{method} {}://{host}{target}\" {} route={} endpoint={} {:.1}ms",
-        conn.client.ip(),
-        conn.scheme,
-        outcome.status.as_u16(),
-        outcome.route,
-        outcome.endpoint.map_or("-".to_string(), |e| e.to_string()),
-        start.elapsed().as_secs_f64() * 1000.0,
-    );
+    // Shares the request's bytes: no copy.
+    let target = req.uri().path_and_query().cloned();
+    let (resp, outcome) = route(&shared, req, conn, &host, target.as_ref()).await;
+    if tracing::enabled!(target: "weft::ingress::access", tracing::Level::INFO) {
+        let endpoint = match outcome.endpoint {
+            Some(e) => e.to_string(),
+            None => "-".to_string(),
+        };
+        tracing::info!(
+            target: "weft::ingress::access",
+            "{} \"{method} {}://{host}{}\" {} route={} endpoint={endpoint} {:.1}ms",
+            conn.client.ip(),
+            conn.scheme,
+            target.as_ref().map_or("/", |t| t.as_str()),
+            outcome.status.as_u16(),
+            RouteName(&outcome.route),
+            start.elapsed().as_secs_f64() * 1000.0,
+        );
+    }
     Ok(resp)
 }
 
@@ -84,12 +105,12 @@ fn local(status: StatusCode, msg: &str) -> Response<Body> {
     r
 }
 
-fn refuse(status: StatusCode, msg: &str, route: &str) -> (Response<Body>, Outcome) {
+fn refuse(status: StatusCode, msg: &str, route: Option<Arc<Route>>) -> (Response<Body>, Outcome) {
     (
         local(status, msg),
         Outcome {
             status,
-            route: route.to_string(),
+            route,
             endpoint: None,
         },
     )
@@ -107,30 +128,27 @@ async fn route(
     mut req: Request<Incoming>,
     conn: Conn,
     host: &str,
+    target: Option<&PathAndQuery>,
 ) -> (Response<Body>, Outcome) {
     if let Some(why) = headers::framing_problem(req.headers()) {
-        return refuse(StatusCode::BAD_REQUEST, &format!("refused: {why}"), "-");
+        return refuse(StatusCode::BAD_REQUEST, &format!("refused: {why}"), None);
     }
     let declared = req.body().size_hint().exact();
     if declared.is_some_and(|n| n > shared.limits.max_body) {
         return refuse(
             StatusCode::PAYLOAD_TOO_LARGE,
             &format!("request body over {} bytes", shared.limits.max_body),
-            "-",
+            None,
         );
     }
-    let table = shared.table();
-    let path = req.uri().path().to_string();
-    let route: Route = match table.decide(host, &path) {
+    let route: Arc<Route> = match shared.table().decide(host, req.uri().path()) {
         Decision::Route(r) => r.clone(),
-        Decision::NotFound => return refuse(StatusCode::NOT_FOUND, "no route", "-"),
+        Decision::NotFound => return refuse(StatusCode::NOT_FOUND, "no route", None),
     };
-    drop(table);
-    let route_name = format!("{}:{}", route.source, route.backend.name());
     let order = shared.balancer.order(&route.backend.endpoints);
     if order.is_empty() {
         let msg = format!("no ready endpoint for {}", route.backend.name());
-        return refuse(StatusCode::SERVICE_UNAVAILABLE, &msg, &route_name);
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, &msg, Some(route));
     }
     let upgrade = match req.version() {
         Version::HTTP_11 => headers::upgrade_protocol(req.headers()),
@@ -153,25 +171,35 @@ async fn route(
             .map_err(BoxError::from)
             .boxed_unsync(),
     );
-    let target = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
+    let target = target
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let mut last_status = StatusCode::BAD_GATEWAY;
-    for ep in order.iter().copied() {
+    let mut head = Some(head);
+    let tries = order.len();
+    for (n, i) in order.into_iter().enumerate() {
+        let ep = route.backend.endpoints[i];
         let this_body = match body.take() {
             Some(b) => b,
             None if replayable => Empty::new().map_err(|e| match e {}).boxed_unsync(),
             None => break,
         };
+        // Headers are copied only when another endpoint may still need them.
+        let this_head = match (replayable && n + 1 < tries, &head) {
+            (true, Some(h)) => h.clone(),
+            _ => head.take().unwrap_or_default(),
+        };
         let mut up = Request::new(this_body);
         *up.method_mut() = parts.method.clone();
-        *up.headers_mut() = head.clone();
+        *up.headers_mut() = this_head;
         *up.version_mut() = Version::HTTP_11;
-        match format!("http://{ep}{target}").parse() {
+        let mut uri = hyper::http::uri::Parts::default();
+        uri.scheme = Some(Scheme::HTTP);
+        uri.authority = route.backend.authorities.get(i).cloned();
+        uri.path_and_query = Some(target.clone());
+        match Uri::from_parts(uri) {
             Ok(uri) => *up.uri_mut() = uri,
-            Err(_) => return refuse(StatusCode::BAD_REQUEST, "bad request target", &route_name),
+            Err(_) => return refuse(StatusCode::BAD_REQUEST, "bad request target", Some(route)),
         }
         let sent = tokio::time::timeout(shared.limits.upstream_timeout, shared.client.request(up));
         match sent.await {
@@ -189,7 +217,7 @@ async fn route(
                 let resp = resp.map(|b| b.map_err(BoxError::from).boxed_unsync());
                 let outcome = Outcome {
                     status,
-                    route: route_name,
+                    route: Some(route),
                     endpoint: Some(ep),
                 };
                 return (resp, outcome);
@@ -204,7 +232,7 @@ async fn route(
                 }
                 if is_body_limit(&e) {
                     let msg = format!("request body over {max_body} bytes");
-                    return refuse(StatusCode::PAYLOAD_TOO_LARGE, &msg, &route_name);
+                    return refuse(StatusCode::PAYLOAD_TOO_LARGE, &msg, Some(route));
                 }
                 // A failed connect sent nothing, so any method may go elsewhere; a request
                 // that broke on the way only when repeating it is safe.
@@ -220,7 +248,7 @@ async fn route(
         }
     }
     let msg = format!("no endpoint of {} answered", route.backend.name());
-    refuse(last_status, &msg, &route_name)
+    refuse(last_status, &msg, Some(route))
 }
 
 fn is_body_limit(e: &hyper_util::client::legacy::Error) -> bool {

@@ -96,7 +96,11 @@ pub fn add_forwarded(h: &mut HeaderMap, client: IpAddr, host: &str, proto: &str)
         }
     };
     set(h, "x-forwarded-for", &xff);
-    set(h, "x-forwarded-proto", proto);
+    let proto = match proto {
+        "https" => HeaderValue::from_static("https"),
+        _ => HeaderValue::from_static("http"),
+    };
+    h.insert("x-forwarded-proto", proto);
     set(h, "x-forwarded-host", host);
     set(h, "forwarded", &fwd);
 }

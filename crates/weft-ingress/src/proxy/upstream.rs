@@ -27,34 +27,37 @@ pub struct Balancer {
 }
 
 impl Balancer {
-    /// The endpoints to try for one request, in order: healthy ones from the round-robin
-    /// position on, then the ejected ones (better a likely failure than none at all).
-    pub fn order(&self, endpoints: &[SocketAddr]) -> Vec<SocketAddr> {
-        if endpoints.is_empty() {
+    /// The endpoints to try for one request, as indexes into `endpoints`, in order:
+    /// healthy ones from the round-robin position on, then the ejected ones (better a
+    /// likely failure than none at all).
+    pub fn order(&self, endpoints: &[SocketAddr]) -> Vec<usize> {
+        let n = endpoints.len();
+        if n == 0 {
             return Vec::new();
         }
-        let start = self.next.fetch_add(1, Ordering::Relaxed) % endpoints.len();
-        let now = Instant::now();
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        let rotated = (0..n).map(|i| (start + i) % n);
         let health = self.health.lock().unwrap_or_else(|p| p.into_inner());
-        let ejected = |a: &SocketAddr| {
+        // Nobody ejected (the usual case): no clock read, no second pass.
+        if health.is_empty() {
+            return rotated.collect();
+        }
+        let now = Instant::now();
+        let ejected = |i: usize| {
             health
-                .get(a)
+                .get(&endpoints[i])
                 .and_then(|h| h.ejected_until)
                 .is_some_and(|t| t > now)
         };
-        let rotated = endpoints[start..].iter().chain(&endpoints[..start]);
-        let (mut good, bad): (Vec<SocketAddr>, Vec<SocketAddr>) =
-            rotated.partition(|a| !ejected(a));
-        good.extend(bad);
-        good
+        let mut out: Vec<usize> = rotated.clone().filter(|i| !ejected(*i)).collect();
+        out.extend(rotated.filter(|i| ejected(*i)));
+        out
     }
 
     pub fn succeeded(&self, ep: SocketAddr) {
         let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(h) = health.get_mut(&ep) {
-            h.failures = 0;
-            h.ejected_until = None;
-        }
+        // A healthy endpoint has no entry: the map stays empty while all is well.
+        health.remove(&ep);
     }
 
     /// Records a failure; returns true when the endpoint was ejected by it.
@@ -92,6 +95,7 @@ mod tests {
         let e = eps(3);
         let firsts: std::collections::HashSet<_> = (0..3).map(|_| b.order(&e)[0]).collect();
         assert_eq!(firsts.len(), 3);
+        assert_eq!(b.order(&e).len(), 3);
     }
 
     #[test]
@@ -100,7 +104,7 @@ mod tests {
         let e = eps(2);
         assert!(b.failed(e[0], true));
         for _ in 0..4 {
-            assert_eq!(b.order(&e), vec![e[1], e[0]]);
+            assert_eq!(b.order(&e), vec![1, 0]);
         }
         b.succeeded(e[0]);
         let firsts: std::collections::HashSet<_> = (0..2).map(|_| b.order(&e)[0]).collect();
