@@ -224,6 +224,40 @@ impl Runtime {
         }))
     }
 
+    /// Removes this node's pod namespaces that no known pod owns. An agent killed between
+    /// creating a pod's namespace and recording the pod, or between forgetting a pod and
+    /// removing its namespace, leaves one behind; nothing else ever would. Runs at start,
+    /// before any pod is being set up.
+    fn remove_orphan_namespaces(&self) {
+        let prefix = &self.cfg.netns_prefix;
+        if prefix.is_empty() {
+            return;
+        }
+        let owned: HashSet<&str> = self
+            .pods
+            .values()
+            .map(|p| p.rec.netns_name.as_str())
+            .collect();
+        let names = match Netns::list_named() {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "list network namespaces for orphans");
+                return;
+            }
+        };
+        for name in names
+            .iter()
+            .filter(|n| n.starts_with(prefix.as_str()) && !owned.contains(n.as_str()))
+        {
+            match Netns::delete_named(name) {
+                Ok(()) => tracing::info!(netns = %name, "removed a pod namespace no pod owns"),
+                Err(e) => {
+                    tracing::warn!(netns = %name, error = %e, "remove an orphaned pod namespace")
+                }
+            }
+        }
+    }
+
     /// Adopt what is recorded (see [`adopt`](Runtime::adopt)), stop every pod not in `keep`
     /// (those no pod object owns any more), then let the CNI
     /// plugin release whatever is not attached to a remaining pod. Returns the uids stopped.
@@ -259,6 +293,7 @@ impl Runtime {
             }
             Err(e) => tracing::warn!(error = %e, "CNI GC: read the network config"),
         }
+        self.remove_orphan_namespaces();
         match first_err {
             Some(e) => Err(e),
             None => Ok(stopped),

@@ -67,29 +67,31 @@ fn service(k: usize, group: u64, port: u64) -> Service {
     .expect("service")
 }
 
-/// Retries an API write through control-plane restarts; Some(result) once the server
-/// answered (acknowledged or refused), None if it never did.
-async fn persist<T, F, Fut>(what: &str, mut f: F) -> Option<Result<T, kube::Error>>
+/// Retries an API write through control-plane restarts. Some(Ok) once the server
+/// acknowledged it; a 409 (create) or 404 (delete) after an attempt whose answer was
+/// lost also means the write was applied. Some(Err) when the server refused it, None if
+/// it never answered.
+async fn persist<T, F, Fut>(mut f: F) -> Option<Result<(), kube::Error>>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, kube::Error>>,
 {
+    let mut lost_answer = false;
     for _ in 0..300 {
         match f().await {
-            Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 || e.code == 422 => {
-                return Some(Err(kube::Error::Api(e)));
+            Ok(_) => return Some(Ok(())),
+            Err(kube::Error::Api(e)) if lost_answer && (e.code == 409 || e.code == 404) => {
+                return Some(Ok(()));
             }
-            Err(e) => {
-                tracing_free_note(what, &e);
+            Err(kube::Error::Api(e)) if e.code < 500 => return Some(Err(kube::Error::Api(e))),
+            Err(_) => {
+                lost_answer = true;
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            Ok(v) => return Some(Ok(v)),
         }
     }
     None
 }
-
-fn tracing_free_note(_what: &str, _e: &kube::Error) {}
 
 #[derive(Default)]
 struct Figures {
@@ -223,7 +225,7 @@ fn chaos_keeps_every_invariant() {
     let patch_params = kube::api::PatchParams::default();
     for i in 0..total {
         let p = pod(i);
-        match rt.block_on(persist("create pod", || pods.create(&pp, &p))) {
+        match rt.block_on(persist(|| pods.create(&pp, &p))) {
             Some(Ok(_)) => {
                 acked_pods.insert(format!("chaos-{i}"), true);
                 live.push_back(i);
@@ -235,10 +237,11 @@ fn chaos_keeps_every_invariant() {
         while live.len() > LIVE {
             let Some(old) = live.pop_front() else { break };
             let name = format!("chaos-{old}");
-            match rt.block_on(persist("delete pod", || pods.delete(&name, &dp))) {
-                Some(_) => {
+            match rt.block_on(persist(|| pods.delete(&name, &dp))) {
+                Some(Ok(())) => {
                     acked_pods.insert(name, false);
                 }
+                Some(Err(e)) => figures.violation(format!("delete {name} refused: {e}")),
                 None => unanswered += 1,
             }
             pod_ops += 1;
@@ -249,20 +252,18 @@ fn chaos_keeps_every_invariant() {
             let (group, port) = (rng.below(GROUPS as u64), 80 + rng.below(3));
             let exists = acked_services.get(&name).is_some_and(|s| s.is_some());
             let r = if exists && rng.below(4) == 0 {
-                rt.block_on(persist("delete service", || services.delete(&name, &dp)))
+                rt.block_on(persist(|| services.delete(&name, &dp)))
                     .map(|r| r.map(|_| None))
             } else if exists {
                 let patch = kube::api::Patch::Merge(
                     serde_json::json!({"spec": {"selector": {"group": format!("g{group}")},
                     "ports": [{"name": "web", "port": port, "targetPort": 8080}]}}),
                 );
-                rt.block_on(persist("update service", || {
-                    services.patch(&name, &patch_params, &patch)
-                }))
-                .map(|r| r.map(|_| Some((group, port))))
+                rt.block_on(persist(|| services.patch(&name, &patch_params, &patch)))
+                    .map(|r| r.map(|_| Some((group, port))))
             } else {
                 let s = service(k, group, port);
-                rt.block_on(persist("create service", || services.create(&pp, &s)))
+                rt.block_on(persist(|| services.create(&pp, &s)))
                     .map(|r| r.map(|_| Some((group, port))))
             };
             match r {
@@ -308,16 +309,39 @@ fn chaos_keeps_every_invariant() {
             .iter()
             .filter_map(|p| p.metadata.name.clone())
             .collect();
+        let odd: Vec<String> = list
+            .iter()
+            .filter(|p| {
+                let n = p.metadata.name.clone().unwrap_or_default();
+                !want_live.contains(&n)
+                    || p.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Running")
+            })
+            .map(|p| {
+                format!(
+                    "{:?} phase={:?} deletion={:?} node={:?} rv={:?} acked={:?}",
+                    p.metadata.name,
+                    p.status.as_ref().and_then(|s| s.phase.clone()),
+                    p.metadata.deletion_timestamp,
+                    p.spec.as_ref().and_then(|s| s.node_name.clone()),
+                    p.metadata.resource_version,
+                    acked_pods.get(p.metadata.name.as_deref().unwrap_or_default()),
+                )
+            })
+            .collect();
+        let cp_log =
+            std::fs::read_to_string(lab.dir().join("logs/control-plane.log")).unwrap_or_default();
+        let mentions: Vec<&str> = odd
+            .iter()
+            .filter_map(|o| o.split('"').nth(1))
+            .flat_map(|name| cp_log.lines().filter(move |l| l.contains(name)))
+            .take(20)
+            .collect();
         panic!(
-            "never quiet: want {} live pods {:?}, have {:?}\n{}",
+            "never quiet: want {} live pods, differ: {:?}\nodd pods:\n{}\ncontrol-plane log lines:\n{}\n{}",
             want_live.len(),
             want_live.symmetric_difference(&got).collect::<Vec<_>>(),
-            list.iter()
-                .map(|p| (
-                    p.metadata.name.clone(),
-                    p.status.as_ref().and_then(|s| s.phase.clone())
-                ))
-                .collect::<Vec<_>>(),
+            odd.join("\n"),
+            mentions.join("\n"),
             lab.logs()
         );
     };
