@@ -1,0 +1,333 @@
+//! The summary: the machine and settings, the throughput table (medians over the rounds)
+//! and each round, the proxies' memory, the reconfiguration table.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs;
+use std::process::Command;
+
+use crate::reconfig::{Reconfig, Trial};
+use crate::settings::Cfg;
+use crate::throughput::Throughput;
+use crate::wrk::WrkOut;
+
+/// What the report says of the machine, taken at the start of the run.
+pub struct Machine {
+    pub nproc: usize,
+    pub nginx_version: String,
+    pub wrk_version: String,
+    /// /proc/loadavg at the start.
+    pub load_start: String,
+}
+
+/// The median of the finite values; NaN if there are none.
+fn median(v: &[f64]) -> f64 {
+    let mut s: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    if s.is_empty() {
+        return f64::NAN;
+    }
+    s.sort_by(|a, b| a.total_cmp(b));
+    let n = s.len();
+    if n.is_multiple_of(2) {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    } else {
+        s[n / 2]
+    }
+}
+
+/// The values, " / " between them.
+pub fn list(v: &[f64], prec: usize) -> String {
+    v.iter()
+        .map(|x| format!("{x:.prec$}"))
+        .collect::<Vec<_>>()
+        .join(" / ")
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1}", kib as f64 / 1024.0)
+}
+
+/// The first three fields of /proc/loadavg.
+fn three(loadavg: &str) -> String {
+    loadavg
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Requests per proxy CPU-second of one run.
+fn per_core(w: &WrkOut) -> f64 {
+    if w.cores > 0.0 {
+        w.rps / w.cores
+    } else {
+        f64::NAN
+    }
+}
+
+/// The whole summary, markdown.
+pub fn write(cfg: &Cfg, m: &Machine, tp: &Throughput, rc: &Reconfig) -> String {
+    let load_end = fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let mut r = String::new();
+    header(&mut r, cfg, m, tp, &load_end);
+    throughput(&mut r, cfg, &tp.results);
+    memory(&mut r, tp, rc);
+    reconfig(&mut r, cfg, rc);
+    r
+}
+
+fn header(r: &mut String, cfg: &Cfg, m: &Machine, tp: &Throughput, load_end: &str) {
+    let Machine {
+        nproc,
+        nginx_version,
+        wrk_version,
+        load_start,
+    } = m;
+    let Throughput {
+        nginx_procs,
+        weft_threads,
+        ..
+    } = tp;
+    let _ = writeln!(r);
+    let _ = writeln!(
+        r,
+        "Machine: nproc {}, {}, kernel {}; {}; {nginx_version}; wrk and nginx packages {wrk_version}",
+        nproc,
+        fs::read_to_string("/proc/cpuinfo")
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split_once(':'))
+            .map_or("?".into(), |(_, v)| v.trim().to_string()),
+        fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+        Command::new("date")
+            .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default(),
+    );
+    let _ = writeln!(
+        r,
+        "Load average at start: {}; at end: {}",
+        three(load_start),
+        three(load_end)
+    );
+    let _ = writeln!(
+        r,
+        "Settings: {} rounds x {} s per proxy and mode (alternating which goes first), wrk -t1 -c{} --latency on CPU {}; \
+         proxies on CPU {} (weft: {} tokio worker thread(s), {} threads in all; nginx: worker_processes {}, {} processes); \
+         backends (2 processes) and the bench driver on CPU {}; access log {}",
+        cfg.rounds,
+        cfg.secs,
+        cfg.conns,
+        cfg.client_cpus,
+        cfg.proxy_cpus,
+        cfg.threads,
+        weft_threads,
+        cfg.threads,
+        nginx_procs,
+        cfg.client_cpus,
+        if cfg.access_log { "on for both (weft: tracing at info to a file, as the agent logs; nginx: access_log to a file)" } else { "off for both" }
+    );
+}
+
+fn throughput(r: &mut String, cfg: &Cfg, results: &[[Vec<WrkOut>; 2]]) {
+    let _ = writeln!(r);
+    let _ = writeln!(r, "| mode | weft req/s | nginx req/s | weft/nginx req/s | weft p50 | nginx p50 | weft p99 | nginx p99 | weft/nginx p99 | weft proxy cores | nginx proxy cores | weft req per proxy CPU-s | nginx req per proxy CPU-s | errors weft / nginx |");
+    let _ = writeln!(r, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let mut per_run = String::new();
+    let first_cpu = |s: &str| {
+        s.split([',', '-'])
+            .next()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0)
+    };
+    let (proxy_cpu, cc): (usize, usize) = (first_cpu(&cfg.proxy_cpus), first_cpu(&cfg.client_cpus));
+    for (mi, &mode) in cfg.modes.iter().enumerate() {
+        let col = |side: usize, f: fn(&WrkOut) -> f64| -> Vec<f64> {
+            results[mi][side].iter().map(f).collect()
+        };
+        let rps = [col(0, |w| w.rps), col(1, |w| w.rps)];
+        let p50 = [col(0, |w| w.p50_ms), col(1, |w| w.p50_ms)];
+        let p99 = [col(0, |w| w.p99_ms), col(1, |w| w.p99_ms)];
+        let cores = [col(0, |w| w.cores), col(1, |w| w.cores)];
+        let eff = [col(0, per_core), col(1, per_core)];
+        let errs = [col(0, |w| w.errors as f64), col(1, |w| w.errors as f64)];
+        let m = |v: &Vec<f64>| median(v);
+        let _ = writeln!(
+            r,
+            "| {} | {:.0} | {:.0} | **{:.2}** | {:.2} | {:.2} | {:.2} | {:.2} | **{:.2}** | {:.2} | {:.2} | {:.0} | {:.0} | {:.0} / {:.0} |",
+            mode.label(),
+            m(&rps[0]),
+            m(&rps[1]),
+            m(&rps[0]) / m(&rps[1]),
+            m(&p50[0]),
+            m(&p50[1]),
+            m(&p99[0]),
+            m(&p99[1]),
+            m(&p99[0]) / m(&p99[1]),
+            m(&cores[0]),
+            m(&cores[1]),
+            m(&eff[0]),
+            m(&eff[1]),
+            errs[0].iter().sum::<f64>(),
+            errs[1].iter().sum::<f64>(),
+        );
+        let bpr = [col(0, |w| w.bytes_per_req), col(1, |w| w.bytes_per_req)];
+        let pc = proxy_cpu;
+        let busy = |side: usize, cpu: usize| -> Vec<f64> {
+            results[mi][side]
+                .iter()
+                .map(|w| w.busy.get(cpu).copied().unwrap_or(f64::NAN))
+                .collect()
+        };
+        let _ = writeln!(
+            per_run,
+            "- {}: req/s weft {} | nginx {}; p99 ms weft {} | nginx {}; weft cores {} | nginx cores {}; \
+             CPU {pc} (the proxies') busy, anyone's work: weft runs {} | nginx runs {}; \
+             CPU {cc} busy: weft runs {} | nginx runs {}; backends' cores (median) weft runs {:.2}, nginx runs {:.2}; \
+             response bytes (wrk) weft {:.0}, nginx {:.0}",
+            mode.label(),
+            list(&rps[0], 0),
+            list(&rps[1], 0),
+            list(&p99[0], 2),
+            list(&p99[1], 2),
+            list(&cores[0], 2),
+            list(&cores[1], 2),
+            list(&busy(0, pc), 2),
+            list(&busy(1, pc), 2),
+            list(&busy(0, cc), 2),
+            list(&busy(1, cc), 2),
+            m(&col(0, |w| w.backend_cores)),
+            m(&col(1, |w| w.backend_cores)),
+            m(&bpr[0]),
+            m(&bpr[1]),
+        );
+    }
+    let _ = writeln!(r);
+    let _ = writeln!(r, "(latencies in ms, from wrk --latency at full load; medians over the rounds; errors summed over the rounds)");
+    let _ = writeln!(r);
+    let _ = writeln!(r, "Per round:");
+    r.push_str(&per_run);
+    let _ = writeln!(r);
+}
+
+fn memory(r: &mut String, tp: &Throughput, rc: &Reconfig) {
+    let _ = writeln!(
+        r,
+        "| proxy process(es) | RSS after the runs (MiB) | PSS (MiB) | peak RSS (MiB) |"
+    );
+    let _ = writeln!(r, "| --- | ---: | ---: | ---: |");
+    let _ = writeln!(
+        r,
+        "| weft (one process), 2 Ingresses | {} | {} | {} |",
+        mib(tp.weft_mem.rss_kib),
+        mib(tp.weft_mem.pss_kib),
+        mib(tp.weft_mem.hwm_kib)
+    );
+    let _ = writeln!(
+        r,
+        "| nginx (master + {} worker(s), summed), 2 server blocks | {} | {} | {} |",
+        tp.nginx_procs - 1,
+        mib(tp.nginx_mem.rss_kib),
+        mib(tp.nginx_mem.pss_kib),
+        mib(tp.nginx_mem.hwm_kib)
+    );
+    let _ = writeln!(
+        r,
+        "| weft, {} Ingresses, after the changes | {} | {} | {} |",
+        rc.n,
+        mib(rc.weft_mem.rss_kib),
+        mib(rc.weft_mem.pss_kib),
+        mib(rc.weft_mem.hwm_kib)
+    );
+    let _ = writeln!(
+        r,
+        "| nginx, {} server blocks, after the reloads | {} | {} | {} |",
+        rc.n,
+        mib(rc.nginx_mem.rss_kib),
+        mib(rc.nginx_mem.pss_kib),
+        mib(rc.nginx_mem.hwm_kib)
+    );
+}
+
+fn reconfig(r: &mut String, cfg: &Cfg, rc: &Reconfig) {
+    let Reconfig {
+        n,
+        trials,
+        weft_start,
+        nginx_start,
+        ..
+    } = rc;
+    let _ = writeln!(r);
+    let tv =
+        |side: usize, f: fn(&Trial) -> f64| -> Vec<f64> { trials[side].iter().map(f).collect() };
+    let _ = writeln!(r, "Reconfiguration with {n} Ingresses ({} changes each, one new `/v<k>` path on one Ingress to the other Service; times from the start of the change):", cfg.reloads);
+    let _ = writeln!(r);
+    let _ = writeln!(r, "| | weft | nginx |");
+    let _ = writeln!(r, "| --- | ---: | ---: |");
+    let row = |r: &mut String, label: &str, f: fn(&Trial) -> f64| {
+        let (a, b) = (tv(0, f), tv(1, f));
+        let _ = writeln!(
+            r,
+            "| {label} | {:.1} ({}) | {:.1} ({}) |",
+            median(&a),
+            list(&a, 1),
+            median(&b),
+            list(&b, 1)
+        );
+    };
+    row(r, "seen by a new connection (ms), median (each)", |t| {
+        t.seen_new_ms
+    });
+    row(r, "seen on a kept-alive connection (ms)", |t| t.seen_ka_ms);
+    row(
+        r,
+        "change applied (ms): weft compile + update; nginx write + `nginx -s reload` returns",
+        |t| t.apply_ms,
+    );
+    let sum = |side: usize, f: fn(&Trial) -> u64| trials[side].iter().map(f).sum::<u64>();
+    let _ = writeln!(
+        r,
+        "| requests during the trials | {} | {} |",
+        sum(0, |t| t.sent),
+        sum(1, |t| t.sent)
+    );
+    let _ = writeln!(
+        r,
+        "| failed requests | {} | {} |",
+        sum(0, |t| t.failed),
+        sum(1, |t| t.failed)
+    );
+    let _ = writeln!(
+        r,
+        "| start with {n} (to serving the last host, ms) | {:.0} | {:.0} |",
+        weft_start.as_secs_f64() * 1e3,
+        nginx_start.as_secs_f64() * 1e3
+    );
+    let reasons = |side: usize| {
+        let mut all: BTreeMap<String, u64> = BTreeMap::new();
+        for t in &trials[side] {
+            for (k, v) in &t.reasons {
+                *all.entry(k.clone()).or_default() += v;
+            }
+        }
+        format!("{all:?}")
+    };
+    let _ = writeln!(r);
+    let _ = writeln!(
+        r,
+        "Failures by kind: weft {}; nginx {}",
+        reasons(0),
+        reasons(1)
+    );
+    let _ = writeln!(
+        r,
+        "weft's own figures per change: {}",
+        trials[0]
+            .iter()
+            .map(|t| t.detail.clone())
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+}

@@ -1,0 +1,87 @@
+//! The bench's knobs (`WEFT_INGRESS_BENCH_*` in the environment) and the load modes.
+
+#[derive(Debug, Clone)]
+pub struct Cfg {
+    pub rounds: usize,
+    pub secs: u64,
+    pub conns: usize,
+    pub threads: usize,
+    pub proxy_cpus: String,
+    pub client_cpus: String,
+    pub ingresses: usize,
+    pub reloads: usize,
+    pub access_log: bool,
+    pub modes: Vec<Mode>,
+    pub keep: bool,
+}
+
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(format!("WEFT_INGRESS_BENCH_{name}"))
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+impl Cfg {
+    pub fn from_env() -> Cfg {
+        let modes: String = env_or("MODES", "http-ka,http-close,https-ka,https-close".into());
+        Cfg {
+            rounds: env_or("ROUNDS", 5),
+            secs: env_or("SECONDS", 10),
+            conns: env_or("CONNS", 64),
+            threads: env_or("THREADS", 1),
+            proxy_cpus: env_or("PROXY_CPUS", "1".to_string()),
+            client_cpus: env_or("CLIENT_CPUS", "0".to_string()),
+            ingresses: env_or("INGRESSES", 5000),
+            reloads: env_or("RELOADS", 5),
+            access_log: env_or("ACCESS_LOG", 1u8) == 1,
+            modes: modes
+                .split(',')
+                .map(|m| Mode::parse(m.trim()).unwrap_or_else(|| panic!("unknown mode {m}")))
+                .collect(),
+            keep: env_or("KEEP", 0u8) == 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    HttpKa,
+    HttpClose,
+    HttpsKa,
+    HttpsClose,
+}
+
+impl Mode {
+    pub fn parse(s: &str) -> Option<Mode> {
+        Some(match s {
+            "http-ka" => Mode::HttpKa,
+            "http-close" => Mode::HttpClose,
+            "https-ka" => Mode::HttpsKa,
+            "https-close" => Mode::HttpsClose,
+            _ => return None,
+        })
+    }
+    pub fn label(self) -> &'static str {
+        match self {
+            Mode::HttpKa => "HTTP, keep-alive",
+            Mode::HttpClose => "HTTP, new connection per request",
+            Mode::HttpsKa => "HTTPS, keep-alive",
+            Mode::HttpsClose => "HTTPS, new connection (full TLS handshake) per request",
+        }
+    }
+    pub fn short(self) -> &'static str {
+        match self {
+            Mode::HttpKa => "http keep-alive",
+            Mode::HttpClose => "http new connection",
+            Mode::HttpsKa => "https keep-alive",
+            Mode::HttpsClose => "https new connection",
+        }
+    }
+    pub fn tls(self) -> bool {
+        matches!(self, Mode::HttpsKa | Mode::HttpsClose)
+    }
+    pub fn close(self) -> bool {
+        matches!(self, Mode::HttpClose | Mode::HttpsClose)
+    }
+}

@@ -1,0 +1,180 @@
+//! Throughput: weft and nginx serving the same two Ingresses (and TLS for them), checked
+//! to route alike, then loaded by wrk in each mode, the rounds alternating which proxy
+//! goes first.
+
+use std::fs;
+use std::process::Command;
+
+use crate::http_client::answer;
+use crate::netns::{wait_port, Ctx};
+use crate::nginx::{nginx_conf, small_sites, Nginx};
+use crate::procs::{mem, Mem};
+use crate::report::list;
+use crate::settings::Mode;
+use crate::weft_child::Weft;
+use crate::wrk::{run_wrk, WrkOut};
+use crate::{alternate, NGINX_HTTP, NGINX_HTTPS, PROXY_IP, TARGET_PATH, WEFT_HTTP, WEFT_HTTPS};
+
+/// What the throughput runs measured.
+pub struct Throughput {
+    /// `results[mode][0 = weft, 1 = nginx]`, one per round.
+    pub results: Vec<[Vec<WrkOut>; 2]>,
+    /// The proxies' memory after the runs.
+    pub weft_mem: Mem,
+    pub nginx_mem: Mem,
+    /// nginx's processes (master and workers).
+    pub nginx_procs: usize,
+    /// weft's process's threads.
+    pub weft_threads: usize,
+}
+
+/// Starts weft and nginx on the small cluster, checks their routes, runs the warm-up and
+/// the rounds against `backend_pids`' backends, stops both.
+pub fn run(ctx: &Ctx, backend_pids: &[u32]) -> Throughput {
+    let (cfg, dir) = (&ctx.cfg, &ctx.dir);
+    let (weft, ready) = Weft::start(ctx, "small", WEFT_HTTP, Some(WEFT_HTTPS));
+    println!("   weft: {ready}");
+    let (nginx, _) = Nginx::start(
+        ctx,
+        "nginx-small",
+        &nginx_conf(
+            cfg,
+            dir,
+            "nginx-small",
+            NGINX_HTTP,
+            Some(NGINX_HTTPS),
+            &small_sites(),
+        ),
+        NGINX_HTTP,
+    );
+    wait_port(&format!("{PROXY_IP}:{NGINX_HTTPS}"), "nginx");
+
+    // The same routes: every check answered the same by both.
+    let checks = [
+        ("shop.bench", "/", "a"),
+        ("shop.bench", "/api", "b"),
+        ("shop.bench", TARGET_PATH, "b"),
+        ("shop.bench", "/apix", "a"),
+        ("SHOP.bench", "/api/", "b"),
+        ("blog.bench", "/x", "b"),
+        ("nowhere.bench", "/", "404"),
+    ];
+    for (host, p, want) in checks {
+        let w = answer(WEFT_HTTP, host, p);
+        let n = answer(NGINX_HTTP, host, p);
+        assert!(
+            w == want && n == want,
+            "route check {host}{p}: want {want}, weft {w}, nginx {n}"
+        );
+    }
+    // Over TLS, through the same name resolution and SNI wrk uses.
+    for port in [WEFT_HTTPS, NGINX_HTTPS] {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &ctx.ns, "sh", "-c"])
+            .arg(format!(
+                "curl -sk --max-time 5 https://shop.bench:{port}{TARGET_PATH} -w ' %{{http_code}} %{{ssl_verify_result}}' 2>&1 || true"
+            ))
+            .output()
+            .expect("curl");
+        let got = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            got.starts_with("b\n 200") || got.contains("not found"),
+            "TLS check on :{port}: {got:?}"
+        );
+    }
+    println!(
+        "   route checks: weft and nginx agree on {} requests (+ TLS)",
+        checks.len()
+    );
+
+    let weft_pids = weft.pids();
+    let truncate = |name: &str| {
+        if let Ok(f) = fs::OpenOptions::new().write(true).open(dir.join(name)) {
+            let _ = f.set_len(0);
+        }
+    };
+    let pids = |is_weft: bool| {
+        if is_weft {
+            weft_pids.clone()
+        } else {
+            nginx.pids()
+        }
+    };
+    let url = |mode: Mode, weft: bool| {
+        let (scheme, port) = match (mode.tls(), weft) {
+            (false, true) => ("http", WEFT_HTTP),
+            (true, true) => ("https", WEFT_HTTPS),
+            (false, false) => ("http", NGINX_HTTP),
+            (true, false) => ("https", NGINX_HTTPS),
+        };
+        format!("{scheme}://shop.bench:{port}{TARGET_PATH}")
+    };
+
+    println!("== warm-up: 2 s per proxy and mode");
+    for &mode in &cfg.modes {
+        for is_weft in [true, false] {
+            run_wrk(
+                ctx,
+                &url(mode, is_weft),
+                mode.close(),
+                2,
+                &pids(is_weft),
+                backend_pids,
+            );
+        }
+    }
+    truncate("weft-small.log");
+    truncate("nginx-small-access.log");
+
+    println!(
+        "== {} rounds x {} s per proxy and mode, wrk -t1 -c{} (alternating which proxy goes first)",
+        cfg.rounds, cfg.secs, cfg.conns
+    );
+    // results[mode][0 = weft, 1 = nginx]
+    let mut results: Vec<[Vec<WrkOut>; 2]> = cfg.modes.iter().map(|_| [vec![], vec![]]).collect();
+    for round in 1..=cfg.rounds {
+        for (mi, &mode) in cfg.modes.iter().enumerate() {
+            for is_weft in alternate(round) {
+                let (w, text) = run_wrk(
+                    ctx,
+                    &url(mode, is_weft),
+                    mode.close(),
+                    cfg.secs,
+                    &pids(is_weft),
+                    backend_pids,
+                );
+                let name = if is_weft { "weft" } else { "nginx" };
+                fs::write(dir.join(format!("wrk-{name}-{mi}-{round}.txt")), &text)
+                    .expect("wrk out");
+                println!(
+                    "   round {round} {:<22} {name:<5} {:>9.0} req/s  p50 {:>7.3} ms  p99 {:>7.3} ms  errors {:>5}  proxy cores {:.2}  backend cores {:.2}  CPUs busy {}",
+                    mode.short(),
+                    w.rps,
+                    w.p50_ms,
+                    w.p99_ms,
+                    w.errors,
+                    w.cores,
+                    w.backend_cores,
+                    list(&w.busy, 2)
+                );
+                results[mi][usize::from(!is_weft)].push(w);
+                truncate("weft-small.log");
+                truncate("nginx-small-access.log");
+            }
+        }
+    }
+    let weft_mem = mem(&weft_pids);
+    let nginx_mem = mem(&nginx.pids());
+    let nginx_procs = nginx.pids().len();
+    let weft_threads = weft.threads();
+    // The small instances are done: free their core for the reconfiguration test.
+    weft.stop();
+    nginx.stop();
+    Throughput {
+        results,
+        weft_mem,
+        nginx_mem,
+        nginx_procs,
+        weft_threads,
+    }
+}
