@@ -54,6 +54,10 @@ pub enum Error {
 
     #[error("pod {0} is not known to this runtime")]
     UnknownPod(String),
+
+    /// Several steps failed: teardown and cleanup try every step and keep every error.
+    #[error("{} steps failed: {}", .0.len(), .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+    Several(Vec<Error>),
 }
 
 impl Error {
@@ -75,6 +79,15 @@ impl Error {
         Error::Netlink {
             op: op.into(),
             source,
+        }
+    }
+
+    /// Ok when nothing failed, the error itself when one did, all of them when several did.
+    pub fn all(mut errors: Vec<Error>) -> Result<()> {
+        match errors.len() {
+            0 => Ok(()),
+            1 => Err(errors.remove(0)),
+            _ => Err(Error::Several(errors)),
         }
     }
 

@@ -80,6 +80,10 @@ impl Runtime {
             }
         }
 
+        // Every step is tried and every failure kept: a failed DEL must not leave the
+        // namespace (and its veth) behind. Only the directory waits for a clean DEL, since
+        // it holds what the next attempt needs to retry it.
+        let mut errors = Vec::new();
         // The config is saved before ADD runs: without it, ADD never ran and there is
         // nothing to DEL.
         match fs::read(dir.cni_config()) {
@@ -89,28 +93,42 @@ impl Runtime {
                     .as_ref()
                     .map(|p| (p.namespace.as_str(), p.name.as_str()))
                     .unwrap_or(("", ""));
-                self.cni.del(
-                    &config,
-                    &Attachment {
-                        uid: &rec.uid,
-                        namespace,
-                        name,
-                        netns: ns.as_ref().map(|_| path.as_path()),
-                    },
-                )?;
+                let attachment = Attachment {
+                    uid: &rec.uid,
+                    namespace,
+                    name,
+                    netns: ns.as_ref().map(|_| path.as_path()),
+                };
+                if let Err(e) = self.cni.del(&config, &attachment) {
+                    errors.push(e);
+                }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io(format!("read {}", dir.cni_config().display()), e)),
+            Err(e) => errors.push(Error::io(format!("read {}", dir.cni_config().display()), e)),
+        }
+        let del_failed = !errors.is_empty();
+        if let (true, Some((netns, _))) = (del_failed, &ns) {
+            // Without DEL, the pod's veth would live as long as anything holds the
+            // namespace (this runtime keeps it open for the retry): take it down now.
+            let gone = weft_netlink::Handle::in_netns(netns)
+                .and_then(|mut h| h.delete_link_by_name("eth0"));
+            if let Err(e) = gone {
+                errors.push(Error::netlink(format!("pod {}: remove eth0", rec.uid), e));
+            }
         }
         if ns.is_some() {
-            Netns::delete_named(&rec.netns_name)
-                .map_err(|e| Error::netlink(format!("pod {}", rec.uid), e))?;
+            if let Err(e) = Netns::delete_named(&rec.netns_name) {
+                errors.push(Error::netlink(format!("pod {}", rec.uid), e));
+            }
         }
-        match fs::remove_dir_all(&dir.0) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::io(format!("remove {}", dir.0.display()), e)),
+        if !del_failed {
+            match fs::remove_dir_all(&dir.0) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => errors.push(Error::io(format!("remove {}", dir.0.display()), e)),
+            }
         }
+        Error::all(errors)
     }
 
     /// The record's namespace and its inode, if it is the one the record made. A record
@@ -227,17 +245,31 @@ impl Runtime {
     /// Removes this node's pod namespaces that no known pod owns. An agent killed between
     /// creating a pod's namespace and recording the pod, or between forgetting a pod and
     /// removing its namespace, leaves one behind; nothing else ever would. Runs at start,
-    /// before any pod is being set up.
+    /// before any pod is being set up; only pod-shaped names under the node's prefix are
+    /// touched, never the node's own namespace.
     fn remove_orphan_namespaces(&self) {
         let prefix = &self.cfg.netns_prefix;
         if prefix.is_empty() {
             return;
         }
-        let owned: HashSet<&str> = self
+        let mut owned: HashSet<&str> = self
             .pods
             .values()
             .map(|p| p.rec.netns_name.as_str())
             .collect();
+        // The node's own namespace may share the prefix (the tests' nodes do).
+        let host = self
+            .cfg
+            .host_netns
+            .as_ref()
+            .and_then(|p| p.file_name())
+            .and_then(|n| n.to_str());
+        owned.extend(host);
+        // A pod's name is `<prefix><namespace>-<name>`: nothing else is touched.
+        let pod_shaped = |n: &str| {
+            n.strip_prefix(prefix.as_str())
+                .is_some_and(|rest| rest.contains('-'))
+        };
         let names = match Netns::list_named() {
             Ok(n) => n,
             Err(e) => {
@@ -247,7 +279,7 @@ impl Runtime {
         };
         for name in names
             .iter()
-            .filter(|n| n.starts_with(prefix.as_str()) && !owned.contains(n.as_str()))
+            .filter(|n| pod_shaped(n) && !owned.contains(n.as_str()))
         {
             match Netns::delete_named(name) {
                 Ok(()) => tracing::info!(netns = %name, "removed a pod namespace no pod owns"),
@@ -261,8 +293,8 @@ impl Runtime {
     /// Adopt what is recorded (see [`adopt`](Runtime::adopt)), stop every pod not in `keep`
     /// (those no pod object owns any more), then let the CNI
     /// plugin release whatever is not attached to a remaining pod. Returns the uids stopped.
-    /// A pod that fails to stop stays known (and is retried next time); the first such
-    /// error is returned after the others were tried.
+    /// A pod that fails to stop stays known (and is retried next time); every such error
+    /// is returned after all were tried.
     pub fn gc(&mut self, keep: &HashSet<String>) -> Result<Vec<String>> {
         // Pods recorded on disk but not yet adopted are pods too: without this, the CNI GC
         // below would release the addresses of running pods after an agent restart.
@@ -274,13 +306,13 @@ impl Runtime {
             .cloned()
             .collect();
         let mut stopped = Vec::new();
-        let mut first_err = None;
+        let mut errors = Vec::new();
         for uid in victims {
             match self.stop(&uid) {
                 Ok(()) => stopped.push(uid),
                 Err(e) => {
                     tracing::warn!(pod = %uid, error = %e, "gc: stop");
-                    first_err.get_or_insert(e);
+                    errors.push(e);
                 }
             }
         }
@@ -294,9 +326,6 @@ impl Runtime {
             Err(e) => tracing::warn!(error = %e, "CNI GC: read the network config"),
         }
         self.remove_orphan_namespaces();
-        match first_err {
-            Some(e) => Err(e),
-            None => Ok(stopped),
-        }
+        Error::all(errors).map(|()| stopped)
     }
 }

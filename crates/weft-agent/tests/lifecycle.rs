@@ -260,3 +260,36 @@ fn starting_a_recorded_pod_takes_it_back_instead_of_restarting_it() {
     rt.gc(&keep(&[])).unwrap();
     node.assert_only_node_left();
 }
+
+#[test]
+fn a_failed_cni_del_still_removes_the_namespace_and_is_retried() {
+    let node = Node::new("deldie");
+    let mut rt = node.runtime();
+    let p = rt.start(&pod(&sleeper("broken", ""))).unwrap();
+    let ns_name = p.netns.file_name().unwrap().to_str().unwrap().to_string();
+    let saved = node.state_dir().join("pods/uid-broken/cni-config.json");
+    let good = std::fs::read(&saved).unwrap();
+    // DEL cannot run: the saved network config is unreadable.
+    std::fs::write(&saved, "{ not a network config").unwrap();
+    let err = rt.stop("uid-broken").unwrap_err().to_string();
+    assert!(err.contains("CNI DEL"), "{err}");
+    // Every other step ran: the namespace (and with it the veth) is gone...
+    assert!(
+        !node.namespaces().contains(&ns_name),
+        "a failed DEL left the namespace"
+    );
+    // (the kernel destroys a dead namespace's devices in the background)
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !node.bridge_ports().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(node.bridge_ports().is_empty(), "a failed DEL left the veth");
+    // ...and the record stays, so the DEL is retried and releases the address.
+    assert!(node.state_dir().join("pods/uid-broken").exists());
+    assert_eq!(node.ipam_holders(), ["uid-broken"]);
+    std::fs::write(&saved, good).unwrap();
+    rt.stop("uid-broken").unwrap();
+    assert!(node.ipam_holders().is_empty());
+    assert!(!node.state_dir().join("pods/uid-broken").exists());
+    node.assert_only_node_left();
+}
