@@ -389,7 +389,13 @@ fn usage_errors_exit_2() {
     for args in [
         &["tcp", "10.0.0.1"][..],
         &["udp", "fd00::1:53"],
-        &["http", "https://example.com/"],
+        &["http", "ftp://example.com/"],
+        &[
+            "http",
+            "https://example.com/",
+            "--resolve",
+            "example.com:443",
+        ],
         &["tcp", "10.0.0.1:80", "--timeout-ms", "0"],
         &["udp", "10.0.0.1:80", "--timeout-ms", "18446744073709551615"],
         &["dns", "kubernetes.default", "--type", "NOSUCHTYPE"],
