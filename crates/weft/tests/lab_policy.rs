@@ -497,7 +497,12 @@ spec:
   ingress: [{from: [{ipBlock: {cidr: 192.168.1.254/32}}]}]
 "#,
     );
-    let (ok, line) = settles(true, || from_external(&lab, node_port));
+    // Connected and answered: on a loaded machine the greeting can miss one probe's
+    // one-second deadline, which is not what this checks.
+    let (ok, line) = settles(true, || {
+        let (ok, line) = from_external(&lab, node_port);
+        (ok && line.contains("client="), line)
+    });
     assert!(
         ok,
         "the admitted outside client through the node port: {line}"
