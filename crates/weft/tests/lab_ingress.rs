@@ -339,6 +339,15 @@ fn python(lab: &Lab, script: &str, args: &[&str]) -> std::process::Child {
         .expect("spawn python3")
 }
 
+/// Waits until `url` answers 200 through the first node's proxy.
+fn wait_served(lab: &Lab, url: &str) {
+    let ready = wait_for(Duration::from_secs(15), || {
+        let a = request(lab, url, NODE_IPS[0], "GET", &[]);
+        (a.status == Some(200)).then_some(())
+    });
+    assert!(ready.is_some(), "{url} never served\n{}", lab.logs());
+}
+
 fn json_output(child: std::process::Child) -> serde_json::Value {
     let out = child.wait_with_output().expect("python3");
     assert!(out.status.success(), "script failed: {}", text(&out));
@@ -422,11 +431,7 @@ fn hostile_and_slow_clients_get_the_right_status() {
     lab.apply(&echo_service("default", "web", 1));
     lab.apply(&ingress_for("web", "web.example", "web", ""));
     lab.wait_running(&["web-1"], Duration::from_secs(60));
-    let ready = wait_for(Duration::from_secs(15), || {
-        let a = request(&lab, "http://web.example/stable", NODE_IPS[0], "GET", &[]);
-        (a.status == Some(200)).then_some(())
-    });
-    assert!(ready.is_some(), "route never served\n{}", lab.logs());
+    wait_served(&lab, "http://web.example/stable");
     let r = json_output(python(&lab, "hostile.py", &[NODE_IPS[0], "web.example"]));
     let status = |k: &str| r[k].as_i64().unwrap_or(-2);
     // The plain request goes to the only route's prefix (/stable) or 404s: either way
@@ -463,17 +468,7 @@ fn two_hundred_reconfigurations_under_load_fail_nothing() {
         &["steady-1", "steady-2", "other-1"],
         Duration::from_secs(60),
     );
-    let ready = wait_for(Duration::from_secs(15), || {
-        let a = request(
-            &lab,
-            "http://steady.example/stable",
-            NODE_IPS[0],
-            "GET",
-            &[],
-        );
-        (a.status == Some(200)).then_some(())
-    });
-    assert!(ready.is_some(), "route never served\n{}", lab.logs());
+    wait_served(&lab, "http://steady.example/stable");
     let stop = lab.state.path().join("stop-load");
     let load = python(
         &lab,
