@@ -65,7 +65,10 @@ fn wait_bounded(mut child: Child, timeout: Duration) -> std::io::Result<Output> 
 }
 
 pub struct Cni {
-    pub plugin: PathBuf,
+    /// The weft binary: the plugin for `"type": "weft"` when CNI_PATH has no `weft`.
+    pub weft_bin: PathBuf,
+    /// CNI_PATH: where the plugin named by the config's `type` is looked up first, as a
+    /// container runtime looks it up.
     pub bin_dir: PathBuf,
     /// The node's namespace, when the runtime itself runs elsewhere (tests): the plugin is
     /// entered into it before exec. None: the plugin runs where the runtime runs.
@@ -140,6 +143,42 @@ impl Cni {
         self.call("GC", &bytes, &none).map(|_| ())
     }
 
+    /// The program for `config`: `<bin_dir>/<type>` when it exists (what libcni runs), else
+    /// the weft binary for type `weft`. A type that is not a plain file name is refused.
+    fn plugin(&self, command: &str, config: &[u8], who: &str) -> Result<PathBuf> {
+        let kind = serde_json::from_slice::<Value>(config)
+            .ok()
+            .and_then(|c| c.get("type").and_then(Value::as_str).map(str::to_string))
+            .unwrap_or_else(|| "weft".into());
+        let plain = !kind.is_empty()
+            && !kind.starts_with('.')
+            && kind
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !plain {
+            return Err(self.err(
+                command,
+                who,
+                &format!("the network config's \"type\" {kind:?} is not a plugin name"),
+            ));
+        }
+        let installed = self.bin_dir.join(&kind);
+        if installed.is_file() {
+            return Ok(installed);
+        }
+        match kind.as_str() {
+            "weft" => Ok(self.weft_bin.clone()),
+            _ => Err(self.err(
+                command,
+                who,
+                &format!(
+                    "no plugin {kind:?} in CNI_PATH {} (install it there)",
+                    self.bin_dir.display()
+                ),
+            )),
+        }
+    }
+
     fn err(&self, command: &str, pod: &str, reason: &str) -> Error {
         Error::Cni {
             command: command.into(),
@@ -151,7 +190,8 @@ impl Cni {
 
     fn call(&self, command: &str, config: &[u8], a: &Attachment) -> Result<Value> {
         let who = format!("{}/{}", a.namespace, a.name);
-        let mut cmd = Command::new(&self.plugin);
+        let plugin = self.plugin(command, config, &who)?;
+        let mut cmd = Command::new(&plugin);
         cmd.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("CNI_COMMAND", command)
@@ -190,7 +230,7 @@ impl Cni {
             self.err(
                 command,
                 &who,
-                &format!("cannot run plugin {}: {e}", self.plugin.display()),
+                &format!("cannot run plugin {}: {e}", plugin.display()),
             )
         })?;
         if let Some(mut stdin) = child.stdin.take() {
@@ -198,18 +238,30 @@ impl Cni {
             // answer below says why, so a write error here is not the story.
             let _ = stdin.write_all(config);
         }
-        let out = wait_bounded(child, PLUGIN_TIMEOUT).map_err(|e| {
-            self.err(
-                command,
-                &who,
-                &format!("plugin {}: {e}", self.plugin.display()),
-            )
-        })?;
+        let out = wait_bounded(child, PLUGIN_TIMEOUT)
+            .map_err(|e| self.err(command, &who, &format!("plugin {}: {e}", plugin.display())))?;
         let stdout = String::from_utf8_lossy(&out.stdout);
-        let parsed: Option<Value> = serde_json::from_str(stdout.trim()).ok();
+        let answer = stdout.trim();
+        let parsed = serde_json::from_str::<Value>(answer);
         if out.status.success() {
-            return Ok(parsed.unwrap_or(Value::Null));
+            return match parsed {
+                Ok(v) => Ok(v),
+                // DEL, CHECK and GC print nothing when they succeed.
+                Err(_) if answer.is_empty() && command != "ADD" => Ok(Value::Null),
+                // Exit 0 with an answer nobody can read is no success: for ADD the pod
+                // would get no (or a made-up) address, and what the plugin did is unknown.
+                Err(e) => Err(self.err(
+                    command,
+                    &who,
+                    &format!(
+                        "plugin {} exited 0 but its output is not a CNI result ({e}): {}",
+                        plugin.display(),
+                        excerpt(answer)
+                    ),
+                )),
+            };
         }
+        let parsed = parsed.ok();
         let code = parsed
             .as_ref()
             .and_then(|v| v.get("code"))
@@ -241,6 +293,16 @@ impl Cni {
     }
 }
 
+/// A plugin's output as an error message shows it: quoted, at most 200 characters.
+fn excerpt(out: &str) -> String {
+    const MAX: usize = 200;
+    match out.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{:?}... ({} bytes)", &out[..cut], out.len()),
+        None if out.is_empty() => "(no output)".into(),
+        None => format!("{out:?}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,5 +324,65 @@ mod tests {
         assert_eq!(out.status.code(), Some(7));
         assert_eq!(out.stdout, b"out\n");
         assert_eq!(out.stderr, b"err\n");
+    }
+
+    fn plugin_answering(dir: &Path, answer: &str) -> Cni {
+        let script = dir.join("weft");
+        std::fs::write(&script, format!("#!/bin/sh\ncat >/dev/null\n{answer}\n")).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Cni {
+            weft_bin: PathBuf::from("/nonexistent/weft"),
+            bin_dir: dir.to_path_buf(),
+            host_netns: None,
+        }
+    }
+
+    const CONF: &[u8] = br#"{"cniVersion":"1.1.0","name":"n","type":"weft"}"#;
+
+    fn pod() -> Attachment<'static> {
+        Attachment {
+            uid: "u1",
+            namespace: "default",
+            name: "web",
+            netns: None,
+        }
+    }
+
+    #[test]
+    fn a_success_that_cannot_be_read_is_an_error_naming_plugin_and_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let cni = plugin_answering(dir.path(), "echo 'IP: 10.244.1.7 (trust me)'");
+        let e = cni.add(CONF, &pod()).unwrap_err().to_string();
+        let script = dir.path().join("weft").display().to_string();
+        assert!(e.contains(&script) && e.contains("exited 0"), "{e}");
+        assert!(e.contains("IP: 10.244.1.7 (trust me)"), "{e}");
+        assert!(cni.del(CONF, &pod()).is_err(), "DEL with garbage");
+        // Silence is a DEL's success, never an ADD's.
+        let cni = plugin_answering(dir.path(), "true");
+        cni.del(CONF, &pod()).unwrap();
+        let e = cni.add(CONF, &pod()).unwrap_err().to_string();
+        assert!(e.contains("(no output)"), "{e}");
+        // A long answer is cut.
+        let cni = plugin_answering(dir.path(), "head -c 5000 /dev/zero | tr '\\0' x");
+        let e = cni.add(CONF, &pod()).unwrap_err().to_string();
+        assert!(e.contains("(5000 bytes)") && e.len() < 600, "{e}");
+    }
+
+    #[test]
+    fn the_plugin_is_found_by_type() {
+        let dir = tempfile::tempdir().unwrap();
+        let cni = plugin_answering(dir.path(), "true");
+        let conf = br#"{"type":"../../bin/sh"}"#;
+        let e = cni.del(conf, &pod()).unwrap_err().to_string();
+        assert!(e.contains("not a plugin name"), "{e}");
+        let e = cni
+            .del(br#"{"type":"bridge"}"#, &pod())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no plugin \"bridge\""), "{e}");
+        std::fs::remove_file(dir.path().join("weft")).unwrap();
+        let e = cni.del(CONF, &pod()).unwrap_err().to_string();
+        assert!(e.contains("/nonexistent/weft"), "{e}");
     }
 }

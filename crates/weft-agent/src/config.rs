@@ -11,7 +11,9 @@ pub struct RuntimeConfig {
     pub weft_bin: PathBuf,
     /// A network config JSON file (a single plugin, `"type": "weft"`), read at each start.
     pub cni_conf: PathBuf,
-    /// CNI_PATH: where the plugin finds delegated plugins (e.g. a `host-local` IPAM).
+    /// CNI_PATH: where the plugin the network config's `type` names is looked up (the
+    /// weft binary stands in for `weft` when it is not there), and where that plugin
+    /// finds delegated ones (e.g. a `host-local` IPAM).
     pub cni_bin_dir: PathBuf,
     /// Pods' namespaces are `<netns_prefix><namespace>-<name>`, e.g. `weft-lab1-node-1-`.
     pub netns_prefix: String,

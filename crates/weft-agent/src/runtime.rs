@@ -144,7 +144,7 @@ impl Runtime {
         Ok(Runtime {
             launcher: Launcher::new(&cfg.state_dir, &cfg.node_name, &cfg.weft_bin),
             cni: Cni {
-                plugin: cfg.weft_bin.clone(),
+                weft_bin: cfg.weft_bin.clone(),
                 bin_dir: cfg.cni_bin_dir.clone(),
                 host_netns,
             },
@@ -194,7 +194,15 @@ impl Runtime {
                 self.pods.insert(plan.uid.clone(), state);
                 return self.status(&plan.uid).ok_or(Error::UnknownPod(plan.uid));
             }
-            self.teardown_dir(&dir, &plan.uid)?;
+            // What an earlier attempt left (its DEL failed, say) must go before a new ADD;
+            // the pod's events say why it cannot start yet.
+            self.teardown_dir(&dir, &plan.uid).inspect_err(|e| {
+                crate::events::warning(
+                    &plan,
+                    "FailedCreatePodSandBox",
+                    format!("Failed to remove what an earlier attempt left: {e}"),
+                )
+            })?;
         }
         let mut rec = PodRecord {
             uid: plan.uid.clone(),

@@ -16,6 +16,7 @@ mod node_api;
 mod pods;
 mod policy;
 mod relist;
+mod retry;
 mod services;
 mod watches;
 
