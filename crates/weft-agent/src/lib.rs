@@ -131,6 +131,7 @@ mod record;
 mod runtime;
 mod spec;
 mod status;
+pub mod sync_status;
 
 pub use config::RuntimeConfig;
 pub use error::{Error, Result};

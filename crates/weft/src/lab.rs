@@ -327,6 +327,7 @@ pub fn status(name: &str) -> Result<()> {
         }
         None => println!("\nsupervisor: no status yet"),
     }
+    crate::lab_sync::print(name, &state);
     println!("\nkubeconfig: {}", kubeconfig_path(name).display());
     println!(
         "logs:       {}/ (agent-node-K.log: routes, Services, DNS, policy, the Ingress access log)",

@@ -9,6 +9,7 @@ mod exec;
 mod kube;
 mod kubeconfig;
 mod lab;
+mod lab_sync;
 mod nsexec;
 mod policy;
 mod probe;

@@ -29,6 +29,7 @@ use tokio::sync::{watch, Notify};
 use weft_ingress::proxy::{Limits, Proxy};
 use weft_ingress::{compile, Cluster};
 
+use super::lag::Lag;
 use super::{AgentConfig, AgentError, Result};
 
 /// Where the proxy listens.
@@ -57,6 +58,7 @@ fn reflect<K>(
     what: &'static str,
     changed: Arc<Notify>,
     ended: UnboundedSender<&'static str>,
+    lag: Arc<Lag>,
 ) -> Store<K>
 where
     K: kube::Resource
@@ -73,7 +75,10 @@ where
         .default_backoff()
         .for_each(move |e| {
             match e {
-                Ok(_) => changed.notify_one(),
+                Ok(_) => {
+                    lag.seen();
+                    changed.notify_one()
+                }
                 Err(e) => tracing::warn!("ingress: watching {what}: {e}"),
             }
             futures::future::ready(())
@@ -91,6 +96,7 @@ pub async fn start(
     cfg: &AgentConfig,
     ic: &IngressConfig,
     ended: &UnboundedSender<&'static str>,
+    lag: Arc<Lag>,
 ) -> Result<()> {
     let proxy = Proxy::new(Limits::default(), &[cfg.node_name.as_str()])?;
     let bind = |addr: SocketAddr| async move {
@@ -121,32 +127,43 @@ pub async fn start(
             "Ingresses",
             changed.clone(),
             ended.clone(),
+            lag.clone(),
         ),
         classes: reflect(
             Api::all(c.clone()),
             "IngressClasses",
             changed.clone(),
             ended.clone(),
+            lag.clone(),
         ),
         secrets: reflect(
             Api::all(c.clone()),
             "Secrets",
             changed.clone(),
             ended.clone(),
+            lag.clone(),
         ),
         services: reflect(
             Api::all(c.clone()),
             "Services",
             changed.clone(),
             ended.clone(),
+            lag.clone(),
         ),
         slices: reflect(
             Api::all(c.clone()),
             "EndpointSlices",
             changed.clone(),
             ended.clone(),
+            lag.clone(),
         ),
-        nodes: reflect(Api::all(c), "Nodes", changed.clone(), ended.clone()),
+        nodes: reflect(
+            Api::all(c),
+            "Nodes",
+            changed.clone(),
+            ended.clone(),
+            lag.clone(),
+        ),
     };
     tracing::info!(http = %ic.http, https = %ic.https, "ingress proxy listening");
     if let Err(e) = publish(client, cfg, ic).await {
@@ -155,14 +172,20 @@ pub async fn start(
     }
     let client = client.clone();
     tokio::spawn(async move {
-        if let Err(e) = run(client, stores, proxy, changed).await {
+        if let Err(e) = run(client, stores, proxy, changed, lag).await {
             tracing::error!("ingress: {e}");
         }
     });
     Ok(())
 }
 
-async fn run(client: Client, s: Stores, proxy: Proxy, changed: Arc<Notify>) -> Result<()> {
+async fn run(
+    client: Client,
+    s: Stores,
+    proxy: Proxy,
+    changed: Arc<Notify>,
+    lag: Arc<Lag>,
+) -> Result<()> {
     // Nothing is served from a partial view: a missing Secret would serve the default
     // certificate, a missing Service a 503.
     let unlisted = |what| AgentError::Watch {
@@ -195,6 +218,8 @@ async fn run(client: Client, s: Stores, proxy: Proxy, changed: Arc<Notify>) -> R
         .map_err(|_| unlisted("Nodes"))?;
     let mut last_problems = Vec::new();
     loop {
+        // The stores hold every change seen so far: this compile covers them all.
+        lag.taken();
         let cluster = Cluster {
             ingresses: s.ingresses.state(),
             classes: s.classes.state(),
@@ -231,6 +256,7 @@ async fn run(client: Client, s: Stores, proxy: Proxy, changed: Arc<Notify>) -> R
         if swapped {
             tracing::info!(ingresses = served.len(), routes, "ingress routes updated");
         }
+        lag.applied();
         write_status(&client, &s, &served).await;
         tokio::select! {
             _ = changed.notified() => {}

@@ -10,6 +10,7 @@ mod dns;
 mod events;
 mod health;
 pub mod ingress;
+mod lag;
 mod masq;
 mod node;
 mod node_api;
@@ -172,10 +173,12 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     let pod_stream = reflector(pod_writer, watcher(pods_api, pod_cfg))
         .default_backoff()
         .touched_objects();
-    let mut service_sync = services::ServiceSync::new(&cfg)?;
+    let lags = lag::Registry::default();
+    let pod_lag = lags.component("pods");
+    let route_lag = lags.component("routes");
     // Service and EndpointSlice events go to the service controller as they are, so a
     // change recompiles only the Service it touches.
-    let (events, mut service_events) = tokio::sync::mpsc::unbounded_channel();
+    let service_events = services::start(&cfg, &lags)?;
     let service_stream = watcher(
         Api::<Service>::all(client.clone()),
         watcher::Config::default(),
@@ -189,7 +192,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     .default_backoff()
     .map(|e| e.map(|e| services::Event::Slice(Box::new(e))));
     let dns_events = match (cfg.serve_dns, cfg.cluster_dns) {
-        (true, Some(ip)) => Some(start_dns(&cfg, ip).await?),
+        (true, Some(ip)) => Some(start_dns(&cfg, ip, &lags).await?),
         (true, None) => {
             tracing::warn!("--serve-dns without --cluster-dns: no address to serve; DNS is off");
             None
@@ -209,42 +212,53 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     };
     watches::spawn(&client, sinks, &ended).await;
     if let Some(ic) = &cfg.ingress {
-        ingress::start(&client, &cfg, ic, &ended).await?;
+        ingress::start(&client, &cfg, ic, &ended, lags.component("ingress")).await?;
     }
+    lags.publish(cfg.node_name.clone(), cfg.state_dir.clone());
     for (what, stream) in [
         ("Services", service_stream.boxed()),
         ("EndpointSlices", slice_stream.boxed()),
     ] {
-        let (n, tx, dns_tx) = (notify.clone(), events.clone(), dns_events.clone());
+        let (tx, dns_tx) = (service_events.clone(), dns_events.clone());
         let ended = ended.clone();
         let watch = stream.for_each(move |e| {
-            match e {
-                Ok(e) => {
-                    if let Some(d) = &dns_tx {
-                        let _ = d.send(match &e {
-                            services::Event::Service(s) => dns::Event::Service(s.clone()),
-                            services::Event::Slice(s) => dns::Event::Slice(s.clone()),
-                        });
+            let (tx, dns_tx) = (tx.clone(), dns_tx.clone());
+            async move {
+                match e {
+                    // Both queues are bounded: a full one holds this watch back.
+                    Ok(e) => {
+                        if let Some(d) = &dns_tx {
+                            d.push(match &e {
+                                services::Event::Service(s) => dns::Event::Service(s.clone()),
+                                services::Event::Slice(s) => dns::Event::Slice(s.clone()),
+                            })
+                            .await;
+                        }
+                        tx.push(e).await;
                     }
-                    let _ = tx.send(e);
-                    n.notify_one();
+                    // The watcher backs off and retries by itself; say why it has to.
+                    Err(e) => tracing::warn!("watching {what}: {e}"),
                 }
-                // The watcher backs off and retries by itself; say why it has to.
-                Err(e) => tracing::warn!("watching {what}: {e}"),
             }
-            futures::future::ready(())
         });
         tokio::spawn(async move {
             watch.await;
             let _ = ended.send(what);
         });
     }
-    for (what, stream) in [
-        ("Nodes", node_stream.map(|_| ()).boxed()),
-        ("this node's Pods", pod_stream.map(|_| ()).boxed()),
+    // The reflectors' caches coalesce: a pass reads the latest state, however many
+    // events led to it.
+    for (what, stream, lag) in [
+        ("Nodes", node_stream.map(|_| ()).boxed(), route_lag.clone()),
+        (
+            "this node's Pods",
+            pod_stream.map(|_| ()).boxed(),
+            pod_lag.clone(),
+        ),
     ] {
         let (n, ended) = (notify.clone(), ended.clone());
         let watch = stream.for_each(move |_| {
+            lag.seen();
             n.notify_one();
             futures::future::ready(())
         });
@@ -286,6 +300,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
                 });
             }
         }
+        route_lag.taken();
         // Oldest first: on a conflict (two nodes claiming one podCIDR) the first one wins.
         let mut node_objs = nodes.state();
         node_objs.sort_by_key(|n| {
@@ -298,13 +313,10 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
             .iter()
             .filter_map(|n| node::node_info(n))
             .collect();
-        if let Err(e) = router.sync(&all) {
-            tracing::warn!("routing: {e}");
+        match router.sync(&all) {
+            Ok(_) => route_lag.applied(),
+            Err(e) => tracing::warn!("routing: {e}"),
         }
-        while let Ok(e) = service_events.try_recv() {
-            service_sync.event(e);
-        }
-        service_sync.reconcile();
         if !cfg.run_pods && runtime.is_none() && !cni_written {
             write_cni_config(&cfg, pod_cidr, backend)?;
             cni_written = true;
@@ -330,6 +342,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
             tracing::info!(%pod_cidr, "CNI config written; running pods");
         }
         if let Some(rt) = &runtime {
+            pod_lag.taken();
             pod_sync
                 .reconcile(
                     &client,
@@ -339,6 +352,13 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
                     policy_events.as_ref(),
                 )
                 .await;
+            // A pod that could not start is told on the pod (status, Events) and retried
+            // with back-off; the pass has still acted on every change it took.
+            pod_lag.applied();
+        } else if !cfg.run_pods {
+            // The kubelet runs this node's pods: nothing to apply here.
+            pod_lag.taken();
+            pod_lag.applied();
         }
         if last_heartbeat.elapsed() > Duration::from_secs(10) {
             if let Err(e) = node::heartbeat(&client, &cfg).await {
@@ -349,18 +369,28 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     }
 }
 
+/// Changes waiting for the DNS model at most; a full queue holds the watches back.
+const DNS_QUEUE: usize = 4096;
+
 /// Starts this node's DNS server; returns where its watch events go (Services and slices
 /// come from the service watches, the rest from `watches`).
 async fn start_dns(
     cfg: &AgentConfig,
     ip: IpAddr,
-) -> Result<tokio::sync::mpsc::UnboundedSender<dns::Event>> {
+    lags: &lag::Registry,
+) -> Result<lag::Queue<dns::Event>> {
     let mut server = dns::DnsServer::start(cfg, ip).await?;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let lag = lags.component("dns");
+    let (tx, mut rx) = lag::queue(lag.clone(), DNS_QUEUE);
     // Its own task: an answer follows its objects without waiting on a reconcile pass.
+    // Each change updates the zone in place (only the records it touches), so whatever
+    // has queued up is applied at once, then counted as one update.
     tokio::spawn(async move {
         while let Some(e) = rx.recv().await {
             server.event(e);
+            let n = 1 + lag::drain(&mut rx, DNS_QUEUE, |e| server.event(e));
+            lag.taken_n(n);
+            lag.applied();
         }
     });
     Ok(tx)

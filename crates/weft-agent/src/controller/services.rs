@@ -12,6 +12,7 @@ use kube::runtime::watcher;
 use weft_proxy::controller::{Controller, Kind};
 use weft_proxy::{Model, NodeContext, Proxier};
 
+use super::lag::{self, Queue, Registry};
 use super::AgentConfig;
 
 /// A watch event for the service controller (boxed: a Service is most of a kilobyte).
@@ -24,6 +25,43 @@ pub enum Event {
 /// deltas assume nobody else edits it, and this bounds how long an edit (an `nft -f`
 /// reload that flushed everything, say) can go unnoticed.
 const RESYNC: Duration = Duration::from_secs(300);
+/// Events closer together than this go into one nf_tables transaction.
+const BATCH: Duration = Duration::from_millis(100);
+/// Events waiting for the service controller at most; a full queue holds the Service
+/// and EndpointSlice watches back instead of growing.
+pub const QUEUE: usize = 4096;
+
+/// Starts the service controller on a task of its own (a slow pod start must not hold
+/// Services back); returns where the Service and EndpointSlice watch events go.
+pub fn start(cfg: &AgentConfig, lags: &Registry) -> weft_proxy::Result<Queue<Event>> {
+    let mut sync = ServiceSync::new(cfg)?;
+    let lag = lags.component("services");
+    let (queue, mut rx) = lag::queue(lag.clone(), QUEUE);
+    tokio::spawn(async move {
+        loop {
+            let first = tokio::select! {
+                e = rx.recv() => match e {
+                    Some(e) => Some(e),
+                    None => return,
+                },
+                // Retries and the periodic repair need no event.
+                _ = tokio::time::sleep(Duration::from_secs(1)) => None,
+            };
+            let mut taken = 0;
+            if let Some(e) = first {
+                // The rest of a burst joins this transaction.
+                tokio::time::sleep(BATCH).await;
+                sync.event(e);
+                taken = 1 + lag::drain(&mut rx, QUEUE, |e| sync.event(e));
+            }
+            lag.taken_n(taken);
+            if sync.reconcile() {
+                lag.applied();
+            }
+        }
+    });
+    Ok(queue)
+}
 
 pub struct ServiceSync {
     proxier: Proxier,
@@ -96,7 +134,9 @@ impl ServiceSync {
         self.pending = true;
     }
 
-    pub fn reconcile(&mut self) {
+    /// One transaction for everything pending; whether the table is then what the
+    /// controller's model says.
+    pub fn reconcile(&mut self) -> bool {
         // Until both lists are complete, a sync would remove Services not seen yet (a
         // restarted agent adopting its predecessor's table would cut them off).
         if !self.controller.ready() {
@@ -104,7 +144,7 @@ impl ServiceSync {
                 tracing::warn!("services: still waiting for the first list of Services and EndpointSlices (see the watch errors above)");
                 self.said_waiting = true;
             }
-            return;
+            return false;
         }
         if self.last_full.elapsed() > RESYNC {
             self.proxier.resync();
@@ -112,7 +152,7 @@ impl ServiceSync {
             self.pending = true;
         }
         if !self.pending {
-            return;
+            return true;
         }
         self.pending = false;
         let pass = self.controller.flush();
@@ -134,5 +174,6 @@ impl ServiceSync {
                 self.pending = true;
             }
         }
+        !self.pending
     }
 }

@@ -3,7 +3,8 @@
 
 use std::sync::mpsc::Sender;
 
-use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams};
@@ -11,12 +12,13 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client};
 use tokio::sync::mpsc::UnboundedSender;
 
+use super::lag::Queue;
 use super::{dns, policy};
 
 /// Where events go; a model that is off has no sender.
 #[derive(Clone)]
 pub struct Sinks {
-    pub dns: Option<UnboundedSender<dns::Event>>,
+    pub dns: Option<Queue<dns::Event>>,
     pub policy: Option<Sender<policy::Event>>,
 }
 
@@ -28,22 +30,23 @@ const CNP: (&str, &str, &str) = (
     "ClusterNetworkPolicy",
 );
 
-/// Watches `api` until the process ends; `send` gets every event. A stream that ends
-/// reports on `ended` (the agent then stops rather than act on a frozen view).
+/// Watches `api` until the process ends; `send` gets every event, and the watch waits
+/// while a consumer's queue is full. A stream that ends reports on `ended` (the agent
+/// then stops rather than act on a frozen view).
 fn watch<K, F>(api: Api<K>, what: &'static str, ended: UnboundedSender<&'static str>, send: F)
 where
     K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
-    F: Fn(watcher::Event<K>) + Send + 'static,
+    F: Fn(watcher::Event<K>) -> BoxFuture<'static, ()> + Send + 'static,
 {
     let events = watcher(api, watcher::Config::default())
         .default_backoff()
-        .for_each(move |e| {
-            match e {
-                Ok(e) => send(e),
-                // The watcher backs off and retries by itself; say why it has to.
-                Err(e) => tracing::warn!("watching {what}: {e}"),
+        .for_each(move |e| match e {
+            Ok(e) => send(e),
+            // The watcher backs off and retries by itself; say why it has to.
+            Err(e) => {
+                tracing::warn!("watching {what}: {e}");
+                futures::future::ready(()).boxed()
             }
-            futures::future::ready(())
         });
     tokio::spawn(async move {
         events.await;
@@ -62,12 +65,16 @@ pub async fn spawn(client: &Client, sinks: Sinks, ended: &UnboundedSender<&'stat
         "Pods",
         ended.clone(),
         move |e| {
-            if let Some(d) = &s.dns {
-                let _ = d.send(dns::Event::Pod(Box::new(e.clone())));
-            }
             if let Some(p) = &s.policy {
-                let _ = p.send(policy::Event::Pod(Box::new(e)));
+                let _ = p.send(policy::Event::Pod(Box::new(e.clone())));
             }
+            let dns = s.dns.clone();
+            async move {
+                if let Some(d) = dns {
+                    d.push(dns::Event::Pod(Box::new(e))).await;
+                }
+            }
+            .boxed()
         },
     );
     let s = sinks.clone();
@@ -76,12 +83,16 @@ pub async fn spawn(client: &Client, sinks: Sinks, ended: &UnboundedSender<&'stat
         "Namespaces",
         ended.clone(),
         move |e| {
-            if let Some(d) = &s.dns {
-                let _ = d.send(dns::Event::Namespace(Box::new(e.clone())));
-            }
             if let Some(p) = &s.policy {
-                let _ = p.send(policy::Event::Namespace(Box::new(e)));
+                let _ = p.send(policy::Event::Namespace(Box::new(e.clone())));
             }
+            let dns = s.dns.clone();
+            async move {
+                if let Some(d) = dns {
+                    d.push(dns::Event::Namespace(Box::new(e))).await;
+                }
+            }
+            .boxed()
         },
     );
     let s = sinks.clone();
@@ -90,12 +101,16 @@ pub async fn spawn(client: &Client, sinks: Sinks, ended: &UnboundedSender<&'stat
         "Nodes",
         ended.clone(),
         move |e| {
-            if let Some(d) = &s.dns {
-                let _ = d.send(dns::Event::Node(Box::new(e.clone())));
-            }
             if let Some(p) = &s.policy {
-                let _ = p.send(policy::Event::Node(Box::new(e)));
+                let _ = p.send(policy::Event::Node(Box::new(e.clone())));
             }
+            let dns = s.dns.clone();
+            async move {
+                if let Some(d) = dns {
+                    d.push(dns::Event::Node(Box::new(e))).await;
+                }
+            }
+            .boxed()
         },
     );
     let Some(p) = sinks.policy else { return };
@@ -106,6 +121,7 @@ pub async fn spawn(client: &Client, sinks: Sinks, ended: &UnboundedSender<&'stat
         ended.clone(),
         move |e| {
             let _ = tx.send(policy::Event::NetworkPolicy(Box::new(e)));
+            futures::future::ready(()).boxed()
         },
     );
     let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(CNP.0, CNP.1, CNP.2));
