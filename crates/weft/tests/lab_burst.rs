@@ -1,0 +1,296 @@
+//! Back-pressure made visible: a burst of Service changes through the real API into a
+//! two-node lab. While it lasts `weft lab status` shows the nodes' service controllers
+//! behind (the age of the oldest change not applied and how many are pending); once it
+//! ends every node reports every component in sync, and each node's `weft-proxy` table
+//! holds exactly the cluster IPs the API has. The figures (burst, worst lag, time to
+//! catch up, transactions per component) are printed for RELIABILITY.md.
+//!
+//! Size: `WEFT_BURST_SERVICES` (default 2000).
+
+mod lab_support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{ListParams, PostParams};
+use kube::{Api, Client};
+use lab_support::*;
+use weft_agent::sync_status::{self, NodeSync};
+
+const NODES: u32 = 2;
+const WRITERS: usize = 16;
+const COMPONENTS: [&str; 5] = ["pods", "routes", "services", "dns", "ingress"];
+
+async fn client(lab: &Lab) -> Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let kc = kube::config::Kubeconfig::read_from(lab.kubeconfig()).expect("kubeconfig");
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .expect("config");
+    Client::try_from(cfg).expect("client")
+}
+
+fn service(i: usize) -> Service {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": format!("burst-{i}"), "labels": {"burst": "yes"}},
+        "spec": {"ports": [{"port": 80 + (i % 7) as i32, "targetPort": 8080}]}
+    }))
+    .expect("service")
+}
+
+fn nodes() -> Vec<String> {
+    (1..=NODES).map(|k| format!("node-{k}")).collect()
+}
+
+/// `weft lab status`'s sync rows: (node, component) -> the SYNC column and the rest.
+fn sync_rows(lab: &Lab) -> BTreeMap<(String, String), String> {
+    let out = lab.lab("status", &[]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with("node-"))
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            let (node, comp) = (w.next()?, w.next()?);
+            Some(((node.to_string(), comp.to_string()), l.to_string()))
+        })
+        .collect()
+}
+
+/// Every component of every node in sync, by `weft lab status`.
+fn all_in_sync(rows: &BTreeMap<(String, String), String>) -> bool {
+    nodes().iter().all(|n| {
+        COMPONENTS.iter().all(|c| {
+            rows.get(&(n.clone(), c.to_string()))
+                .is_some_and(|l| l.contains("in sync"))
+        })
+    })
+}
+
+fn report(lab: &Lab, node: &str) -> NodeSync {
+    sync_status::read(&lab.dir().join("nodes").join(node)).expect("the node's sync report")
+}
+
+/// The addresses in a node's `cluster-ip-addrs` set, read with nft.
+fn table_cluster_ips(lab: &Lab, node: &str) -> BTreeSet<String> {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.node_netns(node), "nft", "-j"])
+        .args(["list", "set", "ip", "weft-proxy", "cluster-ip-addrs"])
+        .output()
+        .expect("spawn nft");
+    assert!(out.status.success(), "nft on {node}: {}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("nft JSON");
+    v["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| o["set"]["elem"].as_array())
+        .flatten()
+        .filter_map(|e| {
+            e.as_str()
+                .or_else(|| e["elem"]["val"].as_str())
+                .map(str::to_string)
+        })
+        .collect()
+}
+
+#[test]
+fn a_burst_of_service_changes_shows_as_lag_and_every_node_catches_up() {
+    let burst: usize = std::env::var("WEFT_BURST_SERVICES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
+    let lab = Lab::up(NODES, "host-gw");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let client = rt.block_on(client(&lab));
+    assert!(
+        wait_for(Duration::from_secs(60), || all_in_sync(&sync_rows(&lab))
+            .then_some(()))
+        .is_some(),
+        "the lab never reported in sync before the burst: {:?}\n{}",
+        sync_rows(&lab),
+        lab.logs()
+    );
+    let before: BTreeMap<String, NodeSync> = nodes()
+        .into_iter()
+        .map(|n| (n.clone(), report(&lab, &n)))
+        .collect();
+
+    // `weft lab status` as a user would run it, again and again through the burst.
+    let stop = Arc::new(AtomicBool::new(false));
+    let behind_seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let watcher = {
+        let (stop, seen) = (stop.clone(), behind_seen.clone());
+        let (name, state) = (lab.name.clone(), lab.state.path().to_path_buf());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let out = std::process::Command::new(weft())
+                    .env("WEFT_STATE_DIR", &state)
+                    .args(["lab", "status", "--name", &name])
+                    .output()
+                    .expect("weft lab status");
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                let behind = text.lines().filter(|l| l.contains("behind by"));
+                seen.lock()
+                    .expect("lines")
+                    .extend(behind.map(str::to_string));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+
+    let started = Instant::now();
+    let next = Arc::new(AtomicUsize::new(0));
+    let failures: Vec<String> = rt.block_on(async {
+        let mut writers = tokio::task::JoinSet::new();
+        for _ in 0..WRITERS {
+            let (next, api) = (
+                next.clone(),
+                Api::<Service>::default_namespaced(client.clone()),
+            );
+            writers.spawn(async move {
+                let mut failed = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= burst {
+                        return failed;
+                    }
+                    if let Err(e) = api.create(&PostParams::default(), &service(i)).await {
+                        failed.push(format!("burst-{i}: {e}"));
+                    }
+                }
+            });
+        }
+        let mut all = Vec::new();
+        while let Some(r) = writers.join_next().await {
+            all.extend(r.expect("writer"));
+        }
+        all
+    });
+    let burst_time = started.elapsed();
+    assert!(failures.is_empty(), "creates refused: {failures:?}");
+
+    let ended = Instant::now();
+    let caught_up = wait_for(Duration::from_secs(300), || {
+        all_in_sync(&sync_rows(&lab)).then_some(())
+    });
+    let catch_up = ended.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    watcher.join().expect("status watcher");
+    assert!(
+        caught_up.is_some(),
+        "not every node caught up within 300 s of the burst: {:?}\n{}",
+        sync_rows(&lab),
+        lab.logs()
+    );
+    let behind = behind_seen.lock().expect("lines").clone();
+    assert!(
+        behind.iter().any(|l| l.contains("services")),
+        "weft lab status never showed a node's services behind during a burst of {burst}: {behind:?}"
+    );
+
+    // Every node's table holds exactly the Services' cluster IPs.
+    let listed = rt
+        .block_on(Api::<Service>::all(client.clone()).list(&ListParams::default()))
+        .expect("list Services")
+        .items;
+    let api_ips: BTreeSet<String> = listed
+        .iter()
+        .filter_map(|s| s.spec.as_ref()?.cluster_ip.clone())
+        .filter(|ip| ip != "None")
+        .collect();
+    let burst_ips: BTreeSet<String> = listed
+        .iter()
+        .filter(|s| {
+            s.metadata
+                .labels
+                .as_ref()
+                .is_some_and(|l| l.contains_key("burst"))
+        })
+        .filter_map(|s| s.spec.as_ref()?.cluster_ip.clone())
+        .collect();
+    assert_eq!(burst_ips.len(), burst, "every Service got a cluster IP");
+    for node in nodes() {
+        let table = table_cluster_ips(&lab, &node);
+        let missing: Vec<_> = burst_ips.difference(&table).take(5).collect();
+        let extra: Vec<_> = table.difference(&api_ips).take(5).collect();
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "{node}'s table: missing {missing:?}, not in the API {extra:?} ({} elements)",
+            table.len()
+        );
+    }
+
+    // The figures.
+    let log_lines: usize = nodes()
+        .iter()
+        .map(|n| {
+            let log =
+                std::fs::read_to_string(lab.dir().join("logs").join(format!("agent-{n}.log")))
+                    .unwrap_or_default();
+            log.lines().filter(|l| l.contains("falling behind")).count()
+        })
+        .sum();
+    println!(
+        "burst: {burst} Service creates by {WRITERS} writers in {:.1} s; every node in sync {:.1} s after the last; \
+         `weft lab status` showed a component behind {} times; 'falling behind' log lines: {log_lines}",
+        burst_time.as_secs_f64(),
+        catch_up.as_secs_f64(),
+        behind.len()
+    );
+    // The worst `weft lab status` showed during the burst, per node and component.
+    let mut shown: BTreeMap<(String, String), (f64, u64)> = BTreeMap::new();
+    for l in &behind {
+        let w: Vec<&str> = l.split_whitespace().collect();
+        let (Some(node), Some(comp)) = (w.first(), w.get(1)) else {
+            continue;
+        };
+        let secs = w
+            .get(4)
+            .and_then(|s| s.trim_end_matches('s').parse::<f64>().ok());
+        let pending = w
+            .get(5)
+            .and_then(|s| s.trim_start_matches('(').parse::<u64>().ok());
+        if let (Some(secs), Some(pending)) = (secs, pending) {
+            let e = shown
+                .entry((node.to_string(), comp.to_string()))
+                .or_default();
+            *e = (e.0.max(secs), e.1.max(pending));
+        }
+    }
+    println!(
+        "{:<8} {:<9} {:>8} {:>13} {:>13} {:>13}",
+        "node", "component", "changes", "transactions", "worst shown", "worst pending"
+    );
+    for node in nodes() {
+        let after = report(&lab, &node);
+        for c in &after.components {
+            let b = before[&node]
+                .components
+                .iter()
+                .find(|x| x.name == c.name)
+                .cloned()
+                .unwrap_or_default();
+            let (secs, pending) = shown
+                .get(&(node.clone(), c.name.clone()))
+                .copied()
+                .unwrap_or_default();
+            println!(
+                "{node:<8} {:<9} {:>8} {:>13} {:>12.1}s {:>13}  (since start: {:.1}s, {} pending)",
+                c.name,
+                c.changes - b.changes,
+                c.transactions - b.transactions,
+                secs,
+                pending,
+                c.peak_behind_ms as f64 / 1000.0,
+                c.peak_pending
+            );
+        }
+    }
+}
