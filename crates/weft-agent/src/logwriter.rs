@@ -79,7 +79,7 @@ fn copy(mut input: File, stream: &'static str, out: Arc<Mutex<Out>>) {
             Err(_) => break,
         };
         pending.extend_from_slice(&buf[..n]);
-        let Ok(mut o) = out.lock() else { return };
+        let mut o = lock(&out);
         let mut start = 0;
         while let Some(i) = pending[start..].iter().position(|b| *b == b'\n') {
             let line = &pending[start..start + i];
@@ -99,11 +99,19 @@ fn copy(mut input: File, stream: &'static str, out: Arc<Mutex<Out>>) {
         }
     }
     if !pending.is_empty() {
-        if let Ok(mut o) = out.lock() {
-            // The output ended inside a line: a piece, so no newline is added on reading.
-            o.write_entry(stream, 'P', &pending);
-        }
+        // The output ended inside a line: a piece, so no newline is added on reading.
+        lock(&out).write_entry(stream, 'P', &pending);
     }
+}
+
+/// The log file. A panic in the other stream's thread poisons it; giving up here would
+/// stop reading this stream, and the container would block once its pipe is full. The
+/// file holds whole entries only (each is written by one call), so writing goes on.
+fn lock(out: &Mutex<Out>) -> std::sync::MutexGuard<'_, Out> {
+    out.lock().unwrap_or_else(|poisoned| {
+        out.clear_poison();
+        poisoned.into_inner()
+    })
 }
 
 /// `weft log-writer [--max-bytes N] PATH`: copies descriptors 3 (stdout) and 4 (stderr)
@@ -161,12 +169,38 @@ mod tests {
             size: 0,
             max,
         }));
+        copy_from_pipe(input, out);
+        path
+    }
+
+    fn copy_from_pipe(input: &[u8], out: Arc<Mutex<Out>>) {
         let (r, w) = nix::unistd::pipe().unwrap();
         let mut w = File::from(w);
         w.write_all(input).unwrap();
         drop(w);
         copy(File::from(r), "stdout", out);
-        path
+    }
+
+    #[test]
+    fn a_panic_in_the_other_stream_does_not_stop_this_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.log");
+        let out = Arc::new(Mutex::new(Out {
+            path: path.clone(),
+            file: open(&path).unwrap(),
+            size: 0,
+            max: 1 << 20,
+        }));
+        let o = out.clone();
+        let _ = std::thread::spawn(move || {
+            let _g = o.lock().unwrap();
+            panic!("the stderr thread dies holding the file");
+        })
+        .join();
+        assert!(out.is_poisoned());
+        copy_from_pipe(b"still read\n", out);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.ends_with(" stdout F still read\n"), "{text}");
     }
 
     #[test]
