@@ -41,6 +41,56 @@ fn service(i: usize) -> Service {
     .expect("service")
 }
 
+/// Creates the Services `range` names, by [`WRITERS`] concurrent writers; the refusals.
+fn create(
+    rt: &tokio::runtime::Runtime,
+    client: &Client,
+    range: std::ops::Range<usize>,
+) -> Vec<String> {
+    let next = Arc::new(AtomicUsize::new(range.start));
+    rt.block_on(async {
+        let mut writers = tokio::task::JoinSet::new();
+        for _ in 0..WRITERS {
+            let (next, end) = (next.clone(), range.end);
+            let api = Api::<Service>::default_namespaced(client.clone());
+            writers.spawn(async move {
+                let mut failed = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= end {
+                        return failed;
+                    }
+                    if let Err(e) = api.create(&PostParams::default(), &service(i)).await {
+                        failed.push(format!("burst-{i}: {e}"));
+                    }
+                }
+            });
+        }
+        let mut all = Vec::new();
+        while let Some(r) = writers.join_next().await {
+            all.extend(r.expect("writer"));
+        }
+        all
+    })
+}
+
+/// Stops a process until dropped (a failing test must not leave it stopped).
+struct Frozen(nix::unistd::Pid);
+
+impl Frozen {
+    fn new(pid: u32) -> Frozen {
+        let pid = nix::unistd::Pid::from_raw(pid as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
+        Frozen(pid)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
+    }
+}
+
 fn nodes() -> Vec<String> {
     (1..=NODES).map(|k| format!("node-{k}")).collect()
 }
@@ -69,6 +119,15 @@ fn all_in_sync(rows: &BTreeMap<(String, String), String>) -> bool {
     })
 }
 
+/// How many changes the node's service controller has seen.
+fn services_seen(r: &NodeSync) -> u64 {
+    r.components
+        .iter()
+        .find(|c| c.name == "services")
+        .map(|c| c.changes)
+        .unwrap_or_default()
+}
+
 fn report(lab: &Lab, node: &str) -> NodeSync {
     sync_status::read(&lab.dir().join("nodes").join(node)).expect("the node's sync report")
 }
@@ -94,6 +153,41 @@ fn table_cluster_ips(lab: &Lab, node: &str) -> BTreeSet<String> {
                 .map(str::to_string)
         })
         .collect()
+}
+
+/// Every node's table holds exactly the Services' cluster IPs, the `burst` created
+/// ones among them.
+fn assert_tables_match(lab: &Lab, rt: &tokio::runtime::Runtime, client: &Client, burst: usize) {
+    let listed = rt
+        .block_on(Api::<Service>::all(client.clone()).list(&ListParams::default()))
+        .expect("list Services")
+        .items;
+    let api_ips: BTreeSet<String> = listed
+        .iter()
+        .filter_map(|s| s.spec.as_ref()?.cluster_ip.clone())
+        .filter(|ip| ip != "None")
+        .collect();
+    let burst_ips: BTreeSet<String> = listed
+        .iter()
+        .filter(|s| {
+            s.metadata
+                .labels
+                .as_ref()
+                .is_some_and(|l| l.contains_key("burst"))
+        })
+        .filter_map(|s| s.spec.as_ref()?.cluster_ip.clone())
+        .collect();
+    assert_eq!(burst_ips.len(), burst, "every Service got a cluster IP");
+    for node in nodes() {
+        let table = table_cluster_ips(lab, &node);
+        let missing: Vec<_> = burst_ips.difference(&table).take(5).collect();
+        let extra: Vec<_> = table.difference(&api_ips).take(5).collect();
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "{node}'s table: missing {missing:?}, not in the API {extra:?} ({} elements)",
+            table.len()
+        );
+    }
 }
 
 #[test]
@@ -146,33 +240,7 @@ fn a_burst_of_service_changes_shows_as_lag_and_every_node_catches_up() {
     };
 
     let started = Instant::now();
-    let next = Arc::new(AtomicUsize::new(0));
-    let failures: Vec<String> = rt.block_on(async {
-        let mut writers = tokio::task::JoinSet::new();
-        for _ in 0..WRITERS {
-            let (next, api) = (
-                next.clone(),
-                Api::<Service>::default_namespaced(client.clone()),
-            );
-            writers.spawn(async move {
-                let mut failed = Vec::new();
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= burst {
-                        return failed;
-                    }
-                    if let Err(e) = api.create(&PostParams::default(), &service(i)).await {
-                        failed.push(format!("burst-{i}: {e}"));
-                    }
-                }
-            });
-        }
-        let mut all = Vec::new();
-        while let Some(r) = writers.join_next().await {
-            all.extend(r.expect("writer"));
-        }
-        all
-    });
+    let failures = create(&rt, &client, 0..burst);
     let burst_time = started.elapsed();
     assert!(failures.is_empty(), "creates refused: {failures:?}");
 
@@ -195,38 +263,7 @@ fn a_burst_of_service_changes_shows_as_lag_and_every_node_catches_up() {
         "weft lab status never showed a node's services behind during a burst of {burst}: {behind:?}"
     );
 
-    // Every node's table holds exactly the Services' cluster IPs.
-    let listed = rt
-        .block_on(Api::<Service>::all(client.clone()).list(&ListParams::default()))
-        .expect("list Services")
-        .items;
-    let api_ips: BTreeSet<String> = listed
-        .iter()
-        .filter_map(|s| s.spec.as_ref()?.cluster_ip.clone())
-        .filter(|ip| ip != "None")
-        .collect();
-    let burst_ips: BTreeSet<String> = listed
-        .iter()
-        .filter(|s| {
-            s.metadata
-                .labels
-                .as_ref()
-                .is_some_and(|l| l.contains_key("burst"))
-        })
-        .filter_map(|s| s.spec.as_ref()?.cluster_ip.clone())
-        .collect();
-    assert_eq!(burst_ips.len(), burst, "every Service got a cluster IP");
-    for node in nodes() {
-        let table = table_cluster_ips(&lab, &node);
-        let missing: Vec<_> = burst_ips.difference(&table).take(5).collect();
-        let extra: Vec<_> = table.difference(&api_ips).take(5).collect();
-        assert!(
-            missing.is_empty() && extra.is_empty(),
-            "{node}'s table: missing {missing:?}, not in the API {extra:?} ({} elements)",
-            table.len()
-        );
-    }
-
+    assert_tables_match(&lab, &rt, &client, burst);
     // The figures.
     let log_lines: usize = nodes()
         .iter()
@@ -291,6 +328,58 @@ fn a_burst_of_service_changes_shows_as_lag_and_every_node_catches_up() {
                 c.peak_behind_ms as f64 / 1000.0,
                 c.peak_pending
             );
+        }
+    }
+
+    // A node that stops altogether (SIGSTOP, as a starved or hung agent): its report goes
+    // stale and the status says so; resumed, it takes what it missed and is in sync, and
+    // its table has the Services created meanwhile.
+    let seen_before = services_seen(&report(&lab, "node-1"));
+    let pid = lab.procs()["agent-node-1"];
+    let frozen = Frozen::new(pid);
+    let more = 200;
+    let failures = create(&rt, &client, burst..burst + more);
+    assert!(failures.is_empty(), "creates refused: {failures:?}");
+    let shown = wait_for(Duration::from_secs(60), || {
+        let rows = sync_rows(&lab);
+        rows.iter()
+            .find(|((n, _), l)| n == "node-1" && l.contains("unknown"))
+            .map(|(_, l)| l.clone())
+    });
+    let stale = shown.unwrap_or_else(|| {
+        panic!(
+            "a stopped agent's report never showed as stale: {:?}",
+            sync_rows(&lab)
+        )
+    });
+    drop(frozen);
+    let resumed = Instant::now();
+    // Right after it resumes, node-1 has not read what it missed: it must see the
+    // Services first, then apply them.
+    let caught_up = wait_for(Duration::from_secs(120), || {
+        let seen = services_seen(&report(&lab, "node-1"));
+        (seen >= seen_before + more as u64 && all_in_sync(&sync_rows(&lab))).then_some(())
+    });
+    assert!(
+        caught_up.is_some(),
+        "node-1 never caught up after it was resumed: {:?}\n{}",
+        sync_rows(&lab),
+        lab.logs()
+    );
+    println!(
+        "node-1 stopped while {more} Services were created: `{}`; in sync {:.1} s after it was resumed",
+        stale.split_whitespace().collect::<Vec<_>>().join(" "),
+        resumed.elapsed().as_secs_f64()
+    );
+    assert_tables_match(&lab, &rt, &client, burst + more);
+    for n in nodes() {
+        let log = std::fs::read_to_string(lab.dir().join("logs").join(format!("agent-{n}.log")))
+            .unwrap_or_default();
+        for l in log
+            .lines()
+            .filter(|l| l.contains("falling behind") || l.contains("caught up"))
+        {
+            println!("{n}: {l}");
         }
     }
 }

@@ -28,9 +28,9 @@ impl HealthServers {
         });
         for (port, health) in want {
             if let Some((_, state)) = self.running.get(&port) {
-                if let Ok(mut s) = state.write() {
-                    *s = health;
-                }
+                // Replaced whole, so a panic elsewhere cannot have left it half-written:
+                // a poisoned lock is taken over rather than freezing what the port says.
+                *state.write().unwrap_or_else(|p| p.into_inner()) = health;
                 continue;
             }
             match std::net::TcpListener::bind(("0.0.0.0", port)).and_then(|l| {
@@ -82,9 +82,9 @@ async fn serve(listener: tokio::net::TcpListener, state: Arc<RwLock<Health>>) {
                 }
             };
             let _ = tokio::time::timeout(Duration::from_secs(5), read).await;
-            let (status, body) = match state.read() {
-                Ok(h) => (h.status(), h.body()),
-                Err(_) => (500, String::new()),
+            let (status, body) = {
+                let h = state.read().unwrap_or_else(|p| p.into_inner());
+                (h.status(), h.body())
             };
             let reason = if status == 200 {
                 "OK"

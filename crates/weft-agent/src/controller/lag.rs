@@ -35,6 +35,10 @@ struct State {
     /// Changes and transactions when it fell behind, for the catch-up line.
     at_fall: (u64, u64),
     worst: (Duration, u64),
+    /// Changes and transactions at the last report.
+    last_report: (u64, u64),
+    /// The longest any change applied since the last report had waited.
+    late: Duration,
 }
 
 pub struct Lag {
@@ -64,6 +68,10 @@ impl Lag {
         let mut s = self.state();
         s.pending.push_back(Instant::now());
         s.changes += 1;
+        if s.pending.len() as u64 > s.peak_pending {
+            s.peak_pending = s.pending.len() as u64;
+            s.peak_at_ms = sync_status::unix_ms();
+        }
     }
 
     /// An apply starts from everything seen so far (a component that reads a cache the
@@ -79,13 +87,21 @@ impl Lag {
         s.in_flight = (s.in_flight + n).min(s.pending.len());
     }
 
-    /// What was taken is in force.
+    /// What was taken is in force. How long its oldest change waited is the lag this
+    /// apply ended: measured here, not only when the report is written, so a short
+    /// stall between two reports is not missed.
     pub fn applied(&self) {
         let mut s = self.state();
-        if s.in_flight > 0 {
-            s.transactions += 1;
-        }
         let n = s.in_flight;
+        if n > 0 {
+            s.transactions += 1;
+            let waited = s.pending.front().map(|t| t.elapsed()).unwrap_or_default();
+            if waited > s.peak_behind {
+                s.peak_behind = waited;
+                s.peak_at_ms = sync_status::unix_ms();
+            }
+            s.late = s.late.max(waited);
+        }
         s.pending.drain(..n);
         s.in_flight = 0;
     }
@@ -104,28 +120,27 @@ impl Lag {
     fn report(&self, now: Instant, now_ms: u64) -> ComponentSync {
         let mut s = self.state();
         let (pending, behind) = Self::pending(&s, now);
-        if pending > s.peak_pending || behind > s.peak_behind {
-            s.peak_pending = s.peak_pending.max(pending);
-            s.peak_behind = s.peak_behind.max(behind);
+        if behind > s.peak_behind {
+            s.peak_behind = behind;
             s.peak_at_ms = now_ms;
         }
-        if s.said_behind.is_some() {
-            s.worst = (s.worst.0.max(behind), s.worst.1.max(pending));
+        // The worst wait since the last report: still pending, or applied meanwhile.
+        let waited = behind.max(std::mem::take(&mut s.late));
+        if s.said_behind.is_none() && waited > BEHIND {
+            tracing::warn!(
+                component = self.name,
+                pending,
+                behind = ?waited,
+                "falling behind: a change seen waited {:.1}s to be applied",
+                waited.as_secs_f64()
+            );
+            s.said_behind = Some(now - waited);
+            s.at_fall = s.last_report;
+            s.worst = (Duration::ZERO, 0);
         }
-        match (s.said_behind, pending) {
-            (None, p) if p > 0 && behind > BEHIND => {
-                tracing::warn!(
-                    component = self.name,
-                    pending,
-                    behind = ?behind,
-                    "falling behind: the oldest change seen and not applied is {:.1}s old",
-                    behind.as_secs_f64()
-                );
-                s.said_behind = Some(now - behind);
-                s.at_fall = (s.changes - pending, s.transactions);
-                s.worst = (behind, pending);
-            }
-            (Some(since), 0) => {
+        if let Some(since) = s.said_behind {
+            s.worst = (s.worst.0.max(waited), s.worst.1.max(pending));
+            if pending == 0 {
                 tracing::info!(
                     component = self.name,
                     changes = s.changes - s.at_fall.0,
@@ -137,8 +152,8 @@ impl Lag {
                 );
                 s.said_behind = None;
             }
-            _ => {}
         }
+        s.last_report = (s.changes, s.transactions);
         ComponentSync {
             name: self.name.to_string(),
             pending,
@@ -305,6 +320,21 @@ mod tests {
         assert!(r.peak_at_ms >= 2, "{r:?}");
         let node = reg.report("node-1");
         assert_eq!(node.components, vec![lag.report(Instant::now(), 5)]);
+    }
+
+    #[test]
+    fn a_stall_between_two_reports_is_not_missed() {
+        let lag = Lag::new("services");
+        lag.seen();
+        lag.taken();
+        std::thread::sleep(BEHIND + Duration::from_millis(100));
+        lag.applied();
+        let r = lag.report(Instant::now(), 0);
+        assert_eq!(r.pending, 0);
+        assert!(r.peak_behind_ms > 1000, "{r:?}");
+        let s = lag.state();
+        assert!(s.said_behind.is_none(), "told and caught up in one report");
+        assert_eq!(s.late, Duration::ZERO);
     }
 
     #[test]
