@@ -2,8 +2,11 @@
 //! Kubernetes API (kube-rs, so the lab's control plane and a real cluster look the same),
 //! compile them into desired state (routes, the CNI config, running pods) and apply it.
 //!
-//! Level-triggered: any watch event, or a one-second tick, runs one reconcile pass over
-//! the reflector caches; a pass does only what differs from the last one.
+//! Level-triggered: any Node or Pod watch event, or a one-second tick, runs one pass over
+//! the reflector caches (routes, then pods); a pass does only what differs from the last
+//! one. Services, cluster DNS, NetworkPolicy and Ingress run on tasks of their own, each
+//! applying a burst of changes at once; how far each is behind is published
+//! ([`lag`]).
 
 mod cniconf;
 mod dns;
