@@ -6,7 +6,7 @@
 //! the reflector caches (routes, then pods); a pass does only what differs from the last
 //! one. Services, cluster DNS, NetworkPolicy and Ingress run on tasks of their own, each
 //! applying a burst of changes at once; how far each is behind is published
-//! ([`lag`]).
+//! (`lag.rs`).
 
 mod cniconf;
 mod dns;
