@@ -8,7 +8,6 @@ use crate::error::Result;
 use crate::expr::lower;
 use crate::model::{Chain, Elem, Family, Key, Ruleset, Set, Table, Value};
 use crate::netlink::Batch;
-use crate::rule::{SetRef, Stmt};
 
 /// What a transaction does, for logs and benchmarks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -153,22 +152,7 @@ fn set_refs(c: &Chain) -> impl Iterator<Item = &str> {
     c.rules
         .iter()
         .flat_map(|r| r.stmts.iter())
-        .filter_map(|s| match s {
-            Stmt::Lookup {
-                set: SetRef::Named(n),
-                ..
-            }
-            | Stmt::Vmap {
-                map: SetRef::Named(n),
-                ..
-            }
-            | Stmt::DnatMap {
-                map: SetRef::Named(n),
-                ..
-            } => Some(n.as_str()),
-            Stmt::Dynset { set, .. } => Some(set.as_str()),
-            _ => None,
-        })
+        .flat_map(|s| s.set_refs())
 }
 
 /// Walks two sorted maps together, calling `f(key, old, new)` for keys in either.

@@ -217,6 +217,16 @@ fn key(sel: &[Selector]) -> String {
         .join(" . ")
 }
 
+fn masked_key(k: &[crate::rule::KeyField]) -> String {
+    k.iter()
+        .map(|f| match f.mask {
+            Some(m) => format!("{} and {m:#010x}", f.sel.nft_syntax()),
+            None => f.sel.nft_syntax(),
+        })
+        .collect::<Vec<_>>()
+        .join(" . ")
+}
+
 fn set_ref(r: &SetRef) -> String {
     match r {
         SetRef::Named(n) => format!("@{n}"),
@@ -353,6 +363,11 @@ pub fn stmt(s: &Stmt, family: Family) -> String {
             };
             format!("{verb} @{set} {{ {}{t}{d} }}", key(k))
         }
+        Stmt::MarkSetMap { ct, key: k, map } => {
+            let sel = if *ct { "ct mark" } else { "meta mark" };
+            format!("{sel} set {} map @{map}", masked_key(k))
+        }
+        Stmt::VmapMasked { key: k, map } => format!("{} vmap @{map}", masked_key(k)),
         Stmt::Log { prefix, group } => {
             let mut out = String::from("log");
             if let Some(p) = prefix {

@@ -231,6 +231,40 @@ pub enum Stmt {
         prefix: Option<String>,
         group: Option<u16>,
     },
+    /// `meta mark set KEY map @m` (or `ct mark set ...` with `ct`): the mark becomes the
+    /// map's data for the key; a key the map lacks ends the rule, mark untouched.
+    MarkSetMap {
+        ct: bool,
+        key: Vec<KeyField>,
+        map: String,
+    },
+    /// `meta mark and 0xffff0000 . ct mark . th dport vmap @v`: a verdict map looked up
+    /// with a key whose fields may be masked (only the bits of the mask count).
+    VmapMasked {
+        key: Vec<KeyField>,
+        map: String,
+    },
+}
+
+/// One field of a [`Stmt::VmapMasked`] or [`Stmt::MarkSetMap`] key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyField {
+    pub sel: Selector,
+    /// For `mark` fields: `sel and MASK`.
+    pub mask: Option<u32>,
+}
+
+impl KeyField {
+    pub fn load(sel: Selector) -> KeyField {
+        KeyField { sel, mask: None }
+    }
+
+    pub fn masked(sel: Selector, mask: u32) -> KeyField {
+        KeyField {
+            sel,
+            mask: Some(mask),
+        }
+    }
 }
 
 impl Stmt {
@@ -248,6 +282,27 @@ impl Stmt {
 
     pub fn goto(chain: impl Into<String>) -> Stmt {
         Stmt::Verdict(Verdict::Goto(chain.into()))
+    }
+
+    /// Named sets and maps this statement reads or writes.
+    pub fn set_refs(&self) -> Vec<&str> {
+        match self {
+            Stmt::Lookup {
+                set: SetRef::Named(n),
+                ..
+            }
+            | Stmt::Vmap {
+                map: SetRef::Named(n),
+                ..
+            }
+            | Stmt::DnatMap {
+                map: SetRef::Named(n),
+                ..
+            } => vec![n.as_str()],
+            Stmt::Dynset { set, .. } => vec![set.as_str()],
+            Stmt::MarkSetMap { map, .. } | Stmt::VmapMasked { map, .. } => vec![map.as_str()],
+            _ => Vec::new(),
+        }
     }
 
     /// Chains this statement can transfer control to, for ordering and validation.

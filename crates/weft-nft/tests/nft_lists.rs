@@ -1,7 +1,8 @@
 //! `nft list ruleset` and `nft -j list ruleset` (the nftables 1.0.6 of Debian 12 and
 //! later) read every set and map weft writes, with their elements: the shapes weft-proxy
 //! and weft-policy declare (concatenations, intervals, maps with concatenated data,
-//! verdict maps, a key ending in `numgen`). The metadata nft keeps in a set's userdata
+//! verdict maps, a key ending in `numgen`, marks set from maps and a masked mark in a
+//! concatenated key). The metadata nft keeps in a set's userdata
 //! (key and data byte order, `typeof` expressions) is byte for byte what nft writes itself
 //! for the same declaration, loaded with `nft -f` from weft's rendering.
 
@@ -190,8 +191,11 @@ fn proxy_table() -> Table {
     t
 }
 
-/// The shapes of weft-policy's table: per direction and family, an interval verdict map
-/// `pod . peer . proto . port`.
+/// The shapes of weft-policy's table: per family, a map from a local pod to its subject
+/// class (the packet mark) and an interval map from any address to a peer class (the
+/// conntrack mark); one interval verdict map per direction keyed `mark & CLASS_BITS . ct
+/// mark . proto . port`; the rule that sets both marks and looks the verdict up, written
+/// twice so that weft-proxy's masquerade bit 0x4000 survives it.
 fn policy_table() -> Table {
     let mut t = Table::new(Family::Inet, "weft-policy");
     let mut forward = Chain::base(
@@ -203,24 +207,48 @@ fn policy_table() -> Table {
             policy: Policy::Accept,
         },
     );
-    for (name, addr, sel) in [
+    let mut verdicts = Set::map(
+        "ingress",
+        vec![
+            KeyType::Mark,
+            KeyType::Mark,
+            KeyType::InetProto,
+            KeyType::InetService,
+        ],
+        DataType::Verdict,
+    );
+    verdicts.flags.interval = true;
+    verdicts.insert(
+        vec![
+            Value::Mark(1 << 16),
+            Value::Mark(2),
+            Value::Proto(6),
+            Value::Port(0),
+        ],
+        Elem {
+            end: Some(Key(vec![
+                Value::Mark(1 << 16),
+                Value::Mark(2),
+                Value::Proto(6),
+                Value::Port(79),
+            ])),
+            data: Some(ElemData::Verdict(Verdict::Goto("ingress-netpol".into()))),
+            timeout: None,
+        },
+    );
+    t.add_set(verdicts);
+    for (fam, addr, sel) in [
         (
-            "ingress",
+            "4",
             KeyType::Ipv4Addr,
             [Selector::IpDaddr, Selector::IpSaddr],
         ),
         (
-            "ingress6",
+            "6",
             KeyType::Ipv6Addr,
             [Selector::Ip6Daddr, Selector::Ip6Saddr],
         ),
     ] {
-        let mut m = Set::map(
-            name,
-            vec![addr, addr, KeyType::InetProto, KeyType::InetService],
-            DataType::Verdict,
-        );
-        m.flags.interval = true;
         let (pod, lo, hi) = if addr == KeyType::Ipv4Addr {
             (
                 v4([10, 244, 1, 5]),
@@ -230,32 +258,64 @@ fn policy_table() -> Table {
         } else {
             (v6("fd00:10:244:1::5"), v6("fd00::"), v6("fd00::ffff"))
         };
-        m.insert(
-            vec![pod.clone(), lo.clone(), Value::Proto(6), Value::Port(0)],
+        let mut subjects = Set::map(
+            format!("ingress-subject{fam}"),
+            vec![addr],
+            DataType::Value(vec![KeyType::Mark]),
+        );
+        subjects.insert(vec![pod], Elem::value(vec![Value::Mark(1 << 16)]));
+        t.add_set(subjects);
+        let mut peers = Set::map(
+            format!("ingress-peer{fam}"),
+            vec![addr],
+            DataType::Value(vec![KeyType::Mark]),
+        );
+        peers.flags.interval = true;
+        peers.insert(
+            vec![lo],
             Elem {
-                end: Some(Key(vec![
-                    pod.clone(),
-                    hi.clone(),
-                    Value::Proto(6),
-                    Value::Port(79),
-                ])),
-                data: Some(ElemData::Verdict(Verdict::Goto("ingress-netpol".into()))),
+                end: Some(Key(vec![hi])),
+                data: Some(ElemData::Value(vec![Value::Mark(2)])),
                 timeout: None,
             },
         );
-        m.insert(
-            vec![pod.clone(), lo, Value::Proto(17), Value::Port(53)],
-            Elem {
-                end: Some(Key(vec![pod, hi, Value::Proto(17), Value::Port(53)])),
-                data: Some(ElemData::Verdict(Verdict::Accept)),
-                timeout: None,
-            },
-        );
-        t.add_set(m);
-        forward.rules.push(Rule::new(vec![Stmt::Vmap {
-            key: vec![sel[0], sel[1], Selector::MetaL4proto, Selector::ThDport],
-            map: SetRef::Named(name.into()),
-        }]));
+        t.add_set(peers);
+        for masq in [true, false] {
+            let mut stmts = vec![
+                Stmt::MarkMatch {
+                    ct: false,
+                    mask: 0x4000,
+                    value: if masq { 0x4000 } else { 0 },
+                    op: CmpOp::Eq,
+                },
+                Stmt::MarkSetMap {
+                    ct: false,
+                    key: vec![KeyField::load(sel[0])],
+                    map: format!("ingress-subject{fam}"),
+                },
+            ];
+            if masq {
+                stmts.push(Stmt::MarkOr {
+                    ct: false,
+                    bits: 0x4000,
+                });
+            }
+            stmts.push(Stmt::MarkSetMap {
+                ct: true,
+                key: vec![KeyField::load(sel[1])],
+                map: format!("ingress-peer{fam}"),
+            });
+            stmts.push(Stmt::VmapMasked {
+                key: vec![
+                    KeyField::masked(Selector::MetaMark, 0xffff_0000),
+                    KeyField::load(Selector::CtMark),
+                    KeyField::load(Selector::MetaL4proto),
+                    KeyField::load(Selector::ThDport),
+                ],
+                map: "ingress".into(),
+            });
+            forward.rules.push(Rule::new(stmts));
+        }
     }
     t.add_chain(forward);
     t.add_chain(
@@ -420,9 +480,17 @@ fn nft_lists_every_set_weft_writes_with_its_elements() {
         "10.96.0.1 . tcp . 80 . 192.168.0.0/16",
         "10.244.1.5 . 10.244.1.5",
         "10.244.3.3 . 10.96.0.1 . tcp . 80",
-        "10.244.1.5 . 10.0.0.0/8 . tcp . 0-79 : goto ingress-netpol",
-        "fd00:10:244:1::5 . fd00::/112 . udp . 53 : accept",
-        "ip daddr . ip saddr . meta l4proto . th dport vmap @ingress",
+        "10.244.1.5 : 0x00010000",
+        "10.0.0.0/8 : 0x00000002",
+        "fd00:10:244:1::5 : 0x00010000",
+        "fd00::/112 : 0x00000002",
+        ". tcp . 0-79 : goto ingress-netpol",
+        "meta mark & 0x00004000 == 0x00004000 meta mark set ip daddr map @ingress-subject4 \
+         meta mark set meta mark | 0x00004000 ct mark set ip saddr map @ingress-peer4 \
+         meta mark & 0xffff0000 . ct mark . meta l4proto . th dport vmap @ingress",
+        "meta mark & 0x00004000 == 0x00000000 meta mark set ip6 daddr map @ingress-subject6 \
+         ct mark set ip6 saddr map @ingress-peer6 \
+         meta mark & 0xffff0000 . ct mark . meta l4proto . th dport vmap @ingress",
         "0 : accept, 1 : drop",
         "30080 : 10.244.1.5 . 8080",
         "10.96.0.1 : 10.244.1.5",

@@ -1,72 +1,139 @@
 //! The pure half of enforcement: the cluster view in, the node's `inet weft-policy` table
 //! out. Policy is data: the chains are the same whatever the number of pods and policies,
-//! and everything policies, pods and labels decide lives in two interval maps.
+//! and what policies, pods and labels decide lives in maps keyed by *classes*
+//! ([`crate::classes`]): local pods that the same policies select share a subject class,
+//! peer addresses that every rule treats alike share a peer class, and the distinct
+//! answers (rows: denials over protocols and ports) are few.
 //!
 //! ```text
 //! table inet weft-policy
-//!   map egress  { ipv4_addr . ipv4_addr . inet_proto . inet_service : verdict; interval }
-//!                 local pod . peer address range . protocol range . port range : goto egress-<tier>
-//!   map ingress { same, keyed local pod . peer ... }
-//!   map egress6, ingress6 { the same for IPv6: ipv6_addr . ipv6_addr . inet_proto . inet_service }
+//!   map egress-subject4 { ipv4_addr : mark }             local pod -> subject class
+//!   map egress-peer4    { ipv4_addr : mark; interval }   any address -> peer class
+//!   map egress-pairs    { mark . mark : mark }           subject . peer class -> row,
+//!                                                          where it is not the default
+//!   map egress-default  { mark : mark }                  subject class -> its usual row
+//!   map egress          { mark . inet_proto . inet_service : verdict; interval }
+//!                         row . protocols . ports : goto egress-<tier> | return
+//!   ingress-*: the same, with ip daddr the subject; *6: IPv6 addresses
+//!   set loopback4 { ipv4_addr . ipv4_addr }              a local pod to itself
 //!   chain forward { type filter hook forward priority filter; policy accept
-//!     ct state established,related accept     replies, and what was allowed when it began
-//!     ip saddr . ip daddr . meta l4proto . th dport vmap @egress    at the client's node
-//!     ip daddr . ip saddr . meta l4proto . th dport vmap @ingress   at the server's node
-//!     ip6 ... vmap @egress6, ip6 ... vmap @ingress6
+//!     ct state established,related accept
+//!     ip saddr . ip daddr @loopback4 accept;  ip6 ... @loopback6 accept
+//!     jump egress;  jump ingress
 //!   }
-//!   chain egress-admin / egress-netpol / egress-baseline / ingress-... {
-//!     counter [log prefix "weft-policy ingress NetworkPolicy " group N] drop
+//!   chain egress {
+//!     meta mark & 0x4000 == 0x4000 meta mark set ip saddr map @egress-subject4
+//!       meta mark set meta mark | 0x4000 ct mark set ip daddr map @egress-peer4
+//!       ct mark set meta mark & SUBJECT . ct mark map @egress-pairs
+//!       ct mark . meta l4proto . th dport vmap @egress
+//!     meta mark & 0x4000 == 0 ...the same, without restoring the bit...
+//!     meta mark & 0x4000 == 0x4000 meta mark set ip saddr map @egress-subject4
+//!       meta mark set meta mark | 0x4000 ct mark set meta mark & SUBJECT map @egress-default
+//!       ct mark . meta l4proto . th dport vmap @egress
+//!     ...and without the bit; then IPv6
 //!   }
+//!   chain ingress { the same for the server }
+//!   chain egress-admin / egress-netpol / ... { counter [log ...] drop }
 //! ```
 //!
-//! Only denials are elements; a lookup that misses lets the packet on (to the other
-//! direction's check, then the rest of the node's rules). The elements are the answers of
-//! [`crate::matcher::decide`] over [`crate::cells::Cells`], merged where neighbours agree:
-//! the compiler does not restate a single policy rule, so it cannot disagree with the
-//! matcher. Keys hold only this node's pods, so each node checks the egress of its
-//! clients and the ingress of its servers, and a pod pair on one node is checked once
-//! each way in one pass.
+//! A row's elements cover every protocol and port (`return` where it allows), so a pair
+//! found in `pairs` is decided there and never reaches the default. The maps keyed by
+//! classes are exact (hash) maps, which the kernel fills and changes in constant time per
+//! element; only the row map is an interval map, and it holds a few elements per distinct
+//! row (tens, whatever the number of pods). Elements grow with pods + classes + the pairs
+//! that differ from their subject's default.
+//!
+//! **Why the packet mark and the conntrack mark.** A lookup needs two class ids at once.
+//! nf_tables could hold them in registers (a map lookup into a register, then a
+//! concatenation), but nft 1.0.6 (Debian 12) aborts listing such a rule
+//! (`netlink_parse_concat_expr: Assertion consumed > 0`: a map result in a concatenation
+//! has no length when nft reads it back), and the table must stay readable with `nft list`.
+//! So the subject class goes into the packet mark and the peer class, then the row, into
+//! the conntrack mark, both read by ordinary concatenations. weft-proxy's masquerade bit
+//! (0x4000, set in prerouting, read in postrouting) survives: each rule is written twice,
+//! and the copy for marked packets sets the bit again; keys mask the mark to the class
+//! bits. Other bits of the packet mark, and the conntrack mark, of a new forwarded
+//! connection of a local pod that policies select are overwritten; nothing in weft reads
+//! them. A subject lookup that misses (no policy selects the pod) ends the rule before
+//! anything is written.
+//!
+//! The rows are the answers of [`crate::matcher::decide`] for one member of each class
+//! pair over the port regions of [`crate::cells::Cells`]: the compiler does not restate a
+//! single policy rule. Subjects are only this node's pods, so each node checks the egress
+//! of its clients and the ingress of its servers.
 //!
 //! Why the forward hook alone: pod traffic crosses it both when routed and when bridged
 //! on `cbr0` (the agent sets `bridge-nf-call-iptables`), after prerouting's Service DNAT,
-//! so the keys hold real pod addresses. Traffic between a pod and its own node (input and
-//! output hooks) is always allowed by the API, so those hooks have nothing to check; a
-//! node's traffic to a pod elsewhere is checked by that pod's node, in its forward hook.
-//!
-//! Both families live in the one `inet` table: IPv4 and IPv6 addresses are separate maps
-//! (a key's fields have fixed types), read by rules that load only their family.
-
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
+//! so addresses are real pod addresses. Traffic between a pod and its own node (input and
+//! output hooks) is always allowed by the API; a node's traffic to a pod elsewhere is
+//! checked by that pod's node, in its forward hook.
 
 use weft_nft::{
-    BaseChain, Chain, ChainType, CtStates, DataType, Elem, Family, Hook, Key, KeyType, Policy,
-    Rule, Ruleset, Selector, Set, SetRef, Stmt, Table, Value, Verdict,
+    BaseChain, Chain, ChainType, CmpOp, CtStates, DataType, Elem, ElemData, Family, Hook, Key,
+    KeyField, KeyType, Policy, Rule, Ruleset, Selector, Set, SetRef, Stmt, Table, Value, Verdict,
 };
 
-use crate::cells::{AddrFamily, AddrRange, Cells, PortRange, OTHER_PROTOCOLS, PORT_PROTOCOLS};
-use crate::matcher::{decide, rule_peers_match, selects, Applicable, Remote};
-use crate::model::{Direction, Policy as NetPolicy, PolicyId, Protocol, Tier};
-use crate::view::{Cluster, ContainerPort, Namespace, Node, Pod};
+use crate::cells::AddrFamily;
+use crate::cells::PortRange;
+use crate::compile::{regions, Compiled, Direction2, SubjectClass};
+use crate::model::{Direction, Tier};
+use crate::rows::Service;
+use crate::view::{Cluster, Pod};
+
+pub use crate::incremental::Incremental;
 
 pub const TABLE: &str = "weft-policy";
 pub const FAMILY: Family = Family::Inet;
 pub const FORWARD: &str = "forward";
+/// weft-proxy's masquerade bit in the packet mark, which policy must leave as it was.
+pub const MASQ_BIT: u32 = 0x4000;
 
 /// What the table depends on besides the cluster view.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NodeContext {
-    /// Pods of this node get elements.
+    /// Pods of this node are subjects.
     pub node_name: String,
     /// Log denied packets to this nflog group, prefixed with direction and tier.
     pub log_group: Option<u16>,
 }
 
-pub fn map_name(dir: Direction, fam: AddrFamily) -> String {
+pub const DIRECTIONS: [Direction; 2] = [Direction::Egress, Direction::Ingress];
+pub const TIERS: [Tier; 3] = [Tier::Admin, Tier::NetworkPolicy, Tier::Baseline];
+
+/// The verdict map of a direction.
+pub fn verdict_map(dir: Direction) -> String {
+    dir.as_str().to_owned()
+}
+
+fn fam_suffix(fam: AddrFamily) -> &'static str {
     match fam {
-        AddrFamily::V4 => dir.as_str().to_owned(),
-        AddrFamily::V6 => format!("{}6", dir.as_str()),
+        AddrFamily::V4 => "4",
+        AddrFamily::V6 => "6",
     }
+}
+
+/// Local pod address -> subject class mark.
+pub fn subject_map(dir: Direction, fam: AddrFamily) -> String {
+    format!("{}-subject{}", dir.as_str(), fam_suffix(fam))
+}
+
+/// Any address -> peer class (conntrack mark).
+pub fn peer_map(dir: Direction, fam: AddrFamily) -> String {
+    format!("{}-peer{}", dir.as_str(), fam_suffix(fam))
+}
+
+/// Subject class . peer class -> row, for pairs whose row is not the subject's default.
+pub fn pairs_map(dir: Direction) -> String {
+    format!("{}-pairs", dir.as_str())
+}
+
+/// Subject class -> the row most of its peers get.
+pub fn default_map(dir: Direction) -> String {
+    format!("{}-default", dir.as_str())
+}
+
+pub fn loopback_set(fam: AddrFamily) -> String {
+    format!("loopback{}", fam_suffix(fam))
 }
 
 /// The chain a denial in `dir` by `tier` jumps to: a counter per direction and tier.
@@ -79,31 +146,39 @@ pub fn deny_chain(dir: Direction, tier: Tier) -> String {
     format!("{}-{t}", dir.as_str())
 }
 
-pub const DIRECTIONS: [Direction; 2] = [Direction::Egress, Direction::Ingress];
-pub const TIERS: [Tier; 3] = [Tier::Admin, Tier::NetworkPolicy, Tier::Baseline];
+/// The bits of the packet mark that hold the subject class: three bytes, leaving out the
+/// byte that holds [`MASQ_BIT`] (the mark is host order: the value's bytes as the kernel
+/// stores them).
+pub fn subject_mask() -> u32 {
+    u32::from_ne_bytes([0xff, 0x00, 0xff, 0xff])
+}
 
-/// The key each direction's map is looked up with: the local pod first.
-pub fn key(dir: Direction, fam: AddrFamily) -> [Selector; 4] {
+/// The packet mark for subject class `id` (up to 2^24 classes; a node has far fewer pods).
+pub fn subject_mark(id: u32) -> u32 {
+    let b = id.to_be_bytes();
+    u32::from_ne_bytes([b[1], 0, b[2], b[3]])
+}
+
+/// The selectors of a direction: (subject address, peer address).
+pub fn addrs(dir: Direction, fam: AddrFamily) -> (Selector, Selector) {
     let (saddr, daddr) = match fam {
         AddrFamily::V4 => (Selector::IpSaddr, Selector::IpDaddr),
         AddrFamily::V6 => (Selector::Ip6Saddr, Selector::Ip6Daddr),
     };
-    let (pod, peer) = match dir {
+    match dir {
         Direction::Egress => (saddr, daddr),
         Direction::Ingress => (daddr, saddr),
-    };
-    [pod, peer, Selector::MetaL4proto, Selector::ThDport]
+    }
 }
 
-fn key_types(fam: AddrFamily) -> Vec<KeyType> {
-    let addr = match fam {
+fn addr_type(fam: AddrFamily) -> KeyType {
+    match fam {
         AddrFamily::V4 => KeyType::Ipv4Addr,
         AddrFamily::V6 => KeyType::Ipv6Addr,
-    };
-    vec![addr, addr, KeyType::InetProto, KeyType::InetService]
+    }
 }
 
-fn addr_value(fam: AddrFamily, n: u128) -> Value {
+pub fn addr_value(fam: AddrFamily, n: u128) -> Value {
     match fam.ip(n) {
         std::net::IpAddr::V4(a) => Value::Ipv4(a),
         std::net::IpAddr::V6(a) => Value::Ipv6(a),
@@ -112,6 +187,69 @@ fn addr_value(fam: AddrFamily, n: u128) -> Value {
 
 /// The node's policy table.
 pub fn desired(cluster: &Cluster, ctx: &NodeContext) -> Ruleset {
+    table(&Compiled::new(cluster, ctx, None), ctx)
+}
+
+/// The rules of one direction and family for packets with or without the masquerade bit:
+/// classify both ends, then decide by the pair's row or, for a pair not in `pairs`, by the
+/// subject's default row.
+fn decide_rules(dir: Direction, fam: AddrFamily, masq: bool) -> [Rule; 2] {
+    let (subject, peer) = addrs(dir, fam);
+    let classify = || {
+        let mut stmts = vec![
+            Stmt::MarkMatch {
+                ct: false,
+                mask: MASQ_BIT,
+                value: if masq { MASQ_BIT } else { 0 },
+                op: CmpOp::Eq,
+            },
+            Stmt::MarkSetMap {
+                ct: false,
+                key: vec![KeyField::load(subject)],
+                map: subject_map(dir, fam),
+            },
+        ];
+        if masq {
+            stmts.push(Stmt::MarkOr {
+                ct: false,
+                bits: MASQ_BIT,
+            });
+        }
+        stmts
+    };
+    let subject_class = KeyField::masked(Selector::MetaMark, subject_mask());
+    let by_row = Stmt::VmapMasked {
+        key: vec![
+            KeyField::load(Selector::CtMark),
+            KeyField::load(Selector::MetaL4proto),
+            KeyField::load(Selector::ThDport),
+        ],
+        map: verdict_map(dir),
+    };
+    let mut pair = classify();
+    pair.push(Stmt::MarkSetMap {
+        ct: true,
+        key: vec![KeyField::load(peer)],
+        map: peer_map(dir, fam),
+    });
+    pair.push(Stmt::MarkSetMap {
+        ct: true,
+        key: vec![subject_class, KeyField::load(Selector::CtMark)],
+        map: pairs_map(dir),
+    });
+    pair.push(by_row.clone());
+    let mut default = classify();
+    default.push(Stmt::MarkSetMap {
+        ct: true,
+        key: vec![subject_class],
+        map: default_map(dir),
+    });
+    default.push(by_row);
+    [Rule::new(pair), Rule::new(default)]
+}
+
+/// Assembles the table from compiled classes.
+pub(crate) fn table(c: &Compiled, ctx: &NodeContext) -> Ruleset {
     let mut t = Table::new(FAMILY, TABLE);
     let mut forward = Chain::base(
         FORWARD,
@@ -126,27 +264,40 @@ pub fn desired(cluster: &Cluster, ctx: &NodeContext) -> Ruleset {
         Stmt::CtState(CtStates::ESTABLISHED.union(CtStates::RELATED)),
         Stmt::Verdict(Verdict::Accept),
     ]));
-    let cells = Cells::new(cluster);
-    let mut maps: BTreeMap<String, Set> = BTreeMap::new();
     for fam in AddrFamily::ALL {
-        for dir in DIRECTIONS {
-            forward.rules.push(Rule::new(vec![Stmt::Vmap {
-                key: key(dir, fam).to_vec(),
-                map: SetRef::Named(map_name(dir, fam)),
-            }]));
-            let mut map = Set::map(map_name(dir, fam), key_types(fam), DataType::Verdict);
-            map.flags.interval = true;
-            maps.insert(map_name(dir, fam), map);
+        let (s, d) = addrs(Direction::Egress, fam);
+        forward.rules.push(Rule::new(vec![
+            Stmt::Lookup {
+                key: vec![s, d],
+                set: SetRef::Named(loopback_set(fam)),
+                negate: false,
+            },
+            Stmt::Verdict(Verdict::Accept),
+        ]));
+        let mut lo = Set::new(loopback_set(fam), vec![addr_type(fam); 2]);
+        for pod in &c.local {
+            for a in pod_addrs(pod, fam) {
+                lo.insert(vec![a.clone(), a], Elem::default());
+            }
         }
+        t.add_set(lo);
     }
-    for pod in local_pods(cluster, &ctx.node_name) {
-        for (name, elems) in pod_elements(cluster, &cells, pod) {
-            let map = maps.get_mut(&name).expect("every map is declared");
-            map.elements.extend(elems);
+    for dir in DIRECTIONS {
+        forward
+            .rules
+            .push(Rule::new(vec![Stmt::jump(dir.as_str())]));
+        let mut chain = Chain::regular(dir.as_str());
+        for fam in AddrFamily::ALL {
+            for masq in [true, false] {
+                let [pair, default] = decide_rules(dir, fam, masq);
+                chain.rules.push(pair);
+                chain.rules.push(default);
+            }
         }
-    }
-    for map in maps.into_values() {
-        t.add_set(map);
+        t.add_chain(chain);
+        for set in direction_sets(c.dir(dir), dir) {
+            t.add_set(set);
+        }
     }
     for dir in DIRECTIONS {
         for tier in TIERS {
@@ -167,140 +318,169 @@ pub fn desired(cluster: &Cluster, ctx: &NodeContext) -> Ruleset {
     rs
 }
 
-/// [`desired`] for a caller that compiles again after every batch of changes (the agent):
-/// it keeps each local pod's elements and, when only policies changed since the last
-/// call, recomputes only the pods a changed policy selects (before or after the change),
-/// editing the previous table in place. Any change to pods, namespaces, nodes or the
-/// context recomputes everything. The result always equals [`desired`]'s (tests compare
-/// them after every step of the truth-table cases).
-#[derive(Debug, Default)]
-pub struct Incremental {
-    last: Option<Last>,
-    /// Local pods compiled by the last call (for figures and tests).
-    pub recompiled: usize,
+fn mark_map(name: String, key: usize) -> Set {
+    Set::map(
+        name,
+        vec![KeyType::Mark; key],
+        DataType::Value(vec![KeyType::Mark]),
+    )
 }
 
-#[derive(Debug)]
-struct Last {
-    ctx: NodeContext,
-    namespaces: BTreeMap<String, Namespace>,
-    pods: BTreeMap<(String, String), Pod>,
-    nodes: BTreeMap<String, Node>,
-    policies: BTreeMap<PolicyId, NetPolicy>,
-    /// Per local pod, the elements it put in each map.
-    elements: BTreeMap<(String, String), PodElements>,
-    ruleset: Ruleset,
+/// The maps of one direction.
+fn direction_sets(d: &Direction2, dir: Direction) -> Vec<Set> {
+    let mut out = Vec::new();
+    for fam in AddrFamily::ALL {
+        out.push(subject_set(d, dir, fam));
+        out.push(peer_set(d, dir, fam));
+    }
+    let (pairs, defaults) = pair_sets(d, dir);
+    out.push(pairs);
+    out.push(defaults);
+    out.push(row_set(d, dir));
+    out
 }
 
-impl Incremental {
-    pub fn desired(&mut self, cluster: &Cluster, ctx: &NodeContext) -> Ruleset {
-        let reuse = self.last.as_ref().is_some_and(|l| {
-            l.ctx == *ctx
-                && l.pods == cluster.pods
-                && l.namespaces == cluster.namespaces
-                && l.nodes == cluster.nodes
-        });
-        if !reuse {
-            return self.full(cluster, ctx);
+pub(crate) fn subject_set(d: &Direction2, dir: Direction, fam: AddrFamily) -> Set {
+    let mut subjects = Set::map(
+        subject_map(dir, fam),
+        vec![addr_type(fam)],
+        DataType::Value(vec![KeyType::Mark]),
+    );
+    for (pod, id) in &d.subjects {
+        for a in pod_addrs(pod, fam) {
+            subjects.insert(vec![a], Elem::value(vec![Value::Mark(subject_mark(*id))]));
         }
-        let last = self.last.as_mut().expect("checked");
-        // The policies that differ, in their old and new versions.
-        let mut changed: Vec<PolicyId> = Vec::new();
-        let ids: BTreeSet<&PolicyId> = last
-            .policies
-            .keys()
-            .chain(cluster.policies.keys())
-            .collect();
-        for id in ids {
-            if last.policies.get(id) != cluster.policies.get(id) {
-                changed.push(id.clone());
-            }
-        }
-        self.recompiled = 0;
-        if changed.is_empty() {
-            return last.ruleset.clone();
-        }
-        let versions: Vec<&NetPolicy> = changed
+    }
+    subjects
+}
+
+pub(crate) fn peer_set(d: &Direction2, dir: Direction, fam: AddrFamily) -> Set {
+    let mut peers = Set::map(
+        peer_map(dir, fam),
+        vec![addr_type(fam)],
+        DataType::Value(vec![KeyType::Mark]),
+    );
+    peers.flags.interval = true;
+    for ((lo, hi), id) in regions(&d.peers, fam) {
+        // A one-address range is a plain element, as the kernel reports it back.
+        let end = (lo != hi).then(|| Key(vec![addr_value(fam, *hi)]));
+        peers.insert(
+            vec![addr_value(fam, *lo)],
+            Elem {
+                end,
+                data: Some(ElemData::Value(vec![Value::Mark(*id)])),
+                timeout: None,
+            },
+        );
+    }
+    peers
+}
+
+/// The `pairs` and `default` elements of one subject class.
+pub(crate) fn class_elements(sid: u32, class: &SubjectClass) -> [Vec<(Key, Elem)>; 2] {
+    let s = Value::Mark(subject_mark(sid));
+    let pairs = class
+        .pairs
+        .iter()
+        .map(|(pid, r)| {
+            (
+                Key(vec![s.clone(), Value::Mark(*pid)]),
+                Elem::value(vec![Value::Mark(*r)]),
+            )
+        })
+        .collect();
+    let default = class
+        .default
+        .iter()
+        .map(|r| (Key(vec![s.clone()]), Elem::value(vec![Value::Mark(*r)])))
+        .collect();
+    [pairs, default]
+}
+
+pub(crate) fn pair_sets(d: &Direction2, dir: Direction) -> (Set, Set) {
+    let mut pairs = mark_map(pairs_map(dir), 2);
+    let mut defaults = mark_map(default_map(dir), 1);
+    for (sid, class) in &d.classes {
+        let [p, def] = class_elements(*sid, class);
+        pairs.elements.extend(p);
+        defaults.elements.extend(def);
+    }
+    (pairs, defaults)
+}
+
+pub(crate) fn row_set(d: &Direction2, dir: Direction) -> Set {
+    let mut rows = Set::map(
+        verdict_map(dir),
+        vec![KeyType::Mark, KeyType::InetProto, KeyType::InetService],
+        DataType::Verdict,
+    );
+    rows.flags.interval = true;
+    for (id, row) in &d.rows {
+        rows.elements.extend(row_elements(dir, *id, row));
+    }
+    rows
+}
+
+/// A row's elements: its denials, and `return` for the rest, so every protocol and port
+/// of the row is decided (a pair's row must not fall through to the subject's default).
+pub(crate) fn row_elements(dir: Direction, id: u32, row: &[(Service, Tier)]) -> Vec<(Key, Elem)> {
+    // Per protocol number: its port ranges with their verdicts, covering every port.
+    let mut per_proto: Vec<Vec<(PortRange, Verdict)>> = Vec::with_capacity(256);
+    for proto in 0..=255u8 {
+        let mut denied: Vec<(PortRange, Tier)> = row
             .iter()
-            .flat_map(|id| [last.policies.get(id), cluster.policies.get(id)])
-            .flatten()
+            .filter(|(((lo, hi), _), _)| *lo <= proto && proto <= *hi)
+            .map(|((_, ports), tier)| (*ports, *tier))
             .collect();
-        let touched: Vec<&Pod> = local_pods(cluster, &ctx.node_name)
-            .filter(|pod| {
-                versions.iter().any(|p| {
-                    (p.ingress.is_some() || p.egress.is_some()) && selects(cluster, &p.subject, pod)
-                })
-            })
-            .collect();
-        if !touched.is_empty() {
-            let cells = Cells::new(cluster);
-            let table = last
-                .ruleset
-                .tables
-                .get_mut(&(FAMILY, TABLE.to_owned()))
-                .expect("the table");
-            for pod in touched {
-                let k = (pod.namespace.clone(), pod.name.clone());
-                for (name, elems) in last.elements.remove(&k).unwrap_or_default() {
-                    if let Some(set) = table.sets.get_mut(&name) {
-                        let set = Arc::make_mut(set);
-                        for (key, _) in elems {
-                            set.elements.remove(&key);
-                        }
-                    }
-                }
-                let new = pod_elements(cluster, &cells, pod);
-                for (name, elems) in &new {
-                    if let Some(set) = table.sets.get_mut(name) {
-                        Arc::make_mut(set).elements.extend(elems.iter().cloned());
-                    }
-                }
-                last.elements.insert(k, new);
-                self.recompiled += 1;
+        denied.sort();
+        let mut out = Vec::new();
+        let mut next: u32 = 0;
+        for ((lo, hi), tier) in denied {
+            if u32::from(lo) > next {
+                out.push(((next as u16, lo - 1), Verdict::Return));
             }
+            out.push(((lo, hi), Verdict::Goto(deny_chain(dir, tier))));
+            next = u32::from(hi) + 1;
         }
-        for id in changed {
-            match cluster.policies.get(&id) {
-                Some(p) => last.policies.insert(id, p.clone()),
-                None => last.policies.remove(&id),
-            };
+        if next <= u32::from(u16::MAX) {
+            out.push(((next as u16, u16::MAX), Verdict::Return));
         }
-        last.ruleset.clone()
+        per_proto.push(out);
     }
+    let r = Value::Mark(id);
+    let mut out = Vec::new();
+    let mut start = 0usize;
+    while start < per_proto.len() {
+        let mut end = start;
+        while end + 1 < per_proto.len() && per_proto[end + 1] == per_proto[start] {
+            end += 1;
+        }
+        for ((lo, hi), v) in &per_proto[start] {
+            out.push((
+                Key(vec![r.clone(), Value::Proto(start as u8), Value::Port(*lo)]),
+                Elem {
+                    end: Some(Key(vec![
+                        r.clone(),
+                        Value::Proto(end as u8),
+                        Value::Port(*hi),
+                    ])),
+                    data: Some(ElemData::Verdict(v.clone())),
+                    timeout: None,
+                },
+            ));
+        }
+        start = end + 1;
+    }
+    out
+}
 
-    fn full(&mut self, cluster: &Cluster, ctx: &NodeContext) -> Ruleset {
-        self.last = None;
-        let ruleset = desired(cluster, ctx);
-        self.recompiled = local_pods(cluster, &ctx.node_name).count();
-        // Per-pod elements can be taken back out of the maps only when no two local pods
-        // share an address (their keys would collide); otherwise every call is a full one.
-        let mut seen = BTreeSet::new();
-        if !local_pods(cluster, &ctx.node_name)
-            .flat_map(|p| p.ips.iter())
-            .all(|ip| seen.insert(*ip))
-        {
-            return ruleset;
-        }
-        let cells = Cells::new(cluster);
-        let elements = local_pods(cluster, &ctx.node_name)
-            .map(|p| {
-                (
-                    (p.namespace.clone(), p.name.clone()),
-                    pod_elements(cluster, &cells, p),
-                )
-            })
-            .collect();
-        self.last = Some(Last {
-            ctx: ctx.clone(),
-            namespaces: cluster.namespaces.clone(),
-            pods: cluster.pods.clone(),
-            nodes: cluster.nodes.clone(),
-            policies: cluster.policies.clone(),
-            elements,
-            ruleset: ruleset.clone(),
-        });
-        ruleset
-    }
+fn pod_addrs(pod: &Pod, fam: AddrFamily) -> Vec<Value> {
+    pod.ips
+        .iter()
+        .map(AddrFamily::of)
+        .filter(|(f, _)| *f == fam)
+        .map(|(f, a)| addr_value(f, a))
+        .collect()
 }
 
 /// This node's pods with their own network namespace.
@@ -309,198 +489,4 @@ pub fn local_pods<'a>(cluster: &'a Cluster, node: &'a str) -> impl Iterator<Item
         .pods
         .values()
         .filter(move |p| !p.host_network && p.node.as_deref() == Some(node))
-}
-
-/// One region of protocols and ports: `(protocols, ports)`, both inclusive.
-type Service = ((u8, u8), PortRange);
-
-/// A pod's elements per map name.
-type PodElements = Vec<(String, Vec<(Key, Elem)>)>;
-
-/// One pod's elements: per map name, the denied regions of each direction and family.
-fn pod_elements(cluster: &Cluster, cells: &Cells, pod: &Pod) -> PodElements {
-    let mut out = Vec::new();
-    for fam in AddrFamily::ALL {
-        for dir in DIRECTIONS {
-            let elems = pod_map_elements(cluster, cells, dir, fam, pod);
-            if !elems.is_empty() {
-                out.push((map_name(dir, fam), elems));
-            }
-        }
-    }
-    out
-}
-
-/// Everything [`decide`] reads of the other end, for one pod and direction: whether it is
-/// the pod itself or the pod's node, whether each applicable rule's peers hold it, and
-/// (egress) its named ports. Peers of one kind get the same answers on every port, so
-/// the matcher is asked once per kind rather than once per peer region.
-#[derive(PartialEq, Eq, Hash)]
-struct PeerKind<'a> {
-    loopback: bool,
-    own_node: bool,
-    rules: Vec<bool>,
-    ports: Option<&'a [ContainerPort]>,
-}
-
-/// The denied regions for one pod and direction, merged.
-fn pod_map_elements(
-    cluster: &Cluster,
-    cells: &Cells,
-    dir: Direction,
-    fam: AddrFamily,
-    pod: &Pod,
-) -> Vec<(Key, Elem)> {
-    let mut out = Vec::new();
-    let addrs: Vec<u128> = pod
-        .ips
-        .iter()
-        .map(AddrFamily::of)
-        .filter(|(f, _)| *f == fam)
-        .map(|(_, a)| a)
-        .collect();
-    if addrs.is_empty() {
-        return out;
-    }
-    let a = Applicable::new(cluster, dir, pod);
-    if a.is_empty() {
-        return out;
-    }
-    let rules: Vec<&crate::model::Rule> = a
-        .all()
-        .flat_map(|p| p.rules(dir).unwrap_or_default())
-        .collect();
-    let mut memo: HashMap<PeerKind, Vec<(Service, Tier)>> = HashMap::new();
-    // Per peer region: the denied (service region, tier) list, merged along ports.
-    let mut rows: Vec<(AddrRange, Vec<(Service, Tier)>)> = Vec::new();
-    for (range, remote) in &cells.peers[&fam] {
-        let kind = PeerKind {
-            loopback: remote.pod.is_some_and(|r| std::ptr::eq(r, pod)),
-            own_node: remote
-                .node
-                .is_some_and(|n| pod.node.as_deref() == Some(n.name.as_str())),
-            rules: rules
-                .iter()
-                .map(|r| rule_peers_match(cluster, dir, pod, *remote, r))
-                .collect(),
-            ports: match dir {
-                Direction::Egress => remote.pod.map(|p| p.ports.as_slice()),
-                Direction::Ingress => None,
-            },
-        };
-        let row = memo
-            .entry(kind)
-            .or_insert_with(|| peer_row(cluster, cells, &a, *remote));
-        match rows.last_mut() {
-            Some(((_, end), prev)) if prev == row && end.checked_add(1) == Some(range.0) => {
-                *end = range.1
-            }
-            _ => rows.push((*range, row.clone())),
-        }
-    }
-    for addr in addrs {
-        for ((plo, phi), row) in &rows {
-            for (((qlo, qhi), (lo, hi)), tier) in row {
-                let start = vec![
-                    addr_value(fam, addr),
-                    addr_value(fam, *plo),
-                    Value::Proto(*qlo),
-                    Value::Port(*lo),
-                ];
-                let end = vec![
-                    addr_value(fam, addr),
-                    addr_value(fam, *phi),
-                    Value::Proto(*qhi),
-                    Value::Port(*hi),
-                ];
-                let goto = Verdict::Goto(deny_chain(dir, *tier));
-                out.push((
-                    Key(start),
-                    Elem {
-                        end: Some(Key(end)),
-                        data: Some(weft_nft::ElemData::Verdict(goto)),
-                        timeout: None,
-                    },
-                ));
-            }
-        }
-    }
-    out
-}
-
-/// The denied (service region, tier) list for one peer, merged along ports.
-fn peer_row(
-    cluster: &Cluster,
-    cells: &Cells,
-    a: &Applicable,
-    remote: Remote,
-) -> Vec<(Service, Tier)> {
-    let mut row: Vec<(Service, Tier)> = Vec::new();
-    for proto in PORT_PROTOCOLS {
-        let n = proto.number();
-        for &(lo, hi) in &cells.ports[&proto] {
-            let v = decide(cluster, a, remote, lo, proto);
-            if let Some(tier) = v.denying_tier() {
-                match row.last_mut() {
-                    Some((((p, _), (_, end)), t))
-                        if *p == n && *t == tier && end.checked_add(1) == Some(lo) =>
-                    {
-                        *end = hi
-                    }
-                    _ => row.push((((n, n), (lo, hi)), tier)),
-                }
-            }
-        }
-    }
-    if let Some(tier) = decide(cluster, a, remote, 0, Protocol::Other(1)).denying_tier() {
-        for p in OTHER_PROTOCOLS {
-            row.push(((p, (0, u16::MAX)), tier));
-        }
-    }
-    merge_protocols(row)
-}
-
-/// Joins neighbouring protocols denied on every port by the same tier, so a peer denied
-/// everything is one element rather than seven.
-fn merge_protocols(mut row: Vec<(Service, Tier)>) -> Vec<(Service, Tier)> {
-    const ALL_PORTS: PortRange = (0, u16::MAX);
-    row.sort();
-    let mut out: Vec<(Service, Tier)> = Vec::with_capacity(row.len());
-    for (((lo, hi), ports), tier) in row {
-        match out.last_mut() {
-            Some((((_, phi), pports), ptier))
-                if ports == ALL_PORTS
-                    && *pports == ALL_PORTS
-                    && *ptier == tier
-                    && phi.checked_add(1) == Some(lo) =>
-            {
-                *phi = hi
-            }
-            _ => out.push((((lo, hi), ports), tier)),
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn protocols_denied_on_every_port_join() {
-        let all = (0, u16::MAX);
-        let row = vec![
-            (((6, 6), all), Tier::NetworkPolicy),
-            (((17, 17), (0, 79)), Tier::NetworkPolicy),
-            (((0, 5), all), Tier::NetworkPolicy),
-            (((7, 16), all), Tier::NetworkPolicy),
-        ];
-        assert_eq!(
-            merge_protocols(row),
-            vec![
-                (((0, 16), all), Tier::NetworkPolicy),
-                (((17, 17), (0, 79)), Tier::NetworkPolicy),
-            ]
-        );
-    }
 }

@@ -47,16 +47,20 @@
 
 pub mod cases;
 pub mod cells;
+pub mod classes;
 pub mod cluster_policy;
 pub mod cnp;
+mod compile;
 pub mod decision;
 pub mod desired;
 pub mod endpoint;
 pub mod enforcer;
 pub mod error;
+mod incremental;
 pub mod matcher;
 pub mod model;
 pub mod netpol;
+mod rows;
 pub mod selector;
 pub mod table_eval;
 pub mod view;

@@ -171,27 +171,33 @@ pub fn decide(
     Verdict::allow(Reason::Default { passed })
 }
 
-/// Whether any peer of `r` holds `remote`, for `pod` in `dir`: the part of a rule that
-/// depends on the other end (its ports are the other part). With the loopback and own-node
-/// tests, the named ports of the destination and these answers for every rule that applies
-/// to the pod, it is all [`decide`] reads of `remote`; the nft compiler uses it to ask
-/// `decide` once per kind of peer rather than once per peer.
-pub(crate) fn rule_peers_match(
+/// Whether any of `peers` holds `remote` (a rule with `action`): the part of a rule that
+/// depends on the other end and not on the subject (its ports are the other part). With
+/// the loopback and own-node tests and the named ports of the destination, these answers
+/// for every rule that applies to the pod are all [`decide`] reads of `remote`; the nft
+/// compiler uses them to put peers into classes ([`crate::classes`]).
+pub(crate) fn peers_hold(
     cluster: &Cluster,
-    dir: Direction,
-    pod: &Pod,
     remote: Remote,
-    r: &Rule,
+    peers: &[PeerMatch],
+    action: Action,
 ) -> bool {
-    let m = Match {
-        cluster,
-        dir,
-        pod,
-        remote,
-        port: 0,
-        proto: Protocol::Tcp,
-    };
-    r.peers.iter().any(|p| m.peer(p, r.action))
+    peers.iter().any(|p| peer_holds(cluster, remote, p, action))
+}
+
+fn peer_holds(cluster: &Cluster, remote: Remote, p: &PeerMatch, action: Action) -> bool {
+    let ip_in = |net: &ipnet::IpNet| remote.ip.is_some_and(|ip| net.contains(&ip));
+    match p {
+        PeerMatch::All => true,
+        PeerMatch::Pods { namespaces, pods } => remote.pod.is_some_and(|rp| {
+            namespace_matches(cluster, namespaces, &rp.namespace) && pods.matches(&rp.labels)
+        }),
+        PeerMatch::IpBlock { cidr, except } => ip_in(cidr) && !except.iter().any(ip_in),
+        PeerMatch::Nodes(sel) => remote.node.is_some_and(|n| sel.matches(&n.labels)),
+        PeerMatch::Networks(nets) => nets.iter().any(ip_in),
+        PeerMatch::DomainNames(_) => false,
+        PeerMatch::Unknown => action != Action::Accept,
+    }
 }
 
 /// Whether a policy's subject holds `pod`.
@@ -264,23 +270,7 @@ impl Match<'_> {
     }
 
     fn rule(&self, r: &Rule) -> bool {
-        r.peers.iter().any(|p| self.peer(p, r.action)) && self.ports(r)
-    }
-
-    fn peer(&self, p: &PeerMatch, action: Action) -> bool {
-        let ip_in = |net: &ipnet::IpNet| self.remote.ip.is_some_and(|ip| net.contains(&ip));
-        match p {
-            PeerMatch::All => true,
-            PeerMatch::Pods { namespaces, pods } => self.remote.pod.is_some_and(|rp| {
-                namespace_matches(self.cluster, namespaces, &rp.namespace)
-                    && pods.matches(&rp.labels)
-            }),
-            PeerMatch::IpBlock { cidr, except } => ip_in(cidr) && !except.iter().any(ip_in),
-            PeerMatch::Nodes(sel) => self.remote.node.is_some_and(|n| sel.matches(&n.labels)),
-            PeerMatch::Networks(nets) => nets.iter().any(ip_in),
-            PeerMatch::DomainNames(_) => false,
-            PeerMatch::Unknown => action != Action::Accept,
-        }
+        peers_hold(self.cluster, self.remote, &r.peers, r.action) && self.ports(r)
     }
 
     fn ports(&self, r: &Rule) -> bool {

@@ -169,7 +169,7 @@ impl fmt::Display for PolicyId {
 }
 
 /// Which namespaces a pod selector looks in.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum NamespaceMatch {
     /// The policy's own namespace (a lone `podSelector` peer, a NetworkPolicy's subject).
     Own(String),
@@ -178,7 +178,7 @@ pub enum NamespaceMatch {
 }
 
 /// One peer of a rule, normalised.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum PeerMatch {
     /// A missing or empty `from`/`to`: everything, inside the cluster and out.
     All,

@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use weft_nft::{ElemData, Selector, Set, SetRef, Stmt, Table, Value, Verdict};
+use weft_nft::{CmpOp, ElemData, KeyField, Selector, Set, SetRef, Stmt, Table, Value, Verdict};
 
 use crate::desired::FORWARD;
 use crate::model::Protocol;
@@ -48,7 +48,10 @@ impl Packet {
     }
 }
 
+/// The element holding `key`, comparing each field's bytes as the kernel does (marks are
+/// host order, so their numeric order is not the kernel's).
 fn lookup<'a>(set: &'a Set, key: &[Value]) -> Option<&'a Option<ElemData>> {
+    let key: Vec<Vec<u8>> = key.iter().map(Value::bytes).collect();
     set.elements.iter().find_map(|(start, e)| {
         let end = e.end.as_ref().unwrap_or(start);
         let inside = start.0.len() == key.len()
@@ -56,64 +59,144 @@ fn lookup<'a>(set: &'a Set, key: &[Value]) -> Option<&'a Option<ElemData>> {
                 .0
                 .iter()
                 .zip(&end.0)
-                .zip(key)
-                .all(|((lo, hi), v)| lo <= v && v <= hi);
+                .zip(&key)
+                .all(|((lo, hi), v)| lo.bytes() <= *v && *v <= hi.bytes());
         inside.then_some(&e.data)
     })
 }
 
-/// The forward chain's verdict for `p`. Panics on statements weft-policy never writes.
-pub fn forward(table: &Table, p: &Packet) -> Outcome {
-    run(table, FORWARD, p, 0)
+/// The marks a packet carries through the chain.
+#[derive(Debug, Clone, Copy, Default)]
+struct Marks {
+    meta: u32,
+    ct: u32,
 }
 
-fn run(table: &Table, chain: &str, p: &Packet, depth: usize) -> Outcome {
+/// The forward chain's verdict for `p`, whose packet mark is 0. Panics on statements
+/// weft-policy never writes.
+pub fn forward(table: &Table, p: &Packet) -> Outcome {
+    forward_marked(table, p, 0)
+}
+
+/// [`forward`] for a packet that arrives with packet mark `mark` (weft-proxy sets 0x4000
+/// on traffic it masquerades).
+pub fn forward_marked(table: &Table, p: &Packet, mark: u32) -> Outcome {
+    let mut m = Marks { meta: mark, ct: 0 };
+    match run(table, FORWARD, p, &mut m, 0) {
+        Flow::Drop(chain) => Outcome::Dropped { chain },
+        Flow::Accept | Flow::Return => Outcome::Accepted,
+    }
+}
+
+/// Where a chain leaves the packet.
+enum Flow {
+    Accept,
+    /// Dropped, by this chain.
+    Drop(String),
+    /// Back to the chain that jumped here (from a base chain: its policy, accept here).
+    Return,
+}
+
+fn load_all(p: &Packet, m: &Marks, key: &[Selector]) -> Option<Vec<Value>> {
+    key.iter()
+        .map(|k| match k {
+            Selector::MetaMark => Some(Value::Mark(m.meta)),
+            Selector::CtMark => Some(Value::Mark(m.ct)),
+            k => p.load(*k),
+        })
+        .collect()
+}
+
+fn load_masked(p: &Packet, m: &Marks, key: &[KeyField]) -> Option<Vec<Value>> {
+    let sels: Vec<Selector> = key.iter().map(|f| f.sel).collect();
+    let mut k = load_all(p, m, &sels)?;
+    for (v, f) in k.iter_mut().zip(key) {
+        if let (Value::Mark(x), Some(mask)) = (&mut *v, f.mask) {
+            *x &= mask;
+        }
+    }
+    Some(k)
+}
+
+fn run(table: &Table, chain: &str, p: &Packet, m: &mut Marks, depth: usize) -> Flow {
     assert!(depth < 16, "chain loop at {chain}");
     let Some(c) = table.chains.get(chain) else {
         panic!("no chain {chain}");
     };
     'rules: for r in &c.rules {
         for s in &r.stmts {
-            match s {
+            let v = match s {
                 // A first packet is never established or related.
                 Stmt::CtState(_) => continue 'rules,
-                Stmt::Counter | Stmt::Log { .. } => {}
-                Stmt::Verdict(v) => return verdict(table, v, p, depth),
-                Stmt::Vmap {
+                Stmt::Counter | Stmt::Log { .. } => continue,
+                Stmt::Verdict(v) => v,
+                Stmt::Lookup {
                     key,
-                    map: SetRef::Named(m),
+                    set: SetRef::Named(name),
+                    negate: false,
                 } => {
-                    let Some(key) = key.iter().map(|k| p.load(*k)).collect::<Option<Vec<_>>>()
-                    else {
+                    let hit = load_all(p, m, key)
+                        .and_then(|k| table.sets.get(name).and_then(|set| lookup(set, &k)));
+                    if hit.is_none() {
+                        continue 'rules;
+                    }
+                    continue;
+                }
+                Stmt::MarkMatch {
+                    ct: false,
+                    mask,
+                    value,
+                    op: CmpOp::Eq,
+                } => {
+                    if m.meta & mask != *value {
+                        continue 'rules;
+                    }
+                    continue;
+                }
+                Stmt::MarkOr { ct: false, bits } => {
+                    m.meta |= bits;
+                    continue;
+                }
+                Stmt::MarkSetMap { ct, key, map } => {
+                    let data = load_masked(p, m, key)
+                        .and_then(|k| table.sets.get(map).and_then(|set| lookup(set, &k)));
+                    match data {
+                        Some(Some(ElemData::Value(v))) => match v.as_slice() {
+                            [Value::Mark(x)] if *ct => m.ct = *x,
+                            [Value::Mark(x)] => m.meta = *x,
+                            other => panic!("mark map {map} holds {other:?}"),
+                        },
+                        _ => continue 'rules,
+                    }
+                    continue;
+                }
+                Stmt::VmapMasked { key, map } => {
+                    let Some(k) = load_masked(p, m, key) else {
                         continue 'rules;
                     };
-                    match table.sets.get(m).and_then(|set| lookup(set, &key)) {
-                        Some(Some(ElemData::Verdict(v))) => return verdict(table, v, p, depth),
+                    match table.sets.get(map).and_then(|set| lookup(set, &k)) {
+                        Some(Some(ElemData::Verdict(v))) => v,
                         _ => continue 'rules,
                     }
                 }
                 other => panic!("statement weft-policy does not write: {other:?}"),
+            };
+            match v {
+                Verdict::Accept => return Flow::Accept,
+                Verdict::Drop => return Flow::Drop(chain.to_owned()),
+                Verdict::Return => return Flow::Return,
+                Verdict::Continue => continue 'rules,
+                Verdict::Goto(c) => return run(table, c, p, m, depth + 1),
+                Verdict::Jump(c) => match run(table, c, p, m, depth + 1) {
+                    Flow::Return => continue 'rules,
+                    f => return f,
+                },
             }
         }
     }
     match c.base.map(|b| b.policy) {
-        Some(weft_nft::Policy::Drop) => Outcome::Dropped {
-            chain: chain.to_owned(),
-        },
-        _ => Outcome::Accepted,
-    }
-}
-
-fn verdict(table: &Table, v: &Verdict, p: &Packet, depth: usize) -> Outcome {
-    match v {
-        Verdict::Accept => Outcome::Accepted,
-        Verdict::Drop => Outcome::Dropped {
-            chain: String::new(),
-        },
-        Verdict::Goto(c) | Verdict::Jump(c) => match run(table, c, p, depth + 1) {
-            Outcome::Dropped { chain } if chain.is_empty() => Outcome::Dropped { chain: c.clone() },
-            o => o,
-        },
-        Verdict::Continue | Verdict::Return => Outcome::Accepted,
+        Some(weft_nft::Policy::Drop) => Flow::Drop(chain.to_owned()),
+        Some(weft_nft::Policy::Accept) => Flow::Accept,
+        None => Flow::Return,
     }
 }

@@ -13,7 +13,7 @@ use crate::error::Result;
 use crate::model::{Policy, PolicyId, Protocol};
 use crate::selector::Labels;
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ContainerPort {
     pub name: String,
     pub port: u16,

@@ -167,6 +167,40 @@ impl Lowerer {
     }
 }
 
+impl Lowerer {
+    /// Loads a key whose fields may be masked, field after field into consecutive
+    /// registers; a mask applies to its field's register alone, after the load.
+    pub(super) fn load_masked_key(&mut self, key: &[KeyField]) -> Result<u32> {
+        let sels: Vec<Selector> = key.iter().map(|f| f.sel).collect();
+        if slots(&sels) > 16 {
+            return Err(invalid("concatenated key longer than 64 bytes".into()));
+        }
+        if key
+            .iter()
+            .any(|f| f.mask.is_some() && f.sel.key_type().size() != 4)
+        {
+            return Err(invalid(
+                "only 4-byte key fields (marks) can be masked".into(),
+            ));
+        }
+        let sreg = self.load_key(&sels)?;
+        let mut slot = 0;
+        for f in key {
+            if let Some(mask) = f.mask {
+                let reg = if key.len() == 1 { sreg } else { reg32(slot) };
+                self.out.push(Expr::Bitwise {
+                    sreg: reg,
+                    dreg: reg,
+                    mask: mask.to_ne_bytes().to_vec(),
+                    xor: vec![0; 4],
+                });
+            }
+            slot += slots(std::slice::from_ref(&f.sel));
+        }
+        Ok(sreg)
+    }
+}
+
 /// 32-bit register slots the fields take, each padded to 4 bytes.
 fn slots(sel: &[Selector]) -> u32 {
     sel.iter()

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use crate::error::{Error, Result};
 use crate::expr::*;
 use crate::model::{DataType, Family, KeyType, Set, Value};
-use crate::rule::{CmpOp, DynsetOp, Reject, Rhs, Rule, Selector, SetRef, Stmt};
+use crate::rule::{CmpOp, DynsetOp, KeyField, Reject, Rhs, Rule, Selector, SetRef, Stmt};
 
 mod load;
 
@@ -238,6 +238,35 @@ impl Lowerer {
                 group: *group,
                 prefix: prefix.clone(),
             }),
+            Stmt::MarkSetMap { ct, key, map } => {
+                let sreg = self.load_masked_key(key)?;
+                self.out.push(Expr::Lookup {
+                    set: SetName::Named(map.clone()),
+                    sreg,
+                    dreg: Some(REG_1),
+                    invert: false,
+                });
+                self.out.push(if *ct {
+                    Expr::CtSet {
+                        sreg: REG_1,
+                        key: CT_MARK,
+                    }
+                } else {
+                    Expr::MetaSet {
+                        sreg: REG_1,
+                        key: META_MARK,
+                    }
+                });
+            }
+            Stmt::VmapMasked { key, map } => {
+                let sreg = self.load_masked_key(key)?;
+                self.out.push(Expr::Lookup {
+                    set: SetName::Named(map.clone()),
+                    sreg,
+                    dreg: Some(REG_VERDICT),
+                    invert: false,
+                });
+            }
         }
         Ok(())
     }

@@ -1,0 +1,384 @@
+//! From the cluster view to classes and rows ([`Compiled`]), with the [`Cache`] that lets
+//! [`crate::incremental::Incremental`] redo only what a change touches.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use crate::cells::{AddrFamily, AddrRange, Cells};
+use crate::classes::{self, Columns, PeerSig, Peers};
+use crate::desired::{NodeContext, DIRECTIONS};
+use crate::matcher::{peers_hold, selects, Applicable};
+use crate::model::{Action, Direction, PeerMatch, Policy, PolicyId, Tier};
+use crate::rows::{denials, Row};
+use crate::view::{Cluster, ContainerPort, Pod};
+
+/// One direction, compiled.
+pub(crate) struct Direction2<'a> {
+    /// Local pods some policy applies to, with their subject class.
+    pub subjects: Vec<(&'a Pod, u32)>,
+    /// Peer address regions with their class, per family.
+    pub peers: Arc<Peers>,
+    /// Per subject class: its rows.
+    pub classes: BTreeMap<u32, SubjectClass>,
+    /// The rows the classes use, by id.
+    pub rows: BTreeMap<u32, Row>,
+}
+
+/// The rows of one subject class: a default, and the peer classes that differ from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SubjectClass {
+    /// The row of most peer classes, when it denies anything.
+    pub default: Option<u32>,
+    /// (peer class, row) for the peer classes whose row is not the default.
+    pub pairs: Vec<(u32, u32)>,
+}
+
+pub(crate) struct Compiled<'a> {
+    pub local: Vec<&'a Pod>,
+    egress: Direction2<'a>,
+    ingress: Direction2<'a>,
+    /// Subject classes whose rows were computed rather than found in the cache.
+    pub computed: usize,
+}
+
+/// A subject class's rows before row ids are given: the default and the other pairs.
+#[derive(Debug)]
+struct SubjectRows {
+    default: Row,
+    others: Vec<(u32, Row)>,
+}
+
+type SubjectKey = (Direction, Vec<PolicyId>, Vec<ContainerPort>);
+
+/// A direction's rule peer lists, owned: the peer classes hold while these do.
+type PeerKeys = Vec<(Vec<PeerMatch>, bool)>;
+
+/// What survives between compilations while pods, namespaces, nodes and the node stay
+/// the same: per rule peer list, which address regions it holds; the peer classes while
+/// the rule peer lists stay the same; per local pod and direction, the policies that
+/// apply; per subject class, its rows while its policies and the peer classes stay.
+#[derive(Default)]
+pub(crate) struct Cache {
+    regions: Vec<AddrRange>,
+    columns: HashMap<(Vec<PeerMatch>, bool), Arc<Vec<bool>>>,
+    peers: HashMap<Direction, (PeerKeys, Arc<Peers>)>,
+    applicable: HashMap<(Direction, String, String), Vec<PolicyId>>,
+    subjects: HashMap<SubjectKey, Arc<SubjectRows>>,
+}
+
+impl Cache {
+    /// Forgets what depends on the policies in `changed` (old and new versions).
+    pub fn policies_changed(&mut self, cluster: &Cluster, changed: &[&Policy], local: &[&Pod]) {
+        let ids: BTreeSet<&PolicyId> = changed.iter().map(|p| &p.id).collect();
+        self.subjects
+            .retain(|k, _| !k.1.iter().any(|id| ids.contains(id)));
+        for pod in local {
+            if changed.iter().any(|p| selects(cluster, &p.subject, pod)) {
+                for dir in DIRECTIONS {
+                    self.applicable
+                        .remove(&(dir, pod.namespace.clone(), pod.name.clone()));
+                }
+            }
+        }
+    }
+}
+
+impl<'a> Compiled<'a> {
+    pub fn new(
+        cluster: &'a Cluster,
+        ctx: &NodeContext,
+        mut cache: Option<&mut Cache>,
+    ) -> Compiled<'a> {
+        let cells = Cells::new(cluster);
+        let local: Vec<&'a Pod> = cluster
+            .pods
+            .values()
+            .filter(|p| !p.host_network && p.node.as_deref() == Some(ctx.node_name.as_str()))
+            .collect();
+        if let Some(c) = cache.as_deref_mut() {
+            let regions: Vec<AddrRange> = cells
+                .peers
+                .values()
+                .flat_map(|v| v.iter().map(|(r, _)| *r))
+                .collect();
+            if c.regions != regions {
+                c.regions = regions;
+                c.columns.clear();
+                c.peers.clear();
+                c.subjects.clear();
+            }
+        }
+        let mut computed = 0;
+        let mut one = |dir| {
+            let (d, n) = direction(cluster, &cells, ctx, &local, dir, cache.as_deref_mut());
+            computed += n;
+            d
+        };
+        let egress = one(Direction::Egress);
+        let ingress = one(Direction::Ingress);
+        Compiled {
+            local,
+            egress,
+            ingress,
+            computed,
+        }
+    }
+
+    pub fn dir(&self, dir: Direction) -> &Direction2<'a> {
+        match dir {
+            Direction::Egress => &self.egress,
+            Direction::Ingress => &self.ingress,
+        }
+    }
+}
+
+/// The peer classes of `dir`, from the cache while the rule peer lists are the same.
+fn peer_classes(
+    cluster: &Cluster,
+    cells: &Cells,
+    cols: &Columns,
+    ctx: &NodeContext,
+    dir: Direction,
+    mut cache: Option<&mut Cache>,
+) -> Arc<Peers> {
+    let keys: PeerKeys = cols.peers.iter().map(|(p, a)| (p.to_vec(), *a)).collect();
+    if let Some((k, peers)) = cache.as_deref().and_then(|c| c.peers.get(&dir)) {
+        if *k == keys {
+            return peers.clone();
+        }
+    }
+    let values: Vec<Arc<Vec<bool>>> = keys
+        .iter()
+        .map(|key| {
+            let compute = || {
+                let action = if key.1 { Action::Accept } else { Action::Deny };
+                let v: Vec<bool> = cells
+                    .peers
+                    .values()
+                    .flatten()
+                    .map(|(_, remote)| peers_hold(cluster, *remote, &key.0, action))
+                    .collect();
+                Arc::new(v)
+            };
+            match cache.as_deref_mut() {
+                Some(c) => c.columns.entry(key.clone()).or_insert_with(compute).clone(),
+                None => compute(),
+            }
+        })
+        .collect();
+    let peers = Arc::new(classes::peers(cells, cols, &values, dir, &ctx.node_name));
+    if let Some(c) = cache {
+        // Rows were computed against the old classes.
+        c.subjects.retain(|k, _| k.0 != dir);
+        c.peers.insert(dir, (keys, peers.clone()));
+    }
+    peers
+}
+
+fn direction<'a>(
+    cluster: &'a Cluster,
+    cells: &Cells<'a>,
+    ctx: &NodeContext,
+    local: &[&'a Pod],
+    dir: Direction,
+    mut cache: Option<&mut Cache>,
+) -> (Direction2<'a>, usize) {
+    let cols = Columns::new(cluster, dir);
+    let peers = peer_classes(cluster, cells, &cols, ctx, dir, cache.as_deref_mut());
+    let subjects = classes::subjects(&cols, dir, local.iter().copied(), |pod| {
+        let key = (dir, pod.namespace.clone(), pod.name.clone());
+        let cached = cache
+            .as_deref()
+            .and_then(|c| c.applicable.get(&key))
+            .cloned();
+        let a = match cached {
+            Some(ids) => applicable_from(cluster, dir, pod, &ids),
+            None => Applicable::new(cluster, dir, pod),
+        };
+        if let Some(c) = cache.as_deref_mut() {
+            c.applicable
+                .entry(key)
+                .or_insert_with(|| a.all().map(|p| p.id.clone()).collect());
+        }
+        a
+    });
+    let mut computed = 0;
+    let mut per_subject: Vec<(u32, Arc<SubjectRows>)> = Vec::new();
+    for (sid, a, members) in &subjects.classes {
+        let key: SubjectKey = (
+            dir,
+            a.all().map(|p| p.id.clone()).collect(),
+            match dir {
+                Direction::Ingress => a
+                    .pod
+                    .ports
+                    .iter()
+                    .filter(|cp| cols.names.contains(cp.name.as_str()))
+                    .cloned()
+                    .collect(),
+                Direction::Egress => Vec::new(),
+            },
+        );
+        let rows = match cache.as_deref().and_then(|c| c.subjects.get(&key)) {
+            Some(r) => r.clone(),
+            None => {
+                computed += 1;
+                let r = Arc::new(subject_rows(cluster, cells, &cols, &peers, a, members));
+                if let Some(c) = cache.as_deref_mut() {
+                    c.subjects.insert(key, r.clone());
+                }
+                r
+            }
+        };
+        per_subject.push((*sid, rows));
+    }
+    // Row ids: hashes of the rows' contents, so a row keeps its id while it exists.
+    let mut distinct: Vec<&Row> = per_subject
+        .iter()
+        .flat_map(|(_, r)| std::iter::once(&r.default).chain(r.others.iter().map(|(_, r)| r)))
+        .collect::<BTreeSet<&Row>>()
+        .into_iter()
+        .collect();
+    distinct.sort();
+    let hashes = distinct
+        .iter()
+        .map(|r| classes::fnv(format!("{r:?}").as_bytes()))
+        .collect();
+    let ids = classes::assign_ids(hashes, |a, b| distinct[a].cmp(distinct[b]), u32::MAX);
+    let row_id: HashMap<&Row, u32> = distinct.iter().copied().zip(ids).collect();
+    let mut classes_out = BTreeMap::new();
+    let mut used: BTreeMap<u32, Row> = BTreeMap::new();
+    for (sid, rows) in &per_subject {
+        let default = (!rows.default.is_empty()).then(|| row_id[&rows.default]);
+        if let Some(d) = default {
+            used.insert(d, rows.default.clone());
+        }
+        let pairs = rows
+            .others
+            .iter()
+            .map(|(pid, r)| {
+                let id = row_id[r];
+                used.insert(id, r.clone());
+                (*pid, id)
+            })
+            .collect();
+        classes_out.insert(*sid, SubjectClass { default, pairs });
+    }
+    let d = Direction2 {
+        subjects: subjects.members,
+        peers,
+        classes: classes_out,
+        rows: used,
+    };
+    (d, computed)
+}
+
+/// One subject class's row for every peer class: the matcher asked once per kind of peer
+/// (what the class's own rules see of it), the most common row kept as the default.
+fn subject_rows(
+    cluster: &Cluster,
+    cells: &Cells,
+    cols: &Columns,
+    peers: &Peers,
+    a: &Applicable,
+    members: &[&Pod],
+) -> SubjectRows {
+    let dir = a.direction;
+    let mut idx: Vec<usize> = a
+        .all()
+        .flat_map(|p| p.rules(dir).unwrap_or_default())
+        .map(|r| cols.of(r))
+        .collect();
+    idx.sort_unstable();
+    idx.dedup();
+    let mut memo: HashMap<(bool, Vec<bool>, &[ContainerPort]), Row> = HashMap::new();
+    let mut all: Vec<(u32, Row)> = Vec::with_capacity(peers.classes.len());
+    for (pid, sig, reps) in &peers.classes {
+        let key = projection(sig, &idx);
+        let row = match memo.get(&key) {
+            Some(r) => r.clone(),
+            None => {
+                let r = Arc::new(row(cluster, cells, a, members, reps));
+                memo.insert(key, r.clone());
+                r
+            }
+        };
+        all.push((*pid, row));
+    }
+    let mut count: HashMap<&Row, usize> = HashMap::new();
+    for (_, r) in &all {
+        *count.entry(r).or_default() += 1;
+    }
+    // Ties go to the smaller row, so the default is a function of the rows.
+    let default = count
+        .into_iter()
+        .max_by(|x, y| x.1.cmp(&y.1).then(y.0.cmp(x.0)))
+        .map(|(r, _)| r.clone())
+        .unwrap_or_default();
+    let mut others: Vec<(u32, Row)> = all.into_iter().filter(|(_, r)| *r != default).collect();
+    others.sort_unstable_by_key(|(pid, _)| *pid);
+    SubjectRows { default, others }
+}
+
+fn projection<'s>(sig: &'s PeerSig, idx: &[usize]) -> (bool, Vec<bool>, &'s [ContainerPort]) {
+    (
+        sig.own_node,
+        idx.iter().map(|i| sig.columns[*i]).collect(),
+        sig.ports.as_slice(),
+    )
+}
+
+/// The denials for a class pair, asked of a subject member and a peer member that are not
+/// the same pod (a pod to itself is the loopback set's). A one-pod class against the class
+/// of only that pod has nothing to deny.
+fn row(
+    cluster: &Cluster,
+    cells: &Cells,
+    a: &Applicable,
+    members: &[&Pod],
+    reps: &[std::net::IpAddr],
+) -> Vec<(crate::rows::Service, Tier)> {
+    for (i, s) in members.iter().enumerate() {
+        for ip in reps {
+            let r = cluster.resolve_ip(*ip);
+            if r.pod.is_some_and(|p| std::ptr::eq(p, *s)) {
+                continue;
+            }
+            return if i == 0 {
+                denials(cluster, cells, a, r)
+            } else {
+                denials(cluster, cells, &Applicable::new(cluster, a.direction, s), r)
+            };
+        }
+    }
+    Vec::new()
+}
+
+/// [`Applicable`] from the ids of its policies, in evaluation order.
+fn applicable_from<'a>(
+    cluster: &'a Cluster,
+    dir: Direction,
+    pod: &'a Pod,
+    ids: &[PolicyId],
+) -> Applicable<'a> {
+    let mut a = Applicable {
+        direction: dir,
+        pod,
+        admin: Vec::new(),
+        netpol: Vec::new(),
+        baseline: Vec::new(),
+    };
+    for p in ids.iter().filter_map(|id| cluster.policies.get(id)) {
+        match p.tier {
+            Tier::Admin => a.admin.push(p),
+            Tier::NetworkPolicy => a.netpol.push(p),
+            Tier::Baseline => a.baseline.push(p),
+        }
+    }
+    a
+}
+
+/// The peer regions of one family.
+pub(crate) fn regions(peers: &Peers, fam: AddrFamily) -> &[(AddrRange, u32)] {
+    peers.regions.get(&fam).map_or(&[], |v| v.as_slice())
+}
