@@ -2,7 +2,7 @@
 //! (never the host's): a "node" namespace routes between two "pod" namespaces over veth
 //! pairs; the Enforcer loads the policy table into the node, `nft` lists it back, and TCP
 //! connections between the pods go through or not as the policy says, across an update
-//! (an incremental transaction) and a delete.
+//! (an incremental transaction) and a delete; weft-proxy's masquerade bit survives the table.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -110,15 +110,12 @@ fn connects(pa: &Netns, port: u16) -> bool {
     })
 }
 
-#[test]
-fn policy_table_filters_real_packets() {
-    if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("skipped: needs root for network namespaces");
-        return;
-    }
-    let node = Netns::new("node");
-    let pa = Netns::new("pa");
-    let pb = Netns::new("pb");
+/// A node namespace routing between pod namespaces a (10.244.1.11) and b (10.244.2.11),
+/// b serving TCP on 80 and 81.
+fn wire(tag: &str) -> (Netns, Netns, Netns) {
+    let node = Netns::new(&format!("{tag}node"));
+    let pa = Netns::new(&format!("{tag}pa"));
+    let pb = Netns::new(&format!("{tag}pb"));
     for (pod, peer_if, node_if, gw, addr) in [
         (&pa, "eth0", "va", "10.244.1.1", "10.244.1.11/24"),
         (&pb, "eth0", "vb", "10.244.2.1", "10.244.2.11/24"),
@@ -144,6 +141,16 @@ fn policy_table_filters_real_packets() {
             }
         });
     }
+    (node, pa, pb)
+}
+
+#[test]
+fn policy_table_filters_real_packets() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: needs root for network namespaces");
+        return;
+    }
+    let (node, pa, pb) = wire("");
     assert!(
         connects(&pa, 80) && connects(&pa, 81),
         "no policy: both ports open"
@@ -253,4 +260,92 @@ spec: {podSelector: {}, policyTypes: [Ingress]}"))
     enforcer.remove().expect("remove");
     let tables = node.exec(&["nft", "list", "tables"]);
     assert!(!tables.contains("weft-policy"), "{tables}");
+}
+
+/// weft-proxy's masquerade bit (0x4000 in the packet mark, set in prerouting, read in
+/// postrouting) crosses the policy table unchanged, and marked packets are decided like
+/// any other. A test table imitates weft-proxy: it sets the bit on a's packets and counts
+/// them in postrouting with and without it.
+#[test]
+fn the_masquerade_bit_survives_the_policy_table() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: needs root for network namespaces");
+        return;
+    }
+    let (node, pa, _pb) = wire("m");
+    let a = A.to_string();
+    for args in [
+        vec!["add", "table", "ip", "proxy"],
+        vec![
+            "add",
+            "chain",
+            "ip",
+            "proxy",
+            "pre",
+            "{ type filter hook prerouting priority -150; }",
+        ],
+        vec![
+            "add",
+            "chain",
+            "ip",
+            "proxy",
+            "post",
+            "{ type filter hook postrouting priority 100; }",
+        ],
+        vec![
+            "add", "rule", "ip", "proxy", "pre", "ip", "saddr", &a, "meta", "mark", "set", "meta",
+            "mark", "or", "0x4000",
+        ],
+        vec![
+            "add", "rule", "ip", "proxy", "post", "ip", "saddr", &a, "meta", "mark", "and",
+            "0x4000", "==", "0x4000", "counter", "comment", "\"kept\"",
+        ],
+        vec![
+            "add", "rule", "ip", "proxy", "post", "ip", "saddr", &a, "meta", "mark", "and",
+            "0x4000", "==", "0", "counter", "comment", "\"lost\"",
+        ],
+    ] {
+        let mut cmd = vec!["nft"];
+        cmd.extend(args);
+        node.exec(&cmd);
+    }
+    let mut c = cluster();
+    // Both directions have something to decide: a's egress and b's ingress.
+    c.apply_network_policy(&np("metadata: {namespace: x, name: out}
+spec:
+  podSelector: {}
+  policyTypes: [Egress]
+  egress:
+    - to: [{namespaceSelector: {matchLabels: {ns: y}}}]
+      ports: [{port: 80}, {port: 81}]"))
+        .unwrap();
+    c.apply_network_policy(&np("metadata: {namespace: y, name: web}
+spec:
+  podSelector: {matchLabels: {pod: b}}
+  ingress:
+    - from: [{namespaceSelector: {matchLabels: {ns: x}}}]
+      ports: [{port: 80}]"))
+        .unwrap();
+    let ctx = NodeContext {
+        node_name: "n1".into(),
+        log_group: None,
+    };
+    let mut enforcer = Enforcer::open_in(&node.path()).expect("nf_tables in the node");
+    enforcer.sync(&desired(&c, &ctx)).expect("sync");
+    assert!(connects(&pa, 80), "marked tcp/80 from x is allowed");
+    assert!(!connects(&pa, 81), "marked tcp/81 is not");
+    let post = node.exec(&["nft", "list", "chain", "ip", "proxy", "post"]);
+    let count = |comment: &str| -> u64 {
+        post.lines()
+            .find(|l| l.contains(comment))
+            .and_then(|l| l.split("packets ").nth(1))
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no counter {comment} in:\n{post}"))
+    };
+    assert!(
+        count("\"kept\"") > 0,
+        "a's packets reached postrouting:\n{post}"
+    );
+    assert_eq!(count("\"lost\""), 0, "none lost the bit:\n{post}");
 }

@@ -10,8 +10,9 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
 use weft_policy::cases::Service;
+use weft_policy::desired::MASQ_BIT;
 use weft_policy::desired::{desired, NodeContext, FAMILY, TABLE};
-use weft_policy::table_eval::{forward, Outcome, Packet};
+use weft_policy::table_eval::{forward, forward_marked, Outcome, Packet};
 use weft_policy::{check, Cluster, Endpoint, Protocol};
 
 const OUTSIDE: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 7);
@@ -135,6 +136,18 @@ fn compiled_tables_agree_with_the_matcher() {
                                 by = format!("{h} {chain}");
                                 break;
                             }
+                        }
+                        // weft-proxy's masquerade bit on the packet changes nothing.
+                        let marked = hops.iter().all(|h| {
+                            !matches!(
+                                forward_marked(&tables[h], &pkt, MASQ_BIT),
+                                Outcome::Dropped { .. }
+                            )
+                        });
+                        if marked != got {
+                            failures.push(format!(
+                                "{file} step {i}: {s} -> {d} {svc}: the masquerade bit changes the verdict"
+                            ));
                         }
                         checked += 1;
                         if v6 && !got {
