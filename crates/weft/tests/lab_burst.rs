@@ -74,6 +74,63 @@ fn create(
     })
 }
 
+/// A process held to 2% of one CPU (a cgroup v1 `cpu` quota of its own) until dropped:
+/// a node starved by its neighbours.
+struct Throttled {
+    dir: std::path::PathBuf,
+    pid: u32,
+}
+
+impl Throttled {
+    fn new(pid: u32) -> Throttled {
+        let dir = std::path::PathBuf::from(format!(
+            "/sys/fs/cgroup/cpu/weft-test-burst-{}",
+            std::process::id()
+        ));
+        std::fs::create_dir(&dir).expect("create a cpu cgroup (cgroup v1 cpu controller)");
+        let t = Throttled { dir, pid };
+        std::fs::write(t.dir.join("cpu.cfs_period_us"), "100000").expect("cpu period");
+        std::fs::write(t.dir.join("cpu.cfs_quota_us"), "2000").expect("cpu quota");
+        std::fs::write(t.dir.join("cgroup.procs"), pid.to_string()).expect("move the agent");
+        t
+    }
+}
+
+impl Drop for Throttled {
+    fn drop(&mut self) {
+        let _ = std::fs::write("/sys/fs/cgroup/cpu/cgroup.procs", self.pid.to_string());
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// The agent's log lines about falling behind and catching up.
+fn lag_lines(lab: &Lab, node: &str) -> Vec<String> {
+    std::fs::read_to_string(lab.dir().join("logs").join(format!("agent-{node}.log")))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("falling behind") || l.contains("caught up"))
+        .map(plain)
+        .collect()
+}
+
+/// A log line without its colours.
+fn plain(line: &str) -> String {
+    let mut out = String::new();
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Stops a process until dropped (a failing test must not leave it stopped).
 struct Frozen(nix::unistd::Pid);
 
@@ -331,6 +388,76 @@ fn a_burst_of_service_changes_shows_as_lag_and_every_node_catches_up() {
         }
     }
 
+    // A starved node: node-1's agent held to 2% of a CPU through another burst. It falls
+    // behind (its bounded queues fill and hold its watches back), says so in its log and
+    // in `weft lab status`, and catches up once it gets its CPU back.
+    let starved = 2000;
+    let logged_before = lag_lines(&lab, "node-1").len();
+    let throttle = Throttled::new(lab.procs()["agent-node-1"]);
+    let started = Instant::now();
+    let failures = create(&rt, &client, burst..burst + starved);
+    assert!(failures.is_empty(), "creates refused: {failures:?}");
+    let starved_burst = started.elapsed();
+    // Starved, it falls further behind as it works through what it has queued: held
+    // there until both the status and the log have said so.
+    let mut shown: Option<String> = None;
+    let told = wait_for(Duration::from_secs(180), || {
+        if let Some(l) = sync_rows(&lab).get(&("node-1".to_string(), "services".to_string())) {
+            if l.contains("behind by") {
+                shown = Some(l.clone());
+            }
+        }
+        let said = lag_lines(&lab, "node-1")
+            .iter()
+            .skip(logged_before)
+            .any(|l| l.contains("falling behind"));
+        (said && shown.is_some()).then_some(())
+    });
+    assert!(
+        told.is_some(),
+        "a starved node was not shown behind ({shown:?}) or its log did not say so: {:?}",
+        lag_lines(&lab, "node-1")
+    );
+    let behind = shown.unwrap_or_default();
+    drop(throttle);
+    let freed = Instant::now();
+    assert!(
+        wait_for(Duration::from_secs(300), || all_in_sync(&sync_rows(&lab))
+            .then_some(()))
+        .is_some(),
+        "node-1 never caught up once it had its CPU back: {:?}\n{}",
+        sync_rows(&lab),
+        lab.logs()
+    );
+    let caught = freed.elapsed();
+    let lines: Vec<String> = lag_lines(&lab, "node-1").split_off(logged_before);
+    assert!(
+        lines.iter().any(|l| l.contains("falling behind"))
+            && lines.iter().any(|l| l.contains("caught up")),
+        "node-1's log does not tell its falling behind and catching up: {lines:?}"
+    );
+    let r = report(&lab, "node-1");
+    let services = r
+        .components
+        .iter()
+        .find(|c| c.name == "services")
+        .cloned()
+        .unwrap_or_default();
+    println!(
+        "starved: {starved} creates in {:.1} s with node-1's agent at 2% of a CPU; status showed `{}`; \
+         in sync {:.1} s after it got its CPU back; services at worst {:.1} s behind with {} pending",
+        starved_burst.as_secs_f64(),
+        behind.split_whitespace().collect::<Vec<_>>().join(" "),
+        caught.as_secs_f64(),
+        services.peak_behind_ms as f64 / 1000.0,
+        services.peak_pending
+    );
+    for l in &lines {
+        println!("node-1: {l}");
+    }
+    assert_tables_match(&lab, &rt, &client, burst + starved);
+    let burst = burst + starved;
+
     // A node that stops altogether (SIGSTOP, as a starved or hung agent): its report goes
     // stale and the status says so; resumed, it takes what it missed and is in sync, and
     // its table has the Services created meanwhile.
@@ -372,14 +499,4 @@ fn a_burst_of_service_changes_shows_as_lag_and_every_node_catches_up() {
         resumed.elapsed().as_secs_f64()
     );
     assert_tables_match(&lab, &rt, &client, burst + more);
-    for n in nodes() {
-        let log = std::fs::read_to_string(lab.dir().join("logs").join(format!("agent-{n}.log")))
-            .unwrap_or_default();
-        for l in log
-            .lines()
-            .filter(|l| l.contains("falling behind") || l.contains("caught up"))
-        {
-            println!("{n}: {l}");
-        }
-    }
 }
