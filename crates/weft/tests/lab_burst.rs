@@ -74,31 +74,65 @@ fn create(
     })
 }
 
-/// A process held to 2% of one CPU (a cgroup v1 `cpu` quota of its own) until dropped:
-/// a node starved by its neighbours.
+/// A process held to 2% of one CPU (a `cpu` cgroup of its own, v1 or v2) until dropped:
+/// a node starved by its neighbours. Dropped, it goes back to the cgroup it came from.
 struct Throttled {
+    root: std::path::PathBuf,
     dir: std::path::PathBuf,
+    came_from: String,
     pid: u32,
 }
 
 impl Throttled {
     fn new(pid: u32) -> Throttled {
-        let dir = std::path::PathBuf::from(format!(
-            "/sys/fs/cgroup/cpu/weft-test-burst-{}",
-            std::process::id()
-        ));
-        std::fs::create_dir(&dir).expect("create a cpu cgroup (cgroup v1 cpu controller)");
-        let t = Throttled { dir, pid };
-        std::fs::write(t.dir.join("cpu.cfs_period_us"), "100000").expect("cpu period");
-        std::fs::write(t.dir.join("cpu.cfs_quota_us"), "2000").expect("cpu quota");
-        std::fs::write(t.dir.join("cgroup.procs"), pid.to_string()).expect("move the agent");
+        let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+        let root = std::path::PathBuf::from(match v2 {
+            true => "/sys/fs/cgroup",
+            false => "/sys/fs/cgroup/cpu",
+        });
+        let own =
+            std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("the agent's cgroups");
+        // v2: `0::/path`; v1: `N:cpu,cpuacct:/path` for the cpu controller.
+        let came_from = own
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.splitn(3, ':');
+                Some((f.next()?, f.next()?, f.next()?))
+            })
+            .find(|(_, ctl, _)| match v2 {
+                true => ctl.is_empty(),
+                false => ctl.split(',').any(|c| c == "cpu"),
+            })
+            .map(|(_, _, path)| path.trim_start_matches('/').to_string())
+            .expect("the agent's cpu cgroup");
+        let dir = root.join(format!("weft-test-burst-{}", std::process::id()));
+        std::fs::create_dir(&dir).expect("create a cpu cgroup");
+        let t = Throttled {
+            root,
+            dir,
+            came_from,
+            pid,
+        };
+        let set = |file: &str, value: &str| {
+            std::fs::write(t.dir.join(file), value)
+                .unwrap_or_else(|e| panic!("{}/{file}: {e}", t.dir.display()))
+        };
+        match v2 {
+            true => set("cpu.max", "2000 100000"),
+            false => {
+                set("cpu.cfs_period_us", "100000");
+                set("cpu.cfs_quota_us", "2000");
+            }
+        }
+        set("cgroup.procs", &pid.to_string());
         t
     }
 }
 
 impl Drop for Throttled {
     fn drop(&mut self) {
-        let _ = std::fs::write("/sys/fs/cgroup/cpu/cgroup.procs", self.pid.to_string());
+        let back = self.root.join(&self.came_from).join("cgroup.procs");
+        let _ = std::fs::write(back, self.pid.to_string());
         let _ = std::fs::remove_dir(&self.dir);
     }
 }

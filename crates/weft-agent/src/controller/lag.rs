@@ -68,6 +68,9 @@ impl Lag {
         let mut s = self.state();
         s.pending.push_back(Instant::now());
         s.changes += 1;
+        if s.said_behind.is_some() {
+            s.worst.1 = s.worst.1.max(s.pending.len() as u64);
+        }
         if s.pending.len() as u64 > s.peak_pending {
             s.peak_pending = s.pending.len() as u64;
             s.peak_at_ms = sync_status::unix_ms();
