@@ -2,7 +2,7 @@
 //!
 //! For one direction, [`crate::matcher::decide`] reads of the other end only whether it
 //! is the subject itself, whether it is the subject's node, whether each rule's peers hold
-//! it ([`rule_peers_match`], which does not depend on the subject) and, for egress, the
+//! it (`matcher::peers_hold`, which does not depend on the subject) and, for egress, the
 //! named container ports it has. Peer address regions ([`Cells`]) that agree on all of
 //! these form one *peer class*. Of the subject (a local pod) it reads the policies that
 //! apply to it and, for ingress, its own named ports: local pods that agree on these form

@@ -11,12 +11,13 @@
 //!   connection is allowed, at the client's egress and the server's ingress, and which
 //!   rules decided (policy, tier, rule index and name).
 //! - [`desired`] compiles the view into this node's `inet weft-policy` table. Policy is
-//!   data: a constant set of chains, and interval verdict maps (per direction and address
-//!   family) keyed
-//!   `local pod . peer . protocol . port` whose elements are the matcher's answers over
-//!   [`cells`], the regions in which answers are constant. A new pod, a label change or a
-//!   policy edit changes elements only. [`desired::Incremental`] gives the same table
-//!   and, when only policies changed, recompiles only the pods they select.
+//!   data: a constant set of chains, and maps keyed by [`classes`]: a local pod's subject
+//!   class (the policies that apply to it), any address's peer class (what every rule's
+//!   peers say of it), and per class pair the row of denials over protocols and ports
+//!   that the matcher gives ([`cells`] are the regions in which its answers are
+//!   constant). A new pod, a label change or a policy edit changes elements only.
+//!   [`desired::Incremental`] gives the same table and, when only policies changed,
+//!   recomputes only the subject classes they touch.
 //! - [`enforcer::Enforcer`] sends the kernel the difference from what it last committed,
 //!   in one transaction.
 //! - [`cases`] reads the truth-table suite (`tests/cases`), which the tests run through
