@@ -293,8 +293,8 @@ impl Runtime {
     /// Adopt what is recorded (see [`adopt`](Runtime::adopt)), stop every pod not in `keep`
     /// (those no pod object owns any more), then let the CNI
     /// plugin release whatever is not attached to a remaining pod. Returns the uids stopped.
-    /// A pod that fails to stop stays known (and is retried next time); every such error
-    /// is returned after all were tried.
+    /// A pod that fails to stop stays known (and is retried next time); every such error,
+    /// and a failed CNI GC, is returned after all were tried.
     pub fn gc(&mut self, keep: &HashSet<String>) -> Result<Vec<String>> {
         // Pods recorded on disk but not yet adopted are pods too: without this, the CNI GC
         // below would release the addresses of running pods after an agent restart.
@@ -316,16 +316,29 @@ impl Runtime {
                 }
             }
         }
-        let valid: Vec<&str> = self.pods.keys().map(String::as_str).collect();
-        match fs::read(&self.cfg.cni_conf) {
-            Ok(config) => {
-                if let Err(e) = self.cni.gc(&config, &valid) {
-                    tracing::warn!(error = %e, "CNI GC");
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "CNI GC: read the network config"),
+        // A failed GC leaves leaked addresses held: the caller retries it (`cni_gc`).
+        if let Err(e) = self.cni_gc() {
+            tracing::warn!(error = %e, "CNI GC");
+            errors.push(e);
         }
         self.remove_orphan_namespaces();
         Error::all(errors).map(|()| stopped)
+    }
+
+    /// The plugin's CNI GC with this runtime's pods as the valid attachments: releases
+    /// whatever no running pod holds (addresses a crash leaked). Safe whenever no start
+    /// is under way, which `&self` against `start`'s `&mut self` guarantees.
+    pub fn cni_gc(&self) -> Result<()> {
+        let valid: Vec<&str> = self.pods.keys().map(String::as_str).collect();
+        let config = fs::read(&self.cfg.cni_conf).map_err(|e| {
+            Error::io(
+                format!(
+                    "CNI GC: read the network config {}",
+                    self.cfg.cni_conf.display()
+                ),
+                e,
+            )
+        })?;
+        self.cni.gc(&config, &valid)
     }
 }

@@ -1,7 +1,7 @@
 //! A CNI plugin that exits 0 but prints something that is not a CNI result: the pod is
 //! not started with a made-up address, the error and the pod's Event name the plugin and
 //! what it printed, nothing of the attempt is left in the kernel, and once the plugin is
-//! fixed the same pod starts and stops cleanly.
+//! fixed the same pod starts and stops cleanly. A GC answered that way fails too.
 
 mod common;
 
@@ -107,4 +107,12 @@ fn a_plugin_exiting_0_with_unreadable_output_fails_the_start_and_leaks_nothing()
     wait_no_bridge_ports(&node);
     assert!(node.ipam_holders().is_empty(), "{:?}", node.ipam_holders());
     assert!(!node.state_dir().join("pods/uid-web").exists());
+
+    // GC answered with garbage is a failed GC, returned (the agent retries it), not a
+    // warning that leaves leaked addresses held for good.
+    install_plugin(&bin, GARBAGE);
+    let err = rt.gc(&keep(&[])).unwrap_err().to_string();
+    assert!(err.contains("CNI GC") && err.contains("(trust me)"), "{err}");
+    install_plugin(&bin, "");
+    rt.cni_gc().unwrap();
 }

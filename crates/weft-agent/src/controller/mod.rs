@@ -291,6 +291,8 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     let mut runtime: Option<Arc<Mutex<Runtime>>> = None;
     let mut cni_written = false;
     let mut pod_sync = pods::PodSync::default();
+    // (failures so far, next attempt) while the plugin's GC has not succeeded.
+    let mut gc_retry: Option<(u32, std::time::Instant)> = None;
     let mut last_heartbeat = std::time::Instant::now();
     loop {
         tokio::select! {
@@ -339,10 +341,20 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
                     tracing::info!(count = gone.len(), "removed pods no longer in the API")
                 }
                 Ok(_) => {}
-                Err(e) => tracing::warn!("pod GC: {e}"),
+                Err(e) => {
+                    // Pods that failed to stop are the pod loop's to retry; the plugin's GC
+                    // (leaked addresses) is retried here.
+                    tracing::warn!("pod GC: {e}; the CNI GC is retried with back-off");
+                    gc_retry = Some((1, std::time::Instant::now() + retry::delay(1)));
+                }
             }
             runtime = Some(Arc::new(Mutex::new(rt)));
             tracing::info!(%pod_cidr, "CNI config written; running pods");
+        }
+        if let (Some(rt), Some((n, at))) = (&runtime, gc_retry) {
+            if std::time::Instant::now() >= at {
+                gc_retry = retry_cni_gc(rt, n).await;
+            }
         }
         if let Some(rt) = &runtime {
             pod_lag.taken();
@@ -368,6 +380,33 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
                 tracing::warn!("heartbeat: {e}");
             }
             last_heartbeat = std::time::Instant::now();
+        }
+    }
+}
+
+/// One more CNI GC after `failures` failed ones; when the next is due, if it failed too.
+async fn retry_cni_gc(
+    rt: &Arc<Mutex<Runtime>>,
+    failures: u32,
+) -> Option<(u32, std::time::Instant)> {
+    let r = rt.clone();
+    let res = tokio::task::spawn_blocking(move || match r.lock() {
+        Ok(r) => r.cni_gc().map_err(|e| e.to_string()),
+        // The pod loop reports and clears a poisoned lock; try again later.
+        Err(_) => Err("the pod runtime's lock is poisoned".to_string()),
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("the CNI GC panicked: {e}")));
+    match res {
+        Ok(()) => {
+            tracing::info!(attempts = failures + 1, "CNI GC done");
+            None
+        }
+        Err(e) => {
+            let n = failures + 1;
+            let wait = retry::delay(n);
+            tracing::warn!(attempt = n, retry_in = ?wait, "CNI GC: {e}");
+            Some((n, std::time::Instant::now() + wait))
         }
     }
 }
