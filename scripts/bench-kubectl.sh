@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # kubectl against a lab (as root): `kubectl create -f` and `kubectl apply -f` of N pods
-# (one multi-document YAML file) through the relay that the user's kubeconfig points at
-# (127.0.0.1:PORT, the lab supervisor's loopback proxy into the lab), and "direct", from
-# inside the lab's root network namespace against the API server's own address
-# (`weft lab exec --host control-plane`, labs/NAME/kubeconfig.internal). Same lab, same
-# run, rounds alternating which path goes first. Reports medians, pods/s and the ratio
-# relay/direct. Goals: relay within 1.2x of direct; N=1000 created in under 3 s.
+# (one multi-document YAML file) from the machine, with the kubeconfig `weft lab up`
+# gives the user (127.0.0.1:PORT: a listener the lab's supervisor binds on the machine's
+# loopback and the control plane accepts on directly), and "direct", from inside the
+# lab's root network namespace against the API server's own address (`weft lab exec
+# --host control-plane`, labs/NAME/kubeconfig.internal). Same lab, same run, rounds
+# alternating which path goes first. Reports medians, pods/s and the ratio
+# loopback/direct. Goals: loopback within 1.2x of direct; N=1000 created in under 3 s.
 #
 # The timed span is kubectl's own run: from start until it exits having printed one
 # "created" line per pod (the API accepted them). The pods need not be Running, but the
@@ -45,7 +46,7 @@ trap 'exit 130' INT TERM
 
 echo "== lab up ($nodes nodes)"
 "$weft" lab up --name "$name" --nodes "$nodes" >/dev/null
-relay_kc=$("$weft" lab kubeconfig --name "$name")
+loop_kc=$("$weft" lab kubeconfig --name "$name")
 direct_kc=$WEFT_STATE_DIR/labs/$name/kubeconfig.internal
 [ -r "$direct_kc" ] || { echo "bench-kubectl: no $direct_kc" >&2; exit 1; }
 
@@ -72,16 +73,16 @@ chmod +x "$timer"
 
 timed() { # path verb
   case $1 in
-    relay) "$timer" "$relay_kc" "$2" "$manifest" "$pods" "$work/out" ;;
+    loopback) "$timer" "$loop_kc" "$2" "$manifest" "$pods" "$work/out" ;;
     direct) "$weft" lab exec --name "$name" --host control-plane -- \
       "$timer" "$direct_kc" "$2" "$manifest" "$pods" "$work/out" ;;
   esac
 }
 
 clear_pods() {
-  kubectl --kubeconfig "$relay_kc" delete pods --all --wait=false >/dev/null
+  kubectl --kubeconfig "$loop_kc" delete pods --all --wait=false >/dev/null
   local deadline=$((SECONDS + 600))
-  while [ "$(kubectl --kubeconfig "$relay_kc" get pods --no-headers 2>/dev/null | wc -l)" != 0 ]; do
+  while [ "$(kubectl --kubeconfig "$loop_kc" get pods --no-headers 2>/dev/null | wc -l)" != 0 ]; do
     [ $SECONDS -lt $deadline ] || { echo "bench-kubectl: pods still there after 600 s" >&2; exit 1; }
     sleep 0.5
   done
@@ -89,9 +90,9 @@ clear_pods() {
 
 # Discovery and OpenAPI caches warm for both paths (kubectl's disk cache is per server
 # address), so no round pays for the first discovery.
-for p in relay direct; do
+for p in loopback direct; do
   case $p in
-    relay) kubectl --kubeconfig "$relay_kc" api-resources >/dev/null ;;
+    loopback) kubectl --kubeconfig "$loop_kc" api-resources >/dev/null ;;
     direct) "$weft" lab exec --name "$name" --host control-plane -- \
       kubectl --kubeconfig "$direct_kc" api-resources >/dev/null ;;
   esac
@@ -100,13 +101,13 @@ done
 declare -A samples
 echo "== $rounds rounds of $pods pods (create, then apply), per path"
 for ((r = 1; r <= rounds; r++)); do
-  if ((r % 2)); then order="relay direct"; else order="direct relay"; fi
+  if ((r % 2)); then order="loopback direct"; else order="direct loopback"; fi
   for verb in create apply; do
     for p in $order; do
       clear_pods
       ms=$(timed "$p" "$verb")
       samples[$verb-$p]+="$ms "
-      printf '  round %d  %-6s %-6s %6d ms  %6.0f pods/s\n' "$r" "$verb" "$p" "$ms" \
+      printf '  round %d  %-6s %-8s %6d ms  %6.0f pods/s\n' "$r" "$verb" "$p" "$ms" \
         "$(echo "$pods * 1000 / $ms" | bc -l)"
     done
   done
@@ -117,11 +118,11 @@ median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {
   if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 
 echo "== medians over $rounds rounds ($pods pods, $nodes-node lab, $(nproc) cores)"
-printf '  %-8s %12s %12s %8s\n' verb relay direct ratio
+printf '  %-8s %12s %12s %8s\n' verb loopback direct ratio
 for verb in create apply; do
-  rm=$(echo "${samples[$verb-relay]}" | median)
+  rm=$(echo "${samples[$verb-loopback]}" | median)
   dm=$(echo "${samples[$verb-direct]}" | median)
-  printf '  %-8s %9.0f ms %9.0f ms %8.2f   (relay %.0f pods/s, direct %.0f pods/s)\n' \
+  printf '  %-8s %9.0f ms %9.0f ms %8.2f   (loopback %.0f pods/s, direct %.0f pods/s)\n' \
     "$verb" "$rm" "$dm" "$(echo "$rm / $dm" | bc -l)" \
     "$(echo "$pods * 1000 / $rm" | bc -l)" "$(echo "$pods * 1000 / $dm" | bc -l)"
 done

@@ -95,6 +95,12 @@ pub struct Config {
     /// request's complete headers; slower connections are closed.
     #[arg(long, default_value_t = 10_000)]
     pub header_read_timeout_ms: u64,
+    /// Also serve on an inherited TCP socket that is already listening (its descriptor
+    /// number; repeatable). `weft lab` hands the control plane a socket it bound on the
+    /// machine's loopback, so kubectl there reaches a server inside the lab's namespace
+    /// with no relay in between.
+    #[arg(long = "listen-fd", value_name = "FD")]
+    pub listen_fds: Vec<i32>,
 }
 
 impl Config {

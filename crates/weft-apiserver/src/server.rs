@@ -79,6 +79,10 @@ pub async fn start(cfg: Config) -> Result<Server, Error> {
     let addr = listener
         .local_addr()
         .map_err(|e| Error::io("reading the listening address", e))?;
+    let mut listeners = vec![listener];
+    for &fd in &cfg.listen_fds {
+        listeners.push(inherited_listener(fd)?);
+    }
     let client_ip = if addr.ip().is_unspecified() {
         IpAddr::from([127, 0, 0, 1])
     } else {
@@ -114,7 +118,7 @@ pub async fn start(cfg: Config) -> Result<Server, Error> {
     });
     let header_timeout = state.limits.header_read_timeout;
     crate::controllers::bootstrap(&state).map_err(|e| Error::Config(e.message))?;
-    let (shutdown_tx, mut shutdown_rx) = oneshot::channel::<()>();
+    let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     crate::controllers::spawn_all(state.clone(), stop_rx.clone());
 
@@ -122,63 +126,19 @@ pub async fn start(cfg: Config) -> Result<Server, Error> {
     let app = crate::api::router(state.clone());
     let conn_stop_rx = stop_rx.clone();
     let task = tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                r = listener.accept() => r,
-                _ = &mut shutdown_rx => break,
-            };
-            let (tcp, peer) = match accepted {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!("accept failed: {e}");
-                    continue;
-                }
-            };
-            let _ = tcp.set_nodelay(true);
-            let acceptor = acceptor.clone();
-            let app = app.clone();
-            let mut conn_stop = conn_stop_rx.clone();
-            tokio::spawn(async move {
-                // A client that trickles its TLS handshake is cut off like one that
-                // trickles its request headers.
-                let Ok(Ok(tls)) = tokio::time::timeout(header_timeout, acceptor.accept(tcp)).await
-                else {
-                    return;
-                };
-                // ALPN decides the protocol, so hyper never waits (without a timeout) for
-                // the first bytes to guess it.
-                let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                let svc = TowerToHyperService::new(app.map_request(move |mut req: Request<_>| {
-                    req.extensions_mut().insert(Peer(peer));
-                    req
-                }));
-                let mut builder =
-                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                builder
-                    .http1()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(header_timeout);
-                builder
-                    .http2()
-                    .timer(TokioTimer::new())
-                    .keep_alive_interval(Some(Duration::from_secs(30)));
-                let builder = if h2 {
-                    builder.http2_only()
-                } else {
-                    builder.http1_only()
-                };
-                // hyper's header timer starts at a request's first byte; a connection that
-                // never sends one is closed by this deadline instead.
-                let io = FirstByteDeadline::new(tls, header_timeout);
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-                // On shutdown open connections (long watches above all) are dropped, as
-                // a stopped process would drop them.
-                tokio::select! {
-                    _ = conn => {}
-                    _ = conn_stop.changed() => {}
-                }
-            });
+        let mut loops = tokio::task::JoinSet::new();
+        for l in listeners {
+            loops.spawn(accept_loop(
+                l,
+                acceptor.clone(),
+                app.clone(),
+                header_timeout,
+                conn_stop_rx.clone(),
+            ));
         }
+        // Stop asked for, or the Server dropped without asking.
+        let _ = shutdown_rx.await;
+        loops.abort_all();
         let _ = stop_tx.send(true);
     });
     tracing::info!(
@@ -193,6 +153,101 @@ pub async fn start(cfg: Config) -> Result<Server, Error> {
         shutdown: Some(shutdown_tx),
         task,
     })
+}
+
+/// Accepts connections on one listener and serves each (TLS, then HTTP/1.1 or HTTP/2 by
+/// ALPN) until the task is aborted.
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    app: axum::Router,
+    header_timeout: Duration,
+    conn_stop_rx: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = listener.accept().await;
+        let (tcp, peer) = match accepted {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of descriptors and the like: back off rather than spin.
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        let mut conn_stop = conn_stop_rx.clone();
+        tokio::spawn(async move {
+            // A client that trickles its TLS handshake is cut off like one that
+            // trickles its request headers.
+            let Ok(Ok(tls)) = tokio::time::timeout(header_timeout, acceptor.accept(tcp)).await
+            else {
+                return;
+            };
+            // ALPN decides the protocol, so hyper never waits (without a timeout) for
+            // the first bytes to guess it.
+            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            let svc = TowerToHyperService::new(app.map_request(move |mut req: Request<_>| {
+                req.extensions_mut().insert(Peer(peer));
+                req
+            }));
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout);
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .keep_alive_interval(Some(Duration::from_secs(30)));
+            let builder = if h2 {
+                builder.http2_only()
+            } else {
+                builder.http1_only()
+            };
+            // hyper's header timer starts at a request's first byte; a connection that
+            // never sends one is closed by this deadline instead.
+            let io = FirstByteDeadline::new(tls, header_timeout);
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+            // On shutdown open connections (long watches above all) are dropped, as
+            // a stopped process would drop them.
+            tokio::select! {
+                _ = conn => {}
+                _ = conn_stop.changed() => {}
+            }
+        });
+    }
+}
+
+/// Takes over an inherited descriptor that must be a listening TCP socket (`--listen-fd`).
+fn inherited_listener(fd: i32) -> Result<TcpListener, Error> {
+    use nix::sys::socket::{getsockopt, sockopt, SockType};
+    use std::os::fd::{BorrowedFd, FromRawFd};
+    let bad = |why: String| Error::Config(format!("--listen-fd {fd}: {why}"));
+    if fd < 3 {
+        return Err(bad(
+            "descriptors 0-2 are standard input, output and error".into()
+        ));
+    }
+    // SAFETY: only borrowed for the checks; ownership is taken below once they pass.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    match getsockopt(&borrowed, sockopt::SockType) {
+        Ok(SockType::Stream) => {}
+        Ok(t) => return Err(bad(format!("a {t:?} socket, not TCP"))),
+        Err(e) => return Err(bad(format!("not an open socket ({e})"))),
+    }
+    match getsockopt(&borrowed, sockopt::AcceptConn) {
+        Ok(true) => {}
+        Ok(false) => return Err(bad("the socket is not listening".into())),
+        Err(e) => return Err(bad(e.to_string())),
+    }
+    // SAFETY: a listening stream socket this process was handed and nothing else owns.
+    let std = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+    std.set_nonblocking(true)
+        .map_err(|e| Error::io(format!("--listen-fd {fd}: non-blocking"), e))?;
+    TcpListener::from_std(std).map_err(|e| Error::io(format!("--listen-fd {fd}: serving"), e))
 }
 
 fn tls_config(creds: &credentials::Credentials) -> Result<rustls::ServerConfig, Error> {

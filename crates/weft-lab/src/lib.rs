@@ -8,7 +8,6 @@
 
 pub mod access;
 pub mod error;
-pub mod forward;
 pub mod lab;
 pub mod supervise;
 pub mod topology;

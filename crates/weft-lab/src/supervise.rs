@@ -20,6 +20,10 @@ pub struct ProcSpec {
     /// The named network namespace it runs in.
     pub netns: String,
     pub argv: Vec<String>,
+    /// Descriptors of the supervisor the program inherits under the same numbers (every
+    /// other one is closed on exec), e.g. the API's listener on the machine's loopback.
+    #[serde(default)]
+    pub inherit_fds: Vec<i32>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -72,11 +76,19 @@ fn spawn(spec: &ProcSpec, logs: &Path) -> Result<Child> {
         .ok_or_else(|| Error::invalid("process", format!("{} has an empty command", spec.name)))?;
     let mut c = Command::new(prog);
     c.args(args).stdin(Stdio::null()).stdout(log).stderr(err);
-    // SAFETY: only setns(2), which is async-signal-safe, runs between fork and exec.
+    let inherit = spec.inherit_fds.clone();
+    // SAFETY: only setns(2) and fcntl(2), which are async-signal-safe, run between fork
+    // and exec; `inherit` was allocated before the fork.
     unsafe {
         c.pre_exec(move || {
             if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            // The child's copy only: the supervisor keeps its close-on-exec flag.
+            for &keep in &inherit {
+                if libc::fcntl(keep, libc::F_SETFD, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             Ok(())
         });

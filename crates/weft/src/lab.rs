@@ -25,8 +25,9 @@ fn progress(msg: &str) {
     println!("  {msg}");
 }
 
-/// The programs the supervisor keeps running for a lab.
-pub fn programs(state: &LabState, weft: &Path) -> Vec<ProcSpec> {
+/// The programs the supervisor keeps running for a lab; `api_fd` is the listener on the
+/// machine's loopback that the control plane serves on besides its own address.
+pub fn programs(state: &LabState, weft: &Path, api_fd: Option<i32>) -> Vec<ProcSpec> {
     let dir = weft_lab::lab_dir(&state.spec.name);
     let t = &state.topology;
     let w = weft.display().to_string();
@@ -48,7 +49,11 @@ pub fn programs(state: &LabState, weft: &Path) -> Vec<ProcSpec> {
             state.spec.load_balancer_cidr.to_string(),
             "--kubeconfig-out".into(),
             internal_kubeconfig(&dir).display().to_string(),
-        ],
+        ]
+        .into_iter()
+        .chain(api_fd.map(|fd| format!("--listen-fd={fd}")))
+        .collect(),
+        inherit_fds: api_fd.into_iter().collect(),
     }];
     for n in &t.nodes {
         v.push(ProcSpec {
@@ -85,6 +90,7 @@ pub fn programs(state: &LabState, weft: &Path) -> Vec<ProcSpec> {
                     .flat_map(|u| ["--dns-upstream".to_string(), u.to_string()]),
             )
             .collect(),
+            inherit_fds: Vec::new(),
         });
     }
     v
@@ -223,17 +229,22 @@ fn wait_ready(state: &LabState, started: Instant) -> Result<()> {
     Ok(())
 }
 
-/// The hidden `lab supervise`: forwards the API to the machine's loopback and keeps the
-/// lab's programs running.
+/// The hidden `lab supervise`: keeps the lab's programs running, and holds the API's
+/// listener on the machine's loopback.
+///
+/// The listener is bound here, in the machine's namespace, and the control plane (in the
+/// lab's) inherits it and accepts on it directly: a socket stays in the namespace it was
+/// made in, whoever uses it. So kubectl on the machine talks to the API server with no
+/// relay in between, nothing is added to the machine's network but this one loopback
+/// socket, and connections made while the control plane restarts wait in the backlog.
 pub fn supervise(name: &str) -> Result<()> {
+    use std::os::fd::AsRawFd;
     let state = weft_lab::load(name)?;
     let dir = weft_lab::lab_dir(name);
     let weft = std::env::current_exe()?;
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("bind the API forwarder")?;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("bind the API listener")?;
     let port = listener.local_addr()?.port();
-    let root = weft_netlink::Netns::from_name(&state.topology.root_netns)?;
     let target = std::net::SocketAddr::new(state.topology.gateway.addr().into(), API_PORT);
-    weft_lab::forward::spawn(listener, root, target)?;
     let (internal, host) = (internal_kubeconfig(&dir), kubeconfig_path(name));
     let owner = state.owner;
     std::thread::spawn(move || {
@@ -250,7 +261,8 @@ pub fn supervise(name: &str) -> Result<()> {
             std::thread::sleep(Duration::from_millis(50));
         }
     });
-    supervise::run(programs(&state, &weft), &dir)?;
+    supervise::run(programs(&state, &weft, Some(listener.as_raw_fd())), &dir)?;
+    drop(listener);
     Ok(())
 }
 
