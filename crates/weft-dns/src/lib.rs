@@ -67,6 +67,7 @@ pub mod model;
 pub mod name;
 pub mod records;
 pub mod server;
+mod udp;
 pub mod wire;
 pub mod zone;
 

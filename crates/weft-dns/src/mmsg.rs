@@ -52,9 +52,14 @@ fn header(
 }
 
 impl Batch {
-    /// Receive what is queued, up to [`BATCH`] datagrams, without blocking
-    /// (`WouldBlock` when nothing is).
-    pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+    /// Receive up to [`BATCH`] datagrams: with `wait`, block until one arrives and take
+    /// what is queued behind it; without, `WouldBlock` when nothing is queued.
+    pub fn recv(&mut self, fd: RawFd, wait: bool) -> io::Result<usize> {
+        let flags = if wait {
+            libc::MSG_WAITFORONE
+        } else {
+            libc::MSG_DONTWAIT
+        };
         let mut iov: [libc::iovec; BATCH] = std::array::from_fn(|i| libc::iovec {
             iov_base: self.bufs[i].as_mut_ptr().cast(),
             iov_len: SLOT,
@@ -65,15 +70,7 @@ impl Batch {
         });
         // SAFETY: every header points into buffers owned by self (or the local iov array)
         // that outlive the call, with their true lengths.
-        let n = unsafe {
-            libc::recvmmsg(
-                fd,
-                hdrs.as_mut_ptr(),
-                BATCH as u32,
-                libc::MSG_DONTWAIT,
-                null_mut(),
-            )
-        };
+        let n = unsafe { libc::recvmmsg(fd, hdrs.as_mut_ptr(), BATCH as u32, flags, null_mut()) };
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -98,9 +95,17 @@ impl Batch {
         ))
     }
 
-    /// Send `replies[k]` for each datagram index in `to` back to its sender, without
-    /// blocking: how many of `to`, in order, went out (`WouldBlock` when none could).
-    pub fn send(&mut self, fd: RawFd, to: &[usize], replies: &mut [Vec<u8>]) -> io::Result<usize> {
+    /// Send `replies[k]` for each datagram index in `to` back to its sender: how many of
+    /// `to`, in order, went out. With `wait` a full send buffer blocks; without, it is
+    /// `WouldBlock` when none could go.
+    pub fn send(
+        &mut self,
+        fd: RawFd,
+        to: &[usize],
+        replies: &mut [Vec<u8>],
+        wait: bool,
+    ) -> io::Result<usize> {
+        let flags = if wait { 0 } else { libc::MSG_DONTWAIT };
         let mut iov: [libc::iovec; BATCH] = std::array::from_fn(|k| match to.get(k) {
             Some(&i) => libc::iovec {
                 iov_base: replies[i].as_mut_ptr().cast(),
@@ -117,12 +122,58 @@ impl Batch {
         });
         let count = to.len().min(BATCH) as u32;
         // SAFETY: the first `count` headers point at live reply buffers and addresses.
-        let n = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), count, libc::MSG_DONTWAIT) };
+        let n = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), count, flags) };
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
         Ok(n as usize)
     }
+}
+
+/// Send one datagram to `to` without blocking: a reply that finds the send buffer full is
+/// dropped (`WouldBlock`), as any UDP reply may be; the client asks again.
+pub fn send_one(fd: RawFd, buf: &[u8], to: SocketAddr) -> io::Result<()> {
+    // SAFETY: sockaddr_storage is plain old data; all zeroes is a valid value.
+    let mut ss: libc::sockaddr_storage = unsafe { zeroed() };
+    let len = match to {
+        SocketAddr::V4(a) => {
+            // SAFETY: sockaddr_storage is large and aligned enough for a sockaddr_in.
+            let sin = unsafe {
+                &mut *(&mut ss as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>()
+            };
+            sin.sin_family = libc::AF_INET as libc::sa_family_t;
+            sin.sin_port = a.port().to_be();
+            sin.sin_addr.s_addr = u32::from(*a.ip()).to_be();
+            size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            // SAFETY: sockaddr_storage is large and aligned enough for a sockaddr_in6.
+            let sin6 = unsafe {
+                &mut *(&mut ss as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>()
+            };
+            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sin6.sin6_port = a.port().to_be();
+            sin6.sin6_addr.s6_addr = a.ip().octets();
+            sin6.sin6_flowinfo = a.flowinfo();
+            sin6.sin6_scope_id = a.scope_id();
+            size_of::<libc::sockaddr_in6>()
+        }
+    };
+    // SAFETY: buf and ss are live for the call and their lengths are theirs.
+    let n = unsafe {
+        libc::sendto(
+            fd,
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT,
+            (&ss as *const libc::sockaddr_storage).cast(),
+            len as libc::socklen_t,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn to_socket_addr(s: &libc::sockaddr_storage) -> Option<SocketAddr> {

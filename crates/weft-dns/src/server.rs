@@ -1,20 +1,16 @@
-//! The serving loops: per listen address one UDP socket and one TCP listener on tokio.
-//!
-//! UDP is read and written in batches (`recvmmsg`/`sendmmsg`) and answered in the receiving
-//! task when the zone (without allocating) or the cache has the answer; only a question
-//! that has to go upstream gets a task of its own.
+//! The serving loops: per listen address one UDP socket, served by a thread of its own
+//! (`udp.rs`: batches of `recvmmsg`/`sendmmsg`), and one TCP listener on tokio.
 //! TCP connections carry any number of length-framed queries, answered in order, and are
 //! closed after `tcp_idle_timeout` without a complete query; at most
 //! `max_tcp_connections` are open, further ones wait in the listen backlog.
 
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
@@ -25,8 +21,8 @@ use crate::chase;
 use crate::config::{ServerConfig, Upstreams};
 use crate::error::{Error, Result};
 use crate::forward::{read_resolv_conf, without_self, Forwarder};
-use crate::mmsg::{Batch, BATCH};
 use crate::model::Model;
+use crate::udp::UdpThread;
 use crate::wire::{parse, Parsed, Query, RCODE_SERVFAIL};
 
 /// Counters since the server started.
@@ -39,18 +35,18 @@ pub struct Stats {
     pub dropped: AtomicU64,
 }
 
-struct Shared {
-    model: Model,
-    acl: Acl,
-    fwd: Forwarder,
-    idle: Duration,
-    conns: Arc<Semaphore>,
-    forwards: Arc<Semaphore>,
-    stats: Stats,
+pub(crate) struct Shared {
+    pub(crate) model: Model,
+    pub(crate) acl: Acl,
+    pub(crate) fwd: Forwarder,
+    pub(crate) idle: Duration,
+    pub(crate) conns: Arc<Semaphore>,
+    pub(crate) forwards: Arc<Semaphore>,
+    pub(crate) stats: Stats,
 }
 
 pub struct Server {
-    udp: Vec<Arc<UdpSocket>>,
+    udp: Vec<Arc<std::net::UdpSocket>>,
     tcp: Vec<TcpListener>,
     shared: Arc<Shared>,
 }
@@ -71,7 +67,7 @@ impl Server {
         let mut tcp = Vec::new();
         let mut bound = Vec::new();
         for &addr in &cfg.listen {
-            let u = UdpSocket::bind(addr).await.map_err(|source| Error::Bind {
+            let u = std::net::UdpSocket::bind(addr).map_err(|source| Error::Bind {
                 proto: "udp",
                 addr,
                 source,
@@ -141,11 +137,26 @@ impl Server {
         StatsHandle(self.shared.clone())
     }
 
+    /// Serve until a loop ends; dropping the future stops the UDP threads too.
     pub async fn run(self) -> Result<()> {
-        let mut set = JoinSet::new();
+        let rt = tokio::runtime::Handle::current();
+        let mut threads = Vec::new();
         for u in self.udp {
-            set.spawn(udp_loop(u, self.shared.clone()));
+            let addr = u.local_addr().map_err(|source| Error::Io {
+                what: "read the bound address of",
+                server: SocketAddr::from(([0, 0, 0, 0], 0)),
+                source,
+            })?;
+            let t = UdpThread::start(u, self.shared.clone(), rt.clone()).map_err(|source| {
+                Error::Io {
+                    what: "start the UDP thread for",
+                    server: addr,
+                    source,
+                }
+            })?;
+            threads.push(t);
         }
+        let mut set = JoinSet::new();
         for t in self.tcp {
             set.spawn(tcp_loop(t, self.shared.clone()));
         }
@@ -154,6 +165,7 @@ impl Server {
                 tracing::error!("DNS serving loop ended: {e}");
             }
         }
+        drop(threads);
         Ok(())
     }
 }
@@ -177,124 +189,11 @@ impl StatsHandle {
     }
 }
 
-fn bump(c: &AtomicU64) {
+pub(crate) fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
-async fn udp_loop(sock: Arc<UdpSocket>, sh: Arc<Shared>) {
-    let fd = sock.as_raw_fd();
-    let mut batch = Batch::default();
-    let mut outs: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(1500)).collect();
-    let mut lower = [0u8; 255];
-    let mut ready = Vec::with_capacity(BATCH);
-    loop {
-        if let Err(e) = sock.readable().await {
-            tracing::warn!("udp socket: {e}");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            continue;
-        }
-        let n = match sock.try_io(Interest::READABLE, || batch.recv(fd)) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            Err(e) => {
-                tracing::debug!("udp receive: {e}");
-                tokio::time::sleep(Duration::from_millis(1)).await;
-                continue;
-            }
-        };
-        ready.clear();
-        for (i, out) in outs.iter_mut().enumerate().take(n) {
-            bump(&sh.stats.queries);
-            let Some((msg, src)) = batch.get(i) else {
-                bump(&sh.stats.dropped);
-                continue;
-            };
-            if datagram(&sock, &sh, msg, src, out, &mut lower) {
-                ready.push(i);
-            }
-        }
-        let sent = match batch.send(fd, &ready, &mut outs) {
-            Ok(k) => k,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
-            Err(e) => {
-                tracing::debug!("udp send: {e}");
-                ready.len()
-            }
-        };
-        // The socket's send buffer was full: wait for room for the rest.
-        for &i in ready.iter().skip(sent) {
-            if let Some((_, src)) = batch.get(i) {
-                let _ = sock.send_to(&outs[i], src).await;
-            }
-        }
-    }
-}
-
-/// Handle one datagram: `true` when `out` holds the reply to send now (the zone's or the
-/// cache's); a question for upstream is answered later from a task of its own.
-fn datagram(
-    sock: &Arc<UdpSocket>,
-    sh: &Arc<Shared>,
-    msg: &[u8],
-    src: SocketAddr,
-    out: &mut Vec<u8>,
-    lower: &mut [u8; 255],
-) -> bool {
-    match respond(&sh.model, &sh.acl, src.ip(), msg, true, out, lower) {
-        Decision::Reply => true,
-        Decision::Drop => {
-            bump(&sh.stats.dropped);
-            false
-        }
-        Decision::Forward(q) => {
-            let key = cache::key(&lower[..q.qname_len], q.qtype, q.qclass);
-            if let Some(e) = sh.fwd.cached(&key) {
-                bump(&sh.stats.cache_hits);
-                e.write_reply(out, &q, Instant::now());
-                truncate_to(out, q.question.len(), q.edns, q.udp_limit());
-                true
-            } else if spawn_upstream(sock, sh, msg, None, src) {
-                false
-            } else {
-                too_busy(sh, &q, out);
-                true
-            }
-        }
-        Decision::Chase(q, target, ttl) => {
-            if spawn_upstream(sock, sh, msg, Some((target, ttl)), src) {
-                return false;
-            }
-            too_busy(sh, &q, out);
-            true
-        }
-    }
-}
-
-/// Answer over UDP from a task of its own once the upstream has replied; `false` when
-/// `max_forwards` questions are already waiting.
-fn spawn_upstream(
-    sock: &Arc<UdpSocket>,
-    sh: &Arc<Shared>,
-    msg: &[u8],
-    alias: Option<(Vec<u8>, u32)>,
-    src: SocketAddr,
-) -> bool {
-    let Ok(permit) = sh.forwards.clone().try_acquire_owned() else {
-        return false;
-    };
-    let (sock, sh, msg) = (sock.clone(), sh.clone(), msg.to_vec());
-    tokio::spawn(async move {
-        let _permit = permit;
-        let mut out = Vec::new();
-        forwarded(&sh, &msg, alias, true, &mut out).await;
-        if !out.is_empty() {
-            let _ = sock.send_to(&out, src).await;
-        }
-    });
-    true
-}
-
-fn too_busy(sh: &Shared, q: &Query, out: &mut Vec<u8>) {
+pub(crate) fn too_busy(sh: &Shared, q: &Query, out: &mut Vec<u8>) {
     bump(&sh.stats.servfail);
     error_reply(
         out,
@@ -308,7 +207,7 @@ fn too_busy(sh: &Shared, q: &Query, out: &mut Vec<u8>) {
 
 /// The reply to a question that needs an upstream: for its own name, or (`alias`) for the
 /// target of the ExternalName it names. SERVFAIL when no upstream answered.
-async fn forwarded(
+pub(crate) async fn forwarded(
     sh: &Shared,
     msg: &[u8],
     alias: Option<(Vec<u8>, u32)>,

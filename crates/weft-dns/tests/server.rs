@@ -485,3 +485,40 @@ fn ipv6_and_several_listen_addresses() {
         }
     });
 }
+
+#[test]
+fn a_stopped_server_lets_go_of_its_port() {
+    in_netns(&[], || async {
+        let cfg = ServerConfig {
+            listen: vec!["127.0.0.1:0".parse().unwrap()],
+            upstreams: Upstreams::List(vec![]),
+            ..ServerConfig::default()
+        };
+        let server = Server::bind(cfg.clone(), model()).await.unwrap();
+        let addr = server.local_addrs()[0];
+        let run = tokio::spawn(server.run());
+        let msg = raw_query("web.default.svc.cluster.local", "A", None);
+        assert!(
+            udp_ask(addr, &msg).await.is_some(),
+            "served before the stop"
+        );
+        run.abort();
+        assert!(run.await.unwrap_err().is_cancelled());
+        // The UDP thread has ended with the future: nothing answers, and the same
+        // address can be bound again at once (UDP and TCP).
+        assert!(
+            udp_ask(addr, &msg).await.is_none(),
+            "answered after the stop"
+        );
+        let again = ServerConfig {
+            listen: vec![addr],
+            ..cfg
+        };
+        let server = Server::bind(again, model()).await.unwrap();
+        tokio::spawn(server.run());
+        assert!(
+            udp_ask(addr, &msg).await.is_some(),
+            "served again on {addr}"
+        );
+    });
+}
