@@ -19,7 +19,7 @@
 #
 # Knobs (environment): WEFT_KUBECTL_BENCH_ROUNDS (5), WEFT_KUBECTL_BENCH_PODS (1000),
 # WEFT_KUBECTL_BENCH_NODES (2), WEFT_KUBECTL_BENCH_NO_BUILD=1 (use target/release/weft
-# as it is).
+# as it is), WEFT_KUBECTL_BENCH_BIN=PATH (a weft binary to use instead; implies no build).
 set -euo pipefail
 [ "$(id -u)" = 0 ] || { echo "bench-kubectl: run as root (network namespaces)" >&2; exit 1; }
 cd "$(dirname "$0")/.."
@@ -29,11 +29,11 @@ rounds=${WEFT_KUBECTL_BENCH_ROUNDS:-5}
 pods=${WEFT_KUBECTL_BENCH_PODS:-1000}
 nodes=${WEFT_KUBECTL_BENCH_NODES:-2}
 
-if [ "${WEFT_KUBECTL_BENCH_NO_BUILD:-0}" != 1 ]; then
+if [ "${WEFT_KUBECTL_BENCH_NO_BUILD:-0}" != 1 ] && [ -z "${WEFT_KUBECTL_BENCH_BIN:-}" ]; then
   echo "== building (release)"
   cargo build --release -q -p weft
 fi
-weft=$PWD/target/release/weft
+weft=${WEFT_KUBECTL_BENCH_BIN:-$PWD/target/release/weft}
 name=kbench-$$
 work=$(mktemp -d /tmp/weft-bench-kubectl.XXXXXX)
 export WEFT_STATE_DIR=$work/state
