@@ -6,15 +6,11 @@
 //! WEFT_BENCH_RUNS=N       rounds of the connection-rate measurement (default 9)
 //! WEFT_BENCH_CONNECTS=N   connections per sample (default 3000)
 //! WEFT_BENCH_CHANGES=N    policy changes timed per compile path (default 11)
-//! WEFT_BENCH_MAX_ELEMENTS=N  elements loaded into a kernel table (default 20000)
 //! WEFT_BENCH_KERNEL=0     the compiler's figures only
 //! ```
 //!
-//! The compiled tables are far larger than the kernel loads in reasonable time (0.77 M
-//! elements at 100 policies, 4.1 M at 1000: the interval maps are pipapo sets, and every
-//! insertion re-sizes the set's lookup table, so a load is quadratic). The kernel gets
-//! the elements of the client and server pods and of further pods in address order up to
-//! `WEFT_BENCH_MAX_ELEMENTS`; the compiler's figures are for the whole table.
+//! Every table is loaded whole (the class-keyed tables hold ~10 k elements at 100
+//! policies and ~70 k at 1000, nearly all in hash maps).
 //!
 //! The world: one node `n1` with pod CIDR 10.244.0.0/22 and 1000 pods on it (50 namespaces
 //! of 20 pods, addresses handed out in creation order so namespaces interleave), two
@@ -27,15 +23,13 @@
 //! thread) wired to it by veth pairs; so configurations alternate within one run without
 //! reloading tables. Every namespace is removed on exit and on panic (RAII guards).
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use weft_policy::desired::{desired, Incremental, FAMILY, TABLE};
+use weft_policy::desired::{desired, Incremental};
 use weft_policy::enforcer::Enforcer;
 use weft_policy::{check, Cluster, Endpoint, Protocol};
 
@@ -215,11 +209,6 @@ fn main() {
     if env("WEFT_BENCH_KERNEL", 1) == 0 {
         return;
     }
-    // The kernel inserts interval-map elements one by one, each insertion re-sizing the
-    // pipapo lookup table: loading much more than this takes minutes to hours.
-    // Larger tables are loaded for the pods in order (client and server first) up to this
-    // many elements.
-    let max_elements = env("WEFT_BENCH_MAX_ELEMENTS", 20_000) as usize;
     let runs = env("WEFT_BENCH_RUNS", 9);
     let per_sample = env("WEFT_BENCH_CONNECTS", 3000);
     let changes = env("WEFT_BENCH_CHANGES", 11);
@@ -233,11 +222,10 @@ fn main() {
         policies: usize,
         lab: Lab,
         elements: usize,
-        full_elements: usize,
         rates: Vec<f64>,
     }
     let mut configs: Vec<Config> = Vec::new();
-    let mut big: Option<(Cluster, Enforcer, Option<BTreeSet<IpAddr>>)> = None;
+    let mut big: Option<(Cluster, Enforcer)> = None;
     let mut full_desired = Vec::new();
     let mut full_sync = Vec::new();
     for (name, per_ns) in [
@@ -247,8 +235,7 @@ fn main() {
     ] {
         let tag = format!("c{}", configs.len());
         let lab = Lab::new(&tag);
-        let mut elements = 0;
-        let mut full_elements = 0;
+        let mut loaded = 0;
         let mut policies = 0;
         if let Some(per_ns) = per_ns {
             let c = with_policies(per_ns);
@@ -262,24 +249,18 @@ fn main() {
             let t0 = Instant::now();
             let rs = desired(&c, &ctx);
             let t1 = Instant::now();
-            let keep = pods_within(&rs, max_elements);
-            let full = elements_of(&rs);
-            let rs = keep.as_ref().map_or(rs.clone(), |k| only_pods(&rs, k));
-            let t1b = Instant::now();
             e.sync(&rs).expect("first sync");
             let t2 = Instant::now();
-            elements = elements_of(&rs);
+            loaded = elements(&rs);
             say(&format!(
-                "{name}: {policies} policies, {elements} of {full} elements loaded ({} pods' keys); desired {:.1} ms, sync {:.1} ms",
-                keep.as_ref().map_or(PODS as usize, |k| k.len()),
+                "{name}: {policies} policies, {loaded} elements loaded; desired {:.1} ms, sync {:.1} ms",
                 ms(t1 - t0),
-                ms(t2 - t1b)
+                ms(t2 - t1)
             ));
-            full_elements = full;
             if per_ns == POLICIES_PER_NS {
                 full_desired.push(ms(t1 - t0));
-                full_sync.push(ms(t2 - t1b));
-                big = Some((c, e, keep));
+                full_sync.push(ms(t2 - t1));
+                big = Some((c, e));
             }
         }
         assert!(lab.connects(), "{name}: client reaches server");
@@ -287,8 +268,7 @@ fn main() {
             name,
             policies,
             lab,
-            elements,
-            full_elements,
+            elements: loaded,
             rates: Vec::new(),
         });
     }
@@ -318,7 +298,7 @@ fn main() {
         "{runs} rounds x {per_sample} connects per configuration, configurations alternating; medians."
     );
     println!();
-    println!("| configuration | policies | map elements loaded (of the full table) | connects/s (median) | ratio to 0 policies (median of per-round ratios) | min..max ratio |");
+    println!("| configuration | policies | map elements (whole table loaded) | connects/s (median) | ratio to 0 policies (median of per-round ratios) | min..max ratio |");
     println!("| --- | ---: | ---: | ---: | ---: | --- |");
     for (i, c) in configs.iter_mut().enumerate() {
         let mut r = ratios[i].clone();
@@ -327,18 +307,17 @@ fn main() {
             r.iter().cloned().fold(0.0, f64::max),
         );
         println!(
-            "| {} | {} | {} of {} | {:.0} | {:.3} | {lo:.3}..{hi:.3} |",
+            "| {} | {} | {} | {:.0} | {:.3} | {lo:.3}..{hi:.3} |",
             c.name,
             c.policies,
             c.elements,
-            c.full_elements,
             median(&mut c.rates),
             median(&mut r)
         );
     }
 
     // --- 2. a policy change to enforcement, at 1000 policies x 1000 pods.
-    let Some((mut cluster, mut enforcer, keep)) = big else {
+    let Some((mut cluster, mut enforcer)) = big else {
         println!("\n(the 1000-policy table was not loaded: no change-to-enforcement or full-sync figures)");
         return;
     };
@@ -368,11 +347,8 @@ fn main() {
             desired(&cluster, &ctx)
         };
         let t2 = Instant::now();
-        // Only the loaded pods' elements go to the kernel; the filter is not timed.
-        let rs = keep.as_ref().map_or(rs.clone(), |k| only_pods(&rs, k));
-        let t2b = Instant::now();
         let sum = enforcer.sync(&rs).expect("sync");
-        let t3 = Instant::now() - (t2b - t2);
+        let t3 = Instant::now();
         assert_eq!(lab.connects(), open, "step {step}: enforced");
         changed_elems.push((sum.elements_added + sum.elements_deleted) as f64);
         if incremental {
@@ -402,10 +378,8 @@ fn main() {
         let t0 = Instant::now();
         let rs = desired(&cluster, &ctx);
         let t1 = Instant::now();
-        let rs = keep.as_ref().map_or(rs.clone(), |k| only_pods(&rs, k));
-        let t1b = Instant::now();
         e.sync(&rs).expect("full sync");
-        let t2 = Instant::now() - (t1b - t1);
+        let t2 = Instant::now();
         full_desired.push(ms(t1 - t0));
         full_sync.push(ms(t2 - t1));
         say(&format!(
@@ -433,7 +407,7 @@ fn main() {
         median(&mut changed_elems.clone())
     );
     println!(
-        "| `Incremental::desired()` | (same) | {:.2} | {:.1} | {:.1} | |",
+        "| `Incremental::desired()` (what the agent runs) | (same) | {:.2} | {:.1} | {:.1} | |",
         median(&mut inc_t),
         median(&mut inc_sync_t),
         median(&mut inc_total_t)
@@ -442,7 +416,7 @@ fn main() {
     println!("### Full sync, empty table to 1000 policies x 1000 pods");
     println!();
     println!(
-        "| desired() (whole table) | Enforcer::sync of the loaded elements (one transaction) | elements loaded | samples |\n| ---: | ---: | ---: | ---: |\n| {:.0} ms | {:.0} ms | {} | {} |",
+        "| desired() (whole table) | Enforcer::sync, empty to full (one transaction) | elements | samples |\n| ---: | ---: | ---: | ---: |\n| {:.0} ms | {:.0} ms | {} | {} |",
         median(&mut full_desired.clone()),
         median(&mut full_sync.clone()),
         configs[2].elements,
@@ -454,7 +428,7 @@ fn main() {
 /// `desired()` and `Incremental`, at 100 and 1000 policies.
 fn compile_only() {
     let ctx = ctx();
-    println!("| policies | map elements | desired() full | change: apply | change: desired() | change: Incremental | pods recompiled | change: Incremental, previous table still held | change: diff (the Rust half of Enforcer::sync) |");
+    println!("| policies | map elements | desired() full | change: apply | change: desired() | change: Incremental | subject classes recomputed | change: Incremental, previous table still held | change: diff (the Rust half of Enforcer::sync) |");
     println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for per_ns in [2, POLICIES_PER_NS] {
         let mut c = with_policies(per_ns);
@@ -511,52 +485,4 @@ fn compile_only() {
             median(&mut diff)
         );
     }
-}
-
-/// The addresses of the pods whose keys fit under `cap` elements, client and server first
-/// and then in address order; `None` when everything fits.
-fn pods_within(rs: &weft_nft::Ruleset, cap: usize) -> Option<BTreeSet<IpAddr>> {
-    if elements(rs) <= cap {
-        return None;
-    }
-    let mut per: BTreeMap<IpAddr, usize> = BTreeMap::new();
-    for set in rs.table(FAMILY, TABLE).unwrap().sets.values() {
-        for k in set.elements.keys() {
-            if let Some(weft_nft::Value::Ipv4(a)) = k.0.first() {
-                *per.entry(IpAddr::V4(*a)).or_default() += 1;
-            }
-        }
-    }
-    let mut keep = BTreeSet::new();
-    let mut total = 0;
-    for i in [CLIENT, SERVER].into_iter().chain(2..PODS) {
-        let a = IpAddr::V4(pod_ip(i));
-        let n = per.get(&a).copied().unwrap_or(0);
-        if total + n > cap && keep.len() >= 2 {
-            break;
-        }
-        total += n;
-        keep.insert(a);
-    }
-    Some(keep)
-}
-
-/// `rs` with only the elements keyed by the pods at `keep`.
-fn only_pods(rs: &weft_nft::Ruleset, keep: &BTreeSet<IpAddr>) -> weft_nft::Ruleset {
-    let mut rs = rs.clone();
-    let t = rs.tables.get_mut(&(FAMILY, TABLE.to_owned())).unwrap();
-    for set in t.sets.values_mut() {
-        Arc::make_mut(set)
-            .elements
-            .retain(|k, _| match k.0.first() {
-                Some(weft_nft::Value::Ipv4(a)) => keep.contains(&IpAddr::V4(*a)),
-                Some(weft_nft::Value::Ipv6(a)) => keep.contains(&IpAddr::V6(*a)),
-                _ => true,
-            });
-    }
-    rs
-}
-
-fn elements_of(rs: &weft_nft::Ruleset) -> usize {
-    elements(rs)
 }

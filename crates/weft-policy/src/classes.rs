@@ -29,8 +29,6 @@ use crate::view::{Cluster, ContainerPort, Pod};
 /// signatures.
 pub struct Columns<'a> {
     pub peers: Vec<(&'a [PeerMatch], bool)>,
-    /// Per column: a hash of its peers, which class ids are made of.
-    pub hashes: Vec<u64>,
     index: HashMap<(&'a [PeerMatch], bool), usize>,
     /// Named ports any rule of the direction refers to.
     pub names: BTreeSet<&'a str>,
@@ -40,7 +38,6 @@ impl<'a> Columns<'a> {
     pub fn new(cluster: &'a Cluster, dir: Direction) -> Columns<'a> {
         let mut c = Columns {
             peers: Vec::new(),
-            hashes: Vec::new(),
             index: HashMap::new(),
             names: BTreeSet::new(),
         };
@@ -50,7 +47,6 @@ impl<'a> Columns<'a> {
                 let next = c.peers.len();
                 if *c.index.entry(key).or_insert(next) == next {
                     c.peers.push(key);
-                    c.hashes.push(fnv(format!("{key:?}").as_bytes()));
                 }
                 for pr in &r.ports {
                     if let PortMatch::Named(n) = &pr.port {
@@ -143,11 +139,17 @@ pub fn peers(
         }
         regions.insert(*fam, out);
     }
+    // Per column: a hash of its peers, which peer class ids are made of.
+    let col_hashes: Vec<u64> = cols
+        .peers
+        .iter()
+        .map(|key| fnv(format!("{key:?}").as_bytes()))
+        .collect();
     let hashes = classes.iter().map(|(sig, _)| {
         let cols = sig
             .columns
             .iter()
-            .zip(&cols.hashes)
+            .zip(&col_hashes)
             .filter(|(held, _)| **held)
             .fold(0u64, |acc, (_, h)| acc.wrapping_add(*h));
         cols ^ fnv(format!("{}{:?}", sig.own_node, sig.ports).as_bytes())

@@ -64,7 +64,14 @@ pub(crate) struct Cache {
     peers: HashMap<Direction, (PeerKeys, Arc<Peers>)>,
     applicable: HashMap<(Direction, String, String), Vec<PolicyId>>,
     subjects: HashMap<SubjectKey, Arc<SubjectRows>>,
+    /// Per direction: the last row ids and each subject class's rows and ids.
+    classes: HashMap<Direction, ClassIds>,
 }
+
+type ClassIds = (
+    BTreeMap<Row, u32>,
+    HashMap<u32, (Arc<SubjectRows>, SubjectClass)>,
+);
 
 impl Cache {
     /// Forgets what depends on the policies in `changed` (old and new versions).
@@ -141,12 +148,16 @@ fn peer_classes(
     dir: Direction,
     mut cache: Option<&mut Cache>,
 ) -> Arc<Peers> {
-    let keys: PeerKeys = cols.peers.iter().map(|(p, a)| (p.to_vec(), *a)).collect();
     if let Some((k, peers)) = cache.as_deref().and_then(|c| c.peers.get(&dir)) {
-        if *k == keys {
+        let same = k.len() == cols.peers.len()
+            && k.iter()
+                .zip(&cols.peers)
+                .all(|((p, a), (q, b))| a == b && p.as_slice() == *q);
+        if same {
             return peers.clone();
         }
     }
+    let keys: PeerKeys = cols.peers.iter().map(|(p, a)| (p.to_vec(), *a)).collect();
     let values: Vec<Arc<Vec<bool>>> = keys
         .iter()
         .map(|key| {
@@ -232,38 +243,7 @@ fn direction<'a>(
         };
         per_subject.push((*sid, rows));
     }
-    // Row ids: hashes of the rows' contents, so a row keeps its id while it exists.
-    let mut distinct: Vec<&Row> = per_subject
-        .iter()
-        .flat_map(|(_, r)| std::iter::once(&r.default).chain(r.others.iter().map(|(_, r)| r)))
-        .collect::<BTreeSet<&Row>>()
-        .into_iter()
-        .collect();
-    distinct.sort();
-    let hashes = distinct
-        .iter()
-        .map(|r| classes::fnv(format!("{r:?}").as_bytes()))
-        .collect();
-    let ids = classes::assign_ids(hashes, |a, b| distinct[a].cmp(distinct[b]), u32::MAX);
-    let row_id: HashMap<&Row, u32> = distinct.iter().copied().zip(ids).collect();
-    let mut classes_out = BTreeMap::new();
-    let mut used: BTreeMap<u32, Row> = BTreeMap::new();
-    for (sid, rows) in &per_subject {
-        let default = (!rows.default.is_empty()).then(|| row_id[&rows.default]);
-        if let Some(d) = default {
-            used.insert(d, rows.default.clone());
-        }
-        let pairs = rows
-            .others
-            .iter()
-            .map(|(pid, r)| {
-                let id = row_id[r];
-                used.insert(id, r.clone());
-                (*pid, id)
-            })
-            .collect();
-        classes_out.insert(*sid, SubjectClass { default, pairs });
-    }
+    let (classes_out, used) = row_ids(dir, &per_subject, cache);
     let d = Direction2 {
         subjects: subjects.members,
         peers,
@@ -271,6 +251,76 @@ fn direction<'a>(
         rows: used,
     };
     (d, computed)
+}
+
+type RowPtr = *const Vec<(crate::rows::Service, Tier)>;
+
+/// Row ids (hashes of the rows' contents, so a row keeps its id while it exists), and
+/// each subject class's default and pairs by id; a class whose rows and the ids are as
+/// last time is taken from the cache.
+fn row_ids(
+    dir: Direction,
+    per_subject: &[(u32, Arc<SubjectRows>)],
+    cache: Option<&mut Cache>,
+) -> (BTreeMap<u32, SubjectClass>, BTreeMap<u32, Row>) {
+    // Rows are shared within a subject class; each shared copy is looked at once.
+    let mut by_ptr: HashMap<RowPtr, (&Row, bool)> = HashMap::new();
+    for (_, r) in per_subject {
+        by_ptr
+            .entry(Arc::as_ptr(&r.default))
+            .or_insert((&r.default, false));
+        for (_, row) in &r.others {
+            by_ptr.entry(Arc::as_ptr(row)).or_insert((row, true)).1 = true;
+        }
+    }
+    let mut content: BTreeMap<&Row, bool> = BTreeMap::new();
+    for (row, in_pairs) in by_ptr.values() {
+        *content.entry(*row).or_default() |= *in_pairs;
+    }
+    let distinct: Vec<&Row> = content.keys().copied().collect();
+    let hashes = distinct
+        .iter()
+        .map(|r| classes::fnv(format!("{r:?}").as_bytes()))
+        .collect();
+    let ids = classes::assign_ids(hashes, |a, b| distinct[a].cmp(distinct[b]), u32::MAX);
+    let content_id: BTreeMap<Row, u32> = distinct.iter().map(|r| (*r).clone()).zip(ids).collect();
+    // Rows the table holds: those some default or pair names (an empty default is none).
+    let used: BTreeMap<u32, Row> = content
+        .iter()
+        .filter(|(r, in_pairs)| **in_pairs || !r.is_empty())
+        .map(|(r, _)| (content_id[*r], (*r).clone()))
+        .collect();
+    let row_id: HashMap<RowPtr, u32> = by_ptr
+        .iter()
+        .map(|(p, (r, _))| (*p, content_id[*r]))
+        .collect();
+    let id_of = |r: &Row| row_id[&Arc::as_ptr(r)];
+    let last = cache.map(|c| c.classes.entry(dir).or_default());
+    let same_ids = last.as_ref().is_some_and(|l| l.0 == content_id);
+    let mut out = BTreeMap::new();
+    let mut kept = HashMap::new();
+    for (sid, rows) in per_subject {
+        let reuse = last
+            .as_ref()
+            .filter(|_| same_ids)
+            .and_then(|l| l.1.get(sid))
+            .filter(|(r, _)| Arc::ptr_eq(r, rows))
+            .map(|(_, c)| c.clone());
+        let class = reuse.unwrap_or_else(|| SubjectClass {
+            default: (!rows.default.is_empty()).then(|| id_of(&rows.default)),
+            pairs: rows
+                .others
+                .iter()
+                .map(|(pid, r)| (*pid, id_of(r)))
+                .collect(),
+        });
+        kept.insert(*sid, (rows.clone(), class.clone()));
+        out.insert(*sid, class);
+    }
+    if let Some(l) = last {
+        *l = (content_id, kept);
+    }
+    (out, used)
 }
 
 /// One subject class's row for every peer class: the matcher asked once per kind of peer
