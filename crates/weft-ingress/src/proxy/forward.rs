@@ -3,6 +3,7 @@
 //! upgrades through, and log one line.
 
 use std::convert::Infallible;
+use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -11,11 +12,11 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full, Limited};
 use hyper::body::{Body as _, Incoming};
 use hyper::header::{self, HeaderValue};
-use hyper::http::uri::{PathAndQuery, Scheme};
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
 
-use super::headers;
+use super::pool::Failure;
+use super::{access_log, headers};
 use super::{Body, BoxError, Shared};
 use crate::table::{Decision, Route};
 
@@ -55,42 +56,49 @@ pub async fn handle(
     conn: Conn,
 ) -> Result<Response<Body>, Infallible> {
     let start = Instant::now();
-    let method = req.method().clone();
     let host = request_host(&req);
-    // Shares the request's bytes: no copy.
-    let target = req.uri().path_and_query().cloned();
-    let (resp, outcome) = route(&shared, req, conn, &host, target.as_ref()).await;
-    if tracing::enabled!(target: "weft::ingress::access", tracing::Level::INFO) {
-        let endpoint = match outcome.endpoint {
-            Some(e) => e.to_string(),
-            None => "-".to_string(),
-        };
-        tracing::info!(
-            target: "weft::ingress::access",
-            "{} \"{method} {}://{host}{}\" {} route={} endpoint={endpoint} {:.1}ms",
-            conn.client.ip(),
-            conn.scheme,
-            target.as_ref().map_or("/", |t| t.as_str()),
-            outcome.status.as_u16(),
-            RouteName(&outcome.route),
-            start.elapsed().as_secs_f64() * 1000.0,
-        );
+    let log = tracing::enabled!(target: "weft::ingress::access", tracing::Level::INFO);
+    // Kept only for the log line; both share the request's bytes.
+    let seen = log.then(|| (req.method().clone(), req.uri().path_and_query().cloned()));
+    let (resp, outcome) = route(&shared, req, conn, &host).await;
+    if let Some((method, target)) = seen {
+        let host = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("");
+        access_log::line(|w| {
+            write!(
+                w,
+                "{} \"{method} {}://{host}{}\" {} route={} endpoint={} {:.1}ms",
+                conn.client.ip(),
+                conn.scheme,
+                target.as_ref().map_or("/", |t| t.as_str()),
+                outcome.status.as_u16(),
+                RouteName(&outcome.route),
+                Endpoint(outcome.endpoint),
+                start.elapsed().as_secs_f64() * 1000.0,
+            )
+        });
     }
     Ok(resp)
 }
 
+/// The endpoint for the log, `-` without one.
+struct Endpoint(Option<SocketAddr>);
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(e) => e.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
+}
+
 /// The host a request is for: the URI's authority (HTTP/2, absolute-form), else `Host`.
-fn request_host(req: &Request<Incoming>) -> String {
-    req.uri()
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(String::from)
-        })
-        .unwrap_or_default()
+/// An HTTP/1.1 `Host` is shared with the request, not copied.
+fn request_host(req: &Request<Incoming>) -> Option<HeaderValue> {
+    match req.uri().authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => req.headers().get(header::HOST).cloned(),
+    }
 }
 
 fn local(status: StatusCode, msg: &str) -> Response<Body> {
@@ -127,9 +135,12 @@ async fn route(
     shared: &Shared,
     mut req: Request<Incoming>,
     conn: Conn,
-    host: &str,
-    target: Option<&PathAndQuery>,
+    host_value: &Option<HeaderValue>,
 ) -> (Response<Body>, Outcome) {
+    let host = host_value
+        .as_ref()
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
     if let Some(why) = headers::framing_problem(req.headers()) {
         return refuse(StatusCode::BAD_REQUEST, &format!("refused: {why}"), None);
     }
@@ -161,9 +172,14 @@ async fn route(
     let replayable = body.is_end_stream();
     let mut head = parts.headers;
     headers::strip_hop_by_hop(&mut head, upgrade.as_ref());
-    headers::add_forwarded(&mut head, conn.client.ip(), host, conn.scheme);
-    if let Ok(h) = HeaderValue::from_str(host) {
-        head.insert(header::HOST, h);
+    headers::add_forwarded(
+        &mut head,
+        conn.client.ip(),
+        host_value.as_ref(),
+        conn.scheme,
+    );
+    if let Some(h) = host_value {
+        head.insert(header::HOST, h.clone());
     }
     let max_body = shared.limits.max_body;
     let mut body = Some(
@@ -171,9 +187,11 @@ async fn route(
             .map_err(BoxError::from)
             .boxed_unsync(),
     );
-    let target = target
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    // Origin-form: the connection is the endpoint's already.
+    let target = match parts.uri.path_and_query() {
+        Some(t) => Uri::from(t.clone()),
+        None => Uri::from_static("/"),
+    };
     let mut last_status = StatusCode::BAD_GATEWAY;
     let mut head = Some(head);
     let tries = order.len();
@@ -193,28 +211,26 @@ async fn route(
         *up.method_mut() = parts.method.clone();
         *up.headers_mut() = this_head;
         *up.version_mut() = Version::HTTP_11;
-        let mut uri = hyper::http::uri::Parts::default();
-        uri.scheme = Some(Scheme::HTTP);
-        uri.authority = route.backend.authorities.get(i).cloned();
-        uri.path_and_query = Some(target.clone());
-        match Uri::from_parts(uri) {
-            Ok(uri) => *up.uri_mut() = uri,
-            Err(_) => return refuse(StatusCode::BAD_REQUEST, "bad request target", Some(route)),
-        }
-        let sent = tokio::time::timeout(shared.limits.upstream_timeout, shared.client.request(up));
+        *up.uri_mut() = target.clone();
+        let sent = tokio::time::timeout(shared.limits.upstream_timeout, shared.pool.send(ep, up));
         match sent.await {
-            Ok(Ok(mut resp)) => {
+            Ok(Ok((mut resp, lease))) => {
                 shared.balancer.succeeded(ep);
                 let status = resp.status();
-                if status == StatusCode::SWITCHING_PROTOCOLS {
+                let resp = if status == StatusCode::SWITCHING_PROTOCOLS {
                     if let Some(client_side) = client_upgrade {
                         let server_side = hyper::upgrade::on(&mut resp);
                         tokio::spawn(splice(client_side, server_side, ep));
                     }
+                    // The connection now belongs to the splice, never to the pool.
+                    drop(lease);
+                    resp.map(|b| b.map_err(BoxError::from).boxed_unsync())
                 } else {
                     headers::strip_hop_by_hop(resp.headers_mut(), None);
-                }
-                let resp = resp.map(|b| b.map_err(BoxError::from).boxed_unsync());
+                    lease
+                        .attach(resp)
+                        .map(|b| b.map_err(BoxError::from).boxed_unsync())
+                };
                 let outcome = Outcome {
                     status,
                     route: Some(route),
@@ -223,7 +239,7 @@ async fn route(
                 return (resp, outcome);
             }
             Ok(Err(e)) => {
-                let connect = e.is_connect();
+                let connect = matches!(e, Failure::Connect(_));
                 if shared.balancer.failed(ep, connect) {
                     tracing::warn!(
                         "ingress: endpoint {ep} of {} ejected: {e}",
@@ -251,7 +267,10 @@ async fn route(
     refuse(last_status, &msg, Some(route))
 }
 
-fn is_body_limit(e: &hyper_util::client::legacy::Error) -> bool {
+fn is_body_limit(e: &Failure) -> bool {
+    let Failure::Exchange(e) = e else {
+        return false;
+    };
     let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
     while let Some(s) = src {
         if s.is::<http_body_util::LengthLimitError>() {

@@ -74,35 +74,52 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: Option<&HeaderValue>) {
 
 /// Appends the client to X-Forwarded-For and Forwarded, and records the original host
 /// and scheme, as an edge proxy does: clients cannot choose what the backend is told
-/// about the hop they made to weft.
-pub fn add_forwarded(h: &mut HeaderMap, client: IpAddr, host: &str, proto: &str) {
-    let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {client}"),
-        _ => client.to_string(),
+/// about the hop they made to weft. The host's value is shared, not copied.
+pub fn add_forwarded(h: &mut HeaderMap, client: IpAddr, host: Option<&HeaderValue>, proto: &str) {
+    use std::fmt::Write;
+    let mut xff = String::with_capacity(64);
+    if let Some(prev) = h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        if !prev.trim().is_empty() {
+            xff.push_str(prev);
+            xff.push_str(", ");
+        }
+    }
+    let _ = write!(xff, "{client}");
+    let mut fwd = String::with_capacity(96);
+    if let Some(prev) = h.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
+        if !prev.trim().is_empty() {
+            fwd.push_str(prev);
+            fwd.push_str(", ");
+        }
+    }
+    let _ = match client {
+        IpAddr::V4(a) => write!(fwd, "for={a}"),
+        IpAddr::V6(a) => write!(fwd, "for=\"[{a}]\""),
     };
-    let node = match client {
-        IpAddr::V4(a) => a.to_string(),
-        IpAddr::V6(a) => format!("\"[{a}]\""),
-    };
-    let quoted_host = host.replace(['"', '\\'], "");
-    let fwd = format!("for={node};host=\"{quoted_host}\";proto={proto}");
-    let fwd = match h.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {fwd}"),
-        _ => fwd,
-    };
-    let set = |h: &mut HeaderMap, name: &'static str, v: &str| {
-        if let Ok(v) = HeaderValue::from_str(v) {
+    let host_str = host.and_then(|v| v.to_str().ok()).unwrap_or("");
+    fwd.push_str(";host=\"");
+    // Quotes and backslashes would end the quoted string early: dropped.
+    fwd.extend(host_str.chars().filter(|c| !matches!(c, '"' | '\\')));
+    fwd.push_str("\";proto=");
+    fwd.push_str(proto);
+    // Moved into the header, not copied.
+    let set = |h: &mut HeaderMap, name: &'static str, v: String| {
+        if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(v)) {
             h.insert(name, v);
         }
     };
-    set(h, "x-forwarded-for", &xff);
+    set(h, "x-forwarded-for", xff);
     let proto = match proto {
         "https" => HeaderValue::from_static("https"),
         _ => HeaderValue::from_static("http"),
     };
     h.insert("x-forwarded-proto", proto);
-    set(h, "x-forwarded-host", host);
-    set(h, "forwarded", &fwd);
+    // Always set, empty when unknown, so a client's own value never passes.
+    let xfh = host
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from_static(""));
+    h.insert("x-forwarded-host", xfh);
+    set(h, "forwarded", fwd);
 }
 
 #[cfg(test)]
@@ -160,7 +177,7 @@ mod tests {
         add_forwarded(
             &mut h,
             "10.0.0.1".parse().expect("ip"),
-            "a.example",
+            Some(&HeaderValue::from_static("a.example")),
             "https",
         );
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 10.0.0.1");
@@ -168,6 +185,18 @@ mod tests {
         assert_eq!(
             h["forwarded"],
             "for=10.0.0.1;host=\"a.example\";proto=https"
+        );
+        assert_eq!(h["x-forwarded-host"], "a.example");
+        add_forwarded(
+            &mut h,
+            "::1".parse().expect("ip"),
+            Some(&HeaderValue::from_static("b\"x")),
+            "http",
+        );
+        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 10.0.0.1, ::1");
+        assert_eq!(
+            h["forwarded"],
+            "for=10.0.0.1;host=\"a.example\";proto=https, for=\"[::1]\";host=\"bx\";proto=http"
         );
     }
 }

@@ -3,8 +3,10 @@
 //! reconfiguration never touches a request in flight or an open WebSocket; a shutdown
 //! stops accepting and lets open requests finish.
 
+mod access_log;
 mod forward;
 mod headers;
+mod pool;
 mod upstream;
 
 use std::collections::HashSet;
@@ -14,8 +16,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::service::service_fn;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -26,6 +26,7 @@ use crate::cert::{Certificate, SniResolver};
 use crate::compile::Compiled;
 use crate::error::Result;
 use crate::table::RouteTable;
+use pool::Pool;
 use upstream::Balancer;
 
 pub use forward::Conn;
@@ -65,7 +66,7 @@ impl Default for Limits {
 pub struct Shared {
     table: RwLock<Arc<RouteTable>>,
     balancer: Balancer,
-    client: Client<HttpConnector, Body>,
+    pool: Arc<Pool>,
     limits: Limits,
 }
 
@@ -88,19 +89,16 @@ impl Proxy {
     /// A proxy with no routes (every request 404) and a self-signed default certificate
     /// for `default_names`.
     pub fn new(limits: Limits, default_names: &[&str]) -> Result<Proxy> {
-        let mut http = HttpConnector::new();
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(limits.connect_timeout));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
-            .pool_timer(TokioTimer::new())
-            .build(http);
+        let pool = Arc::new(Pool::new(
+            256,
+            Duration::from_secs(60),
+            limits.connect_timeout,
+        ));
         Ok(Proxy {
             shared: Arc::new(Shared {
                 table: RwLock::default(),
                 balancer: Balancer::default(),
-                client,
+                pool,
                 limits,
             }),
             certs: Arc::new(SniResolver::new(Certificate::self_signed(default_names)?)),
@@ -122,6 +120,7 @@ impl Proxy {
                 .flat_map(|b| b.endpoints.iter().copied())
                 .collect();
             self.shared.balancer.retain(&live);
+            self.shared.pool.retain(&live);
             *self.shared.table.write().unwrap_or_else(|p| p.into_inner()) =
                 Arc::new(next.table.clone());
         }
@@ -223,5 +222,6 @@ impl Proxy {
         {
             tracing::warn!("ingress: requests still open after {drain:?}; closing them");
         }
+        access_log::flush();
     }
 }

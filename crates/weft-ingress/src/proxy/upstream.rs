@@ -24,6 +24,9 @@ struct Health {
 pub struct Balancer {
     next: AtomicUsize,
     health: Mutex<HashMap<SocketAddr, Health>>,
+    /// How many endpoints `health` holds, readable without the lock: while it is 0 (all
+    /// is well, the usual case) a request takes no lock at all.
+    troubled: AtomicUsize,
 }
 
 impl Balancer {
@@ -37,8 +40,11 @@ impl Balancer {
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
         let rotated = (0..n).map(|i| (start + i) % n);
+        if self.troubled.load(Ordering::Acquire) == 0 {
+            return rotated.collect();
+        }
         let health = self.health.lock().unwrap_or_else(|p| p.into_inner());
-        // Nobody ejected (the usual case): no clock read, no second pass.
+        // Nobody ejected: no clock read, no second pass.
         if health.is_empty() {
             return rotated.collect();
         }
@@ -55,9 +61,13 @@ impl Balancer {
     }
 
     pub fn succeeded(&self, ep: SocketAddr) {
+        if self.troubled.load(Ordering::Acquire) == 0 {
+            return;
+        }
         let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
         // A healthy endpoint has no entry: the map stays empty while all is well.
         health.remove(&ep);
+        self.troubled.store(health.len(), Ordering::Release);
     }
 
     /// Records a failure; returns true when the endpoint was ejected by it.
@@ -65,17 +75,19 @@ impl Balancer {
         let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
         let h = health.entry(ep).or_default();
         h.failures += 1;
-        if connect || h.failures >= RESPONSE_FAILURES {
+        let ejected = connect || h.failures >= RESPONSE_FAILURES;
+        if ejected {
             h.ejected_until = Some(Instant::now() + EJECT_FOR);
-            return true;
         }
-        false
+        self.troubled.store(health.len(), Ordering::Release);
+        ejected
     }
 
     /// Forgets endpoints that are no longer anyone's (a table swap calls this).
     pub fn retain(&self, live: &std::collections::HashSet<SocketAddr>) {
         let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
         health.retain(|a, _| live.contains(a));
+        self.troubled.store(health.len(), Ordering::Release);
     }
 }
 
