@@ -170,7 +170,7 @@ fn an_unprivileged_user_cannot_read_credentials_or_run_pods() {
         text(&got)
     );
 
-    // The attacker reaches the API relay on loopback, with no token or a guessed one, and
+    // The attacker reaches the API on the machine's loopback, with no token or a guessed one, and
     // asks for a pod that runs a command as root.
     let server = api_server(&kubeconfig);
     let marker = lab.state.path().join("pwned");
