@@ -52,6 +52,15 @@ pub fn upgrade_protocol(h: &HeaderMap) -> Option<HeaderValue> {
 /// Removes hop-by-hop headers, including any the Connection header names; an upgrade
 /// keeps `Connection: upgrade` and its `Upgrade`.
 pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: Option<&HeaderValue>) {
+    // One pass over the few headers a message has is cheaper than a lookup per name, and
+    // most messages carry none of these.
+    let any = h.keys().any(|k| {
+        let k = k.as_str();
+        k == "upgrade" || HOP_BY_HOP.contains(&k)
+    });
+    if !any && upgrade.is_none() {
+        return;
+    }
     let named: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
         .iter()
