@@ -4,8 +4,9 @@
 //! A batch of store events touches only the Services it names, the Services whose
 //! selector picks a changed pod (before or after the change, found through the store's
 //! selector index), and the owners of managed slices someone deleted; each is
-//! recomputed from the pods its selector picks (the store's label index). Only a full
-//! resync (start-up, falling out of the event ring) walks whole namespaces.
+//! recomputed from the pods its selector picks (the store's label index). A full resync
+//! (start-up, falling out of the event ring) does the same for every Service, one at a
+//! time.
 //!
 //! The same pass keeps each selector Service's v1 Endpoints, mirrored from its desired
 //! slices as kube-controller-manager's endpoints controller would write them: ready
@@ -347,48 +348,6 @@ fn by_name(slices: Vec<Value>) -> BTreeMap<String, Value> {
         .collect()
 }
 
-/// Brings one namespace's managed slices to the desired state (full resyncs).
-fn reconcile_namespace(
-    tx: &mut Tx,
-    state: &AppState,
-    ns: &str,
-) -> Result<(), crate::error::ApiError> {
-    let pods = tx.list(PODS, Some(ns));
-    let mut desired = BTreeMap::new();
-    let mut endpoints = BTreeMap::new();
-    for svc in tx.list(SERVICES, Some(ns)) {
-        let slices = desired_slices(&svc, &pods);
-        if mirrors(&svc) {
-            endpoints.insert(
-                crate::meta::name(&svc).to_string(),
-                Some(desired_endpoints(&svc, &slices)),
-            );
-        } else {
-            endpoints.insert(crate::meta::name(&svc).to_string(), None);
-        }
-        desired.extend(by_name(slices));
-    }
-    let existing: Vec<Arc<Value>> = tx
-        .list(ENDPOINTSLICES, Some(ns))
-        .into_iter()
-        .filter(|s| managed_by_us(s))
-        .collect();
-    apply_diff(tx, state, ns, &existing, desired)?;
-    // Endpoints this controller made for Services that are gone.
-    for ep in tx.list(ENDPOINTS, Some(ns)) {
-        let name = crate::meta::name(&ep);
-        if !endpoints.contains_key(name) && endpoints_managed(&ep) {
-            apply_endpoints(tx, state, ns, name, None)?;
-        }
-    }
-    for (name, want) in endpoints {
-        if let Some(want) = want {
-            apply_endpoints(tx, state, ns, &name, Some(want))?;
-        }
-    }
-    Ok(())
-}
-
 /// Brings one Service's managed slices to the desired state; a Service that is gone
 /// (or has no selector) keeps none.
 fn reconcile_service(
@@ -455,37 +414,73 @@ fn affected(tx: &Tx, events: &[Arc<Event>]) -> BTreeSet<(String, String)> {
     out
 }
 
+/// Every Service, and every owner named by a managed slice or Endpoints (their Service
+/// may be gone), recomputed one by one through the indexes as the event path does: the
+/// cost follows the Services' own pods, not every pod of the namespace per Service, and
+/// each write lock is held for one Service, so clients are served meanwhile (a restart
+/// with 30k Services and 10k pods held the lock for minutes when a namespace was one
+/// transaction over all its pods).
+fn full_resync(state: &AppState) {
+    let (owners, orphans) = {
+        let st = state.store.read();
+        let name = |o: &Value| crate::meta::name(o).to_string();
+        let ns = |o: &Value| crate::meta::namespace(o).to_string();
+        let mut owners: BTreeSet<(String, String)> = st
+            .list(SERVICES, None)
+            .iter()
+            .map(|s| (ns(s), name(s)))
+            .collect();
+        let mut orphans = Vec::new();
+        for slice in st.list(ENDPOINTSLICES, None) {
+            if !managed_by_us(&slice) {
+                continue;
+            }
+            match slice["metadata"]["labels"][SERVICE_NAME_LABEL].as_str() {
+                Some(svc) => {
+                    owners.insert((ns(&slice), svc.to_string()));
+                }
+                None => orphans.push(slice),
+            }
+        }
+        for ep in st.list(ENDPOINTS, None) {
+            if endpoints_managed(&ep) {
+                owners.insert((ns(&ep), name(&ep)));
+            }
+        }
+        (owners, orphans)
+    };
+    // A managed slice that names no Service belongs to none.
+    for slice in orphans {
+        let key = store::object_key(ENDPOINTSLICES, &slice);
+        let r = state.store.write(|tx| match tx.get(ENDPOINTSLICES, &key) {
+            Some(cur) => crate::api::delete::delete_in(tx, ENDPOINTSLICES, &key, &cur, None, false)
+                .map(|_| ()),
+            None => Ok(()),
+        });
+        if let Err(e) = r {
+            tracing::warn!("endpointslice controller, slice {key}: {}", e.message);
+        }
+    }
+    for (ns, name) in owners {
+        let r = state
+            .store
+            .write(|tx| reconcile_service(tx, state, &ns, &name));
+        if let Err(e) = r {
+            tracing::warn!(
+                "endpointslice controller, service {ns}/{name}: {}",
+                e.message
+            );
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct Controller;
 
 impl Reconcile for Controller {
     fn reconcile(&mut self, state: &AppState, events: Option<&[Arc<Event>]>) {
         let Some(events) = events else {
-            let namespaces = super::namespaces_to_sync(
-                state,
-                None,
-                |_| true,
-                SERVICES,
-                ENDPOINTSLICES,
-                managed_by_us,
-            );
-            // Namespaces holding only Endpoints this controller made (their Service gone).
-            let mut namespaces = namespaces;
-            namespaces.extend(
-                state
-                    .store
-                    .read()
-                    .list(ENDPOINTS, None)
-                    .iter()
-                    .filter(|e| endpoints_managed(e))
-                    .map(|e| crate::meta::namespace(e).to_string()),
-            );
-            for ns in namespaces {
-                let r = state.store.write(|tx| reconcile_namespace(tx, state, &ns));
-                if let Err(e) = r {
-                    tracing::warn!("endpointslice controller, namespace {ns}: {}", e.message);
-                }
-            }
+            full_resync(state);
             return;
         };
         // A transaction that writes nothing: a consistent read of the indexes.
