@@ -12,7 +12,9 @@
 # Knobs: WEFT_DNS_BENCH_RUNS (5), WEFT_DNS_BENCH_SECONDS (10, per dnsperf run),
 # WEFT_DNS_BENCH_LATENCY_QPS (20000, the fixed rate of the latency runs),
 # WEFT_DNS_BENCH_CLIENTS (4, dnsperf -c), WEFT_DNS_BENCH_OUTSTANDING (100, dnsperf -q),
-# WEFT_DNS_BENCH_KEEP=1 keeps the work directory.
+# WEFT_DNS_BENCH_KEEP=1 keeps the work directory, WEFT_DNS_BENCH_RT=1 runs the three servers
+# under test (not dnsperf) with SCHED_FIFO priority 10 (`chrt -f 10`), all alike, so other
+# work on a shared machine cannot preempt them on their core.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 [ "$(id -u)" = 0 ] || { echo "bench-dns: run as root (network namespaces)" >&2; exit 1; }
@@ -24,6 +26,8 @@ LAT_QPS=${WEFT_DNS_BENCH_LATENCY_QPS:-20000}
 CLIENTS=${WEFT_DNS_BENCH_CLIENTS:-4}
 OUTSTANDING=${WEFT_DNS_BENCH_OUTSTANDING:-100}
 SERVER_CPU=1
+RT=""
+[ "${WEFT_DNS_BENCH_RT:-0}" = 1 ] && RT="chrt -f 10"
 CLIENT_CPU=0
 
 # Benchmark-only tools, installed the way scripts/test-deps.sh installs the test tools.
@@ -137,13 +141,13 @@ EOF
 echo "== starting servers in netns $NS (servers under test on core $SERVER_CPU)"
 nsx_bg taskset -c $CLIENT_CPU knotd -c "$DIR/knot-upstream/knot.conf" 2>"$DIR/knot-upstream.log" &
 PIDS+=($!)
-nsx_bg taskset -c $SERVER_CPU knotd -c "$DIR/knot-cluster/knot.conf" 2>"$DIR/knot-cluster.log" &
+nsx_bg $RT taskset -c $SERVER_CPU knotd -c "$DIR/knot-cluster/knot.conf" 2>"$DIR/knot-cluster.log" &
 KNOT_PID=$!
 PIDS+=($KNOT_PID)
-nsx_bg taskset -c $SERVER_CPU unbound -d -c "$DIR/unbound.conf" 2>"$DIR/unbound.log" &
+nsx_bg $RT taskset -c $SERVER_CPU unbound -d -c "$DIR/unbound.conf" 2>"$DIR/unbound.log" &
 UNBOUND_PID=$!
 PIDS+=($UNBOUND_PID)
-nsx_bg taskset -c $SERVER_CPU "$BIN" serve $WEFT:53 $UPSTREAM:53 2>"$DIR/weft.log" &
+nsx_bg $RT taskset -c $SERVER_CPU "$BIN" serve $WEFT:53 $UPSTREAM:53 2>"$DIR/weft.log" &
 WEFT_PID=$!
 PIDS+=($WEFT_PID)
 
@@ -268,7 +272,7 @@ row() { # label tag peer-tag
 {
   echo
   echo "Machine: nproc $(nproc), $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo), kernel $(uname -r); $(date -u '+%Y-%m-%d %H:%M UTC'); repo at $(git rev-parse --short HEAD 2>/dev/null || echo '?'), crates/weft-dns/src last changed in $(git log -1 --format=%h -- crates/weft-dns/src 2>/dev/null || echo '?')$(git diff --quiet HEAD -- crates/weft-dns/src 2>/dev/null || echo ' (plus uncommitted changes)')"
-  echo "Load average (1/5/15 min) at start: $LOAD_START, at end: $(cut -d' ' -f1-3 /proc/loadavg); weft runtime workers: ${WEFT_DNS_BENCH_WORKERS:-2}"
+  echo "Load average (1/5/15 min) at start: $LOAD_START, at end: $(cut -d' ' -f1-3 /proc/loadavg); weft runtime workers: ${WEFT_DNS_BENCH_WORKERS:-2}; servers scheduled: ${RT:-normally (SCHED_OTHER)}"
   echo "$RUNS runs x ${DUR} s per server and kind, alternating; dnsperf -c $CLIENTS -q $OUTSTANDING on core $CLIENT_CPU, servers on core $SERVER_CPU; latency runs at -Q $LAT_QPS"
   echo
   echo "| mix | weft QPS | peer QPS | weft/peer QPS | weft p50 | peer p50 | weft p99 | peer p99 | weft/peer p99 | weft avg at full load | peer avg at full load | weft server cores used | peer server cores used | weft answers per CPU-s | peer answers per CPU-s | weft/peer per CPU-s |"
