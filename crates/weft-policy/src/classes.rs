@@ -269,6 +269,14 @@ pub fn assign_ids(
             x % (max + 1)
         }
     };
+    // More classes than ids would never find a free one; a node's pods and a table's
+    // regions are far fewer than 2^24.
+    assert!(
+        hashes.len() as u64 <= u64::from(max) + 1,
+        "{} classes for {} ids",
+        hashes.len(),
+        u64::from(max) + 1
+    );
     let mut idx: Vec<usize> = (0..hashes.len()).collect();
     idx.sort_by(|a, b| fold(hashes[*a]).cmp(&fold(hashes[*b])).then(order(*a, *b)));
     let mut used = std::collections::HashSet::new();
