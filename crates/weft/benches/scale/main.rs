@@ -94,10 +94,11 @@ fn report_sync(
             Some(t) => {
                 let d = t.saturating_duration_since(since);
                 println!(
-                    "  {node}: {what} {:.2} s ({} Services complete, backends map {} elements)",
+                    "  {node}: {what} {:.2} s ({} Services complete, backends map {} elements; that read with the map took {:.2} s)",
                     d.as_secs_f64(),
                     f.complete,
-                    f.backends_elements
+                    f.backends_elements,
+                    f.read_time.as_secs_f64()
                 );
                 worst = worst.map(|w| w.max(d));
             }

@@ -21,6 +21,12 @@ pub struct Found {
     /// every key is there: it is the big one).
     pub complete: usize,
     pub backends_elements: usize,
+    /// How long this read of the kernel's sets took.
+    pub read_time: Duration,
+    /// When the read of the keys ended (all keys there: the time of completion, since a
+    /// key and its endpoints are added in one transaction; the map read that follows only
+    /// confirms it and is not counted).
+    pub keys_read_at: Option<Instant>,
 }
 
 fn port80(key: &[Value]) -> Option<Ipv4Addr> {
@@ -32,6 +38,7 @@ fn port80(key: &[Value]) -> Option<Ipv4Addr> {
 
 /// One read of the node's table in namespace `netns`.
 pub fn read(netns: &Path, want: &HashSet<Ipv4Addr>) -> Result<Found, String> {
+    let started = Instant::now();
     let mut nft = Backend::open_in(netns).map_err(|e| format!("{}: {e}", netns.display()))?;
     let set = format!("endpoints-tcp-n{GROUP}");
     let keys = nft
@@ -48,15 +55,18 @@ pub fn read(netns: &Path, want: &HashSet<Ipv4Addr>) -> Result<Found, String> {
         .unwrap_or(0);
     let mut found = Found {
         keyed,
+        keys_read_at: Some(Instant::now()),
         ..Found::default()
     };
     if keyed < want.len() {
+        found.read_time = started.elapsed();
         return Ok(found);
     }
     let Some(map) = nft
         .read_set(Family::Ip, TABLE, "backends")
         .map_err(|e| format!("read backends: {e}"))?
     else {
+        found.read_time = started.elapsed();
         return Ok(found);
     };
     found.backends_elements = map.elements.len();
@@ -67,11 +77,13 @@ pub fn read(netns: &Path, want: &HashSet<Ipv4Addr>) -> Result<Found, String> {
         }
     }
     found.complete = per_ip.values().filter(|n| **n == GROUP).count();
+    found.read_time = started.elapsed();
     Ok(found)
 }
 
 /// Polls every node until its table holds all of `want` with every endpoint; for each
-/// node, when that was first seen (None: not within `limit`) and the last read.
+/// node, when that was first seen (the end of the read of the keys that passed; None:
+/// not within `limit`) and the last read.
 pub fn wait_all(
     nodes: &[(String, PathBuf)],
     want: &HashSet<Ipv4Addr>,
@@ -90,7 +102,8 @@ pub fn wait_all(
                                 let done = f.complete == want.len();
                                 last = f;
                                 if done {
-                                    return (name.clone(), Some(Instant::now()), last);
+                                    let at = last.keys_read_at.unwrap_or_else(Instant::now);
+                                    return (name.clone(), Some(at), last);
                                 }
                             }
                             Err(e) => eprintln!("  {name}: {e}"),
