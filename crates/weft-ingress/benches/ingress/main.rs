@@ -18,7 +18,11 @@
 //! (64, wrk -c), _THREADS (1: weft's worker threads = nginx's worker_processes), _PROXY_CPUS
 //! ("1"), _CLIENT_CPUS ("0": wrk, the backends and this driver), _INGRESSES (5000), _RELOADS
 //! (5), _ACCESS_LOG (1: weft logs at info as the agent does, nginx writes its access log),
-//! _MODES (http-ka,http-close,https-ka,https-close), _KEEP=1 keeps the work directory.
+//! _NGINX_LOG_BUFFER (1: nginx's access log with `buffer=64k flush=100ms`, as weft buffers
+//! its own; 0: a write per request),
+//! _MODES (http-ka,http-close,https-ka,https-close), _KEEP=1 keeps the work directory,
+//! _FLAVOUR=current runs weft on tokio's current-thread runtime instead of the agent's
+//! multi-thread one.
 //!
 //! Modules: `settings` (the knobs), `cluster` (the Kubernetes objects weft serves),
 //! `nginx` (nginx's configuration for the same routes, its process), `weft_child` (weft's

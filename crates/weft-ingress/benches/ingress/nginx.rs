@@ -46,7 +46,10 @@ pub fn nginx_conf(
 ) -> String {
     let d = dir.display();
     let mut o = String::new();
-    let access = if cfg.access_log {
+    let access = if cfg.access_log && cfg.nginx_log_buffer {
+        // As weft writes its access log: buffered, out every 100 ms or at 64 KiB.
+        format!("{d}/{tag}-access.log combined buffer=64k flush=100ms")
+    } else if cfg.access_log {
         format!("{d}/{tag}-access.log")
     } else {
         "off".into()

@@ -127,7 +127,11 @@ fn header(r: &mut String, cfg: &Cfg, m: &Machine, tp: &Throughput, load_end: &st
         cfg.threads,
         nginx_procs,
         cfg.client_cpus,
-        if cfg.access_log { "on for both (weft: tracing at info to a file, as the agent logs; nginx: access_log to a file)" } else { "off for both" }
+        match (cfg.access_log, cfg.nginx_log_buffer) {
+            (false, _) => "off for both",
+            (true, true) => "on for both, to a file, buffered (weft: its access-log thread writes every 100 ms or at 64 KiB; nginx: access_log buffer=64k flush=100ms)",
+            (true, false) => "on for both, to a file (weft: buffered, every 100 ms or at 64 KiB; nginx: one write per request)",
+        }
     );
 }
 

@@ -11,6 +11,7 @@ pub struct Cfg {
     pub ingresses: usize,
     pub reloads: usize,
     pub access_log: bool,
+    pub nginx_log_buffer: bool,
     pub modes: Vec<Mode>,
     pub keep: bool,
 }
@@ -35,6 +36,7 @@ impl Cfg {
             ingresses: env_or("INGRESSES", 5000),
             reloads: env_or("RELOADS", 5),
             access_log: env_or("ACCESS_LOG", 1u8) == 1,
+            nginx_log_buffer: env_or("NGINX_LOG_BUFFER", 1u8) == 1,
             modes: modes
                 .split(',')
                 .map(|m| Mode::parse(m.trim()).unwrap_or_else(|| panic!("unknown mode {m}")))

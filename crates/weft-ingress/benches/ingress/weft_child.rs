@@ -110,11 +110,18 @@ pub fn serve() {
     }
     let listen = std::env::var("WEFT_INGRESS_BENCH_LISTEN").expect("listen");
     let listen_tls = std::env::var("WEFT_INGRESS_BENCH_LISTEN_TLS").unwrap_or_default();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    // The agent's flavour (multi-thread) unless asked otherwise, to see what a
+    // single-threaded runtime would save.
+    let rt = match std::env::var("WEFT_INGRESS_BENCH_FLAVOUR").as_deref() {
+        Ok("current") => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        _ => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build(),
+    }
+    .expect("runtime");
     rt.block_on(async move {
         let (mut world, n) = match cluster.strip_prefix("many:") {
             Some(n) => {
