@@ -22,7 +22,7 @@ use weft_agent::sync_status::{self, NodeSync};
 
 const NODES: u32 = 2;
 const WRITERS: usize = 16;
-const COMPONENTS: [&str; 5] = ["pods", "routes", "services", "dns", "ingress"];
+const COMPONENTS: [&str; 6] = ["pods", "routes", "services", "dns", "ingress", "policy"];
 
 async fn client(lab: &Lab) -> Client {
     let _ = rustls::crypto::ring::default_provider().install_default();

@@ -200,6 +200,15 @@ impl<T> Queue<T> {
     }
 }
 
+impl<T> Queue<T> {
+    /// [`Queue::push`] from a thread outside the runtime (the pod start hook): blocks
+    /// that thread while the queue is full. `false` when the consumer has stopped.
+    pub fn push_blocking(&self, v: T) -> bool {
+        self.lag.seen();
+        self.tx.blocking_send(v).is_ok()
+    }
+}
+
 /// A queue of `capacity` changes for `lag`'s component.
 pub fn queue<T>(lag: Arc<Lag>, capacity: usize) -> (Queue<T>, tokio::sync::mpsc::Receiver<T>) {
     let (tx, rx) = tokio::sync::mpsc::channel(capacity);

@@ -203,7 +203,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         (false, _) => None,
     };
     let policy_events = match cfg.network_policy {
-        true => Some(policy::start(&cfg.node_name)?),
+        true => Some(policy::start(&cfg.node_name, lags.component("policy"))?),
         false => None,
     };
     // A watch whose stream ends leaves its cache frozen: the agent stops rather than act

@@ -69,7 +69,7 @@ impl PodSync {
         rt: Arc<Mutex<Runtime>>,
         cfg: &AgentConfig,
         pods: Vec<Arc<Pod>>,
-        policy: Option<&std::sync::mpsc::Sender<super::policy::Event>>,
+        policy: Option<&super::lag::Queue<super::policy::Event>>,
     ) {
         let mut want: HashMap<String, Arc<Pod>> = HashMap::new();
         let mut deleting: HashMap<String, Arc<Pod>> = HashMap::new();
@@ -191,7 +191,7 @@ impl PodSync {
         &mut self,
         rt: &Arc<Mutex<Runtime>>,
         want: &HashMap<String, Arc<Pod>>,
-        policy: Option<&std::sync::mpsc::Sender<super::policy::Event>>,
+        policy: Option<&super::lag::Queue<super::policy::Event>>,
     ) {
         let now = Instant::now();
         let start: Vec<Arc<Pod>> = want

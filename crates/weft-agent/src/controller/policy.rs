@@ -1,7 +1,9 @@
 //! NetworkPolicy and ClusterNetworkPolicy on this node: watch events feed weft-policy's
 //! view of the cluster, and a thread of its own moves the node's `inet weft-policy` table
 //! to what the view implies, one transaction per batch of events (a burst of changes is
-//! coalesced into one commit, every 50 ms at most).
+//! coalesced into one commit, every 50 ms at most). Events come through a bounded queue
+//! (a full one holds the watches back) and count as the `policy` component's lag until
+//! the commit that includes them.
 //!
 //! Nothing is enforced from a partial view: the table is first written once every watch
 //! (Pods, Namespaces, Nodes, NetworkPolicies, ClusterNetworkPolicies) has listed. A pod
@@ -11,8 +13,12 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use tokio::runtime::Handle;
+use tokio::sync::mpsc::Receiver;
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -21,12 +27,15 @@ use kube::runtime::watcher;
 use weft_policy::cnp::ClusterNetworkPolicy;
 use weft_policy::{Cluster, Enforcer, NodeContext};
 
+use super::lag::{self, Lag, Queue};
 use super::relist::{key, Change, Key, Seen};
 
 /// How often the table is read back from the kernel and repaired, whatever happened.
 const RESYNC: Duration = Duration::from_secs(300);
 /// Events arriving within this window are committed together.
 const BATCH: Duration = Duration::from_millis(50);
+/// Events waiting for the policy thread.
+const QUEUE: usize = 4096;
 
 pub enum Event {
     Pod(Box<watcher::Event<Pod>>),
@@ -72,10 +81,14 @@ struct PolicySync {
     local_ips: HashMap<Key, Vec<IpAddr>>,
     dirty: bool,
     last_full: Instant,
+    lag: Arc<Lag>,
+    /// The agent's runtime: the thread waits on the queue through it.
+    rt: Handle,
 }
 
-/// Starts the policy thread; events go to the returned sender.
-pub fn start(node_name: &str) -> super::Result<Sender<Event>> {
+/// Starts the policy thread (from within the agent's runtime); events go to the returned
+/// queue.
+pub fn start(node_name: &str, lag: Arc<Lag>) -> super::Result<Queue<Event>> {
     let mut sync = PolicySync {
         cluster: Cluster::default(),
         compiler: Default::default(),
@@ -88,8 +101,10 @@ pub fn start(node_name: &str) -> super::Result<Sender<Event>> {
         local_ips: HashMap::new(),
         dirty: true,
         last_full: Instant::now(),
+        lag: lag.clone(),
+        rt: Handle::current(),
     };
-    let (tx, rx) = std::sync::mpsc::channel();
+    let (tx, rx) = lag::queue(lag, QUEUE);
     std::thread::Builder::new()
         .name("network-policy".into())
         .spawn(move || sync.run(rx))
@@ -101,27 +116,40 @@ pub fn start(node_name: &str) -> super::Result<Sender<Event>> {
 }
 
 impl PolicySync {
-    fn run(&mut self, rx: Receiver<Event>) {
+    /// The next event within `wait`; `Err` once every sender is gone.
+    fn next(&self, rx: &mut Receiver<Event>, wait: Duration) -> Result<Option<Event>, ()> {
+        // The timer is made inside the runtime's context (block_on's), not on this thread.
+        match self
+            .rt
+            .block_on(async { tokio::time::timeout(wait, rx.recv()).await })
+        {
+            Ok(Some(e)) => Ok(Some(e)),
+            Ok(None) => Err(()),
+            Err(_) => Ok(None),
+        }
+    }
+
+    fn run(&mut self, mut rx: Receiver<Event>) {
         let mut said_waiting = false;
         let started = Instant::now();
         loop {
             // Block for the first event, then take whatever else arrives within BATCH.
-            let first = match rx.recv_timeout(Duration::from_secs(1)) {
-                Ok(e) => Some(e),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => return,
+            let Ok(first) = self.next(&mut rx, Duration::from_secs(1)) else {
+                return;
             };
             let mut waiting = Vec::new();
             let deadline = Instant::now() + BATCH;
             let mut next = first;
+            let mut taken = 0;
             while let Some(e) = next {
+                taken += 1;
                 if let Some(w) = self.event(e) {
                     waiting.push(w);
                 }
-                next = rx
-                    .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                    .ok();
+                let left = deadline.saturating_duration_since(Instant::now());
+                next = self.next(&mut rx, left).unwrap_or(None);
             }
+            self.lag.taken_n(taken);
             if self.last_full.elapsed() > RESYNC {
                 self.enforcer.resync();
                 self.last_full = Instant::now();
@@ -138,6 +166,11 @@ impl PolicySync {
             } else {
                 Ok(())
             };
+            // In force: counted as applied. Not yet (unlisted, or the commit failed):
+            // they stay pending, and the report shows the component behind.
+            if result.is_ok() {
+                self.lag.applied();
+            }
             for done in waiting {
                 let _ = done.send(result.clone());
             }
@@ -294,17 +327,19 @@ fn name_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) ->
 /// The runtime's hook for a pod about to start: its policy is in the kernel when this
 /// returns Ok. An Err undoes the start; the pod loop tries again on its next pass.
 pub fn before_start(
-    tx: &Sender<Event>,
+    tx: &Queue<Event>,
     pod: &Pod,
     ips: Vec<IpAddr>,
 ) -> std::result::Result<(), crate::HookError> {
     let (done, wait) = std::sync::mpsc::channel();
-    tx.send(Event::Starting {
+    let sent = tx.push_blocking(Event::Starting {
         pod: Box::new(pod.clone()),
         ips,
         done,
-    })
-    .map_err(|_| "the network-policy thread has stopped")?;
+    });
+    if !sent {
+        return Err("the network-policy thread has stopped".into());
+    }
     match wait.recv_timeout(Duration::from_secs(10)) {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(e.into()),

@@ -1,8 +1,6 @@
 //! The cluster-wide watches behind the node's own models (cluster DNS, NetworkPolicy):
 //! each kind is watched once and its events handed to every model that needs them.
 
-use std::sync::mpsc::Sender;
-
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
@@ -19,7 +17,7 @@ use super::{dns, policy};
 #[derive(Clone)]
 pub struct Sinks {
     pub dns: Option<Queue<dns::Event>>,
-    pub policy: Option<Sender<policy::Event>>,
+    pub policy: Option<Queue<policy::Event>>,
 }
 
 /// The version of ClusterNetworkPolicy the agent reads (the storage version; objects
@@ -65,11 +63,11 @@ pub async fn spawn(client: &Client, sinks: Sinks, ended: &UnboundedSender<&'stat
         "Pods",
         ended.clone(),
         move |e| {
-            if let Some(p) = &s.policy {
-                let _ = p.send(policy::Event::Pod(Box::new(e.clone())));
-            }
-            let dns = s.dns.clone();
+            let (pol, dns) = (s.policy.clone(), s.dns.clone());
             async move {
+                if let Some(p) = pol {
+                    p.push(policy::Event::Pod(Box::new(e.clone()))).await;
+                }
                 if let Some(d) = dns {
                     d.push(dns::Event::Pod(Box::new(e))).await;
                 }
@@ -83,11 +81,11 @@ pub async fn spawn(client: &Client, sinks: Sinks, ended: &UnboundedSender<&'stat
         "Namespaces",
         ended.clone(),
         move |e| {
-            if let Some(p) = &s.policy {
-                let _ = p.send(policy::Event::Namespace(Box::new(e.clone())));
-            }
-            let dns = s.dns.clone();
+            let (pol, dns) = (s.policy.clone(), s.dns.clone());
             async move {
+                if let Some(p) = pol {
+                    p.push(policy::Event::Namespace(Box::new(e.clone()))).await;
+                }
                 if let Some(d) = dns {
                     d.push(dns::Event::Namespace(Box::new(e))).await;
                 }
@@ -101,11 +99,11 @@ pub async fn spawn(client: &Client, sinks: Sinks, ended: &UnboundedSender<&'stat
         "Nodes",
         ended.clone(),
         move |e| {
-            if let Some(p) = &s.policy {
-                let _ = p.send(policy::Event::Node(Box::new(e.clone())));
-            }
-            let dns = s.dns.clone();
+            let (pol, dns) = (s.policy.clone(), s.dns.clone());
             async move {
+                if let Some(p) = pol {
+                    p.push(policy::Event::Node(Box::new(e.clone()))).await;
+                }
                 if let Some(d) = dns {
                     d.push(dns::Event::Node(Box::new(e))).await;
                 }
@@ -120,8 +118,8 @@ pub async fn spawn(client: &Client, sinks: Sinks, ended: &UnboundedSender<&'stat
         "NetworkPolicies",
         ended.clone(),
         move |e| {
-            let _ = tx.send(policy::Event::NetworkPolicy(Box::new(e)));
-            futures::future::ready(()).boxed()
+            let tx = tx.clone();
+            async move { tx.push(policy::Event::NetworkPolicy(Box::new(e))).await }.boxed()
         },
     );
     let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(CNP.0, CNP.1, CNP.2));
@@ -133,17 +131,20 @@ pub async fn spawn(client: &Client, sinks: Sinks, ended: &UnboundedSender<&'stat
             tracing::info!(
                 "ClusterNetworkPolicy is not served by this API; only NetworkPolicy applies"
             );
-            let _ = p.send(policy::Event::ClusterNetworkPolicy(Box::new(
-                watcher::Event::Init,
-            )));
-            let _ = p.send(policy::Event::ClusterNetworkPolicy(Box::new(
-                watcher::Event::InitDone,
-            )));
+            for e in [watcher::Event::Init, watcher::Event::InitDone] {
+                p.push(policy::Event::ClusterNetworkPolicy(Box::new(e)))
+                    .await;
+            }
         }
         _ => {
             let tx = p.clone();
             watch_dynamic(api, ar, "ClusterNetworkPolicies", ended.clone(), move |e| {
-                let _ = tx.send(policy::Event::ClusterNetworkPolicy(Box::new(e)));
+                let tx = tx.clone();
+                async move {
+                    tx.push(policy::Event::ClusterNetworkPolicy(Box::new(e)))
+                        .await
+                }
+                .boxed()
             })
         }
     }
@@ -157,7 +158,7 @@ fn watch_dynamic<F>(
     ended: UnboundedSender<&'static str>,
     send: F,
 ) where
-    F: Fn(watcher::Event<DynamicObject>) + Send + 'static,
+    F: Fn(watcher::Event<DynamicObject>) -> BoxFuture<'static, ()> + Send + 'static,
 {
     let events = kube::runtime::watcher::watcher(api, watcher::Config::default())
         .default_backoff()
@@ -175,9 +176,11 @@ fn watch_dynamic<F>(
                     }
                     send(e)
                 }
-                Err(e) => tracing::warn!("watching {what}: {e}"),
+                Err(e) => {
+                    tracing::warn!("watching {what}: {e}");
+                    futures::future::ready(()).boxed()
+                }
             }
-            futures::future::ready(())
         });
     tokio::spawn(async move {
         events.await;
