@@ -112,7 +112,10 @@ fn a_plugin_exiting_0_with_unreadable_output_fails_the_start_and_leaks_nothing()
     // warning that leaves leaked addresses held for good.
     install_plugin(&bin, GARBAGE);
     let err = rt.gc(&keep(&[])).unwrap_err().to_string();
-    assert!(err.contains("CNI GC") && err.contains("(trust me)"), "{err}");
+    assert!(
+        err.contains("CNI GC") && err.contains("(trust me)"),
+        "{err}"
+    );
     install_plugin(&bin, "");
     rt.cni_gc().unwrap();
 }
