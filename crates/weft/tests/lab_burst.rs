@@ -24,15 +24,6 @@ const NODES: u32 = 2;
 const WRITERS: usize = 16;
 const COMPONENTS: [&str; 6] = ["pods", "routes", "services", "dns", "ingress", "policy"];
 
-async fn client(lab: &Lab) -> Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let kc = kube::config::Kubeconfig::read_from(lab.kubeconfig()).expect("kubeconfig");
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-        .await
-        .expect("config");
-    Client::try_from(cfg).expect("client")
-}
-
 fn service(i: usize) -> Service {
     serde_json::from_value(serde_json::json!({
         "metadata": {"name": format!("burst-{i}"), "labels": {"burst": "yes"}},
@@ -293,7 +284,7 @@ fn a_burst_of_service_changes_shows_as_lag_and_every_node_catches_up() {
         .enable_all()
         .build()
         .expect("runtime");
-    let client = rt.block_on(client(&lab));
+    let client = rt.block_on(lab.client());
     assert!(
         wait_for(Duration::from_secs(60), || all_in_sync(&sync_rows(&lab))
             .then_some(()))

@@ -40,15 +40,6 @@ impl Rng {
     }
 }
 
-async fn client(lab: &Lab) -> Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let kc = kube::config::Kubeconfig::read_from(lab.kubeconfig()).expect("kubeconfig");
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-        .await
-        .expect("config");
-    Client::try_from(cfg).expect("client")
-}
-
 fn pod(i: usize) -> Pod {
     serde_json::from_value(serde_json::json!({
         "metadata": {"name": format!("chaos-{i}"), "labels": {"group": format!("g{}", i % GROUPS)}},
@@ -151,7 +142,7 @@ fn chaos_keeps_every_invariant() {
         .enable_all()
         .build()
         .expect("runtime");
-    let client = rt.block_on(client(&lab));
+    let client = rt.block_on(lab.client());
     let figures = Arc::new(Figures::default());
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();

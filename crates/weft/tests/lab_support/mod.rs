@@ -148,6 +148,16 @@ impl Lab {
         PathBuf::from(self.lab_ok("kubeconfig", &[]).trim())
     }
 
+    /// A kube-rs client with the lab's kubeconfig (as the user's kubectl has it).
+    pub async fn client(&self) -> kube::Client {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let kc = kube::config::Kubeconfig::read_from(self.kubeconfig()).expect("kubeconfig");
+        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            .await
+            .expect("config");
+        kube::Client::try_from(cfg).expect("client")
+    }
+
     pub fn kubectl(&self, args: &[&str]) -> Output {
         Command::new("kubectl")
             .arg("--kubeconfig")
