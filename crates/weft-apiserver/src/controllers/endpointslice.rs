@@ -461,7 +461,12 @@ fn full_resync(state: &AppState) {
             tracing::warn!("endpointslice controller, slice {key}: {}", e.message);
         }
     }
-    for (ns, name) in owners {
+    reconcile_each(state, owners);
+}
+
+/// Each Service in a transaction of its own, so the store lock is never held across many.
+fn reconcile_each(state: &AppState, services: BTreeSet<(String, String)>) {
+    for (ns, name) in services {
         let r = state
             .store
             .write(|tx| reconcile_service(tx, state, &ns, &name));
@@ -491,17 +496,7 @@ impl Reconcile for Controller {
                 return;
             }
         };
-        for (ns, name) in services {
-            let r = state
-                .store
-                .write(|tx| reconcile_service(tx, state, &ns, &name));
-            if let Err(e) = r {
-                tracing::warn!(
-                    "endpointslice controller, service {ns}/{name}: {}",
-                    e.message
-                );
-            }
-        }
+        reconcile_each(state, services);
     }
 }
 
