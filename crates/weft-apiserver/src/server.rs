@@ -138,7 +138,9 @@ pub async fn start(cfg: Config) -> Result<Server, Error> {
         }
         // Stop asked for, or the Server dropped without asking.
         let _ = shutdown_rx.await;
-        loops.abort_all();
+        // Wait until every loop is gone, listener dropped: a caller that restarts the
+        // server on the same address right after `shutdown` must find it free.
+        loops.shutdown().await;
         let _ = stop_tx.send(true);
     });
     tracing::info!(
