@@ -259,8 +259,8 @@ fn node_removal_withdraws_its_routes(
     kill(supervisor, Signal::SIGSTOP).expect("pause the supervisor");
     let agent = lab.procs()["agent-node-3"];
     kill(Pid::from_raw(agent as i32), Signal::SIGKILL).expect("kill node-3's agent");
-    // The paused supervisor also carries the API forwarder to the machine's loopback, so
-    // kubectl talks to the control plane from inside the lab's root namespace.
+    // kubectl talks to the control plane from inside the lab's root namespace (the
+    // machine's loopback works too: the control plane accepts on that socket itself).
     let out = std::process::Command::new("ip")
         .args([
             "netns",
@@ -285,13 +285,19 @@ fn node_removal_withdraws_its_routes(
     // VXLAN also withdraws the tunnel's forwarding entry towards node-3's underlay address.
     let fdb = bridge_fdb(&lab.node_netns("node-1"));
     // Probed while the supervisor is still paused (a resumed one brings node-3 back), from
-    // a1's namespace directly: `lab exec` would need the paused API forwarder.
+    // a1's namespace directly, as a process of the test's own.
     let probe = std::process::Command::new("ip")
         .args(["netns", "exec", &lab.pod_netns("node-1", "a1"), weft()])
         .args(["probe", "tcp", &c, "--timeout-ms", "1000"])
         .output()
         .expect("spawn weft probe");
+    // Pod GC removes c with its Node. It must have done so before node-3's agent, once
+    // resumed, registers the node again (or c would rightly stay, bound to a live node).
+    let gc = wait_for(Duration::from_secs(30), || {
+        (!lab.pods().contains_key("c")).then_some(())
+    });
     kill(supervisor, Signal::SIGCONT).expect("resume the supervisor");
+    assert!(gc.is_some(), "c outlived the deletion of its node");
     assert!(
         withdrawn.is_some(),
         "route to {cidr} still there after node-3 was deleted:\n{routes}"
@@ -318,10 +324,10 @@ fn node_removal_withdraws_its_routes(
         lab.logs()
     );
     // Deleting the Node deleted its pods (pod GC, as in Kubernetes), and node-3's agent,
-    // back, tore down what it still ran for them.
+    // back, tears down what it still ran for them.
     assert!(
         !lab.pods().contains_key("c"),
-        "c outlived the deletion of its node: {:?}",
+        "c came back with its node: {:?}",
         lab.pods()
     );
     let c_netns = lab.pod_netns("node-3", "c");
