@@ -333,8 +333,8 @@ fn failed_status(msg: &str) -> PodStatus {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_poisoned_runtime_lock_is_an_error_once_then_usable() {
+    /// A runtime over a temporary node directory (kept alive by the returned guard).
+    fn runtime() -> (tempfile::TempDir, Arc<Mutex<Runtime>>) {
         let node = tempfile::tempdir().unwrap();
         let cfg = crate::RuntimeConfig::new(
             "n",
@@ -343,6 +343,12 @@ mod tests {
             node.path().join("cni.json"),
         );
         let rt = Arc::new(Mutex::new(Runtime::new(cfg).unwrap()));
+        (node, rt)
+    }
+
+    #[test]
+    fn a_poisoned_runtime_lock_is_an_error_once_then_usable() {
+        let (_node, rt) = runtime();
         let r = rt.clone();
         let _ = std::thread::spawn(move || {
             let _g = r.lock().unwrap();
@@ -357,14 +363,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_panic_in_an_operation_is_reported_for_it_and_not_the_next() {
-        let node = tempfile::tempdir().unwrap();
-        let cfg = crate::RuntimeConfig::new(
-            "n",
-            node.path().join("state"),
-            "/bin/true",
-            node.path().join("cni.json"),
-        );
-        let rt = Arc::new(Mutex::new(Runtime::new(cfg).unwrap()));
+        let (_node, rt) = runtime();
         let e = blocking(&rt, "starting pod web".into(), |_| -> () { panic!("boom") })
             .await
             .unwrap_err();

@@ -127,17 +127,7 @@ impl Lowerer {
                     mask: mask.to_ne_bytes().to_vec(),
                     xor: bits.to_ne_bytes().to_vec(),
                 });
-                self.out.push(if *ct {
-                    Expr::CtSet {
-                        sreg: REG_1,
-                        key: CT_MARK,
-                    }
-                } else {
-                    Expr::MetaSet {
-                        sreg: REG_1,
-                        key: META_MARK,
-                    }
-                });
+                self.out.push(mark_from_reg1(*ct));
             }
             Stmt::FibDaddrLocal => {
                 self.out.push(Expr::FibAddrType {
@@ -246,17 +236,7 @@ impl Lowerer {
                     dreg: Some(REG_1),
                     invert: false,
                 });
-                self.out.push(if *ct {
-                    Expr::CtSet {
-                        sreg: REG_1,
-                        key: CT_MARK,
-                    }
-                } else {
-                    Expr::MetaSet {
-                        sreg: REG_1,
-                        key: META_MARK,
-                    }
-                });
+                self.out.push(mark_from_reg1(*ct));
             }
             Stmt::VmapMasked { key, map } => {
                 let sreg = self.load_masked_key(key)?;
@@ -474,6 +454,22 @@ fn prefix_mask(len: usize, bits: usize) -> Vec<u8> {
             }
         })
         .collect()
+}
+
+/// Writes register 1 to the conntrack mark (`ct`) or the packet mark: the last step of
+/// every mark statement.
+fn mark_from_reg1(ct: bool) -> Expr {
+    if ct {
+        Expr::CtSet {
+            sreg: REG_1,
+            key: CT_MARK,
+        }
+    } else {
+        Expr::MetaSet {
+            sreg: REG_1,
+            key: META_MARK,
+        }
+    }
 }
 
 #[cfg(test)]
