@@ -29,6 +29,9 @@ pub fn main(a: crate::cli::AgentArgs) -> anyhow::Result<()> {
         ingress: a.ingress.then_some(IngressConfig {
             http: a.ingress_http,
             https: a.ingress_https,
+            workers: a
+                .ingress_workers
+                .unwrap_or_else(weft_ingress::proxy::default_workers),
         }),
         dns_upstreams: match a.dns_upstream.is_empty() {
             true => weft_dns::Upstreams::ResolvConf(a.dns_resolv_conf),

@@ -310,4 +310,9 @@ pub struct AgentArgs {
     /// Where the Ingress proxy takes HTTPS
     #[arg(long, default_value = "0.0.0.0:443", requires = "ingress")]
     pub ingress_https: std::net::SocketAddr,
+    /// The Ingress proxy's worker threads, each with its own event loop and its own
+    /// sockets on both ports (the kernel spreads connections over them), as nginx's
+    /// worker_processes [default: one per CPU the agent may run on]
+    #[arg(long, requires = "ingress")]
+    pub ingress_workers: Option<std::num::NonZeroUsize>,
 }

@@ -13,6 +13,7 @@
 //! one), so agents agree and never flap.
 
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,11 +33,14 @@ use weft_ingress::{compile, Cluster};
 use super::lag::Lag;
 use super::{AgentConfig, AgentError, Result};
 
-/// Where the proxy listens.
+/// Where the proxy listens, and on how many threads.
 #[derive(Debug, Clone)]
 pub struct IngressConfig {
     pub http: SocketAddr,
     pub https: SocketAddr,
+    /// The proxy's workers: each a thread with its own event loop and its own sockets on
+    /// both ports (weft_ingress::proxy::Workers), as nginx's worker processes.
+    pub workers: NonZeroUsize,
 }
 
 /// Changes closer together than this are compiled once.
@@ -99,23 +103,19 @@ pub async fn start(
     lag: Arc<Lag>,
 ) -> Result<()> {
     let proxy = Proxy::new(Limits::default(), &[cfg.node_name.as_str()])?;
-    let bind = |addr: SocketAddr| async move {
-        tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| AgentError::Ingress(weft_ingress::Error::Listen { addr, source }))
-    };
-    let (http, https) = (bind(ic.http).await?, bind(ic.https).await?);
     let (stop_tx, stop) = watch::channel(false);
-    tokio::spawn(proxy.clone().serve(http, false, stop.clone()));
-    tokio::spawn(proxy.clone().serve(https, true, stop));
-    // A SIGTERM drains: no new connections, open requests finish, then the agent exits.
+    // Binds both ports on every worker before any serves: a taken port is an error here.
+    let workers = proxy.start_workers(ic.workers, ic.http, Some(ic.https), stop)?;
+    // A SIGTERM drains: no new connections, open requests get `drain` to finish, then the
+    // agent exits (as soon as every worker has drained, or when `drain` is over).
     tokio::spawn(async move {
         if let Ok(mut term) =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         {
             term.recv().await;
             let _ = stop_tx.send(true);
-            tokio::time::sleep(Limits::default().drain).await;
+            let drained = tokio::task::spawn_blocking(move || workers.join());
+            let _ = tokio::time::timeout(Limits::default().drain, drained).await;
             std::process::exit(0);
         }
     });
@@ -165,7 +165,7 @@ pub async fn start(
             lag.clone(),
         ),
     };
-    tracing::info!(http = %ic.http, https = %ic.https, "ingress proxy listening");
+    tracing::info!(http = %ic.http, https = %ic.https, workers = ic.workers, "ingress proxy listening");
     if let Err(e) = publish(client, cfg, ic).await {
         // Node addresses still reach the proxy; only the load balancer address waits.
         tracing::warn!("ingress: publishing {PUBLISHED}: {e}");

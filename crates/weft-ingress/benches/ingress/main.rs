@@ -10,19 +10,19 @@
 //! loopback is used.
 //!
 //! Processes: the bench binary re-executes itself to become each backend
-//! (`WEFT_INGRESS_BENCH_ROLE=backend`) and weft's proxy (`...=weft`: a tokio runtime with a
-//! fixed number of worker threads serving `Proxy::serve` on a plain and a TLS listener),
+//! (`WEFT_INGRESS_BENCH_ROLE=backend`) and weft's proxy (`...=weft`: a fixed number of the
+//! proxy's workers, `Proxy::start_workers`, each listening on a plain and a TLS port),
 //! so the proxy's RSS and CPU time are its own, as nginx's are.
 //!
 //! Knobs (environment): WEFT_INGRESS_BENCH_ROUNDS (5), _SECONDS (10, per wrk run), _CONNS
-//! (64, wrk -c), _THREADS (1: weft's worker threads = nginx's worker_processes), _PROXY_CPUS
+//! (64, wrk -c), _THREADS (1: weft's workers = nginx's worker_processes), _PROXY_CPUS
 //! ("1"), _CLIENT_CPUS ("0": wrk, the backends and this driver), _INGRESSES (5000), _RELOADS
 //! (5), _ACCESS_LOG (1: weft logs at info as the agent does, nginx writes its access log),
 //! _NGINX_LOG_BUFFER (1: nginx's access log with `buffer=64k flush=100ms`, as weft buffers
 //! its own; 0: a write per request),
 //! _MODES (http-ka,http-close,https-ka,https-close), _KEEP=1 keeps the work directory,
-//! _FLAVOUR=current runs weft on tokio's current-thread runtime instead of the agent's
-//! multi-thread one.
+//! _FLAVOUR=multi serves weft as the agent did before its workers: `Proxy::serve` on one
+//! multi-thread runtime with _THREADS worker threads.
 //!
 //! Modules: `settings` (the knobs), `cluster` (the Kubernetes objects weft serves),
 //! `nginx` (nginx's configuration for the same routes, its process), `weft_child` (weft's

@@ -115,7 +115,7 @@ fn header(r: &mut String, cfg: &Cfg, m: &Machine, tp: &Throughput, load_end: &st
     let _ = writeln!(
         r,
         "Settings: {} rounds x {} s per proxy and mode (alternating which goes first), wrk -t1 -c{} --latency on CPU {}; \
-         proxies on CPU {} (weft: {} tokio worker thread(s), {} threads in all; nginx: worker_processes {}, {} processes); \
+         proxies on CPU {} (weft: {} {}, {} threads in all; nginx: worker_processes {}, {} processes); \
          backends (2 processes) and the bench driver on CPU {}; access log {}",
         cfg.rounds,
         cfg.secs,
@@ -123,6 +123,11 @@ fn header(r: &mut String, cfg: &Cfg, m: &Machine, tp: &Throughput, load_end: &st
         cfg.client_cpus,
         cfg.proxy_cpus,
         cfg.threads,
+        if cfg.multi {
+            "worker thread(s) of one multi-thread runtime"
+        } else {
+            "worker(s), each its own runtime and listeners"
+        },
         weft_threads,
         cfg.threads,
         nginx_procs,

@@ -6,6 +6,8 @@ pub struct Cfg {
     pub secs: u64,
     pub conns: usize,
     pub threads: usize,
+    /// weft served the old way: one multi-thread runtime (`FLAVOUR=multi`).
+    pub multi: bool,
     pub proxy_cpus: String,
     pub client_cpus: String,
     pub ingresses: usize,
@@ -31,6 +33,7 @@ impl Cfg {
             secs: env_or("SECONDS", 10),
             conns: env_or("CONNS", 64),
             threads: env_or("THREADS", 1),
+            multi: env_or("FLAVOUR", String::new()) == "multi",
             proxy_cpus: env_or("PROXY_CPUS", "1".to_string()),
             client_cpus: env_or("CLIENT_CPUS", "0".to_string()),
             ingresses: env_or("INGRESSES", 5000),

@@ -1,7 +1,7 @@
 //! weft's proxy as a child process: the driver's handle on it (`Weft`), and the role the
 //! bench binary takes when re-executed with `WEFT_INGRESS_BENCH_ROLE=weft` (`serve`): a
-//! tokio runtime with a fixed number of worker threads serving `Proxy::serve`, applying
-//! the changes the driver sends on stdin as the agent applies a watch event.
+//! fixed number of the proxy's workers (`Proxy::start_workers`, as the agent runs them),
+//! applying the changes the driver sends on stdin as the agent applies a watch event.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -108,16 +108,26 @@ pub fn serve() {
             .with_writer(std::io::stderr)
             .try_init();
     }
-    let listen = std::env::var("WEFT_INGRESS_BENCH_LISTEN").expect("listen");
-    let listen_tls = std::env::var("WEFT_INGRESS_BENCH_LISTEN_TLS").unwrap_or_default();
-    // The agent's flavour (multi-thread) unless asked otherwise, to see what a
-    // single-threaded runtime would save.
-    let rt = match std::env::var("WEFT_INGRESS_BENCH_FLAVOUR").as_deref() {
-        Ok("current") => tokio::runtime::Builder::new_current_thread()
+    let listen: std::net::SocketAddr = std::env::var("WEFT_INGRESS_BENCH_LISTEN")
+        .expect("listen")
+        .parse()
+        .expect("listen address");
+    let listen_tls: Option<std::net::SocketAddr> = std::env::var("WEFT_INGRESS_BENCH_LISTEN_TLS")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().expect("TLS listen address"));
+    // The agent's way: `threads` workers, each its own current-thread runtime and
+    // listeners. `multi` serves as the agent did before, every listener on one
+    // multi-thread runtime with `threads` workers, to compare the two.
+    let multi = std::env::var("WEFT_INGRESS_BENCH_FLAVOUR").as_deref() == Ok("multi");
+    // Changes are compiled on this runtime's thread (the agent compiles off the proxy's
+    // workers too); with `multi` it is also the proxy's.
+    let rt = match multi {
+        true => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
             .enable_all()
             .build(),
-        _ => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
+        false => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build(),
     }
@@ -137,14 +147,22 @@ pub fn serve() {
         assert!(compiled.problems.is_empty(), "{:?}", compiled.problems);
         proxy.update(compiled);
         let (_stop_tx, stop) = tokio::sync::watch::channel(false);
-        let l = tokio::net::TcpListener::bind(&listen).await.expect("bind");
-        tokio::spawn(proxy.clone().serve(l, false, stop.clone()));
-        if !listen_tls.is_empty() {
-            let l = tokio::net::TcpListener::bind(&listen_tls)
-                .await
-                .expect("bind");
-            tokio::spawn(proxy.clone().serve(l, true, stop.clone()));
-        }
+        let _workers = if multi {
+            let l = tokio::net::TcpListener::bind(listen).await.expect("bind");
+            tokio::spawn(proxy.clone().serve(l, false, stop.clone()));
+            if let Some(addr) = listen_tls {
+                let l = tokio::net::TcpListener::bind(addr).await.expect("bind");
+                tokio::spawn(proxy.clone().serve(l, true, stop.clone()));
+            }
+            None
+        } else {
+            let n = std::num::NonZeroUsize::new(threads).expect("WEFT_INGRESS_BENCH_THREADS > 0");
+            Some(
+                proxy
+                    .start_workers(n, listen, listen_tls, stop.clone())
+                    .expect("workers"),
+            )
+        };
         let mut out = tokio::io::stdout();
         let _ = out
             .write_all(
@@ -164,7 +182,7 @@ pub fn serve() {
                 break;
             };
             // What the agent does with a watch event: the changed object into the cluster
-            // view, compile, swap; on a runtime worker, as the agent's task runs.
+            // view, compile, swap.
             let idx = changed_index(k, n.max(1));
             changes.entry(idx).or_default().push(k);
             world.ingresses[idx] = many_ingress(idx, &changes[&idx]);

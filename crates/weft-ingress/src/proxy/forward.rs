@@ -15,7 +15,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
 
-use super::pool::Failure;
+use super::pool::{Failure, Pool};
 use super::{access_log, headers};
 use super::{Body, BoxError, Shared};
 use crate::table::{Decision, Route};
@@ -52,6 +52,7 @@ impl std::fmt::Display for RouteName<'_> {
 
 pub async fn handle(
     shared: Arc<Shared>,
+    pool: Arc<Pool>,
     req: Request<Incoming>,
     conn: Conn,
 ) -> Result<Response<Body>, Infallible> {
@@ -60,7 +61,7 @@ pub async fn handle(
     let log = tracing::enabled!(target: "weft::ingress::access", tracing::Level::INFO);
     // Kept only for the log line; both share the request's bytes.
     let seen = log.then(|| (req.method().clone(), req.uri().path_and_query().cloned()));
-    let (resp, outcome) = route(&shared, req, conn, &host).await;
+    let (resp, outcome) = route(&shared, &pool, req, conn, &host).await;
     if let Some((method, target)) = seen {
         let host = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("");
         access_log::line(|w| {
@@ -133,6 +134,7 @@ fn idempotent(m: &Method) -> bool {
 
 async fn route(
     shared: &Shared,
+    pool: &Arc<Pool>,
     mut req: Request<Incoming>,
     conn: Conn,
     host_value: &Option<HeaderValue>,
@@ -212,7 +214,7 @@ async fn route(
         *up.headers_mut() = this_head;
         *up.version_mut() = Version::HTTP_11;
         *up.uri_mut() = target.clone();
-        let sent = tokio::time::timeout(shared.limits.upstream_timeout, shared.pool.send(ep, up));
+        let sent = tokio::time::timeout(shared.limits.upstream_timeout, pool.send(ep, up));
         match sent.await {
             Ok(Ok((mut resp, lease))) => {
                 shared.balancer.succeeded(ep);

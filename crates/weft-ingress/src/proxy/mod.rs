@@ -2,15 +2,20 @@
 //! current routing table. A new table is swapped in whole between requests, so a
 //! reconfiguration never touches a request in flight or an open WebSocket; a shutdown
 //! stops accepting and lets open requests finish.
+//!
+//! On a node the proxy runs as `workers`: one thread per core, each with its own event loop,
+//! listening sockets and endpoint pool, as nginx runs worker processes. `serve` is one such
+//! accept loop on whatever runtime calls it.
 
 mod access_log;
 mod forward;
 mod headers;
 mod pool;
 mod upstream;
+mod workers;
 
 use std::collections::HashSet;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -30,6 +35,7 @@ use pool::Pool;
 use upstream::Balancer;
 
 pub use forward::Conn;
+pub use workers::{default_count as default_workers, Workers};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
@@ -66,7 +72,10 @@ impl Default for Limits {
 pub struct Shared {
     table: RwLock<Arc<RouteTable>>,
     balancer: Balancer,
-    pool: Arc<Pool>,
+    /// Every accept loop's endpoint pool, so a table swap can close the connections of
+    /// endpoints that are gone. A pool belongs to one event loop: a connection is used on
+    /// the thread whose runtime drives it, never woken across threads.
+    pools: Mutex<Vec<Weak<Pool>>>,
     limits: Limits,
 }
 
@@ -74,6 +83,30 @@ impl Shared {
     fn table(&self) -> Arc<RouteTable> {
         // Only a whole Arc is ever stored, so a poisoned lock still holds a valid table.
         self.table.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// A new endpoint pool for one event loop.
+    fn new_pool(&self) -> Arc<Pool> {
+        let pool = Arc::new(Pool::new(
+            256,
+            Duration::from_secs(60),
+            self.limits.connect_timeout,
+        ));
+        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        pools.retain(|p| p.strong_count() > 0);
+        pools.push(Arc::downgrade(&pool));
+        pool
+    }
+
+    fn retain_endpoints(&self, live: &HashSet<std::net::SocketAddr>) {
+        self.balancer.retain(live);
+        let pools: Vec<Arc<Pool>> = {
+            let pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+            pools.iter().filter_map(Weak::upgrade).collect()
+        };
+        for p in pools {
+            p.retain(live);
+        }
     }
 }
 
@@ -89,16 +122,11 @@ impl Proxy {
     /// A proxy with no routes (every request 404) and a self-signed default certificate
     /// for `default_names`.
     pub fn new(limits: Limits, default_names: &[&str]) -> Result<Proxy> {
-        let pool = Arc::new(Pool::new(
-            256,
-            Duration::from_secs(60),
-            limits.connect_timeout,
-        ));
         Ok(Proxy {
             shared: Arc::new(Shared {
                 table: RwLock::default(),
                 balancer: Balancer::default(),
-                pool,
+                pools: Mutex::default(),
                 limits,
             }),
             certs: Arc::new(SniResolver::new(Certificate::self_signed(default_names)?)),
@@ -119,8 +147,7 @@ impl Proxy {
                 .iter()
                 .flat_map(|b| b.endpoints.iter().copied())
                 .collect();
-            self.shared.balancer.retain(&live);
-            self.shared.pool.retain(&live);
+            self.shared.retain_endpoints(&live);
             *self.shared.table.write().unwrap_or_else(|p| p.into_inner()) =
                 Arc::new(next.table.clone());
         }
@@ -160,7 +187,19 @@ impl Proxy {
 
     /// Accepts on `listener` until `stop` turns true, then drains: no new connections,
     /// open requests get `limits.drain` to finish.
-    pub async fn serve(self, listener: TcpListener, tls: bool, mut stop: watch::Receiver<bool>) {
+    pub async fn serve(self, listener: TcpListener, tls: bool, stop: watch::Receiver<bool>) {
+        let pool = self.shared.new_pool();
+        self.serve_with(listener, tls, stop, pool).await;
+    }
+
+    /// `serve`, sending to endpoints through `pool` (one per event loop).
+    async fn serve_with(
+        self,
+        listener: TcpListener,
+        tls: bool,
+        mut stop: watch::Receiver<bool>,
+        pool: Arc<Pool>,
+    ) {
         let graceful = GracefulShutdown::new();
         let acceptor = tls.then(|| self.tls_acceptor());
         let scheme = if tls { "https" } else { "http" };
@@ -185,12 +224,14 @@ impl Proxy {
             let _ = stream.set_nodelay(true);
             let conn = Conn { client, scheme };
             let shared = self.shared.clone();
+            let pool = pool.clone();
             let builder = self.builder();
             let watcher = graceful.watcher();
             let acceptor = acceptor.clone();
             let handshake = self.shared.limits.header_timeout;
             tokio::spawn(async move {
-                let svc = service_fn(move |req| forward::handle(shared.clone(), req, conn));
+                let svc =
+                    service_fn(move |req| forward::handle(shared.clone(), pool.clone(), req, conn));
                 let result = match acceptor {
                     None => {
                         let c = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
