@@ -169,6 +169,14 @@ impl Lab {
 
 // ---------------------------------------------------------------------------------------
 
+/// This thread's CPU time in ms (user and system: the kernel's work on a netlink
+/// transaction counts too): what a change costs whatever else runs on the machine.
+fn cpu_ms() -> f64 {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .expect("thread CPU clock");
+    t.tv_sec() as f64 * 1e3 + t.tv_nsec() as f64 / 1e6
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let n = v.len();
@@ -203,7 +211,7 @@ fn main() {
         eprintln!("policy bench: needs root (network namespaces); skipped");
         return;
     }
-    println!("### The compiler alone, 1000 pods (medians of 6 changes; desired() of 2)");
+    println!("### The compiler alone, 1000 pods (CPU time of the compiling thread; medians of 12 changes per incremental path, 4 for desired())");
     println!();
     compile_only();
     if env("WEFT_BENCH_KERNEL", 1) == 0 {
@@ -324,51 +332,86 @@ fn main() {
     let lab = &configs[2].lab;
     let (k, j) = (SERVER % NAMESPACES, 0); // the server's namespace, its first policy
     let versions = [np(&policy_yaml(k, j, true)), np(&policy_yaml(k, j, false))];
-    let mut apply_t = Vec::new();
-    let mut desired_t = Vec::new();
-    let mut sync_t = Vec::new();
-    let mut total_t = Vec::new();
-    let mut changed_elems = Vec::new();
-    let mut inc = Incremental::default();
-    let _ = inc.desired(&cluster, &ctx);
-    let mut inc_t = Vec::new();
-    let mut inc_sync_t = Vec::new();
-    let mut inc_total_t = Vec::new();
-    for step in 0..(2 * changes as usize) {
-        let v = &versions[step % 2];
-        let open = step % 2 == 1;
-        let incremental = step >= changes as usize;
-        let t0 = Instant::now();
-        cluster.apply_network_policy(v).unwrap();
-        let t1 = Instant::now();
-        let rs = if incremental {
-            inc.desired(&cluster, &ctx)
-        } else {
-            desired(&cluster, &ctx)
-        };
-        let t2 = Instant::now();
-        let sum = enforcer.sync(&rs).expect("sync");
-        let t3 = Instant::now();
-        assert_eq!(lab.connects(), open, "step {step}: enforced");
-        changed_elems.push((sum.elements_added + sum.elements_deleted) as f64);
-        if incremental {
-            inc_t.push(ms(t2 - t1));
-            inc_sync_t.push(ms(t3 - t2));
-            inc_total_t.push(ms(t3 - t0));
-        } else {
-            apply_t.push(ms(t1 - t0));
-            desired_t.push(ms(t2 - t1));
-            sync_t.push(ms(t3 - t2));
-            total_t.push(ms(t3 - t0));
+    // Three paths, in rounds of two changes each (close, open), alternating within a
+    // round: `desired()` + `sync`, the previous agent's `Incremental::desired()` + `sync`
+    // (the compiler and the Enforcer share the table, so an edit copies the changed maps
+    // and the diff compares them whole), and the agent's `Incremental::update()` +
+    // `Enforcer::apply` (only the touched elements). Before each path's turn, an untimed
+    // sync brings the Enforcer and that path's compiler to the current policies.
+    const PATHS: [&str; 3] = [
+        "`desired()` + `Enforcer::sync`",
+        "`Incremental::desired()` + `Enforcer::sync` (previous agent)",
+        "`Incremental::update()` + `Enforcer::apply` (the agent)",
+    ];
+    // apply, compile, Enforcer, total (wall); compile, Enforcer (this thread's CPU).
+    let mut t: Vec<[Vec<f64>; 6]> = vec![Default::default(); PATHS.len()];
+    let mut changed_elems: Vec<Vec<f64>> = vec![Vec::new(); PATHS.len()];
+    let mut held = Incremental::default();
+    let mut agent = Incremental::default();
+    let mut step = 0;
+    for round in 0..(changes as usize).div_ceil(2) {
+        for k in 0..PATHS.len() {
+            let path = (round + k) % PATHS.len();
+            match path {
+                1 => {
+                    let rs = held.desired(&cluster, &ctx);
+                    enforcer.sync(&rs).expect("sync");
+                }
+                2 => {
+                    // The Enforcer's copy shared with nobody, as in the agent.
+                    enforcer.sync(&desired(&cluster, &ctx)).expect("sync");
+                    let _ = agent.update(&cluster, &ctx);
+                }
+                _ => {}
+            }
+            for _ in 0..2 {
+                let v = &versions[step % 2];
+                let open = step % 2 == 1;
+                step += 1;
+                let t0 = Instant::now();
+                cluster.apply_network_policy(v).unwrap();
+                let t1 = Instant::now();
+                let c1 = cpu_ms();
+                let split = |t: &mut [Vec<f64>; 6]| {
+                    t[1].push(ms(t1.elapsed()));
+                    t[4].push(cpu_ms() - c1);
+                    (Instant::now(), cpu_ms())
+                };
+                let ((t2, c2), sum) = match path {
+                    0 => {
+                        let rs = desired(&cluster, &ctx);
+                        let at = split(&mut t[path]);
+                        (at, enforcer.sync(&rs).expect("sync"))
+                    }
+                    1 => {
+                        let rs = held.desired(&cluster, &ctx);
+                        let at = split(&mut t[path]);
+                        (at, enforcer.sync(&rs).expect("sync"))
+                    }
+                    _ => {
+                        let u = agent.update(&cluster, &ctx);
+                        let at = split(&mut t[path]);
+                        (at, enforcer.apply(u).expect("apply"))
+                    }
+                };
+                t[path][2].push(ms(t2.elapsed()));
+                t[path][5].push(cpu_ms() - c2);
+                let t3 = Instant::now();
+                t[path][0].push(ms(t1 - t0));
+                t[path][3].push(ms(t3 - t0));
+                assert_eq!(lab.connects(), open, "{}: enforced", PATHS[path]);
+                changed_elems[path].push((sum.elements_added + sum.elements_deleted) as f64);
+                say(&format!(
+                    "change {step} ({}): apply {:.3} ms, compile {:.1} ms, sync {:.1} ms, total {:.1} ms ({} elements changed)",
+                    PATHS[path],
+                    ms(t1 - t0),
+                    t[path][1].last().unwrap(),
+                    t[path][2].last().unwrap(),
+                    ms(t3 - t0),
+                    sum.elements_added + sum.elements_deleted
+                ));
+            }
         }
-        say(&format!(
-            "change {step} ({}): apply {:.3} ms, desired {:.1} ms, sync {:.1} ms ({} elements changed)",
-            if incremental { "incremental" } else { "desired()" },
-            ms(t1 - t0),
-            ms(t2 - t1),
-            ms(t3 - t2),
-            sum.elements_added + sum.elements_deleted
-        ));
     }
 
     // --- 3. full sync: an empty namespace's table to the full 1000-policy one.
@@ -394,24 +437,23 @@ fn main() {
     println!();
     println!("### One NetworkPolicy change to enforcement, 1000 policies x 1000 pods");
     println!();
-    println!("{changes} changes per path (the server namespace's policy p00 toggling its ports; each one verified by a probe); medians in ms.");
+    println!("{} changes per path (the server namespace's policy p00 closing and opening tcp/{PORT} in turn, each verified by a probe), paths alternating in rounds of two changes; medians in ms.", 2 * (changes as usize).div_ceil(2));
     println!();
-    println!("| path | apply to Cluster | desired | Enforcer::sync | total | elements changed |");
-    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
-    println!(
-        "| `desired()` (full recompute) | {:.3} | {:.1} | {:.1} | {:.1} | {:.0} |",
-        median(&mut apply_t),
-        median(&mut desired_t),
-        median(&mut sync_t),
-        median(&mut total_t),
-        median(&mut changed_elems.clone())
-    );
-    println!(
-        "| `Incremental::desired()` (what the agent runs) | (same) | {:.2} | {:.1} | {:.1} | |",
-        median(&mut inc_t),
-        median(&mut inc_sync_t),
-        median(&mut inc_total_t)
-    );
+    println!("| path | apply to Cluster | compile | Enforcer | total | compile, CPU | Enforcer, CPU | elements changed |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for (i, name) in PATHS.iter().enumerate() {
+        let [a, c, e, tot, cc, ec] = &mut t[i];
+        println!(
+            "| {name} | {:.3} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} |",
+            median(a),
+            median(c),
+            median(e),
+            median(tot),
+            median(cc),
+            median(ec),
+            median(&mut changed_elems[i])
+        );
+    }
     println!();
     println!("### Full sync, empty table to 1000 policies x 1000 pods");
     println!();
@@ -424,65 +466,88 @@ fn main() {
     );
 }
 
-/// The compiler alone (no kernel): table size, full compile, and one policy change through
-/// `desired()` and `Incremental`, at 100 and 1000 policies.
+/// The compiler alone (no kernel), in CPU time of this thread (the machine is shared, so
+/// wall time would measure the others): table size, full compile, and one policy change through
+/// `desired()`, `Incremental::desired()` and `Incremental::update()`, at 100 and 1000
+/// policies.
 fn compile_only() {
     let ctx = ctx();
-    println!("| policies | map elements | desired() full | change: apply | change: desired() | change: Incremental | subject classes recomputed | change: Incremental, previous table still held | change: diff (the Rust half of Enforcer::sync) |");
+    println!("| policies | map elements | desired() full | change: apply | change: desired() | change: `Incremental::desired()`, previous table held (+ diff) | change: `Incremental::update()` | elements in the delta | subject classes recomputed |");
     println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for per_ns in [2, POLICIES_PER_NS] {
         let mut c = with_policies(per_ns);
-        let t0 = Instant::now();
+        let t0 = cpu_ms();
         let rs = desired(&c, &ctx);
-        let full = ms(t0.elapsed());
+        let full = cpu_ms() - t0;
         let n = elements(&rs);
-        let mut inc = Incremental::default();
-        let _ = inc.desired(&c, &ctx);
         let versions = [
             np(&policy_yaml(SERVER % NAMESPACES, 0, true)),
             np(&policy_yaml(SERVER % NAMESPACES, 0, false)),
         ];
-        let (mut ap, mut de, mut ic, mut pods) = (Vec::new(), Vec::new(), Vec::new(), 0);
-        for step in 0..6 {
-            let t0 = Instant::now();
-            c.apply_network_policy(&versions[step % 2]).unwrap();
-            let t1 = Instant::now();
-            let a = inc.desired(&c, &ctx);
-            let t2 = Instant::now();
-            pods = inc.recompiled;
-            if step < 2 {
-                let b = desired(&c, &ctx);
-                de.push(ms(t2.elapsed()));
-                assert!(a == b, "incremental equals full");
+        // The previous agent: the Enforcer kept the last table, which shared its maps
+        // with the compiler's, so the compiler's edit copied each map it changed and the
+        // diff compared them whole. The agent now: `update()` returns the touched
+        // elements only. Alternating, two changes each.
+        let mut held_inc = Incremental::default();
+        let mut prev = held_inc.desired(&c, &ctx);
+        let mut agent = Incremental::default();
+        let _ = agent.update(&c, &ctx);
+        let (mut ap, mut de, mut held, mut up, mut delta_n, mut pods) = (
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            0,
+        );
+        let mut step = 0;
+        for round in 0..6 {
+            for k in 0..3 {
+                let path = (round + k) % 3;
+                if path == 1 {
+                    prev = held_inc.desired(&c, &ctx);
+                } else if path == 2 {
+                    let _ = agent.update(&c, &ctx);
+                }
+                for _ in 0..2 {
+                    let t0 = cpu_ms();
+                    c.apply_network_policy(&versions[step % 2]).unwrap();
+                    step += 1;
+                    let t1 = cpu_ms();
+                    ap.push(t1 - t0);
+                    match path {
+                        0 if de.len() < 4 => {
+                            let _ = desired(&c, &ctx);
+                            de.push(cpu_ms() - t1);
+                        }
+                        0 => {}
+                        1 => {
+                            let next = held_inc.desired(&c, &ctx);
+                            let mut batch = weft_nft::netlink::Batch::new(1);
+                            weft_nft::diff::incremental(&prev, &next, &mut batch).unwrap();
+                            held.push(cpu_ms() - t1);
+                            prev = next;
+                        }
+                        _ => {
+                            let u = agent.update(&c, &ctx);
+                            up.push(cpu_ms() - t1);
+                            pods = agent.recompiled;
+                            if let weft_policy::desired::Update::Delta(d) = &u {
+                                delta_n.push(d.elements() as f64);
+                            }
+                        }
+                    }
+                }
             }
-            ap.push(ms(t1 - t0));
-            ic.push(ms(t2 - t1));
-        }
-        // As in the agent: the enforcer keeps the last table, which shares its maps with
-        // the compiler's, so the compiler's edit copies each map it changes; and the
-        // enforcer's diff compares the changed maps whole.
-        let (mut held, mut diff) = (Vec::new(), Vec::new());
-        let mut prev = inc.desired(&c, &ctx);
-        for step in 0..4 {
-            c.apply_network_policy(&versions[step % 2]).unwrap();
-            let t1 = Instant::now();
-            let next = inc.desired(&c, &ctx);
-            let t2 = Instant::now();
-            let mut batch = weft_nft::netlink::Batch::new(1);
-            weft_nft::diff::incremental(&prev, &next, &mut batch).unwrap();
-            let t3 = Instant::now();
-            held.push(ms(t2 - t1));
-            diff.push(ms(t3 - t2));
-            prev = next;
         }
         println!(
-            "| {} | {n} | {full:.0} ms | {:.3} ms | {:.0} ms | {:.2} ms | {pods} | {:.0} ms | {:.0} ms |",
+            "| {} | {n} | {full:.0} ms | {:.3} ms | {:.0} ms | {:.1} ms | {:.1} ms | {:.0} | {pods} |",
             c.policies.len(),
             median(&mut ap),
             median(&mut de),
-            median(&mut ic),
             median(&mut held),
-            median(&mut diff)
+            median(&mut up),
+            median(&mut delta_n),
         );
     }
 }

@@ -18,8 +18,8 @@ pub(crate) struct Direction2<'a> {
     pub subjects: Vec<(&'a Pod, u32)>,
     /// Peer address regions with their class, per family.
     pub peers: Arc<Peers>,
-    /// Per subject class: its rows.
-    pub classes: BTreeMap<u32, SubjectClass>,
+    /// Per subject class: its rows (shared with the cache while they stay the same).
+    pub classes: BTreeMap<u32, Arc<SubjectClass>>,
     /// The rows the classes use, by id.
     pub rows: BTreeMap<u32, Row>,
 }
@@ -46,6 +46,9 @@ pub(crate) struct Compiled<'a> {
 struct SubjectRows {
     default: Row,
     others: Vec<(u32, Row)>,
+    /// The distinct rows of `others` (shared copies), so row ids are found without
+    /// walking every pair.
+    distinct: Vec<Row>,
 }
 
 type SubjectKey = (Direction, Vec<PolicyId>, Vec<ContainerPort>);
@@ -70,7 +73,7 @@ pub(crate) struct Cache {
 
 type ClassIds = (
     BTreeMap<Row, u32>,
-    HashMap<u32, (Arc<SubjectRows>, SubjectClass)>,
+    HashMap<u32, (Arc<SubjectRows>, Arc<SubjectClass>)>,
 );
 
 impl Cache {
@@ -262,14 +265,14 @@ fn row_ids(
     dir: Direction,
     per_subject: &[(u32, Arc<SubjectRows>)],
     cache: Option<&mut Cache>,
-) -> (BTreeMap<u32, SubjectClass>, BTreeMap<u32, Row>) {
+) -> (BTreeMap<u32, Arc<SubjectClass>>, BTreeMap<u32, Row>) {
     // Rows are shared within a subject class; each shared copy is looked at once.
     let mut by_ptr: HashMap<RowPtr, (&Row, bool)> = HashMap::new();
     for (_, r) in per_subject {
         by_ptr
             .entry(Arc::as_ptr(&r.default))
             .or_insert((&r.default, false));
-        for (_, row) in &r.others {
+        for row in &r.distinct {
             by_ptr.entry(Arc::as_ptr(row)).or_insert((row, true)).1 = true;
         }
     }
@@ -306,13 +309,15 @@ fn row_ids(
             .and_then(|l| l.1.get(sid))
             .filter(|(r, _)| Arc::ptr_eq(r, rows))
             .map(|(_, c)| c.clone());
-        let class = reuse.unwrap_or_else(|| SubjectClass {
-            default: (!rows.default.is_empty()).then(|| id_of(&rows.default)),
-            pairs: rows
-                .others
-                .iter()
-                .map(|(pid, r)| (*pid, id_of(r)))
-                .collect(),
+        let class = reuse.unwrap_or_else(|| {
+            Arc::new(SubjectClass {
+                default: (!rows.default.is_empty()).then(|| id_of(&rows.default)),
+                pairs: rows
+                    .others
+                    .iter()
+                    .map(|(pid, r)| (*pid, id_of(r)))
+                    .collect(),
+            })
         });
         kept.insert(*sid, (rows.clone(), class.clone()));
         out.insert(*sid, class);
@@ -367,7 +372,16 @@ fn subject_rows(
         .unwrap_or_default();
     let mut others: Vec<(u32, Row)> = all.into_iter().filter(|(_, r)| *r != default).collect();
     others.sort_unstable_by_key(|(pid, _)| *pid);
-    SubjectRows { default, others }
+    // Every row here is one of the memo's shared copies.
+    let distinct = memo
+        .into_values()
+        .filter(|r| others.iter().any(|(_, o)| Arc::ptr_eq(o, r)))
+        .collect();
+    SubjectRows {
+        default,
+        others,
+        distinct,
+    }
 }
 
 fn projection<'s>(sig: &'s PeerSig, idx: &[usize]) -> (bool, Vec<bool>, &'s [ContainerPort]) {

@@ -80,6 +80,7 @@ use crate::model::{Direction, Tier};
 use crate::rows::Service;
 use crate::view::{Cluster, Pod};
 
+pub use crate::delta::{Delta, SetChange, Update};
 pub use crate::incremental::Incremental;
 
 pub const TABLE: &str = "weft-policy";

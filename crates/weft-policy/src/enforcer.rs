@@ -3,9 +3,12 @@
 
 use std::path::Path;
 
-use weft_nft::diff::Summary;
-use weft_nft::{Backend, Ruleset};
+use std::sync::Arc;
 
+use weft_nft::diff::{Summary, Touched};
+use weft_nft::{Backend, Ruleset, Set, Table};
+
+use crate::delta::{Delta, SetChange, Update};
 use crate::desired::{FAMILY, TABLE};
 use crate::error::{Error, Result};
 use crate::model::Protocol;
@@ -15,10 +18,14 @@ use crate::table_eval::{forward, Outcome, Packet};
 pub struct Enforcer {
     backend: Backend,
     netns: String,
-    /// What the kernel holds, as weft last committed it. `None` until the first sync and
-    /// after a failed one: the next sync then reads the kernel's table again (a restarted
-    /// agent adopts its predecessor's table and changes only what differs).
+    /// The table as weft last asked for it (`None` before the first sync). Changes are
+    /// applied to it in place, so it is the one copy of the large maps.
     committed: Option<Ruleset>,
+    /// Whether the kernel holds `committed`. Not before the first sync, after a failed
+    /// one or after [`Enforcer::resync`]: the next sync then reads the kernel's table
+    /// again (a restarted agent adopts its predecessor's table and changes only what
+    /// differs).
+    in_sync: bool,
 }
 
 impl Enforcer {
@@ -41,6 +48,7 @@ impl Enforcer {
             backend,
             netns,
             committed: None,
+            in_sync: false,
         })
     }
 
@@ -55,15 +63,125 @@ impl Enforcer {
     /// transaction: all of it or none. Connections already established keep going, as
     /// with other NetworkPolicy implementations; new ones see the new policy.
     pub fn sync(&mut self, desired: &Ruleset) -> Result<Summary> {
-        let prev = match self.committed.take() {
-            Some(prev) => prev,
-            None => self.backend.adopt(desired).map_err(self.nft())?,
+        self.sync_owned(desired.clone())
+    }
+
+    /// Applies an [`Update`] from [`crate::desired::Incremental::update`]: a whole table
+    /// as [`Enforcer::sync`], a delta by sending only the elements it names (the
+    /// kernel's copy of a changed key is compared with the new one, nothing else is).
+    pub fn apply(&mut self, update: Update) -> Result<Summary> {
+        match update {
+            Update::Unchanged if self.in_sync => Ok(Summary::default()),
+            Update::Unchanged => {
+                let Some(model) = self.committed.take() else {
+                    return Ok(Summary::default());
+                };
+                self.sync_owned(model)
+            }
+            Update::Full(rs) => self.sync_owned(rs),
+            Update::Delta(d) => self.apply_delta(&d),
+        }
+    }
+
+    fn sync_owned(&mut self, desired: Ruleset) -> Result<Summary> {
+        let prev = if self.in_sync {
+            self.committed.take()
+        } else {
+            None
         };
-        let sum = self
-            .backend
-            .apply_incremental(&prev, desired)
-            .map_err(self.nft())?;
-        self.committed = Some(desired.clone());
+        self.in_sync = false;
+        let prev = match prev {
+            Some(prev) => prev,
+            None => self.backend.adopt(&desired).map_err(self.nft())?,
+        };
+        let result = self.backend.apply_incremental(&prev, &desired);
+        drop(prev);
+        self.committed = Some(desired);
+        let sum = result.map_err(self.nft())?;
+        self.in_sync = true;
+        self.log(&sum);
+        Ok(sum)
+    }
+
+    fn apply_delta(&mut self, d: &Delta) -> Result<Summary> {
+        let Some(model) = self.committed.as_mut() else {
+            return Err(Error::Delta {
+                netns: self.netns.clone(),
+                problem: "no table to apply it to yet".into(),
+            });
+        };
+        if !self.in_sync {
+            // The kernel may hold anything: move the model on, then compare it whole.
+            d.apply_to(model).map_err(|m| self.missing(m))?;
+            let model = self.committed.take().expect("just edited");
+            return self.sync_owned(model);
+        }
+        // Only what the delta names, as small sets: the old elements of its keys and the
+        // new ones. The diff looks at those keys alone.
+        let (mut prev, mut next) = (Table::new(FAMILY, TABLE), Table::new(FAMILY, TABLE));
+        let mut touched = Touched::default();
+        let have = model.table(FAMILY, TABLE).ok_or_else(|| Error::Delta {
+            netns: self.netns.clone(),
+            problem: format!("the table {TABLE} is not in the model"),
+        })?;
+        for (name, change) in &d.sets {
+            let old = have.sets.get(name).ok_or_else(|| Error::Delta {
+                netns: self.netns.clone(),
+                problem: format!("set {name} is not in the model"),
+            })?;
+            match change {
+                SetChange::Replace(set) => {
+                    prev.sets.insert(name.clone(), old.clone());
+                    next.sets.insert(name.clone(), set.clone());
+                    touched.set(FAMILY, TABLE, name.clone());
+                }
+                SetChange::Elements { put, .. } => {
+                    let mut a = Set {
+                        name: old.name.clone(),
+                        typeof_key: old.typeof_key.clone(),
+                        key: old.key.clone(),
+                        data: old.data.clone(),
+                        flags: old.flags,
+                        timeout: old.timeout,
+                        elements: Default::default(),
+                    };
+                    let mut b = a.clone();
+                    for k in change.keys() {
+                        if let Some(e) = old.elements.get(k) {
+                            a.elements.insert(k.clone(), e.clone());
+                        }
+                        if let Some(e) = put.get(k) {
+                            b.elements.insert(k.clone(), e.clone());
+                        }
+                        touched.element(FAMILY, TABLE, name.clone(), k.0.clone());
+                    }
+                    prev.sets.insert(name.clone(), Arc::new(a));
+                    next.sets.insert(name.clone(), Arc::new(b));
+                }
+            }
+        }
+        let (mut p, mut n) = (Ruleset::default(), Ruleset::default());
+        p.add_table(prev);
+        n.add_table(next);
+        let result = self.backend.apply_touched(&p, &n, &touched);
+        let model = self.committed.as_mut().expect("checked above");
+        d.apply_to(model).map_err(|m| self.missing(m))?;
+        let sum = result.map_err(|e| {
+            self.in_sync = false;
+            self.nft()(e)
+        })?;
+        self.log(&sum);
+        Ok(sum)
+    }
+
+    fn missing(&self, what: String) -> Error {
+        Error::Delta {
+            netns: self.netns.clone(),
+            problem: format!("{what} is not in the model"),
+        }
+    }
+
+    fn log(&self, sum: &Summary) {
         if !sum.is_empty() {
             tracing::debug!(
                 netns = %self.netns,
@@ -73,7 +191,6 @@ impl Enforcer {
                 "policy table synced"
             );
         }
-        Ok(sum)
     }
 
     /// Deletes the conntrack entries (IPv4) of flows the committed table would now drop
@@ -115,12 +232,13 @@ impl Enforcer {
     /// The next sync re-reads the kernel's table and repairs whatever differs (an `nft`
     /// edit, a flush). Agents call it periodically.
     pub fn resync(&mut self) {
-        self.committed = None;
+        self.in_sync = false;
     }
 
     /// Removes the policy table (nothing else): every pod is reachable again.
     pub fn remove(&mut self) -> Result<()> {
         self.committed = None;
+        self.in_sync = false;
         let present = self
             .backend
             .list_tables()

@@ -16,6 +16,10 @@ pub enum Error {
     /// A pod or node the question names that the view does not hold.
     #[error("{what} {name}: not in the cluster view")]
     Unknown { what: &'static str, name: String },
+    /// A delta that does not follow the table the Enforcer holds (a caller mixing
+    /// compilers): compile the whole table again.
+    #[error("policy table in {netns}: cannot apply the change: {problem}")]
+    Delta { netns: String, problem: String },
     #[error("nf_tables in {netns}: {source}")]
     Nft {
         netns: String,

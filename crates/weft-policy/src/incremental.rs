@@ -9,9 +9,10 @@ use weft_nft::{Ruleset, Set};
 use crate::cells::AddrFamily;
 use crate::classes::Peers;
 use crate::compile::{Cache, Compiled, Direction2, SubjectClass};
+use crate::delta::{Delta, SetChange, Update};
 use crate::desired::{
-    class_elements, default_map, local_pods, pair_sets, pairs_map, peer_set, row_set, subject_set,
-    table, NodeContext, DIRECTIONS, FAMILY, TABLE,
+    class_elements, default_map, local_pods, pairs_map, peer_set, row_set, subject_set, table,
+    NodeContext, DIRECTIONS,
 };
 use crate::model::{Direction, Policy, PolicyId};
 use crate::rows::Row;
@@ -22,15 +23,18 @@ use crate::view::{Cluster, Namespace, Node, Pod};
 /// keeps which address regions each rule's peers hold, the peer classes (while the rules'
 /// peer lists stay the same), the policies that apply to each local pod and each subject
 /// class's rows; a policy change recomputes the rows of the subject classes whose
-/// policies changed, and edits the previous table: only the elements of those classes
-/// are touched, and maps that did not change keep their shared copy, so the diff skips
-/// them. Any other change starts again from nothing. The result always equals
-/// [`crate::desired::desired`]'s (tests compare them after every step of the truth-table
-/// cases).
+/// policies changed and [`Incremental::update`] returns only the elements of the classes
+/// whose rows changed (a [`Delta`]), so nothing copies or compares the large maps. Any
+/// other change starts again from nothing ([`Update::Full`]). The previous table with the
+/// delta applied always equals [`crate::desired::desired`]'s (tests compare them after
+/// every step of the truth-table cases).
 #[derive(Default)]
 pub struct Incremental {
     last: Option<Last>,
     cache: Cache,
+    /// The table as [`Incremental::desired`] returns it; [`Incremental::update`] alone
+    /// keeps none (the Enforcer holds the one copy).
+    held: Option<Ruleset>,
     /// Subject classes whose rows the last call computed (for figures and tests).
     pub recompiled: usize,
 }
@@ -49,7 +53,6 @@ struct Last {
     pods: BTreeMap<(String, String), Pod>,
     nodes: BTreeMap<String, Node>,
     policies: BTreeMap<PolicyId, Policy>,
-    ruleset: Ruleset,
     dirs: BTreeMap<Direction, DirState>,
 }
 
@@ -57,7 +60,7 @@ struct Last {
 struct DirState {
     subjects: Vec<((String, String), u32)>,
     peers: Arc<Peers>,
-    classes: BTreeMap<u32, SubjectClass>,
+    classes: BTreeMap<u32, Arc<SubjectClass>>,
     rows: BTreeMap<u32, Row>,
 }
 
@@ -80,7 +83,30 @@ fn subjects(d: &Direction2) -> Vec<((String, String), u32)> {
 }
 
 impl Incremental {
+    /// The whole table after this batch of changes (the previous one edited), equal to
+    /// [`crate::desired::desired`]'s. Keeps a copy to edit; a caller that hands the
+    /// changes on (the agent, to [`crate::enforcer::Enforcer::apply`]) uses
+    /// [`Incremental::update`] instead.
     pub fn desired(&mut self, cluster: &Cluster, ctx: &NodeContext) -> Ruleset {
+        if self.held.is_none() {
+            self.last = None;
+        }
+        match self.update(cluster, ctx) {
+            Update::Unchanged => {}
+            Update::Full(rs) => self.held = Some(rs),
+            Update::Delta(d) => {
+                let held = self.held.as_mut().expect("a delta follows a held table");
+                d.apply_to(held)
+                    .expect("a delta follows the table it was made from");
+            }
+        }
+        self.held.clone().expect("the table is held")
+    }
+
+    /// What changed in the table since the last call: the whole table the first time
+    /// and after a change to pods, namespaces, nodes or the context; after policy changes
+    /// only the elements of the subject classes they touch.
+    pub fn update(&mut self, cluster: &Cluster, ctx: &NodeContext) -> Update {
         let same_world = self.last.as_ref().is_some_and(|l| {
             l.ctx == *ctx
                 && l.pods == cluster.pods
@@ -98,51 +124,63 @@ impl Incremental {
                 pods: cluster.pods.clone(),
                 nodes: cluster.nodes.clone(),
                 policies: cluster.policies.clone(),
-                ruleset: ruleset.clone(),
                 dirs: DIRECTIONS
                     .iter()
                     .map(|d| (*d, DirState::of(compiled.dir(*d))))
                     .collect(),
             });
-            return ruleset;
+            return Update::Full(ruleset);
         };
         let ids: BTreeSet<&PolicyId> = last
             .policies
             .keys()
             .chain(cluster.policies.keys())
             .collect();
-        let changed: Vec<&Policy> = ids
+        let changed_ids: Vec<PolicyId> = ids
             .into_iter()
             .filter(|id| last.policies.get(*id) != cluster.policies.get(*id))
+            .cloned()
+            .collect();
+        self.recompiled = 0;
+        if changed_ids.is_empty() {
+            return Update::Unchanged;
+        }
+        let changed: Vec<&Policy> = changed_ids
+            .iter()
             .flat_map(|id| [last.policies.get(id), cluster.policies.get(id)])
             .flatten()
             .collect();
-        self.recompiled = 0;
-        if changed.is_empty() {
-            return last.ruleset.clone();
-        }
         let local: Vec<&Pod> = local_pods(cluster, &ctx.node_name).collect();
         self.cache.policies_changed(cluster, &changed, &local);
         let compiled = Compiled::new(cluster, ctx, Some(&mut self.cache));
         self.recompiled = compiled.computed;
-        let table = last
-            .ruleset
-            .table_mut(FAMILY, TABLE)
-            .expect("the last ruleset holds the table");
+        let mut delta = Delta::default();
         for dir in DIRECTIONS {
             let new = compiled.dir(dir);
             let old = last.dirs.get_mut(&dir).expect("both directions are kept");
-            patch(table, dir, old, new);
+            patch(&mut delta, dir, old, new);
         }
-        last.policies = cluster.policies.clone();
-        last.ruleset.clone()
+        drop(compiled);
+        for id in changed_ids {
+            match cluster.policies.get(&id) {
+                Some(p) => last.policies.insert(id, p.clone()),
+                None => last.policies.remove(&id),
+            };
+        }
+        if delta.is_empty() {
+            Update::Unchanged
+        } else {
+            Update::Delta(delta)
+        }
     }
 }
 
-/// Moves one direction's maps from `old` to `new`, touching only what differs.
-fn patch(table: &mut weft_nft::Table, dir: Direction, old: &mut DirState, new: &Direction2) {
+/// One direction's changes from `old` to `new`, into `delta`; `old` becomes `new`.
+fn patch(delta: &mut Delta, dir: Direction, old: &mut DirState, new: &Direction2) {
     let mut put = |set: Set| {
-        table.sets.insert(set.name.clone(), Arc::new(set));
+        delta
+            .sets
+            .insert(set.name.clone(), SetChange::Replace(Arc::new(set)));
     };
     let new_subjects = subjects(new);
     if old.subjects != new_subjects {
@@ -169,31 +207,35 @@ fn patch(table: &mut weft_nft::Table, dir: Direction, old: &mut DirState, new: &
         .collect();
     let touched: Vec<u32> = sids
         .into_iter()
-        .filter(|s| old.classes.get(s) != new.classes.get(s))
+        .filter(|s| match (old.classes.get(s), new.classes.get(s)) {
+            (Some(a), Some(b)) => !Arc::ptr_eq(a, b) && a != b,
+            (a, b) => a.is_some() || b.is_some(),
+        })
         .collect();
-    if touched.len() * 2 > new.classes.len().max(1) {
-        // Most classes changed: building the maps afresh is cheaper than editing them.
-        let (pairs, defaults) = pair_sets(new, dir);
-        put(pairs);
-        put(defaults);
-    } else if !touched.is_empty() {
-        let names = [pairs_map(dir), default_map(dir)];
-        for sid in touched {
-            for (i, name) in names.iter().enumerate() {
-                let Some(set) = table.set_mut(name) else {
-                    continue;
-                };
-                if let Some(c) = old.classes.get(&sid) {
-                    for (k, _) in &class_elements(sid, c)[i] {
-                        set.elements.remove(k);
-                    }
-                }
-                if let Some(c) = new.classes.get(&sid) {
-                    set.elements
-                        .extend(class_elements(sid, c)[i].iter().cloned());
-                }
+    let names = [pairs_map(dir), default_map(dir)];
+    for (i, name) in names.into_iter().enumerate() {
+        let mut remove = BTreeSet::new();
+        let mut add = BTreeMap::new();
+        for sid in &touched {
+            if let Some(c) = old.classes.get(sid) {
+                remove.extend(class_elements(*sid, c)[i].iter().map(|(k, _)| k.clone()));
+            }
+            if let Some(c) = new.classes.get(sid) {
+                add.extend(class_elements(*sid, c)[i].iter().cloned());
             }
         }
+        // A key both removed and put is replaced: `put` alone says so.
+        remove.retain(|k| !add.contains_key(k));
+        if !remove.is_empty() || !add.is_empty() {
+            delta
+                .sets
+                .insert(name, SetChange::Elements { remove, put: add });
+        }
     }
-    old.classes = new.classes.clone();
+    for sid in touched {
+        match new.classes.get(&sid) {
+            Some(c) => old.classes.insert(sid, c.clone()),
+            None => old.classes.remove(&sid),
+        };
+    }
 }

@@ -53,6 +53,7 @@ pub mod cluster_policy;
 pub mod cnp;
 mod compile;
 pub mod decision;
+pub mod delta;
 pub mod desired;
 pub mod endpoint;
 pub mod enforcer;

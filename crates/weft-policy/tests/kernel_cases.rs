@@ -1,6 +1,8 @@
 //! Every truth-table case, step after step, through the kernel: each node's table is
-//! synced incrementally into its own fresh network namespace (interval maps replaced
-//! element by element, as the agent would), and after each step a fresh Enforcer adopts
+//! synced incrementally into its own fresh network namespace as the agent does it
+//! (`Incremental::update`, then `Enforcer::apply`: a whole table diffed against the last
+//! one, interval maps replaced element by element, or after a policy-only step a delta
+//! of the touched elements), and after each step a fresh Enforcer adopts
 //! the kernel's table and must find nothing to change (pods are dual-stack here, so both
 //! families' maps are loaded), i.e. the kernel holds exactly the
 //! model (no element refused as overlapping, none lost).
@@ -9,7 +11,7 @@ mod common;
 
 use std::process::Command;
 
-use weft_policy::desired::{desired, NodeContext};
+use weft_policy::desired::{desired, Incremental, NodeContext, Update};
 use weft_policy::enforcer::Enforcer;
 
 struct Netns(String);
@@ -46,10 +48,16 @@ fn every_case_step_loads_and_reads_back_exactly() {
     let world = common::world();
     let nodes: Vec<String> = world.nodes.iter().map(|n| n.name.clone()).collect();
     let spaces: Vec<Netns> = nodes.iter().map(|n| Netns::new(n)).collect();
-    let mut enforcers: Vec<Enforcer> = spaces
+    let mut enforcers: Vec<(Enforcer, Incremental)> = spaces
         .iter()
-        .map(|ns| Enforcer::open_in(&ns.path()).unwrap())
+        .map(|ns| {
+            (
+                Enforcer::open_in(&ns.path()).unwrap(),
+                Incremental::default(),
+            )
+        })
         .collect();
+    let mut deltas = 0;
     // Cases follow one another in the same namespaces: each case's first step replaces
     // the previous case's last table, which exercises the diff on interval maps too.
     for (file, case) in common::cases(&world) {
@@ -58,13 +66,15 @@ fn every_case_step_loads_and_reads_back_exactly() {
             step.apply_to(&mut cluster).unwrap();
             // Dual stack: the IPv6 maps get elements too.
             common::dual_stack(&mut cluster);
-            for ((node, ns), enf) in nodes.iter().zip(&spaces).zip(&mut enforcers) {
+            for ((node, ns), (enf, inc)) in nodes.iter().zip(&spaces).zip(&mut enforcers) {
                 let ctx = NodeContext {
                     node_name: node.clone(),
                     log_group: Some(1),
                 };
                 let want = desired(&cluster, &ctx);
-                enf.sync(&want)
+                let update = inc.update(&cluster, &ctx);
+                deltas += usize::from(matches!(update, Update::Delta(_)));
+                enf.apply(update)
                     .unwrap_or_else(|e| panic!("{file} step {i} on {node}: {e}"));
                 let mut fresh = Enforcer::open_in(&ns.path()).unwrap();
                 let sum = fresh.sync(&want).unwrap();
@@ -75,4 +85,5 @@ fn every_case_step_loads_and_reads_back_exactly() {
             }
         }
     }
+    assert!(deltas > 0, "some steps went to the kernel as deltas");
 }

@@ -71,7 +71,8 @@ const KINDS: [Kind; 5] = [
 struct PolicySync {
     cluster: Cluster,
     ctx: NodeContext,
-    /// Recompiles only the pods a policy change selects (the same table as `desired`).
+    /// Recompiles only the pods a policy change selects and hands the Enforcer only the
+    /// elements that changed (the same table as `desired`).
     compiler: weft_policy::desired::Incremental,
     enforcer: Enforcer,
     seen: HashMap<Kind, Seen>,
@@ -184,8 +185,19 @@ impl PolicySync {
     }
 
     fn commit(&mut self) -> Result<(), String> {
-        let desired = self.compiler.desired(&self.cluster, &self.ctx);
-        match self.enforcer.sync(&desired) {
+        // Only what changed goes to the Enforcer, which holds the one copy of the table.
+        let update = self.compiler.update(&self.cluster, &self.ctx);
+        let result = match self.enforcer.apply(update) {
+            Err(weft_policy::Error::Delta { problem, .. }) => {
+                // The two disagree on the previous table: compile it whole.
+                tracing::warn!("network policy: {problem}; compiling the whole table");
+                self.compiler = Default::default();
+                let update = self.compiler.update(&self.cluster, &self.ctx);
+                self.enforcer.apply(update)
+            }
+            other => other,
+        };
+        match result {
             Ok(sum) => {
                 self.dirty = false;
                 tracing::debug!(?sum, "network policy synced");
