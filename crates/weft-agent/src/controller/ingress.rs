@@ -12,9 +12,10 @@
 //! serves (that Service's load balancer addresses, or every node's address until it has
 //! one), so agents agree and never flap.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -55,14 +56,17 @@ struct Stores {
     nodes: Store<Node>,
 }
 
-/// Watches `api` into a store; every change pokes `changed`. A stream that ends reports
-/// on `ended` (the agent then stops rather than serve from a frozen cache).
+/// Watches `api` into a store; every change for which `relevant` holds pokes `changed`
+/// (the end of a re-list always does: what it dropped sends no event of its own). A
+/// stream that ends reports on `ended` (the agent then stops rather than serve from a
+/// frozen cache).
 fn reflect<K>(
     api: Api<K>,
     what: &'static str,
     changed: Arc<Notify>,
     ended: UnboundedSender<&'static str>,
     lag: Arc<Lag>,
+    relevant: impl Fn(&K) -> bool + Send + 'static,
 ) -> Store<K>
 where
     K: kube::Resource
@@ -74,14 +78,22 @@ where
         + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
+    use watcher::Event as W;
     let (store, writer) = reflector::store::<K>();
     let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
         .default_backoff()
         .for_each(move |e| {
             match e {
-                Ok(_) => {
-                    lag.seen();
-                    changed.notify_one()
+                Ok(e) => {
+                    let poke = match &e {
+                        W::Apply(o) | W::InitApply(o) | W::Delete(o) => relevant(o),
+                        W::Init => false,
+                        W::InitDone => true,
+                    };
+                    if poke {
+                        lag.seen();
+                        changed.notify_one()
+                    }
                 }
                 Err(e) => tracing::warn!("ingress: watching {what}: {e}"),
             }
@@ -92,6 +104,70 @@ where
         let _ = ended.send(what);
     });
     store
+}
+
+/// (namespace, name) of a Service.
+type ServiceKey = (String, String);
+
+/// The Services a compile reads: those the Ingresses name as backends, and the published
+/// one (its load balancer addresses go into Ingress status). Changes to any other Service
+/// or EndpointSlice cannot change the routes, so they neither trigger a compile nor enter
+/// one: with 30k Services and a handful of Ingresses, recompiling (and copying the caches
+/// of) every Service on every Service change made the agent's work per change grow with
+/// the cluster.
+fn named_services(ingresses: &[Arc<Ingress>]) -> HashSet<ServiceKey> {
+    let mut out = HashSet::from([("kube-system".to_string(), PUBLISHED.to_string())]);
+    for ing in ingresses {
+        // As the compiler reads it (weft_ingress::compile).
+        let ns = ing.metadata.namespace.as_deref().unwrap_or("default");
+        let Some(spec) = &ing.spec else { continue };
+        let paths = spec
+            .rules
+            .iter()
+            .flatten()
+            .filter_map(|r| r.http.as_ref())
+            .flat_map(|h| h.paths.iter().map(|p| &p.backend));
+        for b in spec.default_backend.iter().chain(paths) {
+            if let Some(svc) = &b.service {
+                out.insert((ns.to_string(), svc.name.clone()));
+            }
+        }
+    }
+    out
+}
+
+fn service_key(s: &Service) -> ServiceKey {
+    (
+        s.metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
+        s.metadata.name.clone().unwrap_or_default(),
+    )
+}
+
+/// The Service an EndpointSlice belongs to, by its `kubernetes.io/service-name` label.
+fn slice_service(s: &EndpointSlice) -> Option<ServiceKey> {
+    let name = s
+        .metadata
+        .labels
+        .as_ref()?
+        .get("kubernetes.io/service-name")?;
+    Some((
+        s.metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
+        name.clone(),
+    ))
+}
+
+/// What the last compile named, shared with the Service and EndpointSlice watches.
+type Named = Arc<RwLock<HashSet<ServiceKey>>>;
+
+fn read(named: &Named) -> std::sync::RwLockReadGuard<'_, HashSet<ServiceKey>> {
+    // A set of names: nothing a panic elsewhere could leave half-written matters.
+    named.read().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Binds the proxy's ports (an error if they are taken) and starts serving and watching.
@@ -120,6 +196,8 @@ pub async fn start(
         }
     });
     let changed = Arc::new(Notify::new());
+    // Until the first compile names them: the first list pokes anyway (its end).
+    let named: Named = Arc::default();
     let c = client.clone();
     let stores = Stores {
         ingresses: reflect(
@@ -128,6 +206,7 @@ pub async fn start(
             changed.clone(),
             ended.clone(),
             lag.clone(),
+            |_| true,
         ),
         classes: reflect(
             Api::all(c.clone()),
@@ -135,6 +214,7 @@ pub async fn start(
             changed.clone(),
             ended.clone(),
             lag.clone(),
+            |_| true,
         ),
         secrets: reflect(
             Api::all(c.clone()),
@@ -142,6 +222,7 @@ pub async fn start(
             changed.clone(),
             ended.clone(),
             lag.clone(),
+            |_| true,
         ),
         services: reflect(
             Api::all(c.clone()),
@@ -149,6 +230,10 @@ pub async fn start(
             changed.clone(),
             ended.clone(),
             lag.clone(),
+            {
+                let named = named.clone();
+                move |s: &Service| read(&named).contains(&service_key(s))
+            },
         ),
         slices: reflect(
             Api::all(c.clone()),
@@ -156,6 +241,10 @@ pub async fn start(
             changed.clone(),
             ended.clone(),
             lag.clone(),
+            {
+                let named = named.clone();
+                move |s: &EndpointSlice| slice_service(s).is_some_and(|k| read(&named).contains(&k))
+            },
         ),
         nodes: reflect(
             Api::all(c),
@@ -163,6 +252,7 @@ pub async fn start(
             changed.clone(),
             ended.clone(),
             lag.clone(),
+            |_| true,
         ),
     };
     tracing::info!(http = %ic.http, https = %ic.https, workers = ic.workers, "ingress proxy listening");
@@ -172,7 +262,7 @@ pub async fn start(
     }
     let client = client.clone();
     tokio::spawn(async move {
-        if let Err(e) = run(client, stores, proxy, changed, lag).await {
+        if let Err(e) = run(client, stores, proxy, changed, lag, named).await {
             tracing::error!("ingress: {e}");
         }
     });
@@ -185,6 +275,7 @@ async fn run(
     proxy: Proxy,
     changed: Arc<Notify>,
     lag: Arc<Lag>,
+    named: Named,
 ) -> Result<()> {
     // Nothing is served from a partial view: a missing Secret would serve the default
     // certificate, a missing Service a 503.
@@ -220,8 +311,13 @@ async fn run(
     loop {
         // The stores hold every change seen so far: this compile covers them all.
         lag.taken();
+        let ingresses = s.ingresses.state();
+        let wanted = named_services(&ingresses);
+        // Published before the Services and slices are read: a change to a newly named
+        // one after this pokes the next compile, one before it is in this read.
+        *named.write().unwrap_or_else(|e| e.into_inner()) = wanted.clone();
         let cluster = Cluster {
-            ingresses: s.ingresses.state(),
+            ingresses,
             classes: s.classes.state(),
             secrets: s
                 .secrets
@@ -229,8 +325,12 @@ async fn run(
                 .into_iter()
                 .filter(|x| x.type_.as_deref() == Some("kubernetes.io/tls"))
                 .collect(),
-            services: s.services.state(),
-            slices: s.slices.state(),
+            services: s
+                .services
+                .state_filter(|x| wanted.contains(&service_key(x))),
+            slices: s
+                .slices
+                .state_filter(|x| slice_service(x).is_some_and(|k| wanted.contains(&k))),
         };
         // Compiling thousands of Ingresses takes milliseconds: off the runtime's workers,
         // which serve requests meanwhile.
@@ -400,5 +500,49 @@ async fn write_status(client: &Client, s: &Stores, served: &[String]) {
         {
             tracing::warn!("ingress {ns}/{name}: writing status: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ingress(ns: &str, default: Option<&str>, paths: &[&str]) -> Arc<Ingress> {
+        let backend = |s: &str| serde_json::json!({"service": {"name": s, "port": {"number": 80}}});
+        let mut spec = serde_json::json!({"rules": [{"host": "x", "http": {"paths":
+            paths.iter().map(|p| serde_json::json!({"path": "/", "pathType": "Prefix", "backend": backend(p)})).collect::<Vec<_>>()}}]});
+        if let Some(d) = default {
+            spec["defaultBackend"] = backend(d);
+        }
+        let v = serde_json::json!({"metadata": {"name": "i", "namespace": ns}, "spec": spec});
+        Arc::new(serde_json::from_value(v).expect("an Ingress"))
+    }
+
+    fn key(ns: &str, name: &str) -> ServiceKey {
+        (ns.to_string(), name.to_string())
+    }
+
+    #[test]
+    fn a_compile_reads_only_the_services_ingresses_name_and_the_published_one() {
+        let named = named_services(&[
+            ingress("a", Some("fallback"), &["web", "api"]),
+            ingress("b", None, &["web"]),
+        ]);
+        let want = HashSet::from([
+            key("kube-system", PUBLISHED),
+            key("a", "fallback"),
+            key("a", "web"),
+            key("a", "api"),
+            key("b", "web"),
+        ]);
+        assert_eq!(named, want);
+        let mut slice = EndpointSlice::default();
+        slice.metadata.namespace = Some("b".into());
+        slice.metadata.labels =
+            Some([("kubernetes.io/service-name".to_string(), "web".to_string())].into());
+        assert_eq!(slice_service(&slice), Some(key("b", "web")));
+        slice.metadata.labels = None;
+        assert_eq!(slice_service(&slice), None, "a slice of no Service");
+        assert!(named_services(&[]).contains(&key("kube-system", PUBLISHED)));
     }
 }
