@@ -35,7 +35,9 @@ struct State {
     slices: HashMap<Key, EndpointSlice>,
     /// Service (namespace, name) -> its slices' names.
     by_service: HashMap<Key, BTreeSet<String>>,
-    contributions: HashMap<Owner, BTreeSet<Record>>,
+    /// Each owner's records, sorted (a boxed slice: a set's smallest node would cost more
+    /// than the one record most owners have).
+    contributions: HashMap<Owner, Box<[Record]>>,
     nodes: HashMap<String, Vec<IpAddr>>,
 }
 
@@ -257,29 +259,27 @@ impl Model {
 
     /// Replace one owner's records, sending the zone only the difference.
     fn set(&self, st: &mut State, owner: Owner, new: BTreeSet<Record>) {
-        let old = if new.is_empty() {
-            st.contributions.remove(&owner).unwrap_or_default()
-        } else {
-            st.contributions
-                .insert(owner, new.clone())
-                .unwrap_or_default()
-        };
-        if old == new {
-            return;
+        let new: Box<[Record]> = new.into_iter().collect();
+        let old = st.contributions.remove(&owner).unwrap_or_default();
+        if old != new {
+            let mut zone = self.inner.zone.write().unwrap_or_else(|e| e.into_inner());
+            // Both sorted: membership by binary search.
+            for r in new.iter().filter(|r| old.binary_search(r).is_err()) {
+                zone.add(r);
+            }
+            for r in old.iter().filter(|r| new.binary_search(r).is_err()) {
+                zone.remove(r);
+            }
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs() as u32)
+                .unwrap_or(0);
+            let serial = now.max(zone.serial().wrapping_add(1));
+            zone.finish(serial);
         }
-        let mut zone = self.inner.zone.write().unwrap_or_else(|e| e.into_inner());
-        for r in new.difference(&old) {
-            zone.add(r);
+        if !new.is_empty() {
+            st.contributions.insert(owner, new);
         }
-        for r in old.difference(&new) {
-            zone.remove(r);
-        }
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs() as u32)
-            .unwrap_or(0);
-        let serial = now.max(zone.serial().wrapping_add(1));
-        zone.finish(serial);
     }
 
     /// Every record the model holds now, for comparing with [`records::compile`].
