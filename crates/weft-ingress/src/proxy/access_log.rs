@@ -22,6 +22,36 @@ const CAP: usize = 4 << 20;
 struct Buffer {
     bytes: Vec<u8>,
     dropped: u64,
+    /// The second the lines are being written in, and its text up to the fraction's dot
+    /// (`2026-12-05T00:50:03.`): formatted once a second, not once a line.
+    second: Option<(u64, String)>,
+}
+
+impl Buffer {
+    /// Appends `<time>  INFO weft::ingress::access: `, as `Utc` writes the time.
+    fn prefix(&mut self, now: SystemTime) {
+        let d = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let secs = d.as_secs();
+        let text = match &self.second {
+            Some((s, text)) if *s == secs => text,
+            _ => {
+                let full = Utc(UNIX_EPOCH + Duration::from_secs(secs)).to_string();
+                let upto_dot = full.len().saturating_sub(7);
+                &self.second.insert((secs, full[..upto_dot].to_string())).1
+            }
+        };
+        self.bytes.extend_from_slice(text.as_bytes());
+        let micros = d.subsec_micros();
+        let mut digits = [b'0'; 6];
+        let mut m = micros;
+        for slot in digits.iter_mut().rev() {
+            *slot = b'0' + (m % 10) as u8;
+            m /= 10;
+        }
+        self.bytes.extend_from_slice(&digits);
+        self.bytes
+            .extend_from_slice(b"Z  INFO weft::ingress::access: ");
+    }
 }
 
 struct Sink {
@@ -63,7 +93,13 @@ impl Sink {
                     .map(|(g, _)| g)
                     .unwrap_or_else(|p| p.into_inner().0);
             }
-            (std::mem::take(&mut b.bytes), std::mem::take(&mut b.dropped))
+            // The next lines go into a buffer already as large as a flush's worth, so
+            // appending never copies what is there to grow it.
+            let fresh = Vec::with_capacity(FLUSH_AT + (FLUSH_AT >> 3));
+            (
+                std::mem::replace(&mut b.bytes, fresh),
+                std::mem::take(&mut b.dropped),
+            )
         };
         let mut err = std::io::stderr().lock();
         if !bytes.is_empty() {
@@ -88,13 +124,8 @@ pub fn line(body: impl FnOnce(&mut Vec<u8>) -> std::io::Result<()>) {
         return;
     }
     let start = b.bytes.len();
-    let ok = write!(
-        b.bytes,
-        "{}  INFO weft::ingress::access: ",
-        Utc(SystemTime::now())
-    )
-    .and_then(|_| body(&mut b.bytes))
-    .and_then(|_| b.bytes.write_all(b"\n"));
+    b.prefix(SystemTime::now());
+    let ok = body(&mut b.bytes).and_then(|_| b.bytes.write_all(b"\n"));
     if ok.is_err() {
         b.bytes.truncate(start);
     }
@@ -162,5 +193,20 @@ mod tests {
         assert_eq!(at(951_782_400), "2000-02-29T00:00:00.000000Z");
         assert_eq!(at(951_868_800 + 3661), "2000-03-01T01:01:01.000000Z");
         assert_eq!(at(1_796_428_800), "2026-12-05T00:00:00.000000Z");
+    }
+
+    #[test]
+    fn line_prefix_as_utc_writes_it() {
+        let mut b = Buffer::default();
+        for t in [
+            UNIX_EPOCH + Duration::new(951_782_400, 5_000),
+            UNIX_EPOCH + Duration::new(951_782_400, 999_999_999),
+            UNIX_EPOCH + Duration::new(951_868_800 + 3661, 123_456_000),
+        ] {
+            b.bytes.clear();
+            b.prefix(t);
+            let want = format!("{}  INFO weft::ingress::access: ", Utc(t));
+            assert_eq!(String::from_utf8_lossy(&b.bytes), want);
+        }
     }
 }
