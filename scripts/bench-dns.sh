@@ -6,15 +6,24 @@
 # on exit, failure included; only its loopback is used. The servers under test (weft, knotd
 # for cluster.local, unbound) are started the same way in that namespace and pinned to one
 # core (taskset -c 1); dnsperf and the upstream knotd (example.org, for the forwarded mix) run
-# on core 0. Runs alternate between the servers (weft first on odd runs, the peer first on
-# even ones); the tables give medians over the runs.
+# on core 0. knotd pins its UDP workers to CPUs itself (worker i on CPU i), which put Knot's
+# only UDP worker on dnsperf's core 0 whatever taskset said: once the servers answer, every
+# thread of each server under test is pinned again to core 1, and the run stops if any thread
+# of theirs is elsewhere, before or after the runs. Throughput runs alternate between the
+# servers (weft first on odd runs, the peer first on even ones); the latency runs of a pair
+# run at the same time (see latency() below); the tables give medians over the runs.
 #
 # Knobs: WEFT_DNS_BENCH_RUNS (5), WEFT_DNS_BENCH_SECONDS (10, per dnsperf run),
 # WEFT_DNS_BENCH_LATENCY_QPS (20000, the fixed rate of the latency runs),
 # WEFT_DNS_BENCH_CLIENTS (4, dnsperf -c), WEFT_DNS_BENCH_OUTSTANDING (100, dnsperf -q),
+# WEFT_DNS_BENCH_LATENCY (together; apart runs the two latency runs one after the other),
 # WEFT_DNS_BENCH_KEEP=1 keeps the work directory, WEFT_DNS_BENCH_RT=1 runs the three servers
-# under test (not dnsperf) with SCHED_FIFO priority 10 (`chrt -f 10`), all alike, so other
-# work on a shared machine cannot preempt them on their core.
+# under test with SCHED_FIFO priority 10 (`chrt -f 10`), all alike, and dnsperf with SCHED_RR
+# priority 5, so other work on a shared machine can preempt neither the servers on their core
+# nor the client on its own (the client's scheduling delays otherwise dominate the tail).
+# Round-robin, not FIFO, for dnsperf: under FIFO one of its threads sometimes spun at the end
+# of a run without ever letting another of its threads (same priority, same core) finish it,
+# and held core 0 for minutes; each dnsperf is also killed 30 s after its run should end.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 [ "$(id -u)" = 0 ] || { echo "bench-dns: run as root (network namespaces)" >&2; exit 1; }
@@ -27,7 +36,8 @@ CLIENTS=${WEFT_DNS_BENCH_CLIENTS:-4}
 OUTSTANDING=${WEFT_DNS_BENCH_OUTSTANDING:-100}
 SERVER_CPU=1
 RT=""
-[ "${WEFT_DNS_BENCH_RT:-0}" = 1 ] && RT="chrt -f 10"
+CLIENT_RT=""
+if [ "${WEFT_DNS_BENCH_RT:-0}" = 1 ]; then RT="chrt -f 10"; CLIENT_RT="chrt -r 5"; fi
 CLIENT_CPU=0
 
 # Benchmark-only tools, installed the way scripts/test-deps.sh installs the test tools.
@@ -167,6 +177,29 @@ wait_for $WEFT svc-001.ns-099.svc.cluster.local A
 wait_for $UNBOUND host-0000.example.org A
 cat "$DIR/weft.log"
 
+# Same core for every thread of every server under test (knotd has moved its UDP worker by now).
+SERVERS="weft:$WEFT_PID knotd:$KNOT_PID unbound:$UNBOUND_PID"
+check_pinned() { # when
+  local bad=0 entry name pid t
+  for entry in $SERVERS; do
+    name=${entry%%:*}; pid=${entry#*:}
+    for t in /proc/"$pid"/task/*; do
+      if [ "$(awk '/^Cpus_allowed_list/ { print $2 }' "$t/status")" != "$SERVER_CPU" ]; then
+        echo "bench-dns: $1: $name thread $(basename "$t") ($(cat "$t/comm")) may run on $(awk '/^Cpus_allowed_list/ { print $2 }' "$t/status"), not core $SERVER_CPU" >&2
+        bad=1
+      fi
+    done
+  done
+  return $bad
+}
+for entry in $SERVERS; do taskset -a -p -c $SERVER_CPU "${entry#*:}" >/dev/null; done
+check_pinned "after start"
+threads() { # pid: thread count, scheduling policy of the first
+  echo "$(ls "/proc/$1/task" | wc -l) threads, $(chrt -p "$1" | awk -F': ' 'NR == 1 { print $2 }') $(chrt -p "$1" | awk -F': ' 'NR == 2 { print $2 }')"
+}
+PINNING="weft $(threads $WEFT_PID); knotd $(threads $KNOT_PID); unbound $(threads $UNBOUND_PID); all on core $SERVER_CPU"
+echo "== servers: $PINNING"
+
 # --- the same answers from both ----------------------------------------------------------
 # dig each question of a sample as dnsperf asks it (no EDNS, RD set); per question: rcode
 # and the answer section, records sorted (servers may order an RRset differently).
@@ -200,8 +233,9 @@ fi
 # --- dnsperf -------------------------------------------------------------------------------
 perf() { # addr file out [extra dnsperf args]
   local addr=$1 file=$2 out=$3; shift 3
-  nsx taskset -c $CLIENT_CPU dnsperf -s "$addr" -d "$file" -l "$DUR" -c "$CLIENTS" \
-    -q "$OUTSTANDING" -t 2 "$@" >"$out" 2>&1
+  nsx timeout -k 5 $((DUR + 30)) $CLIENT_RT taskset -c $CLIENT_CPU dnsperf -s "$addr" -d "$file" \
+    -l "$DUR" -c "$CLIENTS" -q "$OUTSTANDING" -t 2 "$@" >"$out" 2>&1 ||
+    { echo "bench-dns: dnsperf against $addr failed or was killed; its output: $out" >&2; return 1; }
 }
 qps_of() { awk '/Queries per second:/ { print $4 }' "$1"; }
 lost_of() { awk '/Queries lost:/ { print $3 }' "$1"; }
@@ -214,23 +248,43 @@ pct_of() { # file p
 }
 median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
-# One round: throughput (as fast as dnsperf goes with $OUTSTANDING in flight), then latency at
-# a fixed $LAT_QPS with -v. Output: <qps> <lost> <avg ms at full load> <p50> <p99> (latency
+# One run of a pair: each server's throughput on its own (as fast as dnsperf goes with
+# $OUTSTANDING in flight), then both latency runs at a fixed $LAT_QPS with -v, started together
+# (WEFT_DNS_BENCH_LATENCY=apart: one after the other). Together, both servers meet the same
+# moments of a shared machine (a stall of a core hits both, where run apart it hits whichever
+# was running then); each also waits now and then for the other's batch on the shared core,
+# alike. Output per server and run: <qps> <lost> <avg ms at full load> <p50> <p99> (latency
 # run) <lost (latency run)> <server CPU use during the throughput run, cores> <answers per
-# server CPU-second>. CPU use is the server process's utime+stime (all threads) from
-# /proc/<pid>/stat over dnsperf's run time.
+# server CPU-second> <p99.9> <max> (latency run) <1-min load average after the run>. CPU use is
+# the server process's utime+stime (all threads) from /proc/<pid>/stat over dnsperf's run time.
+LAT_MODE=${WEFT_DNS_BENCH_LATENCY:-together}
 ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
-round() { # tag addr file run pid
-  local tag=$1 addr=$2 file=$3 run=$4 pid=$5 t0 t1
+throughput() { # tag addr file run pid
+  local tag=$1 addr=$2 file=$3 run=$4 pid=$5 t0 t1 secs
   t0=$(ticks "$pid")
   perf "$addr" "$file" "$DIR/$tag-$run-tput.txt"
   t1=$(ticks "$pid")
-  perf "$addr" "$file" "$DIR/$tag-$run-lat.txt" -Q "$LAT_QPS" -v
-  local f=$DIR/$tag-$run-tput.txt
-  local secs cpu
-  secs=$(awk '/Run time/ { print $4 }' "$f")
-  cpu=$(awk -v d=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" -v s="$secs" 'BEGIN { printf "%.2f", d / hz / s }')
-  echo "$(qps_of "$f") $(lost_of "$f") $(avg_of "$f") $(pct_of "$DIR/$tag-$run-lat.txt" 50) $(pct_of "$DIR/$tag-$run-lat.txt" 99) $(lost_of "$DIR/$tag-$run-lat.txt") $cpu $(awk -v q="$(qps_of "$f")" -v c="$cpu" 'BEGIN { printf "%.0f", (c > 0 ? q / c : 0) }')" >>"$DIR/$tag.res"
+  secs=$(awk '/Run time/ { print $4 }' "$DIR/$tag-$run-tput.txt")
+  awk -v d=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" -v s="$secs" 'BEGIN { printf "%.2f", d / hz / s }' >"$DIR/$tag-$run.cpu"
+}
+latency() { # tagA addrA tagB addrB file run
+  local a=$1 aa=$2 b=$3 ba=$4 file=$5 run=$6 pa pb
+  if [ "$LAT_MODE" = apart ]; then
+    perf "$aa" "$file" "$DIR/$a-$run-lat.txt" -Q "$LAT_QPS" -v
+    perf "$ba" "$file" "$DIR/$b-$run-lat.txt" -Q "$LAT_QPS" -v
+    return
+  fi
+  perf "$aa" "$file" "$DIR/$a-$run-lat.txt" -Q "$LAT_QPS" -v &
+  pa=$!
+  perf "$ba" "$file" "$DIR/$b-$run-lat.txt" -Q "$LAT_QPS" -v &
+  pb=$!
+  wait $pa
+  wait $pb
+}
+record() { # tag run
+  local tag=$1 run=$2 f=$DIR/$1-$2-tput.txt l=$DIR/$1-$2-lat.txt cpu
+  cpu=$(cat "$DIR/$tag-$run.cpu")
+  echo "$(qps_of "$f") $(lost_of "$f") $(avg_of "$f") $(pct_of "$l" 50) $(pct_of "$l" 99) $(lost_of "$l") $cpu $(awk -v q="$(qps_of "$f")" -v c="$cpu" 'BEGIN { printf "%.0f", (c > 0 ? q / c : 0) }') $(pct_of "$l" 99.9) $(pct_of "$l" 100) $(cut -d' ' -f1 /proc/loadavg)" >>"$DIR/$tag.res"
   awk '/Average packet size/ { print $NF }' "$f" >"$DIR/$tag.size"
   echo "   $tag run $run: $(tail -1 "$DIR/$tag.res")"
 }
@@ -238,24 +292,31 @@ round() { # tag addr file run pid
 series() { # tagA addrA pidA tagB addrB pidB file
   local a=$1 aa=$2 ap=$3 b=$4 ba=$5 bp=$6 file=$7
   # warm-up, untimed (fills forwarding caches, pages in the zone)
-  nsx taskset -c $CLIENT_CPU dnsperf -s "$aa" -d "$file" -n 1 -l 10 -c "$CLIENTS" -q "$OUTSTANDING" >/dev/null 2>&1
-  nsx taskset -c $CLIENT_CPU dnsperf -s "$ba" -d "$file" -n 1 -l 10 -c "$CLIENTS" -q "$OUTSTANDING" >/dev/null 2>&1
+  local w
+  for w in "$aa" "$ba"; do
+    nsx timeout -k 5 40 $CLIENT_RT taskset -c $CLIENT_CPU dnsperf -s "$w" -d "$file" -n 1 -l 10 \
+      -c "$CLIENTS" -q "$OUTSTANDING" >/dev/null 2>&1 || true
+  done
   : >"$DIR/$a.res"; : >"$DIR/$b.res"
   for run in $(seq 1 "$RUNS"); do
     if [ $((run % 2)) = 1 ]; then
-      round "$a" "$aa" "$file" "$run" "$ap"; round "$b" "$ba" "$file" "$run" "$bp"
+      throughput "$a" "$aa" "$file" "$run" "$ap"; throughput "$b" "$ba" "$file" "$run" "$bp"
+      latency "$a" "$aa" "$b" "$ba" "$file" "$run"
     else
-      round "$b" "$ba" "$file" "$run" "$bp"; round "$a" "$aa" "$file" "$run" "$ap"
+      throughput "$b" "$ba" "$file" "$run" "$bp"; throughput "$a" "$aa" "$file" "$run" "$ap"
+      latency "$b" "$ba" "$a" "$aa" "$file" "$run"
     fi
+    record "$a" "$run"; record "$b" "$run"
   done
 }
 
-echo "== cluster mix: weft vs knot, $RUNS runs x ${DUR}s each (throughput, then latency at $LAT_QPS qps)"
-echo "   columns: qps lost avg-ms(full load) p50-ms p99-ms(at $LAT_QPS qps) lost(latency run) server-cores answers/cpu-s"
+echo "== cluster mix: weft vs knot, $RUNS runs x ${DUR}s each (throughput, then latency at $LAT_QPS qps, $LAT_MODE)"
+echo "   columns: qps lost avg-ms(full load) p50-ms p99-ms(at $LAT_QPS qps) lost(latency run) server-cores answers/cpu-s p99.9-ms max-ms load"
 series weft "$WEFT" "$WEFT_PID" knot "$KNOT" "$KNOT_PID" "$DIR/queries-cluster.txt"
 echo "== forwarded mix (1000 example.org names, cache hits): weft vs unbound"
 series weft-fwd "$WEFT" "$WEFT_PID" unbound "$UNBOUND" "$UNBOUND_PID" "$DIR/queries-forward.txt"
 
+check_pinned "after the runs"
 rss() { awk -v k="$2:" '$1 == k { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
 WEFT_RSS=$(rss $WEFT_PID VmRSS); WEFT_HWM=$(rss $WEFT_PID VmHWM)
 KNOT_RSS=$(rss $KNOT_PID VmRSS); KNOT_HWM=$(rss $KNOT_PID VmHWM)
@@ -272,8 +333,9 @@ row() { # label tag peer-tag
 {
   echo
   echo "Machine: nproc $(nproc), $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo), kernel $(uname -r); $(date -u '+%Y-%m-%d %H:%M UTC'); repo at $(git rev-parse --short HEAD 2>/dev/null || echo '?'), crates/weft-dns/src last changed in $(git log -1 --format=%h -- crates/weft-dns/src 2>/dev/null || echo '?')$(git diff --quiet HEAD -- crates/weft-dns/src 2>/dev/null || echo ' (plus uncommitted changes)')"
-  echo "Load average (1/5/15 min) at start: $LOAD_START, at end: $(cut -d' ' -f1-3 /proc/loadavg); weft runtime workers: ${WEFT_DNS_BENCH_WORKERS:-2}; servers scheduled: ${RT:-normally (SCHED_OTHER)}"
-  echo "$RUNS runs x ${DUR} s per server and kind, alternating; dnsperf -c $CLIENTS -q $OUTSTANDING on core $CLIENT_CPU, servers on core $SERVER_CPU; latency runs at -Q $LAT_QPS"
+  echo "Load average (1/5/15 min) at start: $LOAD_START, at end: $(cut -d' ' -f1-3 /proc/loadavg); weft runtime workers: ${WEFT_DNS_BENCH_WORKERS:-2}; servers scheduled: ${RT:-normally (SCHED_OTHER)}, dnsperf: ${CLIENT_RT:-normally (SCHED_OTHER)}"
+  echo "Servers under test: $PINNING"
+  echo "$RUNS runs x ${DUR} s per server and kind, alternating; dnsperf -c $CLIENTS -q $OUTSTANDING on core $CLIENT_CPU, servers on core $SERVER_CPU; latency runs at -Q $LAT_QPS, $LAT_MODE"
   echo
   echo "| mix | weft QPS | peer QPS | weft/peer QPS | weft p50 | peer p50 | weft p99 | peer p99 | weft/peer p99 | weft avg at full load | peer avg at full load | weft server cores used | peer server cores used | weft answers per CPU-s | peer answers per CPU-s | weft/peer per CPU-s |"
   echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
@@ -284,6 +346,9 @@ row() { # label tag peer-tag
   echo
   echo "Per run (QPS): weft $(list weft 1); knot $(list knot 1); weft forwarded $(list weft-fwd 1); unbound $(list unbound 1)"
   echo "Per run (p99 ms): weft $(list weft 5); knot $(list knot 5); weft forwarded $(list weft-fwd 5); unbound $(list unbound 5)"
+  echo "Per run (p50 ms): weft $(list weft 4); knot $(list knot 4); weft forwarded $(list weft-fwd 4); unbound $(list unbound 4)"
+  echo "Per run (p99.9 ms / max ms): weft $(list weft 9) / $(list weft 10); knot $(list knot 9) / $(list knot 10); weft forwarded $(list weft-fwd 9) / $(list weft-fwd 10); unbound $(list unbound 9) / $(list unbound 10)"
+  echo "1-min load average after each round: weft $(list weft 11); knot $(list knot 11); weft forwarded $(list weft-fwd 11); unbound $(list unbound 11)"
   echo "Per run (answers per server CPU-second): weft $(list weft 8); knot $(list knot 8); weft forwarded $(list weft-fwd 8); unbound $(list unbound 8)"
   echo "Mean response size over the mix (dnsperf, bytes): weft $(cat "$DIR/weft.size"), knot $(cat "$DIR/knot.size"); forwarded: weft $(cat "$DIR/weft-fwd.size"), unbound $(cat "$DIR/unbound.size")"
   echo "Queries lost (throughput runs): weft $(list weft 2); knot $(list knot 2); weft forwarded $(list weft-fwd 2); unbound $(list unbound 2)"
