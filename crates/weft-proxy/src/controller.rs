@@ -1,8 +1,10 @@
 //! From the API's Service and EndpointSlice events to the model, recompiling only the
 //! Services an event touched: the work of a change follows the change, not the cluster.
 //!
-//! The controller keeps the objects it was given (shared, not copied) and an index from
-//! each Service to its slices. A watch that re-lists (`relist_begin` .. `relist_end`)
+//! The controller keeps what the rules are made of, not the objects: a Service's ports
+//! as the proxy reads them ([`service::ports`]) and each slice's endpoints
+//! ([`Endpoints::of_slice`]), about a tenth of the objects' size, with an index from each
+//! Service to its slices. A watch that re-lists (`relist_begin` .. `relist_end`)
 //! re-applies every object; those whose resourceVersion did not move cost a lookup, and
 //! those the re-list no longer has are deleted.
 
@@ -17,7 +19,7 @@ use crate::contribution::contributions;
 use crate::endpoint::{Endpoints, SERVICE_NAME_LABEL};
 use crate::health::{self, Health};
 use crate::model::{Model, ServiceId};
-use crate::service;
+use crate::service::{self, ServicePort};
 
 /// (namespace, name) of an EndpointSlice.
 type SliceId = (String, String);
@@ -28,10 +30,25 @@ pub enum Kind {
     Slice,
 }
 
+/// What the controller keeps of a Service.
+struct KeptService {
+    version: Option<String>,
+    /// Empty when weft does not proxy the Service (headless, another proxy's, ...).
+    ports: Vec<ServicePort>,
+    health_port: Option<u16>,
+}
+
+/// What the controller keeps of an EndpointSlice.
+struct KeptSlice {
+    version: Option<String>,
+    owner: Option<ServiceId>,
+    endpoints: Endpoints,
+}
+
 pub struct Controller {
     pub model: Model,
-    services: HashMap<ServiceId, Arc<Service>>,
-    slices: HashMap<SliceId, (Option<ServiceId>, Arc<EndpointSlice>)>,
+    services: HashMap<ServiceId, KeptService>,
+    slices: HashMap<SliceId, KeptSlice>,
     slices_of: HashMap<ServiceId, BTreeSet<SliceId>>,
     health: HashMap<ServiceId, (u16, Health)>,
     dirty: HashSet<ServiceId>,
@@ -55,8 +72,8 @@ fn id(meta: &ObjectMeta) -> (String, String) {
     )
 }
 
-fn same_version(a: &ObjectMeta, b: &ObjectMeta) -> bool {
-    a.resource_version.is_some() && a.resource_version == b.resource_version
+fn same_version(kept: &Option<String>, new: &ObjectMeta) -> bool {
+    kept.is_some() && *kept == new.resource_version
 }
 
 fn service_of(slice: &EndpointSlice) -> Option<ServiceId> {
@@ -95,11 +112,16 @@ impl Controller {
         if self
             .services
             .get(&key)
-            .is_some_and(|old| same_version(&old.metadata, &svc.metadata))
+            .is_some_and(|old| same_version(&old.version, &svc.metadata))
         {
             return;
         }
-        self.services.insert(key.clone(), svc);
+        let kept = KeptService {
+            version: svc.metadata.resource_version.clone(),
+            ports: service::ports(&svc).unwrap_or_default(),
+            health_port: health::port(&svc),
+        };
+        self.services.insert(key.clone(), kept);
         self.dirty.insert(key);
     }
 
@@ -118,7 +140,7 @@ impl Controller {
         if self
             .slices
             .get(&key)
-            .is_some_and(|(_, old)| same_version(&old.metadata, &slice.metadata))
+            .is_some_and(|old| same_version(&old.version, &slice.metadata))
         {
             return;
         }
@@ -131,12 +153,20 @@ impl Controller {
                 .insert(key.clone());
             self.dirty.insert(s.clone());
         }
-        self.slices.insert(key, (owner, slice));
+        let kept = KeptSlice {
+            version: slice.metadata.resource_version.clone(),
+            owner,
+            endpoints: Endpoints::of_slice(&slice),
+        };
+        self.slices.insert(key, kept);
     }
 
     pub fn delete_slice(&mut self, namespace: &str, name: &str) {
         let key = (namespace.to_string(), name.to_string());
-        if let Some((Some(owner), _)) = self.slices.remove(&key) {
+        if let Some(KeptSlice {
+            owner: Some(owner), ..
+        }) = self.slices.remove(&key)
+        {
             if let Some(set) = self.slices_of.get_mut(&owner) {
                 set.remove(&key);
                 if set.is_empty() {
@@ -204,26 +234,28 @@ impl Controller {
         let mut pass = Pass::default();
         let node = self.model.node().clone();
         for key in std::mem::take(&mut self.dirty) {
-            let Some(svc) = self.services.get(&key).cloned() else {
+            let Some(svc) = self.services.get(&key) else {
                 self.model.remove_service(&key);
                 self.health.remove(&key);
                 pass.recompiled += 1;
                 continue;
             };
-            let mine: Vec<&EndpointSlice> = self
-                .slices_of
-                .get(&key)
-                .into_iter()
-                .flatten()
-                .filter_map(|s| self.slices.get(s).map(|(_, e)| &**e))
-                .collect();
-            let eps = Endpoints::from_slices(mine);
-            match health::check(&svc, &eps, &node.node_name) {
+            let eps = Endpoints::merge(
+                self.slices_of
+                    .get(&key)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|s| self.slices.get(s).map(|k| &k.endpoints)),
+            );
+            let check = svc
+                .health_port
+                .map(|p| health::report(p, &key.0, &key.1, &svc.ports, &eps, &node.node_name));
+            match check {
                 Some(h) => self.health.insert(key.clone(), h),
                 None => self.health.remove(&key),
             };
-            let elements = service::ports(&svc)
-                .unwrap_or_default()
+            let elements = svc
+                .ports
                 .iter()
                 .flat_map(|sp| contributions(sp, &eps, &node))
                 .collect();
@@ -274,6 +306,104 @@ mod tests {
         c.model.ruleset().tables.values().next().unwrap().sets["backends"]
             .elements
             .len()
+    }
+
+    /// A Service that varies in what the kept form must carry: type, traffic policy, a
+    /// health check port, being weft's to proxy at all.
+    fn varied_service(i: u64, rv: u64, g: u64) -> Arc<Service> {
+        let kind = ["ClusterIP", "NodePort", "LoadBalancer"][(g % 3) as usize];
+        let etp = ["Cluster", "Local"][(g / 3 % 2) as usize];
+        let mut v = json!({
+            "metadata": {"name": format!("s{i}"), "namespace": "a", "resourceVersion": rv.to_string()},
+            "spec": {"type": kind, "clusterIP": format!("10.96.0.{}", i + 1),
+                     "externalTrafficPolicy": etp,
+                     "healthCheckNodePort": 32000 + i,
+                     "ports": [{"name": "p", "port": 80, "nodePort": 30000 + i}]}
+        });
+        if g.is_multiple_of(7) {
+            v["spec"]["clusterIP"] = json!("None");
+        }
+        Arc::new(serde_json::from_value(v).unwrap())
+    }
+
+    /// Slice `j` of Service `svc`; two slices of one Service may share an address.
+    fn varied_slice(j: u64, svc: u64, rv: u64, g: u64) -> Arc<EndpointSlice> {
+        let eps: Vec<_> = (0..g % 4)
+            .map(|k| {
+                json!({"addresses": [format!("10.244.{}.{}", k % 2, (g + k) % 5 + 2)],
+                       "nodeName": format!("n{}", k % 2),
+                       "conditions": {"ready": !(g + k).is_multiple_of(3)}})
+            })
+            .collect();
+        Arc::new(
+            serde_json::from_value(json!({
+                "metadata": {"name": format!("e{j}"), "namespace": "a", "resourceVersion": rv.to_string(),
+                             "labels": {SERVICE_NAME_LABEL: format!("s{svc}")}},
+                "addressType": "IPv4", "ports": [{"name": "p", "port": 8080}],
+                "endpoints": eps
+            }))
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn what_the_controller_keeps_gives_the_table_and_health_a_recomputation_gives() {
+        use crate::desired::desired;
+        let mut c = controller();
+        c.relist_begin(Kind::Service);
+        c.relist_end(Kind::Service);
+        c.relist_begin(Kind::Slice);
+        c.relist_end(Kind::Slice);
+        let mut services: BTreeMap<u64, Arc<Service>> = BTreeMap::new();
+        let mut slices: BTreeMap<u64, Arc<EndpointSlice>> = BTreeMap::new();
+        let mut g: u64 = 7;
+        for rv in 1..400u64 {
+            g = g
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let r = g >> 33;
+            match r % 5 {
+                0 | 1 => {
+                    let s = varied_service(r % 6, rv, r / 8);
+                    services.insert(r % 6, s.clone());
+                    c.apply_service(s);
+                }
+                2 | 3 => {
+                    // A slice may move to another Service.
+                    let e = varied_slice(r % 9, r / 16 % 6, rv, r / 128);
+                    slices.insert(r % 9, e.clone());
+                    c.apply_slice(e);
+                }
+                _ if r.is_multiple_of(2) => {
+                    services.remove(&(r % 6));
+                    c.delete_service("a", &format!("s{}", r % 6));
+                }
+                _ => {
+                    slices.remove(&(r % 9));
+                    c.delete_slice("a", &format!("e{}", r % 9));
+                }
+            }
+            if !r.is_multiple_of(3) {
+                continue;
+            }
+            let pass = c.flush();
+            let all: Vec<&Service> = services.values().map(|s| &**s).collect();
+            let eps = Endpoints::from_slices(slices.values().map(|s| &**s));
+            let ports: Vec<_> = all
+                .iter()
+                .flat_map(|s| service::ports(s).unwrap_or_default())
+                .collect();
+            assert_eq!(
+                c.model.ruleset(),
+                desired(&ports, &eps, c.model.node()),
+                "after rv {rv}"
+            );
+            assert_eq!(
+                pass.health,
+                health::checks(&all, &eps, "n"),
+                "after rv {rv}"
+            );
+        }
     }
 
     #[test]

@@ -30,53 +30,76 @@ impl Endpoints {
     /// Indexes every IPv4 slice by service, port name and protocol. Slices without the
     /// service-name label belong to no Service and are ignored, as kube-proxy does.
     pub fn from_slices<'a>(slices: impl IntoIterator<Item = &'a EndpointSlice>) -> Endpoints {
+        let each: Vec<Endpoints> = slices.into_iter().map(Endpoints::of_slice).collect();
+        Endpoints::merge(&each)
+    }
+
+    /// One slice's endpoints, as [`Endpoints::merge`] takes them: what a controller keeps
+    /// of a slice instead of the whole object (a tenth of its size).
+    pub fn of_slice(slice: &EndpointSlice) -> Endpoints {
         let mut by_port: BTreeMap<_, Vec<Endpoint>> = BTreeMap::new();
-        for slice in slices {
-            if slice.address_type != "IPv4" {
-                continue;
-            }
-            let Some(service) = slice
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(SERVICE_NAME_LABEL))
-            else {
+        if slice.address_type != "IPv4" {
+            return Endpoints { by_port };
+        }
+        let Some(service) = slice
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(SERVICE_NAME_LABEL))
+        else {
+            return Endpoints { by_port };
+        };
+        let ns = slice.metadata.namespace.clone().unwrap_or_default();
+        for p in slice.ports.iter().flatten() {
+            let (Some(proto), Some(port)) = (
+                Protocol::parse(p.protocol.as_deref()),
+                p.port
+                    .and_then(|n| u16::try_from(n).ok())
+                    .filter(|n| *n != 0),
+            ) else {
                 continue;
             };
-            let ns = slice.metadata.namespace.clone().unwrap_or_default();
-            for p in slice.ports.iter().flatten() {
-                let (Some(proto), Some(port)) = (
-                    Protocol::parse(p.protocol.as_deref()),
-                    p.port
-                        .and_then(|n| u16::try_from(n).ok())
-                        .filter(|n| *n != 0),
-                ) else {
-                    continue;
-                };
-                let key = (
-                    ns.clone(),
-                    service.clone(),
-                    p.name.clone().unwrap_or_default(),
-                    proto,
-                );
-                let list = by_port.entry(key).or_default();
-                for ep in slice.endpoints.iter().flatten() {
-                    let c = ep.conditions.as_ref();
-                    // Unset conditions mean ready and serving (discovery.k8s.io/v1).
-                    let ready = c.and_then(|c| c.ready).unwrap_or(true);
-                    let serving = c.and_then(|c| c.serving).unwrap_or(ready);
-                    let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
-                    for ip in ep.addresses.iter().filter_map(|a| a.parse().ok()) {
-                        list.push(Endpoint {
-                            ip,
-                            port,
-                            node: ep.node_name.clone(),
-                            ready,
-                            serving,
-                            terminating,
-                        });
-                    }
+            let key = (
+                ns.clone(),
+                service.clone(),
+                p.name.clone().unwrap_or_default(),
+                proto,
+            );
+            let list = by_port.entry(key).or_default();
+            for ep in slice.endpoints.iter().flatten() {
+                let c = ep.conditions.as_ref();
+                // Unset conditions mean ready and serving (discovery.k8s.io/v1).
+                let ready = c.and_then(|c| c.ready).unwrap_or(true);
+                let serving = c.and_then(|c| c.serving).unwrap_or(ready);
+                let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
+                for ip in ep.addresses.iter().filter_map(|a| a.parse().ok()) {
+                    list.push(Endpoint {
+                        ip,
+                        port,
+                        node: ep.node_name.clone(),
+                        ready,
+                        serving,
+                        terminating,
+                    });
                 }
+            }
+        }
+        for list in by_port.values_mut() {
+            list.shrink_to_fit();
+        }
+        Endpoints { by_port }
+    }
+
+    /// The endpoints of several slices together: the same address in two of them (a pod
+    /// moving between slices) counts once, its readiest copy.
+    pub fn merge<'a>(slices: impl IntoIterator<Item = &'a Endpoints>) -> Endpoints {
+        let mut by_port: BTreeMap<_, Vec<Endpoint>> = BTreeMap::new();
+        for s in slices {
+            for (k, list) in &s.by_port {
+                by_port
+                    .entry(k.clone())
+                    .or_default()
+                    .extend_from_slice(list);
             }
         }
         for list in by_port.values_mut() {

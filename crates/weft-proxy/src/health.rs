@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::Service;
 
 use crate::endpoint::Endpoints;
-use crate::service;
+use crate::service::{self, ServicePort};
 
 /// What one health check port reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +38,22 @@ impl Health {
 /// The health check port `svc` needs on this node, with what it reports; `None` for
 /// Services without one. `eps` must hold the Service's endpoints.
 pub fn check(svc: &Service, eps: &Endpoints, node: &str) -> Option<(u16, Health)> {
+    let port = port(svc)?;
+    let ports = service::ports(svc).ok()?;
+    Some(report(
+        port,
+        svc.metadata.namespace.as_deref().unwrap_or_default(),
+        svc.metadata.name.as_deref().unwrap_or_default(),
+        &ports,
+        eps,
+        node,
+    ))
+}
+
+/// The first half of [`check`]: the health check port of a LoadBalancer Service with
+/// `externalTrafficPolicy: Local` that weft proxies, which a controller keeps instead of
+/// the Service.
+pub fn port(svc: &Service) -> Option<u16> {
     let spec = svc.spec.as_ref()?;
     let port = spec
         .health_check_node_port
@@ -48,10 +64,22 @@ pub fn check(svc: &Service, eps: &Endpoints, node: &str) -> Option<(u16, Health)
     {
         return None;
     }
-    let ports = service::ports(svc).ok()?;
+    service::ports(svc).ok()?;
+    Some(port)
+}
+
+/// The second half of [`check`]: what `port` reports for the Service of `ports`.
+pub fn report(
+    port: u16,
+    namespace: &str,
+    name: &str,
+    ports: &[ServicePort],
+    eps: &Endpoints,
+    node: &str,
+) -> (u16, Health) {
     // Endpoints are per port; a node counts an endpoint address once.
     let mut local = std::collections::BTreeSet::new();
-    for sp in &ports {
+    for sp in ports {
         let all = eps.of(sp);
         // Ready ones only: a node whose pods are all terminating answers 503, so the
         // load balancer drains it.
@@ -62,14 +90,14 @@ pub fn check(svc: &Service, eps: &Endpoints, node: &str) -> Option<(u16, Health)
             local.insert(e.ip);
         }
     }
-    Some((
+    (
         port,
         Health {
-            namespace: svc.metadata.namespace.clone().unwrap_or_default(),
-            name: svc.metadata.name.clone().unwrap_or_default(),
+            namespace: namespace.to_string(),
+            name: name.to_string(),
             local_endpoints: local.len(),
         },
-    ))
+    )
 }
 
 /// [`check`] for every Service.
