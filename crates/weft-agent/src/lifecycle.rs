@@ -10,6 +10,7 @@ use weft_netlink::Netns;
 
 use crate::cni::Attachment;
 use crate::error::{Error, Result};
+use crate::names;
 use crate::process::{self, Liveness};
 use crate::record::{self, Phase, PodDir, PodRecord};
 use crate::runtime::{PodState, ProbeState, Runtime};
@@ -18,6 +19,67 @@ use crate::spec;
 /// How long killed processes get to disappear from the namespace before teardown goes on.
 const KILL_WAIT: Duration = Duration::from_secs(5);
 const POLL: Duration = Duration::from_millis(20);
+
+/// A pod to end: its directory, its record, and its grace period (None: the pod's own).
+pub(crate) struct Ending<'a> {
+    pub dir: &'a PodDir,
+    pub rec: &'a PodRecord,
+    pub grace: Option<Duration>,
+}
+
+/// A pod whose containers were sent SIGTERM.
+struct Dying {
+    inode: u64,
+    deadline: Instant,
+    /// (pid, start time) of the containers still to end.
+    live: Vec<(u32, u64)>,
+    /// Every pid signalled: our own children among them are collected at the end.
+    killed: Vec<u32>,
+}
+
+/// Waits for the signalled containers of every pod in `dying` to end, sending SIGKILL to
+/// those still running when their pod's grace period is over; then kills whatever else
+/// lives in the pods' namespaces (daemons in other sessions, exec'd commands would keep
+/// the namespace, and its veth, alive) and collects our children among them.
+fn end_processes(dying: &mut [Dying]) {
+    let running = |inode: u64, pid: u32, st: u64| {
+        process::liveness(pid, st, inode, true) == Liveness::Running
+    };
+    loop {
+        let now = Instant::now();
+        for d in dying.iter_mut() {
+            let inode = d.inode;
+            d.live.retain(|(pid, st)| running(inode, *pid, *st));
+            if now >= d.deadline {
+                for (pid, _) in d.live.drain(..) {
+                    process::signal_group(pid, Signal::SIGKILL);
+                }
+            }
+        }
+        if dying.iter().all(|d| d.live.is_empty()) {
+            break;
+        }
+        std::thread::sleep(POLL);
+    }
+    let deadline = Instant::now() + KILL_WAIT;
+    let inodes: HashSet<u64> = dying.iter().map(|d| d.inode).collect();
+    let mut rest: Vec<u32> = Vec::new();
+    loop {
+        let found = process::pids_in_netns(&inodes);
+        if found.is_empty() || Instant::now() >= deadline {
+            break;
+        }
+        for (_, pid) in found {
+            process::signal_group(pid, Signal::SIGKILL);
+            rest.push(pid);
+        }
+        std::thread::sleep(POLL);
+    }
+    // Our own children among them would stay zombies until collected.
+    for pid in dying.iter().flat_map(|d| d.killed.iter()).chain(&rest) {
+        process::reap_killed(*pid, deadline);
+    }
+}
 
 impl Runtime {
     /// Remove everything `rec` says was made for a pod: processes (SIGTERM, then SIGKILL
@@ -30,15 +92,33 @@ impl Runtime {
         rec: &PodRecord,
         grace: Option<Duration>,
     ) -> Result<()> {
-        let plan = spec::plan(&rec.pod).ok();
-        let grace = grace
-            .or(plan.as_ref().map(|p| p.grace))
-            .unwrap_or(Duration::from_secs(30));
-        let ns = self.owned_netns(rec);
-        let inode = ns.as_ref().map(|(_, i)| *i).or(rec.netns_inode);
+        self.teardown_many(&[Ending { dir, rec, grace }])
+            .pop()
+            .unwrap_or(Ok(()))
+    }
 
-        if let Some(inode) = inode {
-            let live: Vec<(u32, u64)> = rec
+    /// [`teardown`](Runtime::teardown) of several pods at once, one result per pod in
+    /// order. Their processes are signalled together and waited for together, and the
+    /// processes left in their namespaces are found in one pass over /proc: stopping n
+    /// pods one by one waited n times for the first poll and read /proc n times (each
+    /// read visiting every process of the machine, the other pods' included).
+    pub(crate) fn teardown_many(&self, pods: &[Ending<'_>]) -> Vec<Result<()>> {
+        let plans: Vec<Option<spec::PodPlan>> =
+            pods.iter().map(|p| spec::plan(&p.rec.pod).ok()).collect();
+        let owned: Vec<Option<(Netns, u64)>> =
+            pods.iter().map(|p| self.owned_netns(p.rec)).collect();
+        let now = Instant::now();
+        let mut dying: Vec<Dying> = Vec::new();
+        for ((p, plan), ns) in pods.iter().zip(&plans).zip(&owned) {
+            let Some(inode) = ns.as_ref().map(|(_, i)| *i).or(p.rec.netns_inode) else {
+                continue;
+            };
+            let grace = p
+                .grace
+                .or(plan.as_ref().map(|p| p.grace))
+                .unwrap_or(Duration::from_secs(30));
+            let live: Vec<(u32, u64)> = p
+                .rec
                 .containers
                 .iter()
                 .filter(|c| c.running)
@@ -48,41 +128,34 @@ impl Runtime {
             for (pid, _) in &live {
                 process::signal_group(*pid, Signal::SIGTERM);
             }
-            let deadline = Instant::now() + grace;
-            let running =
-                |pid: u32, st: u64| process::liveness(pid, st, inode, true) == Liveness::Running;
-            while live.iter().any(|(p, s)| running(*p, *s)) && Instant::now() < deadline {
-                std::thread::sleep(POLL);
-            }
-            for (pid, st) in &live {
-                if running(*pid, *st) {
-                    process::signal_group(*pid, Signal::SIGKILL);
-                }
-            }
-            // Whatever else lives in the namespace (daemons in other sessions, exec'd
-            // commands) would keep it, and its veth, alive.
-            let deadline = Instant::now() + KILL_WAIT;
-            let mut killed: Vec<u32> = live.iter().map(|(pid, _)| *pid).collect();
-            loop {
-                let rest = process::pids_in_netns(inode);
-                if rest.is_empty() || Instant::now() >= deadline {
-                    break;
-                }
-                for pid in rest {
-                    process::signal_group(pid, Signal::SIGKILL);
-                    killed.push(pid);
-                }
-                std::thread::sleep(POLL);
-            }
-            // Our own children among them would stay zombies until collected.
-            for pid in killed {
-                process::reap_killed(pid, deadline);
-            }
+            dying.push(Dying {
+                inode,
+                deadline: now + grace,
+                killed: live.iter().map(|(pid, _)| *pid).collect(),
+                live,
+            });
         }
+        if !dying.is_empty() {
+            end_processes(&mut dying);
+        }
+        pods.iter()
+            .zip(&plans)
+            .zip(&owned)
+            .map(|((p, plan), ns)| self.detach(p, plan.as_ref(), ns.as_ref()))
+            .collect()
+    }
 
-        // Every step is tried and every failure kept: a failed DEL must not leave the
-        // namespace (and its veth) behind. Only the directory waits for a clean DEL, since
-        // it holds what the next attempt needs to retry it.
+    /// What is left of a pod once its processes are gone: CNI DEL, the namespace, the
+    /// directory. Every step is tried and every failure kept: a failed DEL must not leave
+    /// the namespace (and its veth) behind. Only the directory waits for a clean DEL,
+    /// since it holds what the next attempt needs to retry it.
+    fn detach(
+        &self,
+        p: &Ending<'_>,
+        plan: Option<&spec::PodPlan>,
+        ns: Option<&(Netns, u64)>,
+    ) -> Result<()> {
+        let (dir, rec) = (p.dir, p.rec);
         let mut errors = Vec::new();
         // The config is saved before ADD runs: without it, ADD never ran and there is
         // nothing to DEL.
@@ -90,14 +163,13 @@ impl Runtime {
             Ok(config) => {
                 let path = Netns::named_path(&rec.netns_name);
                 let (namespace, name) = plan
-                    .as_ref()
                     .map(|p| (p.namespace.as_str(), p.name.as_str()))
                     .unwrap_or(("", ""));
                 let attachment = Attachment {
                     uid: &rec.uid,
                     namespace,
                     name,
-                    netns: ns.as_ref().map(|_| path.as_path()),
+                    netns: ns.map(|_| path.as_path()),
                 };
                 if let Err(e) = self.cni.del(&config, &attachment) {
                     errors.push(e);
@@ -107,7 +179,7 @@ impl Runtime {
             Err(e) => errors.push(Error::io(format!("read {}", dir.cni_config().display()), e)),
         }
         let del_failed = !errors.is_empty();
-        if let (true, Some((netns, _))) = (del_failed, &ns) {
+        if let (true, Some((netns, _))) = (del_failed, ns) {
             // Without DEL, the pod's veth would live as long as anything holds the
             // namespace (this runtime keeps it open for the retry): take it down now.
             let gone = weft_netlink::Handle::in_netns(netns)
@@ -147,6 +219,65 @@ impl Runtime {
                 (!claimed).then_some((ns, inode))
             }
         }
+    }
+
+    /// [`stop`](Runtime::stop) for several pods at once (their processes end together):
+    /// one result per uid, in order. A pod that fails to stop stays known, so that a retry
+    /// (or gc) finishes the job.
+    pub fn stop_all(&mut self, uids: &[String]) -> Vec<(String, Result<()>)> {
+        let mut known: Vec<PodState> = Vec::new();
+        let mut results: Vec<(String, Option<Result<()>>)> = Vec::new();
+        for uid in uids {
+            match self.pods.remove(uid) {
+                Some(state) => {
+                    for c in state.rec.containers.iter().filter(|c| c.running) {
+                        crate::events::normal(
+                            &state.plan,
+                            "Killing",
+                            format!("Stopping container {}", c.name),
+                        );
+                    }
+                    known.push(state);
+                    results.push((uid.clone(), None));
+                }
+                None if !names::valid_uid(uid) => results.push((uid.clone(), Some(Ok(())))),
+                None => {
+                    // Recorded by an earlier agent but not adopted: clear what is left.
+                    let dir = PodDir::new(&self.cfg.state_dir, uid);
+                    let r = if dir.0.exists() {
+                        self.teardown_dir(&dir, uid)
+                    } else {
+                        Ok(())
+                    };
+                    results.push((uid.clone(), Some(r)));
+                }
+            }
+        }
+        let ending: Vec<Ending<'_>> = known
+            .iter()
+            .map(|s| Ending {
+                dir: &s.dir,
+                rec: &s.rec,
+                grace: Some(s.plan.grace),
+            })
+            .collect();
+        let mut outcomes = self.teardown_many(&ending).into_iter();
+        drop(ending);
+        let mut states = known.into_iter();
+        results
+            .into_iter()
+            .map(|(uid, r)| {
+                // One state and one outcome per pod that was known, in the same order.
+                let r = r.unwrap_or_else(|| match (states.next(), outcomes.next()) {
+                    (Some(state), Some(Err(e))) => {
+                        self.pods.insert(uid.clone(), state);
+                        Err(e)
+                    }
+                    _ => Ok(()),
+                });
+                (uid, r)
+            })
+            .collect()
     }
 
     /// Tear down whatever a pod directory without a live pod holds.
@@ -307,8 +438,8 @@ impl Runtime {
             .collect();
         let mut stopped = Vec::new();
         let mut errors = Vec::new();
-        for uid in victims {
-            match self.stop(&uid) {
+        for (uid, r) in self.stop_all(&victims) {
+            match r {
                 Ok(()) => stopped.push(uid),
                 Err(e) => {
                     tracing::warn!(pod = %uid, error = %e, "gc: stop");

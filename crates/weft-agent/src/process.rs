@@ -310,10 +310,11 @@ pub fn signal_group(pid: u32, sig: Signal) {
     }
 }
 
-/// Every process whose network namespace is `inode`, except this one: what must die
-/// before a pod's namespace can go (daemons a container forked into other sessions, `exec`
-/// sessions, ...).
-pub fn pids_in_netns(inode: u64) -> Vec<u32> {
+/// Every process whose network namespace is one of `inodes`, except this one, as
+/// (namespace inode, pid): what must die before a pod's namespace can go (daemons a
+/// container forked into other sessions, `exec` sessions, ...). One pass over /proc
+/// however many namespaces are asked about.
+pub fn pids_in_netns(inodes: &std::collections::HashSet<u64>) -> Vec<(u64, u32)> {
     let me = std::process::id();
     let Ok(entries) = fs::read_dir("/proc") else {
         return Vec::new();
@@ -321,7 +322,11 @@ pub fn pids_in_netns(inode: u64) -> Vec<u32> {
     entries
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| *pid != me && netns_inode_of(*pid) == Some(inode))
+        .filter(|pid| *pid != me)
+        .filter_map(|pid| {
+            let inode = netns_inode_of(pid)?;
+            inodes.contains(&inode).then_some((inode, pid))
+        })
         .collect()
 }
 

@@ -401,33 +401,9 @@ impl Runtime {
     /// Stop the pod's processes (SIGTERM, SIGKILL after the grace period), detach it with
     /// CNI DEL, remove its namespace and its record. Unknown pods are not an error.
     pub fn stop(&mut self, uid: &str) -> Result<()> {
-        let Some(state) = self.pods.remove(uid) else {
-            if !names::valid_uid(uid) {
-                return Ok(());
-            }
-            let dir = PodDir::new(&self.cfg.state_dir, uid);
-            return if dir.0.exists() {
-                self.teardown_dir(&dir, uid)
-            } else {
-                Ok(())
-            };
-        };
-        let grace = state.plan.grace;
-        for c in state.rec.containers.iter().filter(|c| c.running) {
-            crate::events::normal(
-                &state.plan,
-                "Killing",
-                format!("Stopping container {}", c.name),
-            );
-        }
-        match self.teardown(&state.dir, &state.rec, Some(grace)) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                // Keep it known so that a retry (or gc) finishes the job.
-                self.pods.insert(uid.to_string(), state);
-                Err(e)
-            }
-        }
+        self.stop_all(&[uid.to_string()])
+            .pop()
+            .map_or(Ok(()), |(_, r)| r)
     }
 
     /// A command for `weft lab exec`: it runs inside the pod's network namespace, with the

@@ -358,7 +358,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         }
         if let Some(rt) = &runtime {
             pod_lag.taken();
-            pod_sync
+            let pass = pod_sync
                 .reconcile(
                     &client,
                     rt.clone(),
@@ -367,9 +367,13 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
                     policy_events.as_ref(),
                 )
                 .await;
-            // A pod that could not start is told on the pod (status, Events) and retried
-            // with back-off; the pass has still acted on every change it took.
-            pod_lag.applied();
+            match pass {
+                // A pod that could not start is told on the pod (status, Events) and
+                // retried with back-off; the pass has still acted on every change it took.
+                pods::Pass::Done => pod_lag.applied(),
+                // What it took is in force once a pass gets to the end of it.
+                pods::Pass::Unfinished => notify.notify_one(),
+            }
         } else if !cfg.run_pods {
             // The kubelet runs this node's pods: nothing to apply here.
             pod_lag.taken();

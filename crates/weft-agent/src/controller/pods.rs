@@ -9,7 +9,18 @@ use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use kube::{Api, Client, ResourceExt};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// How long one pass may spend starting pods before it hands over to the next.
+const START_BUDGET: Duration = Duration::from_secs(1);
+
+/// Whether a pass did all there was to do now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    Done,
+    /// Pods are left to start: the next pass should follow at once.
+    Unfinished,
+}
 
 #[derive(Default)]
 pub struct PodSync {
@@ -70,7 +81,7 @@ impl PodSync {
         cfg: &AgentConfig,
         pods: Vec<Arc<Pod>>,
         policy: Option<&super::lag::Queue<super::policy::Event>>,
-    ) {
+    ) -> Pass {
         let mut want: HashMap<String, Arc<Pod>> = HashMap::new();
         let mut deleting: HashMap<String, Arc<Pod>> = HashMap::new();
         for p in pods {
@@ -96,7 +107,7 @@ impl PodSync {
         }
         self.stop_unwanted(&rt, &want, &deleting).await;
         self.remove_deleted(client, &deleting).await;
-        self.start_wanted(&rt, &want, policy).await;
+        let more = self.start_wanted(&rt, &want, policy).await;
         if let Err(e) = blocking(&rt, "probing".into(), |r| r.probe_all()).await {
             tracing::warn!("probing pods: {e}");
         }
@@ -105,6 +116,11 @@ impl PodSync {
         self.starts.retain(known);
         let running = &self.running;
         self.ends.retain(|u| known(u) || running.contains(u));
+        if more {
+            Pass::Unfinished
+        } else {
+            Pass::Done
+        }
     }
 
     /// Stop first: frees addresses before new pods need them.
@@ -121,13 +137,19 @@ impl PodSync {
             .filter(|u| !want.contains_key(*u) && self.ends.due(u, now))
             .cloned()
             .collect();
-        for uid in stop {
-            let u = uid.clone();
-            let res = blocking(rt, format!("stopping pod {uid}"), move |r| {
-                r.stop(&u).map_err(|e| e.to_string())
-            })
-            .await
-            .and_then(|r| r);
+        if stop.is_empty() {
+            return;
+        }
+        // One batch: the pods' processes end together (see Runtime::stop_all).
+        let what = format!("stopping {} pods", stop.len());
+        let results = match blocking(rt, what, move |r| r.stop_all(&stop)).await {
+            Ok(results) => results,
+            Err(e) => {
+                tracing::warn!("stopping pods: {e}; will retry");
+                return;
+            }
+        };
+        for (uid, res) in results {
             match res {
                 Ok(()) => {
                     self.running.remove(&uid);
@@ -135,6 +157,7 @@ impl PodSync {
                     self.ends.succeeded(&uid);
                 }
                 Err(e) => {
+                    let e = e.to_string();
                     let n = self.ends.failed(&uid, e.clone(), Instant::now());
                     tracing::warn!(%uid, attempt = n, "stop failed, will retry: {e}");
                     // A pod whose object is gone has nobody to tell but the log.
@@ -192,14 +215,32 @@ impl PodSync {
         rt: &Arc<Mutex<Runtime>>,
         want: &HashMap<String, Arc<Pod>>,
         policy: Option<&super::lag::Queue<super::policy::Event>>,
-    ) {
+    ) -> bool {
         let now = Instant::now();
-        let start: Vec<Arc<Pod>> = want
+        let mut start: Vec<Arc<Pod>> = want
             .iter()
             .filter(|(u, _)| !self.running.contains(*u) && self.starts.due(u, now))
             .map(|(_, p)| p.clone())
             .collect();
+        // Oldest first, as they were created: the order a user expects them to come up.
+        start.sort_by(|a, b| {
+            let key = |p: &Pod| {
+                (
+                    p.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                    p.name_any(),
+                )
+            };
+            key(a).cmp(&key(b))
+        });
+        let mut more = false;
         for p in start {
+            // A pass that started pods for longer than this ends here: their statuses go
+            // out and deleted pods are stopped before the rest are started, instead of
+            // after a thousand starts (minutes on a loaded node).
+            if now.elapsed() >= START_BUDGET {
+                more = true;
+                break;
+            }
             let uid = p.metadata.uid.clone().unwrap_or_default();
             let pod = (*p).clone();
             let policy = policy.cloned();
@@ -230,6 +271,7 @@ impl PodSync {
             let wait = super::retry::delay(n);
             tracing::warn!(pod = %p.name_any(), attempt = n, retry_in = ?wait, "start failed: {err}");
         }
+        more
     }
 
     /// Writes each pod's status where it changed: what the runtime runs, or why it could
