@@ -11,8 +11,14 @@
 # The timed span is kubectl's own run: from start until it exits having printed one
 # "created" line per pod (the API accepted them). The pods need not be Running, but the
 # lab's agents start them meanwhile (sandbox, veth, sleep process): that load is part of
-# a real lab and is in the figures. Between runs: `kubectl delete pods --all
-# --wait=false`, then wait until no pod is left (not timed).
+# a real lab and is in the figures. Between runs (not timed): `kubectl delete pods --all
+# --wait=false`, then wait until the lab is settled: the API lists no pod, no node has a
+# pod namespace left, and every agent has been idle (under 2 % of a core) for 2 s. Each
+# run so starts from the same lab a fresh one would be, not while the agents are still
+# tearing down the previous run's pods.
+#
+# The lab runs its nodes' agents (and their pods) at nice 10, the control plane at 0:
+# see NODE_NICE in crates/weft/src/lab.rs. Both paths run against the same lab.
 #
 # Everything runs in a temporary WEFT_STATE_DIR and a lab named kbench-<pid>, taken down
 # on exit, failure and Ctrl-C included.
@@ -79,12 +85,44 @@ timed() { # path verb
   esac
 }
 
+# The agents' pids, from the supervisor's status file.
+agent_pids() {
+  python3 -c 'import json, sys
+for p in json.load(open(sys.argv[1]))["procs"]:
+    if p["name"].startswith("agent-") and p.get("pid"): print(p["pid"])' \
+    "$WEFT_STATE_DIR/labs/$name/status.json"
+}
+# CPU ticks (user + system) the agents used so far.
+agent_ticks() {
+  local t=0 pid f
+  for pid in $(agent_pids); do
+    f=$(sed 's/.*) //' "/proc/$pid/stat") || continue
+    set -- $f
+    t=$((t + ${12} + ${13}))
+  done
+  echo "$t"
+}
+pod_netns() { ip netns list | awk '{print $1}' | grep -c "^weft-$name-node-[0-9]*\\." || true; }
+
 clear_pods() {
   kubectl --kubeconfig "$loop_kc" delete pods --all --wait=false >/dev/null
-  local deadline=$((SECONDS + 600))
+  local deadline=$((SECONDS + 900)) hz idle=0 t0 t1
+  hz=$(getconf CLK_TCK)
   while [ "$(kubectl --kubeconfig "$loop_kc" get pods --no-headers 2>/dev/null | wc -l)" != 0 ]; do
-    [ $SECONDS -lt $deadline ] || { echo "bench-kubectl: pods still there after 600 s" >&2; exit 1; }
+    [ $SECONDS -lt $deadline ] || { echo "bench-kubectl: pods still there after 900 s" >&2; exit 1; }
     sleep 0.5
+  done
+  # Settled: no pod namespace left on any node, and the agents idle (under 2 % of a core
+  # each, i.e. 2 s in a row below nodes * hz / 50 ticks per second).
+  while :; do
+    [ $SECONDS -lt $deadline ] || { echo "bench-kubectl: lab not settled after 900 s" >&2; exit 1; }
+    t0=$(agent_ticks); sleep 1; t1=$(agent_ticks)
+    if [ "$(pod_netns)" = 0 ] && [ $(((t1 - t0) * 50)) -le $((nodes * hz)) ]; then
+      idle=$((idle + 1))
+      [ $idle -ge 2 ] && break
+    else
+      idle=0
+    fi
   done
 }
 
@@ -99,7 +137,8 @@ for p in loopback direct; do
 done
 
 declare -A samples
-echo "== $rounds rounds of $pods pods (create, then apply), per path"
+echo "== $rounds rounds of $pods pods (create, then apply), per path; each from a settled lab"
+echo "   load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 for ((r = 1; r <= rounds; r++)); do
   if ((r % 2)); then order="loopback direct"; else order="direct loopback"; fi
   for verb in create apply; do
@@ -117,6 +156,13 @@ clear_pods
 median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {
   if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 
+echo "   load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "== per round (ms)"
+for verb in create apply; do
+  for p in loopback direct; do
+    printf '  %-6s %-8s %s\n' "$verb" "$p" "${samples[$verb-$p]}"
+  done
+done
 echo "== medians over $rounds rounds ($pods pods, $nodes-node lab, $(nproc) cores)"
 printf '  %-8s %12s %12s %8s\n' verb loopback direct ratio
 for verb in create apply; do

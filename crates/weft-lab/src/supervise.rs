@@ -24,6 +24,9 @@ pub struct ProcSpec {
     /// other one is closed on exec), e.g. the API's listener on the machine's loopback.
     #[serde(default)]
     pub inherit_fds: Vec<i32>,
+    /// Its nice value (and that of everything it starts); 0 leaves the supervisor's.
+    #[serde(default)]
+    pub nice: i32,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -77,11 +80,15 @@ fn spawn(spec: &ProcSpec, logs: &Path) -> Result<Child> {
     let mut c = Command::new(prog);
     c.args(args).stdin(Stdio::null()).stdout(log).stderr(err);
     let inherit = spec.inherit_fds.clone();
-    // SAFETY: only setns(2) and fcntl(2), which are async-signal-safe, run between fork
-    // and exec; `inherit` was allocated before the fork.
+    let nice = spec.nice;
+    // SAFETY: only setns(2), setpriority(2) and fcntl(2), which are async-signal-safe, run
+    // between fork and exec; `inherit` was allocated before the fork.
     unsafe {
         c.pre_exec(move || {
             if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if nice != 0 && libc::setpriority(libc::PRIO_PROCESS, 0, nice) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             // The child's copy only: the supervisor keeps its close-on-exec flag.

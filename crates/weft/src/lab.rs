@@ -25,6 +25,15 @@ fn progress(msg: &str) {
     println!("  {msg}");
 }
 
+/// The nice value of a lab node's agent, and so of everything the node runs (its CNI
+/// plugin, its pods). A real cluster's nodes are machines of their own: a thousand pods
+/// starting on them take no CPU from the API server. A lab's nodes share the machine's
+/// cores with its control plane, and their pod start-ups and teardowns would otherwise
+/// take the CPU the API server needs to answer while they happen (see BENCHMARKS.md,
+/// kubectl). At nice 10 the control plane (nice 0) comes first when both want a core;
+/// the nodes still get every core it leaves idle.
+const NODE_NICE: i32 = 10;
+
 /// The programs the supervisor keeps running for a lab; `api_fd` is the listener on the
 /// machine's loopback that the control plane serves on besides its own address.
 pub fn programs(state: &LabState, weft: &Path, api_fd: Option<i32>) -> Vec<ProcSpec> {
@@ -54,6 +63,7 @@ pub fn programs(state: &LabState, weft: &Path, api_fd: Option<i32>) -> Vec<ProcS
         .chain(api_fd.map(|fd| format!("--listen-fd={fd}")))
         .collect(),
         inherit_fds: api_fd.into_iter().collect(),
+        nice: 0,
     }];
     for n in &t.nodes {
         v.push(ProcSpec {
@@ -91,6 +101,7 @@ pub fn programs(state: &LabState, weft: &Path, api_fd: Option<i32>) -> Vec<ProcS
             )
             .collect(),
             inherit_fds: Vec::new(),
+            nice: NODE_NICE,
         });
     }
     v
