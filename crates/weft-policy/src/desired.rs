@@ -305,7 +305,7 @@ pub(crate) fn table(c: &Compiled, ctx: &NodeContext) -> Ruleset {
             let mut stmts = vec![Stmt::Counter];
             if let Some(g) = ctx.log_group {
                 stmts.push(Stmt::Log {
-                    prefix: Some(format!("weft-policy {} {}: ", dir.as_str(), tier.as_str())),
+                    prefix: Some(crate::nflog::prefix(dir, tier)),
                     group: Some(g),
                 });
             }

@@ -20,6 +20,9 @@ pub enum Error {
     /// compilers): compile the whole table again.
     #[error("policy table in {netns}: cannot apply the change: {problem}")]
     Delta { netns: String, problem: String },
+    /// Subscribing to or reading the nflog group the table logs denials to.
+    #[error("nflog group {group}: {problem}")]
+    Nflog { group: u16, problem: String },
     #[error("nf_tables in {netns}: {source}")]
     Nft {
         netns: String,

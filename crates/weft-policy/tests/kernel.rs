@@ -349,3 +349,115 @@ spec:
     );
     assert_eq!(count("\"lost\""), 0, "none lost the bit:\n{post}");
 }
+
+/// Refused probes are logged to nflog and explained by the matcher: the counter of the
+/// policy that decided goes up, and the log names the policy and the rule.
+#[test]
+fn denials_are_counted_per_policy_and_logged_with_the_rule() {
+    use weft_policy::denials::{describe, explain, Counters};
+    use weft_policy::nflog::Nflog;
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: needs root for network namespaces");
+        return;
+    }
+    let (node, pa, _pb) = wire("d");
+    let mut c = cluster();
+    c.apply_network_policy(&np("metadata: {namespace: y, name: web}
+spec:
+  podSelector: {matchLabels: {pod: b}}
+  ingress:
+    - from: [{namespaceSelector: {matchLabels: {ns: x}}}]
+      ports: [{port: 80}, {port: 81}]"))
+        .unwrap();
+    let cnp: weft_policy::cnp::ClusterNetworkPolicy = serde_yaml::from_str(
+        "apiVersion: policy.networking.k8s.io/v1beta1
+kind: ClusterNetworkPolicy
+metadata: {name: block-81}
+spec:
+  tier: Admin
+  priority: 5
+  subject: {namespaces: {matchLabels: {ns: y}}}
+  ingress:
+    - name: no-81
+      action: Deny
+      from: [{namespaces: {matchLabels: {ns: x}}}]
+      protocols: [{tcp: {destinationPort: {number: 81}}}]",
+    )
+    .expect("ClusterNetworkPolicy YAML");
+    c.apply_cluster_network_policy(&cnp).unwrap();
+    let ctx = NodeContext {
+        node_name: "n1".into(),
+        log_group: Some(7),
+    };
+    let mut nflog = Nflog::open_in(&node.path(), 7).expect("nflog group 7 in the node");
+    let mut enforcer = Enforcer::open_in(&node.path()).expect("nf_tables in the node");
+    enforcer.sync(&desired(&c, &ctx)).expect("sync");
+    // nft (1.0.6 on Debian 12) lists the table with its log statements, in text and JSON.
+    let listed = node.exec(&["nft", "list", "ruleset"]);
+    assert!(
+        listed.contains("table inet weft-policy")
+            && listed.contains("log prefix \"weft-policy ingress Admin: \" group 7 drop"),
+        "{listed}"
+    );
+    let json = node.exec(&["nft", "-j", "list", "ruleset"]);
+    assert!(
+        json.contains("\"weft-policy\"") && json.contains("\"group\": 7"),
+        "{json}"
+    );
+
+    assert!(connects(&pa, 80), "tcp/80 is allowed");
+    assert!(
+        nflog
+            .next(Some(Duration::from_millis(300)))
+            .unwrap()
+            .is_empty(),
+        "an allowed connection logs nothing"
+    );
+    assert!(!connects(&pa, 81), "tcp/81: the Admin Deny");
+    assert!(!connects(&pa, 82), "tcp/82: isolated by y/web");
+
+    let mut counters = Counters::default();
+    let mut lines = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while counters.counts.len() < 2 && std::time::Instant::now() < deadline {
+        for p in nflog.next(Some(Duration::from_millis(500))).unwrap() {
+            assert_eq!((p.src, p.dst), (IpAddr::V4(A), IpAddr::V4(B)), "{p:?}");
+            let (v, culprits) = explain(&c, &p);
+            lines.push(describe(&p, v.as_ref()));
+            counters.add(&culprits);
+        }
+    }
+    let text = counters.to_tsv();
+    eprintln!("{}\n{text}", lines.join("\n"));
+    let count = |policy: &str, rule: &str| {
+        counters
+            .counts
+            .iter()
+            .filter(|(k, _)| k.policy == policy && k.rule == rule)
+            .map(|(_, n)| *n)
+            .sum::<u64>()
+    };
+    assert!(
+        count("ClusterNetworkPolicy block-81", "ingress[0] \"no-81\"") >= 1,
+        "{text}"
+    );
+    assert!(count("NetworkPolicy y/web", "isolation") >= 1, "{text}");
+    assert_eq!(count("", "unexplained"), 0, "{text}");
+    assert!(
+        lines.iter().any(|l| l.contains("81/tcp")
+            && l.contains("ClusterNetworkPolicy block-81")
+            && l.contains("\"no-81\"")),
+        "{lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("82/tcp") && l.contains("isolated by NetworkPolicy y/web")),
+        "{lines:#?}"
+    );
+    // The kernel's own counters (per direction and tier) saw them too.
+    for chain in ["ingress-admin", "ingress-netpol"] {
+        let listed = node.exec(&["nft", "list", "chain", "inet", "weft-policy", chain]);
+        assert!(!listed.contains("packets 0 "), "{chain}: {listed}");
+    }
+}

@@ -26,6 +26,7 @@ pub fn main(a: crate::cli::AgentArgs) -> anyhow::Result<()> {
         run_pods: !a.no_pods,
         serve_dns: a.serve_dns,
         network_policy: !a.no_network_policy,
+        policy_nflog_group: a.policy_nflog_group,
         ingress: a.ingress.then_some(IngressConfig {
             http: a.ingress_http,
             https: a.ingress_https,

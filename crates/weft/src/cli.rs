@@ -31,7 +31,7 @@ pub enum Command {
     /// Run as a CNI plugin (also when invoked as `weft-cni` or with CNI_COMMAND set)
     Cni,
     /// The node agent: watches the API and runs networking (pods, routes, Services) for one node
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// The lab's Kubernetes-compatible API server and controllers
     ControlPlane(PassThrough),
     /// Copy a container's stdout (fd 3) and stderr (fd 4) into a CRI log file (started by
@@ -64,6 +64,12 @@ pub enum PolicyCommand {
         dst: String,
         /// PORT or PORT/PROTO (tcp, udp, sctp; default tcp)
         port: String,
+    },
+    /// Packets the nodes' policy tables dropped, per policy and rule that decided (each
+    /// agent counts what its table logs to nflog)
+    Counters {
+        #[command(flatten)]
+        lab: LabName,
     },
 }
 
@@ -292,6 +298,11 @@ pub struct AgentArgs {
     /// Leave NetworkPolicy unenforced on this node (another component enforces it)
     #[arg(long)]
     pub no_network_policy: bool,
+    /// Log packets the NetworkPolicy table drops to this nflog group; the agent reads
+    /// them, logs the policy and rule that decided and counts them per policy
+    /// (STATE_DIR/policy-denials.tsv, `weft lab policy counters`)
+    #[arg(long, conflicts_with = "no_network_policy")]
+    pub policy_nflog_group: Option<u16>,
     /// Serve the cluster DNS zone on this node at --cluster-dns (in place of CoreDNS)
     #[arg(long, requires = "cluster_dns")]
     pub serve_dns: bool,

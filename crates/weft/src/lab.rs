@@ -90,6 +90,9 @@ pub fn programs(state: &LabState, weft: &Path, api_fd: Option<i32>) -> Vec<ProcS
                 state.spec.cluster_dns.to_string(),
                 "--serve-dns".into(),
                 "--ingress".into(),
+                // Denied packets counted per policy (`weft lab policy counters`).
+                "--policy-nflog-group".into(),
+                LAB_POLICY_NFLOG_GROUP.to_string(),
             ]
             .into_iter()
             .chain(
@@ -106,6 +109,9 @@ pub fn programs(state: &LabState, weft: &Path, api_fd: Option<i32>) -> Vec<ProcS
     }
     v
 }
+
+/// The nflog group a lab's agents log denied packets to (any free group would do).
+const LAB_POLICY_NFLOG_GROUP: u16 = 14;
 
 pub fn up(name: &str, nodes: u32, backend: &str, file: Option<&str>) -> Result<()> {
     let mut spec = LabSpec::new(name, nodes, backend);

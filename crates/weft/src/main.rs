@@ -64,7 +64,7 @@ fn main() -> ExitCode {
             Ok(code) => ExitCode::from(code),
             Err(e) => fail(&e),
         },
-        Command::Agent(a) => match agent::main(a) {
+        Command::Agent(a) => match agent::main(*a) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),
         },
@@ -146,6 +146,7 @@ fn run_lab(cmd: LabCommand) -> anyhow::Result<u8> {
             dst,
             port,
         }) => policy::check_cmd(&lab.name, &src, &dst, &port),
+        LabCommand::Policy(cli::PolicyCommand::Counters { lab }) => policy::counters_cmd(&lab.name),
         LabCommand::Trace {
             lab,
             namespace,

@@ -97,3 +97,45 @@ pub fn check_cmd(lab: &str, src: &str, dst: &str, port: &str) -> Result<u8> {
     println!("{text}");
     Ok(if allowed { 0 } else { 1 })
 }
+
+/// `weft lab policy counters`: each node agent's denial counters
+/// (`STATE_DIR/policy-denials.tsv`), then their sum.
+pub fn counters_cmd(lab: &str) -> Result<u8> {
+    use weft_policy::denials::Counters;
+    let state = weft_lab::load(lab)?;
+    let base = weft_lab::lab_dir(lab).join("nodes");
+    let mut total = Counters::default();
+    for n in &state.topology.nodes {
+        let file = base.join(&n.name).join("policy-denials.tsv");
+        let text = match std::fs::read_to_string(&file) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                println!(
+                    "{}: no counters (agent without --policy-nflog-group?)",
+                    n.name
+                );
+                continue;
+            }
+            Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
+        };
+        let c =
+            Counters::from_tsv(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        println!("{}:", n.name);
+        print_counters(&c);
+        for (k, v) in c.counts {
+            *total.counts.entry(k).or_default() += v;
+        }
+    }
+    println!("all nodes:");
+    print_counters(&total);
+    Ok(0)
+}
+
+fn print_counters(c: &weft_policy::denials::Counters) {
+    if c.counts.is_empty() {
+        println!("  (no denied packets)");
+    }
+    for (k, n) in &c.counts {
+        println!("  {n:>8}  {k}");
+    }
+}

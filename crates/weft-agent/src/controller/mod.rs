@@ -19,6 +19,7 @@ mod node;
 mod node_api;
 mod pods;
 mod policy;
+mod policy_log;
 mod relist;
 mod retry;
 mod services;
@@ -61,6 +62,9 @@ pub struct AgentConfig {
     pub dns_upstreams: weft_dns::Upstreams,
     /// Enforce NetworkPolicy and ClusterNetworkPolicy on this node.
     pub network_policy: bool,
+    /// Log denied packets to this nflog group, and count and log them per policy and
+    /// rule (`state_dir/policy-denials.tsv`).
+    pub policy_nflog_group: Option<u16>,
     /// Serve Ingresses on this node (the L7 proxy on ports 80 and 443).
     pub ingress: Option<ingress::IngressConfig>,
 }
@@ -203,7 +207,12 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         (false, _) => None,
     };
     let policy_events = match cfg.network_policy {
-        true => Some(policy::start(&cfg.node_name, lags.component("policy"))?),
+        true => Some(policy::start(
+            &cfg.node_name,
+            lags.component("policy"),
+            cfg.policy_nflog_group
+                .map(|g| (g, cfg.state_dir.join("policy-denials.tsv"))),
+        )?),
         false => None,
     };
     // A watch whose stream ends leaves its cache frozen: the agent stops rather than act

@@ -28,6 +28,7 @@ use weft_policy::cnp::ClusterNetworkPolicy;
 use weft_policy::{Cluster, Enforcer, NodeContext};
 
 use super::lag::{self, Lag, Queue};
+use super::policy_log::DenialLog;
 use super::relist::{key, Change, Key, Seen};
 
 /// How often the table is read back from the kernel and repaired, whatever happened.
@@ -85,17 +86,28 @@ struct PolicySync {
     lag: Arc<Lag>,
     /// The agent's runtime: the thread waits on the queue through it.
     rt: Handle,
+    /// Denied packets from nflog, explained against `cluster` (with an nflog group).
+    denials: Option<DenialLog>,
 }
 
 /// Starts the policy thread (from within the agent's runtime); events go to the returned
-/// queue.
-pub fn start(node_name: &str, lag: Arc<Lag>) -> super::Result<Queue<Event>> {
+/// queue. With `nflog` (group, counters file), denied packets are logged to the group and
+/// counted per policy.
+pub fn start(
+    node_name: &str,
+    lag: Arc<Lag>,
+    nflog: Option<(u16, std::path::PathBuf)>,
+) -> super::Result<Queue<Event>> {
+    let denials = match &nflog {
+        Some((group, file)) => Some(DenialLog::start(*group, file.clone())?),
+        None => None,
+    };
     let mut sync = PolicySync {
         cluster: Cluster::default(),
         compiler: Default::default(),
         ctx: NodeContext {
             node_name: node_name.to_string(),
-            log_group: None,
+            log_group: nflog.map(|(g, _)| g),
         },
         enforcer: Enforcer::open()?,
         seen: HashMap::new(),
@@ -104,6 +116,7 @@ pub fn start(node_name: &str, lag: Arc<Lag>) -> super::Result<Queue<Event>> {
         last_full: Instant::now(),
         lag: lag.clone(),
         rt: Handle::current(),
+        denials,
     };
     let (tx, rx) = lag::queue(lag, QUEUE);
     std::thread::Builder::new()
@@ -174,6 +187,9 @@ impl PolicySync {
             }
             for done in waiting {
                 let _ = done.send(result.clone());
+            }
+            if let Some(d) = self.denials.as_mut() {
+                d.drain(&self.cluster);
             }
         }
     }
