@@ -280,7 +280,8 @@ impl Runtime {
                 netns: Some(&netns_path),
             },
         )?;
-        record::save(dir, rec)?;
+        // Not saved on its own: undoing ADD takes the config and the uid, not the
+        // addresses, which are saved with the first container.
         let ips: Vec<String> = rec.ips.iter().map(|ip| ip.to_string()).collect();
         crate::events::normal(
             plan,
@@ -299,14 +300,14 @@ impl Runtime {
             self.cfg.cluster_dns,
             &self.cfg.cluster_domain,
         ) {
-            record::write_durable(&dir.resolv_conf(), resolv.as_bytes())?;
+            write_pod_file(&dir.resolv_conf(), resolv.as_bytes())?;
         }
         let domain = self.cfg.cluster_domain.trim_matches('.');
         let fqdn = plan
             .subdomain
             .as_ref()
             .map(|sub| format!("{}.{sub}.{}.svc.{domain}", plan.hostname, plan.namespace));
-        record::write_durable(
+        write_pod_file(
             &dir.hosts(),
             podfiles::hosts(&plan.hostname, fqdn.as_deref(), &rec.ips).as_bytes(),
         )?;
@@ -336,14 +337,19 @@ impl Runtime {
                 ..Default::default()
             });
             // Saved after each start: a failure on the next container must still be able
-            // to stop this one.
+            // to stop this one. The last one's save is the one that says Running.
+            if state.rec.containers.len() == plan.containers.len() {
+                state.rec.phase = Phase::Running;
+            }
             *rec = state.rec.clone();
             record::save(dir, rec)?;
             state.probes.push(ProbeState::started(now, c));
         }
-        state.rec.phase = Phase::Running;
-        *rec = state.rec.clone();
-        record::save(dir, rec)?;
+        if state.rec.phase != Phase::Running {
+            state.rec.phase = Phase::Running;
+            *rec = state.rec.clone();
+            record::save(dir, rec)?;
+        }
         Ok(state)
     }
 
@@ -459,6 +465,14 @@ pub(crate) fn phase(policy: RestartPolicy, containers: &[ContainerState]) -> &'s
         RestartPolicy::Never if all_ok => "Succeeded",
         RestartPolicy::Never => "Failed",
     }
+}
+
+/// A pod's resolv.conf or hosts: written at each start of the pod, read by its processes
+/// through a bind mount. Not synced to disk: a machine that crashes takes the pod's
+/// namespace with it, and a pod without one is never adopted, only started again, which
+/// writes the file again (two fsyncs each, per pod start, for nothing).
+fn write_pod_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    fs::write(path, bytes).map_err(|e| Error::io(format!("write {}", path.display()), e))
 }
 
 /// `<bin>/weft` -> the weft binary, so pod scripts find `weft` on PATH.
