@@ -17,9 +17,12 @@
 //!   that the matcher gives ([`cells`] are the regions in which its answers are
 //!   constant). A new pod, a label change or a policy edit changes elements only.
 //!   [`desired::Incremental`] gives the same table and, when only policies changed,
-//!   recomputes only the subject classes they touch.
-//! - [`enforcer::Enforcer`] sends the kernel the difference from what it last committed,
-//!   in one transaction.
+//!   recomputes only the subject classes they touch and returns a [`delta::Delta`] of
+//!   the elements that changed.
+//! - [`enforcer::Enforcer`] sends the kernel the difference from what it last committed
+//!   (or only a delta's elements), in one transaction.
+//! - [`nflog`] reads the packets the table logs; [`denials`] names, through the matcher,
+//!   the policy and rule that dropped each, and counts them per policy.
 //! - [`cases`] reads the truth-table suite (`tests/cases`), which the tests run through
 //!   the matcher and through the compiled tables ([`table_eval`]), and which a lab can run
 //!   as real probes.
