@@ -395,6 +395,23 @@ fn every_truth_table_case_holds_for_real_packets() {
     }
     println!("{} cases, {cells} cells probed", files.len());
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+
+    // Every refused probe was dropped by some node's table, logged to nflog, explained by
+    // that node's agent and counted against the policy that decided.
+    let out = lab
+        .weft_cmd(&["lab", "policy", "counters", "--name", &lab.name])
+        .output()
+        .expect("spawn weft lab policy counters");
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("{text}");
+    assert!(out.status.success(), "{text}");
+    assert!(!text.contains("no counters"), "{text}");
+    assert!(
+        text.contains("isolation")
+            && text.contains("ClusterNetworkPolicy")
+            && !text.contains("(no denied packets)"),
+        "every node's agent counts denials per policy:\n{text}"
+    );
 }
 
 /// A probe from the lab's external host.

@@ -151,6 +151,12 @@ impl PolicySync {
             let Ok(first) = self.next(&mut rx, Duration::from_secs(1)) else {
                 return;
             };
+            // Denials logged until now were dropped by the table of the view as it is,
+            // before these events, so they are explained against that view (only those
+            // still on their way from the reader thread meet the next one).
+            if let Some(d) = self.denials.as_mut() {
+                d.drain(&self.cluster);
+            }
             let mut waiting = Vec::new();
             let deadline = Instant::now() + BATCH;
             let mut next = first;
@@ -187,9 +193,6 @@ impl PolicySync {
             }
             for done in waiting {
                 let _ = done.send(result.clone());
-            }
-            if let Some(d) = self.denials.as_mut() {
-                d.drain(&self.cluster);
             }
         }
     }
