@@ -100,6 +100,11 @@ http {{
             o,
             "  ssl_certificate {d}/tls.crt;\n  ssl_certificate_key {d}/tls.key;"
         );
+        // weft's suite preference (proxy/tls.rs), so both do the same cryptography.
+        o.push_str(
+            "  ssl_prefer_server_ciphers on;\n  ssl_conf_command Ciphersuites \
+             TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256;\n",
+        );
     }
     let listen = |o: &mut String, default: &str| {
         let _ = writeln!(o, "    listen {PROXY_IP}:{http}{default};");

@@ -82,8 +82,21 @@ pub fn run(ctx: &Ctx, backend_pids: &[u32]) -> Throughput {
             "TLS check on :{port}: {got:?}"
         );
     }
+    // The suite each negotiates with an OpenSSL client (wrk's library, its default order).
+    let suite = |port: u16| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &ctx.ns, "sh", "-c"])
+            .arg(format!(
+                "openssl s_client -connect {PROXY_IP}:{port} -servername shop.bench </dev/null 2>/dev/null | grep -m1 '^New,' || true"
+            ))
+            .output()
+            .expect("openssl");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let (ws, ns) = (suite(WEFT_HTTPS), suite(NGINX_HTTPS));
+    assert_eq!(ws, ns, "weft and nginx negotiate different TLS");
     println!(
-        "   route checks: weft and nginx agree on {} requests (+ TLS)",
+        "   route checks: weft and nginx agree on {} requests (+ TLS: {ws})",
         checks.len()
     );
 

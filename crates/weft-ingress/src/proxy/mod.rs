@@ -11,6 +11,7 @@ mod access_log;
 mod forward;
 mod headers;
 mod pool;
+mod tls;
 mod upstream;
 mod workers;
 
@@ -115,6 +116,7 @@ impl Shared {
 pub struct Proxy {
     shared: Arc<Shared>,
     certs: Arc<SniResolver>,
+    tls: tokio_rustls::TlsAcceptor,
     current: Arc<RwLock<Compiled>>,
 }
 
@@ -122,6 +124,8 @@ impl Proxy {
     /// A proxy with no routes (every request 404) and a self-signed default certificate
     /// for `default_names`.
     pub fn new(limits: Limits, default_names: &[&str]) -> Result<Proxy> {
+        let certs = Arc::new(SniResolver::new(Certificate::self_signed(default_names)?));
+        let tls = tokio_rustls::TlsAcceptor::from(Arc::new(tls::server_config(certs.clone())?));
         Ok(Proxy {
             shared: Arc::new(Shared {
                 table: RwLock::default(),
@@ -129,7 +133,8 @@ impl Proxy {
                 pools: Mutex::default(),
                 limits,
             }),
-            certs: Arc::new(SniResolver::new(Certificate::self_signed(default_names)?)),
+            certs,
+            tls,
             current: Arc::default(),
         })
     }
@@ -176,13 +181,10 @@ impl Proxy {
         b
     }
 
-    /// The TLS settings: certificates by SNI, HTTP/2 or HTTP/1.1 by ALPN.
+    /// The TLS settings (`tls.rs`): certificates by SNI, HTTP/2 or HTTP/1.1 by ALPN, the
+    /// server's cipher suite preference.
     pub fn tls_acceptor(&self) -> tokio_rustls::TlsAcceptor {
-        let mut cfg = rustls::ServerConfig::builder()
-            .with_no_client_auth()
-            .with_cert_resolver(self.certs.clone());
-        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
+        self.tls.clone()
     }
 
     /// Accepts on `listener` until `stop` turns true, then drains: no new connections,
