@@ -100,9 +100,11 @@ http {{
             o,
             "  ssl_certificate {d}/tls.crt;\n  ssl_certificate_key {d}/tls.key;"
         );
-        // weft's suite preference (proxy/tls.rs), so both do the same cryptography.
+        // TLS 1.3 as weft speaks it (nginx 1.22 leaves it out of its default protocols,
+        // so before this line it answered OpenSSL clients with TLS 1.2) and weft's suite
+        // preference (proxy/tls.rs): both do the same cryptography.
         o.push_str(
-            "  ssl_prefer_server_ciphers on;\n  ssl_conf_command Ciphersuites \
+            "  ssl_protocols TLSv1.2 TLSv1.3;\n  ssl_prefer_server_ciphers on;\n  ssl_conf_command Ciphersuites \
              TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256;\n",
         );
     }
