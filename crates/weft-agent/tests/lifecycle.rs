@@ -293,3 +293,71 @@ fn a_failed_cni_del_still_removes_the_namespace_and_is_retried() {
     assert!(!node.state_dir().join("pods/uid-broken").exists());
     node.assert_only_node_left();
 }
+
+/// Processes whose network namespace is the file `netns` (a pod's /run/netns entry).
+fn pids_in(netns: &std::path::Path) -> Vec<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let inode = std::fs::metadata(netns).unwrap().ino();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::metadata(format!("/proc/{pid}/ns/net")).is_ok_and(|m| m.ino() == inode)
+        })
+        .collect()
+}
+
+#[test]
+fn stop_all_ends_several_pods_together_each_by_its_own_grace_period() {
+    let node = Node::new("stopall");
+    let mut rt = node.runtime();
+    let quick = rt.start(&pod(&sleeper("quick", ""))).unwrap();
+    // Ignores SIGTERM: only the SIGKILL after its own grace period ends it.
+    let stubborn = rt
+        .start(&pod(
+            "metadata: {name: stubborn, uid: uid-stubborn}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {name: main, command: [sh, -c, 'trap \"\" TERM; sleep 1000']}\n",
+        ))
+        .unwrap();
+    // Leaves a daemon in a session of its own, out of the container's process group:
+    // only the pass over the namespaces' processes finds it.
+    let daemon = rt
+        .start(&pod(
+            "metadata: {name: daemon, uid: uid-daemon}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {name: main, command: [sh, -c, 'setsid sleep 1001 & sleep 1000']}\n",
+        ))
+        .unwrap();
+    let keeper = rt.start(&pod(&sleeper("keeper", ""))).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while pids_in(&daemon.netns).len() < 3 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let daemon_pids = pids_in(&daemon.netns);
+    assert_eq!(daemon_pids.len(), 3, "sh, its sleep and the daemon");
+    let pids: Vec<u32> = [&quick, &stubborn]
+        .iter()
+        .map(|p| p.containers[0].pid.unwrap())
+        .chain(daemon_pids)
+        .collect();
+
+    let uids = ["uid-quick", "uid-stubborn", "uid-daemon", "uid-never-was"].map(String::from);
+    let results = rt.stop_all(&uids);
+    let order: Vec<&str> = results.iter().map(|(u, _)| u.as_str()).collect();
+    assert_eq!(order, uids.iter().map(String::as_str).collect::<Vec<_>>());
+    for (uid, r) in &results {
+        assert!(r.is_ok(), "{uid}: {r:?}");
+        assert!(rt.status(uid).is_none(), "{uid} still known");
+        assert!(
+            !node.state_dir().join("pods").join(uid).exists(),
+            "{uid}'s record"
+        );
+    }
+    for pid in pids {
+        assert!(!alive(pid), "process {pid} survived stop_all");
+    }
+    assert_eq!(node.ipam_holders(), ["uid-keeper"]);
+    let left = node.namespaces();
+    assert_eq!(left.len(), 2, "the node and keeper's namespace: {left:?}");
+    assert!(alive(keeper.containers[0].pid.unwrap()));
+    rt.stop_all(&["uid-keeper".to_string()]);
+    node.assert_only_node_left();
+}
