@@ -102,7 +102,7 @@ agent_ticks() {
   done
   echo "$t"
 }
-pod_netns() { ip netns list | awk '{print $1}' | grep -c "^weft-$name-node-[0-9]*\\." || true; }
+pod_netns() { ip netns list 2>/dev/null | awk '{print $1}' | grep -c "^weft-$name-node-[0-9]*\\." || true; }
 
 clear_pods() {
   kubectl --kubeconfig "$loop_kc" delete pods --all --wait=false >/dev/null
