@@ -25,12 +25,13 @@ pub struct Model {
     table: Table,
     /// Elements per dynamic set: a set exists while it has any.
     dynamic: BTreeMap<Dynamic, usize>,
-    /// How many Services hold each element (two Services may share an endpoint's hairpin
-    /// element); the element goes when the last one lets go.
-    /// Per element, each value Services want it to have with how many want it. Two
-    /// Services may claim one key with different values (the same external IP and
-    /// port): the oldest claim wins, and the next takes over when it goes.
-    refs: HashMap<ElemKey, Vec<(Elem, u32)>>,
+    /// The claims on each element more than one Service holds (two Services may share an
+    /// endpoint's hairpin element): each value Services want it to have with how many
+    /// want it. Two Services may claim one key with different values (the same external
+    /// IP and port): the oldest claim wins, and the next takes over when it goes. An
+    /// element in the table without an entry here has exactly one claim, its value: most
+    /// elements, so most are not held a third time.
+    shared: HashMap<ElemKey, Vec<(Elem, u32)>>,
     services: HashMap<ServiceId, Vec<Element>>,
     /// Since the last delta: each touched element's value before the first touch.
     before: HashMap<ElemKey, Option<Elem>>,
@@ -61,7 +62,7 @@ impl Model {
             node,
             table,
             dynamic: BTreeMap::new(),
-            refs: HashMap::new(),
+            shared: HashMap::new(),
             services: HashMap::new(),
             before: HashMap::new(),
             dynamic_before: None,
@@ -132,19 +133,39 @@ impl Model {
         self.before.insert(key.clone(), now);
     }
 
+    /// The value the table holds for an element, if any.
+    fn current(&self, e: &Element) -> Option<&Elem> {
+        self.table
+            .sets
+            .get(&e.set.name())
+            .and_then(|s| s.elements.get(&Key(e.key.clone())))
+    }
+
     fn acquire(&mut self, e: &Element) {
         let key = (e.set.clone(), e.key.clone());
-        let claims = self.refs.entry(key.clone()).or_default();
-        let first = claims.is_empty();
+        let claims = match self.shared.get_mut(&key) {
+            Some(claims) => claims,
+            None => match self.current(e) {
+                // One claim so far: it becomes the oldest of several.
+                Some(held) => {
+                    let held = held.clone();
+                    self.shared.entry(key).or_insert_with(|| vec![(held, 1)])
+                }
+                None => {
+                    self.first_claim(e, key);
+                    return;
+                }
+            },
+        };
+        // The winning value stays the oldest claim's.
         match claims.iter_mut().find(|(v, _)| *v == e.elem) {
             Some((_, n)) => *n += 1,
             None => claims.push((e.elem.clone(), 1)),
         }
-        if !first {
-            // The winning value stays the oldest claim's.
-            return;
-        }
-        if let (SetId::Dynamic(d), true) = (&e.set, first) {
+    }
+
+    fn first_claim(&mut self, e: &Element, key: ElemKey) {
+        if let SetId::Dynamic(d) = &e.set {
             let d = *d;
             if !self.dynamic.contains_key(&d) {
                 self.structure_changes();
@@ -167,26 +188,31 @@ impl Model {
 
     fn release(&mut self, e: &Element) {
         let key = (e.set.clone(), e.key.clone());
-        let Some(claims) = self.refs.get_mut(&key) else {
-            return;
-        };
-        let Some(at) = claims.iter().position(|(v, _)| *v == e.elem) else {
-            return;
-        };
-        claims[at].1 -= 1;
-        if claims[at].1 == 0 {
-            claims.remove(at);
-        }
-        if let Some((winner, _)) = claims.first() {
+        if let Some(claims) = self.shared.get_mut(&key) {
+            let Some(at) = claims.iter().position(|(v, _)| *v == e.elem) else {
+                return;
+            };
+            claims[at].1 -= 1;
+            if claims[at].1 == 0 {
+                claims.remove(at);
+            }
             // Another Service still claims the element: it keeps, or takes over, the value.
-            let winner = winner.clone();
-            self.remember(&key);
-            if let Some(set) = self.table.set_mut(&e.set.name()) {
-                set.elements.insert(Key(e.key.clone()), winner);
+            let winner = claims.first().map(|(v, _)| v.clone());
+            if claims.iter().map(|(_, n)| *n).sum::<u32>() <= 1 {
+                self.shared.remove(&key);
+            }
+            if let Some(winner) = winner {
+                self.remember(&key);
+                if let Some(set) = self.table.set_mut(&e.set.name()) {
+                    set.elements.insert(Key(e.key.clone()), winner);
+                }
             }
             return;
         }
-        self.refs.remove(&key);
+        // The only claim, if the table holds this value.
+        if self.current(e) != Some(&e.elem) {
+            return;
+        }
         self.remember(&key);
         if let Some(set) = self.table.set_mut(&e.set.name()) {
             set.elements.remove(&Key(e.key.clone()));
