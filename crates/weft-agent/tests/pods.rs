@@ -274,10 +274,19 @@ fn restart_policy_always_restarts_never_leaves_exited() {
     // Each run has a log of its own, in the CRI format; the run before is kept as the
     // previous log (`kubectl logs --previous`).
     let path = rt.log_path("uid-again", "c").unwrap();
-    let log = std::fs::read_to_string(&path).unwrap();
-    let previous = std::fs::read_to_string(path.with_file_name("c.previous.log")).unwrap();
-    for l in [&log, &previous] {
-        assert!(l.contains(" stdout F ran\n"), "{l}");
+    // A restart may just have begun a new log whose writer has not written yet (a loaded
+    // machine): wait for the line, a bounded while.
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
+    let has_run = |l: &str| l.contains(" stdout F ran\n");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let previous_path = path.with_file_name("c.previous.log");
+    while !(has_run(&read(&path)) && has_run(&read(&previous_path)))
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    for l in [read(&path), read(&previous_path)] {
+        assert!(has_run(&l), "{l}");
     }
     assert!(rt.log_path("uid-again", "nope").is_none());
     let rec = std::fs::read_to_string(node.state_dir().join("pods/uid-once/record.json")).unwrap();
