@@ -11,7 +11,10 @@
 # Knobs (environment, passed through to the bench): WEFT_INGRESS_BENCH_ROUNDS (5),
 # WEFT_INGRESS_BENCH_SECONDS (10, per wrk run), WEFT_INGRESS_BENCH_CONNS (64, wrk -c),
 # WEFT_INGRESS_BENCH_INGRESSES (5000), WEFT_INGRESS_BENCH_RELOADS (5),
-# WEFT_INGRESS_BENCH_KEEP=1 keeps the work directory.
+# WEFT_INGRESS_BENCH_THREADS (1: weft's workers = nginx's worker_processes),
+# WEFT_INGRESS_BENCH_FLAVOUR=multi (weft on one multi-thread runtime, as before its workers),
+# WEFT_INGRESS_BENCH_KEEP=1 keeps the work directory; the full list is in
+# crates/weft-ingress/benches/ingress/main.rs.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 [ "$(id -u)" = 0 ] || { echo "bench-ingress: run as root (network namespaces)" >&2; exit 1; }
