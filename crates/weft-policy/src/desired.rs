@@ -118,6 +118,17 @@ pub fn subject_map(dir: Direction, fam: AddrFamily) -> String {
     format!("{}-subject{}", dir.as_str(), fam_suffix(fam))
 }
 
+/// Whether `table` (a node's compiled policy table) selects none of the node's pods: every
+/// subject map is empty, so each direction's first lookup misses and the table drops
+/// nothing. The agent skips the conntrack walk for flows to cut in that case (a burst of pod
+/// start-ups with no policy would otherwise walk the whole conntrack table each batch).
+pub fn selects_no_pod(table: &Table) -> bool {
+    DIRECTIONS
+        .into_iter()
+        .flat_map(|dir| AddrFamily::ALL.map(|fam| subject_map(dir, fam)))
+        .all(|name| table.sets.get(&name).is_none_or(|s| s.elements.is_empty()))
+}
+
 /// Any address -> peer class (conntrack mark).
 pub fn peer_map(dir: Direction, fam: AddrFamily) -> String {
     format!("{}-peer{}", dir.as_str(), fam_suffix(fam))

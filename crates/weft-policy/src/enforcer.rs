@@ -206,6 +206,9 @@ impl Enforcer {
         else {
             return Ok(0);
         };
+        if crate::desired::selects_no_pod(&table) {
+            return Ok(0);
+        }
         let flows = self.backend.flows_v4().map_err(self.nft())?;
         let mut cut = 0;
         for f in flows {
