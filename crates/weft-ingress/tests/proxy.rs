@@ -3,6 +3,8 @@
 //! chunked body over the limit, and a fuzz of the request parser that must never disturb
 //! a well-behaved client.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -12,28 +14,15 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use k8s_openapi::api::core::v1::{Secret, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::core::v1::Secret;
 use rustls::pki_types::pem::PemObject;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use weft_ingress::cases::{default_class, TlsSecret};
+use weft_ingress::cases::TlsSecret;
 use weft_ingress::proxy::{Limits, Proxy};
 use weft_ingress::{compile, Cluster};
-
-fn in_netns<F: std::future::Future<Output = ()>>(f: impl FnOnce() -> F + Send) {
-    weft_netlink::Netns::run_in_new(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(f());
-    })
-    .expect("a network namespace of its own: the tests need root");
-}
 
 /// A backend answering `backend <path>` after `delay` (when the path starts `/slow`).
 async fn backend() -> SocketAddr {
@@ -76,25 +65,9 @@ async fn backend() -> SocketAddr {
     at
 }
 
-fn obj<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Arc<T> {
-    Arc::new(serde_json::from_value(v).expect("object"))
-}
-
 /// One Ingress: `a.test` (TLS from a generated Secret) with `/` to the backend.
 fn cluster(backend: SocketAddr, secret: &Secret, with_route: bool) -> Cluster {
-    let mut c = Cluster::default();
-    c.classes.push(obj(default_class()));
-    c.services.push(obj::<Service>(json!({
-        "metadata": {"name": "web", "namespace": "default"},
-        "spec": {"ports": [{"name": "http", "port": 80}]}
-    })));
-    c.slices.push(obj::<EndpointSlice>(json!({
-        "metadata": {"name": "web-1", "namespace": "default",
-                     "labels": {"kubernetes.io/service-name": "web"}},
-        "addressType": "IPv4",
-        "ports": [{"name": "http", "port": backend.port()}],
-        "endpoints": [{"addresses": [backend.ip().to_string()]}],
-    })));
+    let mut c = common::web(backend.port(), &[&backend.ip().to_string()]);
     c.secrets.push(Arc::new(secret.clone()));
     let paths = if with_route {
         json!([{"path": "/", "pathType": "Prefix",
@@ -103,7 +76,7 @@ fn cluster(backend: SocketAddr, secret: &Secret, with_route: bool) -> Cluster {
         json!([{"path": "/elsewhere", "pathType": "Exact",
                 "backend": {"service": {"name": "web", "port": {"number": 80}}}}])
     };
-    c.ingresses.push(obj(json!({
+    c.ingresses.push(common::obj(json!({
         "metadata": {"name": "a", "namespace": "default"},
         "spec": {"tls": [{"hosts": ["a.test"], "secretName": "a-tls"}],
                  "rules": [{"host": "a.test", "http": {"paths": paths}}]}
@@ -188,7 +161,7 @@ fn get(host: &str, path: &str) -> Vec<u8> {
 
 #[test]
 fn http2_over_tls_by_alpn_and_in_cleartext() {
-    in_netns(|| async {
+    common::in_netns(|| async {
         let r = start().await;
         // TLS: ALPN h2, the Secret's certificate checked for a.test.
         let mut roots = rustls::RootCertStore::empty();
@@ -242,7 +215,7 @@ fn http2_over_tls_by_alpn_and_in_cleartext() {
 
 #[test]
 fn a_request_in_flight_survives_a_reconfiguration_and_a_drain() {
-    in_netns(|| async {
+    common::in_netns(|| async {
         let r = start().await;
         let http = r.http;
         let slow = tokio::spawn(async move { raw(http, &get("a.test", "/slow")).await });
@@ -280,7 +253,7 @@ fn a_request_in_flight_survives_a_reconfiguration_and_a_drain() {
 
 #[test]
 fn a_chunked_body_over_the_limit_gets_413() {
-    in_netns(|| async {
+    common::in_netns(|| async {
         let r = start().await;
         let mut req =
             b"POST /x HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
@@ -324,7 +297,7 @@ fn mutate(seed: &mut u64, corpus: &[&[u8]]) -> Vec<u8> {
 
 #[test]
 fn fuzzed_requests_get_a_status_and_never_disturb_other_clients() {
-    in_netns(|| async {
+    common::in_netns(|| async {
         let r = start().await;
         let good_failures = Arc::new(AtomicUsize::new(0));
         let good_ok = Arc::new(AtomicUsize::new(0));
@@ -454,7 +427,7 @@ fn der(pem: &str) -> Vec<u8> {
 
 #[test]
 fn a_changed_secret_serves_from_the_next_handshake() {
-    in_netns(|| async {
+    common::in_netns(|| async {
         let r = start().await;
         assert_eq!(presented(r.https, "a.test").await, der(&r.cert_pem));
         let other = presented(r.https, "b.test").await;

@@ -2,6 +2,8 @@
 //! connections reused across requests, a refused connect retried on the next endpoint,
 //! and an `Upgrade` passed through on a connection that then leaves the pool.
 
+mod common;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -10,26 +12,10 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use weft_ingress::cases::default_class;
+use weft_ingress::compile;
 use weft_ingress::proxy::{Limits, Proxy};
-use weft_ingress::{compile, Cluster};
-
-fn in_netns<F: std::future::Future<Output = ()>>(f: impl FnOnce() -> F + Send) {
-    weft_netlink::Netns::run_in_new(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(f());
-    })
-    .expect("a network namespace of its own: the tests need root");
-}
 
 /// A backend on 127.0.0.1:`port` that counts the connections it accepts, answers `ok`,
 /// and answers an upgrade with 101 and then echoes what it reads.
@@ -74,42 +60,13 @@ async fn backend(accepted: Arc<AtomicUsize>) -> u16 {
     port
 }
 
-fn obj<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Arc<T> {
-    Arc::new(serde_json::from_value(v).expect("object"))
-}
-
-/// Service `web` with two endpoints on `port`: 127.0.0.2 (nothing listens: refused) and
-/// 127.0.0.1 (the backend).
-fn cluster(port: u16) -> Cluster {
-    let mut c = Cluster::default();
-    c.classes.push(obj(default_class()));
-    c.services.push(obj::<Service>(json!({
-        "metadata": {"name": "web", "namespace": "default"},
-        "spec": {"ports": [{"name": "http", "port": 80}]}
-    })));
-    c.slices.push(obj::<EndpointSlice>(json!({
-        "metadata": {"name": "web-1", "namespace": "default",
-                     "labels": {"kubernetes.io/service-name": "web"}},
-        "addressType": "IPv4",
-        "ports": [{"name": "http", "port": port}],
-        "endpoints": [{"addresses": ["127.0.0.1"]}, {"addresses": ["127.0.0.2"]}],
-    })));
-    c.ingresses.push(obj(json!({
-        "metadata": {"name": "a", "namespace": "default"},
-        "spec": {"rules": [{"host": "a.test", "http": {"paths": [
-            {"path": "/", "pathType": "Prefix",
-             "backend": {"service": {"name": "web", "port": {"number": 80}}}}]}}]}
-    })));
-    c
-}
-
 #[test]
 fn connections_are_reused_refused_connects_retried_and_upgrades_passed() {
-    in_netns(|| async {
+    common::in_netns(|| async {
         let accepted = Arc::new(AtomicUsize::new(0));
         let port = backend(accepted.clone()).await;
         let proxy = Proxy::new(Limits::default(), &["default"]).expect("proxy");
-        assert!(proxy.update(compile(&cluster(port))));
+        assert!(proxy.update(compile(&common::a_test(port, &["127.0.0.1", "127.0.0.2"]))));
         let (_stop, rx) = tokio::sync::watch::channel(false);
         let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let at = l.local_addr().expect("addr");

@@ -3,9 +3,10 @@
 //! asked for), connections are served whichever socket the kernel hands them to, a
 //! request in flight at `stop` is answered, and a port already taken is an error.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,26 +14,10 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use weft_ingress::cases::default_class;
 use weft_ingress::proxy::{Limits, Proxy};
-use weft_ingress::{compile, Cluster, Error};
-
-fn in_netns<F: std::future::Future<Output = ()>>(f: impl FnOnce() -> F + Send) {
-    weft_netlink::Netns::run_in_new(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(f());
-    })
-    .expect("a network namespace of its own: the tests need root");
-}
+use weft_ingress::{compile, Error};
 
 /// A backend answering `ok`, after 600 ms when the path starts `/slow`.
 async fn backend() -> u16 {
@@ -57,34 +42,6 @@ async fn backend() -> u16 {
         }
     });
     port
-}
-
-fn obj<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Arc<T> {
-    Arc::new(serde_json::from_value(v).expect("object"))
-}
-
-/// `a.test/` to Service `web`, one endpoint: 127.0.0.1:`port`.
-fn cluster(port: u16) -> Cluster {
-    let mut c = Cluster::default();
-    c.classes.push(obj(default_class()));
-    c.services.push(obj::<Service>(json!({
-        "metadata": {"name": "web", "namespace": "default"},
-        "spec": {"ports": [{"name": "http", "port": 80}]}
-    })));
-    c.slices.push(obj::<EndpointSlice>(json!({
-        "metadata": {"name": "web-1", "namespace": "default",
-                     "labels": {"kubernetes.io/service-name": "web"}},
-        "addressType": "IPv4",
-        "ports": [{"name": "http", "port": port}],
-        "endpoints": [{"addresses": ["127.0.0.1"]}],
-    })));
-    c.ingresses.push(obj(json!({
-        "metadata": {"name": "a", "namespace": "default"},
-        "spec": {"rules": [{"host": "a.test", "http": {"paths": [
-            {"path": "/", "pathType": "Prefix",
-             "backend": {"service": {"name": "web", "port": {"number": 80}}}}]}}]}
-    })));
-    c
 }
 
 /// One request on a new connection that the client then closes: the status line and the
@@ -114,10 +71,10 @@ fn listening(port: u16) -> usize {
 
 #[test]
 fn workers_share_the_ports_serve_and_drain() {
-    in_netns(|| async {
+    common::in_netns(|| async {
         let port = backend().await;
         let proxy = Proxy::new(Limits::default(), &["default"]).expect("proxy");
-        assert!(proxy.update(compile(&cluster(port))));
+        assert!(proxy.update(compile(&common::a_test(port, &["127.0.0.1"]))));
         let (stop, rx) = tokio::sync::watch::channel(false);
         let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
         let n = NonZeroUsize::new(3).expect("3");
@@ -160,7 +117,7 @@ fn workers_share_the_ports_serve_and_drain() {
 
 #[test]
 fn a_port_already_taken_is_an_error_naming_it() {
-    in_netns(|| async {
+    common::in_netns(|| async {
         // A server that does not share its port (no SO_REUSEPORT) holds it.
         let taken = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let at = taken.local_addr().expect("addr");
