@@ -2,7 +2,11 @@
 //! kube-scheduler and the controllers would: `Scheduled` when a pod is bound to a node,
 //! `IPAllocated` when a LoadBalancer Service gets its address, `RegisteredNode` for a new
 //! Node. Events expire after [`TTL`] (kube-apiserver's `--event-ttl` default) and at most
-//! [`MAX_EVENTS`] are kept (the oldest go first), so a flood cannot grow the store.
+//! [`MAX_EVENTS`] are kept (the oldest go first), so a flood cannot grow the store. Past
+//! the bound they are pruned down to [`LOW_WATER`], not to the bound itself: a prune lists
+//! and sorts every Event, and pruning to the bound ran one after every batch of new Events
+//! (a burst of 1000 pod creates took twice the control plane's CPU once the bound was
+//! reached); with the gap it runs once per `MAX_EVENTS - LOW_WATER` new Events.
 
 use super::Reconcile;
 use crate::resources::{self, Resource, NODES, PODS, SERVICES};
@@ -13,6 +17,8 @@ use std::sync::Arc;
 
 pub const TTL_SECS: u64 = 3600;
 pub const MAX_EVENTS: usize = 2000;
+/// What a prune past [`MAX_EVENTS`] leaves.
+pub const LOW_WATER: usize = MAX_EVENTS * 9 / 10;
 pub const TTL: std::time::Duration = std::time::Duration::from_secs(TTL_SECS);
 
 fn event_kinds() -> Vec<&'static Resource> {
@@ -125,8 +131,8 @@ fn stamp(ev: &Value) -> u64 {
         .unwrap_or(0)
 }
 
-/// Deletes expired Events, then the oldest beyond [`MAX_EVENTS`].
-pub fn prune(state: &AppState) {
+/// Deletes expired Events, then the oldest beyond `keep`.
+pub fn prune(state: &AppState, keep: usize) {
     let now = crate::meta::now_secs();
     let r = state.store.write(|tx| {
         for res in event_kinds() {
@@ -136,7 +142,7 @@ pub fn prune(state: &AppState) {
                 .map(|e| (stamp(e), store::object_key(res, e)))
                 .collect();
             all.sort();
-            let excess = all.len().saturating_sub(MAX_EVENTS);
+            let excess = all.len().saturating_sub(keep);
             for (i, (t, key)) in all.into_iter().enumerate() {
                 if i < excess || t + TTL_SECS < now {
                     tx.delete(res, key);
@@ -153,26 +159,26 @@ pub fn prune(state: &AppState) {
 impl Reconcile for Controller {
     fn reconcile(&mut self, state: &AppState, events: Option<&[Arc<Event>]>) {
         let Some(evs) = events else {
-            prune(state);
+            prune(state, MAX_EVENTS);
             return;
         };
         let new: Vec<Value> = evs.iter().filter_map(|e| derive(e)).collect();
-        if new.is_empty() {
-            return;
-        }
         let core = event_kinds()[0];
-        let r = state.store.write(|tx| {
-            for ev in new {
-                let key = store::object_key(core, &ev);
-                tx.put(core, key, ev);
+        if !new.is_empty() {
+            let r = state.store.write(|tx| {
+                for ev in new {
+                    let key = store::object_key(core, &ev);
+                    tx.put(core, key, ev);
+                }
+                Ok(())
+            });
+            if let Err(e) = r {
+                tracing::warn!("recording events: {}", e.message);
             }
-            Ok(())
-        });
-        if let Err(e) = r {
-            tracing::warn!("recording events: {}", e.message);
         }
+        // Also after Events that clients (the agents) created.
         if state.store.read().count(core) > MAX_EVENTS {
-            prune(state);
+            prune(state, LOW_WATER);
         }
     }
 }
