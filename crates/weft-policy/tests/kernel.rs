@@ -103,6 +103,18 @@ fn np(yaml: &str) -> k8s_openapi::api::networking::v1::NetworkPolicy {
     serde_yaml::from_str(yaml).expect("policy YAML")
 }
 
+/// Policy `y/web`: pod b admits namespace x's pods on `ports` (a YAML list's items).
+fn web_from_x(ports: &str) -> k8s_openapi::api::networking::v1::NetworkPolicy {
+    np(&format!(
+        "metadata: {{namespace: y, name: web}}
+spec:
+  podSelector: {{matchLabels: {{pod: b}}}}
+  ingress:
+    - from: [{{namespaceSelector: {{matchLabels: {{ns: x}}}}}}]
+      ports: [{ports}]"
+    ))
+}
+
 /// Whether pod a's namespace can open a TCP connection to b:port.
 fn connects(pa: &Netns, port: u16) -> bool {
     pa.run_in(move || {
@@ -157,13 +169,7 @@ fn policy_table_filters_real_packets() {
     );
 
     let mut c = cluster();
-    c.apply_network_policy(&np("metadata: {namespace: y, name: web}
-spec:
-  podSelector: {matchLabels: {pod: b}}
-  ingress:
-    - from: [{namespaceSelector: {matchLabels: {ns: x}}}]
-      ports: [{port: 80}]"))
-        .unwrap();
+    c.apply_network_policy(&web_from_x("{port: 80}")).unwrap();
     let ctx = NodeContext {
         node_name: "n1".into(),
         log_group: Some(5),
@@ -186,13 +192,7 @@ spec:
     assert!(!connects(&pa, 81), "tcp/81 is not");
 
     // An update: only elements change, in one incremental transaction.
-    c.apply_network_policy(&np("metadata: {namespace: y, name: web}
-spec:
-  podSelector: {matchLabels: {pod: b}}
-  ingress:
-    - from: [{namespaceSelector: {matchLabels: {ns: x}}}]
-      ports: [{port: 81}]"))
-        .unwrap();
+    c.apply_network_policy(&web_from_x("{port: 81}")).unwrap();
     let sum = enforcer.sync(&desired(&c, &ctx)).expect("update");
     assert_eq!(sum.chains_added + sum.chains_replaced, 0, "{sum:?}");
     assert!(sum.elements_added > 0, "{sum:?}");
@@ -319,13 +319,7 @@ spec:
     - to: [{namespaceSelector: {matchLabels: {ns: y}}}]
       ports: [{port: 80}, {port: 81}]"))
         .unwrap();
-    c.apply_network_policy(&np("metadata: {namespace: y, name: web}
-spec:
-  podSelector: {matchLabels: {pod: b}}
-  ingress:
-    - from: [{namespaceSelector: {matchLabels: {ns: x}}}]
-      ports: [{port: 80}]"))
-        .unwrap();
+    c.apply_network_policy(&web_from_x("{port: 80}")).unwrap();
     let ctx = NodeContext {
         node_name: "n1".into(),
         log_group: None,
@@ -362,12 +356,7 @@ fn denials_are_counted_per_policy_and_logged_with_the_rule() {
     }
     let (node, pa, _pb) = wire("d");
     let mut c = cluster();
-    c.apply_network_policy(&np("metadata: {namespace: y, name: web}
-spec:
-  podSelector: {matchLabels: {pod: b}}
-  ingress:
-    - from: [{namespaceSelector: {matchLabels: {ns: x}}}]
-      ports: [{port: 80}, {port: 81}]"))
+    c.apply_network_policy(&web_from_x("{port: 80}, {port: 81}"))
         .unwrap();
     let cnp: weft_policy::cnp::ClusterNetworkPolicy = serde_yaml::from_str(
         "apiVersion: policy.networking.k8s.io/v1beta1
