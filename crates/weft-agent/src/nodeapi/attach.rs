@@ -32,30 +32,10 @@ pub(crate) async fn handle(
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let q = query_pairs(q.as_deref());
-    let dir = s.cfg.pods_state_dir.clone();
-    let (ns, name, c) = (namespace.clone(), pod.clone(), container.clone());
-    let found = tokio::task::spawn_blocking(move || {
-        let rec = find_recorded(&dir, &ns, &name).ok().flatten()?;
-        let known = rec.plan.containers.iter().any(|p| p.name == c);
-        Some((rec.dir.log(&c), known))
-    })
-    .await
-    .ok()
-    .flatten();
-    let Some((log, known)) = found else {
-        return status_response(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            &format!("pod {namespace}/{pod} is not running on this node"),
-        );
+    let log = match super::find_container(&s, &namespace, &pod, &container).await {
+        Ok(dir) => dir.log(&container),
+        Err(status) => return *status,
     };
-    if !known {
-        return status_response(
-            StatusCode::BAD_REQUEST,
-            "BadRequest",
-            &format!("container {container} is not valid for pod {pod}"),
-        );
-    }
     if query_true(&q, "stdin") || query_true(&q, "tty") {
         return status_response(
             StatusCode::BAD_REQUEST,

@@ -115,30 +115,10 @@ pub(crate) async fn handle(
         limit_bytes: num("limitBytes").filter(|n| *n > 0).map(|n| n as usize),
     };
     let (follow, previous) = (query_true(&q, "follow"), query_true(&q, "previous"));
-    let dir = s.cfg.pods_state_dir.clone();
-    let (ns, name, c) = (namespace.clone(), pod.clone(), container.clone());
-    let found = tokio::task::spawn_blocking(move || {
-        let rec = find_recorded(&dir, &ns, &name).ok().flatten()?;
-        let known = rec.plan.containers.iter().any(|p| p.name == c);
-        Some((rec.dir, known))
-    })
-    .await
-    .ok()
-    .flatten();
-    let Some((pod_dir, known)) = found else {
-        return status_response(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            &format!("pod {namespace}/{pod} is not running on this node"),
-        );
+    let pod_dir = match super::find_container(&s, &namespace, &pod, &container).await {
+        Ok(dir) => dir,
+        Err(status) => return *status,
     };
-    if !known {
-        return status_response(
-            StatusCode::BAD_REQUEST,
-            "BadRequest",
-            &format!("container {container} is not valid for pod {pod}"),
-        );
-    }
     let path = if previous {
         pod_dir.previous_log(&container)
     } else {

@@ -38,6 +38,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::net::TcpListener;
 
 use crate::error::{Error, Result};
+use crate::launch::find_recorded;
+use crate::record::PodDir;
 
 /// The kubelet's port.
 pub const PORT: u16 = 10250;
@@ -176,6 +178,39 @@ pub(crate) fn status_response(code: StatusCode, reason: &str, message: &str) -> 
         body.to_string(),
     )
         .into_response()
+}
+
+/// The directory of a pod this node runs, if `container` is one of its containers; else
+/// the `Status` kubectl prints (the pod is elsewhere, or the container is misspelt).
+pub(crate) async fn find_container(
+    s: &Shared,
+    namespace: &str,
+    pod: &str,
+    container: &str,
+) -> std::result::Result<PodDir, Box<Response>> {
+    let dir = s.cfg.pods_state_dir.clone();
+    let (ns, name, c) = (namespace.to_owned(), pod.to_owned(), container.to_owned());
+    let found = tokio::task::spawn_blocking(move || {
+        let rec = find_recorded(&dir, &ns, &name).ok().flatten()?;
+        let known = rec.plan.containers.iter().any(|p| p.name == c);
+        Some((rec.dir, known))
+    })
+    .await
+    .ok()
+    .flatten();
+    match found {
+        Some((dir, true)) => Ok(dir),
+        Some((_, false)) => Err(Box::new(status_response(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            &format!("container {container} is not valid for pod {pod}"),
+        ))),
+        None => Err(Box::new(status_response(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("pod {namespace}/{pod} is not running on this node"),
+        ))),
+    }
 }
 
 /// Whether the client's WebSocket upgrade offers `protocol` among its subprotocols.
