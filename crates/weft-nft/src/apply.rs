@@ -82,6 +82,17 @@ impl Backend {
         decode::read_set(&mut self.sock, family, table, set)
     }
 
+    /// The packets each element of a counting set has matched, by key
+    /// ([`crate::netlink::decode::read_counters`]).
+    pub fn read_counters(
+        &mut self,
+        family: Family,
+        table: &str,
+        set: &str,
+    ) -> Result<Option<std::collections::BTreeMap<crate::Key, u64>>> {
+        decode::read_counters(&mut self.sock, family, table, set)
+    }
+
     /// The namespace's IPv4 conntrack entries.
     pub fn flows_v4(&mut self) -> Result<Vec<conntrack::Flow>> {
         conntrack::list_v4(&mut self.sock)

@@ -317,6 +317,10 @@ pub struct SetFlags {
     /// Updated from the packet path (`update @set { ... }`).
     pub dynamic: bool,
     pub constant: bool,
+    /// Every element keeps a counter of the packets and bytes that matched it (`counter`
+    /// in the declaration): counting per element is data, with no rule per element.
+    /// [`crate::Backend::read_counters`] reads them; they take no part in equality.
+    pub counter: bool,
 }
 
 #[derive(Debug, Clone)]

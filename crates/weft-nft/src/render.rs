@@ -124,6 +124,9 @@ pub fn set(s: &Set) -> String {
     if let Some(t) = s.timeout {
         let _ = writeln!(out, "\t\ttimeout {}", duration(t));
     }
+    if s.flags.counter {
+        out.push_str("\t\tcounter\n");
+    }
     if !s.elements.is_empty() {
         let _ = writeln!(out, "\t\telements = {}", elements(s));
     }
@@ -368,6 +371,7 @@ pub fn stmt(s: &Stmt, family: Family) -> String {
             format!("{sel} set {} map @{map}", masked_key(k))
         }
         Stmt::VmapMasked { key: k, map } => format!("{} vmap @{map}", masked_key(k)),
+        Stmt::LookupMasked { key: k, set } => format!("{} @{set}", masked_key(k)),
         Stmt::Log { prefix, group } => {
             let mut out = String::from("log");
             if let Some(p) = prefix {

@@ -244,6 +244,13 @@ pub enum Stmt {
         key: Vec<KeyField>,
         map: String,
     },
+    /// `meta mark and 0xff00ffff @s`: a named set looked up with a key whose fields may
+    /// be masked; a miss ends the rule. With a counting set
+    /// ([`crate::SetFlags::counter`]) the element found counts the packet.
+    LookupMasked {
+        key: Vec<KeyField>,
+        set: String,
+    },
 }
 
 /// One field of a [`Stmt::VmapMasked`] or [`Stmt::MarkSetMap`] key.
@@ -300,7 +307,9 @@ impl Stmt {
                 ..
             } => vec![n.as_str()],
             Stmt::Dynset { set, .. } => vec![set.as_str()],
-            Stmt::MarkSetMap { map, .. } | Stmt::VmapMasked { map, .. } => vec![map.as_str()],
+            Stmt::MarkSetMap { map, .. }
+            | Stmt::VmapMasked { map, .. }
+            | Stmt::LookupMasked { set: map, .. } => vec![map.as_str()],
             _ => Vec::new(),
         }
     }

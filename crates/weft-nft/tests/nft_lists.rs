@@ -218,6 +218,7 @@ fn policy_table() -> Table {
         DataType::Verdict,
     );
     verdicts.flags.interval = true;
+    verdicts.flags.counter = true;
     verdicts.insert(
         vec![
             Value::Mark(1 << 16),
@@ -318,8 +319,17 @@ fn policy_table() -> Table {
         }
     }
     t.add_chain(forward);
+    // Denials counted per subject class: a counting set looked up by the masked mark.
+    let mut isolated = Set::new("ingress-isolated", vec![KeyType::Mark]);
+    isolated.flags.counter = true;
+    isolated.insert(vec![Value::Mark(1 << 16)], Elem::default());
+    t.add_set(isolated);
     t.add_chain(
         Chain::regular("ingress-netpol")
+            .with_rule(Rule::new(vec![Stmt::LookupMasked {
+                key: vec![KeyField::masked(Selector::MetaMark, 0xffff_0000)],
+                set: "ingress-isolated".into(),
+            }]))
             .with_rule(Rule::new(vec![Stmt::Counter, Stmt::Verdict(Verdict::Drop)])),
     );
     t
@@ -484,7 +494,9 @@ fn nft_lists_every_set_weft_writes_with_its_elements() {
         "10.0.0.0/8 : 0x00000002",
         "fd00:10:244:1::5 : 0x00010000",
         "fd00::/112 : 0x00000002",
-        ". tcp . 0-79 : goto ingress-netpol",
+        ". tcp . 0-79 counter packets 0 bytes 0 : goto ingress-netpol",
+        "meta mark & 0xffff0000 == @ingress-isolated",
+        "0x00010000 counter packets 0 bytes 0",
         "meta mark & 0x00004000 == 0x00004000 meta mark set ip daddr map @ingress-subject4 \
          meta mark set meta mark | 0x00004000 ct mark set ip saddr map @ingress-peer4 \
          meta mark & 0xffff0000 . ct mark . meta l4proto . th dport vmap @ingress",
@@ -531,8 +543,27 @@ fn nft_lists_every_set_weft_writes_with_its_elements() {
                 .and_then(|e| e.as_array())
                 .map_or(0, |a| a.len());
             assert_eq!(n, s.elements.len(), "elements of {}: {js}", s.name);
+            if s.flags.counter {
+                let counts = ns
+                    .backend()
+                    .read_counters(t.family, &t.name, &s.name)
+                    .expect("read counters")
+                    .expect("the set exists");
+                let keys: Vec<&Key> = counts.keys().collect();
+                assert_eq!(keys, s.elements.keys().collect::<Vec<_>>(), "{}", s.name);
+                assert!(counts.values().all(|n| *n == 0), "{counts:?}");
+            }
         }
     }
+    // The adopted table is the one written: the counter flag is read back.
+    let back = ns
+        .backend()
+        .read_table(Family::Inet, "weft-policy")
+        .expect("read")
+        .expect("the table exists");
+    assert!(back.sets["ingress-isolated"].flags.counter);
+    assert!(back.sets["ingress"].flags.counter);
+    assert!(!back.sets["ingress-peer4"].flags.counter);
 }
 
 /// Each named set's NFTA_SET_USERDATA, keyed by family, table and set.

@@ -247,6 +247,15 @@ impl Lowerer {
                     invert: false,
                 });
             }
+            Stmt::LookupMasked { key, set } => {
+                let sreg = self.load_masked_key(key)?;
+                self.out.push(Expr::Lookup {
+                    set: SetName::Named(set.clone()),
+                    sreg,
+                    dreg: None,
+                    invert: false,
+                });
+            }
         }
         Ok(())
     }

@@ -121,6 +121,41 @@ pub fn read_set(
     Ok(Some(found))
 }
 
+/// The packets counted by each element of a set declared with a counter
+/// ([`crate::SetFlags::counter`]), by key (an interval's start); `None` when the set does
+/// not exist.
+pub fn read_counters(
+    sock: &mut NftSocket,
+    family: Family,
+    table: &str,
+    set: &str,
+) -> Result<Option<BTreeMap<Key, u64>>> {
+    if !list_tables(sock, Some(family))?
+        .iter()
+        .any(|(_, n)| n == table)
+    {
+        return Ok(None);
+    }
+    let mut found = None;
+    sock.dump(
+        MSG_GETSET,
+        family.nfproto(),
+        |w| w.put_str(1, table),
+        |_, a| {
+            if a.get(1).and_then(string).as_deref() == Some(table)
+                && a.get(2).and_then(string).as_deref() == Some(set)
+            {
+                found = Some(decode_set(a)?.0);
+            }
+            Ok(())
+        },
+    )?;
+    match found {
+        Some(mut s) => Ok(Some(read_elements(sock, family, table, &mut s)?)),
+        None => Ok(None),
+    }
+}
+
 /// Reads one table back; `None` when it does not exist.
 pub fn read_table(sock: &mut NftSocket, family: Family, name: &str) -> Result<Option<KernelTable>> {
     if !list_tables(sock, Some(family))?
@@ -308,6 +343,7 @@ fn decode_set(a: Attrs) -> Result<(Set, bool)> {
             timeout: flags & SET_TIMEOUT != 0,
             dynamic: flags & SET_EVAL != 0,
             constant: flags & SET_CONSTANT != 0,
+            counter: set_counts(&a),
         },
         timeout: a
             .get(11)
@@ -317,6 +353,30 @@ fn decode_set(a: Attrs) -> Result<(Set, bool)> {
         elements: BTreeMap::new(),
     };
     Ok((set, flags & SET_ANONYMOUS != 0))
+}
+
+/// Whether the set's element template (NFTA_SET_EXPR, or the NFTA_SET_EXPRESSIONS list)
+/// holds a counter.
+fn set_counts(a: &Attrs) -> bool {
+    let is_counter = |e: &[u8]| Attrs(e).get(1).and_then(string).as_deref() == Some("counter");
+    a.get(17).is_some_and(is_counter)
+        || a.get(18)
+            .is_some_and(|l| Attrs(l).into_iter().any(|(_, e)| is_counter(e)))
+}
+
+/// The packets an element's counter holds (NFTA_SET_ELEM_EXPR, or in the
+/// NFTA_SET_ELEM_EXPRESSIONS list), if it has one.
+fn elem_packets(e: &Attrs) -> Option<u64> {
+    let packets = |x: &[u8]| {
+        let x = Attrs(x);
+        (x.get(1).and_then(string).as_deref() == Some("counter"))
+            .then(|| x.get(2).and_then(|d| Attrs(d).get(2).and_then(be64)))
+            .flatten()
+    };
+    e.get(7).and_then(packets).or_else(|| {
+        e.get(11)
+            .and_then(|l| Attrs(l).into_iter().find_map(|(_, x)| packets(x)))
+    })
 }
 
 fn split_key(types: &[KeyType], bytes: &[u8]) -> Option<Key> {
@@ -332,7 +392,15 @@ fn split_key(types: &[KeyType], bytes: &[u8]) -> Option<Key> {
     Some(Key(out))
 }
 
-fn read_elements(sock: &mut NftSocket, family: Family, table: &str, set: &mut Set) -> Result<()> {
+/// Reads a set's elements into `set`; returns the packets each element's counter holds
+/// (empty for a set without counters).
+fn read_elements(
+    sock: &mut NftSocket,
+    family: Family,
+    table: &str,
+    set: &mut Set,
+) -> Result<BTreeMap<Key, u64>> {
+    let mut counts: Vec<(Vec<u8>, u64)> = Vec::new();
     let mut starts: Vec<(Vec<u8>, Elem)> = Vec::new();
     let mut ends: Vec<Vec<u8>> = Vec::new();
     let setname = set.name.clone();
@@ -360,6 +428,9 @@ fn read_elements(sock: &mut NftSocket, family: Family, table: &str, set: &mut Se
                 if single_interval && flags & ELEM_INTERVAL_END != 0 {
                     ends.push(kb);
                     continue;
+                }
+                if let Some(n) = elem_packets(&e) {
+                    counts.push((kb.clone(), n));
                 }
                 let data = match (&data_type, e.get(2)) {
                     (Some(DataType::Verdict), Some(d)) => {
@@ -406,7 +477,14 @@ fn read_elements(sock: &mut NftSocket, family: Family, table: &str, set: &mut Se
         }
     }
     set.elements = elems;
-    Ok(())
+    counts
+        .into_iter()
+        .map(|(kb, n)| {
+            split_key(&key_types, &kb)
+                .map(|k| (k, n))
+                .ok_or_else(|| bad("bad key"))
+        })
+        .collect()
 }
 
 fn decrement(b: &[u8]) -> Option<Vec<u8>> {

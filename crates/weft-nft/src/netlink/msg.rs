@@ -220,6 +220,16 @@ impl Batch {
         if let Some(t) = set.timeout {
             self.w.put_be64(11, t.as_millis() as u64);
         }
+        if set.flags.counter {
+            // NFTA_SET_EXPR: the template the kernel copies into every element it adds.
+            let e = self.w.nest(17);
+            self.w.put_str(1, "counter");
+            let d = self.w.nest(2);
+            self.w.put_be64(1, 0);
+            self.w.put_be64(2, 0);
+            self.w.end_nest(d);
+            self.w.end_nest(e);
+        }
         put_set_udata(&mut self.w, set);
         self.w.end_msg(m);
         Ok(())
