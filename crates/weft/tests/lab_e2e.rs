@@ -261,18 +261,7 @@ fn node_removal_withdraws_its_routes(
     kill(Pid::from_raw(agent as i32), Signal::SIGKILL).expect("kill node-3's agent");
     // kubectl talks to the control plane from inside the lab's root namespace (the
     // machine's loopback works too: the control plane accepts on that socket itself).
-    let out = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &format!("weft-{}", lab.name),
-            "kubectl",
-            "--kubeconfig",
-        ])
-        .arg(lab.dir().join("kubeconfig.internal"))
-        .args(["delete", "node", "node-3"])
-        .output()
-        .expect("spawn kubectl");
+    let out = lab.kubectl_inside(&["delete", "node", "node-3"]);
     assert!(out.status.success(), "kubectl delete node: {}", text(&out));
 
     let withdrawn = wait_for(Duration::from_secs(30), || {
@@ -398,18 +387,7 @@ fn pod_deleted_while_its_agent_is_down_is_torn_down_after_restart() {
     kill(supervisor, Signal::SIGSTOP).expect("pause the supervisor");
     let agent = lab.procs()["agent-node-1"];
     kill(Pid::from_raw(agent as i32), Signal::SIGKILL).expect("kill node-1's agent");
-    let out = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &format!("weft-{}", lab.name),
-            "kubectl",
-            "--kubeconfig",
-        ])
-        .arg(lab.dir().join("kubeconfig.internal"))
-        .args(["delete", "pod", "gone", "--wait=false"])
-        .output()
-        .expect("spawn kubectl");
+    let out = lab.kubectl_inside(&["delete", "pod", "gone", "--wait=false"]);
     kill(supervisor, Signal::SIGCONT).expect("resume the supervisor");
     assert!(out.status.success(), "kubectl delete pod: {}", text(&out));
 

@@ -215,17 +215,13 @@ fn kubectl_exec_through_the_node_api() {
     }
 }
 
-/// `kubectl logs -f` until `want` shows up; the lines seen.
-fn follow_until(lab: &Lab, args: &[&str], want: &str, limit: Duration) -> Vec<String> {
-    let mut full = vec!["logs", "-f"];
-    full.extend_from_slice(args);
-    let mut child = kubectl(lab, &full)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let out = child.stdout.take().unwrap();
+/// The lines `child` prints on stdout until `done` says so or `limit` passes.
+fn lines_until(
+    child: &mut std::process::Child,
+    limit: Duration,
+    mut done: impl FnMut(&[String]) -> bool,
+) -> Vec<String> {
+    let out = child.stdout.take().expect("piped stdout");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(out).lines().map_while(Result::ok) {
@@ -236,15 +232,27 @@ fn follow_until(lab: &Lab, args: &[&str], want: &str, limit: Duration) -> Vec<St
     });
     let deadline = Instant::now() + limit;
     let mut seen = Vec::new();
-    while Instant::now() < deadline {
+    while !done(&seen) && Instant::now() < deadline {
         if let Ok(l) = rx.recv_timeout(Duration::from_millis(200)) {
-            let done = l.contains(want);
             seen.push(l);
-            if done {
-                break;
-            }
         }
     }
+    seen
+}
+
+/// `kubectl logs -f` until `want` shows up; the lines seen.
+fn follow_until(lab: &Lab, args: &[&str], want: &str, limit: Duration) -> Vec<String> {
+    let mut full = vec!["logs", "-f"];
+    full.extend_from_slice(args);
+    let mut child = kubectl(lab, &full)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let seen = lines_until(&mut child, limit, |seen| {
+        seen.last().is_some_and(|l| l.contains(want))
+    });
     let _ = child.kill();
     let _ = child.wait();
     seen
@@ -317,22 +325,7 @@ fn kubectl_logs_tail_follow_timestamps_previous() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    let mut attached = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while attached.len() < 2 && Instant::now() < deadline {
-        if let Ok(l) = rx.recv_timeout(Duration::from_millis(200)) {
-            attached.push(l);
-        }
-    }
+    let attached = lines_until(&mut child, Duration::from_secs(15), |seen| seen.len() >= 2);
     let _ = child.kill();
     let o = child.wait_with_output().unwrap();
     assert!(

@@ -168,6 +168,19 @@ impl Lab {
             .expect("spawn kubectl")
     }
 
+    /// kubectl run inside the lab's root namespace with the lab-internal kubeconfig: what
+    /// works while the supervisor (which answers `weft lab kubeconfig`) is paused.
+    pub fn kubectl_inside(&self, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &format!("weft-{}", self.name), "kubectl"])
+            .arg("--kubeconfig")
+            .arg(self.dir().join("kubeconfig.internal"))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("spawn kubectl")
+    }
+
     /// The tail of every log of the lab, for failure messages.
     pub fn logs(&self) -> String {
         let mut s = String::new();
