@@ -9,7 +9,7 @@ use crate::classes::{self, Columns, PeerSig, Peers};
 use crate::desired::{NodeContext, DIRECTIONS};
 use crate::matcher::{peers_hold, selects, Applicable};
 use crate::model::{Action, Direction, PeerMatch, Policy, PolicyId, Tier};
-use crate::rows::{denials, Row};
+use crate::rows::{denials, Denial, Row};
 use crate::view::{Cluster, ContainerPort, Pod};
 
 /// One direction, compiled.
@@ -22,6 +22,9 @@ pub(crate) struct Direction2<'a> {
     pub classes: BTreeMap<u32, Arc<SubjectClass>>,
     /// The rows the classes use, by id.
     pub rows: BTreeMap<u32, Row>,
+    /// Per subject class that NetworkPolicies isolate: those policies (what a denial
+    /// counted against the class in the isolated set is counted against).
+    pub isolating: BTreeMap<u32, Vec<PolicyId>>,
 }
 
 /// The rows of one subject class: a default, and the peer classes that differ from it.
@@ -217,6 +220,12 @@ fn direction<'a>(
         a
     });
     let mut computed = 0;
+    let isolating = subjects
+        .classes
+        .iter()
+        .filter(|(_, a, _)| !a.netpol.is_empty())
+        .map(|(sid, a, _)| (*sid, a.netpol.iter().map(|p| p.id.clone()).collect()))
+        .collect();
     let mut per_subject: Vec<(u32, Arc<SubjectRows>)> = Vec::new();
     for (sid, a, members) in &subjects.classes {
         let key: SubjectKey = (
@@ -252,11 +261,12 @@ fn direction<'a>(
         peers,
         classes: classes_out,
         rows: used,
+        isolating,
     };
     (d, computed)
 }
 
-type RowPtr = *const Vec<(crate::rows::Service, Tier)>;
+type RowPtr = *const Vec<(crate::rows::Service, Denial)>;
 
 /// Row ids (hashes of the rows' contents, so a row keeps its id while it exists), and
 /// each subject class's default and pairs by id; a class whose rows and the ids are as
@@ -401,7 +411,7 @@ fn row(
     a: &Applicable,
     members: &[&Pod],
     reps: &[std::net::IpAddr],
-) -> Vec<(crate::rows::Service, Tier)> {
+) -> Vec<(crate::rows::Service, Denial)> {
     for (i, s) in members.iter().enumerate() {
         for ip in reps {
             let r = cluster.resolve_ip(*ip);

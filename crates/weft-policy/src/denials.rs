@@ -20,7 +20,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use crate::decision::{Reason, Verdict};
+use crate::decision::{Reason, RuleRef, Verdict};
 use crate::matcher::check;
 use crate::model::Direction;
 use crate::nflog::Logged;
@@ -54,6 +54,19 @@ impl fmt::Display for Culprit {
     }
 }
 
+/// The culprit for a rule that decided: `ingress[0] "name"` of its policy.
+pub fn rule_culprit(rule: &RuleRef) -> Culprit {
+    let mut r = format!("{}[{}]", rule.direction.as_str(), rule.index);
+    if let Some(n) = &rule.name {
+        r.push_str(&format!(" {n:?}"));
+    }
+    Culprit {
+        policy: rule.policy.to_string(),
+        direction: rule.direction,
+        rule: r,
+    }
+}
+
 /// The verdict the matcher gives the dropping direction, and what it counts against.
 pub fn explain(cluster: &Cluster, p: &Logged) -> (Option<Verdict>, Vec<Culprit>) {
     let d = check(
@@ -73,13 +86,7 @@ pub fn explain(cluster: &Cluster, p: &Logged) -> (Option<Verdict>, Vec<Culprit>)
         rule,
     };
     let culprits = match v.as_ref().map(|v| (v.allowed, &v.reason)) {
-        Some((false, Reason::Rule { rule, .. })) => {
-            let mut r = format!("{}[{}]", rule.direction.as_str(), rule.index);
-            if let Some(n) = &rule.name {
-                r.push_str(&format!(" {n:?}"));
-            }
-            vec![culprit(rule.policy.to_string(), r)]
-        }
+        Some((false, Reason::Rule { rule, .. })) => vec![rule_culprit(rule)],
         Some((false, Reason::Isolated { policies, .. })) => policies
             .iter()
             .map(|id| culprit(id.to_string(), "isolation".into()))
@@ -118,8 +125,12 @@ pub struct Counters {
 impl Counters {
     pub fn add(&mut self, culprits: &[Culprit]) {
         for c in culprits {
-            *self.counts.entry(c.clone()).or_default() += 1;
+            self.add_n(c, 1);
         }
+    }
+
+    pub fn add_n(&mut self, culprit: &Culprit, n: u64) {
+        *self.counts.entry(culprit.clone()).or_default() += n;
     }
 
     /// Tab-separated `packets policy direction rule` lines, the agent's counters file.

@@ -15,6 +15,9 @@
 //!   map egress          { mark . inet_proto . inet_service : verdict; interval }
 //!                         row . protocols . ports : goto egress-<tier> | return
 //!   ingress-*: the same, with ip daddr the subject; *6: IPv6 addresses
+//!                         (counter: each element counts its rule's denials)
+//!   set egress-isolated { mark; counter }                subject class isolated by
+//!                                                          NetworkPolicies: its denials
 //!   set loopback4 { ipv4_addr . ipv4_addr }              a local pod to itself
 //!   chain forward { type filter hook forward priority filter; policy accept
 //!     ct state established,related accept
@@ -33,7 +36,8 @@
 //!     ...and without the bit; then IPv6
 //!   }
 //!   chain ingress { the same for the server }
-//!   chain egress-admin / egress-netpol / ... { counter [log ...] drop }
+//!   chain egress-netpol { meta mark & SUBJECT @egress-isolated; counter [log ...] drop }
+//!   chain egress-admin / egress-baseline / ... { counter [log ...] drop }
 //! ```
 //!
 //! A row's elements cover every protocol and port (`return` where it allows), so a pair
@@ -77,7 +81,7 @@ use crate::cells::AddrFamily;
 use crate::cells::PortRange;
 use crate::compile::{regions, Compiled, Direction2, SubjectClass};
 use crate::model::{Direction, Tier};
-use crate::rows::Service;
+use crate::rows::{Denial, Service};
 use crate::view::{Cluster, Pod};
 
 pub use crate::delta::{Delta, SetChange, Update};
@@ -142,6 +146,13 @@ pub fn pairs_map(dir: Direction) -> String {
 /// Subject class -> the row most of its peers get.
 pub fn default_map(dir: Direction) -> String {
     format!("{}-default", dir.as_str())
+}
+
+/// Subject class -> nothing, counting: the NetworkPolicy deny chain looks the subject
+/// class up here, so each element's counter holds the denials of one subject class by
+/// the NetworkPolicies that isolate it ([`crate::counters`]).
+pub fn isolated_set_name(dir: Direction) -> String {
+    format!("{}-isolated", dir.as_str())
 }
 
 pub fn loopback_set(fam: AddrFamily) -> String {
@@ -313,6 +324,15 @@ pub(crate) fn table(c: &Compiled, ctx: &NodeContext) -> Ruleset {
     }
     for dir in DIRECTIONS {
         for tier in TIERS {
+            let mut chain = Chain::regular(deny_chain(dir, tier));
+            if tier == Tier::NetworkPolicy {
+                // Counts the packet against its subject class; the element is always
+                // there (a class NetworkPolicies isolate), the rule has no verdict anyway.
+                chain.rules.push(Rule::new(vec![Stmt::LookupMasked {
+                    key: vec![KeyField::masked(Selector::MetaMark, subject_mask())],
+                    set: isolated_set_name(dir),
+                }]));
+            }
             let mut stmts = vec![Stmt::Counter];
             if let Some(g) = ctx.log_group {
                 stmts.push(Stmt::Log {
@@ -321,7 +341,7 @@ pub(crate) fn table(c: &Compiled, ctx: &NodeContext) -> Ruleset {
                 });
             }
             stmts.push(Stmt::Verdict(Verdict::Drop));
-            t.add_chain(Chain::regular(deny_chain(dir, tier)).with_rule(Rule::new(stmts)));
+            t.add_chain(chain.with_rule(Rule::new(stmts)));
         }
     }
     t.add_chain(forward);
@@ -349,7 +369,17 @@ fn direction_sets(d: &Direction2, dir: Direction) -> Vec<Set> {
     out.push(pairs);
     out.push(defaults);
     out.push(row_set(d, dir));
+    out.push(isolated_set(d, dir));
     out
+}
+
+pub(crate) fn isolated_set(d: &Direction2, dir: Direction) -> Set {
+    let mut s = Set::new(isolated_set_name(dir), vec![KeyType::Mark]);
+    s.flags.counter = true;
+    for sid in d.isolating.keys() {
+        s.insert(vec![Value::Mark(subject_mark(*sid))], Elem::default());
+    }
+    s
 }
 
 pub(crate) fn subject_set(d: &Direction2, dir: Direction, fam: AddrFamily) -> Set {
@@ -427,6 +457,9 @@ pub(crate) fn row_set(d: &Direction2, dir: Direction) -> Set {
         DataType::Verdict,
     );
     rows.flags.interval = true;
+    // Each element denies for one rule (or isolation) or allows: its counter is that
+    // rule's denials by this row ([`crate::counters`]).
+    rows.flags.counter = true;
     for (id, row) in &d.rows {
         rows.elements.extend(row_elements(dir, *id, row));
     }
@@ -435,27 +468,29 @@ pub(crate) fn row_set(d: &Direction2, dir: Direction) -> Set {
 
 /// A row's elements: its denials, and `return` for the rest, so every protocol and port
 /// of the row is decided (a pair's row must not fall through to the subject's default).
-pub(crate) fn row_elements(dir: Direction, id: u32, row: &[(Service, Tier)]) -> Vec<(Key, Elem)> {
-    // Per protocol number: its port ranges with their verdicts, covering every port.
-    let mut per_proto: Vec<Vec<(PortRange, Verdict)>> = Vec::with_capacity(256);
+pub(crate) fn row_elements(dir: Direction, id: u32, row: &[(Service, Denial)]) -> Vec<(Key, Elem)> {
+    // Per protocol number: its port ranges with their denials, covering every port.
+    // Protocols join only where the denials agree (not just the chains), so each element
+    // counts for one rule.
+    let mut per_proto: Vec<Vec<(PortRange, Option<&Denial>)>> = Vec::with_capacity(256);
     for proto in 0..=255u8 {
-        let mut denied: Vec<(PortRange, Tier)> = row
+        let mut denied: Vec<(PortRange, &Denial)> = row
             .iter()
             .filter(|(((lo, hi), _), _)| *lo <= proto && proto <= *hi)
-            .map(|((_, ports), tier)| (*ports, *tier))
+            .map(|((_, ports), denial)| (*ports, denial))
             .collect();
         denied.sort();
         let mut out = Vec::new();
         let mut next: u32 = 0;
-        for ((lo, hi), tier) in denied {
+        for ((lo, hi), denial) in denied {
             if u32::from(lo) > next {
-                out.push(((next as u16, lo - 1), Verdict::Return));
+                out.push(((next as u16, lo - 1), None));
             }
-            out.push(((lo, hi), Verdict::Goto(deny_chain(dir, tier))));
+            out.push(((lo, hi), Some(denial)));
             next = u32::from(hi) + 1;
         }
         if next <= u32::from(u16::MAX) {
-            out.push(((next as u16, u16::MAX), Verdict::Return));
+            out.push(((next as u16, u16::MAX), None));
         }
         per_proto.push(out);
     }
@@ -467,7 +502,11 @@ pub(crate) fn row_elements(dir: Direction, id: u32, row: &[(Service, Tier)]) -> 
         while end + 1 < per_proto.len() && per_proto[end + 1] == per_proto[start] {
             end += 1;
         }
-        for ((lo, hi), v) in &per_proto[start] {
+        for ((lo, hi), denial) in &per_proto[start] {
+            let v = match denial {
+                Some(d) => Verdict::Goto(deny_chain(dir, d.tier)),
+                None => Verdict::Return,
+            };
             out.push((
                 Key(vec![r.clone(), Value::Proto(start as u8), Value::Port(*lo)]),
                 Elem {
@@ -476,7 +515,7 @@ pub(crate) fn row_elements(dir: Direction, id: u32, row: &[(Service, Tier)]) -> 
                         Value::Proto(end as u8),
                         Value::Port(*hi),
                     ])),
-                    data: Some(ElemData::Verdict(v.clone())),
+                    data: Some(ElemData::Verdict(v)),
                     timeout: None,
                 },
             ));

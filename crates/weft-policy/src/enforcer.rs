@@ -5,8 +5,10 @@ use std::path::Path;
 
 use std::sync::Arc;
 
+use std::collections::BTreeMap;
 use weft_nft::diff::{Summary, Touched};
-use weft_nft::{Backend, Ruleset, Set, Table};
+
+use weft_nft::{Backend, Key, Ruleset, Set, Table};
 
 use crate::delta::{Delta, SetChange, Update};
 use crate::desired::{FAMILY, TABLE};
@@ -50,6 +52,18 @@ impl Enforcer {
             committed: None,
             in_sync: false,
         })
+    }
+
+    /// The packets each element of the table's counting set `set` has matched; `None`
+    /// when the table or the set does not exist.
+    pub fn read_counters(&mut self, set: &str) -> Result<Option<BTreeMap<Key, u64>>> {
+        match self.backend.read_counters(FAMILY, TABLE, set) {
+            Ok(v) => Ok(v),
+            Err(source) => Err(Error::Nft {
+                netns: self.netns.clone(),
+                source,
+            }),
+        }
     }
 
     fn nft(&self) -> impl FnOnce(weft_nft::Error) -> Error + '_ {

@@ -11,8 +11,8 @@ use crate::classes::Peers;
 use crate::compile::{Cache, Compiled, Direction2, SubjectClass};
 use crate::delta::{Delta, SetChange, Update};
 use crate::desired::{
-    class_elements, default_map, local_pods, pairs_map, peer_set, row_set, subject_set, table,
-    NodeContext, DIRECTIONS,
+    class_elements, default_map, isolated_set, local_pods, pairs_map, peer_set, row_set,
+    subject_set, table, NodeContext, DIRECTIONS,
 };
 use crate::model::{Direction, Policy, PolicyId};
 use crate::rows::Row;
@@ -62,6 +62,7 @@ struct DirState {
     peers: Arc<Peers>,
     classes: BTreeMap<u32, Arc<SubjectClass>>,
     rows: BTreeMap<u32, Row>,
+    isolating: BTreeMap<u32, Vec<PolicyId>>,
 }
 
 impl DirState {
@@ -71,6 +72,7 @@ impl DirState {
             peers: d.peers.clone(),
             classes: d.classes.clone(),
             rows: d.rows.clone(),
+            isolating: d.isolating.clone(),
         }
     }
 }
@@ -83,6 +85,18 @@ fn subjects(d: &Direction2) -> Vec<((String, String), u32)> {
 }
 
 impl Incremental {
+    /// What the counting elements of the last table stand for ([`crate::counters`]);
+    /// empty before the first update.
+    pub fn attribution(&self) -> crate::counters::Attribution {
+        let mut a = crate::counters::Attribution::default();
+        if let Some(last) = &self.last {
+            for (dir, d) in &last.dirs {
+                a.set_parts(*dir, &d.rows, &d.isolating);
+            }
+        }
+        a
+    }
+
     /// The whole table after this batch of changes (the previous one edited), equal to
     /// [`crate::desired::desired`]'s. Keeps a copy to edit; a caller that hands the
     /// changes on (the agent, to [`crate::enforcer::Enforcer::apply`]) uses
@@ -198,6 +212,10 @@ fn patch(delta: &mut Delta, dir: Direction, old: &mut DirState, new: &Direction2
     if old.rows != new.rows {
         put(row_set(new, dir));
         old.rows = new.rows.clone();
+    }
+    if old.isolating != new.isolating {
+        put(isolated_set(new, dir));
+        old.isolating = new.isolating.clone();
     }
     let sids: BTreeSet<u32> = old
         .classes

@@ -21,8 +21,10 @@
 //!   the elements that changed.
 //! - [`enforcer::Enforcer`] sends the kernel the difference from what it last committed
 //!   (or only a delta's elements), in one transaction.
-//! - [`nflog`] reads the packets the table logs; [`denials`] names, through the matcher,
-//!   the policy and rule that dropped each, and counts them per policy.
+//! - [`counters`] reads the kernel's per-element counters of the row maps and isolated
+//!   sets and counts denials per policy and rule, always; with a flag, [`nflog`] reads
+//!   the packets the table logs and [`denials`] names, through the matcher, the policy
+//!   and rule that dropped each, for the log.
 //! - [`cases`] reads the truth-table suite (`tests/cases`), which the tests run through
 //!   the matcher and through the compiled tables ([`table_eval`]), and which a lab can run
 //!   as real probes.
@@ -55,6 +57,7 @@ pub mod classes;
 pub mod cluster_policy;
 pub mod cnp;
 mod compile;
+pub mod counters;
 pub mod decision;
 pub mod delta;
 pub mod denials;

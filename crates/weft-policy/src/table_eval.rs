@@ -170,6 +170,14 @@ fn run(table: &Table, chain: &str, p: &Packet, m: &mut Marks, depth: usize) -> F
                     }
                     continue;
                 }
+                Stmt::LookupMasked { key, set } => {
+                    let hit = load_masked(p, m, key)
+                        .and_then(|k| table.sets.get(set).and_then(|s| lookup(s, &k)));
+                    if hit.is_none() {
+                        continue 'rules;
+                    }
+                    continue;
+                }
                 Stmt::VmapMasked { key, map } => {
                     let Some(k) = load_masked(p, m, key) else {
                         continue 'rules;

@@ -450,3 +450,138 @@ spec:
         assert!(!listed.contains("packets 0 "), "{chain}: {listed}");
     }
 }
+
+/// Without any flag the kernel counts denials per element of the row map and the
+/// isolated set, and `counters::Tally` names the policy and rule through the compiled
+/// rows: refused probes count against the Admin rule and the isolating NetworkPolicy,
+/// an allowed one against nothing, and counts survive a policy change applied as a delta.
+#[test]
+fn denials_are_counted_per_policy_without_nflog() {
+    use weft_policy::counters::{Reading, Tally};
+    use weft_policy::desired::{Incremental, NodeContext};
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: needs root for network namespaces");
+        return;
+    }
+    let (node, pa, _pb) = wire("k");
+    let mut c = cluster();
+    c.apply_network_policy(&web_from_x("{port: 80}, {port: 81}"))
+        .unwrap();
+    c.apply_cluster_network_policy(&block(81)).unwrap();
+    let ctx = NodeContext {
+        node_name: "n1".into(),
+        log_group: None,
+    };
+    let mut compiler = Incremental::default();
+    let mut enforcer = Enforcer::open_in(&node.path()).expect("nf_tables in the node");
+    enforcer.apply(compiler.update(&c, &ctx)).expect("apply");
+    let mut tally = Tally::default();
+    tally.observe(
+        Reading::read(&mut enforcer).unwrap(),
+        &compiler.attribution(),
+    );
+    assert!(tally.counters.counts.is_empty(), "{:?}", tally.counters);
+
+    assert!(connects(&pa, 80), "tcp/80 is allowed");
+    for _ in 0..3 {
+        assert!(!connects(&pa, 81), "tcp/81: the Admin Deny");
+    }
+    for _ in 0..2 {
+        assert!(!connects(&pa, 82), "tcp/82: isolated by y/web");
+    }
+    let reading = Reading::read(&mut enforcer).unwrap();
+    assert!(tally.observe(reading, &compiler.attribution()));
+    let count = |t: &Tally, policy: &str, rule: &str| {
+        t.counters
+            .counts
+            .iter()
+            .filter(|(k, _)| k.policy == policy && k.rule == rule)
+            .map(|(_, n)| *n)
+            .sum::<u64>()
+    };
+    let text = tally.counters.to_tsv();
+    // One SYN per refused probe (a 700 ms timeout is under the first 1 s retransmission);
+    // allow a retransmission in case of a slow machine.
+    let admin = count(
+        &tally,
+        "ClusterNetworkPolicy block-81",
+        "ingress[0] \"no-81\"",
+    );
+    let isolation = count(&tally, "NetworkPolicy y/web", "isolation");
+    assert!((3..=6).contains(&admin), "{text}");
+    assert!((2..=4).contains(&isolation), "{text}");
+    assert_eq!(tally.counters.counts.len(), 2, "{text}");
+
+    // nft 1.0.6 lists the counting sets, in text and JSON.
+    let listed = node.exec(&["nft", "list", "ruleset"]);
+    assert!(
+        listed.contains("set ingress-isolated")
+            && listed.contains("== @ingress-isolated")
+            && listed.contains(&format!("counter packets {admin} ")),
+        "{listed}"
+    );
+    let json = node.exec(&["nft", "-j", "list", "ruleset"]);
+    let j: serde_json::Value = serde_json::from_str(&json).expect("nft -j prints JSON");
+    assert!(
+        j["nftables"].as_array().is_some_and(|a| a.len() > 10),
+        "{json}"
+    );
+
+    // A policy change (the Admin rule now on 82 instead) reaches the kernel as a delta;
+    // read before it is applied, the old elements' counts are kept, and new denials count
+    // against the new rule.
+    c.apply_cluster_network_policy(&block(82)).unwrap();
+    let update = compiler.update(&c, &ctx);
+    assert!(
+        matches!(update, weft_policy::desired::Update::Delta(_)),
+        "a policy change is a delta"
+    );
+    let before = compiler.attribution();
+    tally.observe(Reading::read(&mut enforcer).unwrap(), &before);
+    enforcer.apply(update).expect("apply the delta");
+    assert!(!connects(&pa, 82), "tcp/82: the Admin Deny now");
+    assert!(connects(&pa, 81), "tcp/81: allowed by y/web now");
+    tally.observe(
+        Reading::read(&mut enforcer).unwrap(),
+        &compiler.attribution(),
+    );
+    let text = tally.counters.to_tsv();
+    assert_eq!(
+        count(
+            &tally,
+            "ClusterNetworkPolicy block-81",
+            "ingress[0] \"no-81\""
+        ),
+        admin,
+        "{text}"
+    );
+    assert_eq!(count(&tally, "NetworkPolicy y/web", "isolation"), isolation);
+    assert!(
+        (1..=2).contains(&count(
+            &tally,
+            "ClusterNetworkPolicy block-81",
+            "ingress[0] \"no-82\""
+        )),
+        "{text}"
+    );
+}
+
+/// ClusterNetworkPolicy `block-81`: Admin, namespace y's pods refuse namespace x on
+/// tcp/`port`, in a rule named `no-<port>`.
+fn block(port: u16) -> weft_policy::cnp::ClusterNetworkPolicy {
+    serde_yaml::from_str(&format!(
+        "apiVersion: policy.networking.k8s.io/v1beta1
+kind: ClusterNetworkPolicy
+metadata: {{name: block-81}}
+spec:
+  tier: Admin
+  priority: 5
+  subject: {{namespaces: {{matchLabels: {{ns: y}}}}}}
+  ingress:
+    - name: no-{port}
+      action: Deny
+      from: [{{namespaces: {{matchLabels: {{ns: x}}}}}}]
+      protocols: [{{tcp: {{destinationPort: {{number: {port}}}}}}}]"
+    ))
+    .expect("ClusterNetworkPolicy YAML")
+}
