@@ -2,12 +2,14 @@
 //! defaults, status resets, and allocation of ClusterIPs, NodePorts and node pod CIDRs.
 
 mod alloc;
+mod defaults;
 mod service;
 
-use crate::error::{ApiError, Cause};
-use crate::resources::{Resource, NODES};
+use crate::error::ApiError;
+use crate::resources::Resource;
 use crate::server::NetConfig;
 use crate::store::Tx;
+use crate::typed;
 use k8s_openapi::api::{
     apps::v1 as apps, coordination::v1 as coord, core::v1 as core, discovery::v1 as disc,
     events::v1 as events, networking::v1 as net,
@@ -16,20 +18,13 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-pub use alloc::{node_cidr, node_index_hint};
+pub use alloc::{node_cidr, node_index_hint, pod_capacity, pods_in_cidr};
 
 fn round_trip<T: DeserializeOwned + Serialize>(
     res: &Resource,
     v: Value,
 ) -> Result<Value, ApiError> {
-    let typed: T = serde_json::from_value(v).map_err(|e| {
-        ApiError::bad_request(format!(
-            "{kind} in version \"{ver}\" cannot be handled as a {kind}: {e}",
-            kind = res.kind,
-            ver = res.version
-        ))
-    })?;
-    serde_json::to_value(typed).map_err(|e| ApiError::internal(e.to_string()))
+    typed::encode(&typed::decode::<T>(res, v)?)
 }
 
 /// Decodes into the k8s-openapi type and back: rejects ill-typed fields and drops
@@ -126,84 +121,122 @@ fn dropped(orig: &Value, kept: &Value, path: &str, out: &mut Vec<String>) {
     }
 }
 
-fn default_str(v: &mut Value, key: &str, val: &str) {
-    if v[key].as_str().is_none_or(str::is_empty) {
-        v[key] = json!(val);
-    }
-}
-
 fn default_protocols(ports: &mut Value) {
     if let Some(ps) = ports.as_array_mut() {
         for p in ps {
-            if p.is_object() {
-                default_str(p, "protocol", "TCP");
+            if p.is_object() && p["protocol"].as_str().is_none_or(str::is_empty) {
+                p["protocol"] = json!("TCP");
             }
         }
     }
 }
 
-pub fn on_create(
+/// Admission of a create: the body is decoded into its kind's type (the real server's
+/// decoder: ill-typed fields are refused, unknown ones dropped), given its defaults and
+/// allocations, and encoded back.
+pub fn admit_create(
     tx: &Tx,
     net: &NetConfig,
     res: &Resource,
-    obj: &mut Value,
-) -> Result<(), ApiError> {
-    match res.kind {
+    obj: Value,
+) -> Result<Value, ApiError> {
+    let mut obj = match res.kind {
         "Namespace" => {
-            let name = crate::meta::name(obj).to_string();
-            obj["metadata"]["labels"]["kubernetes.io/metadata.name"] = json!(name);
-            if obj["spec"]["finalizers"].is_null() {
-                obj["spec"]["finalizers"] = json!(["kubernetes"]);
-            }
-            obj["status"] = json!({"phase": "Active"});
+            let mut ns: core::Namespace = typed::decode(res, obj)?;
+            defaults::namespace(&mut ns, true);
+            typed::encode(&ns)?
         }
         "Pod" => {
-            obj["status"] = json!({"phase": "Pending"});
-            pod_defaults(obj);
+            let mut pod: core::Pod = typed::decode(res, obj)?;
+            pod.status = Some(core::PodStatus {
+                phase: Some("Pending".into()),
+                ..Default::default()
+            });
+            defaults::pod_spec(pod.spec.as_mut());
+            typed::encode(&pod)?
         }
         "Deployment" => {
-            obj["status"] = json!({});
-            deployment_defaults(obj);
+            let mut d: apps::Deployment = typed::decode(res, obj)?;
+            d.status = Some(Default::default());
+            defaults::deployment(&mut d);
+            typed::encode(&d)?
         }
         "Service" => {
-            obj["status"] = json!({"loadBalancer": {}});
-            service_defaults(obj);
-            service::allocate_service(tx, net, obj, None)?;
-            service::allocate_load_balancer(tx, obj, None);
+            let mut svc: core::Service = typed::decode(res, obj)?;
+            svc.status = Some(core::ServiceStatus {
+                load_balancer: Some(Default::default()),
+                ..Default::default()
+            });
+            defaults::service(&mut svc);
+            let mut obj = typed::encode(&svc)?;
+            service::allocate_service(tx, net, &mut obj, None)?;
+            service::allocate_load_balancer(tx, &mut obj, None);
+            obj
         }
-        "Node" => allocate_node(tx, net, obj, None)?,
-        "Ingress" => obj["status"] = json!({"loadBalancer": {}}),
-        _ => {}
-    }
-    common_defaults(res, obj);
-    Ok(())
+        "Node" => {
+            let mut node: core::Node = typed::decode(res, obj)?;
+            alloc::allocate_node(tx, net, &mut node, None)?;
+            typed::encode(&node)?
+        }
+        "Ingress" => {
+            let mut ing: net::Ingress = typed::decode(res, obj)?;
+            ing.status = Some(net::IngressStatus {
+                load_balancer: Some(Default::default()),
+            });
+            typed::encode(&ing)?
+        }
+        _ => normalize(res, obj)?,
+    };
+    common_defaults(res, &mut obj);
+    Ok(obj)
 }
 
-pub fn on_update(
+/// Admission of an update of `old` (stored, so already of its kind's shape) to `obj`.
+pub fn admit_update(
     tx: &Tx,
     net: &NetConfig,
     res: &Resource,
     old: &Value,
-    obj: &mut Value,
-) -> Result<(), ApiError> {
-    match res.kind {
+    obj: Value,
+) -> Result<Value, ApiError> {
+    let mut obj = match res.kind {
         "Namespace" => {
-            let name = crate::meta::name(obj).to_string();
-            obj["metadata"]["labels"]["kubernetes.io/metadata.name"] = json!(name);
+            let mut ns: core::Namespace = typed::decode(res, obj)?;
+            defaults::namespace(&mut ns, false);
+            typed::encode(&ns)?
         }
-        "Pod" => pod_defaults(obj),
-        "Deployment" => deployment_defaults(obj),
+        "Pod" => {
+            let mut pod: core::Pod = typed::decode(res, obj)?;
+            defaults::pod_spec(pod.spec.as_mut());
+            typed::encode(&pod)?
+        }
+        "Deployment" => {
+            let mut d: apps::Deployment = typed::decode(res, obj)?;
+            defaults::deployment(&mut d);
+            typed::encode(&d)?
+        }
         "Service" => {
-            drop_type_dependent_fields(old, obj);
-            service_defaults(obj);
-            service::allocate_service(tx, net, obj, Some(old))?;
-            service::allocate_load_balancer(tx, obj, Some(old));
+            let mut svc: core::Service = typed::decode(res, obj)?;
+            let old_spec: core::ServiceSpec = typed::view(&old["spec"]).unwrap_or_default();
+            if let Some(spec) = svc.spec.as_mut() {
+                defaults::drop_type_dependent_fields(&old_spec, spec);
+            }
+            defaults::service(&mut svc);
+            let mut obj = typed::encode(&svc)?;
+            service::allocate_service(tx, net, &mut obj, Some(old))?;
+            service::allocate_load_balancer(tx, &mut obj, Some(old));
+            obj
         }
-        "Node" => allocate_node(tx, net, obj, Some(old))?,
-        _ => {}
-    }
-    common_defaults(res, obj);
-    Ok(())
+        "Node" => {
+            let mut node: core::Node = typed::decode(res, obj)?;
+            let old: Option<core::Node> = typed::view(old);
+            alloc::allocate_node(tx, net, &mut node, old.as_ref())?;
+            typed::encode(&node)?
+        }
+        _ => normalize(res, obj)?,
+    };
+    common_defaults(res, &mut obj);
+    Ok(obj)
 }
 
 fn common_defaults(res: &Resource, obj: &mut Value) {
@@ -228,178 +261,4 @@ fn common_defaults(res: &Resource, obj: &mut Value) {
         "EndpointSlice" => default_protocols(&mut obj["ports"]),
         _ => {}
     }
-}
-
-fn deployment_defaults(obj: &mut Value) {
-    let spec = &mut obj["spec"];
-    if !spec.is_object() {
-        return;
-    }
-    if spec["replicas"].is_null() {
-        spec["replicas"] = json!(1);
-    }
-    if spec["strategy"]["type"].as_str().is_none_or(str::is_empty) {
-        spec["strategy"]["type"] = json!("RollingUpdate");
-    }
-    if spec["strategy"]["type"] == "RollingUpdate" {
-        let ru = &mut spec["strategy"]["rollingUpdate"];
-        if ru["maxSurge"].is_null() {
-            ru["maxSurge"] = json!("25%");
-        }
-        if ru["maxUnavailable"].is_null() {
-            ru["maxUnavailable"] = json!("25%");
-        }
-    }
-    if spec["revisionHistoryLimit"].is_null() {
-        spec["revisionHistoryLimit"] = json!(10);
-    }
-    if spec["progressDeadlineSeconds"].is_null() {
-        spec["progressDeadlineSeconds"] = json!(600);
-    }
-    pod_defaults(&mut spec["template"]);
-}
-
-fn pod_defaults(obj: &mut Value) {
-    let spec = &mut obj["spec"];
-    if !spec.is_object() {
-        return;
-    }
-    default_str(spec, "restartPolicy", "Always");
-    default_str(spec, "dnsPolicy", "ClusterFirst");
-    default_str(spec, "schedulerName", "default-scheduler");
-    if spec["terminationGracePeriodSeconds"].is_null() {
-        spec["terminationGracePeriodSeconds"] = json!(30);
-    }
-    for list in ["containers", "initContainers"] {
-        if let Some(cs) = spec[list].as_array_mut() {
-            for c in cs {
-                default_protocols(&mut c["ports"]);
-            }
-        }
-    }
-}
-
-/// As the real API server does when a Service stops being a NodePort/LoadBalancer:
-/// node ports and the external traffic policy the user did not change are dropped; when
-/// it becomes an ExternalName, so are the ClusterIPs and IP families it had (which
-/// releases them).
-fn drop_type_dependent_fields(old: &Value, obj: &mut Value) {
-    if obj["spec"]["type"] == "ExternalName" && old["spec"]["type"] != "ExternalName" {
-        for f in ["clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"] {
-            if obj["spec"][f] == old["spec"][f] {
-                if let Some(m) = obj["spec"].as_object_mut() {
-                    m.remove(f);
-                }
-            }
-        }
-    }
-    let external = |v: &Value| {
-        matches!(
-            v["spec"]["type"].as_str(),
-            Some("NodePort" | "LoadBalancer")
-        )
-    };
-    if !external(old) || external(obj) {
-        return;
-    }
-    let old_ports = old["spec"]["ports"].as_array().cloned().unwrap_or_default();
-    if let Some(ports) = obj["spec"]["ports"].as_array_mut() {
-        for p in ports.iter_mut() {
-            let unchanged = old_ports
-                .iter()
-                .any(|o| o["nodePort"] == p["nodePort"] && o["port"] == p["port"]);
-            if unchanged {
-                if let Some(m) = p.as_object_mut() {
-                    m.remove("nodePort");
-                }
-            }
-        }
-    }
-    if obj["spec"]["externalTrafficPolicy"] == old["spec"]["externalTrafficPolicy"] {
-        if let Some(m) = obj["spec"].as_object_mut() {
-            m.remove("externalTrafficPolicy");
-        }
-    }
-}
-
-fn service_defaults(obj: &mut Value) {
-    let spec = &mut obj["spec"];
-    if !spec.is_object() {
-        return;
-    }
-    default_str(spec, "type", "ClusterIP");
-    let ty = spec["type"].as_str().unwrap_or("ClusterIP").to_string();
-    if ty == "ExternalName" {
-        return;
-    }
-    default_str(spec, "sessionAffinity", "None");
-    if spec["sessionAffinity"] == json!("ClientIP")
-        && spec["sessionAffinityConfig"]["clientIP"]["timeoutSeconds"].is_null()
-    {
-        spec["sessionAffinityConfig"]["clientIP"]["timeoutSeconds"] = json!(10800);
-    }
-    default_str(spec, "internalTrafficPolicy", "Cluster");
-    if ty == "NodePort" || ty == "LoadBalancer" {
-        default_str(spec, "externalTrafficPolicy", "Cluster");
-    }
-    if let Some(ports) = spec["ports"].as_array_mut() {
-        for p in ports {
-            if !p.is_object() {
-                continue;
-            }
-            default_str(p, "protocol", "TCP");
-            if p["targetPort"].is_null()
-                || p["targetPort"] == json!(0)
-                || p["targetPort"] == json!("")
-            {
-                p["targetPort"] = p["port"].clone();
-            }
-        }
-    }
-}
-
-fn allocate_node(
-    tx: &Tx,
-    net: &NetConfig,
-    obj: &mut Value,
-    old: Option<&Value>,
-) -> Result<(), ApiError> {
-    let old_cidr = old
-        .and_then(|o| o["spec"]["podCIDR"].as_str())
-        .filter(|s| !s.is_empty());
-    let new_cidr = obj["spec"]["podCIDR"].as_str().filter(|s| !s.is_empty());
-    let cidr = match (old_cidr, new_cidr) {
-        (Some(o), None) => o.to_string(),
-        (Some(o), Some(n)) if o == n => o.to_string(),
-        (Some(_), Some(_)) => {
-            return Err(ApiError::invalid(
-                "Node",
-                crate::meta::name(obj),
-                vec![Cause::forbidden(
-                    "spec.podCIDR",
-                    "node updates may not change podCIDR except from \"\" to valid",
-                )],
-            ))
-        }
-        (None, Some(n)) => n.to_string(),
-        (None, None) => {
-            let name = crate::meta::name(obj).to_string();
-            let used: Vec<String> = tx
-                .list(NODES, None)
-                .iter()
-                .filter(|n| crate::meta::name(n) != name)
-                .filter_map(|n| n["spec"]["podCIDR"].as_str().map(String::from))
-                .collect();
-            match node_cidr(net.cluster_cidr, net.node_cidr_size, &name, &used) {
-                Some(c) => c.to_string(),
-                None => {
-                    tracing::warn!("no pod CIDR left in {} for node {name}", net.cluster_cidr);
-                    return Ok(());
-                }
-            }
-        }
-    };
-    obj["spec"]["podCIDR"] = json!(cidr);
-    obj["spec"]["podCIDRs"] = json!([cidr]);
-    Ok(())
 }

@@ -17,6 +17,7 @@ pub mod meta;
 pub mod resources;
 pub mod server;
 pub mod store;
+pub mod typed;
 pub mod validation;
 
 pub use config::Config;

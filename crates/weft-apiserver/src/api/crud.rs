@@ -327,8 +327,7 @@ pub fn create_in(
         mm.remove("deletionGracePeriodSeconds");
         mm.remove("selfLink");
     }
-    admission::on_create(tx, &state.net, res, &mut obj)?;
-    let obj = admission::normalize(res, obj)?;
+    let obj = admission::admit_create(tx, &state.net, res, obj)?;
     let causes = crate::validation::validate(res, &obj, None);
     if !causes.is_empty() {
         return Err(ApiError::invalid(res.kind, &name, causes));
@@ -434,8 +433,7 @@ pub fn update_in(
     if let Some(m) = obj["metadata"].as_object_mut() {
         m.remove("resourceVersion");
     }
-    admission::on_update(tx, &state.net, res, old, &mut obj)?;
-    let mut obj = admission::normalize(res, obj)?;
+    let mut obj = admission::admit_update(tx, &state.net, res, old, obj)?;
     // generation counts spec changes, judged after defaulting so that re-sending the
     // same manifest is not a change.
     let gen = old["metadata"]["generation"].as_i64().unwrap_or(1);
