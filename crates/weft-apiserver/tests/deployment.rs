@@ -171,3 +171,94 @@ async fn scale_subresource_sets_replicas() {
     let d = deps.get("web").await.expect("get");
     assert_eq!(d.spec.replicas, Some(5));
 }
+
+fn deployment(name: &str, replicas: i32) -> Deployment {
+    serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "c", "image": "v1"}]}}}
+    }))
+    .expect("deployment")
+}
+
+/// Each live Deployment's pods and status, recomputed from full listings by owner uid;
+/// Some when every Deployment has its replicas and says so, and no pod is owned by a
+/// Deployment that is gone.
+async fn recomputed(deps: &Api<Deployment>, pods: &Api<Pod>) -> Option<usize> {
+    let ds = deps.list(&ListParams::default()).await.ok()?.items;
+    let ps = pods.list(&ListParams::default()).await.ok()?.items;
+    let owner = |p: &Pod| -> Option<String> {
+        let refs = p.metadata.owner_references.as_ref()?;
+        Some(refs.iter().find(|o| o.kind == "Deployment")?.uid.clone())
+    };
+    let uids: Vec<String> = ds.iter().filter_map(|d| d.metadata.uid.clone()).collect();
+    if ps
+        .iter()
+        .any(|p| owner(p).is_some_and(|u| !uids.contains(&u)))
+    {
+        return None;
+    }
+    for d in &ds {
+        let mine = ps
+            .iter()
+            .filter(|p| owner(p) == d.metadata.uid && p.metadata.deletion_timestamp.is_none())
+            .count() as i32;
+        let st = d.status.as_ref()?;
+        if Some(mine) != d.spec.replicas || st.replicas != Some(mine) {
+            return None;
+        }
+    }
+    Some(ds.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_scale_and_after_a_restart_pods_equal_a_recomputation_from_scratch() {
+    let mut s = start().await;
+    let c = s.client().await;
+    let node: Node = serde_json::from_value(json!({"metadata": {"name": "node-1"},
+        "status": {"conditions": [{"type": "Ready", "status": "True"}]}}))
+    .expect("node");
+    Api::<Node>::all(c.clone())
+        .create(&PostParams::default(), &node)
+        .await
+        .expect("node");
+    let deps: Api<Deployment> = Api::namespaced(c.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(c.clone(), "default");
+    for i in 0..30 {
+        deps.create(&PostParams::default(), &deployment(&format!("d{i}"), 4))
+            .await
+            .expect("create");
+    }
+    eventually("30 Deployments of 4", || async {
+        agent_pass(&pods).await;
+        (recomputed(&deps, &pods).await == Some(30)).then_some(())
+    })
+    .await;
+    // Scale some down, some up, and delete others; then restart, so the controller's
+    // resync (through the owner index) must finish what the events started.
+    for i in 0..10 {
+        let p = json!({"spec": {"replicas": if i % 2 == 0 { 1 } else { 6 }}});
+        deps.patch(&format!("d{i}"), &PatchParams::default(), &Patch::Merge(&p))
+            .await
+            .expect("scale");
+    }
+    for i in 10..15 {
+        deps.delete(&format!("d{i}"), &DeleteParams::default())
+            .await
+            .expect("delete");
+    }
+    let addr = s.addr();
+    s.restart_on(addr, 20_000).await;
+    eventually("25 Deployments, each with its replicas", || async {
+        agent_pass(&pods).await;
+        (recomputed(&deps, &pods).await == Some(25)).then_some(())
+    })
+    .await;
+    let total = pods.list(&ListParams::default()).await.expect("list").items;
+    let live = total
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none());
+    // d0, d2, .. at 1; d1, d3, .. at 6; d15..d29 at 4.
+    assert_eq!(live.count(), 5 + 5 * 6 + 15 * 4);
+}

@@ -1,5 +1,6 @@
 //! The control plane's Events, and their bounds. From the store's changes it records what
 //! kube-scheduler and the controllers would: `Scheduled` when a pod is bound to a node,
+//! `FailedScheduling` when the scheduler finds no node for it (once per reason),
 //! `IPAllocated` when a LoadBalancer Service gets its address, `RegisteredNode` for a new
 //! Node. Events expire after [`TTL`] (kube-apiserver's `--event-ttl` default) and at most
 //! [`MAX_EVENTS`] are kept (the oldest go first), so a flood cannot grow the store. Past
@@ -12,6 +13,7 @@ use super::Reconcile;
 use crate::resources::{self, Resource, NODES, PODS, SERVICES};
 use crate::server::AppState;
 use crate::store::{self, Event, EventType};
+use k8s_openapi::api::core::v1::Pod;
 use serde_json::{json, Value};
 use std::sync::Arc;
 
@@ -75,8 +77,33 @@ pub fn event(
     })
 }
 
+/// The message of a pod's `PodScheduled=False` condition that the scheduler set.
+fn unschedulable(pod: &Value) -> Option<String> {
+    let pod: Pod = crate::typed::view(pod)?;
+    let c = pod
+        .status?
+        .conditions?
+        .into_iter()
+        .find(|c| c.type_ == "PodScheduled")?;
+    let mine = c.status == "False" && c.reason.as_deref() == Some(super::scheduler::UNSCHEDULABLE);
+    mine.then(|| c.message.unwrap_or_default())
+}
+
 fn derive(e: &Event) -> Option<Value> {
     let o = &e.object;
+    if std::ptr::eq(e.res, PODS) && e.ty != EventType::Deleted {
+        let before = e.prev.as_deref().and_then(unschedulable);
+        if let Some(why) = unschedulable(o).filter(|m| Some(m) != before.as_ref()) {
+            return Some(event(
+                o,
+                "Pod",
+                "Warning",
+                "FailedScheduling",
+                why,
+                "default-scheduler",
+            ));
+        }
+    }
     if std::ptr::eq(e.res, PODS) && e.ty == EventType::Modified {
         let before = e.prev.as_deref().map(node_of).unwrap_or("");
         let now = node_of(o);

@@ -17,40 +17,6 @@ use tokio::sync::watch;
 
 pub use bootstrap::bootstrap;
 
-/// The namespaces a namespace-scoped controller must reconcile: those of the `events` it
-/// cares about (`relevant`), or, on a resync (no events), every namespace that holds a
-/// `primary` object or a `secondary` object the controller owns (`owned`), so that what it
-/// made for a deleted primary is cleaned up too.
-pub fn namespaces_to_sync(
-    state: &AppState,
-    events: Option<&[Arc<Event>]>,
-    relevant: impl Fn(&Event) -> bool,
-    primary: &'static crate::resources::Resource,
-    secondary: &'static crate::resources::Resource,
-    owned: impl Fn(&serde_json::Value) -> bool,
-) -> std::collections::BTreeSet<String> {
-    let ns = |v: &serde_json::Value| crate::meta::namespace(v).to_string();
-    match events {
-        Some(evs) => evs
-            .iter()
-            .filter(|e| relevant(e))
-            .map(|e| ns(&e.object))
-            .collect(),
-        None => {
-            let st = state.store.read();
-            let mut all: std::collections::BTreeSet<String> =
-                st.list(primary, None).iter().map(|o| ns(o)).collect();
-            all.extend(
-                st.list(secondary, None)
-                    .iter()
-                    .filter(|o| owned(o))
-                    .map(|o| ns(o)),
-            );
-            all
-        }
-    }
-}
-
 pub fn spawn_all(state: Arc<AppState>, stop: watch::Receiver<bool>) {
     tokio::spawn(run(
         state.clone(),
@@ -62,7 +28,7 @@ pub fn spawn_all(state: Arc<AppState>, stop: watch::Receiver<bool>) {
         state.clone(),
         stop.clone(),
         None,
-        scheduler::Controller,
+        scheduler::Controller::default(),
     ));
     tokio::spawn(run(
         state.clone(),

@@ -245,6 +245,11 @@ impl Tx<'_> {
         self.resolve(PODS, candidates, |p| owner_uids(p).any(|u| u == uid))
     }
 
+    /// The uids that own pods (committed; a resync runs without pending writes).
+    pub fn owner_uids(&self) -> Vec<String> {
+        self.state.indexes.owners.keys().cloned().collect()
+    }
+
     /// Pods without `spec.nodeName`.
     pub fn unbound_pods(&self) -> Vec<Arc<Value>> {
         let candidates = self.state.indexes.unbound.iter();
