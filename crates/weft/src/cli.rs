@@ -32,6 +32,9 @@ pub enum Command {
     Cni,
     /// The node agent: watches the API and runs networking (pods, routes, Services) for one node
     Agent(Box<AgentArgs>),
+    /// This node's NetworkPolicy state (what its agent wrote)
+    #[command(subcommand)]
+    Policy(NodePolicyCommand),
     /// The lab's Kubernetes-compatible API server and controllers
     ControlPlane(PassThrough),
     /// Copy a container's stdout (fd 3) and stderr (fd 4) into a CRI log file (started by
@@ -54,6 +57,17 @@ pub struct LabName {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum NodePolicyCommand {
+    /// Packets this node's policy table dropped, per policy and rule that decided (the
+    /// kernel counts them; the agent names the rules in STATE_DIR/policy-denials.tsv)
+    Counters {
+        /// The agent's --state-dir
+        #[arg(long, default_value = "/var/lib/weft/agent")]
+        state_dir: std::path::PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum PolicyCommand {
     /// SRC and DST: NAMESPACE/POD, POD (default namespace), node/NAME or an IP; exit 0
     /// when allowed, 1 when denied
@@ -66,7 +80,7 @@ pub enum PolicyCommand {
         port: String,
     },
     /// Packets the nodes' policy tables dropped, per policy and rule that decided (each
-    /// agent counts what its table logs to nflog)
+    /// node's kernel counts them, its agent names the rules)
     Counters {
         #[command(flatten)]
         lab: LabName,
@@ -299,8 +313,8 @@ pub struct AgentArgs {
     #[arg(long)]
     pub no_network_policy: bool,
     /// Log packets the NetworkPolicy table drops to this nflog group; the agent reads
-    /// them, logs the policy and rule that decided and counts them per policy
-    /// (STATE_DIR/policy-denials.tsv, `weft lab policy counters`)
+    /// them and logs the policy and rule that decided (denials are counted per policy
+    /// without it: STATE_DIR/policy-denials.tsv, `weft policy counters`)
     #[arg(long, conflicts_with = "no_network_policy")]
     pub policy_nflog_group: Option<u16>,
     /// Serve the cluster DNS zone on this node at --cluster-dns (in place of CoreDNS)

@@ -68,6 +68,12 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),
         },
+        Command::Policy(cli::NodePolicyCommand::Counters { state_dir }) => {
+            match policy::node_counters_cmd(&state_dir) {
+                Ok(code) => ExitCode::from(code),
+                Err(e) => fail(&e),
+            }
+        }
         Command::ControlPlane(a) => ExitCode::from(weft_apiserver::run_cli(a.args)),
         Command::LogWriter(a) => ExitCode::from(weft_agent::logwriter::main(&a.args)),
     }

@@ -110,10 +110,7 @@ pub fn counters_cmd(lab: &str) -> Result<u8> {
         let text = match std::fs::read_to_string(&file) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                println!(
-                    "{}: no counters (agent without --policy-nflog-group?)",
-                    n.name
-                );
+                println!("{}: no counters (no agent, or no NetworkPolicy)", n.name);
                 continue;
             }
             Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
@@ -128,6 +125,22 @@ pub fn counters_cmd(lab: &str) -> Result<u8> {
     }
     println!("all nodes:");
     print_counters(&total);
+    Ok(0)
+}
+
+/// `weft policy counters`: this node's denial counters, as its agent wrote them.
+pub fn node_counters_cmd(state_dir: &std::path::Path) -> Result<u8> {
+    let file = state_dir.join("policy-denials.tsv");
+    let text = std::fs::read_to_string(&file).with_context(|| {
+        format!(
+            "reading {} (is the agent running with --state-dir {}?)",
+            file.display(),
+            state_dir.display()
+        )
+    })?;
+    let c = weft_policy::denials::Counters::from_tsv(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    print_counters(&c);
     Ok(0)
 }
 

@@ -62,8 +62,9 @@ pub struct AgentConfig {
     pub dns_upstreams: weft_dns::Upstreams,
     /// Enforce NetworkPolicy and ClusterNetworkPolicy on this node.
     pub network_policy: bool,
-    /// Log denied packets to this nflog group, and count and log them per policy and
-    /// rule (`state_dir/policy-denials.tsv`).
+    /// Log denied packets to this nflog group, explained per policy and rule in the
+    /// agent's log (they are counted per policy and rule without it, in
+    /// `state_dir/policy-denials.tsv`).
     pub policy_nflog_group: Option<u16>,
     /// Serve Ingresses on this node (the L7 proxy on ports 80 and 443).
     pub ingress: Option<ingress::IngressConfig>,
@@ -210,8 +211,8 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         true => Some(policy::start(
             &cfg.node_name,
             lags.component("policy"),
-            cfg.policy_nflog_group
-                .map(|g| (g, cfg.state_dir.join("policy-denials.tsv"))),
+            cfg.policy_nflog_group,
+            cfg.state_dir.join("policy-denials.tsv"),
         )?),
         false => None,
     };

@@ -28,7 +28,7 @@ use weft_policy::cnp::ClusterNetworkPolicy;
 use weft_policy::{Cluster, Enforcer, NodeContext};
 
 use super::lag::{self, Lag, Queue};
-use super::policy_log::DenialLog;
+use super::policy_log::{DenialCounts, DenialLog, READ_EVERY};
 use super::relist::{key, Change, Key, Seen};
 
 /// How often the table is read back from the kernel and repaired, whatever happened.
@@ -88,18 +88,21 @@ struct PolicySync {
     rt: Handle,
     /// Denied packets from nflog, explained against `cluster` (with an nflog group).
     denials: Option<DenialLog>,
+    /// The kernel's denial counters per policy and rule, always.
+    counts: DenialCounts,
 }
 
 /// Starts the policy thread (from within the agent's runtime); events go to the returned
-/// queue. With `nflog` (group, counters file), denied packets are logged to the group and
-/// counted per policy.
+/// queue. Denials are counted per policy and rule into `counters_file`; with an
+/// `nflog_group` they are also logged there, and explained in the agent's log.
 pub fn start(
     node_name: &str,
     lag: Arc<Lag>,
-    nflog: Option<(u16, std::path::PathBuf)>,
+    nflog_group: Option<u16>,
+    counters_file: std::path::PathBuf,
 ) -> super::Result<Queue<Event>> {
-    let denials = match &nflog {
-        Some((group, file)) => Some(DenialLog::start(*group, file.clone())?),
+    let denials = match nflog_group {
+        Some(group) => Some(DenialLog::start(group)?),
         None => None,
     };
     let mut sync = PolicySync {
@@ -107,7 +110,7 @@ pub fn start(
         compiler: Default::default(),
         ctx: NodeContext {
             node_name: node_name.to_string(),
-            log_group: nflog.map(|(g, _)| g),
+            log_group: nflog_group,
         },
         enforcer: Enforcer::open()?,
         seen: HashMap::new(),
@@ -117,6 +120,7 @@ pub fn start(
         lag: lag.clone(),
         rt: Handle::current(),
         denials,
+        counts: DenialCounts::new(counters_file),
     };
     let (tx, rx) = lag::queue(lag, QUEUE);
     std::thread::Builder::new()
@@ -174,6 +178,11 @@ impl PolicySync {
                 self.enforcer.resync();
                 self.last_full = Instant::now();
                 self.dirty = true;
+            }
+            // The counters of the table the kernel holds, before a commit changes it.
+            if self.dirty || self.counts.last_read.elapsed() >= READ_EVERY {
+                self.counts
+                    .read(&mut self.enforcer, &self.compiler.attribution());
             }
             let result = if !self.listed() {
                 if !said_waiting && started.elapsed() > Duration::from_secs(10) {
