@@ -58,27 +58,68 @@ pub async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     let start = Instant::now();
     let host = request_host(&req);
-    let log = tracing::enabled!(target: "weft::ingress::access", tracing::Level::INFO);
+    let log = logging();
     // Kept only for the log line; both share the request's bytes.
     let seen = log.then(|| (req.method().clone(), req.uri().path_and_query().cloned()));
     let (resp, outcome) = route(&shared, &pool, req, conn, &host).await;
     if let Some((method, target)) = seen {
         let host = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("");
+        let target = target.as_ref().map_or("/", |t| t.as_str());
+        let line = Line {
+            conn,
+            method: method.as_str(),
+            host,
+            target,
+        };
+        line.write(
+            outcome.status.as_u16(),
+            &outcome.route,
+            outcome.endpoint,
+            start,
+        );
+    }
+    Ok(resp)
+}
+
+/// What the access log says of a request, whichever path served it.
+pub struct Line<'a> {
+    pub conn: Conn,
+    pub method: &'a str,
+    pub host: &'a str,
+    pub target: &'a str,
+}
+
+impl Line<'_> {
+    /// Writes the line (the caller checked that the access log is on).
+    pub fn write(
+        &self,
+        status: u16,
+        route: &Option<Arc<Route>>,
+        endpoint: Option<SocketAddr>,
+        start: Instant,
+    ) {
         access_log::line(|w| {
             write!(
                 w,
-                "{} \"{method} {}://{host}{}\" {} route={} endpoint={} {:.1}ms",
-                conn.client.ip(),
-                conn.scheme,
-                target.as_ref().map_or("/", |t| t.as_str()),
-                outcome.status.as_u16(),
-                RouteName(&outcome.route),
-                Endpoint(outcome.endpoint),
+                "{} \"{} {}://{}{}\" {} route={} endpoint={} {:.1}ms",
+                self.conn.client.ip(),
+                self.method,
+                self.conn.scheme,
+                self.host,
+                self.target,
+                status,
+                RouteName(route),
+                Endpoint(endpoint),
                 start.elapsed().as_secs_f64() * 1000.0,
             )
         });
     }
-    Ok(resp)
+}
+
+/// Whether access-log lines are written (the tracing filter decides, as for the agent's
+/// other lines).
+pub fn logging() -> bool {
+    tracing::enabled!(target: "weft::ingress::access", tracing::Level::INFO)
 }
 
 /// The endpoint for the log, `-` without one.

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Headers that describe one connection, never forwarded (RFC 9110 7.6.1).
-const HOP_BY_HOP: [&str; 8] = [
+pub const HOP_BY_HOP: [&str; 8] = [
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -81,38 +81,65 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: Option<&HeaderValue>) {
     }
 }
 
+/// The X-Forwarded-For value a backend gets: the client appended to `prev` (the
+/// request's own value, when it has a non-blank one).
+pub fn push_xff(out: &mut Vec<u8>, prev: Option<&[u8]>, client: IpAddr) {
+    use std::io::Write;
+    if let Some(prev) = prev.filter(|p| !p.trim_ascii().is_empty()) {
+        out.extend_from_slice(prev);
+        out.extend_from_slice(b", ");
+    }
+    let _ = write!(out, "{client}");
+}
+
+/// The Forwarded value a backend gets (RFC 7239): `prev` (when non-blank), then this hop's
+/// `for`, `host` and `proto`.
+pub fn push_forwarded(
+    out: &mut Vec<u8>,
+    prev: Option<&[u8]>,
+    client: IpAddr,
+    host: &[u8],
+    proto: &str,
+) {
+    use std::io::Write;
+    if let Some(prev) = prev.filter(|p| !p.trim_ascii().is_empty()) {
+        out.extend_from_slice(prev);
+        out.extend_from_slice(b", ");
+    }
+    let _ = match client {
+        IpAddr::V4(a) => write!(out, "for={a}"),
+        IpAddr::V6(a) => write!(out, "for=\"[{a}]\""),
+    };
+    out.extend_from_slice(b";host=\"");
+    // Quotes and backslashes would end the quoted string early: dropped.
+    out.extend(host.iter().filter(|c| !matches!(c, b'"' | b'\\')));
+    out.extend_from_slice(b"\";proto=");
+    out.extend_from_slice(proto.as_bytes());
+}
+
 /// Appends the client to X-Forwarded-For and Forwarded, and records the original host
 /// and scheme, as an edge proxy does: clients cannot choose what the backend is told
 /// about the hop they made to weft. The host's value is shared, not copied.
 pub fn add_forwarded(h: &mut HeaderMap, client: IpAddr, host: Option<&HeaderValue>, proto: &str) {
-    use std::fmt::Write;
-    let mut xff = String::with_capacity(64);
-    if let Some(prev) = h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        if !prev.trim().is_empty() {
-            xff.push_str(prev);
-            xff.push_str(", ");
-        }
-    }
-    let _ = write!(xff, "{client}");
-    let mut fwd = String::with_capacity(96);
-    if let Some(prev) = h.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
-        if !prev.trim().is_empty() {
-            fwd.push_str(prev);
-            fwd.push_str(", ");
-        }
-    }
-    let _ = match client {
-        IpAddr::V4(a) => write!(fwd, "for={a}"),
-        IpAddr::V6(a) => write!(fwd, "for=\"[{a}]\""),
-    };
-    let host_str = host.and_then(|v| v.to_str().ok()).unwrap_or("");
-    fwd.push_str(";host=\"");
-    // Quotes and backslashes would end the quoted string early: dropped.
-    fwd.extend(host_str.chars().filter(|c| !matches!(c, '"' | '\\')));
-    fwd.push_str("\";proto=");
-    fwd.push_str(proto);
+    let mut xff = Vec::with_capacity(64);
+    push_xff(
+        &mut xff,
+        h.get("x-forwarded-for").map(|v| v.as_bytes()),
+        client,
+    );
+    let mut fwd = Vec::with_capacity(96);
+    let host_bytes = host
+        .filter(|v| v.to_str().is_ok())
+        .map_or(&b""[..], |v| v.as_bytes());
+    push_forwarded(
+        &mut fwd,
+        h.get(header::FORWARDED).map(|v| v.as_bytes()),
+        client,
+        host_bytes,
+        proto,
+    );
     // Moved into the header, not copied.
-    let set = |h: &mut HeaderMap, name: &'static str, v: String| {
+    let set = |h: &mut HeaderMap, name: &'static str, v: Vec<u8>| {
         if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(v)) {
             h.insert(name, v);
         }

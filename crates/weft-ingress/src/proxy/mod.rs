@@ -9,6 +9,7 @@
 
 mod access_log;
 mod forward;
+mod h1;
 mod headers;
 mod pool;
 mod tls;
@@ -25,13 +26,15 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::cert::{Certificate, SniResolver};
 use crate::compile::Compiled;
 use crate::error::Result;
 use crate::table::RouteTable;
+use h1::Upstreams;
 use pool::Pool;
 use upstream::Balancer;
 
@@ -40,6 +43,31 @@ pub use workers::{default_count as default_workers, Workers};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Which code serves HTTP/1.1 clients (HTTP/2 is hyper's either way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Http1 {
+    /// weft's own path (`h1`): heads parsed with httparse, the endpoint exchange on the
+    /// client connection's task, buffers kept per connection.
+    #[default]
+    Native,
+    /// hyper's server and client, as before `h1`.
+    Hyper,
+}
+
+impl std::str::FromStr for Http1 {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> Result<Http1> {
+        match s {
+            "native" => Ok(Http1::Native),
+            "hyper" => Ok(Http1::Hyper),
+            other => Err(crate::Error::invalid(
+                "HTTP/1.1 engine",
+                format!("{other:?}: expected \"native\" or \"hyper\""),
+            )),
+        }
+    }
+}
 
 /// What a client may cost the proxy.
 #[derive(Debug, Clone)]
@@ -77,7 +105,16 @@ pub struct Shared {
     /// endpoints that are gone. A pool belongs to one event loop: a connection is used on
     /// the thread whose runtime drives it, never woken across threads.
     pools: Mutex<Vec<Weak<Pool>>>,
+    /// The same for the HTTP/1.1 path's endpoint connections.
+    upstreams: Mutex<Vec<Weak<Upstreams>>>,
     limits: Limits,
+}
+
+/// One event loop's connections to endpoints, for each path.
+#[derive(Clone)]
+struct Pools {
+    hyper: Arc<Pool>,
+    h1: Arc<h1::Ctx>,
 }
 
 impl Shared {
@@ -86,17 +123,29 @@ impl Shared {
         self.table.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// A new endpoint pool for one event loop.
-    fn new_pool(&self) -> Arc<Pool> {
-        let pool = Arc::new(Pool::new(
-            256,
-            Duration::from_secs(60),
-            self.limits.connect_timeout,
-        ));
+    /// New endpoint pools for one event loop.
+    fn new_pools(self: &Arc<Self>) -> Pools {
+        let (max_idle, idle_for) = (256, Duration::from_secs(60));
+        let pool = Arc::new(Pool::new(max_idle, idle_for, self.limits.connect_timeout));
         let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
         pools.retain(|p| p.strong_count() > 0);
         pools.push(Arc::downgrade(&pool));
-        pool
+        drop(pools);
+        let up = Arc::new(Upstreams::new(
+            max_idle,
+            idle_for,
+            self.limits.connect_timeout,
+        ));
+        let mut ups = self.upstreams.lock().unwrap_or_else(|p| p.into_inner());
+        ups.retain(|p| p.strong_count() > 0);
+        ups.push(Arc::downgrade(&up));
+        Pools {
+            hyper: pool,
+            h1: Arc::new(h1::Ctx {
+                shared: self.clone(),
+                upstreams: up,
+            }),
+        }
     }
 
     fn retain_endpoints(&self, live: &HashSet<std::net::SocketAddr>) {
@@ -108,6 +157,13 @@ impl Shared {
         for p in pools {
             p.retain(live);
         }
+        let ups: Vec<Arc<Upstreams>> = {
+            let ups = self.upstreams.lock().unwrap_or_else(|p| p.into_inner());
+            ups.iter().filter_map(Weak::upgrade).collect()
+        };
+        for u in ups {
+            u.retain(live);
+        }
     }
 }
 
@@ -118,6 +174,7 @@ pub struct Proxy {
     certs: Arc<SniResolver>,
     tls: tokio_rustls::TlsAcceptor,
     current: Arc<RwLock<Compiled>>,
+    http1: Http1,
 }
 
 impl Proxy {
@@ -131,12 +188,20 @@ impl Proxy {
                 table: RwLock::default(),
                 balancer: Balancer::default(),
                 pools: Mutex::default(),
+                upstreams: Mutex::default(),
                 limits,
             }),
             certs,
             tls,
             current: Arc::default(),
+            http1: Http1::default(),
         })
+    }
+
+    /// The same proxy serving HTTP/1.1 with `engine` (from the next connection on).
+    pub fn with_http1(mut self, engine: Http1) -> Proxy {
+        self.http1 = engine;
+        self
     }
 
     /// Serves `next` from the next request on; returns false when nothing changed.
@@ -190,8 +255,8 @@ impl Proxy {
     /// Accepts on `listener` until `stop` turns true, then drains: no new connections,
     /// open requests get `limits.drain` to finish.
     pub async fn serve(self, listener: TcpListener, tls: bool, stop: watch::Receiver<bool>) {
-        let pool = self.shared.new_pool();
-        self.serve_with(listener, tls, stop, pool).await;
+        let pools = self.shared.new_pools();
+        self.serve_with(listener, tls, stop, pools).await;
     }
 
     /// `serve`, sending to endpoints through `pool` (one per event loop).
@@ -200,9 +265,13 @@ impl Proxy {
         listener: TcpListener,
         tls: bool,
         mut stop: watch::Receiver<bool>,
-        pool: Arc<Pool>,
+        pools: Pools,
     ) {
         let graceful = GracefulShutdown::new();
+        // Each HTTP/1.1 connection holds a sender while it serves requests; the drain
+        // waits until none is left.
+        let (open_tx, mut open_rx) = mpsc::channel::<()>(1);
+        let conn_stop = stop.clone();
         let acceptor = tls.then(|| self.tls_acceptor());
         let scheme = if tls { "https" } else { "http" };
         let stopped = async move {
@@ -225,46 +294,110 @@ impl Proxy {
             };
             let _ = stream.set_nodelay(true);
             let conn = Conn { client, scheme };
-            let shared = self.shared.clone();
-            let pool = pool.clone();
             let builder = self.builder();
             let watcher = graceful.watcher();
             let acceptor = acceptor.clone();
             let handshake = self.shared.limits.header_timeout;
-            tokio::spawn(async move {
-                let svc =
-                    service_fn(move |req| forward::handle(shared.clone(), pool.clone(), req, conn));
-                let result = match acceptor {
-                    None => {
-                        let c = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-                        watcher.watch(c.into_owned()).await
-                    }
-                    Some(acc) => {
-                        let tls = match tokio::time::timeout(handshake, acc.accept(stream)).await {
-                            Ok(Ok(s)) => s,
-                            Ok(Err(e)) => {
-                                tracing::debug!("ingress: TLS handshake from {client}: {e}");
-                                return;
+            let pools = pools.clone();
+            match self.http1 {
+                Http1::Hyper => {
+                    tokio::spawn(async move {
+                        match acceptor {
+                            None => hyper_conn(stream, conn, pools, builder, watcher).await,
+                            Some(acc) => {
+                                let Some(tls) =
+                                    handshake_within(handshake, acc, stream, client).await
+                                else {
+                                    return;
+                                };
+                                hyper_conn(tls, conn, pools, builder, watcher).await
                             }
-                            Err(_) => return,
-                        };
-                        let c = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
-                        watcher.watch(c.into_owned()).await
-                    }
-                };
-                if let Err(e) = result {
-                    tracing::debug!("ingress: connection from {client}: {e}");
+                        }
+                    });
                 }
-            });
+                Http1::Native => {
+                    let (stop, open) = (conn_stop.clone(), open_tx.clone());
+                    tokio::spawn(async move {
+                        let Some(acc) = acceptor else {
+                            return native_conn(stream, conn, pools, stop, open, builder, watcher)
+                                .await;
+                        };
+                        let Some(tls) = handshake_within(handshake, acc, stream, client).await
+                        else {
+                            return;
+                        };
+                        if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                            drop(open);
+                            hyper_conn(tls, conn, pools, builder, watcher).await
+                        } else {
+                            native_conn(tls, conn, pools, stop, open, builder, watcher).await
+                        }
+                    });
+                }
+            }
         }
         drop(listener);
+        drop(open_tx);
         let drain = self.shared.limits.drain;
-        if tokio::time::timeout(drain, graceful.shutdown())
-            .await
-            .is_err()
-        {
+        let drained = async {
+            tokio::join!(graceful.shutdown(), open_rx.recv());
+        };
+        if tokio::time::timeout(drain, drained).await.is_err() {
             tracing::warn!("ingress: requests still open after {drain:?}; closing them");
         }
         access_log::flush();
+    }
+}
+
+/// A TLS handshake that must finish within `limit`.
+async fn handshake_within(
+    limit: Duration,
+    acc: tokio_rustls::TlsAcceptor,
+    stream: tokio::net::TcpStream,
+    client: std::net::SocketAddr,
+) -> Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+    match tokio::time::timeout(limit, acc.accept(stream)).await {
+        Ok(Ok(s)) => Some(s),
+        Ok(Err(e)) => {
+            tracing::debug!("ingress: TLS handshake from {client}: {e}");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+/// A connection served by hyper (HTTP/2; HTTP/1.1 too with `Http1::Hyper`).
+async fn hyper_conn<S>(
+    io: S,
+    conn: Conn,
+    pools: Pools,
+    builder: auto::Builder<TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (shared, pool) = (pools.h1.shared.clone(), pools.hyper);
+    let svc = service_fn(move |req| forward::handle(shared.clone(), pool.clone(), req, conn));
+    let c = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    if let Err(e) = watcher.watch(c.into_owned()).await {
+        tracing::debug!("ingress: connection from {}: {e}", conn.client);
+    }
+}
+
+/// A connection on weft's HTTP/1.1 path, handed to hyper if it turns out to speak HTTP/2.
+async fn native_conn<S>(
+    mut io: S,
+    conn: Conn,
+    pools: Pools,
+    mut stop: watch::Receiver<bool>,
+    open: mpsc::Sender<()>,
+    builder: auto::Builder<TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    if let h1::End::Http2(seen) = h1::serve(&pools.h1, &mut io, conn, &mut stop, open).await {
+        let io = h1::Rewind::new(seen, io);
+        hyper_conn(io, conn, pools, builder, watcher).await;
     }
 }

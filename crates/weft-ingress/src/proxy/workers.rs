@@ -141,12 +141,12 @@ fn run(proxy: Proxy, r: Ready, stop: watch::Receiver<bool>) {
     let Ready { http, https, rt } = r;
     let Some(runtime) = &rt.0 else { return };
     runtime.block_on(async move {
-        let pool = proxy.shared.new_pool();
+        let pools = proxy.shared.new_pools();
         let tls = https.map(|l| {
             let p = proxy.clone();
-            tokio::spawn(p.serve_with(l, true, stop.clone(), pool.clone()))
+            tokio::spawn(p.serve_with(l, true, stop.clone(), pools.clone()))
         });
-        proxy.serve_with(http, false, stop, pool).await;
+        proxy.serve_with(http, false, stop, pools).await;
         if let Some(t) = tls {
             let _ = t.await;
         }

@@ -1,0 +1,254 @@
+//! weft's own HTTP/1.1 path, as nginx proxies: a client connection is served start to end
+//! on its own task. Each request head is parsed here (`head`, with `httparse`), routed,
+//! and written to a pooled endpoint connection (`pool`) on the same task, with no channel
+//! and no task per endpoint connection as hyper's client has; the response head is read
+//! and rewritten (`response`), and bodies are streamed both ways (`body`) through buffers
+//! the connection keeps (`buf`). `exchange` is one request's trip to the endpoints.
+//! HTTP/2 (ALPN `h2`, or cleartext with prior knowledge, `rewind`) stays on hyper.
+
+mod body;
+mod buf;
+mod exchange;
+mod head;
+mod pool;
+mod response;
+mod rewind;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, watch};
+
+use super::forward::{logging, Conn, Line};
+use super::Shared;
+use crate::table::{Decision, Route};
+use body::Framing;
+use buf::ReadBuf;
+use head::{Client, Parsed, RequestHead};
+
+pub use pool::Upstreams;
+pub use rewind::Rewind;
+
+/// What the connections of one event loop share.
+pub struct Ctx {
+    pub shared: Arc<Shared>,
+    pub upstreams: Arc<Upstreams>,
+}
+
+/// A client connection's state, kept from request to request.
+pub struct Session {
+    client: ReadBuf,
+    up: ReadBuf,
+    /// What is being written next (a head, body bytes).
+    out: Vec<u8>,
+    max_head: usize,
+    max_body: u64,
+    /// Held while the connection serves requests, so a drain waits for it.
+    guard: Option<mpsc::Sender<()>>,
+}
+
+/// How a connection ended here.
+pub enum End {
+    Closed,
+    /// An HTTP/2 client with prior knowledge: hyper takes it with these bytes first.
+    Http2(Vec<u8>),
+}
+
+/// Serves HTTP/1.1 requests on `io` until the client closes, a request leaves the
+/// connection unusable, or `stop` turns true (between requests).
+pub async fn serve<C>(
+    ctx: &Ctx,
+    io: &mut C,
+    conn: Conn,
+    stop: &mut watch::Receiver<bool>,
+    guard: mpsc::Sender<()>,
+) -> End
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    let limits = &ctx.shared.limits;
+    let mut s = Session {
+        client: ReadBuf::with_capacity(4096),
+        up: ReadBuf::with_capacity(4096),
+        out: Vec::with_capacity(4096),
+        max_head: limits.max_header_bytes,
+        max_body: limits.max_body,
+        guard: Some(guard),
+    };
+    let mut head = RequestHead::default();
+    let client = Client {
+        ip: conn.client.ip(),
+        scheme: conn.scheme,
+    };
+    let mut first = true;
+    loop {
+        // The whole head within the header timeout, counted from when it is awaited
+        // (so an idle kept-alive connection is closed after it too, as hyper does).
+        let deadline = tokio::time::Instant::now() + limits.header_timeout;
+        let parsed = loop {
+            match head::parse(s.client.filled(), s.max_head, client, &mut head) {
+                Parsed::Partial => {}
+                p => break p,
+            }
+            let idle = s.client.is_empty();
+            let read = tokio::time::timeout_at(deadline, s.client.read_from(io));
+            let got = if idle {
+                // Between requests a drain closes the connection at once.
+                tokio::select! {
+                    r = read => r,
+                    _ = stop.wait_for(|s| *s) => return End::Closed,
+                }
+            } else {
+                read.await
+            };
+            match got {
+                Ok(Ok(n)) if n > 0 => {}
+                // Timed out, closed, or broken: nothing to answer.
+                _ => return End::Closed,
+            }
+        };
+        let n = match parsed {
+            Parsed::Complete(n) => n,
+            Parsed::Http2 if first => return End::Http2(s.client.take_all()),
+            Parsed::Http2 => {
+                refuse(io, &mut s, 400, "HTTP/2 preface mid-connection", true).await;
+                return End::Closed;
+            }
+            Parsed::Refuse(status, why) => {
+                refuse(io, &mut s, status, why, true).await;
+                return End::Closed;
+            }
+            Parsed::Partial => return End::Closed,
+        };
+        s.client.consume(n);
+        first = false;
+        let closing = *stop.borrow();
+        if !request(ctx, io, &mut s, &head, conn, closing).await || closing {
+            return End::Closed;
+        }
+    }
+}
+
+/// One request: refused, or sent on and answered. Returns whether the connection can
+/// take another.
+async fn request<C>(
+    ctx: &Ctx,
+    io: &mut C,
+    s: &mut Session,
+    head: &RequestHead,
+    conn: Conn,
+    closing: bool,
+) -> bool
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    let start = Instant::now();
+    let line = logging().then(|| Line {
+        conn,
+        method: &head.method,
+        host: &head.host,
+        target: head.path(),
+    });
+    // A refusal leaves the body unread: the connection cannot take another request.
+    let has_body = head.body != Framing::Length(0);
+    let logged = |status: u16, route: Option<Arc<Route>>| {
+        if let Some(l) = &line {
+            l.write(status, &route, None, start);
+        }
+    };
+    if let Framing::Length(n) = head.body {
+        if n > s.max_body {
+            logged(413, None);
+            let why = format!("request body over {} bytes", s.max_body);
+            refuse(io, s, 413, &why, true).await;
+            return false;
+        }
+    }
+    let route = match ctx.shared.table().decide(&head.host, head.path()) {
+        Decision::Route(r) => r.clone(),
+        Decision::NotFound => {
+            logged(404, None);
+            return refuse(io, s, 404, "no route", has_body || closing).await && !has_body;
+        }
+    };
+    let order = ctx.shared.balancer.order(&route.backend.endpoints);
+    if order.is_empty() {
+        let why = format!("no ready endpoint for {}", route.backend.name());
+        logged(503, Some(route));
+        return refuse(io, s, 503, &why, has_body || closing).await && !has_body;
+    }
+    match exchange::forward(ctx, io, s, head, &route, &order, closing).await {
+        Ok(served) => {
+            if let Some(l) = &line {
+                l.write(served.status, &Some(route), served.endpoint, start);
+            }
+            served.keep && !served.upgraded
+        }
+        Err((0, _)) => {
+            logged(400, Some(route));
+            false
+        }
+        Err((status, why)) => {
+            // A body that was (partly) sent or refused is not read to its end.
+            let close = has_body || closing;
+            let msg = match status {
+                502 | 504 => format!("no endpoint of {} answered", route.backend.name()),
+                _ => why.clone(),
+            };
+            tracing::debug!("ingress: {} {}: {why}", head.method, head.target);
+            logged(status, Some(route));
+            refuse(io, s, status, &msg, close).await && !close
+        }
+    }
+}
+
+/// Answers with a short text (weft's own answer, not an endpoint's). When `close`, the
+/// connection is closed after it, lingering so the answer is not lost to a reset while
+/// the client is still sending. Returns whether the answer was written.
+async fn refuse<C>(io: &mut C, s: &mut Session, status: u16, msg: &str, close: bool) -> bool
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    use std::io::Write;
+    let reason = hyper::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|c| c.canonical_reason())
+        .unwrap_or("");
+    s.out.clear();
+    let _ = write!(
+        s.out,
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n{}\r\n{msg}\n",
+        msg.len() + 1,
+        if close { "connection: close\r\n" } else { "" },
+    );
+    let ok = io.write_all(&s.out).await.is_ok() && io.flush().await.is_ok();
+    if ok && close {
+        linger(io, s).await;
+    }
+    ok
+}
+
+/// Closes our side and reads (and drops) what the client still sends, for at most a
+/// second or 1 MiB, as nginx's lingering close: closing with unread bytes would send a
+/// reset, and the client could lose the answer it has not read yet.
+async fn linger<C>(io: &mut C, s: &mut Session)
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    let _ = io.shutdown().await;
+    s.client.clear();
+    let drain = async {
+        let mut scratch = [0u8; 8192];
+        let mut total = 0usize;
+        while total < (1 << 20) {
+            match io.read(&mut scratch).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => total += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), drain).await;
+}
