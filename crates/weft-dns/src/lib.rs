@@ -62,6 +62,7 @@ pub mod error;
 #[doc(hidden)]
 pub mod fixtures;
 pub mod forward;
+pub mod hook;
 mod mmsg;
 pub mod model;
 pub mod name;
@@ -74,6 +75,7 @@ pub mod zone;
 pub use client::{query, Response};
 pub use config::{ServerConfig, Upstreams, ZoneConfig};
 pub use error::{Error, Result};
+pub use hook::{Answer, AnswerHook};
 pub use model::Model;
 pub use server::{serve, Server, Stats, StatsHandle};
 

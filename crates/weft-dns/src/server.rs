@@ -43,6 +43,8 @@ pub(crate) struct Shared {
     pub(crate) conns: Arc<Semaphore>,
     pub(crate) forwards: Arc<Semaphore>,
     pub(crate) stats: Stats,
+    /// Called with each forwarded answer before it is sent ([`crate::hook`]).
+    pub(crate) hook: Option<Arc<dyn crate::hook::AnswerHook>>,
 }
 
 pub struct Server {
@@ -112,12 +114,25 @@ impl Server {
             conns: Arc::new(Semaphore::new(cfg.max_tcp_connections.max(1))),
             forwards: Arc::new(Semaphore::new(cfg.max_forwards.max(1))),
             stats: Stats::default(),
+            hook: None,
         };
         Ok(Server {
             udp,
             tcp,
             shared: Arc::new(shared),
         })
+    }
+
+    /// Installs a hook every forwarded answer with addresses goes through before it is
+    /// sent ([`crate::hook`]); call before [`Server::run`]. `false` once serving.
+    pub fn set_answer_hook(&mut self, hook: Arc<dyn crate::hook::AnswerHook>) -> bool {
+        match Arc::get_mut(&mut self.shared) {
+            Some(sh) => {
+                sh.hook = Some(hook);
+                true
+            }
+            None => false,
+        }
     }
 
     /// The bound addresses (UDP and TCP share each), in `listen` order.
@@ -306,9 +321,13 @@ async fn tcp_conn(
                 bump(&sh.stats.dropped);
                 return;
             }
-            Decision::Forward(_) => forwarded(&sh, &msg, None, false, &mut out).await,
+            Decision::Forward(_) => {
+                forwarded(&sh, &msg, None, false, &mut out).await;
+                crate::hook::before_send(&sh.hook, peer.ip(), &out).await
+            }
             Decision::Chase(_, target, ttl) => {
-                forwarded(&sh, &msg, Some((target, ttl)), false, &mut out).await
+                forwarded(&sh, &msg, Some((target, ttl)), false, &mut out).await;
+                crate::hook::before_send(&sh.hook, peer.ip(), &out).await
             }
         }
         if out.is_empty() {

@@ -124,7 +124,8 @@ fn datagram(
         }
         Decision::Forward(q) => {
             let key = cache::key(&lower[..q.qname_len], q.qtype, q.qclass);
-            if let Some(e) = sh.fwd.cached(&key) {
+            // With an answer hook, cached answers go through the task path too.
+            if let Some(e) = sh.fwd.cached(&key).filter(|_| sh.hook.is_none()) {
                 bump(&sh.stats.cache_hits);
                 e.write_reply(out, &q, Instant::now());
                 truncate_to(out, q.question.len(), q.edns, q.udp_limit());
@@ -164,6 +165,7 @@ fn spawn_upstream(
         let _permit = permit;
         let mut out = Vec::new();
         forwarded(&sh, &msg, alias, true, &mut out).await;
+        crate::hook::before_send(&sh.hook, src.ip(), &out).await;
         if !out.is_empty() {
             if let Err(e) = send_one(sock.as_raw_fd(), &out, src) {
                 tracing::debug!("udp send to {src}: {e}");
