@@ -13,6 +13,8 @@
 # WEFT_INGRESS_BENCH_INGRESSES (5000), WEFT_INGRESS_BENCH_RELOADS (5),
 # WEFT_INGRESS_BENCH_THREADS (1: weft's workers = nginx's worker_processes),
 # WEFT_INGRESS_BENCH_FLAVOUR=multi (weft on one multi-thread runtime, as before its workers),
+# WEFT_INGRESS_BENCH_HTTP1=hyper (weft's HTTP/1.1 served by hyper, as before its own path;
+# run once with each to compare the two, each against nginx in its own run),
 # WEFT_INGRESS_BENCH_KEEP=1 keeps the work directory; the full list is in
 # crates/weft-ingress/benches/ingress/main.rs.
 set -euo pipefail

@@ -21,7 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use weft_ingress::cases::TlsSecret;
-use weft_ingress::proxy::{Limits, Proxy};
+use weft_ingress::proxy::{Http1, Limits, Proxy};
 use weft_ingress::{compile, Cluster};
 
 /// A backend answering `backend <path>` after `delay` (when the path starts `/slow`).
@@ -95,6 +95,11 @@ struct Running {
 }
 
 async fn start() -> Running {
+    start_with(Http1::default()).await
+}
+
+/// `start`, HTTP/1.1 served by `engine`.
+async fn start_with(engine: Http1) -> Running {
     let backend = backend().await;
     let generated = TlsSecret {
         name: "a-tls".into(),
@@ -110,7 +115,8 @@ async fn start() -> Running {
         },
         &["default"],
     )
-    .expect("proxy");
+    .expect("proxy")
+    .with_http1(engine);
     assert!(proxy.update(compile(&cluster(backend, &secret, true))));
     let (stop, rx) = watch::channel(false);
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -215,8 +221,14 @@ fn http2_over_tls_by_alpn_and_in_cleartext() {
 
 #[test]
 fn a_request_in_flight_survives_a_reconfiguration_and_a_drain() {
-    common::in_netns(|| async {
-        let r = start().await;
+    for engine in [Http1::Native, Http1::Hyper] {
+        common::in_netns(move || in_flight(engine));
+    }
+}
+
+async fn in_flight(engine: Http1) {
+    {
+        let r = start_with(engine).await;
         let http = r.http;
         let slow = tokio::spawn(async move { raw(http, &get("a.test", "/slow")).await });
         tokio::time::sleep(Duration::from_millis(150)).await;
@@ -248,13 +260,19 @@ fn a_request_in_flight_survives_a_reconfiguration_and_a_drain() {
             0,
             "accepting after the stop"
         );
-    });
+    }
 }
 
 #[test]
 fn a_chunked_body_over_the_limit_gets_413() {
-    common::in_netns(|| async {
-        let r = start().await;
+    for engine in [Http1::Native, Http1::Hyper] {
+        common::in_netns(move || over_the_limit(engine));
+    }
+}
+
+async fn over_the_limit(engine: Http1) {
+    {
+        let r = start_with(engine).await;
         let mut req =
             b"POST /x HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
         let chunk = vec![b'a'; 64 * 1024];
@@ -268,7 +286,7 @@ fn a_chunked_body_over_the_limit_gets_413() {
         let small = b"POST /x HTTP/1.1\r\nHost: a.test\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc";
         assert_eq!(raw(r.http, small).await, 200);
         let _ = r.stop.send(true);
-    });
+    }
 }
 
 /// A request from a seed corpus with some bytes changed, inserted or dropped.
@@ -297,8 +315,14 @@ fn mutate(seed: &mut u64, corpus: &[&[u8]]) -> Vec<u8> {
 
 #[test]
 fn fuzzed_requests_get_a_status_and_never_disturb_other_clients() {
-    common::in_netns(|| async {
-        let r = start().await;
+    for engine in [Http1::Native, Http1::Hyper] {
+        common::in_netns(move || fuzzed(engine));
+    }
+}
+
+async fn fuzzed(engine: Http1) {
+    {
+        let r = start_with(engine).await;
         let good_failures = Arc::new(AtomicUsize::new(0));
         let good_ok = Arc::new(AtomicUsize::new(0));
         let (done_tx, done) = watch::channel(false);
@@ -343,18 +367,18 @@ fn fuzzed_requests_get_a_status_and_never_disturb_other_clients() {
         good.await.expect("good client");
         assert!(
             bad.is_empty(),
-            "{} odd answers:\n{}",
+            "{engine:?}: {} odd answers:\n{}",
             bad.len(),
             bad[..bad.len().min(10)].join("\n")
         );
         assert_eq!(
             good_failures.load(Ordering::Relaxed),
             0,
-            "the good client failed"
+            "the good client failed ({engine:?})"
         );
-        assert!(good_ok.load(Ordering::Relaxed) > 10);
+        assert!(good_ok.load(Ordering::Relaxed) > 10, "{engine:?}");
         let _ = r.stop.send(true);
-    });
+    }
 }
 
 /// The leaf certificate a TLS handshake with `sni` presents (no verification).

@@ -15,7 +15,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use weft_ingress::compile;
-use weft_ingress::proxy::{Limits, Proxy};
+use weft_ingress::proxy::{Http1, Limits, Proxy};
 
 /// A backend on 127.0.0.1:`port` that counts the connections it accepts, answers `ok`,
 /// and answers an upgrade with 101 and then echoes what it reads.
@@ -62,10 +62,18 @@ async fn backend(accepted: Arc<AtomicUsize>) -> u16 {
 
 #[test]
 fn connections_are_reused_refused_connects_retried_and_upgrades_passed() {
-    common::in_netns(|| async {
+    for engine in [Http1::Native, Http1::Hyper] {
+        common::in_netns(move || reused(engine));
+    }
+}
+
+async fn reused(engine: Http1) {
+    {
         let accepted = Arc::new(AtomicUsize::new(0));
         let port = backend(accepted.clone()).await;
-        let proxy = Proxy::new(Limits::default(), &["default"]).expect("proxy");
+        let proxy = Proxy::new(Limits::default(), &["default"])
+            .expect("proxy")
+            .with_http1(engine);
         assert!(proxy.update(compile(&common::a_test(port, &["127.0.0.1", "127.0.0.2"]))));
         let (_stop, rx) = tokio::sync::watch::channel(false);
         let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -131,5 +139,5 @@ fn connections_are_reused_refused_connects_retried_and_upgrades_passed() {
             2,
             "the upgraded connection left the pool"
         );
-    });
+    }
 }

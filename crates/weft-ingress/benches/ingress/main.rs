@@ -21,7 +21,8 @@
 //! _NGINX_LOG_BUFFER (1: nginx's access log with `buffer=64k flush=100ms`, as weft buffers
 //! its own; 0: a write per request),
 //! _MODES (http-ka,http-close,https-ka,https-close), _KEEP=1 keeps the work directory,
-//! _FLAVOUR=multi serves weft as the agent did before its workers: `Proxy::serve` on one
+//! _HTTP1 (native: weft's own HTTP/1.1 path, the default; hyper: hyper's server and client,
+//! to compare the two), _FLAVOUR=multi serves weft as the agent did before its workers: `Proxy::serve` on one
 //! multi-thread runtime with _THREADS worker threads.
 //!
 //! Modules: `settings` (the knobs), `cluster` (the Kubernetes objects weft serves),

@@ -115,13 +115,14 @@ fn header(r: &mut String, cfg: &Cfg, m: &Machine, tp: &Throughput, load_end: &st
     let _ = writeln!(
         r,
         "Settings: {} rounds x {} s per proxy and mode (alternating which goes first), wrk -t1 -c{} --latency on CPU {}; \
-         proxies on CPU {} (weft: {} {}, {} threads in all; nginx: worker_processes {}, {} processes); \
+         proxies on CPU {} (weft: HTTP/1.1 path {}, {} {}, {} threads in all; nginx: worker_processes {}, {} processes); \
          backends (2 processes) and the bench driver on CPU {}; access log {}",
         cfg.rounds,
         cfg.secs,
         cfg.conns,
         cfg.client_cpus,
         cfg.proxy_cpus,
+        cfg.http1,
         cfg.threads,
         if cfg.multi {
             "worker thread(s) of one multi-thread runtime"

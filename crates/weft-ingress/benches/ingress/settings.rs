@@ -8,6 +8,8 @@ pub struct Cfg {
     pub threads: usize,
     /// weft served the old way: one multi-thread runtime (`FLAVOUR=multi`).
     pub multi: bool,
+    /// Which of weft's HTTP/1.1 paths serves (`HTTP1`: native, the default, or hyper).
+    pub http1: String,
     pub proxy_cpus: String,
     pub client_cpus: String,
     pub ingresses: usize,
@@ -34,6 +36,7 @@ impl Cfg {
             conns: env_or("CONNS", 64),
             threads: env_or("THREADS", 1),
             multi: env_or("FLAVOUR", String::new()) == "multi",
+            http1: env_or("HTTP1", "native".to_string()),
             proxy_cpus: env_or("PROXY_CPUS", "1".to_string()),
             client_cpus: env_or("CLIENT_CPUS", "0".to_string()),
             ingresses: env_or("INGRESSES", 5000),

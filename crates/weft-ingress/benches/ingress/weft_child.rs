@@ -34,6 +34,7 @@ impl Weft {
             .env("WEFT_INGRESS_BENCH_DIR", &ctx.dir)
             .env("WEFT_INGRESS_BENCH_CLUSTER", cluster)
             .env("WEFT_INGRESS_BENCH_THREADS", ctx.cfg.threads.to_string())
+            .env("WEFT_INGRESS_BENCH_HTTP1", &ctx.cfg.http1)
             .env(
                 "WEFT_INGRESS_BENCH_ACCESS_LOG",
                 u8::from(ctx.cfg.access_log).to_string(),
@@ -140,7 +141,12 @@ pub fn serve() {
             }
             None => (small_cluster(&dir), 0),
         };
-        let proxy = Proxy::new(Limits::default(), &["bench-node"]).expect("proxy");
+        let http1: weft_ingress::proxy::Http1 = env_or("HTTP1", "native".to_string())
+            .parse()
+            .expect("WEFT_INGRESS_BENCH_HTTP1");
+        let proxy = Proxy::new(Limits::default(), &["bench-node"])
+            .expect("proxy")
+            .with_http1(http1);
         let t = Instant::now();
         let compiled = weft_ingress::compile(&world);
         let compile_ms = t.elapsed().as_secs_f64() * 1e3;
