@@ -168,10 +168,9 @@ pub fn admit_create(
                 ..Default::default()
             });
             defaults::service(&mut svc);
-            let mut obj = typed::encode(&svc)?;
-            service::allocate_service(tx, net, &mut obj, None)?;
-            service::allocate_load_balancer(tx, &mut obj, None);
-            obj
+            service::allocate_service(tx, net, &mut svc, None)?;
+            service::allocate_load_balancer(tx, &mut svc, None);
+            typed::encode(&svc)?
         }
         "Node" => {
             let mut node: core::Node = typed::decode(res, obj)?;
@@ -217,15 +216,14 @@ pub fn admit_update(
         }
         "Service" => {
             let mut svc: core::Service = typed::decode(res, obj)?;
-            let old_spec: core::ServiceSpec = typed::view(&old["spec"]).unwrap_or_default();
-            if let Some(spec) = svc.spec.as_mut() {
-                defaults::drop_type_dependent_fields(&old_spec, spec);
+            let old_svc: core::Service = typed::view(old).unwrap_or_default();
+            if let (Some(spec), Some(old_spec)) = (svc.spec.as_mut(), old_svc.spec.as_ref()) {
+                defaults::drop_type_dependent_fields(old_spec, spec);
             }
             defaults::service(&mut svc);
-            let mut obj = typed::encode(&svc)?;
-            service::allocate_service(tx, net, &mut obj, Some(old))?;
-            service::allocate_load_balancer(tx, &mut obj, Some(old));
-            obj
+            service::allocate_service(tx, net, &mut svc, Some((old, &old_svc)))?;
+            service::allocate_load_balancer(tx, &mut svc, Some(old));
+            typed::encode(&svc)?
         }
         "Node" => {
             let mut node: core::Node = typed::decode(res, obj)?;

@@ -10,29 +10,32 @@ use crate::error::{ApiError, Cause};
 use crate::server::NetConfig;
 use crate::store::Tx;
 use axum::http::StatusCode;
-use serde_json::{json, Value};
+use k8s_openapi::api::core::v1::{
+    LoadBalancerIngress, LoadBalancerStatus, Service, ServiceSpec, ServiceStatus,
+};
+use serde_json::Value;
 use std::net::IpAddr;
 
 const V4: &str = "IPv4";
 const V6: &str = "IPv6";
 
-fn strings(v: &Value) -> Vec<String> {
-    let items = v.as_array().into_iter().flatten();
-    let items = items.filter_map(Value::as_str).filter(|s| !s.is_empty());
-    items.map(String::from).collect()
+fn strings(v: Option<&Vec<String>>) -> Vec<String> {
+    let items = v.into_iter().flatten().filter(|s| !s.is_empty());
+    items.cloned().collect()
 }
 
 /// A stored Service's ClusterIPs: `clusterIPs`, or `clusterIP` written without it.
-fn ips_of(spec: &Value) -> Vec<String> {
-    let ips = strings(&spec["clusterIPs"]);
+fn ips_of(spec: &ServiceSpec) -> Vec<String> {
+    let ips = strings(spec.cluster_ips.as_ref());
     if !ips.is_empty() {
         return ips;
     }
-    spec["clusterIP"]
-        .as_str()
-        .filter(|s| !s.is_empty())
-        .map(|s| vec![s.to_string()])
-        .unwrap_or_default()
+    let single = spec.cluster_ip.iter().filter(|s| !s.is_empty());
+    single.cloned().collect()
+}
+
+fn spec_of(svc: &Service) -> Option<&ServiceSpec> {
+    svc.spec.as_ref()
 }
 
 /// kube-apiserver answers a full range with 500 InternalError; the message names the range.
@@ -44,24 +47,29 @@ fn range_full(what: &str, free: &str, range: &str) -> ApiError {
     )
 }
 
+/// `old` is the stored Service (what it holds is read from the stored form, as the
+/// allocators read it) and its typed form.
 pub fn allocate_service(
     tx: &Tx,
     net: &NetConfig,
-    obj: &mut Value,
-    old: Option<&Value>,
+    svc: &mut Service,
+    old: Option<(&Value, &Service)>,
 ) -> Result<(), ApiError> {
     let view = tx.allocations();
     // What this Service holds already: it may keep those values.
-    let own = old.map(|o| view.alloc.held(o)).unwrap_or_default();
-    let name = crate::meta::name(obj).to_string();
-    let is_kubernetes = crate::meta::namespace(obj) == "default" && name == "kubernetes";
+    let own = old.map(|(o, _)| view.alloc.held(o)).unwrap_or_default();
+    let name = svc.metadata.name.clone().unwrap_or_default();
+    let ns = svc.metadata.namespace.as_deref().unwrap_or("");
+    let is_kubernetes = ns == "default" && name == "kubernetes";
     let invalid = |c: Cause| ApiError::invalid("Service", &name, vec![c]);
-    let spec = &mut obj["spec"];
-    let ty = spec["type"].as_str().unwrap_or("ClusterIP").to_string();
+    let Some(spec) = svc.spec.as_mut() else {
+        return Ok(());
+    };
+    let ty = spec.type_.clone().unwrap_or_else(|| "ClusterIP".into());
     if ty == "ExternalName" {
         return Ok(());
     }
-    let old_spec = old.map(|o| &o["spec"]);
+    let old_spec = old.and_then(|(_, o)| spec_of(o));
     cluster_ips(&view, net, spec, old_spec, &own, is_kubernetes).map_err(|e| match e {
         Failure::Invalid(c) => invalid(c),
         Failure::Api(e) => e,
@@ -75,7 +83,9 @@ pub fn allocate_service(
     } else {
         Vec::new()
     };
-    let old_health = old_spec.and_then(|o| o["healthCheckNodePort"].as_u64());
+    let old_health = old_spec
+        .and_then(|o| o.health_check_node_port)
+        .and_then(|n| u64::try_from(n).ok());
     health_check_port(&view, spec, ty == "LoadBalancer", old_health, &own, &mine).map_err(invalid)
 }
 
@@ -94,8 +104,8 @@ impl From<Cause> for Failure {
 /// kube-apiserver derives them; returns (families, policy).
 fn families(
     net: &NetConfig,
-    spec: &Value,
-    old: Option<&Value>,
+    spec: &ServiceSpec,
+    old: Option<&ServiceSpec>,
     ips: &[String],
 ) -> Result<(Vec<&'static str>, String), Cause> {
     let mut fams: Vec<&'static str> = Vec::new();
@@ -109,9 +119,11 @@ fn families(
         })?;
         fams.push(if ip.is_ipv4() { V4 } else { V6 });
     }
-    let mut asked = strings(&spec["ipFamilies"]);
+    let mut asked = strings(spec.ip_families.as_ref());
     if asked.is_empty() {
-        asked = old.map(|o| strings(&o["ipFamilies"])).unwrap_or_default();
+        asked = old
+            .map(|o| strings(o.ip_families.as_ref()))
+            .unwrap_or_default();
     }
     for (i, f) in asked.iter().enumerate() {
         let fam = match f.as_str() {
@@ -140,11 +152,11 @@ fn families(
     if fams.len() > 2 || (fams.len() == 2 && fams[0] == fams[1]) {
         return Err(Cause::duplicate("spec.ipFamilies[1]", fams[1]));
     }
-    let policy = match spec["ipFamilyPolicy"].as_str().filter(|s| !s.is_empty()) {
+    let policy = match spec.ip_family_policy.as_deref().filter(|s| !s.is_empty()) {
         Some(p) => p.to_string(),
         None if fams.len() == 2 => "RequireDualStack".to_string(),
         None => old
-            .and_then(|o| o["ipFamilyPolicy"].as_str())
+            .and_then(|o| o.ip_family_policy.as_deref())
             .unwrap_or("SingleStack")
             .to_string(),
     };
@@ -184,14 +196,15 @@ fn families(
 fn cluster_ips(
     view: &View,
     net: &NetConfig,
-    spec: &mut Value,
-    old: Option<&Value>,
+    spec: &mut ServiceSpec,
+    old: Option<&ServiceSpec>,
     own: &[(Pool, u64)],
     is_kubernetes: bool,
 ) -> Result<(), Failure> {
     let old_ips = old.map(ips_of).unwrap_or_default();
-    let single = spec["clusterIP"].as_str().filter(|s| !s.is_empty());
-    let given = strings(&spec["clusterIPs"]);
+    let single_owned = spec.cluster_ip.clone();
+    let single = single_owned.as_deref().filter(|s| !s.is_empty());
+    let given = strings(spec.cluster_ips.as_ref());
     if let Some(o) = old_ips.first() {
         for asked in [single, given.first().map(String::as_str)]
             .into_iter()
@@ -225,8 +238,8 @@ fn cluster_ips(
             );
             return Err(c.into());
         }
-        spec["clusterIP"] = json!("None");
-        spec["clusterIPs"] = json!(["None"]);
+        spec.cluster_ip = Some("None".into());
+        spec.cluster_ips = Some(vec!["None".into()]);
         return Ok(());
     }
     let (fams, policy) = families(net, spec, old, &ips)?;
@@ -299,10 +312,10 @@ fn cluster_ips(
             }
         }
     }
-    spec["clusterIP"] = json!(ips[0]);
-    spec["clusterIPs"] = json!(ips);
-    spec["ipFamilies"] = json!(fams);
-    spec["ipFamilyPolicy"] = json!(policy);
+    spec.cluster_ip = Some(ips[0].clone());
+    spec.cluster_ips = Some(ips);
+    spec.ip_families = Some(fams.iter().map(|f| f.to_string()).collect());
+    spec.ip_family_policy = Some(policy);
     Ok(())
 }
 
@@ -310,8 +323,8 @@ fn cluster_ips(
 /// (one number may serve TCP and UDP of one Service).
 fn node_ports(
     view: &View,
-    spec: &mut Value,
-    old: Option<&Value>,
+    spec: &mut ServiceSpec,
+    old: Option<&ServiceSpec>,
     own: &[(Pool, u64)],
 ) -> Result<Vec<(u16, String)>, Failure> {
     let Some(range) = view.range(Pool::NodePort) else {
@@ -322,16 +335,15 @@ fn node_ports(
             .port_offset(n)
             .is_some_and(|off| view.taken_by_other(Pool::NodePort, off, own))
     };
-    let old_ports: Vec<Value> = old
-        .and_then(|o| o["ports"].as_array().cloned())
-        .unwrap_or_default();
-    let Some(ports) = spec["ports"].as_array_mut() else {
+    let old_ports = old.and_then(|o| o.ports.as_deref()).unwrap_or_default();
+    let Some(ports) = spec.ports.as_mut() else {
         return Ok(Vec::new());
     };
     let mut mine: Vec<(u16, String)> = Vec::new();
     for (i, p) in ports.iter_mut().enumerate() {
-        let asked = p["nodePort"].as_u64().filter(|n| *n > 0);
-        let proto = p["protocol"].as_str().unwrap_or("TCP").to_string();
+        let asked = p.node_port.and_then(|n| u64::try_from(n).ok());
+        let asked = asked.filter(|n| *n > 0);
+        let proto = p.protocol.clone().unwrap_or_else(|| "TCP".into());
         let field = format!("spec.ports[{i}].nodePort");
         let port = match asked {
             Some(n) => {
@@ -358,8 +370,9 @@ fn node_ports(
             None => {
                 let kept = old_ports
                     .iter()
-                    .find(|o| o["port"] == p["port"] && o["protocol"] == p["protocol"])
-                    .and_then(|o| o["nodePort"].as_u64())
+                    .find(|o| o.port == p.port && o.protocol == p.protocol)
+                    .and_then(|o| o.node_port)
+                    .and_then(|n| u64::try_from(n).ok())
                     .filter(|n| range.port_offset(*n).is_some() && !taken(*n))
                     .filter(|n| !mine.iter().any(|(m, _)| u64::from(*m) == *n));
                 let fresh = || {
@@ -382,7 +395,7 @@ fn node_ports(
                 }
             }
         };
-        p["nodePort"] = json!(port);
+        p.node_port = Some(i32::from(port));
         mine.push((port, proto));
     }
     Ok(mine)
@@ -392,18 +405,15 @@ fn node_ports(
 /// where each node tells the load balancer whether it has local endpoints.
 fn health_check_port(
     view: &View,
-    spec: &mut Value,
+    spec: &mut ServiceSpec,
     load_balancer: bool,
     old: Option<u64>,
     own: &[(Pool, u64)],
     mine: &[(u16, String)],
 ) -> Result<(), Cause> {
-    let wanted = load_balancer && spec["externalTrafficPolicy"] == "Local";
-    let Some(m) = spec.as_object_mut() else {
-        return Ok(());
-    };
+    let wanted = load_balancer && spec.external_traffic_policy.as_deref() == Some("Local");
     if !wanted {
-        m.remove("healthCheckNodePort");
+        spec.health_check_node_port = None;
         return Ok(());
     }
     let Some(range) = view.range(Pool::NodePort) else {
@@ -416,10 +426,10 @@ fn health_check_port(
         }
         None => false,
     };
-    let asked = m
-        .get("healthCheckNodePort")
-        .and_then(Value::as_u64)
-        .filter(|n| *n > 0);
+    let asked = spec
+        .health_check_node_port
+        .and_then(|n| u64::try_from(n).ok());
+    let asked = asked.filter(|n| *n > 0);
     let port = match asked {
         Some(n) if free(n) => n,
         Some(n) => {
@@ -445,25 +455,30 @@ fn health_check_port(
             }
         }
     };
-    m.insert("healthCheckNodePort".into(), json!(port));
+    spec.health_check_node_port = i32::try_from(port).ok();
     Ok(())
 }
 
 /// LoadBalancer Services get an ingress IP from `--load-balancer-cidr` (honouring
 /// `spec.loadBalancerIP` when it is in the pool and free, else the lowest free address),
 /// in `status.loadBalancer`; a Service that stops being a LoadBalancer gives it back.
-pub fn allocate_load_balancer(tx: &Tx, obj: &mut Value, old: Option<&Value>) {
+pub fn allocate_load_balancer(tx: &Tx, svc: &mut Service, old: Option<&Value>) {
     let view = tx.allocations();
     let Some(range) = view.range(Pool::LoadBalancer) else {
         return;
     };
-    let is_lb = obj["spec"]["type"] == "LoadBalancer";
-    let current = obj["status"]["loadBalancer"]["ingress"][0]["ip"]
-        .as_str()
-        .and_then(|s| s.parse::<IpAddr>().ok());
+    let is_lb = spec_of(svc).and_then(|s| s.type_.as_deref()) == Some("LoadBalancer");
+    let lb = svc.status.as_ref().and_then(|s| s.load_balancer.as_ref());
+    let first = lb.and_then(|l| l.ingress.as_ref()?.first()?.ip.clone());
+    let current = first.and_then(|s| s.parse::<IpAddr>().ok());
+    let status = |svc: &mut Service, lb: LoadBalancerStatus| {
+        svc.status
+            .get_or_insert_with(ServiceStatus::default)
+            .load_balancer = Some(lb);
+    };
     if !is_lb {
         if current.is_some_and(|ip| range.ip_offset(ip).is_some()) {
-            obj["status"]["loadBalancer"] = json!({});
+            status(svc, LoadBalancerStatus::default());
         }
         return;
     }
@@ -476,22 +491,29 @@ pub fn allocate_load_balancer(tx: &Tx, obj: &mut Value, old: Option<&Value>) {
             .ip_offset(ip)
             .filter(|o| range.is_host(*o) && !view.taken_by_other(Pool::LoadBalancer, *o, &own))
     };
-    let asked = obj["spec"]["loadBalancerIP"]
-        .as_str()
+    let asked = spec_of(svc)
+        .and_then(|s| s.load_balancer_ip.as_deref())
         .and_then(|s| s.parse::<IpAddr>().ok())
         .and_then(free);
     let off = asked.or_else(|| view.find_free(Pool::LoadBalancer, 0, |o| range.is_host(o)));
     match off {
         Some(off) => {
             let ip = ip_of(Pool::LoadBalancer, range.value(off));
-            obj["status"]["loadBalancer"] =
-                json!({"ingress": [{"ip": ip.to_string(), "ipMode": "VIP"}]})
+            let ingress = LoadBalancerIngress {
+                ip: Some(ip.to_string()),
+                ip_mode: Some("VIP".into()),
+                ..Default::default()
+            };
+            let lb = LoadBalancerStatus {
+                ingress: Some(vec![ingress]),
+            };
+            status(svc, lb);
         }
         None => tracing::warn!(
             "no LoadBalancer address left in {} for {}/{}",
             range.name,
-            crate::meta::namespace(obj),
-            crate::meta::name(obj)
+            svc.metadata.namespace.as_deref().unwrap_or(""),
+            svc.metadata.name.as_deref().unwrap_or("")
         ),
     }
 }
