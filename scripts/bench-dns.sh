@@ -17,6 +17,8 @@
 # WEFT_DNS_BENCH_LATENCY_QPS (20000, the fixed rate of the latency runs),
 # WEFT_DNS_BENCH_CLIENTS (4, dnsperf -c), WEFT_DNS_BENCH_OUTSTANDING (100, dnsperf -q),
 # WEFT_DNS_BENCH_LATENCY (together; apart runs the two latency runs one after the other),
+# WEFT_DNS_BENCH_WIRE (1: time every reply on the wire too, see wire() below; 0: off),
+# WEFT_DNS_BENCH_FORWARD (1; 0 skips the forwarded mix against Unbound),
 # WEFT_DNS_BENCH_KEEP=1 keeps the work directory, WEFT_DNS_BENCH_RT=1 runs the three servers
 # under test with SCHED_FIFO priority 10 (`chrt -f 10`), all alike, and dnsperf with SCHED_RR
 # priority 5, so other work on a shared machine can preempt neither the servers on their core
@@ -42,7 +44,7 @@ CLIENT_CPU=0
 
 # Benchmark-only tools, installed the way scripts/test-deps.sh installs the test tools.
 need=()
-for pkg in iproute2 util-linux dnsperf knot unbound dnsutils jq; do
+for pkg in iproute2 util-linux dnsperf knot unbound dnsutils jq tcpdump; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -246,6 +248,10 @@ pct_of() { # file p
   grep -E '^> [A-Z]+ ' "$1" | awk '{ print $NF }' | sort -g |
     awk -v p="$2" '{ v[NR] = $1 } END { i = int(NR * p / 100); if (i < NR * p / 100) i++; if (i < 1) i = 1; printf "%.3f", v[i] * 1000 }'
 }
+wpct_of() { # file p: nearest-rank percentile of a file of latencies in ms ("-" without one)
+  [ -s "$1" ] || { echo -; return; }
+  sort -g "$1" | awk -v p="$2" '{ v[NR] = $1 } END { i = int(NR * p / 100); if (i < NR * p / 100) i++; if (i < 1) i = 1; printf "%.3f", v[i] }'
+}
 median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 # One run of a pair: each server's throughput on its own (as fast as dnsperf goes with
@@ -255,9 +261,44 @@ median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]
 # was running then); each also waits now and then for the other's batch on the shared core,
 # alike. Output per server and run: <qps> <lost> <avg ms at full load> <p50> <p99> (latency
 # run) <lost (latency run)> <server CPU use during the throughput run, cores> <answers per
-# server CPU-second> <p99.9> <max> (latency run) <1-min load average after the run>. CPU use is
+# server CPU-second> <p99.9> <max> (latency run) <1-min load average after the run> <p50> <p99>
+# <p99.9> on the wire (latency run; "-" without WEFT_DNS_BENCH_WIRE). CPU use is
 # the server process's utime+stime (all threads) from /proc/<pid>/stat over dnsperf's run time.
 LAT_MODE=${WEFT_DNS_BENCH_LATENCY:-together}
+WIRE=${WEFT_DNS_BENCH_WIRE:-1}
+# The server's own response time, the same way for both servers: tcpdump on the namespace's
+# loopback (on the client's core, 64 bytes per packet) stamps each query as dnsperf sends it
+# and each reply as the server sends it; a reply is matched to its query by server address,
+# client port and DNS ID. dnsperf's latency adds the client's side (its own scheduling on a
+# shared core, the wake-up to read the reply), which is most of the tail at these rates.
+# Output: one latency in ms per line, $DIR/<tag>-<run>-wire.txt for each server of the pair.
+wire_start() { # pcap
+  # Not through nsx: $! must be tcpdump itself (ip netns exec and taskset exec it), not a
+  # subshell that would outlive a signal.
+  ip netns exec "$NS" taskset -c $CLIENT_CPU tcpdump -i lo -n -s 64 -B 65536 \
+    --time-stamp-precision=nano -w "$1" "udp port 53 and (host $WEFT or host $KNOT or host $UNBOUND)" \
+    </dev/null >/dev/null 2>"$1.log" &
+  WIRE_PID=$!
+  for _ in $(seq 1 50); do grep -q listening "$1.log" 2>/dev/null && return 0; sleep 0.1; done
+}
+wire_stop() { # pcap run tag:addr...
+  local pcap=$1 run=$2 entry; shift 2
+  sleep 0.2
+  kill -INT "$WIRE_PID" 2>/dev/null || true
+  wait "$WIRE_PID" 2>/dev/null || true
+  grep -E 'dropped by kernel' "$pcap.log" | grep -qv '^0 ' &&
+    echo "   (tcpdump: $(grep 'dropped by kernel' "$pcap.log"))"
+  tcpdump -r "$pcap" -n -tt --time-stamp-precision=nano 2>/dev/null | awk -v dir="$DIR" -v run="$run" -v tags="$*" '
+    BEGIN { n = split(tags, t, " "); for (i = 1; i <= n; i++) { split(t[i], kv, ":"); tag[kv[2]] = kv[1] } }
+    $2 != "IP" { next }
+    { split($1, ts, "."); if (base == "") base = ts[1]; now = (ts[1] - base) + ("0." ts[2])
+      id = $6; sub(/[^0-9].*/, "", id) }
+    $5 ~ /\.53:$/ { srv = $5; sub(/\.53:$/, "", srv); cp = $3; sub(/.*\./, "", cp); sent[srv " " cp " " id] = now; next }
+    $3 ~ /\.53$/ { srv = $3; sub(/\.53$/, "", srv); cp = $5; sub(/:$/, "", cp); sub(/.*\./, "", cp)
+      k = srv " " cp " " id
+      if ((k in sent) && (srv in tag)) { printf "%.6f\n", (now - sent[k]) * 1000 > (dir "/" tag[srv] "-" run "-wire.txt"); delete sent[k] } }'
+  rm -f "$pcap"
+}
 ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 throughput() { # tag addr file run pid
   local tag=$1 addr=$2 file=$3 run=$4 pid=$5 t0 t1 secs
@@ -269,22 +310,26 @@ throughput() { # tag addr file run pid
 }
 latency() { # tagA addrA tagB addrB file run
   local a=$1 aa=$2 b=$3 ba=$4 file=$5 run=$6 pa pb
+  rm -f "$DIR/$a-$run-wire.txt" "$DIR/$b-$run-wire.txt"
+  [ "$WIRE" = 1 ] && wire_start "$DIR/lat-$run.pcap"
   if [ "$LAT_MODE" = apart ]; then
     perf "$aa" "$file" "$DIR/$a-$run-lat.txt" -Q "$LAT_QPS" -v
     perf "$ba" "$file" "$DIR/$b-$run-lat.txt" -Q "$LAT_QPS" -v
-    return
+  else
+    perf "$aa" "$file" "$DIR/$a-$run-lat.txt" -Q "$LAT_QPS" -v &
+    pa=$!
+    perf "$ba" "$file" "$DIR/$b-$run-lat.txt" -Q "$LAT_QPS" -v &
+    pb=$!
+    wait $pa
+    wait $pb
   fi
-  perf "$aa" "$file" "$DIR/$a-$run-lat.txt" -Q "$LAT_QPS" -v &
-  pa=$!
-  perf "$ba" "$file" "$DIR/$b-$run-lat.txt" -Q "$LAT_QPS" -v &
-  pb=$!
-  wait $pa
-  wait $pb
+  [ "$WIRE" = 1 ] && wire_stop "$DIR/lat-$run.pcap" "$run" "$a:$aa" "$b:$ba"
+  return 0
 }
 record() { # tag run
-  local tag=$1 run=$2 f=$DIR/$1-$2-tput.txt l=$DIR/$1-$2-lat.txt cpu
+  local tag=$1 run=$2 f=$DIR/$1-$2-tput.txt l=$DIR/$1-$2-lat.txt w=$DIR/$1-$2-wire.txt cpu
   cpu=$(cat "$DIR/$tag-$run.cpu")
-  echo "$(qps_of "$f") $(lost_of "$f") $(avg_of "$f") $(pct_of "$l" 50) $(pct_of "$l" 99) $(lost_of "$l") $cpu $(awk -v q="$(qps_of "$f")" -v c="$cpu" 'BEGIN { printf "%.0f", (c > 0 ? q / c : 0) }') $(pct_of "$l" 99.9) $(pct_of "$l" 100) $(cut -d' ' -f1 /proc/loadavg)" >>"$DIR/$tag.res"
+  echo "$(qps_of "$f") $(lost_of "$f") $(avg_of "$f") $(pct_of "$l" 50) $(pct_of "$l" 99) $(lost_of "$l") $cpu $(awk -v q="$(qps_of "$f")" -v c="$cpu" 'BEGIN { printf "%.0f", (c > 0 ? q / c : 0) }') $(pct_of "$l" 99.9) $(pct_of "$l" 100) $(cut -d' ' -f1 /proc/loadavg) $(wpct_of "$w" 50) $(wpct_of "$w" 99) $(wpct_of "$w" 99.9)" >>"$DIR/$tag.res"
   awk '/Average packet size/ { print $NF }' "$f" >"$DIR/$tag.size"
   echo "   $tag run $run: $(tail -1 "$DIR/$tag.res")"
 }
@@ -311,10 +356,13 @@ series() { # tagA addrA pidA tagB addrB pidB file
 }
 
 echo "== cluster mix: weft vs knot, $RUNS runs x ${DUR}s each (throughput, then latency at $LAT_QPS qps, $LAT_MODE)"
-echo "   columns: qps lost avg-ms(full load) p50-ms p99-ms(at $LAT_QPS qps) lost(latency run) server-cores answers/cpu-s p99.9-ms max-ms load"
+echo "   columns: qps lost avg-ms(full load) p50-ms p99-ms(at $LAT_QPS qps) lost(latency run) server-cores answers/cpu-s p99.9-ms max-ms load wire-p50 wire-p99 wire-p99.9"
 series weft "$WEFT" "$WEFT_PID" knot "$KNOT" "$KNOT_PID" "$DIR/queries-cluster.txt"
-echo "== forwarded mix (1000 example.org names, cache hits): weft vs unbound"
-series weft-fwd "$WEFT" "$WEFT_PID" unbound "$UNBOUND" "$UNBOUND_PID" "$DIR/queries-forward.txt"
+FORWARD=${WEFT_DNS_BENCH_FORWARD:-1}
+if [ "$FORWARD" = 1 ]; then
+  echo "== forwarded mix (1000 example.org names, cache hits): weft vs unbound"
+  series weft-fwd "$WEFT" "$WEFT_PID" unbound "$UNBOUND" "$UNBOUND_PID" "$DIR/queries-forward.txt"
+fi
 
 check_pinned "after the runs"
 rss() { awk -v k="$2:" '$1 == k { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
@@ -324,7 +372,14 @@ UNBOUND_RSS=$(rss $UNBOUND_PID VmRSS)
 
 col() { awk -v c="$2" '{ print $c }' "$DIR/$1.res" | median; }
 list() { awk -v c="$2" '{ printf "%s%s", (NR > 1 ? " / " : ""), $c }' "$DIR/$1.res"; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
+# Pair by pair (run i of weft against run i of its peer) for column c: in how many runs weft's
+# figure was the higher, and the median of the runs' weft/peer ratios.
+pairs() { # tag peer-tag column
+  paste -d' ' <(awk -v c="$3" '{ print $c }' "$DIR/$1.res") <(awk -v c="$3" '{ print $c }' "$DIR/$2.res") |
+    awk '$1 != "-" && $2 > 0 { n++; if ($1 > $2) h++; print $1 / $2 > "/dev/stderr" } END { printf "weft higher in %d of %d runs", h, n }' 2>"$DIR/pairs.tmp"
+  printf ', median ratio %.3f' "$(median <"$DIR/pairs.tmp")"
+}
 row() { # label tag peer-tag
   local t=$2 p=$3
   echo "| $1 | $(col "$t" 1 | xargs printf '%.0f') | $(col "$p" 1 | xargs printf '%.0f') | **$(ratio "$(col "$t" 1)" "$(col "$p" 1)")** | $(col "$t" 4) | $(col "$p" 4) | $(col "$t" 5) | $(col "$p" 5) | $(ratio "$(col "$t" 5)" "$(col "$p" 5)") | $(col "$t" 3) | $(col "$p" 3) | $(col "$t" 7) | $(col "$p" 7) | $(col "$t" 8) | $(col "$p" 8) | $(ratio "$(col "$t" 8)" "$(col "$p" 8)") |"
@@ -340,18 +395,35 @@ row() { # label tag peer-tag
   echo "| mix | weft QPS | peer QPS | weft/peer QPS | weft p50 | peer p50 | weft p99 | peer p99 | weft/peer p99 | weft avg at full load | peer avg at full load | weft server cores used | peer server cores used | weft answers per CPU-s | peer answers per CPU-s | weft/peer per CPU-s |"
   echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
   row "cluster names, peer Knot $(knotd -V | awk '{ print $NF }')" weft knot
-  row "forwarded, cache hits, peer Unbound $(unbound -V | awk '/^Version/ { print $2 }')" weft-fwd unbound
+  [ "$FORWARD" = 1 ] && row "forwarded, cache hits, peer Unbound $(unbound -V | awk '/^Version/ { print $2 }')" weft-fwd unbound
   echo
   echo "(latencies in ms; medians over the runs)"
+  if [ "$WIRE" = 1 ]; then
+    echo
+    echo "On the wire (query sent to reply sent, tcpdump on the namespace's loopback; ms, medians over the runs):"
+    echo
+    echo "| mix | weft p50 | peer p50 | weft p99 | peer p99 | weft/peer p99 | weft p99.9 | peer p99.9 |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    wrow() { echo "| $1 | $(col "$2" 12) | $(col "$3" 12) | $(col "$2" 13) | $(col "$3" 13) | $(ratio "$(col "$2" 13)" "$(col "$3" 13)") | $(col "$2" 14) | $(col "$3" 14) |"; }
+    wrow "cluster names, peer Knot" weft knot
+    [ "$FORWARD" = 1 ] && wrow "forwarded, cache hits, peer Unbound" weft-fwd unbound
+  fi
   echo
-  echo "Per run (QPS): weft $(list weft 1); knot $(list knot 1); weft forwarded $(list weft-fwd 1); unbound $(list unbound 1)"
-  echo "Per run (p99 ms): weft $(list weft 5); knot $(list knot 5); weft forwarded $(list weft-fwd 5); unbound $(list unbound 5)"
-  echo "Per run (p50 ms): weft $(list weft 4); knot $(list knot 4); weft forwarded $(list weft-fwd 4); unbound $(list unbound 4)"
-  echo "Per run (p99.9 ms / max ms): weft $(list weft 9) / $(list weft 10); knot $(list knot 9) / $(list knot 10); weft forwarded $(list weft-fwd 9) / $(list weft-fwd 10); unbound $(list unbound 9) / $(list unbound 10)"
-  echo "1-min load average after each round: weft $(list weft 11); knot $(list knot 11); weft forwarded $(list weft-fwd 11); unbound $(list unbound 11)"
-  echo "Per run (answers per server CPU-second): weft $(list weft 8); knot $(list knot 8); weft forwarded $(list weft-fwd 8); unbound $(list unbound 8)"
-  echo "Mean response size over the mix (dnsperf, bytes): weft $(cat "$DIR/weft.size"), knot $(cat "$DIR/knot.size"); forwarded: weft $(cat "$DIR/weft-fwd.size"), unbound $(cat "$DIR/unbound.size")"
-  echo "Queries lost (throughput runs): weft $(list weft 2); knot $(list knot 2); weft forwarded $(list weft-fwd 2); unbound $(list unbound 2)"
+  fwd() { [ "$FORWARD" = 1 ] && echo "; weft forwarded $(list weft-fwd "$1"); unbound $(list unbound "$1")"; }
+  echo "Per run (QPS): weft $(list weft 1); knot $(list knot 1)$(fwd 1)"
+  echo "Per run (p99 ms): weft $(list weft 5); knot $(list knot 5)$(fwd 5)"
+  echo "Pairs, p99 (dnsperf), cluster names: $(pairs weft knot 5)$([ "$FORWARD" = 1 ] && echo "; forwarded: $(pairs weft-fwd unbound 5)")"
+  if [ "$WIRE" = 1 ]; then
+    echo "Per run (p99 ms on the wire): weft $(list weft 13); knot $(list knot 13)$(fwd 13)"
+    echo "Pairs, p99 on the wire, cluster names: $(pairs weft knot 13)$([ "$FORWARD" = 1 ] && echo "; forwarded: $(pairs weft-fwd unbound 13)")"
+    echo "Per run (p50 ms on the wire): weft $(list weft 12); knot $(list knot 12)$(fwd 12)"
+  fi
+  echo "Per run (p50 ms): weft $(list weft 4); knot $(list knot 4)$(fwd 4)"
+  echo "Per run (p99.9 ms / max ms): weft $(list weft 9) / $(list weft 10); knot $(list knot 9) / $(list knot 10)$([ "$FORWARD" = 1 ] && echo "; weft forwarded $(list weft-fwd 9) / $(list weft-fwd 10); unbound $(list unbound 9) / $(list unbound 10)")"
+  echo "1-min load average after each round: weft $(list weft 11); knot $(list knot 11)$(fwd 11)"
+  echo "Per run (answers per server CPU-second): weft $(list weft 8); knot $(list knot 8)$(fwd 8)"
+  echo "Mean response size over the mix (dnsperf, bytes): weft $(cat "$DIR/weft.size"), knot $(cat "$DIR/knot.size")$([ "$FORWARD" = 1 ] && echo "; forwarded: weft $(cat "$DIR/weft-fwd.size"), unbound $(cat "$DIR/unbound.size")")"
+  echo "Queries lost (throughput runs): weft $(list weft 2); knot $(list knot 2)$(fwd 2)"
   echo
   echo "| server | RSS after the runs (MiB) | peak RSS (MiB) |"
   echo "| --- | ---: | ---: |"
