@@ -94,6 +94,7 @@ impl<'a> Cells<'a> {
                     ip: Some(*ip),
                     pod: None,
                     node: Some(n),
+                    name: None,
                 };
                 owners.insert(AddrFamily::of(ip), remote);
             }
@@ -105,6 +106,7 @@ impl<'a> Cells<'a> {
                     ip: Some(*ip),
                     pod: Some(p),
                     node: None,
+                    name: None,
                 };
                 owners.insert(AddrFamily::of(ip), remote);
             }
@@ -171,6 +173,7 @@ impl<'a> Cells<'a> {
                                 ip: Some(f.ip(s)),
                                 pod: None,
                                 node: None,
+                                name: None,
                             },
                         };
                         ((s, e), remote)

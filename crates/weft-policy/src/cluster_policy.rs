@@ -1,6 +1,7 @@
 //! ClusterNetworkPolicy into the model. Peers with no field set fail closed (see
-//! [`PeerMatch::Unknown`]); `domainNames` peers are kept but match nothing (weft does not
-//! enforce them yet); rules keep their written order, which is their precedence.
+//! [`PeerMatch::Unknown`]); `domainNames` peers (Accept rules only) match the addresses
+//! weft's DNS answered for a matching name ([`crate::fqdn`]); rules keep their written
+//! order, which is their precedence.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
@@ -165,6 +166,22 @@ fn egress_peer(ctx: &Ctx, at: &str, p: &cnp::EgressPeer) -> Result<PeerMatch> {
         return Ok(PeerMatch::Networks(nets));
     }
     if let Some(d) = &p.domain_names {
+        if d.is_empty() {
+            return Err(ctx.err(
+                &format!("{at}.domainNames"),
+                "[]",
+                "needs at least one name",
+            ));
+        }
+        for (i, n) in d.iter().enumerate() {
+            if !crate::fqdn::valid(n) {
+                return Err(ctx.err(
+                    &format!("{at}.domainNames[{i}]"),
+                    n,
+                    "not a domain name such as example.org or *.example.org",
+                ));
+            }
+        }
         return Ok(PeerMatch::DomainNames(d.clone()));
     }
     Ok(PeerMatch::Unknown)
@@ -193,6 +210,14 @@ fn rule(
             ))
         }
     };
+    if action != Action::Accept && peers.iter().any(|p| matches!(p, PeerMatch::DomainNames(_))) {
+        // As the API's validation: a Deny on names could never be complete.
+        return Err(ctx.err(
+            &format!("{at}.action"),
+            action.as_str(),
+            "domainNames peers are only allowed in Accept rules",
+        ));
+    }
     if peers.is_empty() {
         let f = if at.contains("ingress") { "from" } else { "to" };
         return Err(ctx.err(&format!("{at}.{f}"), "[]", "needs at least one peer"));

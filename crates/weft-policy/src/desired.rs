@@ -24,7 +24,10 @@
 //!     ip saddr . ip daddr @loopback4 accept;  ip6 ... @loopback6 accept
 //!     jump egress;  jump ingress
 //!   }
+//!   set egress-fqdn4 { ipv4_addr . ipv4_addr . inet_proto . inet_service; interval,
+//!                      timeout }             pod . address . ports granted by DNS answers
 //!   chain egress {
+//!     ip saddr . ip daddr . meta l4proto . th dport @egress-fqdn4 return  (and IPv6)
 //!     meta mark & 0x4000 == 0x4000 meta mark set ip saddr map @egress-subject4
 //!       meta mark set meta mark | 0x4000 ct mark set ip daddr map @egress-peer4
 //!       ct mark set meta mark & SUBJECT . ct mark map @egress-pairs
@@ -310,6 +313,14 @@ pub(crate) fn table(c: &Compiled, ctx: &NodeContext) -> Ruleset {
             .rules
             .push(Rule::new(vec![Stmt::jump(dir.as_str())]));
         let mut chain = Chain::regular(dir.as_str());
+        if dir == Direction::Egress {
+            // Grants from DNS answers (`domainNames` peers) first: the Enforcer adds their
+            // elements, the compiled table has none.
+            for fam in AddrFamily::ALL {
+                chain.rules.push(crate::fqdn::rule(fam));
+                t.add_set(crate::fqdn::set(fam));
+            }
+        }
         for fam in AddrFamily::ALL {
             for masq in [true, false] {
                 let [pair, default] = decide_rules(dir, fam, masq);

@@ -87,6 +87,9 @@ pub struct Remote<'a> {
     pub pod: Option<&'a Pod>,
     /// Set for node addresses and host-network pods.
     pub node: Option<&'a Node>,
+    /// The DNS name the subject pod was answered this address for, which `domainNames`
+    /// peers match ([`crate::fqdn`]); `None` everywhere else (the compiled table).
+    pub name: Option<&'a str>,
 }
 
 impl Cluster {
@@ -109,12 +112,14 @@ impl Cluster {
                         ip,
                         pod: None,
                         node,
+                        name: None,
                     });
                 }
                 Ok(Remote {
                     ip,
                     pod: Some(p),
                     node: None,
+                    name: None,
                 })
             }
             Endpoint::Node(n) => {
@@ -126,6 +131,7 @@ impl Cluster {
                     ip: node.ips.first().copied(),
                     pod: None,
                     node: Some(node),
+                    name: None,
                 })
             }
             Endpoint::Ip(ip) => Ok(self.resolve_ip(*ip)),

@@ -8,7 +8,12 @@ use std::sync::Arc;
 use std::collections::BTreeMap;
 use weft_nft::diff::{Summary, Touched};
 
-use weft_nft::{Backend, Key, Ruleset, Set, Table};
+use std::time::Duration;
+
+use weft_nft::{Backend, Elem, Key, Ruleset, Set, Table};
+
+use crate::cells::AddrFamily;
+use crate::fqdn::{self, Grant};
 
 use crate::delta::{Delta, SetChange, Update};
 use crate::desired::{FAMILY, TABLE};
@@ -52,6 +57,41 @@ impl Enforcer {
             committed: None,
             in_sync: false,
         })
+    }
+
+    /// Adds DNS grants ([`crate::fqdn::grants`]) to the kernel at once, each with its
+    /// timeout (a grant already there gets the new timeout); with `replace`, the grants
+    /// already there go first, in the same transaction (after a change of policies or
+    /// pods, when the grants are computed again from the live answers).
+    pub fn grant(&mut self, grants: &[(Grant, Duration)], replace: bool) -> Result<()> {
+        let mut batch = self.backend.new_batch();
+        for fam in AddrFamily::ALL {
+            let set = fqdn::set(fam);
+            if replace {
+                batch.flush_set(FAMILY, TABLE, &set.name);
+            }
+            let elems: Vec<(Key, Elem)> = grants
+                .iter()
+                .filter(|(g, _)| g.family == fam)
+                .map(|(g, ttl)| {
+                    (
+                        g.start.clone(),
+                        Elem {
+                            end: Some(g.end.clone()),
+                            data: None,
+                            timeout: Some((*ttl).max(Duration::from_secs(1))),
+                        },
+                    )
+                })
+                .collect();
+            batch
+                .add_elements(FAMILY, TABLE, &set, elems.iter().map(|(k, e)| (k, e)))
+                .map_err(self.nft())?;
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.backend.send(batch).map_err(self.nft())
     }
 
     /// The packets each element of the table's counting set `set` has matched; `None`
@@ -106,7 +146,19 @@ impl Enforcer {
         self.in_sync = false;
         let prev = match prev {
             Some(prev) => prev,
-            None => self.backend.adopt(&desired).map_err(self.nft())?,
+            None => {
+                let mut k = self.backend.adopt(&desired).map_err(self.nft())?;
+                // DNS grants are the kernel's alone (added by `grant`, gone at their
+                // timeout): the compiled table has none, and the diff must not remove them.
+                if let Some(t) = k.table_mut(FAMILY, TABLE) {
+                    for fam in AddrFamily::ALL {
+                        if let Some(s) = t.set_mut(&fqdn::set_name(fam)) {
+                            s.elements.clear();
+                        }
+                    }
+                }
+                k
+            }
         };
         let result = self.backend.apply_incremental(&prev, &desired);
         drop(prev);

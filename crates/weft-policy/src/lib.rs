@@ -35,7 +35,8 @@
 //! - traffic between a pod and its own node, and a pod to itself, is always allowed;
 //! - replies of allowed connections pass by conntrack; a policy change does not cut
 //!   established connections;
-//! - `domainNames` peers are modelled and not enforced (an Accept on them matches nothing);
+//! - `domainNames` peers (Accept rules only) match the addresses weft's DNS answered the
+//!   pod for a matching name, until the answer's TTL ([`fqdn`]);
 //!
 //! For the agent:
 //! ```no_run
@@ -65,6 +66,7 @@ pub mod desired;
 pub mod endpoint;
 pub mod enforcer;
 pub mod error;
+pub mod fqdn;
 mod incremental;
 pub mod matcher;
 pub mod model;

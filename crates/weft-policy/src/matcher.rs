@@ -195,7 +195,9 @@ fn peer_holds(cluster: &Cluster, remote: Remote, p: &PeerMatch, action: Action) 
         PeerMatch::IpBlock { cidr, except } => ip_in(cidr) && !except.iter().any(ip_in),
         PeerMatch::Nodes(sel) => remote.node.is_some_and(|n| sel.matches(&n.labels)),
         PeerMatch::Networks(nets) => nets.iter().any(ip_in),
-        PeerMatch::DomainNames(_) => false,
+        PeerMatch::DomainNames(patterns) => remote
+            .name
+            .is_some_and(|n| patterns.iter().any(|p| crate::fqdn::matches(p, n))),
         PeerMatch::Unknown => action != Action::Accept,
     }
 }

@@ -331,7 +331,8 @@ spec:
         53,
         Protocol::Udp
     ));
-    // domainNames is not enforced: its Accept matches nothing (the Deny after it would).
+    // Known only by its address (no DNS answer named it), a domainNames Accept matches
+    // nothing (crate::fqdn grants what answers name).
     assert!(allowed(
         &c,
         &a,

@@ -4,11 +4,11 @@
 //! connections between the pods go through or not as the policy says, across an update
 //! (an incremental transaction) and a delete; weft-proxy's masquerade bit survives the table.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use weft_policy::desired::{desired, NodeContext};
@@ -16,54 +16,7 @@ use weft_policy::enforcer::Enforcer;
 use weft_policy::view::{Namespace, Node, Pod};
 use weft_policy::Cluster;
 
-struct Netns(String);
-
-impl Netns {
-    fn new(tag: &str) -> Netns {
-        let name = format!("weft-t-pol-{tag}-{}", std::process::id());
-        run("ip", &["netns", "add", &name]);
-        let ns = Netns(name);
-        ns.exec(&["ip", "link", "set", "lo", "up"]);
-        ns
-    }
-
-    fn path(&self) -> PathBuf {
-        PathBuf::from(format!("/run/netns/{}", self.0))
-    }
-
-    fn exec(&self, args: &[&str]) -> String {
-        let mut a = vec!["netns", "exec", &self.0];
-        a.extend_from_slice(args);
-        run("ip", &a)
-    }
-
-    /// Runs `f` on a thread inside the namespace.
-    fn run_in<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let file = std::fs::File::open(self.path()).expect("opening the netns");
-        std::thread::spawn(move || {
-            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-            f()
-        })
-        .join()
-        .expect("netns thread")
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-fn run(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd).args(args).output().expect("spawning");
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use common::netns::Netns;
 
 fn labels(p: &[(&str, &str)]) -> BTreeMap<String, String> {
     p.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect()

@@ -125,7 +125,12 @@ pub struct DnsServer {
 
 impl DnsServer {
     /// Owns the address, then serves it on UDP and TCP port 53 from a task of its own.
-    pub async fn start(cfg: &AgentConfig, ip: IpAddr) -> Result<DnsServer> {
+    /// `hook` sees each forwarded answer before it is sent (network policy's grants).
+    pub async fn start(
+        cfg: &AgentConfig,
+        ip: IpAddr,
+        hook: Option<std::sync::Arc<dyn weft_dns::AnswerHook>>,
+    ) -> Result<DnsServer> {
         own_address(ip)?;
         let mut zone = weft_dns::ZoneConfig::new(cfg.cluster_domain.clone());
         zone.nameserver_ips = vec![ip];
@@ -137,7 +142,10 @@ impl DnsServer {
             ..Default::default()
         };
         // Bound here, so an address in use is the agent's error, not a log line.
-        let server = weft_dns::Server::bind(server, model.clone()).await?;
+        let mut server = weft_dns::Server::bind(server, model.clone()).await?;
+        if let Some(h) = hook {
+            server.set_answer_hook(h);
+        }
         tokio::spawn(async move {
             if let Err(e) = server.run().await {
                 tracing::error!("cluster DNS stopped: {e}");

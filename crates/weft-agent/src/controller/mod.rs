@@ -19,6 +19,7 @@ mod node;
 mod node_api;
 mod pods;
 mod policy;
+mod policy_fqdn;
 mod policy_log;
 mod relist;
 mod retry;
@@ -199,14 +200,6 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     )
     .default_backoff()
     .map(|e| e.map(|e| services::Event::Slice(Box::new(e))));
-    let dns_events = match (cfg.serve_dns, cfg.cluster_dns) {
-        (true, Some(ip)) => Some(start_dns(&cfg, ip, &lags).await?),
-        (true, None) => {
-            tracing::warn!("--serve-dns without --cluster-dns: no address to serve; DNS is off");
-            None
-        }
-        (false, _) => None,
-    };
     let policy_events = match cfg.network_policy {
         true => Some(policy::start(
             &cfg.node_name,
@@ -215,6 +208,19 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
             cfg.state_dir.join("policy-denials.tsv"),
         )?),
         false => None,
+    };
+    // DNS answers pass through network policy (`domainNames` peers) before they leave.
+    let hook = policy_events.as_ref().map(|q| {
+        std::sync::Arc::new(policy_fqdn::FqdnHook { events: q.clone() })
+            as std::sync::Arc<dyn weft_dns::AnswerHook>
+    });
+    let dns_events = match (cfg.serve_dns, cfg.cluster_dns) {
+        (true, Some(ip)) => Some(start_dns(&cfg, ip, &lags, hook).await?),
+        (true, None) => {
+            tracing::warn!("--serve-dns without --cluster-dns: no address to serve; DNS is off");
+            None
+        }
+        (false, _) => None,
     };
     // A watch whose stream ends leaves its cache frozen: the agent stops rather than act
     // on a world it no longer sees (its supervisor or init system restarts it).
@@ -434,8 +440,9 @@ async fn start_dns(
     cfg: &AgentConfig,
     ip: IpAddr,
     lags: &lag::Registry,
+    hook: Option<std::sync::Arc<dyn weft_dns::AnswerHook>>,
 ) -> Result<lag::Queue<dns::Event>> {
-    let mut server = dns::DnsServer::start(cfg, ip).await?;
+    let mut server = dns::DnsServer::start(cfg, ip, hook).await?;
     let lag = lags.component("dns");
     let (tx, mut rx) = lag::queue(lag.clone(), DNS_QUEUE);
     // Its own task: an answer follows its objects without waiting on a reconcile pass.

@@ -28,6 +28,7 @@ use weft_policy::cnp::ClusterNetworkPolicy;
 use weft_policy::{Cluster, Enforcer, NodeContext};
 
 use super::lag::{self, Lag, Queue};
+use super::policy_fqdn::Answers;
 use super::policy_log::{DenialCounts, DenialLog, READ_EVERY};
 use super::relist::{key, Change, Key, Seen};
 
@@ -49,6 +50,12 @@ pub enum Event {
         pod: Box<Pod>,
         ips: Vec<IpAddr>,
         done: Sender<Result<(), String>>,
+    },
+    /// The node's DNS server is about to send `answer`: grant what `domainNames` peers
+    /// allow of it, then say so.
+    Resolved {
+        answer: weft_dns::Answer,
+        done: tokio::sync::oneshot::Sender<()>,
     },
 }
 
@@ -90,6 +97,8 @@ struct PolicySync {
     denials: Option<DenialLog>,
     /// The kernel's denial counters per policy and rule, always.
     counts: DenialCounts,
+    /// DNS answers still live, for `domainNames` peers.
+    answers: Answers,
 }
 
 /// Starts the policy thread (from within the agent's runtime); events go to the returned
@@ -121,6 +130,7 @@ pub fn start(
         rt: Handle::current(),
         denials,
         counts: DenialCounts::new(counters_file),
+        answers: Answers::default(),
     };
     let (tx, rx) = lag::queue(lag, QUEUE);
     std::thread::Builder::new()
@@ -242,6 +252,9 @@ impl PolicySync {
                 if let Err(e) = cut {
                     tracing::warn!("network policy: cutting denied flows: {e}");
                 }
+                // The view changed: what the live DNS answers grant may have too.
+                self.answers
+                    .regrant(&self.cluster, &self.ctx.node_name, &mut self.enforcer);
                 Ok(())
             }
             Err(e) => {
@@ -313,6 +326,16 @@ impl PolicySync {
                 self.apply_pod(&pod, Some(ips));
                 self.dirty = true;
                 return Some(done);
+            }
+            Event::Resolved { answer, done } => {
+                // At once, not at the batch's end: the answer is waiting.
+                self.answers.answered(
+                    &self.cluster,
+                    &self.ctx.node_name,
+                    &mut self.enforcer,
+                    answer,
+                );
+                let _ = done.send(());
             }
         }
         None

@@ -256,6 +256,14 @@ impl Batch {
         self.put_elements(MSG_DELSETELEM, family, table, set, None, elems, u32::MAX)
     }
 
+    /// Removes every element of a set (a delete with no element list).
+    pub fn flush_set(&mut self, family: Family, table: &str, name: &str) {
+        let m = self.begin_nft(MSG_DELSETELEM, 0, family.nfproto(), u32::MAX);
+        self.w.put_str(1, table);
+        self.w.put_str(2, name);
+        self.w.end_msg(m);
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn put_elements<'a>(
         &mut self,

@@ -1,6 +1,8 @@
 //! Loading the truth-table world and cases for tests.
 #![allow(dead_code)]
 
+pub mod netns;
+
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
