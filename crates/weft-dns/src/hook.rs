@@ -2,9 +2,10 @@
 //! `domainNames` peers, whose addresses must be in the asking pod's egress allow set
 //! before the pod can use them.
 //!
-//! With a hook installed ([`crate::Server::set_answer_hook`]) every name outside the zone
-//! is answered from a task (the UDP thread's cache fast path is skipped), which awaits
-//! [`AnswerHook::answered`] and then sends. The zone's own names are not passed on.
+//! With a hook installed ([`crate::Server::set_answer_hook`]) and active, every name
+//! outside the zone is answered from a task (the UDP thread's cache fast path is skipped),
+//! which awaits [`AnswerHook::answered`] and then sends. The zone's own names are not
+//! passed on.
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -32,6 +33,17 @@ pub type HookFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// answer leaves when the future completes (the implementation bounds its own wait).
 pub trait AnswerHook: Send + Sync {
     fn answered(&self, answer: Answer) -> HookFuture;
+
+    /// Whether answers need the hook now; while `false` they are sent as without one
+    /// (cached answers straight from the UDP thread). Called per answer: keep it cheap.
+    fn active(&self) -> bool {
+        true
+    }
+}
+
+/// Whether `hook` wants the answers now.
+pub(crate) fn active(hook: &Option<Arc<dyn AnswerHook>>) -> bool {
+    hook.as_ref().is_some_and(|h| h.active())
 }
 
 /// The addresses of a reply, `None` when it is not a parseable answer with any.
@@ -61,7 +73,7 @@ pub fn answer_of(client: IpAddr, reply: &[u8]) -> Option<Answer> {
 
 /// Runs the hook, if any, on a reply about to be sent to `client`.
 pub(crate) async fn before_send(hook: &Option<Arc<dyn AnswerHook>>, client: IpAddr, reply: &[u8]) {
-    if let Some(h) = hook {
+    if let Some(h) = hook.as_ref().filter(|h| h.active()) {
         if let Some(a) = answer_of(client, reply) {
             h.answered(a).await;
         }

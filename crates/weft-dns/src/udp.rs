@@ -19,6 +19,7 @@ use tokio::runtime::Handle;
 
 use crate::answer::{respond, truncate_to, Decision};
 use crate::cache;
+use crate::hook;
 use crate::mmsg::{send_one, Batch, BATCH};
 use crate::server::{bump, forwarded, too_busy, Shared};
 
@@ -124,8 +125,8 @@ fn datagram(
         }
         Decision::Forward(q) => {
             let key = cache::key(&lower[..q.qname_len], q.qtype, q.qclass);
-            // With an answer hook, cached answers go through the task path too.
-            if let Some(e) = sh.fwd.cached(&key).filter(|_| sh.hook.is_none()) {
+            // With an active answer hook, cached answers take the task path too.
+            if let Some(e) = sh.fwd.cached(&key).filter(|_| !hook::active(&sh.hook)) {
                 bump(&sh.stats.cache_hits);
                 e.write_reply(out, &q, Instant::now());
                 truncate_to(out, q.question.len(), q.edns, q.udp_limit());
@@ -165,7 +166,7 @@ fn spawn_upstream(
         let _permit = permit;
         let mut out = Vec::new();
         forwarded(&sh, &msg, alias, true, &mut out).await;
-        crate::hook::before_send(&sh.hook, src.ip(), &out).await;
+        hook::before_send(&sh.hook, src.ip(), &out).await;
         if !out.is_empty() {
             if let Err(e) = send_one(sock.as_raw_fd(), &out, src) {
                 tracing::debug!("udp send to {src}: {e}");

@@ -22,9 +22,15 @@ const T: Duration = Duration::from_secs(3);
 struct Slow {
     seen: Mutex<Vec<Answer>>,
     done: Arc<AtomicBool>,
+    /// Set: the hook says it is not needed (no policy names domains).
+    idle: bool,
 }
 
 impl AnswerHook for Slow {
+    fn active(&self) -> bool {
+        !self.idle
+    }
+
     fn answered(&self, a: Answer) -> HookFuture {
         self.seen.lock().unwrap().push(a);
         self.done.store(false, Ordering::SeqCst);
@@ -93,5 +99,36 @@ fn forwarded_answers_wait_for_the_hook() {
             .unwrap();
         assert_eq!(r.rcode, "NXDOMAIN");
         assert_eq!(hook.seen.lock().unwrap().len(), 3);
+    });
+}
+
+#[test]
+fn an_inactive_hook_sees_nothing() {
+    in_netns(&[], || async {
+        let (up, up_addr) = Upstream::start("127.0.0.2:0".parse().unwrap()).await;
+        let cfg = ServerConfig {
+            listen: vec!["127.0.0.1:0".parse().unwrap()],
+            upstreams: Upstreams::List(vec![up_addr]),
+            upstream_timeout: Duration::from_millis(500),
+            ..ServerConfig::default()
+        };
+        let mut server = Server::bind(cfg, Model::new(ZoneConfig::default()).unwrap())
+            .await
+            .unwrap();
+        let hook = Arc::new(Slow {
+            idle: true,
+            ..Slow::default()
+        });
+        assert!(server.set_answer_hook(hook.clone()));
+        let addr: SocketAddr = server.local_addrs()[0];
+        tokio::spawn(server.run());
+        for tcp in [false, false, true] {
+            let r = blocking(move || query(addr, "www.example.com", "A", tcp, T))
+                .await
+                .unwrap();
+            assert_eq!(r.answers.len(), 1, "{r:?}");
+        }
+        assert!(hook.seen.lock().unwrap().is_empty());
+        assert_eq!(up.count("www.example.com.", "udp"), 1, "the cache answered");
     });
 }

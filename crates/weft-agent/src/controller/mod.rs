@@ -200,20 +200,22 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     )
     .default_backoff()
     .map(|e| e.map(|e| services::Event::Slice(Box::new(e))));
-    let policy_events = match cfg.network_policy {
-        true => Some(policy::start(
-            &cfg.node_name,
-            lags.component("policy"),
-            cfg.policy_nflog_group,
-            cfg.state_dir.join("policy-denials.tsv"),
-        )?),
-        false => None,
-    };
     // DNS answers pass through network policy (`domainNames` peers) before they leave.
-    let hook = policy_events.as_ref().map(|q| {
-        std::sync::Arc::new(policy_fqdn::FqdnHook { events: q.clone() })
-            as std::sync::Arc<dyn weft_dns::AnswerHook>
-    });
+    let (policy_events, hook) = match cfg.network_policy {
+        true => {
+            let (q, hook) = policy::start(
+                &cfg.node_name,
+                lags.component("policy"),
+                cfg.policy_nflog_group,
+                cfg.state_dir.join("policy-denials.tsv"),
+            )?;
+            (
+                Some(q),
+                Some(hook as std::sync::Arc<dyn weft_dns::AnswerHook>),
+            )
+        }
+        false => (None, None),
+    };
     let dns_events = match (cfg.serve_dns, cfg.cluster_dns) {
         (true, Some(ip)) => Some(start_dns(&cfg, ip, &lags, hook).await?),
         (true, None) => {

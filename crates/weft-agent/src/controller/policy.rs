@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,7 +29,7 @@ use weft_policy::cnp::ClusterNetworkPolicy;
 use weft_policy::{Cluster, Enforcer, NodeContext};
 
 use super::lag::{self, Lag, Queue};
-use super::policy_fqdn::Answers;
+use super::policy_fqdn::{any_domain_names, Answers, FqdnHook};
 use super::policy_log::{DenialCounts, DenialLog, READ_EVERY};
 use super::relist::{key, Change, Key, Seen};
 
@@ -99,6 +100,8 @@ struct PolicySync {
     counts: DenialCounts,
     /// DNS answers still live, for `domainNames` peers.
     answers: Answers,
+    /// Whether the DNS hook is needed: some policy has a `domainNames` peer.
+    fqdn_active: Arc<AtomicBool>,
 }
 
 /// Starts the policy thread (from within the agent's runtime); events go to the returned
@@ -109,7 +112,7 @@ pub fn start(
     lag: Arc<Lag>,
     nflog_group: Option<u16>,
     counters_file: std::path::PathBuf,
-) -> super::Result<Queue<Event>> {
+) -> super::Result<(Queue<Event>, Arc<FqdnHook>)> {
     let denials = match nflog_group {
         Some(group) => Some(DenialLog::start(group)?),
         None => None,
@@ -131,7 +134,9 @@ pub fn start(
         denials,
         counts: DenialCounts::new(counters_file),
         answers: Answers::default(),
+        fqdn_active: Arc::new(AtomicBool::new(false)),
     };
+    let active = sync.fqdn_active.clone();
     let (tx, rx) = lag::queue(lag, QUEUE);
     std::thread::Builder::new()
         .name("network-policy".into())
@@ -140,7 +145,11 @@ pub fn start(
             op: "start the network-policy thread".into(),
             source,
         })?;
-    Ok(tx)
+    let hook = Arc::new(FqdnHook {
+        events: tx.clone(),
+        active,
+    });
+    Ok((tx, hook))
 }
 
 impl PolicySync {
@@ -252,6 +261,8 @@ impl PolicySync {
                 if let Err(e) = cut {
                     tracing::warn!("network policy: cutting denied flows: {e}");
                 }
+                self.fqdn_active
+                    .store(any_domain_names(&self.cluster), Ordering::Relaxed);
                 // The view changed: what the live DNS answers grant may have too.
                 self.answers
                     .regrant(&self.cluster, &self.ctx.node_name, &mut self.enforcer);

@@ -8,11 +8,14 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use weft_dns::hook::HookFuture;
 use weft_dns::{Answer, AnswerHook};
 use weft_policy::fqdn::{grants, Grant};
+use weft_policy::model::PeerMatch;
 use weft_policy::{Cluster, Enforcer};
 
 use super::lag::Queue;
@@ -22,12 +25,30 @@ use super::policy::Event;
 /// connection to a name a policy allows may then be refused until the next answer).
 const WAIT: Duration = Duration::from_secs(1);
 
-/// The DNS server's hook: each answer to the policy thread, waited for.
+/// The DNS server's hook: each answer to the policy thread, waited for, while some
+/// policy has a `domainNames` peer (`active`, set by the policy thread); otherwise answers
+/// leave as if there were no hook.
 pub struct FqdnHook {
     pub events: Queue<Event>,
+    pub active: Arc<AtomicBool>,
+}
+
+/// Whether any policy of the view has a `domainNames` peer.
+pub fn any_domain_names(cluster: &Cluster) -> bool {
+    cluster.policies.values().any(|p| {
+        p.egress
+            .iter()
+            .flatten()
+            .flat_map(|r| &r.peers)
+            .any(|peer| matches!(peer, PeerMatch::DomainNames(_)))
+    })
 }
 
 impl AnswerHook for FqdnHook {
+    fn active(&self) -> bool {
+        self.active.load(Ordering::Relaxed)
+    }
+
     fn answered(&self, answer: Answer) -> HookFuture {
         let events = self.events.clone();
         Box::pin(async move {
