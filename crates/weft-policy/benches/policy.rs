@@ -236,10 +236,17 @@ fn main() {
     let mut big: Option<(Cluster, Enforcer)> = None;
     let mut full_desired = Vec::new();
     let mut full_sync = Vec::new();
-    for (name, per_ns) in [
-        ("0 policies", Some(0)),
-        ("100 policies", Some(2)),
-        ("1000 policies", Some(POLICIES_PER_NS)),
+    // The last configuration is the 1000-policy table with its sets declared without
+    // `counter`: what the per-element denial counters cost a new connection, side by side.
+    for (name, per_ns, counters) in [
+        ("0 policies", Some(0), true),
+        ("100 policies", Some(2), true),
+        ("1000 policies", Some(POLICIES_PER_NS), true),
+        (
+            "1000 policies, no element counters",
+            Some(POLICIES_PER_NS),
+            false,
+        ),
     ] {
         let tag = format!("c{}", configs.len());
         let lab = Lab::new(&tag);
@@ -255,8 +262,15 @@ fn main() {
             );
             let mut e = Enforcer::open_in(&lab.node.path()).expect("nf_tables");
             let t0 = Instant::now();
-            let rs = desired(&c, &ctx);
+            let mut rs = desired(&c, &ctx);
             let t1 = Instant::now();
+            if !counters {
+                for t in rs.tables.values_mut() {
+                    for set in t.sets.values_mut() {
+                        std::sync::Arc::make_mut(set).flags.counter = false;
+                    }
+                }
+            }
             e.sync(&rs).expect("first sync");
             let t2 = Instant::now();
             loaded = elements(&rs);
@@ -265,7 +279,7 @@ fn main() {
                 ms(t1 - t0),
                 ms(t2 - t1)
             ));
-            if per_ns == POLICIES_PER_NS {
+            if per_ns == POLICIES_PER_NS && counters {
                 full_desired.push(ms(t1 - t0));
                 full_sync.push(ms(t2 - t1));
                 big = Some((c, e));
@@ -286,6 +300,7 @@ fn main() {
         c.lab.rate(per_sample / 3); // warm-up
     }
     let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
+    let mut counted_vs_not: Vec<f64> = Vec::new();
     for round in 0..runs as usize {
         let mut got = vec![0.0; configs.len()];
         for k in 0..configs.len() {
@@ -296,6 +311,7 @@ fn main() {
             configs[i].rates.push(*r);
             ratios[i].push(r / got[0]);
         }
+        counted_vs_not.push(got[2] / got[3]);
         say(&format!("round {round}: {got:.0?}"));
     }
 
@@ -323,6 +339,14 @@ fn main() {
             median(&mut r)
         );
     }
+
+    println!();
+    println!(
+        "1000 policies with element counters / without, median of per-round ratios: {:.3} ({:.3}..{:.3})",
+        median(&mut counted_vs_not.clone()),
+        counted_vs_not.iter().cloned().fold(f64::MAX, f64::min),
+        counted_vs_not.iter().cloned().fold(0.0, f64::max),
+    );
 
     // --- 2. a policy change to enforcement, at 1000 policies x 1000 pods.
     let Some((mut cluster, mut enforcer)) = big else {
