@@ -388,6 +388,7 @@ row() { # label tag peer-tag
 {
   echo
   echo "Machine: nproc $(nproc), $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo), kernel $(uname -r); $(date -u '+%Y-%m-%d %H:%M UTC'); repo at $(git rev-parse --short HEAD 2>/dev/null || echo '?'), crates/weft-dns/src last changed in $(git log -1 --format=%h -- crates/weft-dns/src 2>/dev/null || echo '?')$(git diff --quiet HEAD -- crates/weft-dns/src 2>/dev/null || echo ' (plus uncommitted changes)')"
+  [ -n "${WEFT_DNS_BENCH_BIN:-}" ] && echo "weft binary given by WEFT_DNS_BENCH_BIN: $BIN, modified $(date -u -r "$BIN" '+%Y-%m-%d %H:%M UTC') (the repo line above need not be its source)"
   echo "Load average (1/5/15 min) at start: $LOAD_START, at end: $(cut -d' ' -f1-3 /proc/loadavg); weft runtime workers: ${WEFT_DNS_BENCH_WORKERS:-2}; servers scheduled: ${RT:-normally (SCHED_OTHER)}, dnsperf: ${CLIENT_RT:-normally (SCHED_OTHER)}"
   echo "Servers under test: $PINNING"
   echo "$RUNS runs x ${DUR} s per server and kind, alternating; dnsperf -c $CLIENTS -q $OUTSTANDING on core $CLIENT_CPU, servers on core $SERVER_CPU; latency runs at -Q $LAT_QPS, $LAT_MODE"
@@ -408,6 +409,25 @@ row() { # label tag peer-tag
     wrow "cluster names, peer Knot" weft knot
     [ "$FORWARD" = 1 ] && wrow "forwarded, cache hits, peer Unbound" weft-fwd unbound
   fi
+  echo
+  echo "All replies of all latency runs pooled (cluster names; share of replies per latency band, ms):"
+  echo
+  echo "| measured by | server | replies | < 0.05 | 0.05-0.1 | 0.1-0.2 | 0.2-0.5 | 0.5-1 | 1-2 | 2-5 | >= 5 | p99 | p99.9 |"
+  echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+  for kind in lat wire; do
+    for t in weft knot; do
+      if [ $kind = lat ]; then
+        cat "$DIR"/$t-*-lat.txt | grep -E '^> [A-Z]+ ' | awk '{ print $NF * 1000 }'
+      else
+        cat "$DIR"/$t-*-wire.txt 2>/dev/null || true
+      fi >"$DIR/pool.tmp"
+      [ -s "$DIR/pool.tmp" ] || continue
+      echo "| $([ $kind = lat ] && echo dnsperf || echo 'the wire') | $t | $(awk '
+        BEGIN { n = split("0.05 0.1 0.2 0.5 1 2 5", e, " ") }
+        { for (i = 1; i <= n && $1 >= e[i]; i++); c[i]++; all++ }
+        END { printf "%d", all; for (i = 1; i <= n + 1; i++) printf " | %.2f %%", 100 * c[i] / all }' "$DIR/pool.tmp") | $(wpct_of "$DIR/pool.tmp" 99) | $(wpct_of "$DIR/pool.tmp" 99.9) |"
+    done
+  done
   echo
   fwd() { [ "$FORWARD" = 1 ] && echo "; weft forwarded $(list weft-fwd "$1"); unbound $(list unbound "$1")"; }
   echo "Per run (QPS): weft $(list weft 1); knot $(list knot 1)$(fwd 1)"
