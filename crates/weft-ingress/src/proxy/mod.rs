@@ -232,20 +232,6 @@ impl Proxy {
         self.shared.table()
     }
 
-    fn builder(&self) -> auto::Builder<TokioExecutor> {
-        let l = &self.shared.limits;
-        let mut b = auto::Builder::new(TokioExecutor::new());
-        b.http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(l.header_timeout)
-            .max_buf_size(l.max_header_bytes.max(8192));
-        b.http2()
-            .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(l.max_header_bytes).unwrap_or(u32::MAX))
-            .max_concurrent_streams(256);
-        b
-    }
-
     /// The TLS settings (`tls.rs`): certificates by SNI, HTTP/2 or HTTP/1.1 by ALPN, the
     /// server's cipher suite preference.
     pub fn tls_acceptor(&self) -> tokio_rustls::TlsAcceptor {
@@ -294,7 +280,6 @@ impl Proxy {
             };
             let _ = stream.set_nodelay(true);
             let conn = Conn { client, scheme };
-            let builder = self.builder();
             let watcher = graceful.watcher();
             let acceptor = acceptor.clone();
             let handshake = self.shared.limits.header_timeout;
@@ -303,34 +288,35 @@ impl Proxy {
                 Http1::Hyper => {
                     tokio::spawn(async move {
                         match acceptor {
-                            None => hyper_conn(stream, conn, pools, builder, watcher).await,
+                            None => hyper_conn(stream, conn, pools, watcher).await,
                             Some(acc) => {
                                 let Some(tls) =
                                     handshake_within(handshake, acc, stream, client).await
                                 else {
                                     return;
                                 };
-                                hyper_conn(tls, conn, pools, builder, watcher).await
+                                hyper_conn(tls, conn, pools, watcher).await
                             }
                         }
                     });
                 }
                 Http1::Native => {
                     let (stop, open) = (conn_stop.clone(), open_tx.clone());
+                    let Some(acc) = acceptor else {
+                        // Spawned as it is: a small future, moved once.
+                        tokio::spawn(native_conn(stream, conn, pools, stop, open, watcher));
+                        continue;
+                    };
                     tokio::spawn(async move {
-                        let Some(acc) = acceptor else {
-                            return native_conn(stream, conn, pools, stop, open, builder, watcher)
-                                .await;
-                        };
                         let Some(tls) = handshake_within(handshake, acc, stream, client).await
                         else {
                             return;
                         };
                         if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
                             drop(open);
-                            hyper_conn(tls, conn, pools, builder, watcher).await
+                            Box::pin(hyper_conn(tls, conn, pools, watcher)).await
                         } else {
-                            native_conn(tls, conn, pools, stop, open, builder, watcher).await
+                            native_conn(tls, conn, pools, stop, open, watcher).await
                         }
                     });
                 }
@@ -347,6 +333,20 @@ impl Proxy {
         }
         access_log::flush();
     }
+}
+
+/// hyper's server settings for a connection it serves.
+fn builder(l: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(l.header_timeout)
+        .max_buf_size(l.max_header_bytes.max(8192));
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(l.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(256);
+    b
 }
 
 /// A TLS handshake that must finish within `limit`.
@@ -371,11 +371,11 @@ async fn hyper_conn<S>(
     io: S,
     conn: Conn,
     pools: Pools,
-    builder: auto::Builder<TokioExecutor>,
     watcher: hyper_util::server::graceful::Watcher,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let builder = builder(&pools.h1.shared.limits);
     let (shared, pool) = (pools.h1.shared.clone(), pools.hyper);
     let svc = service_fn(move |req| forward::handle(shared.clone(), pool.clone(), req, conn));
     let c = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
@@ -391,13 +391,14 @@ async fn native_conn<S>(
     pools: Pools,
     mut stop: watch::Receiver<bool>,
     open: mpsc::Sender<()>,
-    builder: auto::Builder<TokioExecutor>,
     watcher: hyper_util::server::graceful::Watcher,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     if let h1::End::Http2(seen) = h1::serve(&pools.h1, &mut io, conn, &mut stop, open).await {
         let io = h1::Rewind::new(seen, io);
-        hyper_conn(io, conn, pools, builder, watcher).await;
+        // Boxed: hyper's connection state would otherwise make every connection's future
+        // (moved into its task at spawn) several times larger.
+        Box::pin(hyper_conn(io, conn, pools, watcher)).await;
     }
 }

@@ -41,6 +41,10 @@ impl ReadBuf {
         }
     }
 
+    pub fn capacity(&self) -> usize {
+        self.data.capacity()
+    }
+
     pub fn clear(&mut self) {
         self.data.clear();
         self.start = 0;

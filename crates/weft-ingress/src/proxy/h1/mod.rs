@@ -19,7 +19,7 @@ mod tests;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
 use super::forward::{logging, Conn, Line};
@@ -57,6 +57,25 @@ pub enum End {
     Http2(Vec<u8>),
 }
 
+/// A closed connection's buffers, for the next connection on the same thread: a
+/// connection per request then costs no allocation for them.
+#[derive(Default)]
+struct Spare {
+    client: ReadBuf,
+    up: ReadBuf,
+    out: Vec<u8>,
+    head: RequestHead,
+}
+
+/// At most this many spares are kept per thread, none holding a buffer larger than
+/// `SPARE_MAX` (a large body's buffers are freed).
+const SPARES_KEPT: usize = 256;
+const SPARE_MAX: usize = 64 << 10;
+
+thread_local! {
+    static SPARES: std::cell::RefCell<Vec<Spare>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Serves HTTP/1.1 requests on `io` until the client closes, a request leaves the
 /// connection unusable, or `stop` turns true (between requests).
 pub async fn serve<C>(
@@ -70,15 +89,64 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
 {
     let limits = &ctx.shared.limits;
+    let spare = SPARES
+        .with(|s| s.borrow_mut().pop())
+        .unwrap_or_else(|| Spare {
+            client: ReadBuf::with_capacity(4096),
+            up: ReadBuf::with_capacity(4096),
+            out: Vec::with_capacity(4096),
+            head: RequestHead::default(),
+        });
     let mut s = Session {
-        client: ReadBuf::with_capacity(4096),
-        up: ReadBuf::with_capacity(4096),
-        out: Vec::with_capacity(4096),
+        client: spare.client,
+        up: spare.up,
+        out: spare.out,
         max_head: limits.max_header_bytes,
         max_body: limits.max_body,
         guard: Some(guard),
     };
-    let mut head = RequestHead::default();
+    let mut head = spare.head;
+    let end = requests(ctx, io, conn, stop, &mut s, &mut head).await;
+    let small = s
+        .client
+        .capacity()
+        .max(s.up.capacity())
+        .max(s.out.capacity())
+        <= SPARE_MAX
+        && head.upstream.capacity() <= SPARE_MAX;
+    if small {
+        s.client.clear();
+        s.up.clear();
+        s.out.clear();
+        let spare = Spare {
+            client: std::mem::take(&mut s.client),
+            up: std::mem::take(&mut s.up),
+            out: std::mem::take(&mut s.out),
+            head,
+        };
+        SPARES.with(|l| {
+            let mut l = l.borrow_mut();
+            if l.len() < SPARES_KEPT {
+                l.push(spare);
+            }
+        });
+    }
+    end
+}
+
+/// The requests of one connection, one after another.
+async fn requests<C>(
+    ctx: &Ctx,
+    io: &mut C,
+    conn: Conn,
+    stop: &mut watch::Receiver<bool>,
+    s: &mut Session,
+    head: &mut RequestHead,
+) -> End
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    let limits = &ctx.shared.limits;
     let client = Client {
         ip: conn.client.ip(),
         scheme: conn.scheme,
@@ -89,7 +157,7 @@ where
         // (so an idle kept-alive connection is closed after it too, as hyper does).
         let deadline = tokio::time::Instant::now() + limits.header_timeout;
         let parsed = loop {
-            match head::parse(s.client.filled(), s.max_head, client, &mut head) {
+            match head::parse(s.client.filled(), s.max_head, client, head) {
                 Parsed::Partial => {}
                 p => break p,
             }
@@ -114,11 +182,11 @@ where
             Parsed::Complete(n) => n,
             Parsed::Http2 if first => return End::Http2(s.client.take_all()),
             Parsed::Http2 => {
-                refuse(io, &mut s, 400, "HTTP/2 preface mid-connection", true).await;
+                refuse(io, s, 400, "HTTP/2 preface mid-connection", true).await;
                 return End::Closed;
             }
             Parsed::Refuse(status, why) => {
-                refuse(io, &mut s, status, why, true).await;
+                refuse(io, s, status, why, true).await;
                 return End::Closed;
             }
             Parsed::Partial => return End::Closed,
@@ -126,7 +194,7 @@ where
         s.client.consume(n);
         first = false;
         let closing = *stop.borrow();
-        if !request(ctx, io, &mut s, &head, conn, closing).await || closing {
+        if !request(ctx, io, s, head, conn, closing).await || closing {
             return End::Closed;
         }
     }
@@ -239,12 +307,14 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
 {
     let _ = io.shutdown().await;
-    s.client.clear();
+    // Read into the connection's own buffer: a scratch array here would make every
+    // connection's future (moved into its task at spawn) 8 KiB larger.
+    let buf = &mut s.client;
     let drain = async {
-        let mut scratch = [0u8; 8192];
         let mut total = 0usize;
         while total < (1 << 20) {
-            match io.read(&mut scratch).await {
+            buf.clear();
+            match buf.read_from(io).await {
                 Ok(0) | Err(_) => return,
                 Ok(n) => total += n,
             }
