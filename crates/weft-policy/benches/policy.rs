@@ -498,6 +498,7 @@ fn compile_only() {
     let ctx = ctx();
     println!("| policies | map elements | desired() full | change: apply | change: desired() | change: `Incremental::desired()`, previous table held (+ diff) | change: `Incremental::update()` | elements in the delta | subject classes recomputed |");
     println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let mut pod_changes = Vec::new();
     for per_ns in [2, POLICIES_PER_NS] {
         let mut c = with_policies(per_ns);
         let t0 = cpu_ms();
@@ -564,6 +565,33 @@ fn compile_only() {
                 }
             }
         }
+        // Pod changes in the agent's compiler: a pod like ns00/p03 comes and goes, and
+        // p03 is relabelled to a label set no pod has and back (before, each was a
+        // whole compile, as `desired()`).
+        let (mut come_go, mut relabel) = (Vec::new(), Vec::new());
+        let base = c.pod(&ns_name(0), "p03").expect("p03").clone();
+        for r in 0..6u32 {
+            let mut extra = base.clone();
+            extra.name = "extra".into();
+            extra.ips = vec![std::net::IpAddr::V4(pod_ip(1000 + r))];
+            let t0 = cpu_ms();
+            c.upsert_pod(extra);
+            let _ = agent.update(&c, &ctx);
+            let t1 = cpu_ms();
+            c.delete_pod(&ns_name(0), "extra");
+            let _ = agent.update(&c, &ctx);
+            come_go.extend([t1 - t0, cpu_ms() - t1]);
+            let mut moved = base.clone();
+            moved.labels.insert("app".into(), format!("x{r}"));
+            let t0 = cpu_ms();
+            c.upsert_pod(moved);
+            let _ = agent.update(&c, &ctx);
+            let t1 = cpu_ms();
+            c.upsert_pod(base.clone());
+            let _ = agent.update(&c, &ctx);
+            relabel.extend([t1 - t0, cpu_ms() - t1]);
+        }
+        pod_changes.push((c.policies.len(), median(&mut come_go), median(&mut relabel)));
         println!(
             "| {} | {n} | {full:.0} ms | {:.3} ms | {:.0} ms | {:.1} ms | {:.1} ms | {:.0} | {pods} |",
             c.policies.len(),
@@ -573,5 +601,17 @@ fn compile_only() {
             median(&mut up),
             median(&mut delta_n),
         );
+    }
+    println!();
+    println!(
+        "Pod changes, `Incremental::update()` (the agent's compiler), CPU time, medians of 12:"
+    );
+    println!();
+    println!(
+        "| policies | a pod like another comes or goes | a pod relabelled to new labels or back |"
+    );
+    println!("| ---: | ---: | ---: |");
+    for (n, cg, rl) in pod_changes {
+        println!("| {n} | {cg:.1} ms | {rl:.1} ms |");
     }
 }

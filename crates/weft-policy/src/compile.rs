@@ -54,7 +54,15 @@ struct SubjectRows {
     distinct: Vec<Row>,
 }
 
-type SubjectKey = (Direction, Vec<PolicyId>, Vec<ContainerPort>);
+/// What a subject class's rows depend on besides the peer classes: its policies, its named
+/// ports (ingress) and, when it has one member, which pod (a pod is not asked about itself,
+/// so a one-member class against a one-member peer class of the same pod has no row).
+type SubjectKey = (
+    Direction,
+    Vec<PolicyId>,
+    Vec<ContainerPort>,
+    Option<(String, String)>,
+);
 
 /// A direction's rule peer lists, owned: the peer classes hold while these do.
 type PeerKeys = Vec<(Vec<PeerMatch>, bool)>;
@@ -65,7 +73,10 @@ type PeerKeys = Vec<(Vec<PeerMatch>, bool)>;
 /// apply; per subject class, its rows while its policies and the peer classes stay.
 #[derive(Default)]
 pub(crate) struct Cache {
-    regions: Vec<AddrRange>,
+    /// Per address region, in the columns' order: what its column values depend on.
+    owners: Vec<OwnerKey>,
+    /// The regions changed since the peer classes were made: make them again.
+    regions_changed: bool,
     columns: HashMap<(Vec<PeerMatch>, bool), Arc<Vec<bool>>>,
     peers: HashMap<Direction, (PeerKeys, Arc<Peers>)>,
     applicable: HashMap<(Direction, String, String), Vec<PolicyId>>,
@@ -79,7 +90,87 @@ type ClassIds = (
     HashMap<u32, (Arc<SubjectRows>, Arc<SubjectClass>)>,
 );
 
+/// What a region's column values depend on ([`peers_hold`] of its remote): the range (an
+/// ipBlock or network matches its first address) and what holds it, a pod's namespace,
+/// labels and namespace labels, or a node's labels.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct OwnerKey {
+    family: AddrFamily,
+    range: AddrRange,
+    pod: Option<(String, crate::selector::Labels, crate::selector::Labels)>,
+    node: Option<crate::selector::Labels>,
+}
+
+fn owner_keys(cluster: &Cluster, cells: &Cells) -> Vec<OwnerKey> {
+    cells
+        .peers
+        .iter()
+        .flat_map(|(f, v)| v.iter().map(move |(r, remote)| (*f, *r, remote)))
+        .map(|(family, range, r)| OwnerKey {
+            family,
+            range,
+            pod: r.pod.map(|p| {
+                (
+                    p.namespace.clone(),
+                    p.labels.clone(),
+                    cluster.namespace_labels(&p.namespace),
+                )
+            }),
+            node: r.node.map(|n| n.labels.clone()),
+        })
+        .collect()
+}
+
 impl Cache {
+    /// After a change of pods, namespaces or nodes: each cached column keeps its value for
+    /// the regions whose owner key is unchanged and asks the matcher for the others, and
+    /// the peer classes are made again ([`peer_classes`] keeps the rows if they are the
+    /// same classes).
+    fn carry_columns(&mut self, cluster: &Cluster, cells: &Cells) {
+        let owners = owner_keys(cluster, cells);
+        if owners == self.owners {
+            return;
+        }
+        let old: HashMap<&OwnerKey, usize> = self
+            .owners
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k, i))
+            .collect();
+        let from: Vec<Option<usize>> = owners.iter().map(|k| old.get(k).copied()).collect();
+        let remotes: Vec<_> = cells.peers.values().flatten().map(|(_, r)| *r).collect();
+        for ((peers, accept), col) in self.columns.iter_mut() {
+            let action = if *accept {
+                Action::Accept
+            } else {
+                Action::Deny
+            };
+            let v: Vec<bool> = from
+                .iter()
+                .zip(&remotes)
+                .map(|(j, r)| match j {
+                    Some(j) => col[*j],
+                    None => peers_hold(cluster, *r, peers, action),
+                })
+                .collect();
+            *col = Arc::new(v);
+        }
+        self.owners = owners;
+        self.regions_changed = true;
+    }
+
+    /// Forgets which policies apply to the pods in `pods` (namespace, name) and to every
+    /// pod of the namespaces in `namespaces`: their labels changed.
+    pub fn pods_changed(
+        &mut self,
+        pods: &BTreeSet<(String, String)>,
+        namespaces: &BTreeSet<String>,
+    ) {
+        self.applicable.retain(|(_, ns, name), _| {
+            !namespaces.contains(ns) && !pods.contains(&(ns.clone(), name.clone()))
+        });
+    }
+
     /// Forgets what depends on the policies in `changed` (old and new versions).
     pub fn policies_changed(&mut self, cluster: &Cluster, changed: &[&Policy], local: &[&Pod]) {
         let ids: BTreeSet<&PolicyId> = changed.iter().map(|p| &p.id).collect();
@@ -109,17 +200,7 @@ impl<'a> Compiled<'a> {
             .filter(|p| !p.host_network && p.node.as_deref() == Some(ctx.node_name.as_str()))
             .collect();
         if let Some(c) = cache.as_deref_mut() {
-            let regions: Vec<AddrRange> = cells
-                .peers
-                .values()
-                .flat_map(|v| v.iter().map(|(r, _)| *r))
-                .collect();
-            if c.regions != regions {
-                c.regions = regions;
-                c.columns.clear();
-                c.peers.clear();
-                c.subjects.clear();
-            }
+            c.carry_columns(cluster, &cells);
         }
         let mut computed = 0;
         let mut one = |dir| {
@@ -129,6 +210,9 @@ impl<'a> Compiled<'a> {
         };
         let egress = one(Direction::Egress);
         let ingress = one(Direction::Ingress);
+        if let Some(c) = cache {
+            c.regions_changed = false;
+        }
         Compiled {
             local,
             egress,
@@ -154,7 +238,11 @@ fn peer_classes(
     dir: Direction,
     mut cache: Option<&mut Cache>,
 ) -> Arc<Peers> {
-    if let Some((k, peers)) = cache.as_deref().and_then(|c| c.peers.get(&dir)) {
+    if let Some((k, peers)) = cache
+        .as_deref()
+        .filter(|c| !c.regions_changed)
+        .and_then(|c| c.peers.get(&dir))
+    {
         let same = k.len() == cols.peers.len()
             && k.iter()
                 .zip(&cols.peers)
@@ -185,8 +273,18 @@ fn peer_classes(
         .collect();
     let peers = Arc::new(classes::peers(cells, cols, &values, dir, &ctx.node_name));
     if let Some(c) = cache {
-        // Rows were computed against the old classes.
-        c.subjects.retain(|k, _| k.0 != dir);
+        // Rows were computed against the old classes: they hold while the classes (ids
+        // and what defines them) are the same, whatever their members.
+        let same_classes = c.peers.get(&dir).is_some_and(|(_, old)| {
+            old.classes.len() == peers.classes.len()
+                && old.classes.iter().zip(&peers.classes).all(|(a, b)| {
+                    // A one-member class's member matters too (see SubjectKey).
+                    a.0 == b.0 && a.1 == b.1 && (a.2 == b.2 || a.2.len().min(b.2.len()) > 1)
+                })
+        });
+        if !same_classes {
+            c.subjects.retain(|k, _| k.0 != dir);
+        }
         c.peers.insert(dir, (keys, peers.clone()));
     }
     peers
@@ -240,6 +338,10 @@ fn direction<'a>(
                     .cloned()
                     .collect(),
                 Direction::Egress => Vec::new(),
+            },
+            match members.as_slice() {
+                [only] => Some((only.namespace.clone(), only.name.clone())),
+                _ => None,
             },
         );
         let rows = match cache.as_deref().and_then(|c| c.subjects.get(&key)) {

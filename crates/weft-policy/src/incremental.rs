@@ -24,8 +24,11 @@ use crate::view::{Cluster, Namespace, Node, Pod};
 /// peer lists stay the same), the policies that apply to each local pod and each subject
 /// class's rows; a policy change recomputes the rows of the subject classes whose
 /// policies changed and [`Incremental::update`] returns only the elements of the classes
-/// whose rows changed (a [`Delta`]), so nothing copies or compares the large maps. Any
-/// other change starts again from nothing ([`Update::Full`]). The previous table with the
+/// whose rows changed (a [`Delta`]), so nothing copies or compares the large maps. A
+/// change of pods, namespaces or nodes returns the whole table ([`Update::Full`]) but
+/// computes only what it touches: the column answers of the regions whose owner changed,
+/// the peer classes, and the rows of subject classes whose policies, members or peer
+/// classes changed. A change of the node context starts from nothing. The previous table with the
 /// delta applied always equals [`crate::desired::desired`]'s (tests compare them after
 /// every step of the truth-table cases).
 #[derive(Default)]
@@ -128,7 +131,33 @@ impl Incremental {
                 && l.nodes == cluster.nodes
         });
         let Some(last) = self.last.as_mut().filter(|_| same_world) else {
-            self.cache = Cache::default();
+            match self.last.as_ref().filter(|l| l.ctx == *ctx) {
+                // Pods, namespaces or nodes changed: the cache carries what they leave
+                // alone (columns of unchanged regions, the rows while the peer classes
+                // stay) after forgetting the policies that apply to relabelled pods.
+                Some(l) => {
+                    let (pods, namespaces) = relabelled(l, cluster);
+                    self.cache.pods_changed(&pods, &namespaces);
+                    let changed: Vec<&Policy> = l
+                        .policies
+                        .iter()
+                        .filter(|(id, p)| cluster.policies.get(*id) != Some(*p))
+                        .map(|(_, p)| p)
+                        .chain(
+                            cluster
+                                .policies
+                                .iter()
+                                .filter(|(id, p)| l.policies.get(*id) != Some(*p))
+                                .map(|(_, p)| p),
+                        )
+                        .collect();
+                    if !changed.is_empty() {
+                        let local: Vec<&Pod> = local_pods(cluster, &ctx.node_name).collect();
+                        self.cache.policies_changed(cluster, &changed, &local);
+                    }
+                }
+                None => self.cache = Cache::default(),
+            }
             let compiled = Compiled::new(cluster, ctx, Some(&mut self.cache));
             self.recompiled = compiled.computed;
             let ruleset = table(&compiled, ctx);
@@ -187,6 +216,26 @@ impl Incremental {
             Update::Delta(delta)
         }
     }
+}
+
+/// Pods whose labels, namespace or addresses changed (added and removed ones included),
+/// and namespaces whose labels changed, between the last view and `cluster`.
+fn relabelled(last: &Last, cluster: &Cluster) -> (BTreeSet<(String, String)>, BTreeSet<String>) {
+    let pods = last
+        .pods
+        .keys()
+        .chain(cluster.pods.keys())
+        .filter(|k| last.pods.get(*k) != cluster.pods.get(*k))
+        .cloned()
+        .collect();
+    let namespaces = last
+        .namespaces
+        .keys()
+        .chain(cluster.namespaces.keys())
+        .filter(|k| last.namespaces.get(*k) != cluster.namespaces.get(*k))
+        .cloned()
+        .collect();
+    (pods, namespaces)
 }
 
 /// One direction's changes from `old` to `new`, into `delta`; `old` becomes `new`.
