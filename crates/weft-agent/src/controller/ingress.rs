@@ -28,7 +28,7 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::{watch, Notify};
-use weft_ingress::proxy::{Limits, Proxy};
+use weft_ingress::proxy::{Http1, Limits, Proxy};
 use weft_ingress::{compile, Cluster};
 
 use super::lag::Lag;
@@ -178,7 +178,15 @@ pub async fn start(
     ended: &UnboundedSender<&'static str>,
     lag: Arc<Lag>,
 ) -> Result<()> {
-    let proxy = Proxy::new(Limits::default(), &[cfg.node_name.as_str()])?;
+    // WEFT_INGRESS_HTTP1=hyper serves HTTP/1.1 with hyper's server and client instead of
+    // weft's own path: to compare the two on a node, or to fall back.
+    let http1 = match std::env::var("WEFT_INGRESS_HTTP1") {
+        Ok(v) => v
+            .parse()
+            .map_err(|e| weft_ingress::Error::invalid("WEFT_INGRESS_HTTP1", format!("{e}")))?,
+        Err(_) => Http1::default(),
+    };
+    let proxy = Proxy::new(Limits::default(), &[cfg.node_name.as_str()])?.with_http1(http1);
     let (stop_tx, stop) = watch::channel(false);
     // Binds both ports on every worker before any serves: a taken port is an error here.
     let workers = proxy.start_workers(ic.workers, ic.http, Some(ic.https), stop)?;
