@@ -141,3 +141,24 @@ pub fn api_status(e: &kube::Error) -> Option<&kube::core::Status> {
         _ => None,
     }
 }
+
+/// Runs kubectl; None when kubectl is not installed on this machine.
+pub fn kubectl(kubeconfig: &Path, args: &[&str]) -> Option<(bool, String)> {
+    let out = std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .output();
+    match out {
+        Ok(o) => {
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+            Some((o.status.success(), text))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => panic!("running kubectl: {e}"),
+    }
+}
