@@ -1,13 +1,14 @@
 //! The scheduler at a node's capacity: a node takes as many pods as its pod CIDR holds
 //! (its allocatable pods); the rest stay unscheduled with `PodScheduled=False` and a
 //! `FailedScheduling` Event, and are bound once room frees up. At scale, the bindings
-//! equal a recomputation from a full listing.
+//! equal a recomputation from a full listing. Pods that finished (Succeeded or Failed)
+//! but are not deleted take no room.
 
 mod common;
 
 use common::*;
 use k8s_openapi::api::core::v1::{Event, Node, Pod};
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use std::collections::BTreeMap;
 
@@ -164,4 +165,79 @@ async fn at_scale_bindings_equal_a_recount_and_fill_nodes_to_capacity() {
     .await;
     assert!(unbound.is_empty());
     assert_eq!(per_node.values().sum::<usize>(), 150);
+}
+
+fn phase(p: &Pod) -> Option<&str> {
+    p.status.as_ref()?.phase.as_deref()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_pods_take_no_room_on_their_node() {
+    let s = start().await;
+    let c = s.client().await;
+    let nodes: Api<Node> = Api::all(c.clone());
+    nodes
+        .create(&PostParams::default(), &node("small", "10.244.9.0/29"))
+        .await
+        .expect("node created");
+    let pods: Api<Pod> = Api::namespaced(c.clone(), "default");
+    let create = |name: String| {
+        let pods = pods.clone();
+        async move {
+            let p = pod(&name);
+            pods.create(&PostParams::default(), &p)
+                .await
+                .expect("pod created");
+        }
+    };
+    for i in 0..6 {
+        create(format!("p{i}")).await;
+    }
+    let unbound = eventually("5 bound, 1 unschedulable", || async {
+        let (per_node, unbound) = recount(&pods).await;
+        let decided = unbound.iter().all(|p| unschedulable(p).is_some());
+        (per_node.get("small") == Some(&5) && unbound.len() == 1 && decided).then_some(unbound)
+    })
+    .await;
+    let waiting = unbound[0].metadata.name.clone().unwrap_or_default();
+    // Two bound pods finish, one Succeeded, one Failed, and stay: the waiting pod is bound.
+    let all = pods.list(&ListParams::default()).await.expect("list").items;
+    let bound: Vec<String> = all
+        .iter()
+        .filter(|p| node_of(p).is_some())
+        .filter_map(|p| p.metadata.name.clone())
+        .collect();
+    for (name, ph) in bound.iter().zip(["Succeeded", "Failed"]) {
+        let st = json!({"status": {"phase": ph}});
+        pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&st))
+            .await
+            .expect("status patched");
+    }
+    eventually("the waiting pod bound", || async {
+        let p = pods.get(&waiting).await.ok()?;
+        (node_of(&p).as_deref() == Some("small")).then_some(())
+    })
+    .await;
+    // One more fits (6 bound, 2 finished: 4 take room), the next does not.
+    create("p6".into()).await;
+    create("p7".into()).await;
+    let (per_node, unbound) = eventually("7 bound, 1 unschedulable", || async {
+        let (per_node, unbound) = recount(&pods).await;
+        let decided = unbound.iter().all(|p| unschedulable(p).is_some());
+        (per_node.get("small") == Some(&7) && unbound.len() == 1 && decided)
+            .then_some((per_node, unbound))
+    })
+    .await;
+    assert_eq!(per_node.len(), 1);
+    let all = pods.list(&ListParams::default()).await.expect("list").items;
+    let running = all
+        .iter()
+        .filter(|p| node_of(p).is_some())
+        .filter(|p| !matches!(phase(p), Some("Succeeded" | "Failed")))
+        .count();
+    assert_eq!(running, 5);
+    assert_eq!(
+        unschedulable(&unbound[0]).as_deref(),
+        Some("0/1 nodes are available: 1 Too many pods.")
+    );
 }

@@ -1,13 +1,14 @@
 //! Binds pods without `spec.nodeName` to Ready, schedulable nodes with room, spreading
 //! them (the node with the fewest pods wins, ties by name). A node's room is its pod
 //! capacity ([`crate::admission::pod_capacity`]: allocatable pods, from its pod CIDR), as
-//! kubelet's max-pods bounds a real node. A pod no node takes stays unbound with
+//! kubelet's max-pods bounds a real node. Pods that have finished (Succeeded or Failed) but
+//! are not deleted take no room, as kube-scheduler leaves terminal pods out. A pod no node takes stays unbound with
 //! `PodScheduled=False` (reason `Unschedulable`, message as kube-scheduler's
 //! "0/3 nodes are available: 3 Too many pods."); the Events controller records a
 //! `FailedScheduling` Event for it.
 //!
 //! Work follows the change: a batch of events looks at the unscheduled pods it names;
-//! a pod leaving a node retries the pods that waited for room; only a change to what
+//! a pod leaving a node (or finishing on it) retries the pods that waited for room; only a change to what
 //! placement reads of a node (readiness, labels, taints, capacity; not its heartbeat), or
 //! a resync, retries every unbound pod. Pods come from the store's indexes, as do the
 //! per-node pod counts: no pass lists every pod.
@@ -197,15 +198,11 @@ fn node_changed(e: &Event) -> bool {
     e.ty != EventType::Modified || e.prev.as_deref().and_then(view) != view(&e.object)
 }
 
+/// A pod gave up its room: deleted, unbound, or finished (Succeeded/Failed) on its node.
 fn left_a_node(e: &Event) -> bool {
-    let node_of = |v: &Value| {
-        typed::view::<Pod>(v)
-            .and_then(|p| p.spec?.node_name)
-            .filter(|n| !n.is_empty())
-    };
-    let before = e.prev.as_deref().and_then(node_of);
+    let before = e.prev.as_deref().and_then(store::occupied_node);
     let now = (e.ty != EventType::Deleted)
-        .then(|| node_of(&e.object))
+        .then(|| store::occupied_node(&e.object))
         .flatten();
     before.is_some() && now.is_none()
 }

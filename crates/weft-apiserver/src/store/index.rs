@@ -28,6 +28,8 @@ pub struct Indexes {
     owners: HashMap<String, BTreeSet<String>>,
     /// Pods bound to each node.
     on_node: HashMap<String, BTreeSet<String>>,
+    /// Of those, the ones that have finished (Succeeded or Failed): they take no room.
+    finished_on_node: HashMap<String, BTreeSet<String>>,
     /// Pods without `spec.nodeName`.
     unbound: BTreeSet<String>,
     /// Pods with a `deletionTimestamp`.
@@ -67,6 +69,20 @@ fn node_of(pod: &Value) -> Option<&str> {
     pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty())
 }
 
+/// A pod that has run to completion (Succeeded or Failed) and is not deleted yet.
+fn finished(pod: &Value) -> bool {
+    matches!(
+        pod["status"]["phase"].as_str(),
+        Some("Succeeded" | "Failed")
+    )
+}
+
+/// The node whose room a pod takes: the node it is bound to, unless it has finished
+/// (kube-scheduler's pod informer leaves terminal pods out, so they take no room).
+pub fn occupied_node(pod: &Value) -> Option<&str> {
+    node_of(pod).filter(|_| !finished(pod))
+}
+
 /// Whether `labels` has every pair of `selector`.
 pub fn selects(selector: &Map<String, Value>, labels: &Value) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
@@ -80,6 +96,7 @@ impl Indexes {
             selectors: HashMap::new(),
             owners: HashMap::new(),
             on_node: HashMap::new(),
+            finished_on_node: HashMap::new(),
             unbound: BTreeSet::new(),
             terminating: BTreeSet::new(),
         }
@@ -123,7 +140,10 @@ impl Indexes {
                     remove(&mut self.owners, uid.to_string(), key);
                 }
                 match node_of(p) {
-                    Some(n) => remove(&mut self.on_node, n.to_string(), key),
+                    Some(n) => {
+                        remove(&mut self.on_node, n.to_string(), key);
+                        remove(&mut self.finished_on_node, n.to_string(), key);
+                    }
                     None => {
                         self.unbound.remove(key);
                     }
@@ -140,6 +160,10 @@ impl Indexes {
                     None => &mut self.unbound,
                 };
                 set.insert(key.to_string());
+                if let Some(n) = node_of(p).filter(|_| finished(p)) {
+                    let e = self.finished_on_node.entry(n.to_string()).or_default();
+                    e.insert(key.to_string());
+                }
                 if p["metadata"]["deletionTimestamp"].is_string() {
                     self.terminating.insert(key.to_string());
                 }
@@ -284,21 +308,18 @@ impl Tx<'_> {
         out
     }
 
-    /// How many pods are bound to `node`.
+    /// How many pods take room on `node` ([`occupied_node`]).
     pub fn pods_on_node(&self, node: &str) -> usize {
-        let committed = self
-            .state
-            .indexes
-            .on_node
-            .get(node)
-            .map_or(0, BTreeSet::len);
+        let count = |m: &HashMap<String, BTreeSet<String>>| m.get(node).map_or(0, BTreeSet::len);
+        let idx = &self.state.indexes;
+        let committed = count(&idx.on_node).saturating_sub(count(&idx.finished_on_node));
         let pending: BTreeSet<&String> = self
             .pending
             .iter()
             .filter(|(r, _, _)| is(r, PODS))
             .map(|(_, k, _)| k)
             .collect();
-        let on = |p: Option<Arc<Value>>| p.is_some_and(|p| node_of(&p) == Some(node));
+        let on = |p: Option<Arc<Value>>| p.is_some_and(|p| occupied_node(&p) == Some(node));
         let mut n = committed as i64;
         for k in pending {
             n += i64::from(on(self.get(PODS, k))) - i64::from(on(self.state.get(PODS, k)));
