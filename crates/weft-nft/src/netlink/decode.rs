@@ -94,27 +94,7 @@ pub fn read_set(
     table: &str,
     set: &str,
 ) -> Result<Option<Set>> {
-    if !list_tables(sock, Some(family))?
-        .iter()
-        .any(|(_, n)| n == table)
-    {
-        return Ok(None);
-    }
-    let mut found = None;
-    sock.dump(
-        MSG_GETSET,
-        family.nfproto(),
-        |w| w.put_str(1, table),
-        |_, a| {
-            if a.get(1).and_then(string).as_deref() == Some(table)
-                && a.get(2).and_then(string).as_deref() == Some(set)
-            {
-                found = Some(decode_set(a)?.0);
-            }
-            Ok(())
-        },
-    )?;
-    let Some(mut found) = found else {
+    let Some(mut found) = find_set(sock, family, table, set)? else {
         return Ok(None);
     };
     read_elements(sock, family, table, &mut found)?;
@@ -130,6 +110,14 @@ pub fn read_counters(
     table: &str,
     set: &str,
 ) -> Result<Option<BTreeMap<Key, u64>>> {
+    match find_set(sock, family, table, set)? {
+        Some(mut s) => Ok(Some(read_elements(sock, family, table, &mut s)?)),
+        None => Ok(None),
+    }
+}
+
+/// A set's declaration, without its elements; `None` when the table or the set is absent.
+fn find_set(sock: &mut NftSocket, family: Family, table: &str, set: &str) -> Result<Option<Set>> {
     if !list_tables(sock, Some(family))?
         .iter()
         .any(|(_, n)| n == table)
@@ -150,10 +138,7 @@ pub fn read_counters(
             Ok(())
         },
     )?;
-    match found {
-        Some(mut s) => Ok(Some(read_elements(sock, family, table, &mut s)?)),
-        None => Ok(None),
-    }
+    Ok(found)
 }
 
 /// Reads one table back; `None` when it does not exist.
