@@ -211,6 +211,10 @@ fn main() {
         eprintln!("policy bench: needs root (network namespaces); skipped");
         return;
     }
+    if let Ok(n) = std::env::var("WEFT_BENCH_PROFILE_UPDATE") {
+        profile_update(n.parse().unwrap_or(200));
+        return;
+    }
     println!("### The compiler alone, 1000 pods (CPU time of the compiling thread; medians of 12 changes per incremental path, 4 for desired())");
     println!();
     compile_only();
@@ -614,4 +618,28 @@ fn compile_only() {
     for (n, cg, rl) in pod_changes {
         println!("| {n} | {cg:.1} ms | {rl:.1} ms |");
     }
+}
+
+/// Only the agent's compiler on policy changes at 1000 x 1000, in a loop, for a profiler
+/// (`WEFT_BENCH_PROFILE_UPDATE=N`): nothing else runs, so a profile is of this path alone.
+fn profile_update(n: u32) {
+    let ctx = ctx();
+    let mut c = with_policies(POLICIES_PER_NS);
+    let versions = [
+        np(&policy_yaml(SERVER % NAMESPACES, 0, true)),
+        np(&policy_yaml(SERVER % NAMESPACES, 0, false)),
+    ];
+    let mut agent = Incremental::default();
+    let _ = agent.update(&c, &ctx);
+    let mut t = Vec::new();
+    for i in 0..n as usize {
+        c.apply_network_policy(&versions[i % 2]).unwrap();
+        let t0 = cpu_ms();
+        let _ = agent.update(&c, &ctx);
+        t.push(cpu_ms() - t0);
+    }
+    println!(
+        "{n} policy changes, `update()` CPU median {:.1} ms",
+        median(&mut t)
+    );
 }
