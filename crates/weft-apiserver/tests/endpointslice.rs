@@ -11,7 +11,6 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use weft_apiserver::controllers::endpointslice::{desired_slices, MANAGED_BY};
 
 const SERVICES: usize = 120;
@@ -81,14 +80,11 @@ async fn stored(api: &Api<EndpointSlice>) -> Slices {
 }
 
 async fn from_scratch(svcs: &Api<Service>, pods: &Api<Pod>) -> Slices {
-    let pods: Vec<Arc<Value>> = pods
+    let pods = pods
         .list(&ListParams::default())
         .await
         .expect("list pods")
-        .items
-        .iter()
-        .map(|p| Arc::new(serde_json::to_value(p).unwrap_or_default()))
-        .collect();
+        .items;
     let mut out = Slices::new();
     for s in svcs
         .list(&ListParams::default())
@@ -96,7 +92,6 @@ async fn from_scratch(svcs: &Api<Service>, pods: &Api<Pod>) -> Slices {
         .expect("list services")
         .items
     {
-        let s = serde_json::to_value(&s).unwrap_or_default();
         for slice in desired_slices(&s, &pods) {
             let name = slice["metadata"]["name"].as_str().unwrap_or("").to_string();
             out.insert(name, typed(&slice));

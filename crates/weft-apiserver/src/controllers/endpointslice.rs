@@ -21,6 +21,9 @@ use crate::api::crud;
 use crate::resources::{ENDPOINTS, ENDPOINTSLICES, PODS, SERVICES};
 use crate::server::AppState;
 use crate::store::{self, Event, Tx};
+use crate::typed;
+use k8s_openapi::api::core::v1::{Pod, Service, ServicePort};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -31,45 +34,49 @@ const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 const SKIP_MIRROR_LABEL: &str = "endpointslice.kubernetes.io/skip-mirror";
 const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
 
-fn pod_ip(pod: &Value) -> Option<&str> {
-    pod["status"]["podIP"]
-        .as_str()
+fn pod_ip(pod: &Pod) -> Option<&str> {
+    let status = pod.status.as_ref()?;
+    status
+        .pod_ip
+        .as_deref()
         .filter(|s| !s.is_empty())
-        .or_else(|| pod["status"]["podIPs"][0]["ip"].as_str())
+        .or_else(|| Some(status.pod_ips.as_ref()?.first()?.ip.as_str()))
 }
 
-fn pod_ready(pod: &Value) -> bool {
-    pod["status"]["conditions"].as_array().is_some_and(|cs| {
-        cs.iter()
-            .any(|c| c["type"] == "Ready" && c["status"] == "True")
-    })
+fn pod_ready(pod: &Pod) -> bool {
+    let conditions = pod.status.as_ref().and_then(|s| s.conditions.as_ref());
+    conditions.is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-fn selects(selector: &Map<String, Value>, pod: &Value) -> bool {
-    store::selects(selector, &pod["metadata"]["labels"])
+fn selects(selector: &BTreeMap<String, String>, pod: &Pod) -> bool {
+    let labels = pod.metadata.labels.as_ref();
+    selector
+        .iter()
+        .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
 }
 
 /// Resolves a Service port against one pod: numeric targetPorts as they are, named ones
 /// through the pod's container ports with that name and protocol.
-fn resolve_port(svc_port: &Value, pod: &Value) -> Option<Value> {
-    let protocol = svc_port["protocol"].as_str().unwrap_or("TCP");
-    let target = match &svc_port["targetPort"] {
-        Value::Number(n) => n.as_i64()?,
-        Value::String(name) => {
-            let containers = pod["spec"]["containers"].as_array()?;
+fn resolve_port(svc_port: &ServicePort, pod: &Pod) -> Option<Value> {
+    let protocol = svc_port.protocol.as_deref().unwrap_or("TCP");
+    let target = match &svc_port.target_port {
+        Some(IntOrString::Int(n)) => *n,
+        Some(IntOrString::String(name)) => {
+            let containers = &pod.spec.as_ref()?.containers;
             containers
                 .iter()
-                .flat_map(|c| c["ports"].as_array().cloned().unwrap_or_default())
+                .flat_map(|c| c.ports.as_deref().unwrap_or_default())
                 .find(|p| {
-                    p["name"].as_str() == Some(name.as_str())
-                        && p["protocol"].as_str().unwrap_or("TCP") == protocol
-                })?["containerPort"]
-                .as_i64()?
+                    p.name.as_deref() == Some(name.as_str())
+                        && p.protocol.as_deref().unwrap_or("TCP") == protocol
+                })?
+                .container_port
         }
-        _ => svc_port["port"].as_i64()?,
+        None => svc_port.port,
     };
-    let mut p = json!({"name": svc_port["name"].as_str().unwrap_or(""), "port": target, "protocol": protocol});
-    if let Some(ap) = svc_port["appProtocol"].as_str() {
+    let name = svc_port.name.as_deref().unwrap_or("");
+    let mut p = json!({"name": name, "port": target, "protocol": protocol});
+    if let Some(ap) = &svc_port.app_protocol {
         p["appProtocol"] = json!(ap);
     }
     Some(p)
@@ -88,32 +95,37 @@ pub(crate) fn short_hash(s: &str) -> String {
         .collect()
 }
 
+/// The selector a Service's slices and Endpoints follow: None without one (its slices are
+/// someone else's) and for ExternalName Services.
+fn selector(svc: &Service) -> Option<&BTreeMap<String, String>> {
+    let spec = svc.spec.as_ref()?;
+    if spec.type_.as_deref() == Some("ExternalName") {
+        return None;
+    }
+    spec.selector.as_ref().filter(|s| !s.is_empty())
+}
+
 /// The slices a Service should have, given the pods of its namespace. Empty for Services
 /// without a selector (their slices are someone else's) and ExternalName Services.
-pub fn desired_slices(svc: &Value, pods: &[Arc<Value>]) -> Vec<Value> {
-    let spec = &svc["spec"];
-    let Some(selector) = spec["selector"].as_object().filter(|s| !s.is_empty()) else {
+pub fn desired_slices(svc: &Service, pods: &[Pod]) -> Vec<Value> {
+    let (Some(selector), Some(spec)) = (selector(svc), svc.spec.as_ref()) else {
         return Vec::new();
     };
-    if spec["type"] == "ExternalName" {
-        return Vec::new();
-    }
-    let svc_name = crate::meta::name(svc);
-    let ns = crate::meta::namespace(svc);
-    let svc_ports = spec["ports"].as_array().cloned().unwrap_or_default();
-    let publish_not_ready = spec["publishNotReadyAddresses"] == json!(true);
+    let svc_name = svc.metadata.name.as_deref().unwrap_or("");
+    let ns = svc.metadata.namespace.as_deref().unwrap_or("");
+    let svc_ports = spec.ports.as_deref().unwrap_or_default();
+    let publish_not_ready = spec.publish_not_ready_addresses == Some(true);
+    let name_of = |p: &Pod| p.metadata.name.clone().unwrap_or_default();
     // Pods grouped by their resolved port list: one slice per distinct list.
     let mut groups: BTreeMap<String, (Vec<Value>, Vec<Value>)> = BTreeMap::new();
-    let mut sorted: Vec<&Arc<Value>> = pods.iter().collect();
-    sorted.sort_by(|a, b| crate::meta::name(a).cmp(crate::meta::name(b)));
+    let mut sorted: Vec<&Pod> = pods.iter().collect();
+    sorted.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     for pod in sorted {
-        if crate::meta::namespace(pod) != ns || !selects(selector, pod) {
+        if pod.metadata.namespace.as_deref().unwrap_or("") != ns || !selects(selector, pod) {
             continue;
         }
-        if matches!(
-            pod["status"]["phase"].as_str(),
-            Some("Succeeded" | "Failed")
-        ) {
+        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+        if matches!(phase, Some("Succeeded" | "Failed")) {
             continue;
         }
         let Some(ip) = pod_ip(pod) else { continue };
@@ -124,20 +136,25 @@ pub fn desired_slices(svc: &Value, pods: &[Arc<Value>]) -> Vec<Value> {
             .iter()
             .filter_map(|p| resolve_port(p, pod))
             .collect();
-        let terminating = pod["metadata"]["deletionTimestamp"].is_string();
+        let terminating = pod.metadata.deletion_timestamp.is_some();
         let serving = pod_ready(pod) || publish_not_ready;
         let mut ep = json!({
             "addresses": [ip],
             "conditions": {"ready": serving && !terminating, "serving": serving, "terminating": terminating},
-            "targetRef": {"kind": "Pod", "namespace": ns, "name": crate::meta::name(pod),
-                "uid": pod["metadata"]["uid"]},
+            "targetRef": {"kind": "Pod", "namespace": ns, "name": name_of(pod),
+                "uid": pod.metadata.uid},
         });
-        if let Some(node) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) {
-            ep["nodeName"] = json!(node);
+        let pod_spec = pod.spec.as_ref();
+        if let Some(node) = pod_spec.and_then(|s| s.node_name.as_deref()) {
+            if !node.is_empty() {
+                ep["nodeName"] = json!(node);
+            }
         }
-        if pod["spec"]["subdomain"].as_str() == Some(svc_name) {
-            if let Some(h) = pod["spec"]["hostname"].as_str().filter(|h| !h.is_empty()) {
-                ep["hostname"] = json!(h);
+        if pod_spec.and_then(|s| s.subdomain.as_deref()) == Some(svc_name) {
+            if let Some(h) = pod_spec.and_then(|s| s.hostname.as_deref()) {
+                if !h.is_empty() {
+                    ep["hostname"] = json!(h);
+                }
             }
         }
         let key = Value::Array(ports.clone()).to_string();
@@ -163,7 +180,7 @@ pub fn desired_slices(svc: &Value, pods: &[Arc<Value>]) -> Vec<Value> {
                     "namespace": ns,
                     "labels": {SERVICE_NAME_LABEL: svc_name, MANAGED_BY_LABEL: MANAGED_BY},
                     "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": svc_name,
-                        "uid": svc["metadata"]["uid"], "controller": true, "blockOwnerDeletion": true}],
+                        "uid": svc.metadata.uid, "controller": true, "blockOwnerDeletion": true}],
                 },
                 "addressType": "IPv4",
                 "endpoints": endpoints,
@@ -174,8 +191,9 @@ pub fn desired_slices(svc: &Value, pods: &[Arc<Value>]) -> Vec<Value> {
 }
 
 /// The v1 Endpoints mirroring a Service's desired slices.
-pub fn desired_endpoints(svc: &Value, slices: &[Value]) -> Value {
-    let publish_not_ready = svc["spec"]["publishNotReadyAddresses"] == json!(true);
+pub fn desired_endpoints(svc: &Service, slices: &[Value]) -> Value {
+    let spec = svc.spec.as_ref();
+    let publish_not_ready = spec.and_then(|s| s.publish_not_ready_addresses) == Some(true);
     let mut subsets = Vec::new();
     for slice in slices {
         let (mut ready, mut not_ready) = (Vec::new(), Vec::new());
@@ -226,20 +244,23 @@ pub fn desired_endpoints(svc: &Value, slices: &[Value]) -> Value {
         }
         subsets.push(Value::Object(subset));
     }
-    let mut labels = svc["metadata"]["labels"]
-        .as_object()
-        .cloned()
-        .unwrap_or_default();
+    let mut labels: Map<String, Value> = svc
+        .metadata
+        .labels
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), json!(v)))
+        .collect();
     labels.insert(SKIP_MIRROR_LABEL.into(), json!("true"));
-    if svc["spec"]["clusterIP"] == "None" {
+    if spec.and_then(|s| s.cluster_ip.as_deref()) == Some("None") {
         labels.insert(HEADLESS_LABEL.into(), json!(""));
     }
     let mut ep = json!({
         "apiVersion": "v1",
         "kind": "Endpoints",
         "metadata": {
-            "name": crate::meta::name(svc),
-            "namespace": crate::meta::namespace(svc),
+            "name": svc.metadata.name.as_deref().unwrap_or(""),
+            "namespace": svc.metadata.namespace.as_deref().unwrap_or(""),
             "labels": labels,
         },
     });
@@ -289,14 +310,6 @@ fn apply_endpoints(
         _ => {}
     }
     Ok(())
-}
-
-/// Whether a Service gets Endpoints from this controller (a selector, not ExternalName).
-fn mirrors(svc: &Value) -> bool {
-    svc["spec"]["selector"]
-        .as_object()
-        .is_some_and(|s| !s.is_empty())
-        && svc["spec"]["type"] != "ExternalName"
 }
 
 fn managed_by_us(slice: &Value) -> bool {
@@ -357,14 +370,20 @@ fn reconcile_service(
     name: &str,
 ) -> Result<(), crate::error::ApiError> {
     let (desired, endpoints) = match tx.get(SERVICES, &store::key(SERVICES, ns, name)) {
-        Some(svc) => {
-            let pods = match svc["spec"]["selector"].as_object() {
-                Some(sel) if !sel.is_empty() => tx.select(PODS, ns, sel),
+        Some(stored) => {
+            let svc: Service = typed::view(&stored).unwrap_or_default();
+            let pods: Vec<Pod> = match svc.spec.as_ref().and_then(|s| s.selector.as_ref()) {
+                Some(sel) if !sel.is_empty() => {
+                    let sel: Map<String, Value> =
+                        sel.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+                    let found = tx.select(PODS, ns, &sel);
+                    found.iter().filter_map(|p| typed::view(p)).collect()
+                }
                 _ => Vec::new(),
             };
             let slices = desired_slices(&svc, &pods);
             // Some(None): a selector-less Service, whose Endpoints are left alone.
-            let ep = mirrors(&svc).then(|| desired_endpoints(&svc, &slices));
+            let ep = selector(&svc).map(|_| desired_endpoints(&svc, &slices));
             (by_name(slices), Some(ep))
         }
         None => (BTreeMap::new(), Some(None)),
@@ -504,13 +523,14 @@ impl Reconcile for Controller {
 mod tests {
     use super::*;
 
-    fn pod(name: &str, ip: &str, ready: bool, port_name: &str, port: i64) -> Arc<Value> {
-        Arc::new(json!({
+    fn pod(name: &str, ip: &str, ready: bool, port_name: &str, port: i64) -> Pod {
+        typed::view(&json!({
             "metadata": {"name": name, "namespace": "ns", "labels": {"app": "web"}, "uid": name},
             "spec": {"nodeName": "node-1", "containers": [{"name": "c", "ports": [
                 {"name": port_name, "containerPort": port, "protocol": "TCP"}]}]},
             "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": if ready {"True"} else {"False"}}]}
         }))
+        .unwrap_or_default()
     }
 
     #[test]
@@ -518,6 +538,7 @@ mod tests {
         let svc = json!({"metadata": {"name": "web", "namespace": "ns", "uid": "u"},
             "spec": {"selector": {"app": "web"}, "ports": [
                 {"name": "http", "port": 80, "protocol": "TCP", "targetPort": "http"}]}});
+        let svc: Service = typed::view(&svc).unwrap_or_default();
         let pods = vec![
             pod("a", "10.244.1.2", true, "http", 8080),
             pod("b", "10.244.2.2", false, "http", 9090),

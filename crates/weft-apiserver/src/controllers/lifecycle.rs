@@ -10,19 +10,29 @@ use crate::api::crud;
 use crate::resources::{NAMESPACES, NODES, PODS, RESOURCES};
 use crate::server::AppState;
 use crate::store::{self, Event, EventType};
+use crate::typed;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::{json, Value};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn grace_expired(pod: &Value, now: u64) -> bool {
-    pod["metadata"]["deletionTimestamp"]
-        .as_str()
-        .and_then(crate::meta::parse_rfc3339)
+/// Whether a terminating object's grace period is over and nothing holds it back.
+fn grace_expired(meta: &ObjectMeta, now: u64) -> bool {
+    meta.deletion_timestamp
+        .as_ref()
+        .and_then(|t| u64::try_from(t.0.as_second()).ok())
         .is_some_and(|t| t <= now)
-        && pod["metadata"]["finalizers"]
-            .as_array()
-            .is_none_or(|f| f.is_empty())
+        && meta.finalizers.as_ref().is_none_or(|f| f.is_empty())
+}
+
+/// An object's metadata, typed; None when it has none to read.
+fn meta_of(obj: &Value) -> Option<ObjectMeta> {
+    typed::view(&obj["metadata"])
+}
+
+fn being_deleted(obj: &Value) -> bool {
+    meta_of(obj).is_some_and(|m| m.deletion_timestamp.is_some())
 }
 
 /// How long a pod may stay bound to a node that is not registered (Kubernetes waits 40 s).
@@ -43,10 +53,9 @@ impl Reconcile for Controller {
             .map(|e| crate::meta::name(&e.object).to_string())
             .collect();
         if let Some(evs) = events {
-            let ns_deleting = evs.iter().any(|e| {
-                std::ptr::eq(e.res, NAMESPACES)
-                    && e.object["metadata"]["deletionTimestamp"].is_string()
-            });
+            let ns_deleting = evs
+                .iter()
+                .any(|e| std::ptr::eq(e.res, NAMESPACES) && being_deleted(&e.object));
             if !ns_deleting && deleted_nodes.is_empty() {
                 return;
             }
@@ -74,7 +83,7 @@ impl Reconcile for Controller {
                 }
             }
             for pod in tx.terminating_pods() {
-                if grace_expired(&pod, now) {
+                if meta_of(&pod).is_some_and(|m| grace_expired(&m, now)) {
                     doomed.insert(store::object_key(PODS, &pod));
                 }
             }
@@ -82,7 +91,7 @@ impl Reconcile for Controller {
                 tx.delete(PODS, key);
             }
             for ns in tx.list(NAMESPACES, None) {
-                if ns["metadata"]["deletionTimestamp"].is_null() {
+                if !being_deleted(&ns) {
                     continue;
                 }
                 let name = crate::meta::name(&ns).to_string();
@@ -90,7 +99,7 @@ impl Reconcile for Controller {
                 for res in RESOURCES.iter().filter(|r| r.namespaced) {
                     for obj in tx.list(res, Some(&name)) {
                         remaining += 1;
-                        if obj["metadata"]["deletionTimestamp"].is_null() {
+                        if !being_deleted(&obj) {
                             let key = store::object_key(res, &obj);
                             crate::api::delete::delete_in(tx, res, &key, &obj, None, false)?;
                         }
