@@ -85,8 +85,10 @@ pub(crate) struct Cache {
     classes: HashMap<Direction, ClassIds>,
 }
 
+/// Each row's content hash and id by the row's address (an address names one row while
+/// the subject rows beside it hold that row), and each subject class's rows and ids.
 type ClassIds = (
-    BTreeMap<Row, u32>,
+    HashMap<usize, (u64, u32)>,
     HashMap<u32, (Arc<SubjectRows>, Arc<SubjectClass>)>,
 );
 
@@ -368,59 +370,81 @@ fn direction<'a>(
     (d, computed)
 }
 
-type RowPtr = *const Vec<(crate::rows::Service, Denial)>;
-
 /// Row ids (hashes of the rows' contents, so a row keeps its id while it exists), and
-/// each subject class's default and pairs by id; a class whose rows and the ids are as
-/// last time is taken from the cache.
+/// each subject class's default and pairs by id; a class whose rows and their ids are as
+/// last time is taken from the cache. A policy change touches a few classes' rows, so
+/// the work here is kept to what changed: rows seen last time keep their hash (no
+/// formatting), contents are told apart by hash first, and only the classes with a new
+/// row or a row whose id moved are built again.
 fn row_ids(
     dir: Direction,
     per_subject: &[(u32, Arc<SubjectRows>)],
     cache: Option<&mut Cache>,
 ) -> (BTreeMap<u32, Arc<SubjectClass>>, BTreeMap<u32, Row>) {
+    let addr = |r: &Row| Arc::as_ptr(r) as usize;
     // Rows are shared within a subject class; each shared copy is looked at once.
-    let mut by_ptr: HashMap<RowPtr, (&Row, bool)> = HashMap::new();
+    let mut by_addr: HashMap<usize, (&Row, bool)> = HashMap::new();
     for (_, r) in per_subject {
-        by_ptr
-            .entry(Arc::as_ptr(&r.default))
+        by_addr
+            .entry(addr(&r.default))
             .or_insert((&r.default, false));
         for row in &r.distinct {
-            by_ptr.entry(Arc::as_ptr(row)).or_insert((row, true)).1 = true;
+            by_addr.entry(addr(row)).or_insert((row, true)).1 = true;
         }
     }
-    let mut content: BTreeMap<&Row, bool> = BTreeMap::new();
-    for (row, in_pairs) in by_ptr.values() {
-        *content.entry(*row).or_default() |= *in_pairs;
-    }
-    let distinct: Vec<&Row> = content.keys().copied().collect();
-    let hashes = distinct
-        .iter()
-        .map(|r| classes::fnv(format!("{r:?}").as_bytes()))
-        .collect();
-    let ids = classes::assign_ids(hashes, |a, b| distinct[a].cmp(distinct[b]), u32::MAX);
-    let content_id: BTreeMap<Row, u32> = distinct.iter().map(|r| (*r).clone()).zip(ids).collect();
-    // Rows the table holds: those some default or pair names (an empty default is none).
-    let used: BTreeMap<u32, Row> = content
-        .iter()
-        .filter(|(r, in_pairs)| **in_pairs || !r.is_empty())
-        .map(|(r, _)| (content_id[*r], (*r).clone()))
-        .collect();
-    let row_id: HashMap<RowPtr, u32> = by_ptr
-        .iter()
-        .map(|(p, (r, _))| (*p, content_id[*r]))
-        .collect();
-    let id_of = |r: &Row| row_id[&Arc::as_ptr(r)];
     let last = cache.map(|c| c.classes.entry(dir).or_default());
-    let same_ids = last.as_ref().is_some_and(|l| l.0 == content_id);
+    // Distinct contents: (row, named by some pair, hash); equal contents share an index.
+    let mut distinct: Vec<(&Row, bool, u64)> = Vec::new();
+    let mut by_hash: HashMap<u64, Vec<usize>> = HashMap::new();
+    let mut index_of: HashMap<usize, usize> = HashMap::with_capacity(by_addr.len());
+    for (a, (row, in_pairs)) in &by_addr {
+        let h = match last.as_ref().and_then(|l| l.0.get(a)) {
+            Some((h, _)) => *h,
+            None => classes::fnv(format!("{row:?}").as_bytes()),
+        };
+        let same = by_hash.entry(h).or_default();
+        let i = match same.iter().find(|i| distinct[**i].0 == *row) {
+            Some(i) => *i,
+            None => {
+                distinct.push((row, false, h));
+                same.push(distinct.len() - 1);
+                distinct.len() - 1
+            }
+        };
+        distinct[i].1 |= *in_pairs;
+        index_of.insert(*a, i);
+    }
+    let ids = classes::assign_ids(
+        distinct.iter().map(|d| d.2).collect(),
+        |a, b| distinct[a].0.cmp(distinct[b].0),
+        u32::MAX,
+    );
+    // Rows the table holds: those some default or pair names (an empty default is none).
+    let used: BTreeMap<u32, Row> = distinct
+        .iter()
+        .zip(&ids)
+        .filter(|((r, in_pairs, _), _)| *in_pairs || !r.is_empty())
+        .map(|((r, _, _), id)| (*id, (*r).clone()))
+        .collect();
+    let row_id: HashMap<usize, (u64, u32)> = index_of
+        .iter()
+        .map(|(a, i)| (*a, (distinct[*i].2, ids[*i])))
+        .collect();
+    let id_of = |r: &Row| row_id[&addr(r)].1;
     let mut out = BTreeMap::new();
     let mut kept = HashMap::new();
     for (sid, rows) in per_subject {
+        // The same rows with the same ids make the same class.
         let reuse = last
             .as_ref()
-            .filter(|_| same_ids)
-            .and_then(|l| l.1.get(sid))
-            .filter(|(r, _)| Arc::ptr_eq(r, rows))
-            .map(|(_, c)| c.clone());
+            .and_then(|l| l.1.get(sid).map(|c| (l, c)))
+            .filter(|(_, (r, _))| Arc::ptr_eq(r, rows))
+            .filter(|(l, _)| {
+                std::iter::once(&rows.default)
+                    .chain(&rows.distinct)
+                    .all(|r| l.0.get(&addr(r)).map(|x| x.1) == Some(id_of(r)))
+            })
+            .map(|(_, (_, c))| c.clone());
         let class = reuse.unwrap_or_else(|| {
             Arc::new(SubjectClass {
                 default: (!rows.default.is_empty()).then(|| id_of(&rows.default)),
@@ -435,7 +459,7 @@ fn row_ids(
         out.insert(*sid, class);
     }
     if let Some(l) = last {
-        *l = (content_id, kept);
+        *l = (row_id, kept);
     }
     (out, used)
 }
