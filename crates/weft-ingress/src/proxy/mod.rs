@@ -11,6 +11,7 @@ mod access_log;
 mod forward;
 mod h1;
 mod headers;
+mod idle;
 mod pool;
 mod tls;
 mod upstream;

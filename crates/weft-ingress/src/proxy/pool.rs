@@ -6,13 +6,12 @@
 //! read. Here a connection goes back to its endpoint's idle list the moment the response
 //! body ends (the body carries it), and a checkout is one lock and a `Vec::pop`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body as _, Frame, Incoming, SizeHint};
@@ -20,22 +19,18 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 
+use super::idle::{IdleConns, Reusable};
 use super::{Body, BoxError};
 
-/// How often idle connections past their time are closed while nobody checks out.
-const SWEEP_EVERY: Duration = Duration::from_secs(10);
-
-struct Idle {
-    tx: SendRequest<Body>,
-    since: Instant,
+pub struct Pool {
+    idle: Arc<IdleConns<SendRequest<Body>>>,
+    connect_timeout: Duration,
 }
 
-pub struct Pool {
-    idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
-    max_idle: usize,
-    idle_for: Duration,
-    connect_timeout: Duration,
-    sweeping: AtomicBool,
+impl Reusable for SendRequest<Body> {
+    fn still_open(&self) -> bool {
+        !self.is_closed()
+    }
 }
 
 /// Why a request got no response.
@@ -65,11 +60,8 @@ pub struct Lease {
 impl Pool {
     pub fn new(max_idle: usize, idle_for: Duration, connect_timeout: Duration) -> Pool {
         Pool {
-            idle: Mutex::default(),
-            max_idle,
-            idle_for,
+            idle: Arc::new(IdleConns::new(max_idle, idle_for)),
             connect_timeout,
-            sweeping: AtomicBool::new(false),
         }
     }
 
@@ -108,35 +100,18 @@ impl Pool {
         }
     }
 
-    /// The most recently used idle connection to `ep` that is still open (the freshest is
-    /// the least likely to have been closed by the endpoint).
     fn checkout(&self, ep: SocketAddr) -> Option<SendRequest<Body>> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let list = idle.get_mut(&ep)?;
-        while let Some(c) = list.pop() {
-            if !c.tx.is_closed() && c.since.elapsed() < self.idle_for {
-                return Some(c.tx);
-            }
-        }
-        None
+        self.idle.checkout(ep)
     }
 
     fn put(&self, ep: SocketAddr, tx: SendRequest<Body>) {
-        if tx.is_closed() {
-            return;
-        }
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let list = idle.entry(ep).or_default();
-        if list.len() < self.max_idle {
-            list.push(Idle {
-                tx,
-                since: Instant::now(),
-            });
+        if !tx.is_closed() {
+            self.idle.put(ep, tx);
         }
     }
 
     async fn connect(self: &Arc<Self>, ep: SocketAddr) -> Result<SendRequest<Body>, BoxError> {
-        self.start_sweeper();
+        self.idle.start_sweeper();
         let tcp = tokio::time::timeout(self.connect_timeout, tokio::net::TcpStream::connect(ep))
             .await
             .map_err(|_| format!("timed out after {:?}", self.connect_timeout))??;
@@ -152,43 +127,9 @@ impl Pool {
     }
 
     /// Forgets the connections of endpoints that are no longer anyone's (a table swap
-    /// calls this); dropping them closes them.
+    /// calls this).
     pub fn retain(&self, live: &HashSet<SocketAddr>) {
-        let gone: Vec<Vec<Idle>> = {
-            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-            let dead: Vec<SocketAddr> =
-                idle.keys().filter(|a| !live.contains(a)).copied().collect();
-            dead.iter().filter_map(|a| idle.remove(a)).collect()
-        };
-        drop(gone);
-    }
-
-    fn sweep(&self) {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        for list in idle.values_mut() {
-            list.retain(|c| !c.tx.is_closed() && c.since.elapsed() < self.idle_for);
-        }
-        idle.retain(|_, l| !l.is_empty());
-    }
-
-    /// Closes connections idle past `idle_for` even when no request comes to check them
-    /// out; the task ends with the pool.
-    fn start_sweeper(self: &Arc<Self>) {
-        if self.sweeping.swap(true, Ordering::Relaxed) {
-            return;
-        }
-        let weak: Weak<Pool> = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(SWEEP_EVERY);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                match weak.upgrade() {
-                    Some(pool) => pool.sweep(),
-                    None => return,
-                }
-            }
-        });
+        self.idle.retain(live)
     }
 }
 
