@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
@@ -15,43 +14,14 @@ use weft_policy::cnp::ClusterNetworkPolicy;
 use weft_policy::desired::{desired, NodeContext};
 use weft_policy::enforcer::Enforcer;
 use weft_policy::fqdn::grants;
-use weft_policy::view::{Namespace, Node, Pod};
 use weft_policy::Cluster;
 
-const A: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 11);
+const A: Ipv4Addr = common::POD_A;
 const OUT1: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 7);
 const OUT2: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 8);
 
-fn labels(p: &[(&str, &str)]) -> BTreeMap<String, String> {
-    p.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect()
-}
-
-/// Node n1 with pods x/a (10.244.1.11) and y/b (10.244.2.11).
 fn cluster() -> Cluster {
-    let mut c = Cluster::default();
-    c.upsert_node(Node {
-        name: "n1".into(),
-        labels: labels(&[]),
-        ips: vec![IpAddr::V4(Ipv4Addr::new(172, 18, 0, 1))],
-    });
-    for ns in ["x", "y"] {
-        c.upsert_namespace(Namespace {
-            name: ns.into(),
-            labels: labels(&[("ns", ns)]),
-        });
-    }
-    for (ns, name, ip) in [("x", "a", A), ("y", "b", Ipv4Addr::new(10, 244, 2, 11))] {
-        c.upsert_pod(Pod {
-            namespace: ns.into(),
-            name: name.into(),
-            labels: labels(&[("pod", name)]),
-            ips: vec![IpAddr::V4(ip)],
-            node: Some("n1".into()),
-            host_network: false,
-            ports: vec![],
-        });
-    }
-    c
+    common::two_pods()
 }
 
 fn cnp(yaml: &str) -> ClusterNetworkPolicy {

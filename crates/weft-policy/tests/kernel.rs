@@ -6,50 +6,21 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
 use weft_policy::desired::{desired, NodeContext};
 use weft_policy::enforcer::Enforcer;
-use weft_policy::view::{Namespace, Node, Pod};
 use weft_policy::Cluster;
 
 use common::netns::Netns;
 
-fn labels(p: &[(&str, &str)]) -> BTreeMap<String, String> {
-    p.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect()
-}
-
-const A: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 11);
-const B: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 11);
+const A: Ipv4Addr = common::POD_A;
+const B: Ipv4Addr = common::POD_B;
 
 fn cluster() -> Cluster {
-    let mut c = Cluster::default();
-    c.upsert_node(Node {
-        name: "n1".into(),
-        labels: labels(&[]),
-        ips: vec![IpAddr::V4(Ipv4Addr::new(172, 18, 0, 1))],
-    });
-    for ns in ["x", "y"] {
-        c.upsert_namespace(Namespace {
-            name: ns.into(),
-            labels: labels(&[("ns", ns)]),
-        });
-    }
-    for (ns, name, ip) in [("x", "a", A), ("y", "b", B)] {
-        c.upsert_pod(Pod {
-            namespace: ns.into(),
-            name: name.into(),
-            labels: labels(&[("pod", name)]),
-            ips: vec![IpAddr::V4(ip)],
-            node: Some("n1".into()),
-            host_network: false,
-            ports: vec![],
-        });
-    }
-    c
+    common::two_pods()
 }
 
 fn np(yaml: &str) -> k8s_openapi::api::networking::v1::NetworkPolicy {

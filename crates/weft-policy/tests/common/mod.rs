@@ -3,11 +3,12 @@
 
 pub mod netns;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 use weft_policy::cases::{Case, Matrix, Service, Step, World};
+use weft_policy::view::{Namespace, Node, Pod};
 use weft_policy::Cluster;
 
 pub fn cases_dir() -> PathBuf {
@@ -76,4 +77,42 @@ pub fn dual_stack(c: &mut Cluster) {
     };
     c.pods.values_mut().for_each(|p| add(&mut p.ips));
     c.nodes.values_mut().for_each(|n| add(&mut n.ips));
+}
+
+/// Pod x/a of [`two_pods`].
+pub const POD_A: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 11);
+/// Pod y/b of [`two_pods`].
+pub const POD_B: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 11);
+
+pub fn labels(p: &[(&str, &str)]) -> BTreeMap<String, String> {
+    p.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect()
+}
+
+/// Node n1 (172.18.0.1) running pods x/a ([`POD_A`]) and y/b ([`POD_B`]), each labelled
+/// `pod: <name>`, in namespaces labelled `ns: <name>`.
+pub fn two_pods() -> Cluster {
+    let mut c = Cluster::default();
+    c.upsert_node(Node {
+        name: "n1".into(),
+        labels: labels(&[]),
+        ips: vec![IpAddr::V4(Ipv4Addr::new(172, 18, 0, 1))],
+    });
+    for ns in ["x", "y"] {
+        c.upsert_namespace(Namespace {
+            name: ns.into(),
+            labels: labels(&[("ns", ns)]),
+        });
+    }
+    for (ns, name, ip) in [("x", "a", POD_A), ("y", "b", POD_B)] {
+        c.upsert_pod(Pod {
+            namespace: ns.into(),
+            name: name.into(),
+            labels: labels(&[("pod", name)]),
+            ips: vec![IpAddr::V4(ip)],
+            node: Some("n1".into()),
+            host_network: false,
+            ports: vec![],
+        });
+    }
+    c
 }
