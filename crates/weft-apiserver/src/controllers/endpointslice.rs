@@ -16,6 +16,7 @@
 //! are deleted with their Service, so hand-written Endpoints of selector-less Services
 //! stay the user's.
 
+use super::decoded::Decoded;
 use super::Reconcile;
 use crate::api::crud;
 use crate::resources::{ENDPOINTS, ENDPOINTSLICES, PODS, SERVICES};
@@ -25,6 +26,7 @@ use crate::typed;
 use k8s_openapi::api::core::v1::{Pod, Service, ServicePort};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{json, Map, Value};
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -107,7 +109,7 @@ fn selector(svc: &Service) -> Option<&BTreeMap<String, String>> {
 
 /// The slices a Service should have, given the pods of its namespace. Empty for Services
 /// without a selector (their slices are someone else's) and ExternalName Services.
-pub fn desired_slices(svc: &Service, pods: &[Pod]) -> Vec<Value> {
+pub fn desired_slices<P: Borrow<Pod>>(svc: &Service, pods: &[P]) -> Vec<Value> {
     let (Some(selector), Some(spec)) = (selector(svc), svc.spec.as_ref()) else {
         return Vec::new();
     };
@@ -118,7 +120,7 @@ pub fn desired_slices(svc: &Service, pods: &[Pod]) -> Vec<Value> {
     let name_of = |p: &Pod| p.metadata.name.clone().unwrap_or_default();
     // Pods grouped by their resolved port list: one slice per distinct list.
     let mut groups: BTreeMap<String, (Vec<Value>, Vec<Value>)> = BTreeMap::new();
-    let mut sorted: Vec<&Pod> = pods.iter().collect();
+    let mut sorted: Vec<&Pod> = pods.iter().map(Borrow::borrow).collect();
     sorted.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     for pod in sorted {
         if pod.metadata.namespace.as_deref().unwrap_or("") != ns || !selects(selector, pod) {
@@ -366,18 +368,19 @@ fn by_name(slices: Vec<Value>) -> BTreeMap<String, Value> {
 fn reconcile_service(
     tx: &mut Tx,
     state: &AppState,
+    pods_decoded: &mut Decoded<Pod>,
     ns: &str,
     name: &str,
 ) -> Result<(), crate::error::ApiError> {
     let (desired, endpoints) = match tx.get(SERVICES, &store::key(SERVICES, ns, name)) {
         Some(stored) => {
             let svc: Service = typed::view(&stored).unwrap_or_default();
-            let pods: Vec<Pod> = match svc.spec.as_ref().and_then(|s| s.selector.as_ref()) {
+            let pods: Vec<Arc<Pod>> = match svc.spec.as_ref().and_then(|s| s.selector.as_ref()) {
                 Some(sel) if !sel.is_empty() => {
                     let sel: Map<String, Value> =
                         sel.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
                     let found = tx.select(PODS, ns, &sel);
-                    found.iter().filter_map(|p| typed::view(p)).collect()
+                    found.iter().filter_map(|p| pods_decoded.get(p)).collect()
                 }
                 _ => Vec::new(),
             };
@@ -439,7 +442,7 @@ fn affected(tx: &Tx, events: &[Arc<Event>]) -> BTreeSet<(String, String)> {
 /// each write lock is held for one Service, so clients are served meanwhile (a restart
 /// with 30k Services and 10k pods held the lock for minutes when a namespace was one
 /// transaction over all its pods).
-fn full_resync(state: &AppState) {
+fn full_resync(state: &AppState, pods_decoded: &mut Decoded<Pod>) {
     let (owners, orphans) = {
         let st = state.store.read();
         let name = |o: &Value| crate::meta::name(o).to_string();
@@ -480,15 +483,19 @@ fn full_resync(state: &AppState) {
             tracing::warn!("endpointslice controller, slice {key}: {}", e.message);
         }
     }
-    reconcile_each(state, owners);
+    reconcile_each(state, pods_decoded, owners);
 }
 
 /// Each Service in a transaction of its own, so the store lock is never held across many.
-fn reconcile_each(state: &AppState, services: BTreeSet<(String, String)>) {
+fn reconcile_each(
+    state: &AppState,
+    pods_decoded: &mut Decoded<Pod>,
+    services: BTreeSet<(String, String)>,
+) {
     for (ns, name) in services {
         let r = state
             .store
-            .write(|tx| reconcile_service(tx, state, &ns, &name));
+            .write(|tx| reconcile_service(tx, state, pods_decoded, &ns, &name));
         if let Err(e) = r {
             tracing::warn!(
                 "endpointslice controller, service {ns}/{name}: {}",
@@ -499,12 +506,15 @@ fn reconcile_each(state: &AppState, services: BTreeSet<(String, String)>) {
 }
 
 #[derive(Default)]
-pub struct Controller;
+pub struct Controller {
+    /// Pods as k8s-openapi types, decoded once per stored version.
+    pods: Decoded<Pod>,
+}
 
 impl Reconcile for Controller {
     fn reconcile(&mut self, state: &AppState, events: Option<&[Arc<Event>]>) {
         let Some(events) = events else {
-            full_resync(state);
+            full_resync(state, &mut self.pods);
             return;
         };
         // A transaction that writes nothing: a consistent read of the indexes.
@@ -515,7 +525,7 @@ impl Reconcile for Controller {
                 return;
             }
         };
-        reconcile_each(state, services);
+        reconcile_each(state, &mut self.pods, services);
     }
 }
 

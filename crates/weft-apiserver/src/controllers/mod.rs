@@ -3,6 +3,7 @@
 //! same admission and validation path as the API.
 
 mod bootstrap;
+mod decoded;
 pub mod deployment;
 pub mod endpointslice;
 pub mod events;
@@ -22,7 +23,7 @@ pub fn spawn_all(state: Arc<AppState>, stop: watch::Receiver<bool>) {
         state.clone(),
         stop.clone(),
         None,
-        endpointslice::Controller,
+        endpointslice::Controller::default(),
     ));
     tokio::spawn(run(
         state.clone(),
