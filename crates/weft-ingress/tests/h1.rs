@@ -1,7 +1,8 @@
 //! weft's own HTTP/1.1 path (`Http1::Native`) against an endpoint written byte by byte,
 //! in a network namespace of the test's own: bodies in each framing both ways on one
 //! kept-alive client connection, what the endpoint is told, HTTP/1.0 clients,
-//! `Expect: 100-continue`, a pooled connection the endpoint closed, and a smuggling try.
+//! `Expect: 100-continue`, a pooled connection the endpoint closed, a smuggling try, and a
+//! client trickling its body.
 
 mod common;
 
@@ -149,9 +150,13 @@ async fn endpoint(accepted: Arc<AtomicUsize>) -> u16 {
 /// The proxy on the native path in front of one `endpoint`; its address and the count of
 /// connections the endpoint accepted.
 async fn start() -> (SocketAddr, Arc<AtomicUsize>) {
+    start_with(Limits::default()).await
+}
+
+async fn start_with(limits: Limits) -> (SocketAddr, Arc<AtomicUsize>) {
     let accepted = Arc::new(AtomicUsize::new(0));
     let port = endpoint(accepted.clone()).await;
-    let proxy = Proxy::new(Limits::default(), &["default"])
+    let proxy = Proxy::new(limits, &["default"])
         .expect("proxy")
         .with_http1(Http1::Native);
     assert!(proxy.update(compile(&common::a_test(port, &["127.0.0.1"]))));
@@ -300,5 +305,32 @@ fn a_smuggling_try_gets_one_answer_and_the_connection_closes() {
             0,
             "the endpoint saw nothing"
         );
+    });
+}
+
+#[test]
+fn a_trickled_body_gets_408_while_others_are_served() {
+    common::in_netns(|| async {
+        let (at, _) = start_with(Limits {
+            body_timeout: Duration::from_millis(300),
+            ..Limits::default()
+        })
+        .await;
+        let mut slow = TcpStream::connect(at).await.expect("connect");
+        slow.write_all(b"POST /x HTTP/1.1\r\nHost: a.test\r\nContent-Length: 10\r\n\r\nabc")
+            .await
+            .expect("send");
+        let mut other = TcpStream::connect(at).await.expect("connect");
+        other
+            .write_all(b"POST /y HTTP/1.1\r\nHost: a.test\r\nContent-Length: 2\r\n\r\nok")
+            .await
+            .expect("send");
+        let a = response(&mut other, &mut Vec::new(), false).await;
+        assert_eq!((a.status, a.body.as_slice()), (200, &b"body=ok"[..]));
+        let mut all = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut all)).await;
+        let text = String::from_utf8_lossy(&all);
+        assert!(text.starts_with("HTTP/1.1 408 "), "{text}");
+        assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "{text}");
     });
 }

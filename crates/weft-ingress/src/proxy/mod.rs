@@ -79,6 +79,9 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// A client must send its headers (and a TLS client its handshake) within this.
     pub header_timeout: Duration,
+    /// A client sending a request body must send more of it within this, else 408: a
+    /// trickled body holds no connection for ever (weft's HTTP/1.1 path).
+    pub body_timeout: Duration,
     pub connect_timeout: Duration,
     /// An endpoint must start its answer within this, else 504.
     pub upstream_timeout: Duration,
@@ -92,6 +95,7 @@ impl Default for Limits {
             max_body: 8 << 20,
             max_header_bytes: 32 << 10,
             header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(2),
             upstream_timeout: Duration::from_secs(60),
             drain: Duration::from_secs(10),

@@ -5,6 +5,7 @@
 
 use std::io;
 use std::ops::Range;
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
@@ -40,6 +41,18 @@ pub enum BodyError {
     Write(io::Error),
     Malformed(&'static str),
     TooLarge,
+    /// The side it came from sent nothing for [`Bounds::idle`].
+    Idle,
+}
+
+/// What one body may cost.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    /// More data than this is `TooLarge`.
+    pub max: u64,
+    /// The longest wait for the body's next bytes; a client trickling a body (a slow POST)
+    /// would otherwise hold its connection and an endpoint's for ever.
+    pub idle: Option<Duration>,
 }
 
 impl std::fmt::Display for BodyError {
@@ -49,6 +62,7 @@ impl std::fmt::Display for BodyError {
             BodyError::Write(e) => write!(f, "writing the body: {e}"),
             BodyError::Malformed(why) => write!(f, "malformed chunked body: {why}"),
             BodyError::TooLarge => f.write_str("body too large"),
+            BodyError::Idle => f.write_str("no body bytes within the body timeout"),
         }
     }
 }
@@ -187,8 +201,19 @@ async fn write_out<W: AsyncWrite + Unpin>(wr: &mut W, out: &mut Vec<u8>) -> Resu
     Ok(())
 }
 
-async fn fill<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut ReadBuf) -> Result<usize, BodyError> {
-    buf.read_from(rd).await.map_err(BodyError::Read)
+async fn fill<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    buf: &mut ReadBuf,
+    idle: Option<Duration>,
+) -> Result<usize, BodyError> {
+    match idle {
+        // No timer on the common path (responses): only a client's body is bounded.
+        None => buf.read_from(rd).await.map_err(BodyError::Read),
+        Some(d) => match tokio::time::timeout(d, buf.read_from(rd)).await {
+            Ok(r) => r.map_err(BodyError::Read),
+            Err(_) => Err(BodyError::Idle),
+        },
+    }
 }
 
 fn ended() -> BodyError {
@@ -196,8 +221,8 @@ fn ended() -> BodyError {
 }
 
 /// Copies a body framed as `from` from `rd` (its first bytes may already be in `buf`) to
-/// `wr`, as is or re-chunked (`chunk_out`), after whatever `out` already holds (a head).
-/// More than `limit` bytes of data is `TooLarge`. Everything is written when it returns
+/// `wr`, as is or re-chunked (`chunk_out`), after whatever `out` already holds (a head),
+/// within `bounds`. Everything is written when it returns
 /// Ok, except that `wr` is not flushed. Returns the data's length.
 pub async fn copy<R, W>(
     rd: &mut R,
@@ -206,12 +231,13 @@ pub async fn copy<R, W>(
     out: &mut Vec<u8>,
     from: Framing,
     chunk_out: bool,
-    limit: u64,
+    bounds: Bounds,
 ) -> Result<u64, BodyError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    let (limit, idle) = (bounds.max, bounds.idle);
     let mut total: u64 = 0;
     match from {
         Framing::Length(n) => {
@@ -221,7 +247,7 @@ where
             while total < n {
                 if buf.is_empty() {
                     write_out(wr, out).await?;
-                    if fill(rd, buf).await? == 0 {
+                    if fill(rd, buf, idle).await? == 0 {
                         return Err(ended());
                     }
                 }
@@ -240,7 +266,7 @@ where
         Framing::Close => loop {
             if buf.is_empty() {
                 write_out(wr, out).await?;
-                if fill(rd, buf).await? == 0 {
+                if fill(rd, buf, idle).await? == 0 {
                     break;
                 }
             }
@@ -261,7 +287,7 @@ where
             while !dec.done() {
                 if buf.is_empty() {
                     write_out(wr, out).await?;
-                    if fill(rd, buf).await? == 0 {
+                    if fill(rd, buf, idle).await? == 0 {
                         return Err(ended());
                     }
                 }

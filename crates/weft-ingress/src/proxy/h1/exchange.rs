@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::body::{self, BodyError, Framing};
+use super::body::{self, BodyError, Bounds, Framing};
 use super::head::RequestHead;
 use super::response::{self, ResponseHead};
 use super::{Ctx, Session as Bufs};
@@ -145,7 +145,10 @@ where
             let _ = client.flush().await;
         }
         bufs.out.clear();
-        let max = bufs.max_body;
+        let bounds = Bounds {
+            max: bufs.max_body,
+            idle: Some(bufs.body_timeout),
+        };
         let sent = body::copy(
             client,
             &mut bufs.client,
@@ -153,7 +156,7 @@ where
             &mut bufs.out,
             head.body,
             head.body == Framing::Chunked,
-            max,
+            bounds,
         )
         .await;
         match sent {
@@ -161,6 +164,7 @@ where
             Err(BodyError::TooLarge) => return Err(Fail::Client(413, "request body too large")),
             Err(BodyError::Malformed(why)) => return Err(Fail::Client(400, why)),
             Err(BodyError::Read(_)) => return Err(Fail::Client(0, "client went away")),
+            Err(BodyError::Idle) => return Err(Fail::Client(408, "request body timed out")),
             Err(BodyError::Write(e)) => {
                 return Err(Fail::Broken {
                     retry: false,
@@ -240,7 +244,10 @@ where
         &mut bufs.out,
         resp.body,
         resp.chunk_out,
-        u64::MAX,
+        Bounds {
+            max: u64::MAX,
+            idle: None,
+        },
     )
     .await;
     let flushed = client.flush().await;

@@ -46,6 +46,7 @@ pub struct Session {
     out: Vec<u8>,
     max_head: usize,
     max_body: u64,
+    body_timeout: std::time::Duration,
     /// Held while the connection serves requests, so a drain waits for it.
     guard: Option<mpsc::Sender<()>>,
 }
@@ -103,6 +104,7 @@ where
         out: spare.out,
         max_head: limits.max_header_bytes,
         max_body: limits.max_body,
+        body_timeout: limits.body_timeout,
         guard: Some(guard),
     };
     let mut head = spare.head;
