@@ -33,6 +33,8 @@ use weft_policy::{check, Cluster, Endpoint, Protocol};
 
 #[path = "policy_world/lab.rs"]
 mod lab;
+#[path = "../tests/common/netns.rs"]
+mod netns;
 #[path = "policy_world/mod.rs"]
 mod world;
 use lab::*;
@@ -314,7 +316,7 @@ fn main() {
     }
 
     // --- 3. full sync: an empty namespace's table to the full 1000-policy one.
-    let fresh = Netns::new("full");
+    let fresh = Netns::with_prefix("weft-b-pol", "full");
     for _ in 0..3 {
         let mut e = Enforcer::open_in(&fresh.path()).expect("nf_tables");
         let t0 = Instant::now();

@@ -2,67 +2,14 @@
 //! to it by veth pairs, each removed on drop (on panic too).
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+pub use crate::netns::Netns;
 use crate::world::*;
 
-// ---------------------------------------------------------------------------------------
-// Namespaces, removed on drop.
-
-pub struct Netns(String);
-
-impl Netns {
-    pub fn new(tag: &str) -> Netns {
-        let name = format!("weft-b-pol-{tag}-{}", std::process::id());
-        run("ip", &["netns", "add", &name]);
-        let ns = Netns(name);
-        ns.exec(&["ip", "link", "set", "lo", "up"]);
-        ns
-    }
-
-    pub fn path(&self) -> PathBuf {
-        PathBuf::from(format!("/run/netns/{}", self.0))
-    }
-
-    pub fn exec(&self, args: &[&str]) -> String {
-        let mut a = vec!["netns", "exec", &self.0];
-        a.extend_from_slice(args);
-        run("ip", &a)
-    }
-
-    /// Runs `f` on a new thread inside the namespace and waits for it.
-    pub fn run_in<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        self.spawn_in(f).join().expect("netns thread")
-    }
-
-    pub fn spawn_in<T: Send + 'static>(
-        &self,
-        f: impl FnOnce() -> T + Send + 'static,
-    ) -> std::thread::JoinHandle<T> {
-        let file = std::fs::File::open(self.path()).expect("opening the netns");
-        std::thread::spawn(move || {
-            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-            f()
-        })
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-pub fn run(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd).args(args).output().expect("spawning");
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+/// A bench namespace `weft-b-pol-<tag>-<pid>`, removed on drop.
+fn bench_ns(tag: &str) -> Netns {
+    Netns::with_prefix("weft-b-pol", tag)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -79,9 +26,9 @@ pub const SERVER: u32 = 1;
 
 impl Lab {
     pub fn new(tag: &str) -> Lab {
-        let node = Netns::new(&format!("{tag}-n"));
-        let client = Netns::new(&format!("{tag}-c"));
-        let server = Netns::new(&format!("{tag}-s"));
+        let node = bench_ns(&format!("{tag}-n"));
+        let client = bench_ns(&format!("{tag}-c"));
+        let server = bench_ns(&format!("{tag}-s"));
         for (pod, node_if, i) in [(&client, "vc", CLIENT), (&server, "vs", SERVER)] {
             let addr = pod_ip(i).to_string();
             node.exec(&[

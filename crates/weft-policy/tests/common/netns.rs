@@ -1,4 +1,7 @@
-//! Network namespaces a test creates and removes (never the host's).
+//! Network namespaces a test (or the bench, which includes this file) creates and removes
+//! (never the host's).
+
+#![allow(dead_code)] // the tests and the bench each use a part
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -7,7 +10,12 @@ pub struct Netns(pub String);
 
 impl Netns {
     pub fn new(tag: &str) -> Netns {
-        let name = format!("weft-t-pol-{tag}-{}", std::process::id());
+        Netns::with_prefix("weft-t-pol", tag)
+    }
+
+    /// `<prefix>-<tag>-<pid>`, so parallel runs never share one.
+    pub fn with_prefix(prefix: &str, tag: &str) -> Netns {
+        let name = format!("{prefix}-{tag}-{}", std::process::id());
         run("ip", &["netns", "add", &name]);
         let ns = Netns(name);
         ns.exec(&["ip", "link", "set", "lo", "up"]);
@@ -24,15 +32,20 @@ impl Netns {
         run("ip", &a)
     }
 
-    /// Runs `f` on a thread inside the namespace.
+    /// Runs `f` on a new thread inside the namespace and waits for it.
     pub fn run_in<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        self.spawn_in(f).join().expect("netns thread")
+    }
+
+    pub fn spawn_in<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
         let file = std::fs::File::open(self.path()).expect("opening the netns");
         std::thread::spawn(move || {
             nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
             f()
         })
-        .join()
-        .expect("netns thread")
     }
 }
 
