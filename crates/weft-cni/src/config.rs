@@ -28,6 +28,9 @@ pub struct NetConf {
     pub prev_result: Option<Value>,
     /// Addresses the runtime asks for (`runtimeConfig.ips`, `args.cni.ips`).
     pub requested_ips: Vec<IpAddr>,
+    /// `policySocket` (weft's own): ADD waits for the node agent to commit the pod's
+    /// NetworkPolicy before it returns (see `policy_wait`).
+    pub policy: Option<crate::policy_wait::PolicyWait>,
     /// The config exactly as received, handed on unchanged to a delegated IPAM plugin.
     pub raw: Vec<u8>,
 }
@@ -202,6 +205,7 @@ impl NetConf {
             dns: m.get("dns").cloned(),
             prev_result: m.get("prevResult").filter(|v| !v.is_null()).cloned(),
             requested_ips,
+            policy: crate::policy_wait::parse_config(m)?,
             raw: raw.to_vec(),
         })
     }

@@ -147,6 +147,12 @@ fn add(inv: &Invocation, conf: &NetConf) -> Result<CniResult> {
             ),
         ));
     }
+    // The pod's name for the policy wait comes from CNI_ARGS: checked before any change.
+    let policy = conf
+        .policy
+        .as_ref()
+        .map(|w| crate::policy_wait::Pending::new(inv, w))
+        .transpose()?;
     let mut host = host()?;
     let addressing = addressing::acquire(inv, conf)?;
     let host_veth = veth::host_name(&inv.container_id, &inv.ifname);
@@ -207,6 +213,13 @@ fn add(inv: &Invocation, conf: &NetConf) -> Result<CniResult> {
             dns: conf.dns.clone().or(addressing.dns.clone()),
         })
     })();
+    // The last step before the runtime may start the pod's process: its policy in force.
+    let built = built.and_then(|r| match policy {
+        Some(p) => p
+            .commit(addressing.ips.iter().map(|(ip, _)| ip.addr()).collect())
+            .map(|_| r),
+        None => Ok(r),
+    });
     if built.is_err() {
         // Undo in reverse: the veth (its pod end goes with it), then the addresses.
         let _ = host.delete_link_by_name(&host_veth);
