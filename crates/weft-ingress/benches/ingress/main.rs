@@ -21,6 +21,8 @@
 //! _NGINX_LOG_BUFFER (1: nginx's access log with `buffer=64k flush=100ms`, as weft buffers
 //! its own; 0: a write per request),
 //! _MODES (http-ka,http-close,https-ka,https-close), _KEEP=1 keeps the work directory,
+//! _FULL (1: in the new-connection modes, after each wrk run, the same proxy loaded by our
+//! own client timing connect + handshake + request + response, `fullcost`; 0: wrk only),
 //! _HTTP1 (native: weft's own HTTP/1.1 path, the default; hyper: hyper's server and client,
 //! to compare the two), _FLAVOUR=multi serves weft as the agent did before its workers: `Proxy::serve` on one
 //! multi-thread runtime with _THREADS worker threads.
@@ -30,7 +32,8 @@
 //! proxy as a re-executed child, both sides), `backend` (the backends' role), `cleanup`
 //! (stopping everything, on exit, a panic or a signal), `procs` (/proc: process trees, CPU
 //! time, memory), `netns` (the namespace and spawning inside it), `http_client` (a small
-//! HTTP/1.1 client for checks and probes), `wrk` (running and parsing wrk), `throughput`
+//! HTTP/1.1 client for checks and probes), `wrk` (running and parsing wrk), `fullcost`
+//! (a request's full cost on a new connection, by our own client), `throughput`
 //! (the wrk rounds), `reconfig` (a change with many Ingresses under load), `report` (the
 //! summary tables), `driver` (the whole run).
 
@@ -38,6 +41,7 @@ mod backend;
 mod cleanup;
 mod cluster;
 mod driver;
+mod fullcost;
 mod http_client;
 mod netns;
 mod nginx;

@@ -91,3 +91,44 @@ pub fn wait_port(addr: &str, what: &str) {
     }
     panic!("{what} does not listen on {addr}");
 }
+
+/// TCP events of the bench's namespace that cost a request a retransmission timeout (a
+/// SYN resent after 1 s), read from this thread's /proc view of the namespace: a latency
+/// near 1 s is then these, not the proxy.
+pub const TCP_EVENTS: [&str; 5] = [
+    "TCPSynRetrans",
+    "ListenOverflows",
+    "ListenDrops",
+    "PAWSPassive",
+    "TCPTimeWaitOverflow",
+];
+
+pub fn tcp_events() -> [u64; 5] {
+    let text = fs::read_to_string("/proc/thread-self/net/netstat").unwrap_or_default();
+    let mut lines = text.lines();
+    let mut out = [0; 5];
+    while let (Some(names), Some(values)) = (lines.next(), lines.next()) {
+        for (n, v) in names.split_whitespace().zip(values.split_whitespace()) {
+            if let Some(i) = TCP_EVENTS.iter().position(|e| *e == n) {
+                out[i] = v.parse().unwrap_or(0);
+            }
+        }
+    }
+    out
+}
+
+/// The events between two readings, named, the zero ones left out.
+pub fn tcp_events_since(before: [u64; 5]) -> String {
+    let now = tcp_events();
+    let s: Vec<String> = TCP_EVENTS
+        .iter()
+        .zip(now.iter().zip(before))
+        .filter(|(_, (n, b))| **n > *b)
+        .map(|(name, (n, b))| format!("{name} {}", n - b))
+        .collect();
+    if s.is_empty() {
+        "no SYN retransmit".into()
+    } else {
+        s.join(", ")
+    }
+}

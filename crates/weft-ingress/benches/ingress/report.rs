@@ -71,6 +71,7 @@ pub fn write(cfg: &Cfg, m: &Machine, tp: &Throughput, rc: &Reconfig) -> String {
     let mut r = String::new();
     header(&mut r, cfg, m, tp, &load_end);
     throughput(&mut r, cfg, &tp.results);
+    full_cost(&mut r, cfg, &tp.full);
     memory(&mut r, tp, rc);
     reconfig(&mut r, cfg, rc);
     r
@@ -216,6 +217,69 @@ fn throughput(r: &mut String, cfg: &Cfg, results: &[[Vec<WrkOut>; 2]]) {
     }
     let _ = writeln!(r);
     let _ = writeln!(r, "(latencies in ms, from wrk --latency at full load; medians over the rounds; errors summed over the rounds)");
+    let _ = writeln!(r);
+    let _ = writeln!(r, "Per round:");
+    r.push_str(&per_run);
+    let _ = writeln!(r);
+}
+
+/// The new-connection modes timed by our own client: connect + handshake + request +
+/// response, what a user of a new connection waits for (`fullcost`).
+fn full_cost(r: &mut String, cfg: &Cfg, full: &[[Vec<WrkOut>; 2]]) {
+    if full.iter().all(|f| f[0].is_empty()) {
+        return;
+    }
+    let _ = writeln!(r, "Full cost of a request on a new connection (our client: connect + TLS handshake + request + response, closed loop, {} connections; medians over the rounds):", cfg.conns);
+    let _ = writeln!(r);
+    let _ = writeln!(r, "| mode | weft req/s | nginx req/s | weft/nginx req/s | weft p50 | nginx p50 | weft p99 | nginx p99 | weft/nginx p99 | weft req per proxy CPU-s | nginx req per proxy CPU-s | errors weft / nginx |");
+    let _ = writeln!(
+        r,
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
+    let mut per_run = String::new();
+    for (mi, &mode) in cfg.modes.iter().enumerate() {
+        if full[mi][0].is_empty() {
+            continue;
+        }
+        let col = |side: usize, f: fn(&WrkOut) -> f64| -> Vec<f64> {
+            full[mi][side].iter().map(f).collect()
+        };
+        let rps = [col(0, |w| w.rps), col(1, |w| w.rps)];
+        let p50 = [col(0, |w| w.p50_ms), col(1, |w| w.p50_ms)];
+        let p99 = [col(0, |w| w.p99_ms), col(1, |w| w.p99_ms)];
+        let eff = [col(0, per_core), col(1, per_core)];
+        let errs = [col(0, |w| w.errors as f64), col(1, |w| w.errors as f64)];
+        let _ = writeln!(
+            r,
+            "| {} | {:.0} | {:.0} | **{:.2}** | {:.2} | {:.2} | {:.2} | {:.2} | **{:.2}** | {:.0} | {:.0} | {:.0} / {:.0} |",
+            mode.label(),
+            median(&rps[0]),
+            median(&rps[1]),
+            median(&rps[0]) / median(&rps[1]),
+            median(&p50[0]),
+            median(&p50[1]),
+            median(&p99[0]),
+            median(&p99[1]),
+            median(&p99[0]) / median(&p99[1]),
+            median(&eff[0]),
+            median(&eff[1]),
+            errs[0].iter().sum::<f64>(),
+            errs[1].iter().sum::<f64>(),
+        );
+        let _ = writeln!(
+            per_run,
+            "- {} (full cost): req/s weft {} | nginx {}; p50 ms weft {} | nginx {}; p99 ms weft {} | nginx {}; weft cores {} | nginx cores {}",
+            mode.label(),
+            list(&rps[0], 0),
+            list(&rps[1], 0),
+            list(&p50[0], 2),
+            list(&p50[1], 2),
+            list(&p99[0], 2),
+            list(&p99[1], 2),
+            list(&col(0, |w| w.cores), 2),
+            list(&col(1, |w| w.cores), 2),
+        );
+    }
     let _ = writeln!(r);
     let _ = writeln!(r, "Per round:");
     r.push_str(&per_run);

@@ -18,6 +18,9 @@ pub struct Cfg {
     pub nginx_log_buffer: bool,
     pub modes: Vec<Mode>,
     pub keep: bool,
+    /// Beside wrk in the new-connection modes, our own client's full cost per request
+    /// (`fullcost`): `FULL` 1 (the default) or 0.
+    pub full: bool,
 }
 
 pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -48,6 +51,7 @@ impl Cfg {
                 .map(|m| Mode::parse(m.trim()).unwrap_or_else(|| panic!("unknown mode {m}")))
                 .collect(),
             keep: env_or("KEEP", 0u8) == 1,
+            full: env_or("FULL", 1u8) == 1,
         }
     }
 }

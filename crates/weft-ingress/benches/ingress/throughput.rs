@@ -5,8 +5,9 @@
 use std::fs;
 use std::process::Command;
 
+use crate::fullcost;
 use crate::http_client::answer;
-use crate::netns::{wait_port, Ctx};
+use crate::netns::{tcp_events, tcp_events_since, wait_port, Ctx};
 use crate::nginx::{nginx_conf, small_sites, Nginx};
 use crate::procs::{mem, Mem};
 use crate::report::list;
@@ -19,6 +20,10 @@ use crate::{alternate, NGINX_HTTP, NGINX_HTTPS, PROXY_IP, TARGET_PATH, WEFT_HTTP
 pub struct Throughput {
     /// `results[mode][0 = weft, 1 = nginx]`, one per round.
     pub results: Vec<[Vec<WrkOut>; 2]>,
+    /// Beside wrk, for the new-connection modes: the full cost of a request (connect,
+    /// handshake, request, response) by our own client (`fullcost`), as `results`; empty
+    /// for the kept-alive modes and with `FULL=0`.
+    pub full: Vec<[Vec<WrkOut>; 2]>,
     /// The proxies' memory after the runs.
     pub weft_mem: Mem,
     pub nginx_mem: Mem,
@@ -114,13 +119,11 @@ pub fn run(ctx: &Ctx, backend_pids: &[u32]) -> Throughput {
         }
     };
     let url = |mode: Mode, weft: bool| {
-        let (scheme, port) = match (mode.tls(), weft) {
-            (false, true) => ("http", WEFT_HTTP),
-            (true, true) => ("https", WEFT_HTTPS),
-            (false, false) => ("http", NGINX_HTTP),
-            (true, false) => ("https", NGINX_HTTPS),
-        };
-        format!("{scheme}://shop.bench:{port}{TARGET_PATH}")
+        let scheme = if mode.tls() { "https" } else { "http" };
+        format!(
+            "{scheme}://shop.bench:{}{TARGET_PATH}",
+            url_port(mode, weft)
+        )
     };
 
     println!("== warm-up: 2 s per proxy and mode");
@@ -145,9 +148,11 @@ pub fn run(ctx: &Ctx, backend_pids: &[u32]) -> Throughput {
     );
     // results[mode][0 = weft, 1 = nginx]
     let mut results: Vec<[Vec<WrkOut>; 2]> = cfg.modes.iter().map(|_| [vec![], vec![]]).collect();
+    let mut full = results.clone();
     for round in 1..=cfg.rounds {
         for (mi, &mode) in cfg.modes.iter().enumerate() {
             for is_weft in alternate(round) {
+                let tcp0 = tcp_events();
                 let (w, text) = run_wrk(
                     ctx,
                     &url(mode, is_weft),
@@ -160,7 +165,7 @@ pub fn run(ctx: &Ctx, backend_pids: &[u32]) -> Throughput {
                 fs::write(dir.join(format!("wrk-{name}-{mi}-{round}.txt")), &text)
                     .expect("wrk out");
                 println!(
-                    "   round {round} {:<22} {name:<5} {:>9.0} req/s  p50 {:>7.3} ms  p99 {:>7.3} ms  errors {:>5}  proxy cores {:.2}  backend cores {:.2}  CPUs busy {}",
+                    "   round {round} {:<22} {name:<5} {:>9.0} req/s  p50 {:>7.3} ms  p99 {:>7.3} ms  errors {:>5}  proxy cores {:.2}  backend cores {:.2}  CPUs busy {}  ({})",
                     mode.short(),
                     w.rps,
                     w.p50_ms,
@@ -168,11 +173,30 @@ pub fn run(ctx: &Ctx, backend_pids: &[u32]) -> Throughput {
                     w.errors,
                     w.cores,
                     w.backend_cores,
-                    list(&w.busy, 2)
+                    list(&w.busy, 2),
+                    tcp_events_since(tcp0)
                 );
                 results[mi][usize::from(!is_weft)].push(w);
                 truncate("weft-small.log");
                 truncate("nginx-small-access.log");
+                if cfg.full && mode.close() {
+                    let port = url_port(mode, is_weft);
+                    let tcp0 = tcp_events();
+                    let f = fullcost::run(port, mode.tls(), cfg.conns, cfg.secs, &pids(is_weft));
+                    println!(
+                        "   round {round} {:<22} {name:<5} {:>9.0} req/s  full cost p50 {:>7.3} ms  p99 {:>7.3} ms  errors {:>5}  proxy cores {:.2}  ({})",
+                        mode.short(),
+                        f.rps,
+                        f.p50_ms,
+                        f.p99_ms,
+                        f.errors,
+                        f.cores,
+                        tcp_events_since(tcp0)
+                    );
+                    full[mi][usize::from(!is_weft)].push(f);
+                    truncate("weft-small.log");
+                    truncate("nginx-small-access.log");
+                }
             }
         }
     }
@@ -185,9 +209,20 @@ pub fn run(ctx: &Ctx, backend_pids: &[u32]) -> Throughput {
     nginx.stop();
     Throughput {
         results,
+        full,
         weft_mem,
         nginx_mem,
         nginx_procs,
         weft_threads,
+    }
+}
+
+/// The port a proxy serves `mode` on.
+fn url_port(mode: Mode, weft: bool) -> u16 {
+    match (mode.tls(), weft) {
+        (false, true) => WEFT_HTTP,
+        (true, true) => WEFT_HTTPS,
+        (false, false) => NGINX_HTTP,
+        (true, false) => NGINX_HTTPS,
     }
 }
