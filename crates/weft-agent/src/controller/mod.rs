@@ -21,6 +21,7 @@ mod pods;
 mod policy;
 mod policy_fqdn;
 mod policy_log;
+mod policy_socket;
 mod relist;
 mod retry;
 mod services;
@@ -305,6 +306,19 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         events::start(&client, &cfg);
         node_api::start(&client, &cfg).await;
     }
+    // A kubelet runs this node's pods: its CNI ADDs wait here for each pod's policy. Held
+    // for the loop's life; the socket goes when the agent stops.
+    let policy_socket = match (&policy_events, cfg.run_pods) {
+        (Some(q), false) => Some(policy_socket::serve(
+            cfg.state_dir.join(policy_socket::SOCKET_NAME),
+            pods.clone(),
+            q.clone(),
+        )?),
+        _ => None,
+    };
+    if let Some(s) = &policy_socket {
+        s.remove_on_signal();
+    }
 
     let mut runtime: Option<Arc<Mutex<Runtime>>> = None;
     let mut cni_written = false;
@@ -341,7 +355,8 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
             Err(e) => tracing::warn!("routing: {e}"),
         }
         if !cfg.run_pods && runtime.is_none() && !cni_written {
-            write_cni_config(&cfg, pod_cidr, backend)?;
+            let socket = policy_socket.as_ref().map(|s| s.path());
+            write_cni_config(&cfg, pod_cidr, backend, socket)?;
             cni_written = true;
             tracing::info!(%pod_cidr, "CNI config written; pods are left to the kubelet");
         }
@@ -462,11 +477,13 @@ async fn start_dns(
 }
 
 /// Writes the node's CNI network config (`<state_dir>/cni.json`) for its pod subnet: what
-/// the lab's pod runtime uses, and what a real cluster's container runtime can be pointed at.
+/// the lab's pod runtime uses, and what a real cluster's container runtime can be pointed at
+/// (naming `policy_socket` when the agent serves one).
 fn write_cni_config(
     cfg: &AgentConfig,
     pod_cidr: IpNet,
     backend: Backend,
+    policy_socket: Option<&std::path::Path>,
 ) -> Result<std::path::PathBuf> {
     // The node's state (CNI config, IPAM, pods' records) is root's alone.
     std::fs::DirBuilder::new()
@@ -481,7 +498,7 @@ fn write_cni_config(
         Backend::Vxlan { .. } => 1450,
         Backend::HostGw => 1500,
     };
-    let conf = cniconf::render(pod_cidr, mtu, &cfg.state_dir.join("ipam"));
+    let conf = cniconf::render(pod_cidr, mtu, &cfg.state_dir.join("ipam"), policy_socket);
     let conf_path = cfg.state_dir.join("cni.json");
     std::fs::write(&conf_path, conf.to_string()).map_err(|e| AgentError::Io {
         op: format!("write {}", conf_path.display()),
@@ -491,7 +508,8 @@ fn write_cni_config(
 }
 
 fn start_runtime(cfg: &AgentConfig, pod_cidr: IpNet, backend: Backend) -> Result<Runtime> {
-    let conf_path = write_cni_config(cfg, pod_cidr, backend)?;
+    // The agent orders its own pods' policy (`policy::before_start`): no socket to wait on.
+    let conf_path = write_cni_config(cfg, pod_cidr, backend, None)?;
     let cni_bin_dir = cfg.state_dir.join("cni-bin");
     std::fs::create_dir_all(&cni_bin_dir).map_err(|e| AgentError::Io {
         op: "create cni-bin".into(),

@@ -9,7 +9,8 @@
 //! (Pods, Namespaces, Nodes, NetworkPolicies, ClusterNetworkPolicies) has listed. A pod
 //! this node starts is entered into the view with its address and the table committed
 //! *before* its process runs (the runtime's `start_with` hook), so a new pod is never
-//! reachable, nor able to reach out, outside its policies.
+//! reachable, nor able to reach out, outside its policies. On a node whose pods a kubelet
+//! runs, the CNI plugin's ADD asks the same through `policy_socket` before it returns.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -405,7 +406,19 @@ pub fn before_start(
     pod: &Pod,
     ips: Vec<IpAddr>,
 ) -> std::result::Result<(), crate::HookError> {
-    let (done, wait) = std::sync::mpsc::channel();
+    commit_starting(tx, pod, ips, Duration::from_secs(10)).map_err(Into::into)
+}
+
+/// Enters `pod` with `ips` into the view and waits, at most `wait`, for the commit that
+/// includes it: the pod runtime's hook here, the CNI ADD's policy socket on a kubelet's
+/// node. Blocks the calling thread (not one of the runtime's workers).
+pub fn commit_starting(
+    tx: &Queue<Event>,
+    pod: &Pod,
+    ips: Vec<IpAddr>,
+    wait: Duration,
+) -> std::result::Result<(), String> {
+    let (done, answer) = std::sync::mpsc::channel();
     let sent = tx.push_blocking(Event::Starting {
         pod: Box::new(pod.clone()),
         ips,
@@ -414,9 +427,8 @@ pub fn before_start(
     if !sent {
         return Err("the network-policy thread has stopped".into());
     }
-    match wait.recv_timeout(Duration::from_secs(10)) {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(e.into()),
-        Err(_) => Err("network policy did not commit within 10 s".into()),
+    match answer.recv_timeout(wait) {
+        Ok(r) => r,
+        Err(_) => Err(format!("network policy did not commit within {wait:?}")),
     }
 }
