@@ -1,155 +1,49 @@
 //! `weft agent --no-pods`, the mode for a real cluster: the kubelet and its container
-//! runtime run the pods, the agent registers the node, routes, masquerades and writes the
-//! node's CNI config. Here a namespace joins a lab's underlay as an extra node running such
-//! an agent, and the test plays the container runtime: it calls the CNI plugin with the
-//! config the agent wrote, then checks that a lab pod on another node reaches that pod by
-//! its own IP, and that the agent did not run the API's pods itself.
+//! runtime run the pods, the agent registers the node, routes, masquerades, enforces
+//! NetworkPolicy and writes the node's CNI config. Here a namespace joins a lab's underlay
+//! as an extra node running such an agent, and the test plays the container runtime: it
+//! calls the CNI plugin with the config the agent wrote (CNI_ARGS naming the pod, as
+//! kubelet's runtimes pass them), then checks what the pod can reach and what reaches it.
+//!
+//! The policy tests are in `lab_no_pods_policy.rs`, on the same harness (`no_pods`).
 
 mod lab_support;
+mod no_pods;
 
 use lab_support::*;
-use std::io::Read;
-use std::process::{Child, Command, Stdio};
+use no_pods::*;
+use std::process::{Command, Stdio};
 use std::time::Duration;
-
-/// A namespace of ours, deleted (with whatever runs in it) on drop.
-struct Ns(String);
-
-impl Ns {
-    fn new(name: String) -> Ns {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &name])
-            .stderr(Stdio::null())
-            .status();
-        let ok = Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .map(|s| s.success());
-        assert!(matches!(ok, Ok(true)), "ip netns add {name}");
-        Ns(name)
-    }
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        if let Ok(o) = Command::new("ip").args(["netns", "pids", &self.0]).output() {
-            for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
-                let _ = Command::new("kill").args(["-9", pid]).status();
-            }
-        }
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.0])
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-/// A background process, killed on drop.
-struct Bg(Child);
-
-impl Drop for Bg {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn cni(node_ns: &str, pod_ns: &str, command: &str, conf: &str) -> (bool, String) {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", node_ns, weft(), "cni"])
-        .env("CNI_COMMAND", command)
-        .env("CNI_CONTAINERID", "kubelet-pod-1")
-        .env("CNI_NETNS", format!("/run/netns/{pod_ns}"))
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", "/nonexistent")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn weft cni");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(conf.as_bytes())
-        .expect("write config");
-    let out = child.wait_with_output().expect("wait weft cni");
-    (out.status.success(), text(&out))
-}
 
 #[test]
 fn a_no_pods_agent_routes_for_pods_a_runtime_made_with_its_cni_config() {
     let lab = Lab::up(1, "host-gw");
-    let root = format!("weft-{}", lab.name);
-    let node = Ns::new(format!("weft-{}-kubelet", lab.name));
-    let pod = Ns::new(format!("weft-{}-kubelet.pod", lab.name));
-
-    // The extra node's eth0 on the lab's underlay, as `lab up` wires its own nodes.
-    let host_end = format!("k{}", std::process::id() % 100_000);
-    ip(
-        &root,
-        &[
-            "link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns", &node.0,
-        ],
-    );
-    ip(&root, &["link", "set", &host_end, "master", "lan0", "up"]);
-    ip(&node.0, &["addr", "add", "192.168.1.50/24", "dev", "eth0"]);
-    ip(&node.0, &["link", "set", "eth0", "up"]);
-    ip(&node.0, &["link", "set", "lo", "up"]);
-
-    let state = tempfile::tempdir().expect("agent state dir");
-    let log = state.path().join("agent.log");
-    let _agent = Bg(Command::new("ip")
-        .args(["netns", "exec", &node.0, weft(), "agent", "--no-pods"])
-        .arg("--kubeconfig")
-        .arg(lab.dir().join("kubeconfig.internal"))
-        .args([
-            "--node-name",
-            "kubelet-node",
-            "--node-ip",
-            "192.168.1.50",
-            "--backend",
-            "host-gw",
-            "--netns-prefix",
-        ])
-        .arg(format!("weft-{}-kubelet.", lab.name))
-        .arg("--state-dir")
-        .arg(state.path().join("agent"))
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&log).expect("log"))
-        .stderr(std::fs::File::create(state.path().join("agent.err")).expect("log"))
-        .spawn()
-        .expect("spawn weft agent"));
-    let agent_log = || {
-        let mut s = String::new();
-        for f in ["agent.log", "agent.err"] {
-            if let Ok(mut file) = std::fs::File::open(state.path().join(f)) {
-                let _ = file.read_to_string(&mut s);
-            }
-        }
-        s
-    };
-
-    // The agent registers the node, gets a podCIDR and writes the CNI config a runtime uses.
-    let conf_path = state.path().join("agent/cni.json");
-    let conf = wait_for(Duration::from_secs(30), || {
-        std::fs::read_to_string(&conf_path).ok()
-    })
-    .unwrap_or_else(|| panic!("no CNI config written by the agent:\n{}", agent_log()));
+    let node = KubeletNode::join(&lab);
+    let pod = node.pod_ns("pod");
 
     // A pod in the API bound to this node is the kubelet's to run, not the agent's.
     lab.apply(&echo_pod("api-pod", "kubelet-node"));
 
     // The "runtime" gives its pod a network with that config and starts a server in it.
-    let (ok, out) = cni(&node.0, &pod.0, "ADD", &conf);
-    assert!(ok, "CNI ADD with the agent's config failed: {out}");
-    let result: serde_json::Value = serde_json::from_str(&out).expect("CNI result JSON");
-    let pod_ip = result["ips"][0]["address"]
-        .as_str()
-        .and_then(|a| a.split('/').next())
-        .expect("an address")
-        .to_string();
+    let api_pod = PodArgs {
+        namespace: "default",
+        name: "api-pod",
+        uid: None,
+    };
+    let (ok, out) = cni(
+        &node.ns.0,
+        &pod.0,
+        "ADD",
+        "kubelet-pod-1",
+        &api_pod,
+        &node.conf,
+    );
+    assert!(
+        ok,
+        "CNI ADD with the agent's config failed: {out}\n{}",
+        node.log()
+    );
+    let pod_ip = result_ip(&out);
     let _server = Bg(Command::new("ip")
         .args(["netns", "exec", &pod.0, weft(), "serve", "--tcp", "8080"])
         .stdin(Stdio::null())
@@ -168,7 +62,7 @@ fn a_no_pods_agent_routes_for_pods_a_runtime_made_with_its_cni_config() {
     .unwrap_or_else(|| {
         panic!(
             "node-1's pod never reached {pod_ip}:8080 on the no-pods node\n{}",
-            agent_log()
+            node.log()
         )
     });
     assert_eq!(
@@ -193,6 +87,14 @@ fn a_no_pods_agent_routes_for_pods_a_runtime_made_with_its_cni_config() {
     );
 
     // The runtime's DEL releases its address.
-    let (ok, out) = cni(&node.0, &pod.0, "DEL", &conf);
+    let (ok, out) = cni(
+        &node.ns.0,
+        &pod.0,
+        "DEL",
+        "kubelet-pod-1",
+        &api_pod,
+        &node.conf,
+    );
     assert!(ok, "CNI DEL failed: {out}");
+    assert!(node.allocations().is_empty(), "{:?}", node.allocations());
 }
