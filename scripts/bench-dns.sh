@@ -16,7 +16,8 @@
 # Knobs: WEFT_DNS_BENCH_RUNS (5), WEFT_DNS_BENCH_SECONDS (10, per dnsperf run),
 # WEFT_DNS_BENCH_LATENCY_QPS (20000, the fixed rate of the latency runs),
 # WEFT_DNS_BENCH_CLIENTS (4, dnsperf -c), WEFT_DNS_BENCH_OUTSTANDING (100, dnsperf -q),
-# WEFT_DNS_BENCH_LATENCY (together; apart runs the two latency runs one after the other),
+# WEFT_DNS_BENCH_LATENCY (apart: the two latency runs of a pair one after the other;
+# together: at the same time, see latency() below for why that is no longer the default),
 # WEFT_DNS_BENCH_WIRE (1: time every reply on the wire too, see wire() below; 0: off),
 # WEFT_DNS_BENCH_FORWARD (1; 0 skips the forwarded mix against Unbound),
 # WEFT_DNS_BENCH_KEEP=1 keeps the work directory, WEFT_DNS_BENCH_RT=1 runs the three servers
@@ -255,16 +256,22 @@ wpct_of() { # file p: nearest-rank percentile of a file of latencies in ms ("-" 
 median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 # One run of a pair: each server's throughput on its own (as fast as dnsperf goes with
-# $OUTSTANDING in flight), then both latency runs at a fixed $LAT_QPS with -v, started together
-# (WEFT_DNS_BENCH_LATENCY=apart: one after the other). Together, both servers meet the same
-# moments of a shared machine (a stall of a core hits both, where run apart it hits whichever
-# was running then); each also waits now and then for the other's batch on the shared core,
-# alike. Output per server and run: <qps> <lost> <avg ms at full load> <p50> <p99> (latency
+# $OUTSTANDING in flight), then both latency runs at a fixed $LAT_QPS with -v, one after the
+# other (WEFT_DNS_BENCH_LATENCY=together: started together). Apart is the default because
+# together overloads the client's core: one dnsperf at 20,000 QPS with -v costs about 0.58 of
+# core 0 (utime+stime, most of it waking and sleeping), two cost more than the 0.95 of a core
+# that the kernel lets real-time tasks have per second (kernel.sched_rt_runtime_us 950000 of
+# 1000000), so with WEFT_DNS_BENCH_RT the kernel stopped both dnsperfs for up to 50 ms once a
+# second (RT throttling: bpftrace saw them preempted by ordinary tasks for 20-52 ms at 1 s
+# intervals), the replies in flight then counted 50 ms late and the catch-up bursts after it
+# several ms (at 50,000 QPS, once every 50k queries). Without RT the overload is there too, as
+# queueing. Together would let both servers meet the same moments of a shared machine, but
+# each also waits behind the other's bursts on the shared core. Output per server and run: <qps> <lost> <avg ms at full load> <p50> <p99> (latency
 # run) <lost (latency run)> <server CPU use during the throughput run, cores> <answers per
 # server CPU-second> <p99.9> <max> (latency run) <1-min load average after the run> <p50> <p99>
 # <p99.9> on the wire (latency run; "-" without WEFT_DNS_BENCH_WIRE). CPU use is
 # the server process's utime+stime (all threads) from /proc/<pid>/stat over dnsperf's run time.
-LAT_MODE=${WEFT_DNS_BENCH_LATENCY:-together}
+LAT_MODE=${WEFT_DNS_BENCH_LATENCY:-apart}
 WIRE=${WEFT_DNS_BENCH_WIRE:-1}
 # The server's own response time, the same way for both servers: tcpdump on the namespace's
 # loopback (on the client's core, 64 bytes per packet) stamps each query as dnsperf sends it
@@ -308,28 +315,48 @@ throughput() { # tag addr file run pid
   secs=$(awk '/Run time/ { print $4 }' "$DIR/$tag-$run-tput.txt")
   awk -v d=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" -v s="$secs" 'BEGIN { printf "%.2f", d / hz / s }' >"$DIR/$tag-$run.cpu"
 }
+# weft's own count of each reply's time from the query's arrival at its socket to the reply's
+# send (SO_TIMESTAMPNS, see crates/weft-dns/src/delay.rs): SIGUSR1 makes the bench binary log
+# the histogram since the previous SIGUSR1, so one before and one after weft's latency run give
+# that run's (p50/p99/p99.9 in us, appended to weft's row; "-" for the peers, which have none).
+delay_mark() { # tag
+  case $1 in weft*) kill -USR1 "$WEFT_PID" 2>/dev/null || true ;; esac
+}
 latency() { # tagA addrA tagB addrB file run
   local a=$1 aa=$2 b=$3 ba=$4 file=$5 run=$6 pa pb
   rm -f "$DIR/$a-$run-wire.txt" "$DIR/$b-$run-wire.txt"
   [ "$WIRE" = 1 ] && wire_start "$DIR/lat-$run.pcap"
   if [ "$LAT_MODE" = apart ]; then
+    delay_mark "$a"
     perf "$aa" "$file" "$DIR/$a-$run-lat.txt" -Q "$LAT_QPS" -v
+    delay_mark "$a"; delay_mark "$b"
     perf "$ba" "$file" "$DIR/$b-$run-lat.txt" -Q "$LAT_QPS" -v
+    delay_mark "$b"
   else
+    delay_mark "$a"; delay_mark "$b"
     perf "$aa" "$file" "$DIR/$a-$run-lat.txt" -Q "$LAT_QPS" -v &
     pa=$!
     perf "$ba" "$file" "$DIR/$b-$run-lat.txt" -Q "$LAT_QPS" -v &
     pb=$!
     wait $pa
     wait $pb
+    delay_mark "$a"; delay_mark "$b"
   fi
   [ "$WIRE" = 1 ] && wire_stop "$DIR/lat-$run.pcap" "$run" "$a:$aa" "$b:$ba"
+  sleep 0.2
   return 0
+}
+# The last reply-delay line weft logged: "p50 p99 p99.9" in us.
+delay_of() { # tag
+  case $1 in
+    weft*) grep 'weft-dns reply delay' "$DIR/weft.log" | tail -1 | awk '{ for (i = 1; i < NF; i++) if ($i == "p50" || $i == "p99" || $i == "p99.9") printf "%s ", $(i + 1) }' ;;
+    *) echo "- - -" ;;
+  esac
 }
 record() { # tag run
   local tag=$1 run=$2 f=$DIR/$1-$2-tput.txt l=$DIR/$1-$2-lat.txt w=$DIR/$1-$2-wire.txt cpu
   cpu=$(cat "$DIR/$tag-$run.cpu")
-  echo "$(qps_of "$f") $(lost_of "$f") $(avg_of "$f") $(pct_of "$l" 50) $(pct_of "$l" 99) $(lost_of "$l") $cpu $(awk -v q="$(qps_of "$f")" -v c="$cpu" 'BEGIN { printf "%.0f", (c > 0 ? q / c : 0) }') $(pct_of "$l" 99.9) $(pct_of "$l" 100) $(cut -d' ' -f1 /proc/loadavg) $(wpct_of "$w" 50) $(wpct_of "$w" 99) $(wpct_of "$w" 99.9)" >>"$DIR/$tag.res"
+  echo "$(qps_of "$f") $(lost_of "$f") $(avg_of "$f") $(pct_of "$l" 50) $(pct_of "$l" 99) $(lost_of "$l") $cpu $(awk -v q="$(qps_of "$f")" -v c="$cpu" 'BEGIN { printf "%.0f", (c > 0 ? q / c : 0) }') $(pct_of "$l" 99.9) $(pct_of "$l" 100) $(cut -d' ' -f1 /proc/loadavg) $(wpct_of "$w" 50) $(wpct_of "$w" 99) $(wpct_of "$w" 99.9) $(delay_of "$tag")" >>"$DIR/$tag.res"
   awk '/Average packet size/ { print $NF }' "$f" >"$DIR/$tag.size"
   echo "   $tag run $run: $(tail -1 "$DIR/$tag.res")"
 }
@@ -356,7 +383,7 @@ series() { # tagA addrA pidA tagB addrB pidB file
 }
 
 echo "== cluster mix: weft vs knot, $RUNS runs x ${DUR}s each (throughput, then latency at $LAT_QPS qps, $LAT_MODE)"
-echo "   columns: qps lost avg-ms(full load) p50-ms p99-ms(at $LAT_QPS qps) lost(latency run) server-cores answers/cpu-s p99.9-ms max-ms load wire-p50 wire-p99 wire-p99.9"
+echo "   columns: qps lost avg-ms(full load) p50-ms p99-ms(at $LAT_QPS qps) lost(latency run) server-cores answers/cpu-s p99.9-ms max-ms load wire-p50 wire-p99 wire-p99.9 [weft: in-server p50-us p99-us p99.9-us]"
 series weft "$WEFT" "$WEFT_PID" knot "$KNOT" "$KNOT_PID" "$DIR/queries-cluster.txt"
 FORWARD=${WEFT_DNS_BENCH_FORWARD:-1}
 if [ "$FORWARD" = 1 ]; then
@@ -437,7 +464,10 @@ row() { # label tag peer-tag
     echo "Per run (p99 ms on the wire): weft $(list weft 13); knot $(list knot 13)$(fwd 13)"
     echo "Pairs, p99 on the wire, cluster names: $(pairs weft knot 13)$([ "$FORWARD" = 1 ] && echo "; forwarded: $(pairs weft-fwd unbound 13)")"
     echo "Per run (p50 ms on the wire): weft $(list weft 12); knot $(list knot 12)$(fwd 12)"
+    echo "Pairs, p99.9 on the wire, cluster names: $(pairs weft knot 14)"
   fi
+  echo "Pairs, p99.9 (dnsperf), cluster names: $(pairs weft knot 9)"
+  echo "weft's own reply delay per latency run (query's arrival at the socket to the reply's send, us; p50 / p99 / p99.9): $(awk '{ printf "%s%s/%s/%s", (NR > 1 ? ", " : ""), $15, $16, $17 }' "$DIR/weft.res")"
   echo "Per run (p50 ms): weft $(list weft 4); knot $(list knot 4)$(fwd 4)"
   echo "Per run (p99.9 ms / max ms): weft $(list weft 9) / $(list weft 10); knot $(list knot 9) / $(list knot 10)$([ "$FORWARD" = 1 ] && echo "; weft forwarded $(list weft-fwd 9) / $(list weft-fwd 10); unbound $(list unbound 9) / $(list unbound 10)")"
   echo "1-min load average after each round: weft $(list weft 11); knot $(list knot 11)$(fwd 11)"

@@ -401,6 +401,22 @@ fn serve(listen: SocketAddr, upstream: SocketAddr) {
             rss_kib()
         );
         let stats = server.stats();
+        // SIGUSR1 prints the reply delays since the last one (the script sends one before
+        // and one after each latency run of weft's).
+        let delays = server.stats();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let Ok(mut usr1) = signal(SignalKind::user_defined1()) else {
+                return;
+            };
+            let mut last = delays.get().reply_delay.counts();
+            while usr1.recv().await.is_some() {
+                let now = delays.get().reply_delay.counts();
+                let d: [u64; weft_dns::delay::BUCKETS] = std::array::from_fn(|i| now[i] - last[i]);
+                eprintln!("weft-dns reply delay: {}", delay_summary(&d));
+                last = now;
+            }
+        });
         let run = tokio::spawn(server.run());
         // The script stops the server with SIGINT; print the counters first.
         let _ = tokio::signal::ctrl_c().await;
@@ -419,6 +435,22 @@ fn serve(listen: SocketAddr, upstream: SocketAddr) {
         );
         run.abort();
     });
+}
+
+/// `replies N p50 .. p99 .. p99.9 .. max ..` in µs (bucket upper bounds, 1/8 resolution).
+fn delay_summary(d: &[u64; weft_dns::delay::BUCKETS]) -> String {
+    use weft_dns::delay::{percentile, upper_bound};
+    let us = |ns: u64| format!("{:.1}", ns as f64 / 1000.0);
+    let max = d.iter().rposition(|&c| c > 0).map_or(0, upper_bound);
+    format!(
+        "replies {} p50 {} p90 {} p99 {} p99.9 {} max {} (us, arrival to send)",
+        d.iter().sum::<u64>(),
+        us(percentile(d, 50.0)),
+        us(percentile(d, 90.0)),
+        us(percentile(d, 99.0)),
+        us(percentile(d, 99.9)),
+        us(max)
+    )
 }
 
 fn main() {

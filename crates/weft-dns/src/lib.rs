@@ -58,6 +58,7 @@ pub mod cache;
 pub mod chase;
 pub mod client;
 pub mod config;
+pub mod delay;
 pub mod error;
 #[doc(hidden)]
 pub mod fixtures;

@@ -15,6 +15,8 @@ use std::ptr::null_mut;
 
 pub const BATCH: usize = 32;
 pub const SLOT: usize = 4096;
+/// Room for one `SCM_TIMESTAMPNS` message (a cmsghdr and a timespec, aligned) and spare.
+const CONTROL: usize = 64;
 
 pub struct Batch {
     bufs: Box<[[u8; SLOT]; BATCH]>,
@@ -22,6 +24,9 @@ pub struct Batch {
     addr_lens: [libc::socklen_t; BATCH],
     lens: [usize; BATCH],
     truncated: [bool; BATCH],
+    control: Box<[[u64; CONTROL / 8]; BATCH]>,
+    /// Receive time of each datagram (ns since the epoch), 0 when the kernel gave none.
+    arrived: [u64; BATCH],
 }
 
 impl Default for Batch {
@@ -33,6 +38,8 @@ impl Default for Batch {
             addr_lens: [0; BATCH],
             lens: [0; BATCH],
             truncated: [false; BATCH],
+            control: Box::new([[0; CONTROL / 8]; BATCH]),
+            arrived: [0; BATCH],
         }
     }
 }
@@ -64,9 +71,13 @@ impl Batch {
             iov_base: self.bufs[i].as_mut_ptr().cast(),
             iov_len: SLOT,
         });
+        let control = &mut self.control;
         let mut hdrs: [libc::mmsghdr; BATCH] = std::array::from_fn(|i| {
             let len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-            header(&mut self.addrs[i], len, &mut iov[i])
+            let mut h = header(&mut self.addrs[i], len, &mut iov[i]);
+            h.msg_hdr.msg_control = control[i].as_mut_ptr().cast();
+            h.msg_hdr.msg_controllen = CONTROL as _;
+            h
         });
         // SAFETY: every header points into buffers owned by self (or the local iov array)
         // that outlive the call, with their true lengths.
@@ -79,8 +90,15 @@ impl Batch {
             self.lens[i] = (h.msg_len as usize).min(SLOT);
             self.truncated[i] = h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
             self.addr_lens[i] = h.msg_hdr.msg_namelen;
+            self.arrived[i] = timestamp(&h.msg_hdr);
         }
         Ok(n)
+    }
+
+    /// When datagram `i` of the last [`Batch::recv`] reached the socket (ns since the
+    /// epoch, `CLOCK_REALTIME`), if the socket asked for timestamps ([`stamp_arrivals`]).
+    pub fn arrived(&self, i: usize) -> Option<u64> {
+        Some(self.arrived[i]).filter(|&t| t != 0)
     }
 
     /// Datagram `i` of the last [`Batch::recv`]: its bytes and sender, `None` when it was
@@ -128,6 +146,49 @@ impl Batch {
         }
         Ok(n as usize)
     }
+}
+
+/// Ask the kernel to stamp each datagram with its arrival time (`SO_TIMESTAMPNS`).
+pub fn stamp_arrivals(fd: RawFd) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: the option value is a live c_int of the size given.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&on as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The `SCM_TIMESTAMPNS` of a received message in ns, 0 without one.
+fn timestamp(m: &libc::msghdr) -> u64 {
+    // SAFETY: the kernel filled msg_control up to msg_controllen; the CMSG macros stay
+    // within it, and a timestamp message's data is a timespec (read unaligned).
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(m);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
+                let ts = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::timespec>());
+                return (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64;
+            }
+            c = libc::CMSG_NXTHDR(m, c);
+        }
+    }
+    0
+}
+
+/// Now on the clock of [`Batch::arrived`].
+pub fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// Send one datagram to `to` without blocking: a reply that finds the send buffer full is

@@ -33,6 +33,9 @@ pub struct Stats {
     pub cache_hits: AtomicU64,
     pub servfail: AtomicU64,
     pub dropped: AtomicU64,
+    /// UDP replies answered on the serving thread (zone and cache), by time from the
+    /// query's arrival to its reply's send ([`crate::delay`]).
+    pub reply_delay: crate::delay::ReplyDelays,
 }
 
 pub(crate) struct Shared {

@@ -20,7 +20,7 @@ use tokio::runtime::Handle;
 use crate::answer::{respond, truncate_to, Decision};
 use crate::cache;
 use crate::hook;
-use crate::mmsg::{send_one, Batch, BATCH};
+use crate::mmsg::{now_ns, send_one, stamp_arrivals, Batch, BATCH};
 use crate::server::{bump, forwarded, too_busy, Shared};
 
 /// A serving thread; dropping it stops the thread and waits for it.
@@ -60,6 +60,10 @@ impl Drop for UdpThread {
 
 fn serve(sock: &Arc<UdpSocket>, sh: &Arc<Shared>, rt: &Handle, stop: &AtomicBool) {
     let fd = sock.as_raw_fd();
+    if let Err(e) = stamp_arrivals(fd) {
+        // Only the reply-delay histogram goes without.
+        tracing::debug!("udp receive timestamps: {e}");
+    }
     let mut batch = Batch::default();
     let mut outs: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(1500)).collect();
     let mut lower = [0u8; 255];
@@ -88,6 +92,14 @@ fn serve(sock: &Arc<UdpSocket>, sh: &Arc<Shared>, rt: &Handle, stop: &AtomicBool
             };
             if datagram(sock, sh, rt, msg, src, out, &mut lower) {
                 ready.push(i);
+            }
+        }
+        if !ready.is_empty() {
+            let now = now_ns();
+            for &i in &ready {
+                if let Some(t) = batch.arrived(i) {
+                    sh.stats.reply_delay.record(now.saturating_sub(t));
+                }
             }
         }
         let mut done = 0;
