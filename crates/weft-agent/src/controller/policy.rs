@@ -53,6 +53,13 @@ pub enum Event {
         ips: Vec<IpAddr>,
         done: Sender<Result<(), String>>,
     },
+    /// A start whose commit failed or came too late: the runtime undid it and gave its
+    /// addresses back (they may go to another pod next), so the pod leaves the view
+    /// without them, unless a newer start gave it others.
+    Abandoned {
+        pod: Key,
+        ips: Vec<IpAddr>,
+    },
     /// The node's DNS server is about to send `answer`: grant what `domainNames` peers
     /// allow of it, then say so.
     Resolved {
@@ -339,6 +346,11 @@ impl PolicySync {
                 self.dirty = true;
                 return Some(done);
             }
+            Event::Abandoned { pod, ips } => {
+                if abandon(&mut self.local_ips, &mut self.cluster, &pod, &ips) {
+                    self.dirty = true;
+                }
+            }
             Event::Resolved { answer, done } => {
                 // At once, not at the batch's end: the answer is waiting.
                 self.answers.answered(
@@ -392,6 +404,29 @@ impl PolicySync {
     }
 }
 
+/// Takes back the runtime's `ips` of a start that did not happen; whether the view changed.
+fn abandon(
+    local_ips: &mut HashMap<Key, Vec<IpAddr>>,
+    cluster: &mut Cluster,
+    pod: &Key,
+    ips: &[IpAddr],
+) -> bool {
+    if local_ips.get(pod).map(Vec::as_slice) != Some(ips) {
+        return false;
+    }
+    local_ips.remove(pod);
+    // Only addresses that came from the runtime: the API's status, once it has some, stays.
+    match cluster.pod(&pod.0, &pod.1) {
+        Some(p) if p.ips == ips => {
+            let mut p = p.clone();
+            p.ips.clear();
+            cluster.upsert_pod(p);
+            true
+        }
+        _ => false,
+    }
+}
+
 fn name_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
     match &meta.namespace {
         Some(ns) => format!("{ns}/{}", meta.name.as_deref().unwrap_or_default()),
@@ -421,14 +456,58 @@ pub fn commit_starting(
     let (done, answer) = std::sync::mpsc::channel();
     let sent = tx.push_blocking(Event::Starting {
         pod: Box::new(pod.clone()),
-        ips,
+        ips: ips.clone(),
         done,
     });
     if !sent {
         return Err("the network-policy thread has stopped".into());
     }
-    match answer.recv_timeout(wait) {
+    let result = match answer.recv_timeout(wait) {
         Ok(r) => r,
         Err(_) => Err(format!("network policy did not commit within {wait:?}")),
+    };
+    if result.is_err() {
+        // The caller undoes the start; the queue keeps this behind the Starting.
+        tx.push_blocking(Event::Abandoned {
+            pod: key(&pod.metadata),
+            ips,
+        });
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_abandoned_start_takes_back_only_its_own_addresses() {
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let k: Key = ("np".into(), "web".into());
+        let pod = |ips: Vec<IpAddr>| weft_policy::view::Pod {
+            namespace: "np".into(),
+            name: "web".into(),
+            labels: Default::default(),
+            ips,
+            node: Some("n1".into()),
+            host_network: false,
+            ports: vec![],
+        };
+        let mut cluster = Cluster::default();
+        let mut local = HashMap::new();
+        local.insert(k.clone(), vec![ip("10.0.0.5")]);
+        cluster.upsert_pod(pod(vec![ip("10.0.0.5")]));
+        // Another start's addresses: not this one's to take back.
+        assert!(!abandon(&mut local, &mut cluster, &k, &[ip("10.0.0.6")]));
+        assert_eq!(cluster.pod("np", "web").unwrap().ips, vec![ip("10.0.0.5")]);
+        assert!(abandon(&mut local, &mut cluster, &k, &[ip("10.0.0.5")]));
+        assert!(cluster.pod("np", "web").unwrap().ips.is_empty());
+        assert!(local.is_empty());
+        // The status already says another address: the view keeps it.
+        local.insert(k.clone(), vec![ip("10.0.0.7")]);
+        cluster.upsert_pod(pod(vec![ip("10.0.0.9")]));
+        assert!(!abandon(&mut local, &mut cluster, &k, &[ip("10.0.0.7")]));
+        assert_eq!(cluster.pod("np", "web").unwrap().ips, vec![ip("10.0.0.9")]);
+        assert!(local.is_empty());
     }
 }
