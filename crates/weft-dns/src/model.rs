@@ -14,6 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::config::ZoneConfig;
 use crate::error::{Error, Result};
@@ -31,8 +32,11 @@ enum Owner {
 
 #[derive(Default)]
 struct State {
-    services: HashMap<Key, Service>,
-    slices: HashMap<Key, EndpointSlice>,
+    /// Boxed: a table holds its values inline, and a k8s object is several hundred bytes
+    /// even when empty, so unboxed the tables' spare buckets alone were megabytes at 10k
+    /// Services.
+    services: HashMap<Key, Box<Service>>,
+    slices: HashMap<Key, Box<EndpointSlice>>,
     /// Service (namespace, name) -> its slices' names.
     by_service: HashMap<Key, BTreeSet<String>>,
     /// Each owner's records, sorted (a boxed slice: a set's smallest node would cost more
@@ -55,7 +59,7 @@ pub struct Model {
     inner: Arc<Inner>,
 }
 
-fn key(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Option<Key> {
+fn key(meta: &ObjectMeta) -> Option<Key> {
     Some((meta.namespace.clone()?, meta.name.clone()?))
 }
 
@@ -103,13 +107,19 @@ impl Model {
 
     pub fn upsert_service(&self, svc: &Service) {
         let Some(k) = key(&svc.metadata) else { return };
+        // Only the spec and identity matter here ([`records::service_records`]); do not
+        // keep the rest of a big object.
+        let svc = Service {
+            metadata: ObjectMeta {
+                namespace: Some(k.0.clone()),
+                name: Some(k.1.clone()),
+                ..ObjectMeta::default()
+            },
+            spec: svc.spec.clone(),
+            status: None,
+        };
         let mut st = lock(&self.inner.state);
-        let mut svc = svc.clone();
-        // Only the spec and identity matter here; do not keep the rest of a big object.
-        svc.metadata.managed_fields = None;
-        svc.metadata.annotations = None;
-        svc.status = None;
-        st.services.insert(k.clone(), svc);
+        st.services.insert(k.clone(), Box::new(svc));
         self.recompile_service(&mut st, &k);
     }
 
@@ -133,7 +143,7 @@ impl Model {
         let mut slice = slice.clone();
         slice.metadata.managed_fields = None;
         slice.metadata.annotations = None;
-        st.slices.insert(k.clone(), slice);
+        st.slices.insert(k.clone(), Box::new(slice));
         if let Some(old) = old_svc.as_ref().filter(|o| Some(*o) != new_svc.as_ref()) {
             let sk = (k.0.clone(), old.clone());
             Self::unlink_slice(&mut st, &sk, &k.1);
@@ -248,7 +258,7 @@ impl Model {
                     .get(k)
                     .into_iter()
                     .flatten()
-                    .filter_map(|n| st.slices.get(&(k.0.clone(), n.clone())))
+                    .filter_map(|n| st.slices.get(&(k.0.clone(), n.clone())).map(|s| &**s))
                     .collect();
                 records::service_records(&self.inner.cfg.domain, svc, &slices)
             }
