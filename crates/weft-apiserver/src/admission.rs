@@ -221,8 +221,8 @@ pub fn admit_update(
                 defaults::drop_type_dependent_fields(old_spec, spec);
             }
             defaults::service(&mut svc);
-            service::allocate_service(tx, net, &mut svc, Some((old, &old_svc)))?;
-            service::allocate_load_balancer(tx, &mut svc, Some(old));
+            service::allocate_service(tx, net, &mut svc, Some(&old_svc))?;
+            service::allocate_load_balancer(tx, &mut svc, Some(&old_svc));
             typed::encode(&svc)?
         }
         "Node" => {

@@ -11,7 +11,9 @@
 //! Services it has written but not committed through a [`Delta`].
 
 use crate::server::NetConfig;
+use crate::typed;
 use ipnet::IpNet;
+use k8s_openapi::api::core::v1::Service;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -221,29 +223,34 @@ impl Allocators {
         Some((pool, self.range(pool)?.ip_offset(ip)?))
     }
 
-    /// What a stored Service holds: its ClusterIPs, NodePorts (the health check port
-    /// too) and LoadBalancer addresses that fall in a pool, each once.
-    pub fn held(&self, svc: &Value) -> Vec<(Pool, u64)> {
-        let spec = &svc["spec"];
+    /// What a Service holds: its ClusterIPs, NodePorts (the health check port too) and
+    /// LoadBalancer addresses that fall in a pool, each once.
+    pub fn held(&self, svc: &Service) -> Vec<(Pool, u64)> {
         let mut out = Vec::new();
-        let ips = match spec["clusterIPs"].as_array().filter(|a| !a.is_empty()) {
-            Some(a) => a.iter().filter_map(Value::as_str).collect(),
-            None => spec["clusterIP"].as_str().into_iter().collect::<Vec<_>>(),
-        };
-        for ip in ips.into_iter().filter_map(|s| s.parse::<IpAddr>().ok()) {
-            out.extend(self.cluster_ip(ip));
-        }
-        if let Some(r) = self.range(Pool::NodePort) {
-            let ports = spec["ports"].as_array().into_iter().flatten();
-            let node_ports = ports.filter_map(|p| p["nodePort"].as_u64());
-            for n in node_ports.chain(spec["healthCheckNodePort"].as_u64()) {
-                out.extend(r.port_offset(n).map(|o| (Pool::NodePort, o)));
+        if let Some(spec) = svc.spec.as_ref() {
+            let ips = match spec.cluster_ips.as_deref().filter(|a| !a.is_empty()) {
+                Some(a) => a.iter().map(String::as_str).collect(),
+                None => spec.cluster_ip.as_deref().into_iter().collect::<Vec<_>>(),
+            };
+            for ip in ips.into_iter().filter_map(|s| s.parse::<IpAddr>().ok()) {
+                out.extend(self.cluster_ip(ip));
+            }
+            if let Some(r) = self.range(Pool::NodePort) {
+                let ports = spec.ports.iter().flatten();
+                let node_ports = ports.filter_map(|p| p.node_port);
+                for n in node_ports.chain(spec.health_check_node_port) {
+                    let n = u64::try_from(n).ok();
+                    out.extend(
+                        n.and_then(|n| r.port_offset(n))
+                            .map(|o| (Pool::NodePort, o)),
+                    );
+                }
             }
         }
         if let Some(r) = self.range(Pool::LoadBalancer) {
-            let ingress = svc["status"]["loadBalancer"]["ingress"].as_array();
-            for i in ingress.into_iter().flatten() {
-                if let Some(ip) = i["ip"].as_str().and_then(|s| s.parse().ok()) {
+            let lb = svc.status.as_ref().and_then(|s| s.load_balancer.as_ref());
+            for i in lb.and_then(|l| l.ingress.as_ref()).into_iter().flatten() {
+                if let Some(ip) = i.ip.as_deref().and_then(|s| s.parse().ok()) {
                     out.extend(r.ip_offset(ip).map(|o| (Pool::LoadBalancer, o)));
                 }
             }
@@ -253,14 +260,21 @@ impl Allocators {
         out
     }
 
+    /// What a stored Service holds ([`Allocators::held`]): stored Services were decoded on
+    /// their way in, so one that no longer decodes holds nothing.
+    fn held_stored(&self, svc: Option<&Value>) -> Vec<(Pool, u64)> {
+        let svc = svc.and_then(typed::view::<Service>);
+        svc.map(|s| self.held(&s)).unwrap_or_default()
+    }
+
     /// A committed write of a Service: what `prev` held is released, what `new` holds taken.
     pub fn apply(&mut self, prev: Option<&Value>, new: Option<&Value>) {
-        for (pool, off) in prev.map(|p| self.held(p)).unwrap_or_default() {
+        for (pool, off) in self.held_stored(prev) {
             if let Some(r) = self.ranges[pool as usize].as_mut() {
                 r.bits.release(off);
             }
         }
-        for (pool, off) in new.map(|n| self.held(n)).unwrap_or_default() {
+        for (pool, off) in self.held_stored(new) {
             if let Some(r) = self.ranges[pool as usize].as_mut() {
                 r.bits.take(off);
             }
@@ -274,10 +288,10 @@ pub struct Delta(HashMap<(Pool, u64), i64>);
 
 impl Delta {
     pub fn apply(&mut self, alloc: &Allocators, prev: Option<&Value>, new: Option<&Value>) {
-        for h in prev.map(|p| alloc.held(p)).unwrap_or_default() {
+        for h in alloc.held_stored(prev) {
             *self.0.entry(h).or_insert(0) -= 1;
         }
-        for h in new.map(|n| alloc.held(n)).unwrap_or_default() {
+        for h in alloc.held_stored(new) {
             *self.0.entry(h).or_insert(0) += 1;
         }
     }
@@ -391,6 +405,7 @@ mod tests {
             "clusterIPs": ["10.96.0.7", "fd00::7"], "healthCheckNodePort": 30001,
             "ports": [{"nodePort": 30001, "protocol": "TCP"}, {"nodePort": 30001, "protocol": "UDP"},
                 {"nodePort": 40000}]}});
+        let svc: Service = typed::view(&svc).unwrap_or_default();
         assert_eq!(
             a.held(&svc),
             [

@@ -4,6 +4,7 @@
 
 use crate::error::ApiError;
 use crate::resources::Resource;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
@@ -29,4 +30,17 @@ pub fn decode<T: DeserializeOwned>(res: &Resource, v: Value) -> Result<T, ApiErr
 /// Back to the stored form.
 pub fn encode<T: Serialize>(t: &T) -> Result<Value, ApiError> {
     serde_json::to_value(t).map_err(|e| ApiError::internal(e.to_string()))
+}
+
+/// An object's metadata alone: the rest (spec, status) is skipped, not decoded, for code
+/// that reads only labels or names of objects it does not otherwise look at.
+#[derive(serde::Deserialize, Default)]
+struct Meta {
+    #[serde(default)]
+    metadata: ObjectMeta,
+}
+
+/// A stored object's metadata, typed; empty if it has none.
+pub fn meta(v: &Value) -> ObjectMeta {
+    view::<Meta>(v).map(|m| m.metadata).unwrap_or_default()
 }

@@ -93,8 +93,9 @@ async fn from_scratch(svcs: &Api<Service>, pods: &Api<Pod>) -> Slices {
         .items
     {
         for slice in desired_slices(&s, &pods) {
-            let name = slice["metadata"]["name"].as_str().unwrap_or("").to_string();
-            out.insert(name, typed(&slice));
+            let name = slice.metadata.name.clone().unwrap_or_default();
+            let v = serde_json::to_value(&slice).unwrap_or_default();
+            out.insert(name, typed(&v));
         }
     }
     out

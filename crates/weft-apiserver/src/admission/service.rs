@@ -13,7 +13,6 @@ use axum::http::StatusCode;
 use k8s_openapi::api::core::v1::{
     LoadBalancerIngress, LoadBalancerStatus, Service, ServiceSpec, ServiceStatus,
 };
-use serde_json::Value;
 use std::net::IpAddr;
 
 const V4: &str = "IPv4";
@@ -47,17 +46,16 @@ fn range_full(what: &str, free: &str, range: &str) -> ApiError {
     )
 }
 
-/// `old` is the stored Service (what it holds is read from the stored form, as the
-/// allocators read it) and its typed form.
+/// `old` is the stored Service, typed.
 pub fn allocate_service(
     tx: &Tx,
     net: &NetConfig,
     svc: &mut Service,
-    old: Option<(&Value, &Service)>,
+    old: Option<&Service>,
 ) -> Result<(), ApiError> {
     let view = tx.allocations();
     // What this Service holds already: it may keep those values.
-    let own = old.map(|(o, _)| view.alloc.held(o)).unwrap_or_default();
+    let own = old.map(|o| view.alloc.held(o)).unwrap_or_default();
     let name = svc.metadata.name.clone().unwrap_or_default();
     let ns = svc.metadata.namespace.as_deref().unwrap_or("");
     let is_kubernetes = ns == "default" && name == "kubernetes";
@@ -69,7 +67,7 @@ pub fn allocate_service(
     if ty == "ExternalName" {
         return Ok(());
     }
-    let old_spec = old.and_then(|(_, o)| spec_of(o));
+    let old_spec = old.and_then(spec_of);
     cluster_ips(&view, net, spec, old_spec, &own, is_kubernetes).map_err(|e| match e {
         Failure::Invalid(c) => invalid(c),
         Failure::Api(e) => e,
@@ -462,7 +460,7 @@ fn health_check_port(
 /// LoadBalancer Services get an ingress IP from `--load-balancer-cidr` (honouring
 /// `spec.loadBalancerIP` when it is in the pool and free, else the lowest free address),
 /// in `status.loadBalancer`; a Service that stops being a LoadBalancer gives it back.
-pub fn allocate_load_balancer(tx: &Tx, svc: &mut Service, old: Option<&Value>) {
+pub fn allocate_load_balancer(tx: &Tx, svc: &mut Service, old: Option<&Service>) {
     let view = tx.allocations();
     let Some(range) = view.range(Pool::LoadBalancer) else {
         return;

@@ -12,7 +12,7 @@
 use super::{res_index, Tx};
 use crate::allocator::{Allocators, View};
 use crate::resources::{Resource, ENDPOINTSLICES, PODS, SERVICES};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
@@ -83,9 +83,20 @@ pub fn occupied_node(pod: &Value) -> Option<&str> {
     node_of(pod).filter(|_| !finished(pod))
 }
 
-/// Whether `labels` has every pair of `selector`.
-pub fn selects(selector: &Map<String, Value>, labels: &Value) -> bool {
-    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+/// Whether a stored object's `labels` have every pair of `selector`.
+fn selects(selector: &BTreeMap<String, String>, labels: &Value) -> bool {
+    selector
+        .iter()
+        .all(|(k, v)| labels.get(k).and_then(Value::as_str) == Some(v.as_str()))
+}
+
+/// Whether a stored Service's non-empty `selector` picks an object with `labels`.
+fn picks(selector: &Value, labels: &BTreeMap<String, String>) -> bool {
+    let Some(sel) = selector.as_object().filter(|s| !s.is_empty()) else {
+        return false;
+    };
+    sel.iter()
+        .all(|(k, v)| v.as_str().is_some() && labels.get(k).map(String::as_str) == v.as_str())
 }
 
 impl Indexes {
@@ -224,7 +235,7 @@ impl Tx<'_> {
         &self,
         res: &'static Resource,
         ns: &str,
-        selector: &Map<String, Value>,
+        selector: &BTreeMap<String, String>,
     ) -> Vec<Arc<Value>> {
         let slot = res_index(res);
         let keep = |o: &Value| {
@@ -233,7 +244,6 @@ impl Tx<'_> {
         let empty = BTreeSet::new();
         let smallest = selector
             .iter()
-            .filter_map(|(k, v)| Some((k, v.as_str()?)))
             .map(|(k, v)| {
                 let lk = (slot, ns.to_string(), k.to_string(), v.to_string());
                 self.state.indexes.labels.get(&lk).unwrap_or(&empty)
@@ -250,16 +260,18 @@ impl Tx<'_> {
     }
 
     /// Services of a namespace whose selector picks an object with these labels.
-    pub fn services_selecting(&self, ns: &str, labels: &Value) -> Vec<Arc<Value>> {
+    pub fn services_selecting(
+        &self,
+        ns: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Vec<Arc<Value>> {
         let idx = &self.state.indexes.selectors;
-        let candidates = string_pairs(labels)
-            .filter_map(|(k, v)| idx.get(&(ns.to_string(), k.to_string(), v.to_string())))
+        let candidates = labels
+            .iter()
+            .filter_map(|(k, v)| idx.get(&(ns.to_string(), k.clone(), v.clone())))
             .flatten();
         self.resolve(SERVICES, candidates, |s| {
-            crate::meta::namespace(s) == ns
-                && s["spec"]["selector"]
-                    .as_object()
-                    .is_some_and(|sel| !sel.is_empty() && selects(sel, labels))
+            crate::meta::namespace(s) == ns && picks(&s["spec"]["selector"], labels)
         })
     }
 
@@ -369,14 +381,12 @@ mod tests {
             assert_eq!(v.find_free(Pool::ClusterV4, 0, |o| o != 0), Some(7));
             let pod =
                 json!({"metadata": {"name": "p", "namespace": "ns", "labels": {"app": "s3"}}});
-            tx.put(PODS, "ns/p".into(), pod.clone());
-            let picked = tx.services_selecting("ns", &pod["metadata"]["labels"]);
+            tx.put(PODS, "ns/p".into(), pod);
+            let app_s3 = BTreeMap::from([("app".to_string(), "s3".to_string())]);
+            let picked = tx.services_selecting("ns", &app_s3);
             assert_eq!(picked.len(), 1);
-            let sel = picked[0]["spec"]["selector"]
-                .as_object()
-                .cloned()
-                .unwrap_or_default();
-            assert_eq!(tx.select(PODS, "ns", &sel).len(), 1);
+            assert_eq!(crate::meta::name(&picked[0]), "s3");
+            assert_eq!(tx.select(PODS, "ns", &app_s3).len(), 1);
             Ok(())
         });
         assert!(r.is_ok());
@@ -386,12 +396,9 @@ mod tests {
             assert!(tx.allocations().taken_by_other(Pool::ClusterV4, 3, &[]));
             tx.delete(SERVICES, "ns/s3".into());
             assert!(!tx.allocations().taken_by_other(Pool::ClusterV4, 3, &[]));
-            assert_eq!(tx.services_selecting("ns", &json!({"app": "s3"})).len(), 0);
-            let sel = json!({"app": "s3"});
-            assert_eq!(
-                tx.select(PODS, "ns", sel.as_object().expect("map")).len(),
-                1
-            );
+            let app_s3 = BTreeMap::from([("app".to_string(), "s3".to_string())]);
+            assert_eq!(tx.services_selecting("ns", &app_s3).len(), 0);
+            assert_eq!(tx.select(PODS, "ns", &app_s3).len(), 1);
             // All these Services hold node port 30000 (written directly, as a log from
             // before the allocators might have them): it stays taken until the last goes.
             assert!(tx.allocations().taken_by_other(Pool::NodePort, 0, &[]));

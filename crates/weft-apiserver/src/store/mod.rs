@@ -5,7 +5,7 @@ mod index;
 mod log;
 mod sync;
 
-pub use index::{occupied_node, selects};
+pub use index::occupied_node;
 
 use crate::allocator::{Allocators, Delta};
 use crate::error::{ApiError, Error};
