@@ -196,7 +196,7 @@ fn throughput(r: &mut String, cfg: &Cfg, results: &[[Vec<WrkOut>; 2]]) {
             per_run,
             "- {}: req/s weft {} | nginx {}; p99 ms weft {} | nginx {}; weft cores {} | nginx cores {}; \
              CPU {pc} (the proxies') busy, anyone's work: weft runs {} | nginx runs {}; \
-             CPU {cc} busy: weft runs {} | nginx runs {}; backends' cores (median) weft runs {:.2}, nginx runs {:.2}; \
+             CPU {cc} busy: weft runs {} | nginx runs {}; backends' cores (median) weft runs {:.2}, nginx runs {:.2}; wrk's cores (median) weft runs {:.2}, nginx runs {:.2}; \
              response bytes (wrk) weft {:.0}, nginx {:.0}",
             mode.label(),
             list(&rps[0], 0),
@@ -211,6 +211,8 @@ fn throughput(r: &mut String, cfg: &Cfg, results: &[[Vec<WrkOut>; 2]]) {
             list(&busy(1, cc), 2),
             m(&col(0, |w| w.backend_cores)),
             m(&col(1, |w| w.backend_cores)),
+            m(&col(0, |w| w.client_cores)),
+            m(&col(1, |w| w.client_cores)),
             m(&bpr[0]),
             m(&bpr[1]),
         );

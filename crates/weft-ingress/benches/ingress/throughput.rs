@@ -168,7 +168,7 @@ pub fn run(ctx: &Ctx, backend_pids: &[u32]) -> Throughput {
                 fs::write(dir.join(format!("wrk-{name}-{mi}-{round}.txt")), &text)
                     .expect("wrk out");
                 println!(
-                    "   round {round} {:<22} {name:<5} {:>9.0} req/s  p50 {:>7.3} ms  p99 {:>7.3} ms  errors {:>5}  proxy cores {:.2}  backend cores {:.2}  CPUs busy {}  ({})",
+                    "   round {round} {:<22} {name:<5} {:>9.0} req/s  p50 {:>7.3} ms  p99 {:>7.3} ms  errors {:>5}  proxy cores {:.2}  backend cores {:.2}  wrk cores {:.2}  CPUs busy {}  ({})",
                     mode.short(),
                     w.rps,
                     w.p50_ms,
@@ -176,6 +176,7 @@ pub fn run(ctx: &Ctx, backend_pids: &[u32]) -> Throughput {
                     w.errors,
                     w.cores,
                     w.backend_cores,
+                    w.client_cores,
                     list(&w.busy, 2),
                     tcp_events_since(tcp0)
                 );

@@ -4,7 +4,7 @@
 use std::fs;
 use std::path::Path;
 use std::process::Stdio;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::cleanup::unregister_pid;
 use crate::netns::Ctx;
@@ -22,6 +22,9 @@ pub struct WrkOut {
     pub cores: f64,
     /// The backends' CPU use over the run, in cores.
     pub backend_cores: f64,
+    /// wrk's own CPU use, in cores, read 0.5 s before its end (a finished process has no
+    /// /proc entry left to read): with the backends, what the client CPU spent.
+    pub client_cores: f64,
     /// How busy each CPU of the machine was over the run (anyone's work), 0..1.
     pub busy: Vec<f64>,
 }
@@ -131,6 +134,8 @@ pub fn run_wrk(
     c.stdout(Stdio::piped());
     let child = ctx.spawn(c, "wrk");
     let pid = child.id();
+    std::thread::sleep(Duration::from_secs_f64((secs as f64 - 0.5).max(0.0)));
+    let client_cores = cpu_ticks(&[pid]) as f64 / clk_tck() / start.elapsed().as_secs_f64();
     let out = child.wait_with_output().expect("wrk");
     unregister_pid(pid);
     let wall = start.elapsed().as_secs_f64();
@@ -144,6 +149,7 @@ pub fn run_wrk(
     let mut w = parse_wrk(&text);
     w.cores = (t1.saturating_sub(t0)) as f64 / clk_tck() / wall;
     w.backend_cores = (b1.saturating_sub(b0)) as f64 / clk_tck() / wall;
+    w.client_cores = client_cores;
     w.busy = c0
         .iter()
         .zip(&c1)
