@@ -258,7 +258,8 @@ impl Pending {
             namespace: arg("K8S_POD_NAMESPACE")?,
             name: arg("K8S_POD_NAME")?,
             container_id: inv.container_id.clone(),
-            // Checked with the real addresses in `commit`.
+            // A stand-in so the name fields are checked now; `commit` sets the real
+            // addresses and checks the request again.
             ips: vec![IpAddr::from([0, 0, 0, 0])],
             uid: inv
                 .arg("K8S_POD_UID")
@@ -282,6 +283,7 @@ impl Pending {
             return Ok(());
         }
         self.request.ips = ips;
+        self.request.validate()?;
         let (ns, name) = (&self.request.namespace, &self.request.name);
         let fail = |cause: String| {
             Error::new(
