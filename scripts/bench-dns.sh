@@ -264,8 +264,8 @@ median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]
 # 1000000), so with WEFT_DNS_BENCH_RT the kernel stopped both dnsperfs for up to 50 ms once a
 # second (RT throttling: bpftrace saw them preempted by ordinary tasks for 20-52 ms at 1 s
 # intervals), the replies in flight then counted 50 ms late and the catch-up bursts after it
-# several ms (at 50,000 QPS, once every 50k queries). Without RT the overload is there too, as
-# queueing. Together would let both servers meet the same moments of a shared machine, but
+# several ms. Without RT the overload is there too, as queueing. (One dnsperf alone at 50,000
+# QPS costs about 0.89 of core 0, close to that limit.) Together would let both servers meet the same moments of a shared machine, but
 # each also waits behind the other's bursts on the shared core. Output per server and run: <qps> <lost> <avg ms at full load> <p50> <p99> (latency
 # run) <lost (latency run)> <server CPU use during the throughput run, cores> <answers per
 # server CPU-second> <p99.9> <max> (latency run) <1-min load average after the run> <p50> <p99>
