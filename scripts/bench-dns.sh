@@ -319,7 +319,11 @@ throughput() { # tag addr file run pid
 # send (SO_TIMESTAMPNS, see crates/weft-dns/src/delay.rs): SIGUSR1 makes the bench binary log
 # the histogram since the previous SIGUSR1, so one before and one after weft's latency run give
 # that run's (p50/p99/p99.9 in us, appended to weft's row; "-" for the peers, which have none).
+# A weft binary older than the histogram would die of the signal: only one that has it is sent it.
+DELAY_SIGNAL=0
+grep -aq 'weft-dns reply delay' "$BIN" && DELAY_SIGNAL=1
 delay_mark() { # tag
+  [ "$DELAY_SIGNAL" = 1 ] || return 0
   case $1 in weft*) kill -USR1 "$WEFT_PID" 2>/dev/null || true ;; esac
 }
 latency() { # tagA addrA tagB addrB file run
@@ -349,7 +353,8 @@ latency() { # tagA addrA tagB addrB file run
 # The last reply-delay line weft logged: "p50 p99 p99.9" in us.
 delay_of() { # tag
   case $1 in
-    weft*) grep 'weft-dns reply delay' "$DIR/weft.log" | tail -1 | awk '{ for (i = 1; i < NF; i++) if ($i == "p50" || $i == "p99" || $i == "p99.9") printf "%s ", $(i + 1) }' ;;
+    weft*) { grep 'weft-dns reply delay' "$DIR/weft.log" || echo "p50 - p99 - p99.9 -"; } | tail -1 |
+      awk '{ for (i = 1; i < NF; i++) if ($i == "p50" || $i == "p99" || $i == "p99.9") printf "%s ", $(i + 1) }' ;;
     *) echo "- - -" ;;
   esac
 }
