@@ -15,7 +15,9 @@
 # WEFT_INGRESS_BENCH_FLAVOUR=multi (weft on one multi-thread runtime, as before its workers),
 # WEFT_INGRESS_BENCH_HTTP1=hyper (weft's HTTP/1.1 served by hyper, as before its own path;
 # run once with each to compare the two, each against nginx in its own run),
-# WEFT_INGRESS_BENCH_KEEP=1 keeps the work directory; the full list is in
+# WEFT_INGRESS_BENCH_FULL=0 (skip the bench's own client, which by default times each
+# new-connection mode's connect + TLS handshake + request + response beside wrk, whose clock
+# starts only after the handshake), WEFT_INGRESS_BENCH_KEEP=1 keeps the work directory; the full list is in
 # crates/weft-ingress/benches/ingress/main.rs.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
