@@ -29,7 +29,7 @@ use crate::view::{Cluster, ContainerPort, Pod};
 /// signatures.
 pub struct Columns<'a> {
     pub peers: Vec<(&'a [PeerMatch], bool)>,
-    index: HashMap<(&'a [PeerMatch], bool), usize>,
+    index: FastMap<(&'a [PeerMatch], bool), usize>,
     /// Named ports any rule of the direction refers to.
     pub names: BTreeSet<&'a str>,
 }
@@ -38,7 +38,7 @@ impl<'a> Columns<'a> {
     pub fn new(cluster: &'a Cluster, dir: Direction) -> Columns<'a> {
         let mut c = Columns {
             peers: Vec::new(),
-            index: HashMap::new(),
+            index: FastMap::default(),
             names: BTreeSet::new(),
         };
         for p in cluster.policies.values() {
@@ -95,7 +95,7 @@ pub fn peers(
     dir: Direction,
     node: &str,
 ) -> Peers {
-    let mut ids: HashMap<PeerSig, u32> = HashMap::new();
+    let mut ids: FastMap<PeerSig, u32> = FastMap::default();
     let mut classes: Vec<(PeerSig, Vec<Remote>)> = Vec::new();
     let mut regions = BTreeMap::new();
     let mut i = 0;
@@ -196,7 +196,7 @@ pub fn subjects<'a>(
     local: impl Iterator<Item = &'a Pod>,
     mut applicable: impl FnMut(&'a Pod) -> Applicable<'a>,
 ) -> Subjects<'a> {
-    let mut ids: HashMap<SubjectSig<'a>, u32> = HashMap::new();
+    let mut ids: FastMap<SubjectSig<'a>, u32> = FastMap::default();
     let mut sigs: Vec<SubjectSig<'a>> = Vec::new();
     let mut classes: Vec<(Applicable<'a>, Vec<&'a Pod>)> = Vec::new();
     let mut members = Vec::new();
@@ -241,6 +241,61 @@ pub fn subjects<'a>(
             .zip(&ids)
             .map(|((a, m), id)| (*id, a, m))
             .collect(),
+    }
+}
+
+/// A hash map with [`FastHasher`]: the compiler hashes every rule's peer list and every
+/// local pod's signature on each compilation, where SipHash cost more than the lookups.
+pub type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<FastHasher>>;
+
+/// A multiply-rotate hasher (rustc's FxHash), a word at a time. Not keyed: what it hashes
+/// is the policies' and pods' own content, written by those allowed to write policies,
+/// and a crafted collision costs compile time, not a wrong table.
+#[derive(Default, Clone, Copy)]
+pub struct FastHasher(u64);
+
+impl FastHasher {
+    const K: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+
+    fn add(&mut self, w: u64) {
+        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(Self::K);
+    }
+}
+
+impl std::hash::Hasher for FastHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.add(u64::from_le_bytes(w));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(w) ^ ((rest.len() as u64) << 56));
+        }
+    }
+
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+
+    fn write_u32(&mut self, i: u32) {
+        self.add(u64::from(i));
+    }
+
+    fn write_u64(&mut self, i: u64) {
+        self.add(i);
+    }
+
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
     }
 }
 

@@ -1,14 +1,16 @@
 //! From the cluster view to classes and rows ([`Compiled`]), with the [`Cache`] that lets
 //! [`crate::incremental::Incremental`] redo only what a change touches.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use crate::cache::{dir_index, Cache, PeerKeys, SubjectKey};
+
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use crate::cells::{AddrFamily, AddrRange, Cells};
 use crate::classes::{self, Columns, PeerSig, Peers};
-use crate::desired::{NodeContext, DIRECTIONS};
-use crate::matcher::{peers_hold, selects, Applicable};
-use crate::model::{Action, Direction, PeerMatch, Policy, PolicyId, Tier};
+use crate::desired::NodeContext;
+use crate::matcher::{peers_hold, Applicable};
+use crate::model::{Action, Direction, PolicyId, Tier};
 use crate::rows::{denials, Denial, Row};
 use crate::view::{Cluster, ContainerPort, Pod};
 
@@ -46,147 +48,12 @@ pub(crate) struct Compiled<'a> {
 
 /// A subject class's rows before row ids are given: the default and the other pairs.
 #[derive(Debug)]
-struct SubjectRows {
+pub(crate) struct SubjectRows {
     default: Row,
     others: Vec<(u32, Row)>,
     /// The distinct rows of `others` (shared copies), so row ids are found without
     /// walking every pair.
     distinct: Vec<Row>,
-}
-
-/// What a subject class's rows depend on besides the peer classes: its policies, its named
-/// ports (ingress) and, when it has one member, which pod (a pod is not asked about itself,
-/// so a one-member class against a one-member peer class of the same pod has no row).
-type SubjectKey = (
-    Direction,
-    Vec<PolicyId>,
-    Vec<ContainerPort>,
-    Option<(String, String)>,
-);
-
-/// A direction's rule peer lists, owned: the peer classes hold while these do.
-type PeerKeys = Vec<(Vec<PeerMatch>, bool)>;
-
-/// What survives between compilations while pods, namespaces, nodes and the node stay
-/// the same: per rule peer list, which address regions it holds; the peer classes while
-/// the rule peer lists stay the same; per local pod and direction, the policies that
-/// apply; per subject class, its rows while its policies and the peer classes stay.
-#[derive(Default)]
-pub(crate) struct Cache {
-    /// Per address region, in the columns' order: what its column values depend on.
-    owners: Vec<OwnerKey>,
-    /// The regions changed since the peer classes were made: make them again.
-    regions_changed: bool,
-    columns: HashMap<(Vec<PeerMatch>, bool), Arc<Vec<bool>>>,
-    peers: HashMap<Direction, (PeerKeys, Arc<Peers>)>,
-    applicable: HashMap<(Direction, String, String), Vec<PolicyId>>,
-    subjects: HashMap<SubjectKey, Arc<SubjectRows>>,
-    /// Per direction: the last row ids and each subject class's rows and ids.
-    classes: HashMap<Direction, ClassIds>,
-}
-
-/// Each row's content hash and id by the row's address (an address names one row while
-/// the subject rows beside it hold that row), and each subject class's rows and ids.
-type ClassIds = (
-    HashMap<usize, (u64, u32)>,
-    HashMap<u32, (Arc<SubjectRows>, Arc<SubjectClass>)>,
-);
-
-/// What a region's column values depend on ([`peers_hold`] of its remote): the range (an
-/// ipBlock or network matches its first address) and what holds it, a pod's namespace,
-/// labels and namespace labels, or a node's labels.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct OwnerKey {
-    family: AddrFamily,
-    range: AddrRange,
-    pod: Option<(String, crate::selector::Labels, crate::selector::Labels)>,
-    node: Option<crate::selector::Labels>,
-}
-
-fn owner_keys(cluster: &Cluster, cells: &Cells) -> Vec<OwnerKey> {
-    cells
-        .peers
-        .iter()
-        .flat_map(|(f, v)| v.iter().map(move |(r, remote)| (*f, *r, remote)))
-        .map(|(family, range, r)| OwnerKey {
-            family,
-            range,
-            pod: r.pod.map(|p| {
-                (
-                    p.namespace.clone(),
-                    p.labels.clone(),
-                    cluster.namespace_labels(&p.namespace),
-                )
-            }),
-            node: r.node.map(|n| n.labels.clone()),
-        })
-        .collect()
-}
-
-impl Cache {
-    /// After a change of pods, namespaces or nodes: each cached column keeps its value for
-    /// the regions whose owner key is unchanged and asks the matcher for the others, and
-    /// the peer classes are made again ([`peer_classes`] keeps the rows if they are the
-    /// same classes).
-    fn carry_columns(&mut self, cluster: &Cluster, cells: &Cells) {
-        let owners = owner_keys(cluster, cells);
-        if owners == self.owners {
-            return;
-        }
-        let old: HashMap<&OwnerKey, usize> = self
-            .owners
-            .iter()
-            .enumerate()
-            .map(|(i, k)| (k, i))
-            .collect();
-        let from: Vec<Option<usize>> = owners.iter().map(|k| old.get(k).copied()).collect();
-        let remotes: Vec<_> = cells.peers.values().flatten().map(|(_, r)| *r).collect();
-        for ((peers, accept), col) in self.columns.iter_mut() {
-            let action = if *accept {
-                Action::Accept
-            } else {
-                Action::Deny
-            };
-            let v: Vec<bool> = from
-                .iter()
-                .zip(&remotes)
-                .map(|(j, r)| match j {
-                    Some(j) => col[*j],
-                    None => peers_hold(cluster, *r, peers, action),
-                })
-                .collect();
-            *col = Arc::new(v);
-        }
-        self.owners = owners;
-        self.regions_changed = true;
-    }
-
-    /// Forgets which policies apply to the pods in `pods` (namespace, name) and to every
-    /// pod of the namespaces in `namespaces`: their labels changed.
-    pub fn pods_changed(
-        &mut self,
-        pods: &BTreeSet<(String, String)>,
-        namespaces: &BTreeSet<String>,
-    ) {
-        self.applicable.retain(|(_, ns, name), _| {
-            !namespaces.contains(ns) && !pods.contains(&(ns.clone(), name.clone()))
-        });
-    }
-
-    /// Forgets what depends on the policies in `changed` (old and new versions).
-    pub fn policies_changed(&mut self, cluster: &Cluster, changed: &[&Policy], local: &[&Pod]) {
-        let ids: BTreeSet<&PolicyId> = changed.iter().map(|p| &p.id).collect();
-        self.subjects
-            .retain(|k, _| !k.1.iter().any(|id| ids.contains(id)));
-        for pod in local {
-            if changed.iter().any(|p| selects(cluster, &p.subject, pod)) {
-                for dir in DIRECTIONS {
-                    self.applicable
-                        .remove(&(dir, pod.namespace.clone(), pod.name.clone()));
-                }
-            }
-        }
-    }
 }
 
 impl<'a> Compiled<'a> {
@@ -201,7 +68,7 @@ impl<'a> Compiled<'a> {
             .values()
             .filter(|p| !p.host_network && p.node.as_deref() == Some(ctx.node_name.as_str()))
             .collect();
-        if let Some(c) = cache.as_deref_mut() {
+        if let Some(c) = cache.as_deref_mut().filter(|c| !c.same_owners(&cells)) {
             c.carry_columns(cluster, &cells);
         }
         let mut computed = 0;
@@ -302,20 +169,23 @@ fn direction<'a>(
 ) -> (Direction2<'a>, usize) {
     let cols = Columns::new(cluster, dir);
     let peers = peer_classes(cluster, cells, &cols, ctx, dir, cache.as_deref_mut());
+    let d = dir_index(dir);
     let subjects = classes::subjects(&cols, dir, local.iter().copied(), |pod| {
-        let key = (dir, pod.namespace.clone(), pod.name.clone());
         let cached = cache
             .as_deref()
-            .and_then(|c| c.applicable.get(&key))
-            .cloned();
-        let a = match cached {
-            Some(ids) => applicable_from(cluster, dir, pod, &ids),
-            None => Applicable::new(cluster, dir, pod),
-        };
+            .and_then(|c| c.applicable.get(pod.namespace.as_str()))
+            .and_then(|m| m.get(pod.name.as_str()))
+            .and_then(|v| v[d].as_deref());
+        if let Some(ids) = cached {
+            return applicable_from(cluster, dir, pod, ids);
+        }
+        let a = Applicable::new(cluster, dir, pod);
         if let Some(c) = cache.as_deref_mut() {
             c.applicable
-                .entry(key)
-                .or_insert_with(|| a.all().map(|p| p.id.clone()).collect());
+                .entry(pod.namespace.clone())
+                .or_default()
+                .entry(pod.name.clone())
+                .or_default()[d] = Some(a.all().map(|p| p.id.clone()).collect());
         }
         a
     });
@@ -382,8 +252,11 @@ fn row_ids(
     cache: Option<&mut Cache>,
 ) -> (BTreeMap<u32, Arc<SubjectClass>>, BTreeMap<u32, Row>) {
     let addr = |r: &Row| Arc::as_ptr(r) as usize;
-    // Rows are shared within a subject class; each shared copy is looked at once.
-    let mut by_addr: HashMap<usize, (&Row, bool)> = HashMap::new();
+    // Rows are shared within a subject class; each shared copy is looked at once. In
+    // address order, so the copy that stands for its contents (the one the table's row
+    // map holds) is the same one while it lives, and the next table's rows compare by
+    // pointer.
+    let mut by_addr: BTreeMap<usize, (&Row, bool)> = BTreeMap::new();
     for (_, r) in per_subject {
         by_addr
             .entry(addr(&r.default))
@@ -393,20 +266,28 @@ fn row_ids(
         }
     }
     let last = cache.map(|c| c.classes.entry(dir).or_default());
-    // Distinct contents: (row, named by some pair, hash); equal contents share an index.
-    let mut distinct: Vec<(&Row, bool, u64)> = Vec::new();
+    // Distinct contents: (row, named by some pair, hash, its id last time if it had one);
+    // equal contents share an index.
+    let mut distinct: Vec<(&Row, bool, u64, Option<u32>)> = Vec::new();
     let mut by_hash: HashMap<u64, Vec<usize>> = HashMap::new();
     let mut index_of: HashMap<usize, usize> = HashMap::with_capacity(by_addr.len());
     for (a, (row, in_pairs)) in &by_addr {
-        let h = match last.as_ref().and_then(|l| l.0.get(a)) {
-            Some((h, _)) => *h,
+        let seen = last.as_ref().and_then(|l| l.0.get(a)).copied();
+        let h = match seen {
+            Some((h, _)) => h,
             None => classes::fnv(format!("{row:?}").as_bytes()),
         };
         let same = by_hash.entry(h).or_default();
-        let i = match same.iter().find(|i| distinct[**i].0 == *row) {
+        // Two rows seen last time are equal exactly when their ids were (an id stood for
+        // one content), so only a new row's contents are compared.
+        let equal = |i: &usize| match (seen, distinct[*i].3) {
+            (Some((_, x)), Some(y)) => x == y,
+            _ => distinct[*i].0 == *row,
+        };
+        let i = match same.iter().find(|i| equal(i)) {
             Some(i) => *i,
             None => {
-                distinct.push((row, false, h));
+                distinct.push((row, false, h, seen.map(|x| x.1)));
                 same.push(distinct.len() - 1);
                 distinct.len() - 1
             }
@@ -423,8 +304,8 @@ fn row_ids(
     let used: BTreeMap<u32, Row> = distinct
         .iter()
         .zip(&ids)
-        .filter(|((r, in_pairs, _), _)| *in_pairs || !r.is_empty())
-        .map(|((r, _, _), id)| (*id, (*r).clone()))
+        .filter(|((r, in_pairs, _, _), _)| *in_pairs || !r.is_empty())
+        .map(|((r, ..), id)| (*id, (*r).clone()))
         .collect();
     let row_id: HashMap<usize, (u64, u32)> = index_of
         .iter()

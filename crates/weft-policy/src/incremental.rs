@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use weft_nft::{Ruleset, Set};
 
+use crate::cache::Cache;
 use crate::cells::AddrFamily;
 use crate::classes::Peers;
-use crate::compile::{Cache, Compiled, Direction2, SubjectClass};
+use crate::compile::{Compiled, Direction2, SubjectClass};
 use crate::delta::{Delta, SetChange, Update};
 use crate::desired::{
     class_elements, default_map, isolated_set, local_pods, pairs_map, peer_set, row_set,
@@ -158,6 +159,7 @@ impl Incremental {
                 }
                 None => self.cache = Cache::default(),
             }
+            self.cache.world_unchanged = false;
             let compiled = Compiled::new(cluster, ctx, Some(&mut self.cache));
             self.recompiled = compiled.computed;
             let ruleset = table(&compiled, ctx);
@@ -195,6 +197,7 @@ impl Incremental {
             .collect();
         let local: Vec<&Pod> = local_pods(cluster, &ctx.node_name).collect();
         self.cache.policies_changed(cluster, &changed, &local);
+        self.cache.world_unchanged = true;
         let compiled = Compiled::new(cluster, ctx, Some(&mut self.cache));
         self.recompiled = compiled.computed;
         let mut delta = Delta::default();

@@ -52,6 +52,7 @@
 //! enforcer.sync(&desired(&cluster, &ctx)).unwrap(); // after each batch of events
 //! ```
 
+mod cache;
 pub mod cases;
 pub mod cells;
 pub mod classes;
