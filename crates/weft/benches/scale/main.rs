@@ -10,9 +10,12 @@
 //!    watched by every agent; rate per 1,000;
 //! 4. from the last create until every node's `ip weft-proxy` table, read from the kernel,
 //!    holds every Service's key and all ten endpoints of each;
-//! 5. control-plane resident memory and store size; then a restart of the control plane
-//!    (SIGTERM, the supervisor starts it again): the time until it serves, and until a
-//!    Service created then is in every node's table with its endpoints.
+//! 5. control-plane resident memory and store size; one fresh client per node lists
+//!    every Service and EndpointSlice at once (agents starting) while another client's
+//!    small reads are timed, against the same reads alone (watchers.rs);
+//! 6. a restart of the control plane (SIGTERM, the supervisor starts it again): the time
+//!    until it serves, and until a Service created then is in every node's table with its
+//!    endpoints.
 //!
 //! Knobs (environment): WEFT_SCALE_LAB and WEFT_STATE_DIR (the lab; required),
 //! WEFT_SCALE_SERVICES (30000), WEFT_SCALE_ENDPOINT_PODS (300), WEFT_SCALE_IDLE_PODS
@@ -22,6 +25,7 @@ mod create;
 mod lab;
 mod objects;
 mod tables;
+mod watchers;
 
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
@@ -216,6 +220,7 @@ async fn run() -> Result<(), String> {
         }
     }
 
+    watchers::measure(&lab.kubeconfig(), nodes.len()).await?;
     restart(&lab, cp, &services, &nodes, groups, sync_limit).await
 }
 
