@@ -378,6 +378,14 @@ impl PolicySync {
                         p.ips = ips.clone();
                     }
                 }
+                // A pod with no address yet (pending, unschedulable) puts nothing in the
+                // table, and keeping it would make every such pod's event a change of the
+                // world the compiler compares whole: 10k pending pods cost each agent most
+                // of a core. It enters with its first address.
+                if p.ips.is_empty() {
+                    self.cluster.delete_pod(&p.namespace, &p.name);
+                    return;
+                }
                 self.cluster.upsert_pod(p);
             }
             None => self.cluster.apply_pod(pod),
