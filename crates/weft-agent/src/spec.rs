@@ -314,18 +314,7 @@ fn dns_plan(spec: &PodSpec) -> std::result::Result<DnsPlan, (String, String)> {
     Ok(plan)
 }
 
-pub fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
-pub fn is_dns_subdomain(s: &str) -> bool {
-    s.len() <= 253 && s.split('.').all(is_dns_label)
-}
+pub use weft_cni::policy_wait::{is_label as is_dns_label, is_subdomain as is_dns_subdomain};
 
 fn field_source(path: &str) -> Option<EnvSource> {
     Some(match path {

@@ -150,8 +150,8 @@ pub fn parse_answer(line: &[u8]) -> Result<Answer> {
     Ok(a)
 }
 
-/// RFC 1123 label: what a namespace name is.
-fn is_label(s: &str) -> bool {
+/// RFC 1123 label: what a namespace name is (the node agent checks pod specs with it too).
+pub fn is_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
         && s.bytes()
@@ -161,7 +161,7 @@ fn is_label(s: &str) -> bool {
 }
 
 /// RFC 1123 subdomain: what a pod name is.
-fn is_subdomain(s: &str) -> bool {
+pub fn is_subdomain(s: &str) -> bool {
     s.len() <= 253 && s.split('.').all(is_label)
 }
 

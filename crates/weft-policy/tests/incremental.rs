@@ -11,16 +11,7 @@ fn incremental_equals_full_after_every_step() {
     let world = common::world();
     let cases = common::cases(&world);
     for dual in [false, true] {
-        let mut incs: Vec<(NodeContext, Incremental)> = ["node-1", "node-2", "node-3"]
-            .iter()
-            .map(|n| {
-                let ctx = NodeContext {
-                    node_name: (*n).into(),
-                    log_group: Some(3),
-                };
-                (ctx, Incremental::default())
-            })
-            .collect();
+        let mut incs = common::compilers(&["node-1", "node-2", "node-3"]);
         let mut partial = 0;
         for (file, case) in &cases {
             let mut cluster = world.cluster().expect("the world is valid");

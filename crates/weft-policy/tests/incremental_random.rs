@@ -9,7 +9,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
-use weft_policy::desired::{desired, Incremental, NodeContext};
+use weft_policy::desired::desired;
 use weft_policy::model::{Policy, PolicyId};
 use weft_policy::view::{Namespace, Pod};
 use weft_policy::Cluster;
@@ -152,16 +152,7 @@ fn random_changes_keep_incremental_equal_to_full() {
         if seed % 2 == 0 {
             common::dual_stack(&mut cluster);
         }
-        let mut incs: Vec<(NodeContext, Incremental)> = ["node-1", "node-2"]
-            .iter()
-            .map(|n| {
-                let ctx = NodeContext {
-                    node_name: (*n).into(),
-                    log_group: Some(3),
-                };
-                (ctx, Incremental::default())
-            })
-            .collect();
+        let mut incs = common::compilers(&["node-1", "node-2"]);
         let mut done = Vec::new();
         for step in 0..60 {
             done.push(change(&mut rng, &mut cluster, &pool, &ported));

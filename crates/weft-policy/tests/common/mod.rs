@@ -116,3 +116,22 @@ pub fn two_pods() -> Cluster {
     }
     c
 }
+
+/// One incremental compiler per named node, each with the node's context.
+pub fn compilers(
+    nodes: &[&str],
+) -> Vec<(
+    weft_policy::desired::NodeContext,
+    weft_policy::desired::Incremental,
+)> {
+    nodes
+        .iter()
+        .map(|n| {
+            let ctx = weft_policy::desired::NodeContext {
+                node_name: (*n).into(),
+                log_group: Some(3),
+            };
+            (ctx, weft_policy::desired::Incremental::default())
+        })
+        .collect()
+}
