@@ -1,7 +1,7 @@
 //! The proxy itself, in a network namespace of each test's own: HTTP/2 over TLS (ALPN)
 //! and cleartext, a request in flight across a reconfiguration, a graceful drain, a
-//! chunked body over the limit, and a fuzz of the request parser that must never disturb
-//! a well-behaved client.
+//! chunked body over the limit, a fuzz of the request parser that must never disturb
+//! a well-behaved client, and TLS sessions that resume (and end with close_notify).
 
 mod common;
 
@@ -470,6 +470,61 @@ fn a_changed_secret_serves_from_the_next_handshake() {
         let secret: Secret = serde_json::from_value(rotated.object).expect("secret");
         assert!(r.proxy.update(compile(&cluster(r.backend, &secret, true))));
         assert_eq!(presented(r.https, "a.test").await, der(&rotated.cert_pem));
+        let _ = r.stop.send(true);
+    });
+}
+
+/// A TLS client that resumes sessions (rustls' ticket store), trusting `cert_pem`.
+fn resuming_client(cert_pem: &str) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes()) {
+        roots.add(c.expect("pem")).expect("root");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+}
+
+/// One request over a new TLS connection from `client`; which kind of handshake it took.
+async fn tls_request(
+    client: &tokio_rustls::TlsConnector,
+    addr: SocketAddr,
+) -> rustls::HandshakeKind {
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("a.test").expect("name");
+    let mut tls = client.connect(name, tcp).await.expect("handshake");
+    tls.write_all(&get("a.test", "/x")).await.expect("write");
+    // Reading to the end also takes in the session tickets sent after the handshake.
+    let mut answer = Vec::new();
+    tls.read_to_end(&mut answer).await.expect("read");
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
+    tls.get_ref().1.handshake_kind().expect("handshake done")
+}
+
+#[test]
+fn a_tls_session_resumes_after_many_other_clients() {
+    common::in_netns(|| async {
+        let r = start().await;
+        let returning = resuming_client(&r.cert_pem);
+        assert_eq!(
+            tls_request(&returning, r.https).await,
+            rustls::HandshakeKind::Full
+        );
+        // More clients than rustls' default session cache holds (256) handshake in
+        // between, each taking its own tickets.
+        for _ in 0..300 {
+            let other = resuming_client(&r.cert_pem);
+            tls_request(&other, r.https).await;
+        }
+        assert_eq!(
+            tls_request(&returning, r.https).await,
+            rustls::HandshakeKind::Resumed,
+            "the returning client's ticket still resumes its session"
+        );
         let _ = r.stop.send(true);
     });
 }

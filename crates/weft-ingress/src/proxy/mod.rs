@@ -27,7 +27,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
@@ -405,10 +405,23 @@ async fn native_conn<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    if let h1::End::Http2(seen) = h1::serve(&pools.h1, &mut io, conn, &mut stop, open).await {
-        let io = h1::Rewind::new(seen, io);
-        // Boxed: hyper's connection state would otherwise make every connection's future
-        // (moved into its task at spawn) several times larger.
-        Box::pin(hyper_conn(io, conn, pools, watcher)).await;
+    match h1::serve(&pools.h1, &mut io, conn, &mut stop, open).await {
+        h1::End::Http2(seen) => {
+            let io = h1::Rewind::new(seen, io);
+            // Boxed: hyper's connection state would otherwise make every connection's
+            // future (moved into its task at spawn) several times larger.
+            Box::pin(hyper_conn(io, conn, pools, watcher)).await;
+        }
+        // A TLS client is told the connection ends (close_notify) before the FIN, as
+        // RFC 8446 6.1 asks: without it a client cannot tell the end from a truncation,
+        // and rustls clients report an error. A plain connection's FIN says it all.
+        h1::End::Closed if conn.scheme == "https" => {
+            let _ = tokio::time::timeout(CLOSE_NOTIFY_WAIT, io.shutdown()).await;
+        }
+        h1::End::Closed => {}
     }
 }
+
+/// How long a closing TLS connection may wait to send its close_notify (a client that
+/// reads nothing can leave no room for it).
+const CLOSE_NOTIFY_WAIT: Duration = Duration::from_secs(1);
