@@ -9,8 +9,16 @@
 //! The client is ours and the same for both proxies: a thread of the driver (already in
 //! the namespace and pinned to the client CPUs, as wrk is) running a current-thread tokio
 //! runtime, `conns` connections in a closed loop as wrk's, each request a fresh TCP
-//! connection (and a full TLS 1.3 handshake with rustls, no resumption, no ALPN, as wrk
-//! offers none), `Connection: close`, the response read to the end.
+//! connection (over TLS a TLS 1.3 handshake with rustls, no ALPN, as wrk offers none),
+//! `Connection: close`, the response read to the end.
+//!
+//! Over TLS it runs twice (`Kind`). `Resumed` is what wrk does: wrk keeps each
+//! connection's `SSL` object and only `SSL_clear`s it on reconnecting (src/ssl.c), which
+//! keeps the session, so every handshake after a connection's first resumes with the
+//! ticket the last one got (a PSK with a fresh X25519 exchange; seen on the wire against
+//! both proxies). Each of our connections therefore keeps its own session store. `Full`
+//! takes no ticket: a new visitor's handshake, with the proxy's signature and the
+//! client's verification.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -65,7 +73,35 @@ impl ServerCertVerifier for SelfSigned {
     }
 }
 
-fn connector() -> tokio_rustls::TlsConnector {
+/// Which client a run is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Plain,
+    /// TLS, each connection resuming its previous connection's session, as wrk.
+    Resumed,
+    /// TLS, a full handshake every time.
+    Full,
+}
+
+impl Kind {
+    /// The runs a mode gets: plain, or both kinds of TLS handshake.
+    pub fn for_tls(tls: bool) -> &'static [Kind] {
+        if tls {
+            &[Kind::Resumed, Kind::Full]
+        } else {
+            &[Kind::Plain]
+        }
+    }
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::Plain => "",
+            Kind::Resumed => ", session resumed (as wrk)",
+            Kind::Full => ", full handshake (no resumption)",
+        }
+    }
+}
+
+fn connector(resume: bool) -> tokio_rustls::TlsConnector {
     let provider = Arc::new(ring::default_provider());
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -73,8 +109,12 @@ fn connector() -> tokio_rustls::TlsConnector {
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(SelfSigned(provider)))
         .with_no_client_auth();
-    // A full handshake every time, as wrk's.
-    cfg.resumption = rustls::client::Resumption::disabled();
+    cfg.resumption = if resume {
+        // One connection's own store: it holds the tickets its last handshake got.
+        rustls::client::Resumption::in_memory_sessions(4)
+    } else {
+        rustls::client::Resumption::disabled()
+    };
     tokio_rustls::TlsConnector::from(Arc::new(cfg))
 }
 
@@ -144,7 +184,7 @@ fn pct(v: &[u64], q: f64) -> f64 {
 /// `conns` connections in a closed loop for `secs` against `port` (TLS or not), measuring
 /// `proxy`'s CPU time over it. The result in wrk's terms: requests/s, p50/p99 of the full
 /// cost, errors, the proxy's cores.
-pub fn run(port: u16, tls: bool, conns: usize, secs: u64, proxy: &[u32]) -> WrkOut {
+pub fn run(port: u16, kind: Kind, conns: usize, secs: u64, proxy: &[u32]) -> WrkOut {
     let t0 = cpu_ticks(proxy);
     let start = Instant::now();
     // A thread of its own: it inherits this thread's namespace and CPUs.
@@ -154,11 +194,15 @@ pub fn run(port: u16, tls: bool, conns: usize, secs: u64, proxy: &[u32]) -> WrkO
             .build()
             .expect("client runtime");
         rt.block_on(async move {
-            let conn = tls.then(connector);
+            let shared = (kind == Kind::Full).then(|| connector(false));
             let until = tokio::time::Instant::now() + Duration::from_secs(secs);
             let mut tasks = Vec::with_capacity(conns);
             for _ in 0..conns {
-                let conn = conn.clone();
+                let conn = match kind {
+                    Kind::Plain => None,
+                    Kind::Resumed => Some(connector(true)),
+                    Kind::Full => shared.clone(),
+                };
                 tasks.push(tokio::spawn(async move {
                     let (mut lat, mut errors) = (Vec::new(), 0u64);
                     while tokio::time::Instant::now() < until {

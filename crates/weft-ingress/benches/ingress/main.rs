@@ -20,9 +20,12 @@
 //! (5), _ACCESS_LOG (1: weft logs at info as the agent does, nginx writes its access log),
 //! _NGINX_LOG_BUFFER (1: nginx's access log with `buffer=64k flush=100ms`, as weft buffers
 //! its own; 0: a write per request),
-//! _MODES (http-ka,http-close,https-ka,https-close), _KEEP=1 keeps the work directory,
-//! _FULL (1: in the new-connection modes, after each wrk run, the same proxy loaded by our
-//! own client timing connect + handshake + request + response, `fullcost`; 0: wrk only),
+//! _MODES (http-ka,http-close,https-ka,https-close,https-close-paced; the last is
+//! https-close with a think time per connection, _THINK_MS (25), so both proxies get the
+//! same offered load and wrk's core is not the limit), _KEEP=1 keeps the work directory,
+//! _FULL (1: in the new-connection modes at full load, after each wrk run, the same proxy
+//! loaded by our own client timing connect + handshake + request + response, `fullcost`,
+//! over TLS once resuming sessions as wrk does and once with full handshakes; 0: wrk only),
 //! _HTTP1 (native: weft's own HTTP/1.1 path, the default; hyper: hyper's server and client,
 //! to compare the two), _FLAVOUR=multi serves weft as the agent did before its workers: `Proxy::serve` on one
 //! multi-thread runtime with _THREADS worker threads.

@@ -8,7 +8,7 @@ use std::process::Command;
 
 use crate::reconfig::{Reconfig, Trial};
 use crate::settings::Cfg;
-use crate::throughput::Throughput;
+use crate::throughput::{FullRuns, Throughput};
 use crate::wrk::WrkOut;
 
 /// What the report says of the machine, taken at the start of the run.
@@ -218,7 +218,7 @@ fn throughput(r: &mut String, cfg: &Cfg, results: &[[Vec<WrkOut>; 2]]) {
         );
     }
     let _ = writeln!(r);
-    let _ = writeln!(r, "(latencies in ms, from wrk --latency at full load; medians over the rounds; errors summed over the rounds)");
+    let _ = writeln!(r, "(latencies in ms, from wrk --latency, at full load except in the paced mode; medians over the rounds; errors summed over the rounds)");
     let _ = writeln!(r);
     let _ = writeln!(r, "Per round:");
     r.push_str(&per_run);
@@ -227,8 +227,8 @@ fn throughput(r: &mut String, cfg: &Cfg, results: &[[Vec<WrkOut>; 2]]) {
 
 /// The new-connection modes timed by our own client: connect + handshake + request +
 /// response, what a user of a new connection waits for (`fullcost`).
-fn full_cost(r: &mut String, cfg: &Cfg, full: &[[Vec<WrkOut>; 2]]) {
-    if full.iter().all(|f| f[0].is_empty()) {
+fn full_cost(r: &mut String, cfg: &Cfg, full: &[FullRuns]) {
+    if full.is_empty() {
         return;
     }
     let _ = writeln!(r, "Full cost of a request on a new connection (our client: connect + TLS handshake + request + response, closed loop, {} connections; medians over the rounds):", cfg.conns);
@@ -239,12 +239,10 @@ fn full_cost(r: &mut String, cfg: &Cfg, full: &[[Vec<WrkOut>; 2]]) {
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
     let mut per_run = String::new();
-    for (mi, &mode) in cfg.modes.iter().enumerate() {
-        if full[mi][0].is_empty() {
-            continue;
-        }
-        let col = |side: usize, f: fn(&WrkOut) -> f64| -> Vec<f64> {
-            full[mi][side].iter().map(f).collect()
+    for f in full {
+        let label = format!("{}{}", f.mode.label(), f.kind.label());
+        let col = |side: usize, g: fn(&WrkOut) -> f64| -> Vec<f64> {
+            f.runs[side].iter().map(g).collect()
         };
         let rps = [col(0, |w| w.rps), col(1, |w| w.rps)];
         let p50 = [col(0, |w| w.p50_ms), col(1, |w| w.p50_ms)];
@@ -254,7 +252,7 @@ fn full_cost(r: &mut String, cfg: &Cfg, full: &[[Vec<WrkOut>; 2]]) {
         let _ = writeln!(
             r,
             "| {} | {:.0} | {:.0} | **{:.2}** | {:.2} | {:.2} | {:.2} | {:.2} | **{:.2}** | {:.0} | {:.0} | {:.0} / {:.0} |",
-            mode.label(),
+            label,
             median(&rps[0]),
             median(&rps[1]),
             median(&rps[0]) / median(&rps[1]),
@@ -271,7 +269,7 @@ fn full_cost(r: &mut String, cfg: &Cfg, full: &[[Vec<WrkOut>; 2]]) {
         let _ = writeln!(
             per_run,
             "- {} (full cost): req/s weft {} | nginx {}; p50 ms weft {} | nginx {}; p99 ms weft {} | nginx {}; weft cores {} | nginx cores {}",
-            mode.label(),
+            label,
             list(&rps[0], 0),
             list(&rps[1], 0),
             list(&p50[0], 2),

@@ -21,6 +21,8 @@ pub struct Cfg {
     /// Beside wrk in the new-connection modes, our own client's full cost per request
     /// (`fullcost`): `FULL` 1 (the default) or 0.
     pub full: bool,
+    /// The paced mode's think time per connection between requests, in ms (`THINK_MS`).
+    pub think_ms: u64,
 }
 
 pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -32,7 +34,10 @@ pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 
 impl Cfg {
     pub fn from_env() -> Cfg {
-        let modes: String = env_or("MODES", "http-ka,http-close,https-ka,https-close".into());
+        let modes: String = env_or(
+            "MODES",
+            "http-ka,http-close,https-ka,https-close,https-close-paced".into(),
+        );
         Cfg {
             rounds: env_or("ROUNDS", 5),
             secs: env_or("SECONDS", 10),
@@ -52,6 +57,7 @@ impl Cfg {
                 .collect(),
             keep: env_or("KEEP", 0u8) == 1,
             full: env_or("FULL", 1u8) == 1,
+            think_ms: env_or("THINK_MS", 25),
         }
     }
 }
@@ -62,6 +68,9 @@ pub enum Mode {
     HttpClose,
     HttpsKa,
     HttpsClose,
+    /// `HttpsClose` with a think time per connection: the same offered load for both
+    /// proxies, below what wrk's core can drive, so latency is compared at equal load.
+    HttpsClosePaced,
 }
 
 impl Mode {
@@ -71,6 +80,7 @@ impl Mode {
             "http-close" => Mode::HttpClose,
             "https-ka" => Mode::HttpsKa,
             "https-close" => Mode::HttpsClose,
+            "https-close-paced" => Mode::HttpsClosePaced,
             _ => return None,
         })
     }
@@ -79,7 +89,10 @@ impl Mode {
             Mode::HttpKa => "HTTP, keep-alive",
             Mode::HttpClose => "HTTP, new connection per request",
             Mode::HttpsKa => "HTTPS, keep-alive",
-            Mode::HttpsClose => "HTTPS, new connection (full TLS handshake) per request",
+            Mode::HttpsClose => "HTTPS, new connection (TLS handshake) per request",
+            Mode::HttpsClosePaced => {
+                "HTTPS, new connection (TLS handshake) per request, paced (think time per connection)"
+            }
         }
     }
     pub fn short(self) -> &'static str {
@@ -88,12 +101,22 @@ impl Mode {
             Mode::HttpClose => "http new connection",
             Mode::HttpsKa => "https keep-alive",
             Mode::HttpsClose => "https new connection",
+            Mode::HttpsClosePaced => "https new conn, paced",
         }
     }
     pub fn tls(self) -> bool {
-        matches!(self, Mode::HttpsKa | Mode::HttpsClose)
+        matches!(
+            self,
+            Mode::HttpsKa | Mode::HttpsClose | Mode::HttpsClosePaced
+        )
     }
     pub fn close(self) -> bool {
-        matches!(self, Mode::HttpClose | Mode::HttpsClose)
+        matches!(
+            self,
+            Mode::HttpClose | Mode::HttpsClose | Mode::HttpsClosePaced
+        )
+    }
+    pub fn paced(self) -> bool {
+        self == Mode::HttpsClosePaced
     }
 }

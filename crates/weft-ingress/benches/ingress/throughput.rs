@@ -16,14 +16,22 @@ use crate::weft_child::Weft;
 use crate::wrk::{run_wrk, WrkOut};
 use crate::{alternate, NGINX_HTTP, NGINX_HTTPS, PROXY_IP, TARGET_PATH, WEFT_HTTP, WEFT_HTTPS};
 
+/// One mode's runs by our own client, of one kind: `runs[0 = weft, 1 = nginx]`, one per
+/// round.
+pub struct FullRuns {
+    pub mode: Mode,
+    pub kind: fullcost::Kind,
+    pub runs: [Vec<WrkOut>; 2],
+}
+
 /// What the throughput runs measured.
 pub struct Throughput {
     /// `results[mode][0 = weft, 1 = nginx]`, one per round.
     pub results: Vec<[Vec<WrkOut>; 2]>,
-    /// Beside wrk, for the new-connection modes: the full cost of a request (connect,
-    /// handshake, request, response) by our own client (`fullcost`), as `results`; empty
-    /// for the kept-alive modes and with `FULL=0`.
-    pub full: Vec<[Vec<WrkOut>; 2]>,
+    /// Beside wrk, for the new-connection modes at full load: the full cost of a request
+    /// (connect, handshake, request, response) by our own client (`fullcost`); none for
+    /// the other modes and with `FULL=0`.
+    pub full: Vec<FullRuns>,
     /// The proxies' memory after the runs.
     pub weft_mem: Mem,
     pub nginx_mem: Mem,
@@ -89,8 +97,9 @@ pub fn run(ctx: &Ctx, backend_pids: &[u32]) -> Throughput {
     }
     // The protocol, suite and key exchange each negotiates with an OpenSSL client (wrk's
     // library, its default order). Both send two TLS 1.3 session tickets after a full
-    // handshake (rustls' `send_tls13_tickets` and OpenSSL's `num_tickets` default), which
-    // neither wrk nor the full-cost client uses: every handshake is a full one.
+    // handshake (rustls' `send_tls13_tickets` and OpenSSL's `num_tickets` default); wrk
+    // resumes with them (`fullcost` says how), and so does the full-cost client's
+    // `Resumed` run.
     let suite = |port: u16| {
         let out = Command::new("ip")
             .args(["netns", "exec", &ctx.ns, "sh", "-c"])
@@ -136,6 +145,7 @@ pub fn run(ctx: &Ctx, backend_pids: &[u32]) -> Throughput {
                 ctx,
                 &url(mode, is_weft),
                 mode.close(),
+                mode.paced().then_some(cfg.think_ms),
                 2,
                 &pids(is_weft),
                 backend_pids,
@@ -151,7 +161,7 @@ pub fn run(ctx: &Ctx, backend_pids: &[u32]) -> Throughput {
     );
     // results[mode][0 = weft, 1 = nginx]
     let mut results: Vec<[Vec<WrkOut>; 2]> = cfg.modes.iter().map(|_| [vec![], vec![]]).collect();
-    let mut full = results.clone();
+    let mut full: Vec<FullRuns> = Vec::new();
     for round in 1..=cfg.rounds {
         for (mi, &mode) in cfg.modes.iter().enumerate() {
             for is_weft in alternate(round) {
@@ -160,6 +170,7 @@ pub fn run(ctx: &Ctx, backend_pids: &[u32]) -> Throughput {
                     ctx,
                     &url(mode, is_weft),
                     mode.close(),
+                    mode.paced().then_some(cfg.think_ms),
                     cfg.secs,
                     &pids(is_weft),
                     backend_pids,
@@ -183,21 +194,36 @@ pub fn run(ctx: &Ctx, backend_pids: &[u32]) -> Throughput {
                 results[mi][usize::from(!is_weft)].push(w);
                 truncate("weft-small.log");
                 truncate("nginx-small-access.log");
-                if cfg.full && mode.close() {
+                if !(cfg.full && mode.close() && !mode.paced()) {
+                    continue;
+                }
+                for &kind in fullcost::Kind::for_tls(mode.tls()) {
                     let port = url_port(mode, is_weft);
                     let tcp0 = tcp_events();
-                    let f = fullcost::run(port, mode.tls(), cfg.conns, cfg.secs, &pids(is_weft));
+                    let f = fullcost::run(port, kind, cfg.conns, cfg.secs, &pids(is_weft));
                     println!(
-                        "   round {round} {:<22} {name:<5} {:>9.0} req/s  full cost p50 {:>7.3} ms  p99 {:>7.3} ms  errors {:>5}  proxy cores {:.2}  ({})",
+                        "   round {round} {:<22} {name:<5} {:>9.0} req/s  full cost{} p50 {:>7.3} ms  p99 {:>7.3} ms  errors {:>5}  proxy cores {:.2}  ({})",
                         mode.short(),
                         f.rps,
+                        kind.label(),
                         f.p50_ms,
                         f.p99_ms,
                         f.errors,
                         f.cores,
                         tcp_events_since(tcp0)
                     );
-                    full[mi][usize::from(!is_weft)].push(f);
+                    let slot = match full.iter().position(|r| r.mode == mode && r.kind == kind) {
+                        Some(i) => i,
+                        None => {
+                            full.push(FullRuns {
+                                mode,
+                                kind,
+                                runs: [vec![], vec![]],
+                            });
+                            full.len() - 1
+                        }
+                    };
+                    full[slot].runs[usize::from(!is_weft)].push(f);
                     truncate("weft-small.log");
                     truncate("nginx-small-access.log");
                 }

@@ -108,10 +108,14 @@ fn parse_wrk(out: &str) -> WrkOut {
 
 /// One wrk run (-t1, the configured connections, `secs` seconds) on the client CPUs,
 /// measuring `proxy`'s and `backends`' CPU time over it; returns it parsed, and its output.
+/// With `think_ms`, each connection waits that long before each request (wrk's `delay`
+/// hook; over TLS after its handshake), so the offered load is set by the bench rather
+/// than by how fast wrk's one core can spin.
 pub fn run_wrk(
     ctx: &Ctx,
     url: &str,
     close: bool,
+    think_ms: Option<u64>,
     secs: u64,
     proxy: &[u32],
     backends: &[u32],
@@ -127,6 +131,11 @@ pub fn run_wrk(
     ]);
     if close {
         c.args(["-H", "Connection: close"]);
+    }
+    if let Some(ms) = think_ms {
+        let script = ctx.dir.join(format!("think-{ms}ms.lua"));
+        fs::write(&script, format!("function delay() return {ms} end\n")).expect("wrk script");
+        c.arg("-s").arg(&script);
     }
     c.arg(url).stdin(Stdio::null()).stderr(Stdio::piped());
     let (t0, b0, c0) = (cpu_ticks(proxy), cpu_ticks(backends), cpu_times());
