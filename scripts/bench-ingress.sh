@@ -18,7 +18,8 @@
 # WEFT_INGRESS_BENCH_FULL=0 (skip the bench's own client, which by default times each
 # new-connection mode's connect + TLS handshake + request + response beside wrk, whose clock
 # starts only after the handshake), WEFT_INGRESS_BENCH_THINK_MS (25: the paced TLS mode's
-# think time per connection), WEFT_INGRESS_BENCH_KEEP=1 keeps the work directory; the full list is in
+# think time per connection), WEFT_INGRESS_BENCH_NO_HALT=0 (let idle CPUs halt: by default a
+# SCHED_IDLE spinner per CPU keeps them from it, for both proxies), WEFT_INGRESS_BENCH_KEEP=1 keeps the work directory; the full list is in
 # crates/weft-ingress/benches/ingress/main.rs.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive

@@ -9,7 +9,7 @@ use crate::cleanup::{self, Cleanup};
 use crate::netns::{self, Ctx};
 use crate::report::{self, Machine};
 use crate::settings::Cfg;
-use crate::{backend, reconfig, throughput};
+use crate::{backend, nohalt, reconfig, throughput};
 
 pub fn run() {
     let cfg = Cfg::from_env();
@@ -17,7 +17,7 @@ pub fn run() {
         nix::unistd::geteuid().is_root(),
         "run as root (network namespaces): sudo scripts/bench-ingress.sh"
     );
-    for tool in ["nginx", "wrk", "ip", "taskset"] {
+    for tool in ["nginx", "wrk", "ip", "taskset", "chrt"] {
         let found = Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
             .stdout(Stdio::null())
@@ -55,11 +55,22 @@ pub fn run() {
     fs::write(dir.join("tls.crt"), ck.cert.pem()).expect("crt");
     fs::write(dir.join("tls.key"), ck.signing_key.serialize_pem()).expect("key");
 
+    // Every CPU the bench uses, kept from halting for the whole run (`nohalt`).
+    let cpus = nohalt::cpu_list(&format!("{},{}", cfg.proxy_cpus, cfg.client_cpus));
+    let spinners = cfg.no_halt.then(|| nohalt::Spinners::start(&cpus));
     let ctx = Ctx {
         cfg: cfg.clone(),
         ns: ns.clone(),
         dir: dir.clone(),
         exe: std::env::current_exe().expect("exe"),
+        spinners: spinners
+            .as_ref()
+            .map(|s| {
+                cpus.iter()
+                    .filter_map(|&c| s.pid_on(c).map(|p| (c, p)))
+                    .collect()
+            })
+            .unwrap_or_default(),
     };
     let load_start = fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let nginx_version = Command::new("nginx")

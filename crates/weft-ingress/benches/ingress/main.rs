@@ -26,6 +26,8 @@
 //! _FULL (1: in the new-connection modes at full load, after each wrk run, the same proxy
 //! loaded by our own client timing connect + handshake + request + response, `fullcost`,
 //! over TLS once resuming sessions as wrk does and once with full handshakes; 0: wrk only),
+//! _NO_HALT (1: a SCHED_IDLE spinner on each CPU the bench uses, so no CPU halts and waits
+//! for the hypervisor to wake it, the same for both proxies, `nohalt`; 0: none),
 //! _HTTP1 (native: weft's own HTTP/1.1 path, the default; hyper: hyper's server and client,
 //! to compare the two), _FLAVOUR=multi serves weft as the agent did before its workers: `Proxy::serve` on one
 //! multi-thread runtime with _THREADS worker threads.
@@ -48,6 +50,7 @@ mod fullcost;
 mod http_client;
 mod netns;
 mod nginx;
+mod nohalt;
 mod procs;
 mod reconfig;
 mod report;

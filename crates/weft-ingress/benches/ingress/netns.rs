@@ -53,6 +53,8 @@ pub struct Ctx {
     pub ns: String,
     pub dir: PathBuf,
     pub exe: PathBuf,
+    /// The spinners keeping the CPUs from halting (`nohalt`): (CPU, pid).
+    pub spinners: Vec<(usize, u32)>,
 }
 
 impl Ctx {

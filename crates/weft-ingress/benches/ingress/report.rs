@@ -117,7 +117,7 @@ fn header(r: &mut String, cfg: &Cfg, m: &Machine, tp: &Throughput, load_end: &st
         r,
         "Settings: {} rounds x {} s per proxy and mode (alternating which goes first), wrk -t1 -c{} --latency on CPU {}; \
          proxies on CPU {} (weft: HTTP/1.1 path {}, {} {}, {} threads in all; nginx: worker_processes {}, {} processes); \
-         backends (2 processes) and the bench driver on CPU {}; access log {}",
+         backends (2 processes) and the bench driver on CPU {}; access log {}; CPUs kept from halting: {}",
         cfg.rounds,
         cfg.secs,
         cfg.conns,
@@ -138,6 +138,11 @@ fn header(r: &mut String, cfg: &Cfg, m: &Machine, tp: &Throughput, load_end: &st
             (false, _) => "off for both",
             (true, true) => "on for both, to a file, buffered (weft: its access-log thread writes every 100 ms or at 64 KiB; nginx: access_log buffer=64k flush=100ms)",
             (true, false) => "on for both, to a file (weft: buffered, every 100 ms or at 64 KiB; nginx: one write per request)",
+        },
+        if cfg.no_halt {
+            "yes, a SCHED_IDLE spinner on each CPU used (its time not counted as busy)"
+        } else {
+            "no"
         }
     );
 }

@@ -23,6 +23,8 @@ pub struct Cfg {
     pub full: bool,
     /// The paced mode's think time per connection between requests, in ms (`THINK_MS`).
     pub think_ms: u64,
+    /// Keep the CPUs from halting during the run (`nohalt`): `NO_HALT` 1 (the default) or 0.
+    pub no_halt: bool,
 }
 
 pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -58,6 +60,7 @@ impl Cfg {
             keep: env_or("KEEP", 0u8) == 1,
             full: env_or("FULL", 1u8) == 1,
             think_ms: env_or("THINK_MS", 25),
+            no_halt: env_or("NO_HALT", 1u8) == 1,
         }
     }
 }

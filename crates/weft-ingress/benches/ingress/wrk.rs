@@ -138,7 +138,18 @@ pub fn run_wrk(
         c.arg("-s").arg(&script);
     }
     c.arg(url).stdin(Stdio::null()).stderr(Stdio::piped());
-    let (t0, b0, c0) = (cpu_ticks(proxy), cpu_ticks(backends), cpu_times());
+    let spin = |ctx: &Ctx| -> Vec<(usize, u64)> {
+        ctx.spinners
+            .iter()
+            .map(|&(cpu, pid)| (cpu, cpu_ticks(&[pid])))
+            .collect()
+    };
+    let (t0, b0, c0, s0) = (
+        cpu_ticks(proxy),
+        cpu_ticks(backends),
+        cpu_times(),
+        spin(ctx),
+    );
     let start = Instant::now();
     c.stdout(Stdio::piped());
     let child = ctx.spawn(c, "wrk");
@@ -148,7 +159,12 @@ pub fn run_wrk(
     let out = child.wait_with_output().expect("wrk");
     unregister_pid(pid);
     let wall = start.elapsed().as_secs_f64();
-    let (t1, b1, c1) = (cpu_ticks(proxy), cpu_ticks(backends), cpu_times());
+    let (t1, b1, c1, s1) = (
+        cpu_ticks(proxy),
+        cpu_ticks(backends),
+        cpu_times(),
+        spin(ctx),
+    );
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -159,10 +175,18 @@ pub fn run_wrk(
     w.cores = (t1.saturating_sub(t0)) as f64 / clk_tck() / wall;
     w.backend_cores = (b1.saturating_sub(b0)) as f64 / clk_tck() / wall;
     w.client_cores = client_cores;
+    // Without the spinners' time: what the CPU did for anyone else.
+    let spun = |cpu: usize| -> u64 {
+        let at = |v: &[(usize, u64)]| v.iter().find(|(c, _)| *c == cpu).map_or(0, |x| x.1);
+        at(&s1).saturating_sub(at(&s0))
+    };
     w.busy = c0
         .iter()
         .zip(&c1)
-        .map(|(a, b)| (b.0 - a.0) as f64 / ((b.1 - a.1).max(1)) as f64)
+        .enumerate()
+        .map(|(cpu, (a, b))| {
+            (b.0 - a.0).saturating_sub(spun(cpu)) as f64 / ((b.1 - a.1).max(1)) as f64
+        })
         .collect();
     (w, text)
 }
