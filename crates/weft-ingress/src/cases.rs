@@ -16,12 +16,18 @@ pub struct Case {
     pub name: String,
     #[serde(default)]
     pub description: String,
-    /// Echo Services, `name` or `namespace/name`: each serves ports `http` (80) and `alt`
-    /// (8081), both to container port 8080 named `web`.
+    /// Echo Services, `name` or `namespace/name`: each serves port `http` (80) from
+    /// container port 8080 (`web`) and port `alt` (8081) from container port 9090
+    /// (`web2`), so a request that reaches the wrong one shows in its endpoint's port.
     pub services: Vec<String>,
-    /// Replicas per echo Service in the lab (1 unless the case says).
+    /// Replicas per echo Service in the lab (1 unless the case says); pod `NAME-i` is
+    /// replica i, from 1.
     #[serde(default)]
     pub replicas: Option<u32>,
+    /// A replica whose process is killed outright while the first request is sent
+    /// without pause: no request may fail, and the replica is not chosen afterwards.
+    #[serde(default)]
+    pub kill: Option<Kill>,
     /// Kubernetes objects, a YAML stream.
     pub objects: String,
     /// Secrets of type `kubernetes.io/tls`, self-signed for their hosts, made by the
@@ -53,6 +59,22 @@ pub struct Request {
     /// `default` for weft's own.
     #[serde(default)]
     pub certificate: Option<String>,
+    /// Repeat the request until every replica of the expected Service has answered it.
+    #[serde(default)]
+    pub every_replica: bool,
+    /// The container port of the endpoint the request must reach (a Service port's
+    /// `targetPort`, which the answer alone does not show).
+    #[serde(default)]
+    pub endpoint_port: Option<u16>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Kill {
+    /// The replica, `NAME-i` or `namespace/NAME-i`, of a Service of the case.
+    pub pod: String,
+    /// At least this many requests are sent after the kill.
+    pub during: u32,
 }
 
 fn get() -> String {
@@ -104,17 +126,99 @@ impl Case {
             path: path.display().to_string(),
             source: e,
         })?;
-        let case: Case = serde_yaml::from_str(&text).map_err(|e| Error::Case {
+        Case::parse(&text).map_err(|problem| Error::Case {
             path: path.display().to_string(),
-            problem: e.to_string(),
-        })?;
-        for r in &case.requests {
-            r.parts().map_err(|e| Error::Case {
-                path: path.display().to_string(),
-                problem: e.to_string(),
-            })?;
-        }
+            problem,
+        })
+    }
+
+    /// A case from its YAML, checked; the error says what is wrong.
+    pub fn parse(text: &str) -> std::result::Result<Case, String> {
+        let case: Case = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+        case.validate()?;
         Ok(case)
+    }
+
+    /// Replicas per Service.
+    pub fn replica_count(&self) -> u32 {
+        self.replicas.unwrap_or(1)
+    }
+
+    /// The killed replica as (namespace, Service, pod name).
+    pub fn kill_target(&self) -> Option<(String, String, String)> {
+        let k = self.kill.as_ref()?;
+        let (ns, pod) = qualified(&k.pod);
+        let svc = pod.rsplit_once('-')?.0.to_string();
+        Some((ns, svc, pod))
+    }
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        if self.replicas == Some(0) {
+            return Err("replicas: must be at least 1".into());
+        }
+        for (i, r) in self.requests.iter().enumerate() {
+            r.parts().map_err(|e| format!("requests[{i}]: {e}"))?;
+            let to_service = matches!(r.expect, Expect::Service(_));
+            if (r.every_replica || r.endpoint_port.is_some()) && !to_service {
+                return Err(format!(
+                    "requests[{i}]: everyReplica and endpointPort need `expect` to be a Service"
+                ));
+            }
+            if r.every_replica && !r.url.starts_with("http://") {
+                return Err(format!("requests[{i}]: everyReplica is for http:// URLs"));
+            }
+        }
+        if self.kill.is_some() {
+            self.validate_kill()?;
+        }
+        Ok(())
+    }
+
+    fn validate_kill(&self) -> std::result::Result<(), String> {
+        let Some(k) = &self.kill else {
+            return Ok(());
+        };
+        let bad = |why: String| format!("kill: pod {:?}: {why}", k.pod);
+        let (ns, pod) = qualified(&k.pod);
+        let (svc, index) = pod
+            .rsplit_once('-')
+            .ok_or_else(|| bad("want NAME-i, a replica of a Service of the case".into()))?;
+        let known = self
+            .services
+            .iter()
+            .any(|s| qualified(s) == (ns.clone(), svc.into()));
+        if !known {
+            return Err(bad(format!("{ns}/{svc} is not in `services`")));
+        }
+        let replicas = self.replica_count();
+        match index.parse::<u32>() {
+            Ok(i) if (1..=replicas).contains(&i) => {}
+            _ => return Err(bad(format!("replicas are {svc}-1 to {svc}-{replicas}"))),
+        }
+        if replicas < 2 {
+            return Err(bad("the Service needs another replica to take over".into()));
+        }
+        if k.during == 0 {
+            return Err("kill: during must be at least 1".into());
+        }
+        let first = self
+            .requests
+            .first()
+            .ok_or_else(|| bad("the first request carries the load; there is none".into()))?;
+        let want = if ns == "default" {
+            svc.to_string()
+        } else {
+            format!("{ns}/{svc}")
+        };
+        if first.expect != Expect::Service(want.clone()) {
+            return Err(bad(format!("the first request must expect {want}")));
+        }
+        if !first.url.starts_with("http://") || !matches!(first.method.as_str(), "GET" | "HEAD") {
+            return Err(bad(
+                "the first request must be an http:// GET or HEAD".into()
+            ));
+        }
+        Ok(())
     }
 
     /// Every case in a directory, by file name.
@@ -215,4 +319,59 @@ pub fn default_class() -> serde_json::Value {
         },
         "spec": {"controller": crate::class::CONTROLLER},
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problem(yaml: &str) -> String {
+        Case::parse(yaml).err().unwrap_or_default()
+    }
+
+    const HEAD: &str = "name: k\nservices: [ten]\nreplicas: 3\nobjects: \"\"\n";
+
+    #[test]
+    fn a_kill_names_a_replica_the_first_request_reaches() {
+        let req = "requests: [{url: \"http://a.example/\", expect: ten}]\n";
+        let ok = format!("{HEAD}kill: {{pod: ten-3, during: 10}}\n{req}");
+        assert_eq!(problem(&ok), "");
+        for (kill, want) in [
+            ("{pod: ten-4, during: 10}", "replicas are ten-1 to ten-3"),
+            (
+                "{pod: other-1, during: 10}",
+                "default/other is not in `services`",
+            ),
+            ("{pod: ten-1, during: 0}", "during must be at least 1"),
+            ("{pod: ten-1, during: 1, after: 2}", "unknown field `after`"),
+        ] {
+            let got = problem(&format!("{HEAD}kill: {kill}\n{req}"));
+            assert!(got.contains(want), "{kill}: {got}");
+        }
+        let other = format!(
+            "{HEAD}kill: {{pod: ten-1, during: 5}}\nrequests: [{{url: \"http://a.example/\", expect: 404}}]\n"
+        );
+        assert!(
+            problem(&other).contains("must expect ten"),
+            "{}",
+            problem(&other)
+        );
+    }
+
+    #[test]
+    fn every_replica_and_endpoint_port_need_a_service() {
+        let got = problem(&format!(
+            "{HEAD}requests: [{{url: \"http://a.example/\", expect: 404, everyReplica: true}}]\n"
+        ));
+        assert!(got.contains("need `expect` to be a Service"), "{got}");
+        let got = problem(&format!(
+            "{HEAD}requests: [{{url: \"https://a.example/\", expect: ten, everyReplica: true}}]\n"
+        ));
+        assert!(got.contains("everyReplica is for http://"), "{got}");
+        let got = problem(&format!("{HEAD}replicas: 0\nrequests: []\n"));
+        assert!(
+            !got.is_empty(),
+            "a repeated key or zero replicas must not load"
+        );
+    }
 }

@@ -1,7 +1,9 @@
 //! The routing cases against the compiled table, without a network: every request of
 //! every case in `tests/cases` must be routed to the Service (or answered with the status)
 //! the case says, and over https with the certificate it says. The lab test sends the
-//! same requests through a real proxy.
+//! same requests through a real proxy. What only a real proxy shows (every replica
+//! answering in turn, a killed replica's process) is checked here as far as a table
+//! can: every replica is among the route's endpoints, and the killed one is.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -17,21 +19,35 @@ fn service(ns: &str, name: &str) -> Service {
         "metadata": {"name": name, "namespace": ns},
         "spec": {"selector": {"app": name}, "ports": [
             {"name": "http", "port": 80, "targetPort": "web"},
-            {"name": "alt", "port": 8081, "targetPort": "web"},
+            {"name": "alt", "port": 8081, "targetPort": "web2"},
         ]}
     }))
     .expect("service")
 }
 
-fn slice(ns: &str, name: &str, i: usize) -> EndpointSlice {
+/// Service `i`'s replica `r` (from 1) has address 10.1.i.r.
+fn slice(ns: &str, name: &str, i: usize, replicas: u32) -> EndpointSlice {
+    let endpoints: Vec<Value> = (1..=replicas)
+        .map(|r| json!({"addresses": [format!("10.1.{i}.{r}")], "conditions": {"ready": true}}))
+        .collect();
     serde_json::from_value(json!({
         "metadata": {"name": format!("{name}-1"), "namespace": ns,
                      "labels": {"kubernetes.io/service-name": name}},
         "addressType": "IPv4",
-        "ports": [{"name": "http", "port": 8080}, {"name": "alt", "port": 8080}],
-        "endpoints": [{"addresses": [format!("10.1.{i}.1")], "conditions": {"ready": true}}],
+        "ports": [{"name": "http", "port": 8080}, {"name": "alt", "port": 9090}],
+        "endpoints": endpoints,
     }))
     .expect("slice")
+}
+
+/// The address `slice` gives a replica `NAME-r` of the case's Service `svc`.
+fn replica_address(case: &Case, ns: &str, svc: &str, pod: &str) -> Option<std::net::IpAddr> {
+    let i = case
+        .services
+        .iter()
+        .position(|s| qualified(s) == (ns.into(), svc.into()))?;
+    let r: u32 = pod.rsplit_once('-')?.1.parse().ok()?;
+    format!("10.1.{i}.{r}").parse().ok()
 }
 
 fn obj<T: serde::de::DeserializeOwned>(v: Value) -> Arc<T> {
@@ -45,7 +61,8 @@ fn cluster(case: &Case) -> Cluster {
     for (i, s) in case.services.iter().enumerate() {
         let (ns, name) = qualified(s);
         c.services.push(Arc::new(service(&ns, &name)));
-        c.slices.push(Arc::new(slice(&ns, &name, i)));
+        c.slices
+            .push(Arc::new(slice(&ns, &name, i, case.replica_count())));
     }
     c.classes.push(obj(default_class()));
     for t in &case.tls_secrets {
@@ -102,6 +119,28 @@ fn every_case_routes_as_written() {
                     r.method, r.url, r.expect
                 ));
             }
+            if let Decision::Route(route) = compiled.table.decide(host, path) {
+                let eps = &route.backend.endpoints;
+                if let Some(port) = r
+                    .endpoint_port
+                    .filter(|p| eps.iter().any(|e| e.port() != *p))
+                {
+                    failures.push(format!(
+                        "{file}: {}: endpoints {eps:?}, want port {port}",
+                        r.url
+                    ));
+                }
+                // The proxy's round robin is the lab's to show; here, that every replica
+                // is a candidate.
+                if r.every_replica && eps.len() != case.replica_count() as usize {
+                    failures.push(format!(
+                        "{file}: {}: {} endpoints for {} replicas",
+                        r.url,
+                        eps.len(),
+                        case.replica_count()
+                    ));
+                }
+            }
             if let (Some(want), "https") = (&r.certificate, scheme) {
                 let got = compiled
                     .certs
@@ -113,10 +152,32 @@ fn every_case_routes_as_written() {
             }
         }
     }
+    killed_replicas_are_candidates(&cases, &mut failures);
     assert!(
         failures.is_empty(),
         "{} of {checked} requests wrong:\n{}",
         failures.len(),
         failures.join("\n")
     );
+}
+
+/// A case's killed replica is among the endpoints its first request may go to; the kill
+/// itself needs a real pod and proxy, so only the lab test does it.
+fn killed_replicas_are_candidates(cases: &[(String, Case)], failures: &mut Vec<String>) {
+    for (file, case) in cases {
+        let (Some((ns, svc, pod)), Some(first)) = (case.kill_target(), case.requests.first())
+        else {
+            continue;
+        };
+        println!("{file}: killing {ns}/{pod} mid-run is for the lab test (lab_ingress)");
+        let (_, host, path) = first.parts().expect("url");
+        let want = replica_address(case, &ns, &svc, &pod).expect("replica address");
+        let compiled = compile(&cluster(case));
+        match compiled.table.decide(host, path) {
+            Decision::Route(r) if r.backend.endpoints.iter().any(|e| e.ip() == want) => {}
+            other => failures.push(format!(
+                "{file}: kill target {pod} ({want}) not routed: {other:?}"
+            )),
+        }
+    }
 }
