@@ -18,7 +18,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use weft_ingress::compile;
-use weft_ingress::proxy::{Http1, Limits, Proxy};
+use weft_ingress::proxy::{Http1, Limits, Proxy, EJECT_FOR, RESPONSE_FAILURES};
 
 /// A backend on 127.0.0.1 (its port returned) that counts the connections it accepts,
 /// answers `ok`, and answers an upgrade with 101 and then echoes what it reads.
@@ -97,23 +97,7 @@ async fn reused(engine: Http1) {
         // one backend connection. The first whose turn it is to try the refusing endpoint
         // first is retried on the other; that refusal ejects it, so the rest go straight
         // to the listening one.
-        let tcp = TcpStream::connect(at).await.expect("connect");
-        let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-            .await
-            .expect("handshake");
-        tokio::spawn(conn);
-        for i in 0..20 {
-            let req = Request::builder()
-                .uri(format!("/n/{i}"))
-                .header("host", "a.test")
-                .body(Full::new(Bytes::new()))
-                .expect("request");
-            tx.ready().await.expect("client connection");
-            let resp = tx.send_request(req).await.expect("response");
-            assert_eq!(resp.status(), StatusCode::OK, "request {i}");
-            let body = resp.into_body().collect().await.expect("body").to_bytes();
-            assert_eq!(&body[..], b"ok");
-        }
+        gets(at, 20, "reused").await;
         assert_eq!(accepted.load(Ordering::SeqCst), 1, "one pooled connection");
 
         // An upgrade: 101 through the proxy on the idle connection, then bytes both ways.
@@ -141,14 +125,7 @@ async fn reused(engine: Http1) {
         s.read_exact(&mut echo).await.expect("echo");
         assert_eq!(&echo, b"ping");
         assert_eq!(accepted.load(Ordering::SeqCst), 1, "the idle one was used");
-        let req = Request::builder()
-            .uri("/after")
-            .header("host", "a.test")
-            .body(Full::new(Bytes::new()))
-            .expect("request");
-        tx.ready().await.expect("client connection");
-        let resp = tx.send_request(req).await.expect("response");
-        assert_eq!(resp.status(), StatusCode::OK);
+        gets(at, 1, "after the upgrade").await;
         assert_eq!(
             accepted.load(Ordering::SeqCst),
             2,
@@ -157,10 +134,6 @@ async fn reused(engine: Http1) {
     }
 }
 
-/// `EJECT_FOR` in src/proxy/upstream.rs: how long an ejected endpoint sits out.
-const EJECT_FOR: Duration = Duration::from_secs(5);
-/// `RESPONSE_FAILURES` there: unanswered requests to one endpoint that eject it.
-const RESPONSE_FAILURES: usize = 3;
 /// Requests per run: enough that an endpoint never ejected would get a third of them.
 const RUN: usize = 50;
 
@@ -200,7 +173,7 @@ async fn ejection(engine: Http1) {
     let failed_at = Instant::now();
     let closes = closer.load(Ordering::SeqCst);
     assert!(
-        (1..=RESPONSE_FAILURES).contains(&closes),
+        (1..=RESPONSE_FAILURES as usize).contains(&closes),
         "{engine:?}: the closing endpoint got {closes} connections in {RUN} requests"
     );
 

@@ -121,7 +121,7 @@ fn routing_cases_through_the_proxy() {
 
 /// Every case's echo Services, each with the most replicas a case asks of it; replicas a
 /// case kills do not restart. Waits until every pod is Ready.
-fn apply_world(lab: &Lab, cases: &[(String, Case)]) -> BTreeMap<String, ingress_support::Pod> {
+fn apply_world(lab: &Lab, cases: &[(String, Case)]) -> BTreeMap<String, PodInfo> {
     let mut replicas: BTreeMap<(String, String), u32> = BTreeMap::new();
     let mut victims = Vec::new();
     for (_, c) in cases {
@@ -190,7 +190,7 @@ fn by_host_flag(
     i: usize,
     r: &Request,
     certs: &BTreeMap<String, PathBuf>,
-    pods: &BTreeMap<String, ingress_support::Pod>,
+    pods: &BTreeMap<String, PodInfo>,
 ) {
     let (scheme, host, path) = r.parts().expect("url");
     let sep = if path.contains('?') { '&' } else { '?' };

@@ -161,7 +161,20 @@ pub fn run(ctx: &Ctx, backend_pids: &[u32]) -> Throughput {
     );
     // results[mode][0 = weft, 1 = nginx]
     let mut results: Vec<[Vec<WrkOut>; 2]> = cfg.modes.iter().map(|_| [vec![], vec![]]).collect();
-    let mut full: Vec<FullRuns> = Vec::new();
+    let mut full: Vec<FullRuns> = cfg
+        .modes
+        .iter()
+        .filter(|m| cfg.full && m.close() && !m.paced())
+        .flat_map(|&mode| {
+            fullcost::Kind::for_tls(mode.tls())
+                .iter()
+                .map(move |&kind| FullRuns {
+                    mode,
+                    kind,
+                    runs: [vec![], vec![]],
+                })
+        })
+        .collect();
     for round in 1..=cfg.rounds {
         for (mi, &mode) in cfg.modes.iter().enumerate() {
             for is_weft in alternate(round) {
@@ -194,10 +207,8 @@ pub fn run(ctx: &Ctx, backend_pids: &[u32]) -> Throughput {
                 results[mi][usize::from(!is_weft)].push(w);
                 truncate("weft-small.log");
                 truncate("nginx-small-access.log");
-                if !(cfg.full && mode.close() && !mode.paced()) {
-                    continue;
-                }
-                for &kind in fullcost::Kind::for_tls(mode.tls()) {
+                for slot in full.iter_mut().filter(|f| f.mode == mode) {
+                    let kind = slot.kind;
                     let port = url_port(mode, is_weft);
                     let tcp0 = tcp_events();
                     let f = fullcost::run(port, kind, cfg.conns, cfg.secs, &pids(is_weft));
@@ -212,18 +223,7 @@ pub fn run(ctx: &Ctx, backend_pids: &[u32]) -> Throughput {
                         f.cores,
                         tcp_events_since(tcp0)
                     );
-                    let slot = match full.iter().position(|r| r.mode == mode && r.kind == kind) {
-                        Some(i) => i,
-                        None => {
-                            full.push(FullRuns {
-                                mode,
-                                kind,
-                                runs: [vec![], vec![]],
-                            });
-                            full.len() - 1
-                        }
-                    };
-                    full[slot].runs[usize::from(!is_weft)].push(f);
+                    slot.runs[usize::from(!is_weft)].push(f);
                     truncate("weft-small.log");
                     truncate("nginx-small-access.log");
                 }

@@ -40,6 +40,7 @@ use pool::Pool;
 use upstream::Balancer;
 
 pub use forward::Conn;
+pub use upstream::{EJECT_FOR, RESPONSE_FAILURES};
 pub use workers::{default_count as default_workers, Workers};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -9,10 +9,10 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// How long an endpoint sits out after failing.
-const EJECT_FOR: Duration = Duration::from_secs(5);
+pub const EJECT_FOR: Duration = Duration::from_secs(5);
 /// Failed responses (not connects) in a row before an endpoint is ejected: one broken
 /// response can be the request's fault, a refused connect never is.
-const RESPONSE_FAILURES: u32 = 3;
+pub const RESPONSE_FAILURES: u32 = 3;
 
 #[derive(Debug, Default)]
 struct Health {

@@ -14,7 +14,7 @@ pub fn every_replica(
     file: &str,
     case: &Case,
     r: &Request,
-    pods: &BTreeMap<String, Pod>,
+    pods: &BTreeMap<String, PodInfo>,
 ) {
     let Expect::Service(svc) = &r.expect else {
         panic!("{file}: everyReplica without a Service (the case format refuses this)");
@@ -60,7 +60,7 @@ pub fn check_access_log(
     ns: &str,
     svc: &str,
     port: Option<u16>,
-    pods: &BTreeMap<String, Pod>,
+    pods: &BTreeMap<String, PodInfo>,
 ) {
     // The log is written out every 100 ms.
     std::thread::sleep(Duration::from_millis(500));
@@ -122,7 +122,7 @@ pub fn check_access_log(
 
 /// The pids in a pod's network namespace: its container's processes.
 fn pod_pids(lab: &Lab, node: &str, ns: &str, pod: &str) -> Vec<i32> {
-    let netns = format!("weft-{}-{node}.{ns}-{pod}", lab.name);
+    let netns = lab.pod_netns_in(node, ns, pod);
     let out = std::process::Command::new("ip")
         .args(["netns", "pids", &netns])
         .output()
@@ -143,7 +143,7 @@ fn pod_pids(lab: &Lab, node: &str, ns: &str, pod: &str) -> Vec<i32> {
 /// object stays, so its endpoint is still listed until the agent reports the container
 /// ended); the load goes on until the endpoint is gone and `during` requests were sent
 /// after the kill. None may fail, and the victim answers none after the kill.
-pub fn kill_mid_run(lab: &Lab, file: &str, case: &Case, pods: &BTreeMap<String, Pod>) {
+pub fn kill_mid_run(lab: &Lab, file: &str, case: &Case, pods: &BTreeMap<String, PodInfo>) {
     let (Some((ns, svc, victim)), Some(k), Some(first)) = (
         case.kill_target(),
         case.kill.as_ref(),

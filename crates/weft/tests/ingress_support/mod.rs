@@ -131,48 +131,10 @@ pub fn kubectl_ok(lab: &Lab, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A pod as kubectl shows it, in every namespace.
-#[derive(Debug, Clone)]
-pub struct Pod {
-    pub node: String,
-    pub ip: String,
-    pub ready: bool,
-}
-
-/// `namespace/name` -> pod, for every pod of the lab.
-pub fn all_pods(lab: &Lab) -> BTreeMap<String, Pod> {
-    let out = lab.kubectl(&["get", "pods", "-A", "-o", "json"]);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
-    v["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|p| {
-            let key = format!(
-                "{}/{}",
-                s(&p["metadata"]["namespace"]),
-                s(&p["metadata"]["name"])
-            );
-            let ready = p["status"]["conditions"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True");
-            let pod = Pod {
-                node: s(&p["spec"]["nodeName"]),
-                ip: s(&p["status"]["podIP"]),
-                ready,
-            };
-            (key, pod)
-        })
-        .collect()
-}
-
 /// Waits until every named pod (`namespace/name`) is Ready with an IP.
-pub fn wait_ready(lab: &Lab, names: &[String], limit: Duration) -> BTreeMap<String, Pod> {
+pub fn wait_ready(lab: &Lab, names: &[String], limit: Duration) -> BTreeMap<String, PodInfo> {
     let got = wait_for(limit, || {
-        let pods = all_pods(lab);
+        let pods = lab.all_pods();
         names
             .iter()
             .all(|n| pods.get(n).is_some_and(|p| p.ready && !p.ip.is_empty()))

@@ -211,28 +211,16 @@ impl Lab {
         self.lab_ok("apply", &["-f", &f.display().to_string()]);
     }
 
+    /// The default namespace's pods by name.
     pub fn pods(&self) -> BTreeMap<String, PodInfo> {
         let out = self.lab("get", &["pods", "-o", "json"]);
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        let mut m = BTreeMap::new();
-        for p in v["items"].as_array().into_iter().flatten() {
-            let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
-            m.insert(
-                s(&p["metadata"]["name"]),
-                PodInfo {
-                    node: s(&p["spec"]["nodeName"]),
-                    ip: s(&p["status"]["podIP"]),
-                    phase: s(&p["status"]["phase"]),
-                    uid: s(&p["metadata"]["uid"]),
-                    ready: p["status"]["conditions"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .any(|c| c["type"] == "Ready" && c["status"] == "True"),
-                },
-            );
-        }
-        m
+        pod_infos(&out.stdout, false)
+    }
+
+    /// Every namespace's pods, by `namespace/name`.
+    pub fn all_pods(&self) -> BTreeMap<String, PodInfo> {
+        let out = self.kubectl(&["get", "pods", "-A", "-o", "json"]);
+        pod_infos(&out.stdout, true)
     }
 
     /// Waits until every named pod is Running and Ready with an IP.
@@ -259,7 +247,12 @@ impl Lab {
     /// The named network namespace of a pod in the default namespace: the agent names it
     /// `<node netns>.<namespace>-<pod>` (names that need sanitising get a hash suffix).
     pub fn pod_netns(&self, node: &str, pod: &str) -> String {
-        format!("weft-{}-{node}.default-{pod}", self.name)
+        self.pod_netns_in(node, "default", pod)
+    }
+
+    /// The same for a pod in namespace `ns`.
+    pub fn pod_netns_in(&self, node: &str, ns: &str, pod: &str) -> String {
+        format!("weft-{}-{node}.{ns}-{pod}", self.name)
     }
 
     pub fn node_netns(&self, node: &str) -> String {
@@ -333,6 +326,37 @@ impl Drop for Lab {
             let _ = self.lab("down", &[]);
         }
     }
+}
+
+/// A pod list's JSON (`kubectl get pods -o json`) as PodInfo, keyed by name or, with
+/// `qualified`, by `namespace/name`.
+fn pod_infos(json: &[u8], qualified: bool) -> BTreeMap<String, PodInfo> {
+    let v: serde_json::Value = serde_json::from_slice(json).unwrap_or_default();
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+    let mut m = BTreeMap::new();
+    for p in v["items"].as_array().into_iter().flatten() {
+        let name = s(&p["metadata"]["name"]);
+        let key = if qualified {
+            format!("{}/{name}", s(&p["metadata"]["namespace"]))
+        } else {
+            name
+        };
+        m.insert(
+            key,
+            PodInfo {
+                node: s(&p["spec"]["nodeName"]),
+                ip: s(&p["status"]["podIP"]),
+                phase: s(&p["status"]["phase"]),
+                uid: s(&p["metadata"]["uid"]),
+                ready: p["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True"),
+            },
+        );
+    }
+    m
 }
 
 pub fn netns_names() -> Vec<String> {
