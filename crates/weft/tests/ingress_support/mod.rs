@@ -202,45 +202,44 @@ fn parse_access(agent: &str, raw: &str) -> Option<AccessLine> {
     })
 }
 
+/// Every agent's log: (file name, text).
+fn agent_logs(lab: &Lab) -> Vec<(String, String)> {
+    std::fs::read_dir(lab.dir().join("logs"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.starts_with("agent-")
+                .then(|| (name, std::fs::read_to_string(e.path()).unwrap_or_default()))
+        })
+        .collect()
+}
+
 /// Every access-log line of every agent whose URL contains `needle`.
 pub fn access_lines(lab: &Lab, needle: &str) -> Vec<AccessLine> {
-    let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(lab.dir().join("logs")) else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if !name.starts_with("agent-") {
-            continue;
-        }
-        let body = std::fs::read_to_string(e.path()).unwrap_or_default();
-        out.extend(
+    agent_logs(lab)
+        .iter()
+        .flat_map(|(name, body)| {
             body.lines()
                 .filter(|l| l.contains(ACCESS) && l.contains(needle))
-                .filter_map(|l| parse_access(&name, l)),
-        );
-    }
-    out
+                .filter_map(|l| parse_access(name, l))
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 /// Lines of the agents' logs (any kind) containing `needle`.
 pub fn agent_log_lines(lab: &Lab, needle: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(lab.dir().join("logs"))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        if e.file_name().to_string_lossy().starts_with("agent-") {
-            let body = std::fs::read_to_string(e.path()).unwrap_or_default();
-            out.extend(
-                body.lines()
-                    .filter(|l| l.contains(needle))
-                    .map(str::to_string),
-            );
-        }
-    }
-    out
+    agent_logs(lab)
+        .iter()
+        .flat_map(|(_, body)| {
+            body.lines()
+                .filter(|l| l.contains(needle))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 /// Runs a script of `ingress_support` with python3 on the external host.
