@@ -7,10 +7,16 @@
 //! or as soon as it holds 64 KiB. nginx's access log is buffered the same way when given
 //! `buffer=` and `flush=`. Whether lines are written still follows the tracing filter
 //! (`RUST_LOG=weft::ingress::access=off` turns them off).
+//!
+//! A line costs one clock read: its wall time is derived from the monotonic reading that
+//! also times the request, against a pair of readings taken once a second. Numbers and
+//! addresses are written by hand (`push_*`): through `fmt`, they were a quarter of the
+//! proxy's own user time per request on a connection per request.
 
 use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Condvar, Mutex, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
 const FLUSH_AT: usize = 64 << 10;
@@ -25,9 +31,24 @@ struct Buffer {
     /// The second the lines are being written in, and its text up to the fraction's dot
     /// (`2026-12-05T00:50:03.`): formatted once a second, not once a line.
     second: Option<(u64, String)>,
+    /// A monotonic and a wall-clock reading taken together, renewed once a second (so a
+    /// wall-clock step shows within a second).
+    anchor: Option<(Instant, SystemTime)>,
 }
 
 impl Buffer {
+    /// The wall time at the monotonic reading `at`.
+    fn wall(&mut self, at: Instant) -> SystemTime {
+        match self.anchor {
+            Some((i, w)) if at >= i && at - i < Duration::from_secs(1) => w + (at - i),
+            _ => {
+                let w = SystemTime::now();
+                self.anchor = Some((at, w));
+                w
+            }
+        }
+    }
+
     /// Appends `<time>  INFO weft::ingress::access: `, as `Utc` writes the time.
     fn prefix(&mut self, now: SystemTime) {
         let d = now.duration_since(UNIX_EPOCH).unwrap_or_default();
@@ -115,23 +136,77 @@ impl Sink {
     }
 }
 
-/// Appends one line; `body` writes what follows the target.
-pub fn line(body: impl FnOnce(&mut Vec<u8>) -> std::io::Result<()>) {
+/// Appends one line for a request that started at `start` and ended at `end`; `body`
+/// writes what follows the prefix, given the request's duration.
+pub fn line(start: Instant, end: Instant, body: impl FnOnce(&mut Vec<u8>, Duration)) {
     let s = sink();
     let mut b = s.buf.lock().unwrap_or_else(|p| p.into_inner());
     if b.bytes.len() >= CAP {
         b.dropped += 1;
         return;
     }
-    let start = b.bytes.len();
-    b.prefix(SystemTime::now());
-    let ok = body(&mut b.bytes).and_then(|_| b.bytes.write_all(b"\n"));
-    if ok.is_err() {
-        b.bytes.truncate(start);
-    }
+    let wall = b.wall(end);
+    b.prefix(wall);
+    body(&mut b.bytes, end.saturating_duration_since(start));
+    b.bytes.push(b'\n');
     if b.bytes.len() >= FLUSH_AT {
         s.full.notify_one();
     }
+}
+
+/// Appends `n` in decimal.
+pub fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// Appends an address as `Display` writes it (IPv4 by hand, IPv6 through `fmt`: rare on
+/// this path and long to write by hand).
+pub fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, o) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                push_u64(out, u64::from(o));
+            }
+        }
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
+/// Appends `ip:port` (`[ip]:port` for IPv6), as `SocketAddr`'s `Display`.
+pub fn push_socket(out: &mut Vec<u8>, a: SocketAddr) {
+    match a.ip() {
+        IpAddr::V4(_) => push_ip(out, a.ip()),
+        IpAddr::V6(_) => {
+            out.push(b'[');
+            push_ip(out, a.ip());
+            out.push(b']');
+        }
+    }
+    out.push(b':');
+    push_u64(out, u64::from(a.port()));
+}
+
+/// Appends a duration in milliseconds with one decimal (`0.4`, `12.0`), rounded half up.
+pub fn push_ms(out: &mut Vec<u8>, d: Duration) {
+    let tenths = (d.as_micros() + 50) / 100;
+    push_u64(out, u64::try_from(tenths / 10).unwrap_or(u64::MAX));
+    out.push(b'.');
+    out.push(b'0' + (tenths % 10) as u8);
 }
 
 /// Writes out what is buffered now (a drain's end calls this, so a stopping proxy's last
@@ -208,5 +283,53 @@ mod tests {
             let want = format!("{}  INFO weft::ingress::access: ", Utc(t));
             assert_eq!(String::from_utf8_lossy(&b.bytes), want);
         }
+    }
+
+    #[test]
+    fn hand_formatting_matches_display() {
+        let mut out = Vec::new();
+        for n in [0u64, 7, 10, 404, 65_535, u64::MAX] {
+            out.clear();
+            push_u64(&mut out, n);
+            assert_eq!(out, n.to_string().as_bytes());
+        }
+        for a in [
+            "10.244.1.5:8080",
+            "0.0.0.0:0",
+            "255.255.255.255:65535",
+            "[fd00::1]:80",
+        ] {
+            let a: SocketAddr = a.parse().expect("addr");
+            out.clear();
+            push_socket(&mut out, a);
+            assert_eq!(out, a.to_string().as_bytes());
+            out.clear();
+            push_ip(&mut out, a.ip());
+            assert_eq!(out, a.ip().to_string().as_bytes());
+        }
+        for (us, want) in [
+            (0, "0.0"),
+            (49, "0.0"),
+            (50, "0.1"),
+            (1_234, "1.2"),
+            (99_960, "100.0"),
+        ] {
+            out.clear();
+            push_ms(&mut out, Duration::from_micros(us));
+            assert_eq!(String::from_utf8_lossy(&out), want);
+        }
+    }
+
+    #[test]
+    fn wall_time_follows_the_monotonic_reading() {
+        let mut b = Buffer::default();
+        let t0 = Instant::now();
+        let w0 = b.wall(t0);
+        let later = t0 + Duration::from_millis(300);
+        assert_eq!(b.wall(later), w0 + Duration::from_millis(300));
+        // Past a second the anchor is taken again, from the wall clock.
+        let much_later = t0 + Duration::from_secs(2);
+        let w = b.wall(much_later);
+        assert!(w >= w0, "{w:?} before {w0:?}");
     }
 }

@@ -18,7 +18,7 @@ use hyper_util::rt::TokioIo;
 use super::pool::{Failure, Pool};
 use super::{access_log, headers};
 use super::{Body, BoxError, Shared};
-use crate::table::{Decision, Route};
+use crate::table::{Decision, Route, ServicePort};
 
 /// Who is asking, and over what.
 #[derive(Debug, Clone, Copy)]
@@ -32,22 +32,6 @@ struct Outcome {
     status: StatusCode,
     route: Option<Arc<Route>>,
     endpoint: Option<SocketAddr>,
-}
-
-/// `ingress:service:port` for the log, `-` without a route.
-struct RouteName<'a>(&'a Option<Arc<Route>>);
-
-impl std::fmt::Display for RouteName<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            Some(r) => write!(
-                f,
-                "{}:{}/{}:{}",
-                r.source, r.backend.namespace, r.backend.service, r.backend.port
-            ),
-            None => f.write_str("-"),
-        }
-    }
 }
 
 pub async fn handle(
@@ -76,6 +60,7 @@ pub async fn handle(
             &outcome.route,
             outcome.endpoint,
             start,
+            Instant::now(),
         );
     }
     Ok(resp)
@@ -90,28 +75,59 @@ pub struct Line<'a> {
 }
 
 impl Line<'_> {
-    /// Writes the line (the caller checked that the access log is on).
+    /// Writes the line (the caller checked that the access log is on): the request took
+    /// from `start` to `end`.
     pub fn write(
         &self,
         status: u16,
         route: &Option<Arc<Route>>,
         endpoint: Option<SocketAddr>,
         start: Instant,
+        end: Instant,
     ) {
-        access_log::line(|w| {
-            write!(
-                w,
-                "{} \"{} {}://{}{}\" {} route={} endpoint={} {:.1}ms",
-                self.conn.client.ip(),
+        use access_log::{push_ip, push_ms, push_socket, push_u64};
+        access_log::line(start, end, |w, took| {
+            push_ip(w, self.conn.client.ip());
+            w.extend_from_slice(b" \"");
+            for part in [
                 self.method,
+                " ",
                 self.conn.scheme,
+                "://",
                 self.host,
                 self.target,
-                status,
-                RouteName(route),
-                Endpoint(endpoint),
-                start.elapsed().as_secs_f64() * 1000.0,
-            )
+            ] {
+                w.extend_from_slice(part.as_bytes());
+            }
+            w.extend_from_slice(b"\" ");
+            push_u64(w, u64::from(status));
+            w.extend_from_slice(b" route=");
+            match route {
+                Some(r) => {
+                    let b = &r.backend;
+                    for part in [&r.source, ":", &b.namespace, "/", &b.service, ":"] {
+                        w.extend_from_slice(part.as_bytes());
+                    }
+                    match &b.port {
+                        ServicePort::Number(n) => match u64::try_from(*n) {
+                            Ok(n) => push_u64(w, n),
+                            Err(_) => {
+                                let _ = write!(w, "{n}");
+                            }
+                        },
+                        ServicePort::Name(n) => w.extend_from_slice(n.as_bytes()),
+                    }
+                }
+                None => w.push(b'-'),
+            }
+            w.extend_from_slice(b" endpoint=");
+            match endpoint {
+                Some(e) => push_socket(w, e),
+                None => w.push(b'-'),
+            }
+            w.push(b' ');
+            push_ms(w, took);
+            w.extend_from_slice(b"ms");
         });
     }
 }
@@ -120,18 +136,6 @@ impl Line<'_> {
 /// other lines).
 pub fn logging() -> bool {
     tracing::enabled!(target: "weft::ingress::access", tracing::Level::INFO)
-}
-
-/// The endpoint for the log, `-` without one.
-struct Endpoint(Option<SocketAddr>);
-
-impl std::fmt::Display for Endpoint {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            Some(e) => e.fmt(f),
-            None => f.write_str("-"),
-        }
-    }
 }
 
 /// The host a request is for: the URI's authority (HTTP/2, absolute-form), else `Host`.

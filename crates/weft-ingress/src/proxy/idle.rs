@@ -36,10 +36,16 @@ impl<C: Reusable> IdleConns<C> {
     /// The most recently used idle connection to `ep` that is still open (the freshest is
     /// the least likely to have been closed by the endpoint).
     pub fn checkout(&self, ep: SocketAddr) -> Option<C> {
+        self.checkout_at(ep, Instant::now())
+    }
+
+    /// `checkout`, judging idle times at `now` (a time the caller has already read: the
+    /// idle limit is a minute, so a request's start is near enough).
+    pub fn checkout_at(&self, ep: SocketAddr, now: Instant) -> Option<C> {
         let mut lists = self.lists.lock().unwrap_or_else(|p| p.into_inner());
         let list = lists.get_mut(&ep)?;
         while let Some((c, since)) = list.pop() {
-            if since.elapsed() < self.idle_for && c.still_open() {
+            if now.saturating_duration_since(since) < self.idle_for && c.still_open() {
                 return Some(c);
             }
         }
@@ -48,10 +54,15 @@ impl<C: Reusable> IdleConns<C> {
 
     /// Keeps `c` for the next request to `ep`, unless `ep` already has `max_idle` waiting.
     pub fn put(&self, ep: SocketAddr, c: C) {
+        self.put_at(ep, c, Instant::now())
+    }
+
+    /// `put`, idle since `now`.
+    pub fn put_at(&self, ep: SocketAddr, c: C, now: Instant) {
         let mut lists = self.lists.lock().unwrap_or_else(|p| p.into_inner());
         let list = lists.entry(ep).or_default();
         if list.len() < self.max_idle {
-            list.push((c, Instant::now()));
+            list.push((c, now));
         }
     }
 

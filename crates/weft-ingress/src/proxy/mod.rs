@@ -284,7 +284,11 @@ impl Proxy {
                 },
                 _ = &mut stopped => break,
             };
-            let _ = stream.set_nodelay(true);
+            // weft's HTTP/1.1 path sets it on a plain connection only once it is kept
+            // alive (`h1::Socket`).
+            if tls || self.http1 == Http1::Hyper {
+                let _ = stream.set_nodelay(true);
+            }
             let conn = Conn { client, scheme };
             let watcher = graceful.watcher();
             let acceptor = acceptor.clone();
@@ -404,10 +408,11 @@ async fn native_conn<S>(
     open: mpsc::Sender<()>,
     watcher: hyper_util::server::graceful::Watcher,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: h1::Socket + Send + 'static,
 {
     match h1::serve(&pools.h1, &mut io, conn, &mut stop, open).await {
         h1::End::Http2(seen) => {
+            io.no_delay();
             let io = h1::Rewind::new(seen, io);
             // Boxed: hyper's connection state would otherwise make every connection's
             // future (moved into its task at spawn) several times larger.

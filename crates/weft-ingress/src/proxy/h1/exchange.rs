@@ -5,7 +5,7 @@
 //! a request without a body that is safe to repeat broke on the way.
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -24,6 +24,8 @@ pub struct Served {
     pub keep: bool,
     /// The client's connection became a tunnel (an upgrade) and has ended.
     pub upgraded: bool,
+    /// When the answer was passed on (read once, for the endpoint's idle time and the log).
+    pub end: Instant,
 }
 
 /// Why one try on one connection got no response.
@@ -43,7 +45,9 @@ fn idempotent(m: &str) -> bool {
 }
 
 /// Sends the request to the endpoints in `order` (indexes into the route's endpoints)
-/// until one answers, then streams the answer to `client`.
+/// until one answers, then streams the answer to `client`. `start` is when the request
+/// came: the endpoint's timeout counts from it, and idle connections are judged by it.
+#[allow(clippy::too_many_arguments)]
 pub async fn forward<C>(
     ctx: &Ctx,
     client: &mut C,
@@ -52,6 +56,7 @@ pub async fn forward<C>(
     route: &Route,
     order: &[usize],
     closing: bool,
+    start: Instant,
 ) -> Result<Served, (u16, String)>
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -63,7 +68,7 @@ where
     'endpoints: for &i in order {
         let ep = route.backend.endpoints[i];
         loop {
-            let (mut up, reused) = match ctx.upstreams.checkout(ep) {
+            let (mut up, reused) = match ctx.upstreams.checkout(ep, start) {
                 Some(s) => (s, true),
                 None => match ctx.upstreams.connect(ep).await {
                     Ok(s) => (s, false),
@@ -81,7 +86,8 @@ where
                 },
             };
             let limit = shared.limits.upstream_timeout;
-            match exchange(client, &mut up, bufs, head, reused, safe, limit, closing).await {
+            let deadline = tokio::time::Instant::from_std(start) + limit;
+            match exchange(client, &mut up, bufs, head, reused, safe, deadline, closing).await {
                 Ok(resp) => {
                     shared.balancer.succeeded(ep);
                     return Ok(answer(ctx, client, up, ep, bufs, head, resp).await);
@@ -122,7 +128,7 @@ async fn exchange<C>(
     head: &RequestHead,
     reused: bool,
     safe: bool,
-    limit: Duration,
+    deadline: tokio::time::Instant,
     closing: bool,
 ) -> Result<ResponseHead, Fail>
 where
@@ -204,7 +210,7 @@ where
             }
         }
     };
-    match tokio::time::timeout(limit, read).await {
+    match tokio::time::timeout_at(deadline, read).await {
         Ok(r) => r,
         Err(_) => Err(Fail::Timeout),
     }
@@ -224,18 +230,17 @@ async fn answer<C>(
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut served = Served {
-        status: resp.status,
-        endpoint: Some(ep),
-        keep: false,
-        upgraded: false,
-    };
     if resp.status == 101 {
-        served.upgraded = true;
         // A tunnel is not a request: a drain does not wait for it (as for hyper's).
         bufs.guard = None;
         splice(client, &mut up, bufs, ep).await;
-        return served;
+        return Served {
+            status: 101,
+            endpoint: Some(ep),
+            keep: false,
+            upgraded: true,
+            end: Instant::now(),
+        };
     }
     let copied = body::copy(
         &mut up,
@@ -251,18 +256,26 @@ where
     )
     .await;
     let flushed = client.flush().await;
+    let end = Instant::now();
+    let mut keep = false;
     match copied {
         Ok(_) => {
             // Bytes after the body were never asked for: that endpoint is not trusted
             // with another request.
             if resp.reusable && bufs.up.is_empty() {
-                ctx.upstreams.put(ep, up);
+                ctx.upstreams.put(ep, up, end);
             }
-            served.keep = !resp.close_client && flushed.is_ok();
+            keep = !resp.close_client && flushed.is_ok();
         }
         Err(e) => tracing::debug!("ingress: response from {ep} to {}: {e}", head.target),
     }
-    served
+    Served {
+        status: resp.status,
+        endpoint: Some(ep),
+        keep,
+        upgraded: false,
+        end,
+    }
 }
 
 /// After a 101: the head to the client, what each side already sent to the other, then

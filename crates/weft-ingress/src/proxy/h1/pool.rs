@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 
@@ -36,13 +36,15 @@ impl Upstreams {
         }
     }
 
-    /// The most recently used idle connection to `ep` that is still open.
-    pub fn checkout(&self, ep: SocketAddr) -> Option<TcpStream> {
-        self.idle.checkout(ep)
+    /// The most recently used idle connection to `ep` that is still open, idle times
+    /// judged at `now`.
+    pub fn checkout(&self, ep: SocketAddr, now: Instant) -> Option<TcpStream> {
+        self.idle.checkout_at(ep, now)
     }
 
-    pub fn put(&self, ep: SocketAddr, s: TcpStream) {
-        self.idle.put(ep, s)
+    /// Keeps `s` for the next request to `ep`, idle since `now`.
+    pub fn put(&self, ep: SocketAddr, s: TcpStream, now: Instant) {
+        self.idle.put_at(ep, s, now)
     }
 
     pub async fn connect(self: &Arc<Self>, ep: SocketAddr) -> io::Result<TcpStream> {
