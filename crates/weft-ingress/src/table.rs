@@ -140,7 +140,7 @@ impl RouteTable {
     /// The virtual host a `Host` value selects (port and trailing dot ignored, any case).
     pub fn virtual_host(&self, host: &str) -> Option<(HostMatch, &VirtualHost)> {
         let host = normalize_host(host);
-        if let Some(v) = self.hosts.get(host.as_str()) {
+        if let Some(v) = self.hosts.get(host.as_ref()) {
             return Some((HostMatch::Exact, v));
         }
         // A wildcard covers exactly one more label: `*.foo.com` takes `a.foo.com`, never
@@ -204,15 +204,20 @@ impl RouteTable {
 }
 
 /// A host header as a key: lower case, without a port or a trailing dot. IPv6 literals
-/// keep their brackets.
-pub fn normalize_host(host: &str) -> String {
+/// keep their brackets. Borrowed when already so (the usual request: no copy).
+pub fn normalize_host(host: &str) -> std::borrow::Cow<'_, str> {
     let host = host.trim();
     let bare = if host.starts_with('[') {
         host.split_inclusive(']').next().unwrap_or(host)
     } else {
         host.rsplit_once(':').map_or(host, |(h, _)| h)
     };
-    bare.trim_end_matches('.').to_ascii_lowercase()
+    let bare = bare.trim_end_matches('.');
+    if bare.bytes().any(|b| b.is_ascii_uppercase()) {
+        bare.to_ascii_lowercase().into()
+    } else {
+        bare.into()
+    }
 }
 
 #[cfg(test)]

@@ -242,7 +242,7 @@ async fn route(
     let mut last_status = StatusCode::BAD_GATEWAY;
     let mut head = Some(head);
     let tries = order.len();
-    for (n, i) in order.into_iter().enumerate() {
+    for (n, i) in order.iter().enumerate() {
         let ep = route.backend.endpoints[i];
         let this_body = match body.take() {
             Some(b) => b,

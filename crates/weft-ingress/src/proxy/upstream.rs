@@ -20,6 +20,49 @@ struct Health {
     ejected_until: Option<Instant>,
 }
 
+/// The endpoints to try for one request, as indexes into the route's endpoints: while no
+/// endpoint is in trouble (the usual case) a rotation, which costs no allocation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Order {
+    Rotation { start: usize, n: usize },
+    Listed(Vec<usize>),
+}
+
+impl Order {
+    pub fn len(&self) -> usize {
+        match self {
+            Order::Rotation { n, .. } => *n,
+            Order::Listed(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn iter(&self) -> OrderIter<'_> {
+        OrderIter { order: self, i: 0 }
+    }
+}
+
+#[derive(Clone)]
+pub struct OrderIter<'a> {
+    order: &'a Order,
+    i: usize,
+}
+
+impl Iterator for OrderIter<'_> {
+    type Item = usize;
+    fn next(&mut self) -> Option<usize> {
+        let i = self.i;
+        self.i += 1;
+        match self.order {
+            Order::Rotation { start, n } => (i < *n).then(|| (start + i) % n),
+            Order::Listed(v) => v.get(i).copied(),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Balancer {
     next: AtomicUsize,
@@ -33,21 +76,22 @@ impl Balancer {
     /// The endpoints to try for one request, as indexes into `endpoints`, in order:
     /// healthy ones from the round-robin position on, then the ejected ones (better a
     /// likely failure than none at all).
-    pub fn order(&self, endpoints: &[SocketAddr]) -> Vec<usize> {
+    pub fn order(&self, endpoints: &[SocketAddr]) -> Order {
         let n = endpoints.len();
         if n == 0 {
-            return Vec::new();
+            return Order::Listed(Vec::new());
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        let rotated = (0..n).map(|i| (start + i) % n);
+        let rotation = Order::Rotation { start, n };
         if self.troubled.load(Ordering::Acquire) == 0 {
-            return rotated.collect();
+            return rotation;
         }
         let health = self.health.lock().unwrap_or_else(|p| p.into_inner());
         // Nobody ejected: no clock read, no second pass.
         if health.is_empty() {
-            return rotated.collect();
+            return rotation;
         }
+        let rotated = rotation.iter();
         let now = Instant::now();
         let ejected = |i: usize| {
             health
@@ -57,7 +101,7 @@ impl Balancer {
         };
         let mut out: Vec<usize> = rotated.clone().filter(|i| !ejected(*i)).collect();
         out.extend(rotated.filter(|i| ejected(*i)));
-        out
+        Order::Listed(out)
     }
 
     pub fn succeeded(&self, ep: SocketAddr) {
@@ -95,6 +139,10 @@ impl Balancer {
 mod tests {
     use super::*;
 
+    fn first(o: Order) -> usize {
+        o.iter().next().expect("an endpoint")
+    }
+
     fn eps(n: u8) -> Vec<SocketAddr> {
         (1..=n)
             .map(|i| SocketAddr::from(([10, 0, 0, i], 80)))
@@ -116,10 +164,10 @@ mod tests {
         let e = eps(2);
         assert!(b.failed(e[0], true));
         for _ in 0..4 {
-            assert_eq!(b.order(&e), vec![1, 0]);
+            assert_eq!(b.order(&e).iter().collect::<Vec<_>>(), vec![1, 0]);
         }
         b.succeeded(e[0]);
-        let firsts: std::collections::HashSet<_> = (0..2).map(|_| b.order(&e)[0]).collect();
+        let firsts: std::collections::HashSet<_> = (0..2).map(|_| first(b.order(&e))).collect();
         assert_eq!(firsts.len(), 2);
         assert!(!b.failed(e[1], false));
         assert!(!b.failed(e[1], false));

@@ -14,6 +14,7 @@ use super::body::{self, BodyError, Bounds, Framing};
 use super::head::RequestHead;
 use super::response::{self, ResponseHead};
 use super::{Ctx, Session as Bufs};
+use crate::proxy::upstream::Order;
 use crate::table::Route;
 
 /// What became of a request sent on.
@@ -54,7 +55,7 @@ pub async fn forward<C>(
     bufs: &mut Bufs,
     head: &RequestHead,
     route: &Route,
-    order: &[usize],
+    order: &Order,
     closing: bool,
     start: Instant,
 ) -> Result<Served, (u16, String)>
@@ -65,7 +66,7 @@ where
     let replayable = head.body == Framing::Length(0);
     let safe = replayable && idempotent(&head.method);
     let mut last = (502, String::new());
-    'endpoints: for &i in order {
+    'endpoints: for i in order.iter() {
         let ep = route.backend.endpoints[i];
         loop {
             let (mut up, reused) = match ctx.upstreams.checkout(ep, start) {

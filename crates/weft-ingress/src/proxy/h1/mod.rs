@@ -189,8 +189,11 @@ where
             let idle = s.client.is_empty();
             let read = tokio::time::timeout_at(deadline, s.client.read_from(io));
             let got = if idle {
-                // Between requests a drain closes the connection at once.
+                // Between requests a drain closes the connection at once. The read is
+                // polled first: bytes already there need no waiter on the stop channel
+                // (and no random pick of a branch).
                 tokio::select! {
+                    biased;
                     r = read => r,
                     _ = stop.wait_for(|s| *s) => return End::Closed,
                 }
