@@ -224,10 +224,46 @@ fn throughput(r: &mut String, cfg: &Cfg, results: &[[Vec<WrkOut>; 2]]) {
     }
     let _ = writeln!(r);
     let _ = writeln!(r, "(latencies in ms, from wrk --latency, at full load except in the paced mode; medians over the rounds; errors summed over the rounds)");
+    paired(r, cfg, results);
     let _ = writeln!(r);
     let _ = writeln!(r, "Per round:");
     r.push_str(&per_run);
     let _ = writeln!(r);
+}
+
+/// The same runs paired by round: each round's two runs are back to back, so a ratio
+/// within a round is not moved by the host getting slower or faster over the minutes
+/// of a bench, as a ratio of medians taken over all rounds can be.
+fn paired(r: &mut String, cfg: &Cfg, results: &[[Vec<WrkOut>; 2]]) {
+    let _ = writeln!(r);
+    let _ = writeln!(r, "Paired by round (weft/nginx within each round; median [lowest, highest]; rounds weft did better in):");
+    let _ = writeln!(r);
+    let _ = writeln!(r, "| mode | req/s ratio | rounds weft served more | p99 ratio | rounds weft's p99 lower | req per proxy CPU-s ratio |");
+    let _ = writeln!(r, "| --- | ---: | ---: | ---: | ---: | ---: |");
+    for (mi, &mode) in cfg.modes.iter().enumerate() {
+        let [w, n] = &results[mi];
+        let ratios = |f: fn(&WrkOut) -> f64| -> Vec<f64> {
+            w.iter().zip(n).map(|(a, b)| f(a) / f(b)).collect()
+        };
+        let spread = |v: &[f64]| {
+            let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            format!("{:.2} [{lo:.2}, {hi:.2}]", median(v))
+        };
+        let (rps, p99, eff) = (ratios(|o| o.rps), ratios(|o| o.p99_ms), ratios(per_core));
+        let _ = writeln!(
+            r,
+            "| {} | {} | {} of {} | {} | {} of {} | {} |",
+            mode.label(),
+            spread(&rps),
+            rps.iter().filter(|x| **x > 1.0).count(),
+            rps.len(),
+            spread(&p99),
+            p99.iter().filter(|x| **x < 1.0).count(),
+            p99.len(),
+            spread(&eff),
+        );
+    }
 }
 
 /// The new-connection modes timed by our own client: connect + handshake + request +

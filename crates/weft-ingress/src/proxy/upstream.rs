@@ -153,9 +153,11 @@ mod tests {
     fn round_robin_covers_everyone() {
         let b = Balancer::default();
         let e = eps(3);
-        let firsts: std::collections::HashSet<_> = (0..3).map(|_| b.order(&e)[0]).collect();
+        let firsts: std::collections::HashSet<_> = (0..3).map(|_| first(b.order(&e))).collect();
         assert_eq!(firsts.len(), 3);
         assert_eq!(b.order(&e).len(), 3);
+        let all: std::collections::HashSet<_> = b.order(&e).iter().collect();
+        assert_eq!(all.len(), 3, "a rotation names every endpoint once");
     }
 
     #[test]

@@ -60,7 +60,7 @@ pub async fn forward<C>(
     start: Instant,
 ) -> Result<Served, (u16, String)>
 where
-    C: AsyncRead + AsyncWrite + Unpin,
+    C: super::Socket,
 {
     let shared = &ctx.shared;
     let replayable = head.body == Framing::Length(0);
@@ -229,8 +229,16 @@ async fn answer<C>(
     resp: ResponseHead,
 ) -> Served
 where
-    C: AsyncRead + AsyncWrite + Unpin,
+    C: super::Socket,
 {
+    // The last answer, whole in the buffer, to a client that asked to close: written in
+    // one piece and then closed, so it may wait in the kernel for the FIN. Only when the
+    // client asked: a close with unread bytes resets the connection and drops what is
+    // still queued, and a client that said close must send nothing more (RFC 9112 9.6).
+    let whole = matches!(resp.body, Framing::Length(n) if bufs.up.filled().len() as u64 >= n);
+    if head.close && resp.close_client && whole && bufs.client.is_empty() {
+        client.last_answer();
+    }
     if resp.status == 101 {
         // A tunnel is not a request: a drain does not wait for it (as for hyper's).
         bufs.guard = None;

@@ -40,11 +40,32 @@ pub trait Socket: AsyncRead + AsyncWrite + Unpin {
     /// queued at once. nginx sets it at the same point; a connection per request saves
     /// the system call.
     fn no_delay(&self) {}
+
+    /// Called before the connection's last answer is written whole: the kernel may hold
+    /// it until the close, so the answer and the FIN leave in one segment.
+    fn last_answer(&self) {}
 }
 
 impl Socket for tokio::net::TcpStream {
     fn no_delay(&self) {
         let _ = self.set_nodelay(true);
+    }
+
+    fn last_answer(&self) {
+        use std::os::fd::AsRawFd;
+        let one: libc::c_int = 1;
+        // SAFETY: the descriptor is this open socket's for the whole call, and the option
+        // value is a c_int that outlives it, with its size given. A failure only means
+        // the FIN leaves in a segment of its own.
+        unsafe {
+            libc::setsockopt(
+                self.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_CORK,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
     }
 }
 
