@@ -19,7 +19,8 @@
 # new-connection mode's connect + TLS handshake + request + response beside wrk, whose clock
 # starts only after the handshake), WEFT_INGRESS_BENCH_THINK_MS (25: the paced TLS mode's
 # think time per connection), WEFT_INGRESS_BENCH_NO_HALT=0 (let idle CPUs halt: by default a
-# SCHED_IDLE spinner per CPU keeps them from it, for both proxies), WEFT_INGRESS_BENCH_KEEP=1 keeps the work directory; the full list is in
+# SCHED_IDLE spinner per CPU keeps them from it, for both proxies), WEFT_INGRESS_BENCH_WIRE=0
+# (skip timing the new-connection modes on the wire with tcpdump after the rounds), WEFT_INGRESS_BENCH_KEEP=1 keeps the work directory; the full list is in
 # crates/weft-ingress/benches/ingress/main.rs.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
@@ -27,7 +28,7 @@ export DEBIAN_FRONTEND=noninteractive
 cd "$(dirname "$0")/.."
 
 need=()
-for pkg in nginx wrk iproute2 util-linux procps; do
+for pkg in nginx wrk tcpdump iproute2 util-linux procps; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -17,7 +17,11 @@ pub fn run() {
         nix::unistd::geteuid().is_root(),
         "run as root (network namespaces): sudo scripts/bench-ingress.sh"
     );
-    for tool in ["nginx", "wrk", "ip", "taskset", "chrt"] {
+    let wire = cfg.wire.then_some("tcpdump");
+    for tool in ["nginx", "wrk", "ip", "taskset", "chrt"]
+        .into_iter()
+        .chain(wire)
+    {
         let found = Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
             .stdout(Stdio::null())
@@ -25,7 +29,7 @@ pub fn run() {
             .is_ok_and(|s| s.success());
         assert!(
             found,
-            "{tool} not found: scripts/bench-ingress.sh installs nginx and wrk"
+            "{tool} not found: scripts/bench-ingress.sh installs nginx, wrk and tcpdump (WEFT_INGRESS_BENCH_WIRE=0 runs without tcpdump)"
         );
     }
     // Before this thread is pinned to the client CPUs.

@@ -28,6 +28,8 @@
 //! over TLS once resuming sessions as wrk does and once with full handshakes; 0: wrk only),
 //! _NO_HALT (1: a SCHED_IDLE spinner on each CPU the bench uses, so no CPU halts and waits
 //! for the hypervisor to wake it, the same for both proxies, `nohalt`; 0: none),
+//! _WIRE (1: after the rounds, each new-connection mode timed from a tcpdump capture of
+//! the loopback, the proxy's latency without the client's loop, `wire`; 0: skipped),
 //! _HTTP1 (native: weft's own HTTP/1.1 path, the default; hyper: hyper's server and client,
 //! to compare the two), _FLAVOUR=multi serves weft as the agent did before its workers: `Proxy::serve` on one
 //! multi-thread runtime with _THREADS worker threads.
@@ -57,6 +59,7 @@ mod report;
 mod settings;
 mod throughput;
 mod weft_child;
+mod wire;
 mod wrk;
 
 const ROLE: &str = "WEFT_INGRESS_BENCH_ROLE";

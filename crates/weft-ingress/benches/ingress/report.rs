@@ -9,6 +9,7 @@ use std::process::Command;
 use crate::reconfig::{Reconfig, Trial};
 use crate::settings::Cfg;
 use crate::throughput::{FullRuns, Throughput};
+use crate::wire::{quantile, WireRun};
 use crate::wrk::WrkOut;
 
 /// What the report says of the machine, taken at the start of the run.
@@ -72,6 +73,7 @@ pub fn write(cfg: &Cfg, m: &Machine, tp: &Throughput, rc: &Reconfig) -> String {
     header(&mut r, cfg, m, tp, &load_end);
     throughput(&mut r, cfg, &tp.results);
     full_cost(&mut r, cfg, &tp.full);
+    on_the_wire(&mut r, &tp.wire);
     memory(&mut r, tp, rc);
     reconfig(&mut r, cfg, rc);
     r
@@ -264,6 +266,52 @@ fn paired(r: &mut String, cfg: &Cfg, results: &[[Vec<WrkOut>; 2]]) {
             spread(&eff),
         );
     }
+}
+
+/// The new-connection modes timed from the capture (`wire`).
+fn on_the_wire(r: &mut String, runs: &[WireRun]) {
+    if runs.is_empty() {
+        return;
+    }
+    let _ = writeln!(r, "On the wire (tcpdump on the bench's loopback, 1 s in the middle of a 4 s wrk run per proxy after the rounds, whole connections only; microseconds):");
+    let _ = writeln!(r);
+    let _ = writeln!(r, "| mode | connections weft / nginx | first answer p50 weft / nginx | first answer p99 weft / nginx | weft/nginx p99 | request to response p50 weft / nginx | request to response p99 weft / nginx | weft/nginx p99 |");
+    let _ = writeln!(
+        r,
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
+    for run in runs {
+        let [w, n] = &run.sides;
+        let q = |v: &[f64], p: f64| quantile(v, p);
+        // On plain HTTP the first answer is the response: shown once.
+        let first = if run.mode.tls() {
+            format!(
+                "{:.0} / {:.0} | {:.0} / {:.0} | **{:.2}**",
+                q(&w.first, 0.5),
+                q(&n.first, 0.5),
+                q(&w.first, 0.99),
+                q(&n.first, 0.99),
+                q(&w.first, 0.99) / q(&n.first, 0.99),
+            )
+        } else {
+            "- | - | -".to_string()
+        };
+        let _ = writeln!(
+            r,
+            "| {} | {} / {} | {first} | {:.0} / {:.0} | {:.0} / {:.0} | **{:.2}** |",
+            run.mode.label(),
+            w.request.len(),
+            n.request.len(),
+            q(&w.request, 0.5),
+            q(&n.request, 0.5),
+            q(&w.request, 0.99),
+            q(&n.request, 0.99),
+            q(&w.request, 0.99) / q(&n.request, 0.99),
+        );
+    }
+    let _ = writeln!(r);
+    let _ = writeln!(r, "(first answer, TLS only: the client's ClientHello to the proxy's first flight. Request to response: the client's last segment with data before the proxy's response, to the response; a TLS close_notify is neither.)");
+    let _ = writeln!(r);
 }
 
 /// The new-connection modes timed by our own client: connect + handshake + request +

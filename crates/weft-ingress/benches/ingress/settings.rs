@@ -25,6 +25,9 @@ pub struct Cfg {
     pub think_ms: u64,
     /// Keep the CPUs from halting during the run (`nohalt`): `NO_HALT` 1 (the default) or 0.
     pub no_halt: bool,
+    /// After the rounds, time each new-connection mode on the wire (`wire`, tcpdump):
+    /// `WIRE` 1 (the default) or 0.
+    pub wire: bool,
 }
 
 pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -61,6 +64,7 @@ impl Cfg {
             full: env_or("FULL", 1u8) == 1,
             think_ms: env_or("THINK_MS", 25),
             no_halt: env_or("NO_HALT", 1u8) == 1,
+            wire: env_or("WIRE", 1u8) == 1,
         }
     }
 }

@@ -13,6 +13,7 @@ use crate::procs::{mem, Mem};
 use crate::report::list;
 use crate::settings::Mode;
 use crate::weft_child::Weft;
+use crate::wire::{self, WireOut, WireRun};
 use crate::wrk::{run_wrk, WrkOut};
 use crate::{alternate, NGINX_HTTP, NGINX_HTTPS, PROXY_IP, TARGET_PATH, WEFT_HTTP, WEFT_HTTPS};
 
@@ -39,6 +40,8 @@ pub struct Throughput {
     pub nginx_procs: usize,
     /// weft's process's threads.
     pub weft_threads: usize,
+    /// Each new-connection mode timed on the wire (`wire`), after the rounds.
+    pub wire: Vec<WireRun>,
 }
 
 /// Starts weft and nginx on the small cluster, checks their routes, runs the warm-up and
@@ -230,6 +233,45 @@ pub fn run(ctx: &Ctx, backend_pids: &[u32]) -> Throughput {
             }
         }
     }
+    let mut wire = Vec::new();
+    let wired = cfg
+        .modes
+        .iter()
+        .filter(|m| cfg.wire && m.close() && !m.paced());
+    for &mode in wired {
+        println!(
+            "== on the wire: {} (4 s of wrk per proxy, 1 s captured)",
+            mode.short()
+        );
+        let mut sides: [WireOut; 2] = Default::default();
+        for is_weft in [true, false] {
+            let name = if is_weft { "weft" } else { "nginx" };
+            let port = url_port(mode, is_weft);
+            let w = wire::measure(
+                ctx,
+                &url(mode, is_weft),
+                port,
+                mode.tls(),
+                4,
+                1,
+                &pids(is_weft),
+                backend_pids,
+                name,
+            );
+            println!(
+                "   {name:<5} {} connections; first answer p50 {:.0} us p99 {:.0} us; request to response p50 {:.0} us p99 {:.0} us",
+                w.first.len(),
+                wire::quantile(&w.first, 0.5),
+                wire::quantile(&w.first, 0.99),
+                wire::quantile(&w.request, 0.5),
+                wire::quantile(&w.request, 0.99),
+            );
+            sides[usize::from(!is_weft)] = w;
+        }
+        truncate("weft-small.log");
+        truncate("nginx-small-access.log");
+        wire.push(WireRun { mode, sides });
+    }
     let weft_mem = mem(&weft_pids);
     let nginx_mem = mem(&nginx.pids());
     let nginx_procs = nginx.pids().len();
@@ -244,6 +286,7 @@ pub fn run(ctx: &Ctx, backend_pids: &[u32]) -> Throughput {
         nginx_mem,
         nginx_procs,
         weft_threads,
+        wire,
     }
 }
 
