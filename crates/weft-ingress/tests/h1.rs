@@ -334,3 +334,26 @@ fn a_trickled_body_gets_408_while_others_are_served() {
         assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "{text}");
     });
 }
+
+#[test]
+fn the_endpoint_timeout_counts_from_when_the_body_was_sent() {
+    common::in_netns(|| async {
+        // The client takes longer to send its body than the endpoint may take to answer:
+        // the endpoint's time starts once the body is through, so this is a 200, not 504.
+        let (at, _) = start_with(Limits {
+            upstream_timeout: Duration::from_millis(400),
+            ..Limits::default()
+        })
+        .await;
+        let mut s = TcpStream::connect(at).await.expect("connect");
+        s.write_all(b"POST /x HTTP/1.1\r\nHost: a.test\r\nContent-Length: 6\r\n\r\nab")
+            .await
+            .expect("send");
+        for part in [&b"cd"[..], b"ef"] {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            s.write_all(part).await.expect("send");
+        }
+        let a = response(&mut s, &mut Vec::new(), false).await;
+        assert_eq!((a.status, a.body.as_slice()), (200, &b"body=abcdef"[..]));
+    });
+}

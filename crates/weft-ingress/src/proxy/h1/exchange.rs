@@ -5,7 +5,7 @@
 //! a request without a body that is safe to repeat broke on the way.
 
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -47,7 +47,9 @@ fn idempotent(m: &str) -> bool {
 
 /// Sends the request to the endpoints in `order` (indexes into the route's endpoints)
 /// until one answers, then streams the answer to `client`. `start` is when the request
-/// came: the endpoint's timeout counts from it, and idle connections are judged by it.
+/// came: idle connections are judged by it, and a first try on a pooled connection of a
+/// request without a body counts the endpoint's timeout from it (it is sent within
+/// microseconds); otherwise the timeout counts from when the request was sent.
 #[allow(clippy::too_many_arguments)]
 pub async fn forward<C>(
     ctx: &Ctx,
@@ -66,6 +68,7 @@ where
     let replayable = head.body == Framing::Length(0);
     let safe = replayable && idempotent(&head.method);
     let mut last = (502, String::new());
+    let mut sent_at = Some(start);
     'endpoints: for i in order.iter() {
         let ep = route.backend.endpoints[i];
         loop {
@@ -87,8 +90,13 @@ where
                 },
             };
             let limit = shared.limits.upstream_timeout;
-            let deadline = tokio::time::Instant::from_std(start) + limit;
-            match exchange(client, &mut up, bufs, head, reused, safe, deadline, closing).await {
+            // A new connection's connect took time of its own: the clock is read again.
+            let clock = sent_at.take().filter(|_| reused);
+            match exchange(
+                client, &mut up, bufs, head, reused, safe, limit, clock, closing,
+            )
+            .await
+            {
                 Ok(resp) => {
                     shared.balancer.succeeded(ep);
                     return Ok(answer(ctx, client, up, ep, bufs, head, resp).await);
@@ -129,7 +137,8 @@ async fn exchange<C>(
     head: &RequestHead,
     reused: bool,
     safe: bool,
-    deadline: tokio::time::Instant,
+    limit: Duration,
+    sent_at: Option<Instant>,
     closing: bool,
 ) -> Result<ResponseHead, Fail>
 where
@@ -211,6 +220,13 @@ where
             }
         }
     };
+    // The endpoint's time counts from when the whole request was sent: after a body, or
+    // on another try, that is now.
+    let sent_at = match sent_at {
+        Some(t) if head.body == Framing::Length(0) => t,
+        _ => Instant::now(),
+    };
+    let deadline = tokio::time::Instant::from_std(sent_at) + limit;
     match tokio::time::timeout_at(deadline, read).await {
         Ok(r) => r,
         Err(_) => Err(Fail::Timeout),
