@@ -10,7 +10,7 @@
 //!
 //! A line costs one clock read: its wall time is derived from the monotonic reading that
 //! also times the request, against a pair of readings taken once a second. Numbers and
-//! addresses are written by hand (`push_*`): through `fmt`, they were a quarter of the
+//! addresses are written by hand (`push_*`): through `fmt`, they were about a tenth of the
 //! proxy's own user time per request on a connection per request.
 
 use std::io::Write;
