@@ -30,6 +30,7 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::procs::{clk_tck, cpu_ticks};
+use crate::report::quantile;
 use crate::wrk::WrkOut;
 use crate::{PROXY_IP, TARGET_PATH};
 
@@ -172,13 +173,10 @@ async fn one(port: u16, tls: Option<&tokio_rustls::TlsConnector>) -> Result<u64,
     }
 }
 
-/// `q` (0..1) of sorted `v`, in ms.
+/// `q` (0..1) of `v` (microseconds), in ms.
 fn pct(v: &[u64], q: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1;
-    v[i] as f64 / 1000.0
+    let ms: Vec<f64> = v.iter().map(|&us| us as f64 / 1000.0).collect();
+    quantile(&ms, q)
 }
 
 /// `conns` connections in a closed loop for `secs` against `port` (TLS or not), measuring

@@ -9,7 +9,7 @@ use std::process::Command;
 use crate::reconfig::{Reconfig, Trial};
 use crate::settings::Cfg;
 use crate::throughput::{FullRuns, Throughput};
-use crate::wire::{quantile, WireRun};
+use crate::wire::WireRun;
 use crate::wrk::WrkOut;
 
 /// What the report says of the machine, taken at the start of the run.
@@ -34,6 +34,19 @@ fn median(v: &[f64]) -> f64 {
     } else {
         s[n / 2]
     }
+}
+
+/// The `q` quantile (0..1) of the finite values by nearest rank (the smallest value with at
+/// least `q` of them at or below it); NaN if there are none. Every percentile the bench
+/// reports comes from here.
+pub fn quantile(v: &[f64], q: f64) -> f64 {
+    let mut s: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    if s.is_empty() {
+        return f64::NAN;
+    }
+    s.sort_by(f64::total_cmp);
+    let i = ((s.len() as f64 * q).ceil() as usize).clamp(1, s.len()) - 1;
+    s[i]
 }
 
 /// The values, " / " between them.

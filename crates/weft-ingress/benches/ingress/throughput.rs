@@ -10,7 +10,7 @@ use crate::http_client::answer;
 use crate::netns::{tcp_events, tcp_events_since, wait_port, Ctx};
 use crate::nginx::{nginx_conf, small_sites, Nginx};
 use crate::procs::{mem, Mem};
-use crate::report::list;
+use crate::report::{list, quantile};
 use crate::settings::Mode;
 use crate::weft_child::Weft;
 use crate::wire::{self, WireOut, WireRun};
@@ -261,10 +261,10 @@ pub fn run(ctx: &Ctx, backend_pids: &[u32]) -> Throughput {
             println!(
                 "   {name:<5} {} connections; first answer p50 {:.0} us p99 {:.0} us; request to response p50 {:.0} us p99 {:.0} us",
                 w.first.len(),
-                wire::quantile(&w.first, 0.5),
-                wire::quantile(&w.first, 0.99),
-                wire::quantile(&w.request, 0.5),
-                wire::quantile(&w.request, 0.99),
+                quantile(&w.first, 0.5),
+                quantile(&w.first, 0.99),
+                quantile(&w.request, 0.5),
+                quantile(&w.request, 0.99),
             );
             sides[usize::from(!is_weft)] = w;
         }

@@ -174,14 +174,3 @@ fn analyse(path: &Path, port: u16, tls: bool) -> WireOut {
     }
     out
 }
-
-/// The `q` quantile (0..1) of `v`, NaN when empty.
-pub fn quantile(v: &[f64], q: f64) -> f64 {
-    let mut s: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
-    if s.is_empty() {
-        return f64::NAN;
-    }
-    s.sort_by(f64::total_cmp);
-    let i = ((s.len() as f64 - 1.0) * q).round() as usize;
-    s[i.min(s.len() - 1)]
-}
